@@ -1,0 +1,48 @@
+# aptops: `make demo` and `make test` set themselves up (a .venv with every dependency) and run.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+APTOPS := $(VENV)/bin/aptops
+STAMP := $(VENV)/.aptops-setup
+REGISTRY ?= aptops
+TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+STAGES := $(notdir $(wildcard images/*))
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test compile lint images clean help
+
+help:
+	@echo "make demo     set up, then run the data pipeline locally and print its artifacts and summary"
+	@echo "make test     set up, start the test servers (fixtures), run the whole suite"
+	@echo "make compile  compile every pipeline to dist/pipelines/*.yaml"
+	@echo "make lint     ruff"
+	@echo "make images   docker build every images/*/Dockerfile (REGISTRY=$(REGISTRY) TAG=$(TAG))"
+	@echo "make clean    remove runs/, dist/ and caches (keeps .venv)"
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml scripts/setup.sh
+	VENV=$(VENV) bash scripts/setup.sh
+	@touch $@
+
+demo: setup
+	APTOPS_NO_PROGRESS=$${APTOPS_NO_PROGRESS:-0} $(APTOPS) run data --local
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+compile: setup
+	$(APTOPS) compile --out dist/pipelines
+
+lint: setup
+	$(VENV)/bin/ruff check src components pipelines tests bench
+
+images:
+	@for stage in $(STAGES); do \
+	  echo "building $(REGISTRY)/aptops-$$stage:$(TAG)"; \
+	  docker build -f images/$$stage/Dockerfile -t $(REGISTRY)/aptops-$$stage:$(TAG) . || exit 1; \
+	done
+
+clean:
+	rm -rf runs dist .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -not -path './$(VENV)/*' -exec rm -rf {} +

@@ -1,0 +1,34 @@
+"""Pipeline definitions, built for a :class:`~aptops_pipelines.cluster.ClusterSettings`.
+
+Each pipeline module exposes ``build(settings) -> pipeline``; :data:`PIPELINES` names them. The CLI
+compiles them (``aptops compile``), runs them on one machine (``aptops run NAME --local``) and submits
+them (``aptops submit``).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from aptops.core.errors import PipelineError
+from aptops_pipelines.cluster import ClusterSettings
+
+# name -> module that defines build(settings); each stage issue adds its pipelines here.
+PIPELINES: dict[str, str] = {
+    "data": "aptops_pipelines.data",
+}
+
+
+def build_pipeline(name: str, settings: ClusterSettings | None = None) -> Any:
+    """Build the named pipeline for ``settings`` (defaults: the embedded single-machine settings).
+
+    Raises:
+        PipelineError: unknown pipeline name.
+    """
+    if name not in PIPELINES:
+        raise PipelineError(f"unknown pipeline {name!r}: available pipelines are {', '.join(sorted(PIPELINES))}")
+    module = importlib.import_module(PIPELINES[name])
+    return module.build(settings or ClusterSettings())
+
+
+__all__ = ["PIPELINES", "ClusterSettings", "build_pipeline"]

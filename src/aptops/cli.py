@@ -1,0 +1,299 @@
+"""The ``aptops`` command line.
+
+``aptops stages`` lists the stages; ``aptops data clean`` runs one stage function; ``aptops run NAME
+--local`` runs a pipeline on this machine through ``kfp.local``; ``aptops compile`` writes the pipelines
+as KFP YAML for a cluster; ``aptops submit`` sends one to a KFP API. The orchestrator (``kfp``) is
+imported only by the commands that need it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from aptops import __version__
+from aptops.core.config import load_config, parse_overrides
+from aptops.core.errors import AptopsError, ConfigError, MissingDependencyError, PipelineError
+from aptops.core.logging import configure_logging
+from aptops.stages import STAGES
+
+log = logging.getLogger("aptops.cli")
+console = Console(stderr=False)
+err = Console(stderr=True)
+
+app = typer.Typer(
+    name="aptops",
+    help="Take a language model through its whole life: data, training, debugging, compression, GGUF "
+    "export, Hub publishing and backup, as Kubeflow pipelines that also run on one machine.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="The data stage: clean a corpus, describe a dataset.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML file of settings.")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a setting: key=value (repeatable).")]
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        console.print(f"aptops {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at DEBUG level.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version_callback, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    configure_logging("DEBUG" if verbose else "INFO")
+
+
+@app.command()
+def stages() -> None:
+    """List the stages: old adapter name, category, priority, image, node pool and whether it has landed."""
+    table = Table(title="aptops stages")
+    for col in ("stage", "old adapter", "category", "priority", "image", "pool", "status"):
+        table.add_column(col)
+    for s in STAGES:
+        status = "[green]available[/]" if s.available else "[yellow]planned[/]"
+        table.add_row(s.name, s.adapter, s.category, str(s.priority), s.image, s.pool, status)
+    console.print(table)
+
+
+@data_app.command("clean")
+def data_clean(
+    source: Annotated[str, typer.Argument(help="A file or folder of JSONL, Parquet, CSV or text files.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where the cleaned dataset folder is written.")],
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Clean a corpus into a Parquet dataset (strategy basic: encodings, control characters, URLs, e-mails, whitespace)."""
+    from aptops.data import CleanConfig, clean_dataset
+
+    cfg = load_config(CleanConfig, config, overrides=set_ or [])
+    result = clean_dataset(source, out, cfg)
+    _print_metrics(f"cleaned dataset: {out}", result.metrics)
+
+
+@data_app.command("stats")
+def data_stats(
+    dataset: Annotated[Path, typer.Argument(help="A dataset folder written by 'aptops data clean'.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where the report folder is written.")],
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Describe a dataset: length statistics, stats.json and report.html."""
+    from aptops.data import StatsConfig, dataset_stats
+
+    cfg = load_config(StatsConfig, config, overrides=set_ or [])
+    result = dataset_stats(dataset, out, cfg)
+    _print_metrics(f"report: {result.outputs['report']}", result.metrics)
+
+
+def _cluster_settings(
+    image_registry: str | None, image_tag: str | None, gpu_node_selector: list[str] | None,
+    gpu_toleration: list[str] | None, cpu_node_selector: list[str] | None, gpu_resource: str | None,
+) -> Any:
+    from aptops_pipelines.cluster import ClusterSettings, Toleration, parse_selector
+
+    kwargs: dict[str, Any] = {}
+    if image_registry is not None:
+        kwargs["image_registry"] = image_registry
+    if image_tag is not None:
+        kwargs["image_tag"] = image_tag
+    if gpu_node_selector:
+        kwargs["gpu_node_selector"] = parse_selector(gpu_node_selector, field_name="gpu_node_selector")
+    if gpu_toleration:
+        kwargs["gpu_tolerations"] = tuple(Toleration.parse(t) for t in gpu_toleration)
+    if cpu_node_selector:
+        kwargs["cpu_node_selector"] = parse_selector(cpu_node_selector, field_name="cpu_node_selector")
+    if gpu_resource is not None:
+        kwargs["gpu_resource"] = gpu_resource
+    return ClusterSettings(**kwargs)
+
+
+def _kfp_modules() -> tuple[Any, Any]:
+    try:
+        import kfp  # noqa: F401
+    except ImportError as exc:
+        raise MissingDependencyError("this command needs kfp: pip install 'aptops[kfp]'") from exc
+    import aptops_pipelines
+
+    return kfp, aptops_pipelines
+
+
+@app.command("compile")
+def compile_(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the compiled YAML files.")] = Path("dist/pipelines"),
+    pipeline: Annotated[list[str] | None, typer.Option("--pipeline", "-p", help="Compile only these (repeatable).")] = None,
+    image_registry: Annotated[str | None, typer.Option(help="Registry/namespace of the stage images.")] = None,
+    image_tag: Annotated[str | None, typer.Option(help="Tag of the stage images.")] = None,
+    gpu_node_selector: Annotated[list[str] | None, typer.Option(help="GPU pool node label k=v (repeatable).")] = None,
+    gpu_toleration: Annotated[list[str] | None, typer.Option(help="GPU toleration key=value:Effect (repeatable).")] = None,
+    cpu_node_selector: Annotated[list[str] | None, typer.Option(help="CPU pool node label k=v (repeatable).")] = None,
+    gpu_resource: Annotated[str | None, typer.Option(help="GPU resource name, e.g. nvidia.com/gpu.")] = None,
+) -> None:
+    """Compile the pipelines to KFP YAML for a cluster, with images and node pools from the options."""
+    settings = _cluster_settings(image_registry, image_tag, gpu_node_selector, gpu_toleration,
+                                 cpu_node_selector, gpu_resource)
+    _, pipelines = _kfp_modules()
+    from kfp import compiler
+
+    names = pipeline or sorted(pipelines.PIPELINES)
+    out.mkdir(parents=True, exist_ok=True)
+    table = Table(title="compiled pipelines")
+    table.add_column("pipeline")
+    table.add_column("file")
+    for name in names:
+        func = pipelines.build_pipeline(name, settings)
+        path = out / f"{name}.yaml"
+        tmp = path.with_name(f".{path.name}.tmp")
+        compiler.Compiler().compile(func, str(tmp))
+        os.replace(tmp, path)
+        table.add_row(name, str(path))
+    console.print(table)
+
+
+def _load_params(config: Path | None, params: list[str] | None) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    if config is not None:
+        if not config.is_file():
+            raise ConfigError(f"config file {str(config)!r} does not exist", value=str(config))
+        loaded = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {str(config)!r} must hold a mapping of parameter: value")
+        values.update(loaded.get("params", loaded))
+    values.update(parse_overrides(params or []))
+    return values
+
+
+def _coerce_params(func: Any, values: dict[str, Any]) -> dict[str, Any]:
+    """Check names against the pipeline's inputs and convert strings to the declared types."""
+    inputs = func.component_spec.inputs or {}
+    out = {}
+    for key, value in values.items():
+        if key not in inputs:
+            raise ConfigError(
+                f"pipeline {func.name!r} has no parameter {key!r}: parameters are {', '.join(sorted(inputs))}",
+                field=key, value=value,
+            )
+        kind = inputs[key].type
+        try:
+            if kind == "Integer":
+                value = int(value)
+            elif kind == "Float":
+                value = float(value)
+            elif kind == "Boolean" and isinstance(value, str):
+                if value.lower() not in {"true", "false", "1", "0", "yes", "no"}:
+                    raise ValueError(value)
+                value = value.lower() in {"true", "1", "yes"}
+            elif kind == "String":
+                value = str(value)
+        except ValueError as exc:
+            raise ConfigError(f"parameter {key}={value!r} must be of type {kind}", field=key, value=value) from exc
+        out[key] = value
+    return out
+
+
+@app.command()
+def run(
+    pipeline: Annotated[str, typer.Argument(help="Pipeline name (data, ...).")],
+    local: Annotated[bool, typer.Option("--local/--no-local", help="Run on this machine with kfp.local.")] = True,
+    param: Annotated[list[str] | None, typer.Option("--param", "-p", help="Pipeline parameter k=v (repeatable).")] = None,
+    config: ConfigOpt = None,
+    runs_dir: Annotated[Path, typer.Option(help="Where local runs write their outputs.")] = Path("runs"),
+) -> None:
+    """Run a pipeline on this machine through kfp.local (SubprocessRunner in the current environment)."""
+    if not local:
+        raise ConfigError("only --local runs are done here; use 'aptops submit' to run on a cluster")
+    _, pipelines = _kfp_modules()
+    from aptops_pipelines.local import run_local
+
+    func = pipelines.build_pipeline(pipeline)
+    params = _coerce_params(func, _load_params(config, param))
+    run_dir = runs_dir / f"{pipeline}-{time.strftime('%Y%m%d-%H%M%S')}"
+    summary = run_local(func, params, run_dir)
+    _print_run_summary(pipeline, run_dir, summary)
+
+
+@app.command()
+def submit(
+    pipeline: Annotated[str, typer.Argument(help="Pipeline name.")],
+    host: Annotated[str, typer.Option(help="KFP API URL, e.g. http://ml-pipeline-ui.kubeflow:80.")],
+    experiment: Annotated[str, typer.Option(help="Experiment to run in.")] = "aptops",
+    param: Annotated[list[str] | None, typer.Option("--param", "-p", help="Pipeline parameter k=v.")] = None,
+    config: ConfigOpt = None,
+    image_registry: Annotated[str | None, typer.Option(help="Registry/namespace of the stage images.")] = None,
+    image_tag: Annotated[str | None, typer.Option(help="Tag of the stage images.")] = None,
+) -> None:
+    """Submit a pipeline run to a KFP API (token from KF_PIPELINES_TOKEN if set)."""
+    kfp, pipelines = _kfp_modules()
+    settings = _cluster_settings(image_registry, image_tag, None, None, None, None)
+    func = pipelines.build_pipeline(pipeline, settings)
+    params = _coerce_params(func, _load_params(config, param))
+    token = os.environ.get("KF_PIPELINES_TOKEN") or None
+    try:
+        client = kfp.Client(host=host, existing_token=token)
+        run_result = client.create_run_from_pipeline_func(
+            func, arguments=params, experiment_name=experiment, run_name=f"{pipeline}-{time.strftime('%Y%m%d-%H%M%S')}"
+        )
+    except Exception as exc:  # the KFP client raises many unrelated types
+        raise PipelineError(f"submitting {pipeline!r} to {host} failed: {type(exc).__name__}: {exc}") from exc
+    console.print(f"submitted run {run_result.run_id} of {pipeline} to {host}")
+
+
+def _print_metrics(title: str, metrics: dict[str, float]) -> None:
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in metrics.items():
+        table.add_row(k, f"{v:,.4g}" if abs(v) < 1e6 and not float(v).is_integer() else f"{v:,.0f}")
+    console.print(table)
+
+
+def _print_run_summary(pipeline: str, run_dir: Path, summary: list[dict[str, Any]]) -> None:
+    console.print(f"[bold]run {pipeline}[/] finished; outputs under {run_dir}")
+    artifacts = Table(title="artifacts")
+    artifacts.add_column("task")
+    artifacts.add_column("output")
+    artifacts.add_column("path")
+    numbers = Table(title="summary")
+    numbers.add_column("task")
+    numbers.add_column("metric")
+    numbers.add_column("value", justify="right")
+    for task in summary:
+        for name, path in task["artifacts"].items():
+            artifacts.add_row(task["task"], name, path)
+        for k, v in task["metrics"].items():
+            numbers.add_row(task["task"], k, f"{v:,.4g}" if not float(v).is_integer() else f"{v:,.0f}")
+    console.print(artifacts)
+    console.print(numbers)
+
+
+def main() -> None:
+    """Entry point: turn aptops errors into one clear line and a non-zero exit."""
+    try:
+        app()
+    except ConfigError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        sys.exit(2)
+    except AptopsError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
+

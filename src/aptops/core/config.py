@@ -1,0 +1,251 @@
+"""Typed, frozen stage configs: loaded from YAML, overridden by ``key=value`` pairs, validated early.
+
+Every stage config is a frozen dataclass whose ``__post_init__`` calls the checks below, so a bad value
+fails before any expensive work, with a message naming the field, the value and what is allowed::
+
+    cfg = load_config(CleanConfig, "clean.yaml", overrides=["strategy=basic", "min_chars=5"])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from aptops.core.errors import ConfigError
+
+C = TypeVar("C")
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def check_range(
+    field: str,
+    value: float,
+    *,
+    min_value: float | None = None,
+    max_value: float | None = None,
+    min_inclusive: bool = True,
+    max_inclusive: bool = True,
+) -> None:
+    """Raise :class:`ConfigError` unless ``value`` lies in the given range."""
+    low_ok = min_value is None or (value >= min_value if min_inclusive else value > min_value)
+    high_ok = max_value is None or (value <= max_value if max_inclusive else value < max_value)
+    if low_ok and high_ok:
+        return
+    lo = "-inf" if min_value is None else f"{min_value}"
+    hi = "+inf" if max_value is None else f"{max_value}"
+    interval = f"{'[' if min_inclusive else '('}{lo}, {hi}{']' if max_inclusive else ')'}"
+    raise ConfigError(
+        f"{field}={value!r} is out of range: allowed {interval}", field=field, value=value
+    )
+
+
+def check_choice(field: str, value: object, choices: Iterable[object]) -> None:
+    """Raise :class:`ConfigError` unless ``value`` is one of ``choices``."""
+    allowed = list(choices)
+    if value not in allowed:
+        raise ConfigError(
+            f"{field}={value!r} is not supported: choose one of {', '.join(map(str, allowed))}",
+            field=field,
+            value=value,
+        )
+
+
+def parse_overrides(pairs: Sequence[str]) -> dict[str, str]:
+    """Turn ``["a=1", "b.c=x"]`` into ``{"a": "1", "b.c": "x"}``; values stay strings until coerced."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(
+                f"override {pair!r} is not of the form key=value (for example strategy=basic)",
+                field=key or None,
+                value=pair,
+            )
+        out[key] = value
+    return out
+
+
+def load_config(
+    cls: type[C],
+    path: str | Path | None = None,
+    *,
+    overrides: Sequence[str] | Mapping[str, Any] = (),
+    section: str | None = None,
+) -> C:
+    """Build a config dataclass from an optional YAML file plus overrides.
+
+    Args:
+        cls: the frozen config dataclass.
+        path: a YAML (or JSON) file with a mapping of field values; optional.
+        overrides: ``key=value`` strings (from the CLI) or a mapping; they win over the file.
+        section: read this top-level key of the file instead of the whole mapping.
+
+    Returns:
+        A validated instance of ``cls``.
+
+    Raises:
+        ConfigError: the file is unreadable or not a mapping, a key is unknown, or a value is invalid.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        data = _read_mapping(Path(path), section)
+    items = parse_overrides(list(overrides)) if not isinstance(overrides, Mapping) else dict(overrides)
+    for key, raw in items.items():
+        _set_dotted(data, key, raw)
+    return from_dict(cls, data)
+
+
+def from_dict(cls: type[C], data: Mapping[str, Any], *, prefix: str = "") -> C:
+    """Coerce a mapping into the dataclass ``cls`` field by field (nested dataclasses included)."""
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"{cls!r} is not a dataclass")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        name = f"{prefix}{unknown[0]}"
+        raise ConfigError(
+            f"unknown config key {name!r} for {cls.__name__}: known keys are {', '.join(sorted(fields))}",
+            field=name,
+            value=data[unknown[0]],
+        )
+    kwargs = {
+        name: _coerce(hints[name], value, f"{prefix}{name}") for name, value in data.items()
+    }
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except TypeError as exc:
+        raise ConfigError(f"{cls.__name__}: {exc}") from exc
+
+
+def to_dict(config: object) -> dict[str, Any]:
+    """A JSON-ready mapping of a config dataclass (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(config), default=str))  # type: ignore[call-overload]
+
+
+def _read_mapping(path: Path, section: str | None) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist: pass an existing YAML file", value=str(path))
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}", value=str(path)) from exc
+    if loaded is None:
+        loaded = {}
+    if section is not None and isinstance(loaded, dict):
+        loaded = loaded.get(section, {})
+    if not isinstance(loaded, dict):
+        raise ConfigError(
+            f"config file {str(path)!r} must hold a mapping of field: value, got {type(loaded).__name__}",
+            value=str(path),
+        )
+    return loaded
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {key!r}: {part!r} is not a section", field=key, value=value)
+        node = child
+    node[parts[-1]] = value
+
+
+def _coerce(tp: Any, value: Any, field: str) -> Any:  # noqa: C901 - one branch per supported type
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.strip().lower() in {"none", "null", "~"}):
+            if type(None) in args:
+                return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, field)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{field}: bad value {value!r}", field=field, value=value)
+    if origin is typing.Literal:
+        # Literal choices are checked by the dataclass itself; coerce to the choices' type.
+        sample = args[0]
+        value = _coerce(type(sample), value, field)
+        check_choice(field, value, args)
+        return value
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{field} must be a mapping, got {value!r}", field=field, value=value)
+        return from_dict(tp, value, prefix=f"{field}.")
+    if origin in (tuple, list, Sequence) or tp in (tuple, list):
+        if isinstance(value, str):
+            value = _parse_inline(value)
+        if not isinstance(value, list | tuple):
+            value = [value]
+        item_tp = args[0] if args else Any
+        items = [_coerce(item_tp, v, f"{field}[{i}]") for i, v in enumerate(value)]
+        return list(items) if origin is list or tp is list else tuple(items)
+    if origin in (dict, Mapping) or tp is dict:
+        if isinstance(value, str):
+            value = _parse_inline(value)
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{field} must be a mapping, got {value!r}", field=field, value=value)
+        k_tp, v_tp = args if args else (Any, Any)
+        return {_coerce(k_tp, k, field): _coerce(v_tp, v, f"{field}.{k}") for k, v in value.items()}
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+            return value.strip().lower() in _TRUE
+        raise ConfigError(f"{field} must be true or false, got {value!r}", field=field, value=value)
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{field} must be an integer, got {value!r}", field=field, value=value)
+        try:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{field} must be an integer, got {value!r}", field=field, value=value) from exc
+    if tp is float:
+        try:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{field} must be a number, got {value!r}", field=field, value=value) from exc
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{field} must be a string, got {value!r}", field=field, value=value)
+    if tp is Path:
+        return Path(value)
+    return value
+
+
+def _parse_inline(text: str) -> Any:
+    """Parse an inline YAML value (``[a, b]``, ``{k: v}``) from an override."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text

@@ -1,0 +1,55 @@
+"""What every component body does around its library call, kept here so components stay thin.
+
+Configure logging, pick the metrics sink from the environment, time the stage and record its outcome,
+then copy the result's numbers into the KFP ``Metrics`` artifact (duck-typed: anything with
+``log_metric``), so the KFP UI shows them. No ``kfp`` import: the library stays orchestrator-free.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from aptops.core.artifacts import StageResult
+from aptops.core.logging import configure_logging
+from aptops.core.metrics import sink_from_env, stage_run
+
+log = logging.getLogger(__name__)
+
+
+def run_component(
+    stage: str,
+    fn: Callable[[], StageResult],
+    *,
+    pipeline: str,
+    run_id: str,
+    step: str | None = None,
+    metrics: Any = None,
+    metrics_dir: str | Path | None = None,
+) -> StageResult:
+    """Run one stage function inside a component body.
+
+    Args:
+        stage: the stage name, for metric labels.
+        step: the component's name within the stage (``clean``, ``stats``), when a stage has several.
+        fn: the library call, taking no arguments (a lambda over the component's inputs).
+        pipeline: the pipeline name, for metric labels.
+        run_id: the pipeline run id (KFP's job id placeholder), for metric labels.
+        metrics: the component's ``Output[Metrics]`` artifact, if any.
+        metrics_dir: where the textfile sink writes when no other sink is configured.
+
+    Returns:
+        The stage's result.
+    """
+    configure_logging()
+    default_dir = Path(metrics_dir) if metrics_dir else Path(getattr(metrics, "path", ".")).parent / "prometheus"
+    sink = sink_from_env(default_dir)
+    with stage_run(pipeline=pipeline, run_id=run_id or "local", stage=stage, step=step, sink=sink) as sm:
+        result = fn()
+        sm.gauges(result.metrics)
+    if metrics is not None:
+        for name, value in result.metrics.items():
+            metrics.log_metric(name, float(value))
+    return result

@@ -1,0 +1,9 @@
+"""The data stage (old plugin: Data Processors, ``data_processors``, category data, priority 100).
+
+Try it on a CPU: ``aptops data clean INPUT --out runs/clean``.
+"""
+
+from aptops.data.clean import clean_text, clean_text_with_stats
+from aptops.data.stage import CleanConfig, StatsConfig, clean_dataset, dataset_stats
+
+__all__ = ["CleanConfig", "StatsConfig", "clean_dataset", "clean_text", "clean_text_with_stats", "dataset_stats"]

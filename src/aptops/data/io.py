@@ -1,0 +1,219 @@
+"""Reading text datasets in the usual formats and writing the aptops dataset artifact.
+
+Inputs: JSONL, Parquet, CSV, plain text (one document per line, or per record separated by a line
+that matches ``separator``), or a folder of such files. Output: a folder of Parquet shards
+(``part-00000.parquet`` ...) plus ``stats.json``; ``result.json`` marks it complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from aptops.core.deps import require
+from aptops.core.errors import ArtifactNotFoundError, ConfigError, InvalidArtifactError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("auto", "jsonl", "parquet", "csv", "text")
+_SUFFIX_FORMAT = {
+    ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl",
+    ".parquet": "parquet", ".pq": "parquet",
+    ".csv": "csv", ".tsv": "csv",
+    ".txt": "text", ".text": "text", "": "text",
+}
+
+
+def _pa() -> Any:
+    return require("pyarrow", extra="data", feature="reading and writing datasets")
+
+
+def detect_format(path: Path) -> str:
+    """The format of one file, from its suffix; unknown suffixes are read as text."""
+    return _SUFFIX_FORMAT.get(path.suffix.lower(), "text")
+
+
+def list_input_files(source: Path) -> list[Path]:
+    """The data files of ``source`` (a file, or a folder searched recursively, hidden files skipped)."""
+    if not source.exists():
+        raise ArtifactNotFoundError(
+            f"input {str(source)!r} does not exist: pass a file or a folder of JSONL, Parquet, CSV or text files",
+            path=str(source),
+        )
+    if source.is_file():
+        return [source]
+    files, seen = [], set()
+    for p in sorted(source.rglob("*")):
+        if (
+            not p.is_file()
+            or any(part.startswith(".") for part in p.relative_to(source).parts)
+            or p.name in {"stats.json", "result.json", "config.json", "aptops.json"}
+        ):
+            continue
+        real = p.resolve()
+        if real in seen:  # a symlink to a file already listed (fortune's *.u8 links, say)
+            continue
+        seen.add(real)
+        if detect_format(p) == "text" and _looks_binary(p):
+            log.warning("skipping %s: it looks binary, not text", p)
+            continue
+        files.append(p)
+    if not files:
+        raise ArtifactNotFoundError(f"input folder {str(source)!r} holds no data files", path=str(source))
+    return files
+
+
+def _looks_binary(path: Path) -> bool:
+    with path.open("rb") as fh:
+        return b"\x00" in fh.read(8192)
+
+
+def read_batches(
+    source: str | Path,
+    *,
+    text_column: str = "text",
+    input_format: str = "auto",
+    separator: str | None = None,
+    batch_rows: int = 10_000,
+) -> Iterator[pa.Table]:
+    """Yield tables of at most ``batch_rows`` rows with at least a string ``text_column``.
+
+    Args:
+        source: a file or a folder of files.
+        text_column: the column holding the text (for text files, the name given to each line).
+        input_format: one of ``auto``, ``jsonl``, ``parquet``, ``csv``, ``text``.
+        separator: for text files, a regex that matches a whole separator line between records
+            (``%`` for fortune files); ``None`` means one record per non-empty line.
+        batch_rows: the largest table yielded.
+
+    Raises:
+        ArtifactNotFoundError: the input does not exist.
+        InvalidArtifactError: a file cannot be parsed, or lacks ``text_column``.
+    """
+    pa = _pa()
+    if input_format not in FORMATS:
+        raise ConfigError(f"input_format={input_format!r} is not supported: choose one of {', '.join(FORMATS)}",
+                          field="input_format", value=input_format)
+    for path in list_input_files(Path(source)):
+        fmt = detect_format(path) if input_format == "auto" else input_format
+        table = _read_file(path, fmt, text_column, separator)
+        if text_column not in table.column_names:
+            raise InvalidArtifactError(
+                f"{str(path)!r} has no column {text_column!r} (columns: {', '.join(table.column_names) or 'none'}): "
+                "pass text_column=<name of the text column>",
+                path=str(path),
+            )
+        col = table.column(text_column)
+        if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type) or pa.types.is_null(col.type)):
+            raise InvalidArtifactError(
+                f"{str(path)!r}: column {text_column!r} holds {col.type}, not text", path=str(path)
+            )
+        for offset in range(0, table.num_rows, batch_rows):
+            yield table.slice(offset, batch_rows)
+
+
+def _read_file(path: Path, fmt: str, text_column: str, separator: str | None) -> pa.Table:
+    pa = _pa()
+    try:
+        if fmt == "parquet":
+            return require("pyarrow.parquet", extra="data", feature="reading Parquet").read_table(path)
+        if fmt == "jsonl":
+            return require("pyarrow.json", extra="data", feature="reading JSONL").read_json(path)
+        if fmt == "csv":
+            csv = require("pyarrow.csv", extra="data", feature="reading CSV")
+            parse = csv.ParseOptions(delimiter="\t" if path.suffix.lower() == ".tsv" else ",", newlines_in_values=True)
+            return csv.read_csv(path, parse_options=parse)
+        return pa.table({text_column: _read_text_records(path, separator)})
+    except pa.ArrowInvalid as exc:
+        raise InvalidArtifactError(
+            f"{str(path)!r} could not be read as {fmt}: {exc}; check the file or pass input_format=", path=str(path)
+        ) from exc
+    except UnicodeDecodeError as exc:
+        raise InvalidArtifactError(f"{str(path)!r} is not UTF-8 text: {exc}", path=str(path)) from exc
+
+
+def _read_text_records(path: Path, separator: str | None) -> list[str]:
+    # errors="surrogateescape" would smuggle undecodable bytes into the text; "replace" makes them
+    # visible U+FFFD that the cleaner can count, rather than failing a whole corpus on one bad byte.
+    data = path.read_bytes()
+    if b"\x00" in data[:8192]:
+        raise InvalidArtifactError(
+            f"{str(path)!r} looks binary (it holds NUL bytes), not text: pass a text, JSONL, CSV or Parquet file",
+            path=str(path),
+        )
+    raw = data.decode("utf-8", errors="replace")
+    lines = raw.splitlines()
+    if separator is None:
+        return [line for line in lines if line.strip()]
+    try:
+        sep = re.compile(separator)
+    except re.error as exc:
+        raise ConfigError(f"separator {separator!r} is not a valid regular expression: {exc}",
+                          field="separator", value=separator) from exc
+    records, current = [], []
+    for line in lines:
+        if sep.fullmatch(line):
+            if current:
+                records.append("\n".join(current))
+            current = []
+        else:
+            current.append(line)
+    if current:
+        records.append("\n".join(current))
+    return [r for r in records if r.strip()]
+
+
+class ShardWriter:
+    """Write tables into ``part-NNNNN.parquet`` shards of at most ``shard_rows`` rows each."""
+
+    def __init__(self, folder: Path, *, shard_rows: int = 100_000) -> None:
+        self.folder = folder
+        self.shard_rows = shard_rows
+        self.rows = 0
+        self.shards: list[str] = []
+        self._pending: list[pa.Table] = []
+        self._pending_rows = 0
+
+    def write(self, table: pa.Table) -> None:
+        if table.num_rows == 0:
+            return
+        self._pending.append(table)
+        self._pending_rows += table.num_rows
+        while self._pending_rows >= self.shard_rows:
+            self._flush(self.shard_rows)
+
+    def close(self) -> list[str]:
+        if self._pending_rows:
+            self._flush(self._pending_rows)
+        return self.shards
+
+    def _flush(self, rows: int) -> None:
+        pa = _pa()
+        pq = require("pyarrow.parquet", extra="data", feature="writing Parquet")
+        table = pa.concat_tables(self._pending, promote_options="default").combine_chunks()
+        head, tail = table.slice(0, rows), table.slice(rows)
+        name = f"part-{len(self.shards):05d}.parquet"
+        pq.write_table(head, self.folder / name, compression="zstd")
+        self.shards.append(name)
+        self.rows += head.num_rows
+        self._pending = [tail] if tail.num_rows else []
+        self._pending_rows = tail.num_rows
+
+
+def read_dataset(folder: str | Path) -> pa.Table:
+    """Read a complete aptops dataset artifact into one table."""
+    from aptops.core.artifacts import require_complete
+
+    folder = require_complete(folder, what="dataset")
+    pq = require("pyarrow.parquet", extra="data", feature="reading datasets")
+    shards = sorted(Path(folder).glob("part-*.parquet"))
+    if not shards:
+        raise InvalidArtifactError(f"dataset {str(folder)!r} holds no part-*.parquet shards", path=str(folder))
+    pa = _pa()
+    return pa.concat_tables([pq.read_table(s) for s in shards], promote_options="default")

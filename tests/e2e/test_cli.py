@@ -1,0 +1,122 @@
+"""The ``aptops`` command as a user runs it (a subprocess of the installed console script)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+APTOPS = shutil.which("aptops", path=str(Path(sys.executable).parent)) or "aptops"
+
+
+def aptops(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [APTOPS, *args], capture_output=True, text=True, cwd=cwd, env={**os.environ, "COLUMNS": "200", **(env or {})},
+        timeout=600,
+    )
+
+
+def test_help_and_version():
+    out = aptops("--help")
+    assert out.returncode == 0
+    for cmd in ("stages", "run", "compile", "submit", "data"):
+        assert cmd in out.stdout
+    assert aptops("--version").stdout.strip() == "aptops 0.1.0"
+
+
+def test_stages_table_is_honest():
+    out = aptops("stages")
+    assert out.returncode == 0
+    lines = {line.split("│")[1].strip(): line for line in out.stdout.splitlines() if line.count("│") > 3}
+    assert "data_processors" in lines["data"] and "available" in lines["data"] and "cpu" in lines["data"]
+    assert "planned" in lines["export"] and "ollama_export" in lines["export"] and "900" in lines["export"]
+    assert "gpu" in lines["train"]
+
+
+def test_data_clean_cli_and_bad_input(tmp_path):
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"text": "a  b"}\n')
+    ok = aptops("data", "clean", str(src), "--out", str(tmp_path / "out"), "--set", "min_chars=1")
+    assert ok.returncode == 0, ok.stderr
+    assert (tmp_path / "out" / "result.json").exists()
+    bad = aptops("data", "clean", str(src), "--out", str(tmp_path / "out2"), "--set", "min_chars=lots")
+    assert bad.returncode == 2
+    assert "min_chars must be an integer, got 'lots'" in bad.stderr
+    assert not (tmp_path / "out2").exists()
+    missing = aptops("data", "clean", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "out3"))
+    assert missing.returncode == 1
+    assert "does not exist" in missing.stderr
+    assert "Traceback" not in missing.stderr
+
+
+def _platform_spec(path: Path) -> dict:
+    docs = list(yaml.safe_load_all(path.read_text()))
+    assert len(docs) == 2, "expected the pipeline spec and its Kubernetes platform spec"
+    return docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+
+
+def test_compile_writes_node_selector_and_images(tmp_path):
+    out = aptops(
+        "compile", "--out", str(tmp_path), "--image-registry", "registry.example.com/ml", "--image-tag", "v1.2",
+        "--cpu-node-selector", "pool=cpu-small", "--cpu-node-selector", "example.com/tier=batch",
+    )
+    assert out.returncode == 0, out.stderr
+    path = tmp_path / "data.yaml"
+    executors = _platform_spec(path)
+    for name in ("exec-clean-text", "exec-dataset-stats"):
+        assert executors[name]["nodeSelector"]["labels"] == {"pool": "cpu-small", "example.com/tier": "batch"}
+    spec = next(yaml.safe_load_all(path.read_text()))
+    images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
+    assert images == {"registry.example.com/ml/aptops-data:v1.2"}
+    assert spec["root"]["inputDefinitions"]["parameters"]["source"]["description"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--gpu-toleration", "nvidia.com/gpu"], "must look like key=value:Effect"),
+        (["--gpu-toleration", "gpu=true:Sometimes"], "effect 'Sometimes' must be one of"),
+        (["--cpu-node-selector", "pool"], "must look like key=value"),
+        (["--image-registry", "Bad Registry"], "not a valid registry"),
+        (["--pipeline", "nope"], "unknown pipeline 'nope'"),
+    ],
+)
+def test_compile_bad_options(tmp_path, args, message):
+    out = aptops("compile", "--out", str(tmp_path), *args)
+    assert out.returncode != 0
+    assert message in out.stderr
+    assert not list(tmp_path.glob("*.yaml"))
+
+
+def test_run_rejects_unknown_and_mistyped_params(tmp_path):
+    out = aptops("run", "data", "--local", "--param", "sauce=x", "--runs-dir", str(tmp_path))
+    assert out.returncode == 2 and "has no parameter 'sauce'" in out.stderr
+    out = aptops("run", "data", "--local", "--param", "min_chars=many", "--runs-dir", str(tmp_path))
+    assert out.returncode == 2 and "min_chars='many' must be of type Integer" in out.stderr
+
+
+@pytest.mark.slow
+def test_run_data_local_produces_cleaned_dataset(tmp_path, assets):
+    out = aptops(
+        "run", "data", "--local", "--param", f"source={assets / 'messy.txt'}", "--param", "separator=",
+        "--runs-dir", str(tmp_path), cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    (run_dir,) = tmp_path.glob("data-*")
+    datasets = [p for p in run_dir.rglob("dataset") if (p / "result.json").exists()]
+    assert len(datasets) == 1
+    import pyarrow.parquet as pq
+
+    texts = pq.read_table(datasets[0] / "part-00000.parquet").column("text").to_pylist()
+    assert len(texts) == 9  # 10 lines, one blank
+    assert all("http" not in t and "@example.com" not in t for t in texts)
+    assert "The café's déjà vu" in texts or "The café’s déjà vu" in texts
+    reports = list(run_dir.rglob("report"))
+    assert reports and "<svg" in reports[0].read_text()
+    assert "rows_out" in out.stdout and "artifacts" in out.stdout
+    assert (run_dir / "metrics" / "clean.prom").exists()

@@ -1,0 +1,5 @@
+import sys
+
+from tests.services.servers import main
+
+sys.exit(main(sys.argv[1:]))

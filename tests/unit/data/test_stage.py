@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from aptops.core.artifacts import is_complete
+from aptops.core.errors import ArtifactNotFoundError, ConfigError, InvalidArtifactError
+from aptops.data import CleanConfig, StatsConfig, clean_dataset, dataset_stats
+from aptops.data.io import read_dataset
+
+
+def _rows(folder):
+    return read_dataset(folder).column("text").to_pylist()
+
+
+def test_jsonl_keeps_other_columns_and_drops_empty(tmp_path):
+    src = tmp_path / "in.jsonl"
+    src.write_text("\n".join(json.dumps(r) for r in [
+        {"text": "Hello  https://x.io world", "label": "a"},
+        {"text": "   \u200b ", "label": "b"},
+        {"text": "Mail me: a@b.com", "label": "c"},
+    ]) + "\n")
+    result = clean_dataset(src, tmp_path / "out")
+    table = read_dataset(tmp_path / "out")
+    assert table.column("text").to_pylist() == ["Hello world", "Mail me:"]
+    assert table.column("label").to_pylist() == ["a", "c"]
+    assert result.metrics["rows_in"] == 3
+    assert result.metrics["rows_out"] == 2
+    assert result.metrics["urls_removed"] == 1
+    assert result.metrics["emails_removed"] == 1
+    stats = json.loads((tmp_path / "out" / "stats.json").read_text())
+    assert stats["rows_dropped"] == 1
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_parquet_and_csv_with_custom_text_column(tmp_path, fmt):
+    table = pa.table({"body": ["x\ty", "a  b"], "id": [1, 2]})
+    src = tmp_path / f"in.{fmt}"
+    if fmt == "parquet":
+        pq.write_table(table, src)
+    else:
+        src.write_text("body,id\n\"x\ty\",1\n\"a  b\",2\n")
+    clean_dataset(src, tmp_path / "out", CleanConfig(text_column="body"))
+    assert read_dataset(tmp_path / "out").column("body").to_pylist() == ["x y", "a b"]
+
+
+def test_text_records_with_separator_and_folder_input(tmp_path):
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    (folder / "a").write_text("first\nrecord\n%\nsecond\n%\n")
+    (folder / "b.txt").write_text("third\n%\n")
+    (folder / "a.dat").write_bytes(b"\x00\x00\x00\x02binary index")
+    (folder / "a.u8").symlink_to(folder / "a")
+    clean_dataset(folder, tmp_path / "out", CleanConfig(separator="%"))
+    assert _rows(tmp_path / "out") == ["first\nrecord", "second", "third"]
+
+
+def test_sharding(tmp_path):
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(f"line {i}" for i in range(25)))
+    result = clean_dataset(src, tmp_path / "out", CleanConfig(shard_rows=10))
+    assert result.details["shards"] == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
+    assert len(_rows(tmp_path / "out")) == 25
+
+
+def test_stats_report(tmp_path):
+    src = tmp_path / "in.txt"
+    src.write_text("a\nbb bb\nccc ccc ccc\nbb bb\n")
+    clean_dataset(src, tmp_path / "ds")
+    result = dataset_stats(tmp_path / "ds", tmp_path / "stats", StatsConfig(histogram_bins=3))
+    assert result.metrics["rows"] == 4
+    assert result.metrics["words_total"] == 1 + 2 + 3 + 2
+    assert result.metrics["unique_ratio"] == 0.75
+    assert result.metrics["chars_max"] == 11
+    html = (tmp_path / "stats" / "report.html").read_text()
+    assert "<svg" in html and "<rect" in html
+    assert is_complete(tmp_path / "stats")
+
+
+@pytest.mark.parametrize(
+    ("content", "name", "kwargs", "error", "message"),
+    [
+        (None, "missing.jsonl", {}, ArtifactNotFoundError, "does not exist"),
+        ('{"text": "a"}\n{"text": ', "trunc.jsonl", {}, InvalidArtifactError, "could not be read as jsonl"),
+        ('{"body": "a"}\n', "cols.jsonl", {}, InvalidArtifactError, "has no column 'text'.*columns: body"),
+        ('{"text": 5}\n', "num.jsonl", {}, InvalidArtifactError, "holds int64, not text"),
+        (b"\x00\x01\x02", "bin.txt", {}, InvalidArtifactError, "looks binary"),
+        ("   \n\t\n", "blank.txt", {"separator": "%"}, InvalidArtifactError, "nothing left after cleaning"),
+        ("x\n", "bad-sep.txt", {"separator": "("}, ConfigError, "separator '\\(' is not a valid regular"),
+    ],
+)
+def test_bad_inputs_fail_clearly_and_leave_nothing(tmp_path, content, name, kwargs, error, message):
+    src = tmp_path / name
+    if isinstance(content, bytes):
+        src.write_bytes(content)
+    elif content is not None:
+        src.write_text(content)
+    out = tmp_path / "out"
+    with pytest.raises(error, match=message):
+        clean_dataset(src, out, CleanConfig(**kwargs))
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+def test_stats_refuses_incomplete_dataset(tmp_path):
+    (tmp_path / "ds").mkdir()
+    with pytest.raises(ArtifactNotFoundError, match="incomplete"):
+        dataset_stats(tmp_path / "ds", tmp_path / "stats")

@@ -1,0 +1,112 @@
+from __future__ import annotations
+
+import logging
+import sys
+
+import pytest
+
+from aptops.core.errors import ConfigError, PluginError
+from aptops.plugins import ConsoleCore, PluginBus, get_adapter, get_all_legacy_adapters
+
+
+class Recorder:
+    def __init__(self, name, priority, log):
+        self.name, self.priority, self.log = name, priority, log
+
+    def on_batch_start(self, step, context_data=None):
+        self.log.append((self.name, step))
+        return self.name
+
+
+class Exploding(Recorder):
+    def on_batch_start(self, step, context_data=None):
+        raise RuntimeError("boom")
+
+
+def test_priority_order_and_registration_order_ties():
+    log: list = []
+    bus = PluginBus()
+    for name, prio in [("export", 900), ("data", 100), ("debug", 800), ("train-a", 350), ("train-b", 350)]:
+        bus.subscribe(Recorder(name, prio, log))
+    bus.emit("on_batch_start", step=3)
+    assert [n for n, _ in log] == ["data", "train-a", "train-b", "debug", "export"]
+
+
+def test_raising_subscriber_is_isolated_and_logged(caplog):
+    log: list = []
+    bus = PluginBus()
+    bus.subscribe(Recorder("first", 100, log))
+    bus.subscribe(Exploding("bad", 200, log))
+    bus.subscribe(Recorder("last", 900, log))
+    with caplog.at_level(logging.ERROR, logger="aptops.plugins.bus"):
+        deliveries = bus.emit("on_batch_start", step=1)
+    assert [n for n, _ in log] == ["first", "last"]
+    assert [(d.plugin, d.ok) for d in deliveries] == [("first", True), ("bad", False), ("last", True)]
+    assert "RuntimeError: boom" in deliveries[1].error
+    assert bus.failures == {"bad": 1}
+    assert "plugin bad raised in on_batch_start" in caplog.text
+
+
+def test_subscribers_without_handler_are_skipped():
+    bus = PluginBus()
+    bus.subscribe(type("Quiet", (), {"name": "quiet", "priority": 1})())
+    assert bus.emit("on_step_end", step=0) == []
+
+
+def test_console_core_legacy_flow():
+    core = ConsoleCore()
+    plugin = core.register_plugin(get_adapter("data_processors", config={"strategy": "basic"}))
+    seen: list = []
+    plugin.add_listener("on_batch_start", lambda step, context_data: seen.append((step, context_data)))
+    assert core.compile_plugins() == ["data_processors"]
+    core.start()
+    assert plugin.initialized
+    core.emit_event("on_batch_start", step=0, context_data={"loss": 1.0})
+    assert seen == [(0, {"loss": 1.0})]
+    # the old plugin's method works and resolves the stage lazily
+    assert plugin.clean_text("a  b https://x.io") == "a b"
+    core.shutdown()
+    assert plugin.events_seen == ["on_start", "on_batch_start", "on_shutdown"]
+    assert not plugin.initialized
+
+
+def test_compile_validates_plugin_config():
+    core = ConsoleCore()
+    core.register_plugin(get_adapter("data_processors", config={"stratgy": "basic"}))
+    with pytest.raises(ConfigError, match="unknown config key 'stratgy'"):
+        core.compile_plugins()
+
+
+def test_emit_before_compile_and_duplicates():
+    core = ConsoleCore()
+    with pytest.raises(PluginError, match="compile_plugins"):
+        core.emit_event("on_batch_start", step=0)
+    core.register_plugin(get_adapter("data_processors"))
+    with pytest.raises(PluginError, match="already registered"):
+        core.register_plugin(get_adapter("data_processors"))
+
+
+def test_adapters_metadata_and_unknown_names():
+    adapters = get_all_legacy_adapters()
+    assert "data_processors" in adapters
+    plugin = adapters["data_processors"].get_legacy_plugin()
+    assert (plugin.category, plugin.priority) == ("data", 100)
+    assert "clean_text" in plugin.get_metadata()["methods"]
+    with pytest.raises(PluginError, match="planned but its stage has not landed"):
+        get_adapter("model_pruning")
+    with pytest.raises(PluginError, match="no adapter named 'nope'"):
+        get_adapter("nope")
+
+
+def test_adapters_are_lazy():
+    # Registering and compiling must not import heavy libraries of the stage.
+    import subprocess
+
+    code = (
+        "import sys; from aptops.plugins import ConsoleCore, get_adapter;"
+        "c = ConsoleCore(); c.register_plugin(get_adapter('data_processors')); c.compile_plugins(); c.start();"
+        "bad = [m for m in ('pyarrow', 'ftfy', 'torch', 'transformers', 'kfp') if m in sys.modules];"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
