@@ -1,10 +1,10 @@
 """Components of the data stage (image ``aptops-data``, CPU pool).
 
+No ``from __future__ import annotations`` here: kfp reads the real annotation objects.
+
 Compile one on a CPU: ``python -c "from kfp import compiler; from aptops_components.data import clean_text;
 compiler.Compiler().compile(clean_text, '/tmp/clean.yaml')"``.
 """
-
-from __future__ import annotations
 
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Output

@@ -3,8 +3,6 @@
 Run it on a CPU: ``aptops run data --local`` (cleans the Debian fortunes by default).
 """
 
-from __future__ import annotations
-
 from typing import Any
 
 from kfp import dsl

@@ -24,8 +24,12 @@ def run_local(pipeline_func: Any, params: dict[str, Any], run_dir: Path) -> list
     Raises:
         PipelineError: a task failed (the message names it and where its logs are).
     """
+    import warnings
+
     from kfp import local
 
+    # use_venv=False is the point here: tasks run in this environment, not in their images.
+    warnings.filterwarnings("ignore", message="You may be attemping to run a task", category=RuntimeWarning)
     run_dir = run_dir.resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("APTOPS_METRICS_DIR", str(run_dir / "metrics"))
@@ -54,6 +58,8 @@ def collect_results(run_dir: Path) -> list[dict[str, Any]]:
         if len(rel) != 3:
             continue
         task, output = rel[1], rel[2]
+        if output == "executor_output.json":
+            continue
         entry = tasks.setdefault(task, {"task": task, "artifacts": {}, "metrics": {}})
         entry["artifacts"][output] = str(path)
         result = path / "result.json"

@@ -8,6 +8,7 @@ imported only by the commands that need it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -18,6 +19,7 @@ from typing import Annotated, Any
 import typer
 import yaml
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from aptops import __version__
@@ -146,9 +148,9 @@ def compile_(
     gpu_resource: Annotated[str | None, typer.Option(help="GPU resource name, e.g. nvidia.com/gpu.")] = None,
 ) -> None:
     """Compile the pipelines to KFP YAML for a cluster, with images and node pools from the options."""
+    _, pipelines = _kfp_modules()
     settings = _cluster_settings(image_registry, image_tag, gpu_node_selector, gpu_toleration,
                                  cpu_node_selector, gpu_resource)
-    _, pipelines = _kfp_modules()
     from kfp import compiler
 
     names = pipeline or sorted(pipelines.PIPELINES)
@@ -159,7 +161,7 @@ def compile_(
     for name in names:
         func = pipelines.build_pipeline(name, settings)
         path = out / f"{name}.yaml"
-        tmp = path.with_name(f".{path.name}.tmp")
+        tmp = path.with_name(f".{name}.tmp.yaml")
         compiler.Compiler().compile(func, str(tmp))
         os.replace(tmp, path)
         table.add_row(name, str(path))
@@ -265,17 +267,20 @@ def _print_metrics(title: str, metrics: dict[str, float]) -> None:
 
 def _print_run_summary(pipeline: str, run_dir: Path, summary: list[dict[str, Any]]) -> None:
     console.print(f"[bold]run {pipeline}[/] finished; outputs under {run_dir}")
-    artifacts = Table(title="artifacts")
+    artifacts = Table(title=f"artifacts (under {run_dir})")
     artifacts.add_column("task")
     artifacts.add_column("output")
-    artifacts.add_column("path")
+    artifacts.add_column("path", overflow="fold")
     numbers = Table(title="summary")
     numbers.add_column("task")
     numbers.add_column("metric")
     numbers.add_column("value", justify="right")
     for task in summary:
         for name, path in task["artifacts"].items():
-            artifacts.add_row(task["task"], name, path)
+            shown = Path(path)
+            with contextlib.suppress(ValueError):
+                shown = shown.relative_to(run_dir.resolve())
+            artifacts.add_row(task["task"], name, str(shown))
         for k, v in task["metrics"].items():
             numbers.add_row(task["task"], k, f"{v:,.4g}" if not float(v).is_integer() else f"{v:,.0f}")
     console.print(artifacts)
@@ -287,10 +292,10 @@ def main() -> None:
     try:
         app()
     except ConfigError as exc:
-        err.print(f"[red]error:[/] {exc}")
+        err.print(f"[red]error:[/] {escape(str(exc))}")
         sys.exit(2)
     except AptopsError as exc:
-        err.print(f"[red]error:[/] {exc}")
+        err.print(f"[red]error:[/] {escape(str(exc))}")
         sys.exit(1)
 
 

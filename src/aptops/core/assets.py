@@ -78,8 +78,11 @@ def gguf_to_hf_folder(gguf_path: str | Path, folder: str | Path, *, digit_split:
     gguf_path = Path(gguf_path)
     folder = Path(folder)
     log.info("converting %s to a Hugging Face folder at %s (once)", gguf_path.name, folder)
+    # dequantize=True gives plain float tensors; without it the model stays "gguf-quantized" and
+    # save_pretrained refuses to serialise it.
     model = transformers.AutoModelForCausalLM.from_pretrained(
-        str(gguf_path.parent), gguf_file=gguf_path.name, dtype="float32"
+        str(gguf_path.parent), gguf_file=gguf_path.name, dtype="float32",
+        quantization_config=transformers.GgufConfig(gguf_file=gguf_path.name, dequantize=True),
     )
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
     with atomic_output(folder) as tmp:

@@ -1,7 +1,7 @@
 """Text cleaning strategies.
 
-``basic`` (this module): repair mojibake and broken encodings (ftfy), strip control and other
-invisible characters, remove URLs and e-mail addresses, normalise whitespace. The other strategies of
+``basic`` (this module): repair mojibake and broken encodings (ftfy), strip terminal escapes, control
+and other invisible characters, remove URLs and e-mail addresses, normalise whitespace. The other strategies of
 the old Data Processors plugin (``aggressive``, ``chinese``, ``code``) come with the data-stage issue.
 
 Try it on a CPU: ``python -c "from aptops.data import clean_text; print(clean_text('Ã©tÃ©  see https://x.io'))"``
@@ -33,6 +33,9 @@ _EMAIL = re.compile(
 _HSPACE = re.compile(r"[^\S\n]+")  # any whitespace but newline (tabs, NBSP, ideographic space, ...)
 _SPACE_AROUND_NL = re.compile(r" *\n *")
 _MANY_NL = re.compile(r"\n{3,}")
+# ECMA-48 escape sequences (colours, cursor moves) and OSC strings (terminal titles, hyperlinks):
+# text copied from a terminal carries them; they are markup, not content.
+_TERMINAL_ESCAPE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
 _BACKSPACE_OVERSTRIKE = re.compile(r"[^\x08]\x08")  # nroff-style bold/underline: "_\bA" -> "A"
 
 
@@ -42,6 +45,7 @@ class CleanStats:
 
     urls: int = 0
     emails: int = 0
+    terminal_escapes: int = 0
     control_chars: int = 0
     encoding_fixed: bool = False
     custom_rules: int = 0
@@ -90,9 +94,15 @@ def clean_text_with_stats(
         if custom_rules and isinstance(custom_rules[0][0], re.Pattern)
         else compile_rules(custom_rules)  # type: ignore[arg-type]
     )
-    # ftfy repairs mojibake (UTF-8 read as Latin-1/cp1252), HTML entities in plain text, curly-quote
-    # damage and NFC-normalises; it leaves control characters to us.
-    fixed = ftfy.fix_text(text, normalization="NFC")
+    # ftfy repairs mojibake (UTF-8 read as Latin-1/cp1252, which leaves C1 controls that must survive
+    # until then), HTML entities in plain text, terminal escapes, and NFC-normalises. Full-width
+    # characters and curly quotes are kept: CJK punctuation is full-width by design, and folding
+    # typography is a style decision for the stricter strategies. Control characters are counted below.
+    text, n_escapes = _TERMINAL_ESCAPE.subn("", text)
+    fixed = ftfy.fix_text(
+        text, normalization="NFC", fix_character_width=False, uncurl_quotes=False, remove_control_chars=False,
+        remove_terminal_escapes=False,
+    )
     encoding_fixed = fixed != text
     fixed = _BACKSPACE_OVERSTRIKE.sub("", fixed)
     fixed = fixed.replace("\r\n", "\n").replace("\r", "\n")
@@ -107,7 +117,7 @@ def clean_text_with_stats(
     kept = _HSPACE.sub(" ", kept)
     kept = _SPACE_AROUND_NL.sub("\n", kept)
     kept = _MANY_NL.sub("\n\n", kept).strip()
-    return kept, CleanStats(n_urls, n_emails, control, encoding_fixed, n_custom)
+    return kept, CleanStats(n_urls, n_emails, n_escapes, control, encoding_fixed, n_custom)
 
 
 def clean_text(
@@ -136,6 +146,7 @@ def summarize(stats: Sequence[CleanStats]) -> dict[str, float]:
     for s in stats:
         total["urls_removed"] += s.urls
         total["emails_removed"] += s.emails
+        total["terminal_escapes_removed"] += s.terminal_escapes
         total["control_chars_removed"] += s.control_chars
         total["encoding_fixed"] += int(s.encoding_fixed)
         total["custom_rule_hits"] += s.custom_rules

@@ -48,7 +48,9 @@ def list_input_files(source: Path) -> list[Path]:
         )
     if source.is_file():
         return [source]
-    files, seen = [], set()
+    files: list[Path] = []
+    skipped: list[str] = []
+    seen: set[Path] = set()
     for p in sorted(source.rglob("*")):
         if (
             not p.is_file()
@@ -61,9 +63,12 @@ def list_input_files(source: Path) -> list[Path]:
             continue
         seen.add(real)
         if detect_format(p) == "text" and _looks_binary(p):
-            log.warning("skipping %s: it looks binary, not text", p)
+            skipped.append(p.name)
             continue
         files.append(p)
+    if skipped:
+        shown = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
+        log.warning("skipped %d binary files in %s: %s", len(skipped), source, shown)
     if not files:
         raise ArtifactNotFoundError(f"input folder {str(source)!r} holds no data files", path=str(source))
     return files

@@ -28,6 +28,7 @@ def test_tokenizer_matches_llama_cpp(smollm2):
         want = ref.tokenize(text.encode(), add_bos=False, special=True)
         got = hf(text, add_special_tokens=False)["input_ids"]
         assert got == want, text
+    ref.close()
 
 
 def test_digit_split_restored(smollm2):

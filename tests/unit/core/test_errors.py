@@ -33,5 +33,5 @@ def test_storage_error_carries_uri_and_provider():
 def test_require_names_the_extra():
     from aptops.core.deps import require
 
-    with pytest.raises(errors.MissingDependencyError, match=r"pip install 'aptops\[export\]' to use quantize"):
+    with pytest.raises(errors.MissingDependencyError, match=r"quantize needs .*definitely_not_a_module_xyz.*pip install 'aptops\[export\]'"):
         require("definitely_not_a_module_xyz", extra="export", feature="quantize")

@@ -24,7 +24,7 @@ def test_strips_control_and_invisible_characters():
     text = "a\x00b\x1bc\u200bd\ufeffe\u202eF\ue000g"
     out, stats = clean_text_with_stats(text)
     assert out == "abcdeFg"
-    assert stats.control_chars == 7
+    assert stats.control_chars == 6
 
 
 def test_normalises_whitespace_keeps_paragraphs():
@@ -60,3 +60,11 @@ def test_clean_is_idempotent_on_samples(assets):
     for line in (assets / "messy.txt").read_text(encoding="utf-8").splitlines():
         once = clean_text(line)
         assert clean_text(once) == once
+
+
+def test_terminal_escapes_are_removed_and_counted_apart_from_encoding():
+    text = "\x1b[33m  -- 论语\x1b[0m and \x1b]8;;http://x\x07link\x1b]8;;\x07"
+    out, stats = clean_text_with_stats(text)
+    assert out == "-- 论语 and link"
+    assert stats.terminal_escapes == 4
+    assert not stats.encoding_fixed
