@@ -10,8 +10,9 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from aptops.core.errors import PipelineError
 from aptops_pipelines.cluster import ClusterSettings
+
+from aptops.core.errors import PipelineError
 
 # name -> module that defines build(settings); each stage issue adds its pipelines here.
 PIPELINES: dict[str, str] = {

@@ -128,7 +128,7 @@ def _cluster_settings(
 
 def _kfp_modules() -> tuple[Any, Any]:
     try:
-        import kfp  # noqa: F401
+        import kfp
     except ImportError as exc:
         raise MissingDependencyError("this command needs kfp: pip install 'aptops[kfp]'") from exc
     import aptops_pipelines

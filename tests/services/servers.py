@@ -102,7 +102,7 @@ class Server:
 
 def _answers(url: str) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=1) as resp:  # noqa: S310 - loopback test servers only
+        with urllib.request.urlopen(url, timeout=1) as resp:
             return resp.status < 500
     except urllib.error.HTTPError as exc:
         return exc.code < 500
@@ -173,7 +173,7 @@ def _wait_s3_writable(s3: S3Server, timeout_s: float = 60.0) -> None:
             client.put_object(Bucket="aptops-ready", Key="probe", Body=b"ok")
             client.delete_object(Bucket="aptops-ready", Key="probe")
             return
-        except Exception as exc:  # noqa: BLE001 - any failure means "not ready yet"
+        except Exception as exc:
             last = exc
             time.sleep(0.5)
     s3.server.stop()

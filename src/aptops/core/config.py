@@ -165,13 +165,13 @@ def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def _coerce(tp: Any, value: Any, field: str) -> Any:  # noqa: C901 - one branch per supported type
+def _coerce(tp: Any, value: Any, field: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
-        if value is None or (isinstance(value, str) and value.strip().lower() in {"none", "null", "~"}):
-            if type(None) in args:
-                return None
+        is_none = value is None or (isinstance(value, str) and value.strip().lower() in {"none", "null", "~"})
+        if is_none and type(None) in args:
+            return None
         errors = []
         for arg in args:
             if arg is type(None):

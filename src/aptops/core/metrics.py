@@ -93,7 +93,7 @@ class HttpSink:
     """Serve the registry on ``/metrics`` for the life of the process (long training jobs)."""
 
     port: int
-    addr: str = "0.0.0.0"  # noqa: S104 - a pod's metrics port must be reachable by Prometheus
+    addr: str = "0.0.0.0"
     _started: bool = field(default=False, init=False)
 
     def emit(self, registry: CollectorRegistry, *, job: str, run_id: str, stage: str, step: str) -> None:

@@ -6,7 +6,14 @@ methods; ``ConsoleCore`` and ``PluginBus`` deliver events in priority order; ``B
 """
 
 from aptops.plugins.bus import EVENTS, ConsoleCore, Delivery, PluginBus
-from aptops.plugins.legacy import Adapter, AdapterSpec, LegacyPlugin, get_adapter, get_all_legacy_adapters, register_adapter
+from aptops.plugins.legacy import (
+    Adapter,
+    AdapterSpec,
+    LegacyPlugin,
+    get_adapter,
+    get_all_legacy_adapters,
+    register_adapter,
+)
 
 __all__ = [
     "EVENTS", "Adapter", "AdapterSpec", "ConsoleCore", "Delivery", "LegacyPlugin", "PluginBus",

@@ -86,7 +86,7 @@ class PluginBus:
                 continue
             try:
                 deliveries.append(Delivery(_name(plugin), True, handler(**payload)))
-            except Exception as exc:  # noqa: BLE001 - a plugin must never stop training
+            except Exception as exc:
                 name = _name(plugin)
                 self.failures[name] = self.failures.get(name, 0) + 1
                 log.exception("plugin %s raised in %s; it is skipped for this event", name, event)
@@ -172,7 +172,7 @@ class ConsoleCore:
             if callable(init):
                 try:
                     init()
-                except Exception:  # noqa: BLE001 - one broken plugin must not stop the others
+                except Exception:
                     log.exception("plugin %s failed to initialise; it stays registered", _name(plugin))
         self._started = True
         self.bus.emit("on_start")

@@ -74,5 +74,5 @@ def test_lineage_keeps_parents(tmp_path):
 def test_read_json_errors_name_the_file(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text("{")
-    with pytest.raises(InvalidArtifactError, match="bad.json"):
+    with pytest.raises(InvalidArtifactError, match=r"bad\.json"):
         read_json(bad)

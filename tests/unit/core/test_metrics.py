@@ -45,9 +45,10 @@ def test_sink_from_env(tmp_path):
     assert isinstance(sink_from_env(tmp_path, {"APTOPS_PUSHGATEWAY_URL": "http://gw:9091"}), PushgatewaySink)
     with pytest.raises(ConfigError, match="must start with http"):
         sink_from_env(tmp_path, {"APTOPS_PUSHGATEWAY_URL": "gw:9091"})
-    with pytest.raises(ConfigError, match="not a valid Prometheus name"):
-        with stage_run(pipeline="p", run_id="r", stage="data") as m:
-            m.gauge("bad name", 1)
+    with pytest.raises(ConfigError, match="not a valid Prometheus name"), stage_run(
+        pipeline="p", run_id="r", stage="data"
+    ) as m:
+        m.gauge("bad name", 1)
 
 
 def _query(prom: str, expr: str) -> list[dict]:
