@@ -6,9 +6,10 @@ Compile one on a CPU: ``python -c "from kfp import compiler; from aptops_compone
 compiler.Compiler().compile(clean_text, '/tmp/clean.yaml')"``.
 """
 
-from aptops_components import stage_image
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Output
+
+from aptops_components import stage_image
 
 IMAGE = stage_image("data")
 

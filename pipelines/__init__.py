@@ -10,9 +10,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from aptops_pipelines.cluster import ClusterSettings
-
 from aptops.core.errors import PipelineError
+from aptops_pipelines.cluster import ClusterSettings
 
 # name -> module that defines build(settings); each stage issue adds its pipelines here.
 PIPELINES: dict[str, str] = {

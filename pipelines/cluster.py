@@ -12,11 +12,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from aptops_components import DEFAULT_REGISTRY, DEFAULT_TAG, stage_image
 from kfp import dsl
 
 from aptops.core.errors import ConfigError
 from aptops.stages import get_stage
+from aptops_components import DEFAULT_REGISTRY, DEFAULT_TAG, stage_image
 
 _EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 _LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")

@@ -5,9 +5,10 @@ Run it on a CPU: ``aptops run data --local`` (cleans the Debian fortunes by defa
 
 from typing import Any
 
+from kfp import dsl
+
 from aptops_components import data as data_components
 from aptops_pipelines.cluster import ClusterSettings
-from kfp import dsl
 
 DEFAULT_SOURCE = "/usr/share/games/fortunes"
 

@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -246,6 +247,9 @@ def submit(
     func = pipelines.build_pipeline(pipeline, settings)
     params = _coerce_params(func, _load_params(config, param))
     token = os.environ.get("KF_PIPELINES_TOKEN") or None
+    # kfp's client logs retries with full tracebacks on the root logger; the failure is reported below.
+    logging.getLogger().addHandler(logging.NullHandler())
+    warnings.filterwarnings("ignore", category=FutureWarning, module="kfp")
     try:
         client = kfp.Client(host=host, existing_token=token)
         run_result = client.create_run_from_pipeline_func(

@@ -16,8 +16,9 @@ def test_data_components_use_the_data_image_and_no_kfp_install():
 
 
 def test_components_compile(tmp_path):
-    from aptops_components import data
     from kfp import compiler
+
+    from aptops_components import data
 
     for comp in (data.clean_text, data.dataset_stats):
         path = tmp_path / f"{comp.name}.yaml"
@@ -36,8 +37,9 @@ def test_rebased_component_keeps_the_function(tmp_path):
 
 @pytest.mark.slow
 def test_clean_component_runs_under_kfp_local(tmp_path, monkeypatch):
-    from aptops_components import data
     from kfp import local
+
+    from aptops_components import data
 
     src = tmp_path / "in.txt"
     src.write_text("hello  https://x.io world\n\u200b\nsecond line\n")

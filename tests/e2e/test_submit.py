@@ -1,0 +1,50 @@
+"""`aptops submit` through the real kfp.Client against a protocol-level KFP API stand-in."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.e2e.test_cli import aptops
+from tests.services.kfp_api import KfpApiStandIn
+
+pytest.importorskip("kfp")
+
+TOKEN = "canary-token-8f2e91"
+
+
+def test_submit_sends_the_compiled_pipeline_with_params_and_token():
+    with KfpApiStandIn(token=TOKEN) as api:
+        out = aptops(
+            "submit", "data", "--host", api.url, "--experiment", "nightly", "--param", "source=/data/corpus",
+            "--param", "min_chars=5", "--image-registry", "registry.example.com/ml", "--image-tag", "v3",
+            env={"KF_PIPELINES_TOKEN": TOKEN},
+        )
+        assert out.returncode == 0, out.stderr
+        (run,) = api.state.runs
+    assert run["run_id"] in out.stdout
+    assert [e["display_name"] for e in api.state.experiments.values()] == ["nightly"]
+    assert run["runtime_config"]["parameters"] == {"source": "/data/corpus", "min_chars": 5}
+    spec = run["pipeline_spec"]["pipeline_spec"]
+    assert spec["pipelineInfo"]["name"] == "aptops-data"
+    platform = run["pipeline_spec"]["platform_spec"]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert platform["exec-clean-text"]["nodeSelector"]["labels"] == {"aptops.io/pool": "cpu"}
+    images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
+    assert images == {"registry.example.com/ml/aptops-data:v3"}
+    assert api.state.rejected == 0
+    assert TOKEN not in out.stdout + out.stderr
+
+
+def test_submit_with_wrong_token_fails_clearly_without_echoing_it():
+    with KfpApiStandIn(token=TOKEN) as api:
+        out = aptops("submit", "data", "--host", api.url, env={"KF_PIPELINES_TOKEN": "wrong-secret-123"})
+    assert out.returncode == 1
+    assert "submitting 'data'" in out.stderr
+    assert "wrong-secret-123" not in out.stdout + out.stderr
+    assert "Traceback" not in out.stderr
+    assert not api.state.runs
+
+
+def test_submit_to_nothing_fails_clearly(tmp_path):
+    out = aptops("submit", "data", "--host", "http://127.0.0.1:9")
+    assert out.returncode == 1
+    assert "http://127.0.0.1:9" in out.stderr
