@@ -86,7 +86,7 @@ def data_clean(
     from aptops.data import CleanConfig, clean_dataset
 
     cfg = load_config(CleanConfig, config, overrides=set_ or [])
-    result = clean_dataset(source, out, cfg)
+    result = _run_stage("data", "clean", lambda: clean_dataset(source, out, cfg), out)
     _print_metrics(f"cleaned dataset: {out}", result.metrics)
 
 
@@ -101,8 +101,17 @@ def data_stats(
     from aptops.data import StatsConfig, dataset_stats
 
     cfg = load_config(StatsConfig, config, overrides=set_ or [])
-    result = dataset_stats(dataset, out, cfg)
+    result = _run_stage("data", "stats", lambda: dataset_stats(dataset, out, cfg), out)
     _print_metrics(f"report: {result.outputs['report']}", result.metrics)
+
+
+def _run_stage(stage: str, step: str, fn: Any, out: Path) -> Any:
+    """Run a stage function with metrics, as a component would: Pushgateway if configured, else a textfile."""
+    from aptops.core.runtime import run_component
+
+    run_id = os.environ.get("APTOPS_RUN_ID") or f"cli-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    return run_component(stage, fn, pipeline="cli", run_id=run_id, step=step,
+                         metrics_dir=out.parent / f"{out.name}.metrics")
 
 
 def _cluster_settings(

@@ -8,7 +8,7 @@ import urllib.request
 import pytest
 
 from aptops.core.errors import ConfigError
-from aptops.core.metrics import PushgatewaySink, TextfileSink, sink_from_env, stage_run
+from aptops.core.metrics import HttpSink, PushgatewaySink, TextfileSink, sink_from_env, stage_run
 
 
 def test_textfile_sink_records_duration_outcome_and_stage_values(tmp_path):
@@ -81,3 +81,37 @@ def test_pushed_stage_metric_is_scraped_by_real_prometheus(pushgateway, promethe
     sink.delete(job="aptops-data", run_id=run_id, stage="data", step="clean")
     with urllib.request.urlopen(f"{pushgateway}/metrics", timeout=5) as resp:
         assert run_id not in resp.read().decode()
+
+
+def test_http_sink_serves_metrics():
+    from tests.services.servers import free_port
+
+    port = free_port()
+    with stage_run(pipeline="train", run_id="r9", stage="data", sink=HttpSink(port, addr="127.0.0.1")) as m:
+        m.gauge("tokens_per_second", 321.5)
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        body = resp.read().decode()
+    assert 'aptops_data_tokens_per_second{pipeline="train",run_id="r9",stage="data",step="data"} 321.5' in body
+
+
+@pytest.mark.integration
+def test_cli_stage_pushes_to_gateway_and_prometheus_scrapes_it(pushgateway, prometheus, tmp_path):
+    """The real entry point: `aptops data clean` with APTOPS_PUSHGATEWAY_URL set, read back from Prometheus."""
+    from tests.e2e.test_cli import aptops
+
+    src = tmp_path / "in.txt"
+    src.write_text("one https://a.io\ntwo\nthree\n")
+    run_id = f"cli-it-{time.time_ns()}"
+    out = aptops("data", "clean", str(src), "--out", str(tmp_path / "ds"),
+                 env={"APTOPS_PUSHGATEWAY_URL": pushgateway, "APTOPS_RUN_ID": run_id})
+    assert out.returncode == 0, out.stderr
+    expr = f'aptops_data_rows_out{{run_id="{run_id}",step="clean"}}'
+    deadline = time.monotonic() + 30
+    result: list = []
+    while time.monotonic() < deadline and not result:
+        result = _query(prometheus, expr)
+        time.sleep(0.5)
+    assert result and float(result[0]["value"][1]) == 3.0
+    urls = _query(prometheus, f'aptops_data_urls_removed{{run_id="{run_id}"}}')
+    assert float(urls[0]["value"][1]) == 1.0
+    assert not (tmp_path / "ds.metrics").exists(), "with a gateway configured no textfile is written"
