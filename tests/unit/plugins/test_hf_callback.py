@@ -23,7 +23,8 @@ class Broken:
         raise ValueError("plugin bug")
 
 
-def test_trainer_events_reach_bus_in_order_and_a_broken_plugin_never_stops_training(tiny_llama, tmp_path):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_trainer_events_reach_bus_in_order_and_a_broken_plugin_never_stops_training(tiny_llama, tmp_path, device):
     from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
 
     from aptops.plugins import ConsoleCore
@@ -42,11 +43,14 @@ def test_trainer_events_reach_bus_in_order_and_a_broken_plugin_never_stops_train
     core.compile_plugins()
     args = TrainingArguments(
         output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=4, report_to=[], logging_steps=1,
-        save_strategy="no", use_cpu=True, disable_tqdm=True,
+        save_strategy="no", use_cpu=device == "cpu", disable_tqdm=True,
     )
     trainer = Trainer(model=model, args=args, train_dataset=rows, callbacks=[BusCallback(core)])
     out = trainer.train()
     assert out.global_step == 2
+    assert trainer.args.device.type == device
+    assert next(trainer.model.parameters()).device.type == device
+    assert torch.isfinite(torch.tensor(out.training_loss))
     events = [e for n, e, _ in seen if n == "data"]
     assert events[0] == "on_init_end" or "on_train_begin" in events
     assert events.count("on_batch_start") == 2
