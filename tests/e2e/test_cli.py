@@ -120,3 +120,25 @@ def test_run_data_local_produces_cleaned_dataset(tmp_path, assets):
     assert reports and "<svg" in reports[0].read_text()
     assert "rows_out" in out.stdout and "artifacts" in out.stdout
     assert (run_dir / "metrics" / "clean.prom").exists()
+
+
+def test_run_reads_params_from_a_config_file(tmp_path):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("params:\n  min_chars: not-a-number\n")
+    out = aptops("run", "data", "--local", "--config", str(cfg), "--runs-dir", str(tmp_path))
+    assert out.returncode == 2
+    assert "min_chars='not-a-number' must be of type Integer" in out.stderr
+    cfg.write_text("- just\n- a list\n")
+    out = aptops("run", "data", "--local", "--config", str(cfg), "--runs-dir", str(tmp_path))
+    assert out.returncode == 2 and "must hold a mapping" in out.stderr
+
+
+def test_dockerignore_keeps_the_build_context_small():
+    root = Path(__file__).resolve().parents[2]
+    lines = (root / ".dockerignore").read_text().splitlines()
+    assert lines[lines.index("*")] == "*", "everything is excluded by default"
+    for dockerfile in root.glob("images/*/Dockerfile"):
+        for line in dockerfile.read_text().splitlines():
+            if line.startswith("COPY "):
+                for src in line.split()[1:-1]:
+                    assert f"!{src.rstrip('/')}" in {x.rstrip("/") for x in lines}, f"{src} is COPYed but ignored"
