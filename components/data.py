@@ -20,6 +20,7 @@ def clean_text(
     dataset: Output[Dataset],
     metrics: Output[Metrics],
     strategy: str = "basic",
+    code_language: str = "",
     text_column: str = "text",
     input_format: str = "auto",
     separator: str = "",
@@ -31,7 +32,7 @@ def clean_text(
     from aptops.core.runtime import run_component
     from aptops.data import CleanConfig, clean_dataset
 
-    config = CleanConfig(strategy=strategy, text_column=text_column, input_format=input_format,
+    config = CleanConfig(strategy=strategy, code_language=code_language or None, text_column=text_column, input_format=input_format,
                          separator=separator or None, min_chars=min_chars)
     result = run_component("data", lambda: clean_dataset(source, dataset.path, config), step="clean",
                            pipeline=pipeline, run_id=run_id, metrics=metrics)

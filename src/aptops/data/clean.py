@@ -1,8 +1,14 @@
 """Text cleaning strategies.
 
-``basic`` (this module): repair mojibake and broken encodings (ftfy), strip terminal escapes, control
-and other invisible characters, remove URLs and e-mail addresses, normalise whitespace. The other strategies of
-the old Data Processors plugin (``aggressive``, ``chinese``, ``code``) come with the data-stage issue.
+- ``basic``: repair mojibake and broken encodings (ftfy), strip terminal escapes, control and other
+  invisible characters, remove URLs and e-mail addresses, normalise whitespace.
+- ``aggressive``: basic, then lower-case, keep only letters and digits, remove English stop words.
+- ``chinese``: basic, then Traditional to Simplified (OpenCC), remove punctuation, segment and POS-tag
+  (jieba), drop stop words and particles; the result is space-separated words.
+- ``code``: remove comments with a real lexer (pygments: string literals, shebangs and preprocessor lines
+  survive), expand tabs, strip trailing spaces, drop blank lines; indentation is kept.
+
+``custom_rules`` (``(regex, replacement)`` pairs) run last, in order, for every strategy.
 
 Try it on a CPU: ``python -c "from aptops.data import clean_text; print(clean_text('Ã©tÃ©  see https://x.io'))"``
 """
@@ -19,7 +25,11 @@ from aptops.core.config import check_choice
 from aptops.core.deps import require
 from aptops.core.errors import ConfigError
 
-STRATEGIES = ("basic",)
+STRATEGIES = ("basic", "aggressive", "chinese", "code")
+# jieba POS flags of words that carry no content: particles (u*), modal particles (y), interjections (e),
+# onomatopoeia (o), punctuation and non-morphemes (x, w).
+_EMPTY_POS = ("u", "y", "e", "o", "x", "w")
+_NOT_WORD = re.compile(r"[^\w]+|_+")
 
 # URLs with a scheme or a "www." prefix; stops at whitespace and at closing brackets/quotes so the
 # surrounding sentence survives. Trailing punctuation is left in the text (it belongs to the sentence).
@@ -47,6 +57,10 @@ class CleanStats:
     emails: int = 0
     terminal_escapes: int = 0
     control_chars: int = 0
+    stopwords: int = 0
+    comments: int = 0
+    punctuation: int = 0
+    traditional_converted: int = 0
     encoding_fixed: bool = False
     custom_rules: int = 0
 
@@ -83,61 +97,136 @@ def clean_text_with_stats(
     text: str,
     strategy: str = "basic",
     custom_rules: Sequence[tuple[str, str]] | Sequence[tuple[re.Pattern[str], str]] | None = None,
+    *,
+    language: str | None = None,
 ) -> tuple[str, CleanStats]:
     """Clean ``text`` and report what changed; see :func:`clean_text`."""
     check_choice("strategy", strategy, STRATEGIES)
     if not isinstance(text, str):
         raise ConfigError(f"text must be a string, got {type(text).__name__}", field="text")
-    ftfy = require("ftfy", extra="data", feature="clean_text")
     rules = (
         list(custom_rules)  # type: ignore[arg-type]
         if custom_rules and isinstance(custom_rules[0][0], re.Pattern)
         else compile_rules(custom_rules)  # type: ignore[arg-type]
     )
+    counts: dict[str, int] = {}
+    if strategy == "code":
+        out = _clean_code(text, language, counts)
+    else:
+        out = _clean_basic(text, counts)
+        if strategy == "aggressive":
+            out = _clean_aggressive(out, counts)
+        elif strategy == "chinese":
+            out = _clean_chinese(out, counts)
+    n_custom = 0
+    for pattern, repl in rules:
+        out, n = pattern.subn(repl, out)
+        n_custom += n
+    if n_custom and strategy != "code":
+        out = _normalise_space(out)
+    return out, CleanStats(custom_rules=n_custom, **counts)
+
+
+def _clean_basic(text: str, counts: dict[str, int]) -> str:
+    ftfy = require("ftfy", extra="data", feature="clean_text")
+    text, counts["terminal_escapes"] = _TERMINAL_ESCAPE.subn("", text)
     # ftfy repairs mojibake (UTF-8 read as Latin-1/cp1252, which leaves C1 controls that must survive
-    # until then), HTML entities in plain text, terminal escapes, and NFC-normalises. Full-width
-    # characters and curly quotes are kept: CJK punctuation is full-width by design, and folding
-    # typography is a style decision for the stricter strategies. Control characters are counted below.
-    text, n_escapes = _TERMINAL_ESCAPE.subn("", text)
+    # until then), HTML entities in plain text, and NFC-normalises. Full-width characters and curly
+    # quotes are kept: CJK punctuation is full-width by design, and folding typography is a style
+    # decision for the stricter strategies. Control characters are counted below.
     fixed = ftfy.fix_text(
         text, normalization="NFC", fix_character_width=False, uncurl_quotes=False, remove_control_chars=False,
         remove_terminal_escapes=False,
     )
-    encoding_fixed = fixed != text
+    counts["encoding_fixed"] = fixed != text
     fixed = _BACKSPACE_OVERSTRIKE.sub("", fixed)
     fixed = fixed.replace("\r\n", "\n").replace("\r", "\n")
     kept = "".join(ch for ch in fixed if _keep_char(ch))
-    control = len(fixed) - len(kept)
-    kept, n_urls = _URL.subn(" ", kept)
-    kept, n_emails = _EMAIL.subn(" ", kept)
-    n_custom = 0
-    for pattern, repl in rules:
-        kept, n = pattern.subn(repl, kept)
-        n_custom += n
-    kept = _HSPACE.sub(" ", kept)
-    kept = _SPACE_AROUND_NL.sub("\n", kept)
-    kept = _MANY_NL.sub("\n\n", kept).strip()
-    return kept, CleanStats(n_urls, n_emails, n_escapes, control, encoding_fixed, n_custom)
+    counts["control_chars"] = len(fixed) - len(kept)
+    kept, counts["urls"] = _URL.subn(" ", kept)
+    kept, counts["emails"] = _EMAIL.subn(" ", kept)
+    return _normalise_space(kept)
+
+
+def _normalise_space(text: str) -> str:
+    text = _HSPACE.sub(" ", text)
+    text = _SPACE_AROUND_NL.sub("\n", text)
+    return _MANY_NL.sub("\n\n", text).strip()
+
+
+def _clean_aggressive(text: str, counts: dict[str, int]) -> str:
+    from aptops.data.resources import stopwords
+
+    stop = stopwords("en")
+    words = [w for w in _NOT_WORD.split(text.lower()) if w]
+    kept = [w for w in words if w not in stop]
+    counts["stopwords"] = len(words) - len(kept)
+    return " ".join(kept)
+
+
+def _clean_chinese(text: str, counts: dict[str, int]) -> str:
+    from aptops.data.resources import jieba_posseg, opencc, stopwords
+
+    simplified = opencc("t2s").convert(text)
+    counts["traditional_converted"] = sum(a != b for a, b in zip(text, simplified, strict=False))
+    no_punct = "".join(" " if unicodedata.category(ch)[0] in "PS" else ch for ch in simplified)
+    counts["punctuation"] = sum(1 for ch in simplified if unicodedata.category(ch)[0] in "PS")
+    stop = stopwords("zh")
+    words, dropped = [], 0
+    for pair in jieba_posseg().cut(no_punct):
+        word, flag = pair.word.strip(), pair.flag
+        if not word:
+            continue
+        if word in stop or flag.startswith(_EMPTY_POS):
+            dropped += 1
+            continue
+        words.append(word)
+    counts["stopwords"] = dropped
+    return " ".join(words)
+
+
+def _clean_code(text: str, language: str | None, counts: dict[str, int]) -> str:
+    from aptops.data.code import strip_comments
+
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    code, counts["comments"], in_string = strip_comments(text, language)
+    kept = []
+    for i, line in enumerate(code.split("\n")):
+        starts_in_string = (i - 1) in in_string
+        if not starts_in_string:
+            indent = len(line) - len(line.lstrip(" \t"))
+            line = line[:indent].expandtabs(4) + line[indent:]
+            if not line.strip():
+                continue  # a blank line, or one that held only a comment
+        if i not in in_string:
+            line = line.rstrip()
+        kept.append(line)
+    return "\n".join(kept).strip("\n")
 
 
 def clean_text(
-    text: str, strategy: str = "basic", custom_rules: Sequence[tuple[str, str]] | None = None
+    text: str,
+    strategy: str = "basic",
+    custom_rules: Sequence[tuple[str, str]] | None = None,
+    *,
+    language: str | None = None,
 ) -> str:
     """Clean one text.
 
     Args:
         text: the raw text.
-        strategy: ``basic`` (repair encodings, strip control characters, remove URLs and e-mail
-            addresses, normalise whitespace).
+        strategy: ``basic``, ``aggressive``, ``chinese`` or ``code`` (see the module docstring).
         custom_rules: extra ``(regex, replacement)`` pairs applied after the strategy's own steps.
+        language: for ``code``, the pygments language name (``python``, ``c``, ``cpp``, ``bash`` ...);
+            ``None`` guesses it from the text.
 
     Returns:
         The cleaned text (possibly empty).
 
     Raises:
-        ConfigError: unknown strategy, a non-string text or an invalid rule.
+        ConfigError: unknown strategy or code language, a non-string text or an invalid rule.
     """
-    return clean_text_with_stats(text, strategy, custom_rules)[0]
+    return clean_text_with_stats(text, strategy, custom_rules, language=language)[0]
 
 
 def summarize(stats: Sequence[CleanStats]) -> dict[str, float]:
@@ -148,6 +237,10 @@ def summarize(stats: Sequence[CleanStats]) -> dict[str, float]:
         total["emails_removed"] += s.emails
         total["terminal_escapes_removed"] += s.terminal_escapes
         total["control_chars_removed"] += s.control_chars
+        total["stopwords_removed"] += s.stopwords
+        total["comments_removed"] += s.comments
+        total["punctuation_removed"] += s.punctuation
+        total["traditional_converted"] += s.traditional_converted
         total["encoding_fixed"] += int(s.encoding_fixed)
         total["custom_rule_hits"] += s.custom_rules
     return {k: float(v) for k, v in total.items()}

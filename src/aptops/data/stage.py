@@ -32,7 +32,9 @@ class CleanConfig:
     """How :func:`clean_dataset` reads and cleans a corpus.
 
     Attributes:
-        strategy: the cleaning strategy (``basic``).
+        strategy: ``basic``, ``aggressive``, ``chinese`` or ``code``.
+        code_language: for ``code``, a pygments language name (``python``, ``c``, ``bash`` ...);
+            ``None`` guesses per record.
         text_column: the column holding the text.
         input_format: ``auto`` (by suffix), ``jsonl``, ``parquet``, ``csv`` or ``text``.
         separator: for text inputs, a regex matching a whole line between records; ``None`` = one per line.
@@ -42,6 +44,7 @@ class CleanConfig:
     """
 
     strategy: str = "basic"
+    code_language: str | None = None
     text_column: str = "text"
     input_format: str = "auto"
     separator: str | None = None
@@ -57,6 +60,10 @@ class CleanConfig:
         check_range("min_chars", self.min_chars, min_value=0)
         check_range("shard_rows", self.shard_rows, min_value=1)
         compile_rules(self.custom_rules)  # validate early, before any file is opened
+        if self.code_language is not None:
+            from aptops.data.code import get_lexer
+
+            get_lexer(self.code_language)
 
 
 @dataclass(frozen=True)
@@ -106,7 +113,7 @@ def clean_dataset(source: str | Path, output_dir: str | Path, config: CleanConfi
             cleaned = []
             for text in texts:
                 text = text or ""
-                out, st = clean_text_with_stats(text, config.strategy, rules)
+                out, st = clean_text_with_stats(text, config.strategy, rules, language=config.code_language)
                 cleaned.append(out)
                 per_text.append(st)
                 chars_in += len(text)
