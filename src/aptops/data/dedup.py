@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import logging
 import math
 import re
@@ -216,7 +217,7 @@ def candidate_pairs(keys: Any, *, max_all_pairs: int = 32) -> set[tuple[int, int
         else:
             first = members[0]
             pairs.update((first, m) for m in members[1:])
-            pairs.update(zip(members[1:-1], members[2:], strict=True))
+            pairs.update(itertools.pairwise(members[1:]))
     return pairs
 
 
