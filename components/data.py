@@ -6,6 +6,8 @@ Compile one on a CPU: ``python -c "from kfp import compiler; from aptops_compone
 compiler.Compiler().compile(clean_text, '/tmp/clean.yaml')"``.
 """
 
+from typing import List  # kfp reads typing.List in artifact annotations
+
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Output
 
@@ -25,6 +27,7 @@ def clean_text(
     input_format: str = "auto",
     separator: str = "",
     min_chars: int = 1,
+    shard_rows: int = 100000,
     pipeline: str = "data",
     run_id: str = "",
 ):
@@ -33,7 +36,7 @@ def clean_text(
     from aptops.data import CleanConfig, clean_dataset
 
     config = CleanConfig(strategy=strategy, code_language=code_language or None, text_column=text_column, input_format=input_format,
-                         separator=separator or None, min_chars=min_chars)
+                         separator=separator or None, min_chars=min_chars, shard_rows=shard_rows)
     result = run_component("data", lambda: clean_dataset(source, dataset.path, config), step="clean",
                            pipeline=pipeline, run_id=run_id, metrics=metrics)
     dataset.metadata.update({"rows": int(result.metrics["rows_out"]), "text_column": text_column})
@@ -59,3 +62,92 @@ def dataset_stats(
     result = run_component("data", lambda: dataset_stats(dataset.path, stats.path, config), step="stats",
                            pipeline=pipeline, run_id=run_id, metrics=metrics)
     shutil.copyfile(result.outputs["report"], report.path)
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def list_shards(dataset: Input[Dataset]) -> list:
+    """The shard file names of a dataset, for a ParallelFor fan-out."""
+    from aptops.data.shards import dataset_shards
+
+    return dataset_shards(dataset.path)
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def minhash_signatures(
+    dataset: Input[Dataset],
+    shard: str,
+    signatures: Output[Artifact],
+    threshold: float = 0.7,
+    ngram: int = 5,
+    tokenizer: str = "auto",
+    num_perm: int = 128,
+    seed: int = 1,
+    text_column: str = "text",
+    pipeline: str = "data",
+    run_id: str = "",
+):
+    """Dedup step 1 (one task per shard): shingle hashes and LSH band keys of every row."""
+    import os
+
+    from aptops.core.runtime import run_component
+    from aptops.data import DedupConfig
+    from aptops.data.shards import shard_index, shard_signatures
+
+    config = DedupConfig(threshold=threshold, ngram=ngram, tokenizer=tokenizer, num_perm=num_perm, seed=seed,
+                         text_column=text_column)
+    run_component("data", lambda: shard_signatures(os.path.join(dataset.path, shard), signatures.path, config,
+                                                   shard_index=shard_index(shard)),
+                  step=f"signatures-{shard_index(shard)}", pipeline=pipeline, run_id=run_id)
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def find_duplicates(
+    signatures: Input[List[Artifact]],
+    duplicates: Output[Artifact],
+    metrics: Output[Metrics],
+    threshold: float = 0.7,
+    ngram: int = 5,
+    tokenizer: str = "auto",
+    num_perm: int = 128,
+    seed: int = 1,
+    text_column: str = "text",
+    pipeline: str = "data",
+    run_id: str = "",
+):
+    """Dedup step 2 (one task): LSH buckets over all shards, candidates verified by exact Jaccard."""
+    from aptops.core.runtime import run_component
+    from aptops.data import DedupConfig
+    from aptops.data.shards import cluster_duplicates
+
+    config = DedupConfig(threshold=threshold, ngram=ngram, tokenizer=tokenizer, num_perm=num_perm, seed=seed,
+                         text_column=text_column)
+    run_component("data", lambda: cluster_duplicates([s.path for s in signatures], duplicates.path, config),
+                  step="duplicates", pipeline=pipeline, run_id=run_id, metrics=metrics)
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def filter_duplicates(
+    dataset: Input[Dataset],
+    shard: str,
+    duplicates: Input[Artifact],
+    filtered: Output[Dataset],
+):
+    """Dedup step 3 (one task per shard): the shard without its duplicate rows."""
+    import os
+
+    from aptops.data.shards import filter_shard, shard_index
+
+    result = filter_shard(os.path.join(dataset.path, shard), duplicates.path, filtered.path,
+                          shard_index=shard_index(shard))
+    filtered.metadata.update({"shard": shard, "rows": int(result.metrics["rows_out"])})
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def merge_shards(shards: Input[List[Dataset]], dataset: Output[Dataset], metrics: Output[Metrics]):
+    """Fan-in: gather the filtered shards into one dataset artifact."""
+    from aptops.data.shards import merge_shards as merge
+
+    result = merge([(s.metadata["shard"], s.path) for s in shards], dataset.path)
+    for name, value in result.metrics.items():
+        metrics.log_metric(name, value)
+    dataset.metadata.update({"rows": int(result.metrics["rows"])})

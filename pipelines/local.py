@@ -60,6 +60,11 @@ def collect_results(run_dir: Path) -> list[dict[str, Any]]:
         task, output = rel[1], rel[2]
         if output == "executor_output.json":
             continue
+        if task.startswith("for-loop-"):
+            # fan-out iterations: counted, not listed one by one
+            fan = tasks.setdefault("(fan-out)", {"task": "(fan-out)", "artifacts": {}, "metrics": {}})
+            fan["metrics"]["iterations"] = float(len({p.name for p in path.parent.parent.glob("for-loop-*")}))
+            continue
         entry = tasks.setdefault(task, {"task": task, "artifacts": {}, "metrics": {}})
         entry["artifacts"][output] = str(path)
         result = path / "result.json"

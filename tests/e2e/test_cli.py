@@ -108,11 +108,10 @@ def test_run_data_local_produces_cleaned_dataset(tmp_path, assets):
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     (run_dir,) = tmp_path.glob("data-*")
-    datasets = [p for p in run_dir.rglob("dataset") if (p / "result.json").exists()]
-    assert len(datasets) == 1
+    (merged,) = [p for p in run_dir.rglob("merge-shards/dataset") if (p / "result.json").exists()]
     import pyarrow.parquet as pq
 
-    texts = pq.read_table(datasets[0] / "part-00000.parquet").column("text").to_pylist()
+    texts = pq.read_table(merged / "part-00000.parquet").column("text").to_pylist()
     assert len(texts) == 9  # 10 lines, one blank
     assert all("http" not in t and "@example.com" not in t for t in texts)
     assert "The café's déjà vu" in texts or "The café’s déjà vu" in texts

@@ -194,3 +194,30 @@ def filter_shard(
     tmp.replace(output_path)
     return StageResult("data", outputs={"shard": str(output_path)},
                        metrics={"rows_in": float(table.num_rows), "rows_out": float(kept.num_rows)})
+
+
+def shard_index(name: str) -> int:
+    """The index of a shard from its file name (``part-00007.parquet`` -> 7)."""
+    stem = Path(name).name
+    if not (stem.startswith("part-") and stem.endswith(".parquet") and stem[5:-8].isdigit()):
+        raise InvalidArtifactError(f"{name!r} is not a dataset shard name (part-NNNNN.parquet)", path=name)
+    return int(stem[5:-8])
+
+
+def merge_shards(shards: Sequence[tuple[str, str | Path]], output_dir: str | Path, *, source: str = "") -> StageResult:
+    """Gather filtered shard files ``(shard name, path)`` into one dataset artifact, in shard order."""
+    import shutil
+
+    _, pq = _pa()
+    rows = 0
+    ordered = sorted(shards, key=lambda item: shard_index(item[0]))
+    with atomic_output(output_dir) as tmp:
+        for name, path in ordered:
+            shutil.copyfile(path, tmp / name)
+            rows += pq.ParquetFile(tmp / name).metadata.num_rows
+        metrics = {"rows": float(rows), "shards": float(len(ordered))}
+        write_json(tmp / "stats.json", {"stage": "data", "step": "merge", "source": source, **metrics})
+        result = StageResult("data", outputs={"dataset": str(output_dir)}, metrics=metrics,
+                             details={"shards": [n for n, _ in ordered]})
+        finish_artifact(tmp, result)
+    return result
