@@ -151,3 +151,35 @@ def merge_shards(shards: Input[List[Dataset]], dataset: Output[Dataset], metrics
     for name, value in result.metrics.items():
         metrics.log_metric(name, value)
     dataset.metadata.update({"rows": int(result.metrics["rows"])})
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def quality_check(
+    dataset: Input[Dataset],
+    scored: Output[Dataset],
+    report: Output[HTML],
+    metrics: Output[Metrics],
+    checks: str = "exact_duplicates,length,language,heuristics",
+    threshold: float = 0.75,
+    action: str = "flag",
+    languages: str = "",
+    min_chars: int = 20,
+    text_column: str = "text",
+    pipeline: str = "data",
+    run_id: str = "",
+):
+    """Score and flag every row (and drop flagged rows with action=filter); an HTML report for the UI."""
+    import shutil
+
+    from aptops.core.runtime import run_component
+    from aptops.data.quality import QualityConfig, quality_dataset
+
+    config = QualityConfig(
+        checks=tuple(c.strip() for c in checks.split(",") if c.strip()), threshold=threshold, action=action,
+        languages=tuple(c.strip() for c in languages.split(",") if c.strip()), min_chars=min_chars,
+        text_column=text_column,
+    )
+    result = run_component("data", lambda: quality_dataset(dataset.path, scored.path, config), step="quality",
+                           pipeline=pipeline, run_id=run_id, metrics=metrics)
+    shutil.copyfile(result.outputs["report"], report.path)
+    scored.metadata.update({"rows": int(result.metrics["rows_out"])})

@@ -1,4 +1,4 @@
-"""The ``data`` pipeline: clean a corpus, remove near duplicates across shards, describe the result.
+"""The ``data`` pipeline: clean a corpus, remove near duplicates across shards, score quality, describe it.
 
 Near-duplicate removal fans out over the cleaned dataset's shards (``dsl.ParallelFor``) and fans back in
 (``dsl.Collected``): signatures per shard, one clustering task, a filter per shard, a merge.
@@ -19,7 +19,7 @@ DEFAULT_SOURCE = "/usr/share/games/fortunes"
 def build(settings: ClusterSettings) -> Any:
     c = {name: settings.component(getattr(data_components, name), "data") for name in (
         "clean_text", "list_shards", "minhash_signatures", "find_duplicates", "filter_duplicates",
-        "merge_shards", "dataset_stats",
+        "merge_shards", "quality_check", "dataset_stats",
     )}
     run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
 
@@ -40,6 +40,10 @@ def build(settings: ClusterSettings) -> Any:
         dedup_ngram: int = 5,
         dedup_tokenizer: str = "auto",
         dedup_num_perm: int = 128,
+        quality_checks: str = "length,language,heuristics",
+        quality_action: str = "flag",
+        quality_languages: str = "",
+        quality_min_chars: int = 20,
     ):
         """Clean a text corpus, remove near duplicates across its shards, and report its statistics.
 
@@ -56,6 +60,10 @@ def build(settings: ClusterSettings) -> Any:
             dedup_ngram: shingle length in tokens.
             dedup_tokenizer: auto (jieba for mostly-Chinese text), word or char.
             dedup_num_perm: MinHash permutations.
+            quality_checks: comma-separated checks: exact_duplicates, near_duplicates, length, language, heuristics.
+            quality_action: flag (keep every row, with flags and a score) or filter (drop flagged rows).
+            quality_languages: comma-separated ISO 639-1 codes to keep ('' keeps every language).
+            quality_min_chars: rows shorter than this are flagged too_short.
         """
         dedup = {"threshold": dedup_threshold, "ngram": dedup_ngram, "tokenizer": dedup_tokenizer,
                  "num_perm": dedup_num_perm, "text_column": text_column}
@@ -74,7 +82,11 @@ def build(settings: ClusterSettings) -> Any:
             kept = settings.apply(c["filter_duplicates"](
                 dataset=clean.outputs["dataset"], shard=shard, duplicates=dups.outputs["duplicates"]), "data")
         merged = settings.apply(c["merge_shards"](shards=dsl.Collected(kept.outputs["filtered"])), "data")
+        quality = settings.apply(c["quality_check"](
+            dataset=merged.outputs["dataset"], checks=quality_checks, action=quality_action,
+            languages=quality_languages, min_chars=quality_min_chars, text_column=text_column,
+            pipeline="data", run_id=run_id), "data")
         settings.apply(c["dataset_stats"](
-            dataset=merged.outputs["dataset"], text_column=text_column, pipeline="data", run_id=run_id), "data")
+            dataset=quality.outputs["scored"], text_column=text_column, pipeline="data", run_id=run_id), "data")
 
     return data

@@ -105,6 +105,36 @@ def data_stats(
     _print_metrics(f"report: {result.outputs['report']}", result.metrics)
 
 
+@data_app.command("dedup")
+def data_dedup(
+    dataset: Annotated[Path, typer.Argument(help="A dataset folder (Parquet shards) written by 'aptops data clean'.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where the deduplicated dataset folder is written.")],
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Remove exact and near duplicates across all shards (MinHash LSH, verified by exact Jaccard)."""
+    from aptops.data import DedupConfig, dedup_dataset
+
+    cfg = load_config(DedupConfig, config, overrides=set_ or [])
+    result = _run_stage("data", "dedup", lambda: dedup_dataset(dataset, out, cfg), out)
+    _print_metrics(f"deduplicated dataset: {out}", result.metrics)
+
+
+@data_app.command("quality")
+def data_quality(
+    dataset: Annotated[Path, typer.Argument(help="A dataset folder (Parquet shards).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where the scored (or filtered) dataset is written.")],
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Score and flag every row: duplicates, length, language, fluency heuristics, perplexity."""
+    from aptops.data.quality import QualityConfig, quality_dataset
+
+    cfg = load_config(QualityConfig, config, overrides=set_ or [])
+    result = _run_stage("data", "quality", lambda: quality_dataset(dataset, out, cfg), out)
+    _print_metrics(f"quality report: {result.outputs['report']}", result.metrics)
+
+
 def _run_stage(stage: str, step: str, fn: Any, out: Path) -> Any:
     """Run a stage function with metrics, as a component would: Pushgateway if configured, else a textfile."""
     from aptops.core.runtime import run_component
