@@ -32,12 +32,37 @@ def build_tiny_llama(folder: Path, *, vocab_size: int = 512, seed: int = 0) -> P
     )
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=fast.vocab_size if hasattr(fast, "vocab_size") else vocab_size,
+        vocab_size=len(fast),
         hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=True,
         bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id, pad_token_id=fast.pad_token_id,
     )
     model = LlamaForCausalLM(config)
     model.save_pretrained(folder)
+    fast.save_pretrained(folder)
+    return folder
+
+
+def build_tiny_seq2seq(folder: Path, *, seed: int = 0) -> Path:
+    """A random 1-layer Marian translation model with a BPE tokenizer (stands in for opus-mt en-de)."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import MarianConfig, MarianMTModel, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<pad>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(CORPUS, trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>")
+    torch.manual_seed(seed)
+    config = MarianConfig(
+        vocab_size=len(fast), d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64,
+        pad_token_id=fast.pad_token_id, eos_token_id=fast.eos_token_id, decoder_start_token_id=fast.pad_token_id,
+        forced_eos_token_id=fast.eos_token_id,
+    )
+    MarianMTModel(config).save_pretrained(folder)
     fast.save_pretrained(folder)
     return folder
