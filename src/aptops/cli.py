@@ -135,6 +135,63 @@ def data_quality(
     _print_metrics(f"quality report: {result.outputs['report']}", result.metrics)
 
 
+@data_app.command("balance")
+def data_balance(
+    dataset: Annotated[Path, typer.Argument(help="A labelled dataset folder (Parquet shards).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where the balanced dataset is written.")],
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Balance the classes of a labelled dataset (oversample, undersample or hybrid)."""
+    from aptops.data.balance import BalanceConfig, balance_dataset
+    from aptops.data.io import read_dataset
+
+    cfg = load_config(BalanceConfig, config, overrides=set_ or [])
+
+    def work() -> Any:
+        import pyarrow.parquet as pq
+
+        from aptops.core.artifacts import StageResult, atomic_output, finish_artifact, write_json
+
+        result = balance_dataset(read_dataset(dataset), config=cfg)
+        with atomic_output(out) as tmp:
+            pq.write_table(result.table, tmp / "part-00000.parquet", compression="zstd")
+            write_json(tmp / "stats.json", {"before": result.before, "after": result.after, **result.metrics})
+            done = StageResult("data", outputs={"dataset": str(out)}, metrics=result.metrics,
+                               details={"before": result.before, "after": result.after})
+            finish_artifact(tmp, done, cfg)
+        return done
+
+    result = _run_stage("data", "balance", work, out)
+    table = Table(title=f"balanced dataset: {out}")
+    for col in ("class", "before", "after"):
+        table.add_column(col)
+    for label in sorted(result.details["before"]):
+        table.add_row(label, str(result.details["before"][label]), str(result.details["after"].get(label, 0)))
+    console.print(table)
+
+
+@data_app.command("process")
+def data_process(
+    source: Annotated[str, typer.Argument(help="A file or folder of JSONL, Parquet, CSV or text files.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where the processed dataset is written.")],
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """clean -> dedup -> augment -> balance -> quality, as configured (steps=[...]), with per-step counts."""
+    from aptops.data.process import ProcessConfig, process_pipeline
+
+    cfg = load_config(ProcessConfig, config, overrides=set_ or [])
+    result = _run_stage("data", "process", lambda: process_pipeline(source, out, cfg), out)
+    table = Table(title=f"processed dataset: {out}")
+    for col in ("step", "rows in", "rows out", "why"):
+        table.add_column(col)
+    for step in result.details["steps"]:
+        why = ", ".join(f"{k}={v:,.0f}" for k, v in step["why"].items())
+        table.add_row(step["step"], f"{step['rows_in']:,.0f}", f"{step['rows_out']:,.0f}", why)
+    console.print(table)
+
+
 def _run_stage(stage: str, step: str, fn: Any, out: Path) -> Any:
     """Run a stage function with metrics, as a component would: Pushgateway if configured, else a textfile."""
     from aptops.core.runtime import run_component

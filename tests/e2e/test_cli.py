@@ -141,3 +141,21 @@ def test_dockerignore_keeps_the_build_context_small():
             if line.startswith("COPY "):
                 for src in line.split()[1:-1]:
                     assert f"!{src.rstrip('/')}" in {x.rstrip("/") for x in lines}, f"{src} is COPYed but ignored"
+
+
+def test_data_process_and_balance_cli(tmp_path):
+    import json
+
+    rows = [{"text": f"record number {i} about food and cooking", "label": "food"} for i in range(12)]
+    rows += [{"text": f"record number {i} about pets and animals", "label": "pets"} for i in range(3)]
+    src = tmp_path / "raw.jsonl"
+    src.write_text("\n".join(json.dumps(r) for r in rows))
+    out = aptops("data", "process", str(src), "--out", str(tmp_path / "p"), "--set", "steps=[clean]")
+    assert out.returncode == 0, out.stderr
+    assert "clean" in out.stdout
+    bal = aptops("data", "balance", str(tmp_path / "p"), "--out", str(tmp_path / "b"), "--set", "method=undersample")
+    assert bal.returncode == 0, bal.stderr
+    stats = json.loads((tmp_path / "b" / "stats.json").read_text())
+    assert stats["before"] == {"food": 12, "pets": 3} and stats["after"] == {"food": 3, "pets": 3}
+    bad = aptops("data", "balance", str(tmp_path / "p"), "--out", str(tmp_path / "c"), "--set", "label_column=kind")
+    assert bad.returncode == 1 and "no column 'kind'" in bad.stderr and not (tmp_path / "c").exists()
