@@ -9,11 +9,12 @@ TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 STAGES := $(notdir $(wildcard images/*))
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test compile lint images clean help
+.PHONY: setup demo test bench compile lint images clean help
 
 help:
 	@echo "make demo     set up, then run the data pipeline locally and print its artifacts and summary"
 	@echo "make test     set up, start the test servers (fixtures), run the whole suite"
+	@echo "make bench    benchmarks against named peers (bench/), results in bench/results/"
 	@echo "make compile  compile every pipeline to dist/pipelines/*.yaml"
 	@echo "make lint     ruff"
 	@echo "make images   docker build every images/*/Dockerfile (REGISTRY=$(REGISTRY) TAG=$(TAG))"
@@ -30,6 +31,10 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) bench/data_dedup.py
+	$(PY) bench/data_dedup_scale.py
 
 compile: setup
 	$(APTOPS) compile --out dist/pipelines

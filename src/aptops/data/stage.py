@@ -106,12 +106,12 @@ def clean_dataset(source: str | Path, output_dir: str | Path, config: CleanConfi
         source, text_column=config.text_column, input_format=config.input_format, separator=config.separator
     )
     rows_in = chars_in = chars_out = 0
-    per_text = []
+    totals: dict[str, float] = {}
     with atomic_output(output_dir) as tmp:
         writer = ShardWriter(tmp, shard_rows=config.shard_rows)
         for batch in progress(batches, desc="cleaning", unit="batch", log_every=1):
             texts = batch.column(config.text_column).to_pylist()
-            cleaned = []
+            cleaned, per_text = [], []
             for text in texts:
                 text = text or ""
                 out, st = clean_text_with_stats(text, config.strategy, rules, language=config.code_language)
@@ -119,6 +119,8 @@ def clean_dataset(source: str | Path, output_dir: str | Path, config: CleanConfi
                 per_text.append(st)
                 chars_in += len(text)
             rows_in += len(texts)
+            for key, value in summarize(per_text).items():  # per batch: memory stays flat on big corpora
+                totals[key] = totals.get(key, 0.0) + value
             idx = batch.schema.get_field_index(config.text_column)
             batch = batch.set_column(idx, config.text_column, pa.array(cleaned, type=pa.string()))
             keep = pc.greater_equal(pc.utf8_length(batch.column(config.text_column)), config.min_chars)
@@ -139,7 +141,7 @@ def clean_dataset(source: str | Path, output_dir: str | Path, config: CleanConfi
             "chars_in": float(chars_in),
             "chars_out": float(chars_out),
             "shards": float(len(shards)),
-            **summarize(per_text),
+            **totals,
         }
         stats = {"stage": "data", "step": "clean", "strategy": config.strategy, "source": str(source),
                  "text_column": config.text_column, "shards": shards, **metrics}
