@@ -1,12 +1,14 @@
 """Reading text datasets in the usual formats and writing the aptops dataset artifact.
 
 Inputs: JSONL, Parquet, CSV, plain text (one document per line, or per record separated by a line
-that matches ``separator``), or a folder of such files. Output: a folder of Parquet shards
+that matches ``separator``), a Hugging Face dataset saved with ``save_to_disk``, or a folder of such
+files. Text that is not UTF-8 (GBK, Big5, Latin-1 ...) is detected and decoded, with a warning. Output: a folder of Parquet shards
 (``part-00000.parquet`` ...) plus ``stats.json``; ``result.json`` marks it complete.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Iterator
@@ -21,7 +23,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("auto", "jsonl", "parquet", "csv", "text")
+FORMATS = ("auto", "jsonl", "parquet", "csv", "text", "hf")
 _SUFFIX_FORMAT = {
     ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl",
     ".parquet": "parquet", ".pq": "parquet",
@@ -39,6 +41,11 @@ def detect_format(path: Path) -> str:
     return _SUFFIX_FORMAT.get(path.suffix.lower(), "text")
 
 
+def is_hf_dataset_dir(path: Path) -> bool:
+    """A folder written by ``datasets.Dataset.save_to_disk`` (Arrow stream files + state.json)."""
+    return path.is_dir() and (path / "state.json").is_file() and (path / "dataset_info.json").is_file()
+
+
 def list_input_files(source: Path) -> list[Path]:
     """The data files of ``source`` (a file, or a folder searched recursively, hidden files skipped)."""
     if not source.exists():
@@ -46,7 +53,7 @@ def list_input_files(source: Path) -> list[Path]:
             f"input {str(source)!r} does not exist: pass a file or a folder of JSONL, Parquet, CSV or text files",
             path=str(source),
         )
-    if source.is_file():
+    if source.is_file() or is_hf_dataset_dir(source):
         return [source]
     files: list[Path] = []
     skipped: list[str] = []
@@ -106,7 +113,7 @@ def read_batches(
         raise ConfigError(f"input_format={input_format!r} is not supported: choose one of {', '.join(FORMATS)}",
                           field="input_format", value=input_format)
     for path in list_input_files(Path(source)):
-        fmt = detect_format(path) if input_format == "auto" else input_format
+        fmt = ("hf" if is_hf_dataset_dir(path) else detect_format(path)) if input_format == "auto" else input_format
         table = _read_file(path, fmt, text_column, separator)
         if text_column not in table.column_names:
             raise InvalidArtifactError(
@@ -126,33 +133,70 @@ def read_batches(
 def _read_file(path: Path, fmt: str, text_column: str, separator: str | None) -> pa.Table:
     pa = _pa()
     try:
+        if fmt == "hf":
+            return _read_hf_dataset(path)
         if fmt == "parquet":
             return require("pyarrow.parquet", extra="data", feature="reading Parquet").read_table(path)
+        raw = decode_bytes(path.read_bytes(), path)
         if fmt == "jsonl":
-            return require("pyarrow.json", extra="data", feature="reading JSONL").read_json(path)
+            json_mod = require("pyarrow.json", extra="data", feature="reading JSONL")
+            return json_mod.read_json(pa.BufferReader(raw.encode("utf-8")))
         if fmt == "csv":
             csv = require("pyarrow.csv", extra="data", feature="reading CSV")
             parse = csv.ParseOptions(delimiter="\t" if path.suffix.lower() == ".tsv" else ",", newlines_in_values=True)
-            return csv.read_csv(path, parse_options=parse)
-        return pa.table({text_column: _read_text_records(path, separator)})
+            return csv.read_csv(pa.BufferReader(raw.encode("utf-8")), parse_options=parse)
+        return pa.table({text_column: _text_records(raw, separator)})
     except pa.ArrowInvalid as exc:
         raise InvalidArtifactError(
             f"{str(path)!r} could not be read as {fmt}: {exc}; check the file or pass input_format=", path=str(path)
         ) from exc
-    except UnicodeDecodeError as exc:
-        raise InvalidArtifactError(f"{str(path)!r} is not UTF-8 text: {exc}", path=str(path)) from exc
 
 
-def _read_text_records(path: Path, separator: str | None) -> list[str]:
-    # errors="surrogateescape" would smuggle undecodable bytes into the text; "replace" makes them
-    # visible U+FFFD that the cleaner can count, rather than failing a whole corpus on one bad byte.
-    data = path.read_bytes()
+def _read_hf_dataset(path: Path) -> pa.Table:
+    """The Arrow files of a ``save_to_disk`` folder, read directly (no ``datasets`` import needed)."""
+    pa = _pa()
+    ipc = require("pyarrow.ipc", extra="data", feature="reading Hugging Face datasets on disk")
+    state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+    files = [path / f["filename"] for f in state.get("_data_files", [])]
+    if not files:
+        raise InvalidArtifactError(f"{str(path)!r} lists no Arrow data files in state.json", path=str(path))
+    return pa.concat_tables([ipc.open_stream(pa.memory_map(str(f))).read_all() for f in files])
+
+
+_CHINESE_ENCODINGS = ("gb18030", "gbk", "gb2312", "hz", "big5", "big5hkscs", "cp950")
+
+
+def decode_bytes(data: bytes, path: Path) -> str:
+    """UTF-8 text, or text repaired from another encoding (GBK, Big5, Latin-1 ...) when it is not UTF-8.
+
+    Binary data (NUL bytes) is refused rather than decoded into garbage.
+    """
     if b"\x00" in data[:8192]:
         raise InvalidArtifactError(
             f"{str(path)!r} looks binary (it holds NUL bytes), not text: pass a text, JSONL, CSV or Parquet file",
             path=str(path),
         )
-    raw = data.decode("utf-8", errors="replace")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        pass
+    charset_normalizer = require("charset_normalizer", extra="data", feature="encoding detection")
+    matches = list(charset_normalizer.from_bytes(data))
+    # Short Chinese texts are often equally plausible as Korean (cp949) to a detector; for the corpora this
+    # stage sees, a Chinese reading wins when one is among the plausible ones.
+    # Likewise Windows-1252 wins over its central-European siblings when both read the bytes.
+    preferred = [m for m in matches if m.encoding in _CHINESE_ENCODINGS] or [m for m in matches if m.encoding == "cp1252"]
+    best = preferred[0] if preferred else (matches[0] if matches else None)
+    if best is None:
+        raise InvalidArtifactError(
+            f"{str(path)!r} is neither UTF-8 nor any text encoding that could be detected: convert it to UTF-8",
+            path=str(path),
+        )
+    log.warning("%s is not UTF-8; decoded it as %s", path, best.encoding)
+    return str(best)
+
+
+def _text_records(raw: str, separator: str | None) -> list[str]:
     lines = raw.splitlines()
     if separator is None:
         return [line for line in lines if line.strip()]

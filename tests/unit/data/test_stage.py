@@ -109,3 +109,36 @@ def test_stats_refuses_incomplete_dataset(tmp_path):
     (tmp_path / "ds").mkdir()
     with pytest.raises(ArtifactNotFoundError, match="incomplete"):
         dataset_stats(tmp_path / "ds", tmp_path / "stats")
+
+
+@pytest.mark.parametrize(
+    ("text", "encoding", "name"),
+    [
+        ("今天天气很好，我们去公园散步吧。\n这是一个美好的周末，阳光明媚。", "gbk", "reviews.txt"),
+        ("這本書很好看，推薦給大家。", "big5", "book.txt"),
+        ("Le café était très crème brûlée, déjà vu à Noël", "cp1252", "fr.txt"),
+        ('{"text": "中文评论内容很好"}', "gbk", "short.jsonl"),
+    ],
+)
+def test_non_utf8_text_is_repaired(tmp_path, text, encoding, name):
+    src = tmp_path / name
+    src.write_bytes(text.encode(encoding))
+    clean_dataset(src, tmp_path / "out")
+    got = _rows(tmp_path / "out")
+    expected = [line for line in text.splitlines()] if not name.endswith(".jsonl") else ["中文评论内容很好"]
+    assert got == expected
+
+
+def test_hf_dataset_saved_to_disk(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    datasets.Dataset.from_dict({"text": ["hello  world", "second https://x.io row"], "label": [0, 1]}).save_to_disk(
+        str(tmp_path / "hf")
+    )
+    clean_dataset(tmp_path / "hf", tmp_path / "out")
+    assert read_dataset(tmp_path / "out").to_pylist() == [{"text": "hello world", "label": 0}, {"text": "second row", "label": 1}]
+
+
+def test_empty_jsonl_is_a_clear_error(tmp_path):
+    (tmp_path / "e.jsonl").write_text("")
+    with pytest.raises(InvalidArtifactError, match="could not be read as jsonl"):
+        clean_dataset(tmp_path / "e.jsonl", tmp_path / "out")
