@@ -299,10 +299,11 @@ def check_quality(
 
 
 def quality_dataset(dataset_dir: Any, output_dir: Any, config: QualityConfig | None = None) -> Any:
-    """Add quality columns (``quality_score``, ``flags``, ``lang`` ...) to a dataset artifact.
+    """Add quality columns (``quality_score``, ``flags``, ``lang`` ...) to a dataset artifact, shard by shard.
 
-    With ``action="filter"`` flagged rows are dropped. ``report.json`` holds the aggregate and ``report.html``
-    a histogram of scores and the counts per flag.
+    Memory holds one shard at a time; duplicate checks here look within a shard (the sharded dedup step
+    finds duplicates across shards). With ``action="filter"`` flagged rows are dropped. ``stats.json``
+    holds the aggregate and ``report.html`` a histogram of scores and the counts per flag.
 
     Returns:
         A :class:`~aptops.core.artifacts.StageResult` with the aggregate as metrics.
@@ -311,59 +312,64 @@ def quality_dataset(dataset_dir: Any, output_dir: Any, config: QualityConfig | N
     from pathlib import Path
 
     from aptops.core.artifacts import StageResult, atomic_output, finish_artifact, write_json
-    from aptops.data.io import read_dataset
+    from aptops.core.errors import InvalidArtifactError
+    from aptops.core.logging import progress
     from aptops.data.shards import dataset_shards
 
     config = config or QualityConfig()
     pa = require("pyarrow", extra="data", feature="quality_dataset")
     pq = require("pyarrow.parquet", extra="data", feature="quality_dataset")
-    table = read_dataset(dataset_dir)
-    if config.text_column not in table.column_names:
-        from aptops.core.errors import InvalidArtifactError
-
-        raise InvalidArtifactError(
-            f"dataset {str(dataset_dir)!r} has no column {config.text_column!r} "
-            f"(columns: {', '.join(table.column_names)})", path=str(dataset_dir),
-        )
-    report = check_quality(table, config=config)
-    rows = report.rows
-    extra = {
-        "quality_score": pa.array([r["quality_score"] for r in rows], pa.float64()),
-        "flags": pa.array([r["flags"] for r in rows], pa.list_(pa.string())),
-    }
-    for key, typ in (("lang", pa.string()), ("lang_score", pa.float64()), ("perplexity", pa.float64())):
-        if any(key in r for r in rows):
-            extra[key] = pa.array([r.get(key) for r in rows], typ)
-    for name, col in extra.items():
-        if name in table.column_names:
-            table = table.drop_columns([name])
-        table = table.append_column(name, col)
-    if config.action == "filter":
-        keep = pa.array([not r["flags"] for r in rows])
-        table = table.filter(keep)
-    n_shards = max(1, len(dataset_shards(dataset_dir)))
-    per_shard = max(1, math.ceil(table.num_rows / n_shards))
-    metrics = {**report.summary, "rows_out": float(table.num_rows)}
+    shards = dataset_shards(dataset_dir)
+    scores: list[float] = []
+    counts: Counter[str] = Counter()
+    rows_total = rows_flagged = rows_out = 0
     with atomic_output(output_dir) as tmp:
-        for i in range(n_shards):
-            part = table.slice(i * per_shard, per_shard)
-            if part.num_rows or i == 0:
-                pq.write_table(part, tmp / f"part-{i:05d}.parquet", compression="zstd")
+        for name in progress(shards, desc="quality", unit="shard", log_every=1):
+            table = pq.read_table(Path(dataset_dir) / name)
+            if config.text_column not in table.column_names:
+                raise InvalidArtifactError(
+                    f"dataset {str(dataset_dir)!r} has no column {config.text_column!r} "
+                    f"(columns: {', '.join(table.column_names)})", path=str(dataset_dir),
+                )
+            rows = check_quality(table, config=config).rows
+            extra = {
+                "quality_score": pa.array([r["quality_score"] for r in rows], pa.float64()),
+                "flags": pa.array([r["flags"] for r in rows], pa.list_(pa.string())),
+            }
+            for key, typ in (("lang", pa.string()), ("lang_score", pa.float64()), ("perplexity", pa.float64())):
+                if any(key in r for r in rows):
+                    extra[key] = pa.array([r.get(key) for r in rows], typ)
+            for col, values in extra.items():
+                if col in table.column_names:
+                    table = table.drop_columns([col])
+                table = table.append_column(col, values)
+            if config.action == "filter":
+                table = table.filter(pa.array([not r["flags"] for r in rows]))
+            pq.write_table(table, tmp / name, compression="zstd")
+            scores.extend(r["quality_score"] for r in rows)
+            counts.update(flag for r in rows for flag in r["flags"])
+            rows_total += len(rows)
+            rows_flagged += sum(1 for r in rows if r["flags"])
+            rows_out += table.num_rows
+        summary = {"rows": float(rows_total), "rows_flagged": float(rows_flagged),
+                   "mean_quality_score": sum(scores) / len(scores) if scores else 0.0,
+                   **{f"flag_{k}": float(v) for k, v in sorted(counts.items())}}
+        metrics = {**summary, "rows_out": float(rows_out)}
         write_json(tmp / "stats.json", {"stage": "data", "step": "quality", "source": str(dataset_dir), **metrics})
-        (tmp / "report.html").write_text(_report_html(rows, report.summary), encoding="utf-8")
+        (tmp / "report.html").write_text(_report_html(scores, summary), encoding="utf-8")
         result = StageResult("data", outputs={"dataset": str(output_dir), "report": str(Path(output_dir) / "report.html")},
                              metrics=metrics)
         finish_artifact(tmp, result, config)
-    log.info("quality: %s", json.dumps(report.summary))
+    log.info("quality: %s", json.dumps(summary))
     return result
 
 
-def _report_html(rows: Sequence[dict[str, Any]], summary: dict[str, float]) -> str:
+def _report_html(scores: Sequence[float], summary: dict[str, float]) -> str:
     import html
 
     bins = [0] * 10
-    for r in rows:
-        bins[min(9, int(r["quality_score"] * 10))] += 1
+    for score in scores:
+        bins[min(9, int(score * 10))] += 1
     peak = max(bins) or 1
     bars = "".join(
         f'<rect x="{30 + i * 56}" y="{210 - 180 * c / peak:.1f}" width="50" height="{180 * c / peak:.1f}" fill="#54a24b">'

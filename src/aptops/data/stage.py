@@ -23,7 +23,7 @@ from aptops.core.errors import ConfigError, InvalidArtifactError
 from aptops.core.logging import progress
 from aptops.data.clean import STRATEGIES, clean_text_with_stats, compile_rules, summarize
 from aptops.data.dedup import DedupConfig
-from aptops.data.io import FORMATS, ShardWriter, read_batches, read_dataset
+from aptops.data.io import FORMATS, ShardWriter, read_batches
 
 log = logging.getLogger(__name__)
 
@@ -165,23 +165,35 @@ def dataset_stats(dataset_dir: str | Path, output_dir: str | Path, config: Stats
         A :class:`StageResult` with the statistics as metrics.
     """
     config = config or StatsConfig()
-    table = read_dataset(dataset_dir)
-    if config.text_column not in table.column_names:
-        raise InvalidArtifactError(
-            f"dataset {str(dataset_dir)!r} has no column {config.text_column!r}", path=str(dataset_dir)
-        )
-    texts = [t or "" for t in table.column(config.text_column).to_pylist()]
-    chars = [len(t) for t in texts]
-    words = [len(t.split()) for t in texts]
+    from aptops.data.dedup import exact_hash
+    from aptops.data.shards import dataset_shards
+
+    pq = require("pyarrow.parquet", extra="data", feature="dataset_stats")
+    chars: list[int] = []
+    words_total = 0
+    hashes: set[int] = set()
+    # streamed batch by batch: memory holds a length and a hash per row, never the texts
+    for name in dataset_shards(dataset_dir):
+        parquet = pq.ParquetFile(Path(dataset_dir) / name)
+        if config.text_column not in parquet.schema_arrow.names:
+            raise InvalidArtifactError(
+                f"dataset {str(dataset_dir)!r} has no column {config.text_column!r}", path=str(dataset_dir)
+            )
+        for batch in parquet.iter_batches(batch_size=10_000, columns=[config.text_column]):
+            for text in batch.column(0).to_pylist():
+                text = text or ""
+                chars.append(len(text))
+                words_total += len(text.split())
+                hashes.add(exact_hash(text))
     metrics = {
-        "rows": float(len(texts)),
+        "rows": float(len(chars)),
         "chars_total": float(sum(chars)),
-        "words_total": float(sum(words)),
+        "words_total": float(words_total),
         "chars_mean": float(statistics.fmean(chars)) if chars else 0.0,
         "chars_median": float(statistics.median(chars)) if chars else 0.0,
         "chars_p95": _quantile(chars, 0.95),
         "chars_max": float(max(chars, default=0)),
-        "unique_ratio": float(len(set(texts)) / len(texts)) if texts else 0.0,
+        "unique_ratio": float(len(hashes) / len(chars)) if chars else 0.0,
     }
     hist = _histogram(chars, config.histogram_bins)
     with atomic_output(output_dir) as tmp:
