@@ -183,3 +183,64 @@ def quality_check(
                            pipeline=pipeline, run_id=run_id, metrics=metrics)
     shutil.copyfile(result.outputs["report"], report.path)
     scored.metadata.update({"rows": int(result.metrics["rows_out"])})
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def process_data(
+    source: str,
+    dataset: Output[Dataset],
+    metrics: Output[Metrics],
+    config_yaml: str = "steps: [clean, dedup, quality]",
+    pipeline: str = "data",
+    run_id: str = "",
+):
+    """clean -> dedup -> augment -> balance -> quality in one task, configured by a ProcessConfig YAML."""
+    import yaml
+
+    from aptops.core.config import from_dict
+    from aptops.core.runtime import run_component
+    from aptops.data.process import ProcessConfig, process_pipeline
+
+    config = from_dict(ProcessConfig, yaml.safe_load(config_yaml) or {})
+    result = run_component("data", lambda: process_pipeline(source, dataset.path, config), step="process",
+                           pipeline=pipeline, run_id=run_id, metrics=metrics)
+    dataset.metadata.update({"rows": int(result.metrics["rows_out"])})
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def balance_classes(
+    dataset: Input[Dataset],
+    balanced: Output[Dataset],
+    metrics: Output[Metrics],
+    method: str = "oversample",
+    target_ratio: float = 1.0,
+    oversampler: str = "random",
+    undersampler: str = "random",
+    label_column: str = "label",
+    text_column: str = "text",
+    pipeline: str = "data",
+    run_id: str = "",
+):
+    """Balance the classes of a labelled dataset; class counts before/after go to the metadata."""
+    import pyarrow.parquet as pq
+
+    from aptops.core.artifacts import StageResult, atomic_output, finish_artifact, write_json
+    from aptops.core.runtime import run_component
+    from aptops.data.balance import BalanceConfig, balance_dataset
+    from aptops.data.io import read_dataset
+
+    config = BalanceConfig(method=method, target_ratio=target_ratio, oversampler=oversampler,
+                           undersampler=undersampler, label_column=label_column, text_column=text_column)
+
+    def work():
+        result = balance_dataset(read_dataset(dataset.path), config=config)
+        with atomic_output(balanced.path) as tmp:
+            pq.write_table(result.table, tmp / "part-00000.parquet", compression="zstd")
+            write_json(tmp / "stats.json", {"before": result.before, "after": result.after, **result.metrics})
+            done = StageResult("data", outputs={"dataset": balanced.path}, metrics=result.metrics,
+                               details={"before": result.before, "after": result.after})
+            finish_artifact(tmp, done, config)
+        return done
+
+    result = run_component("data", work, step="balance", pipeline=pipeline, run_id=run_id, metrics=metrics)
+    balanced.metadata.update({"before": result.details["before"], "after": result.details["after"]})
