@@ -59,6 +59,17 @@ def _query(prom: str, expr: str) -> list[dict]:
     return body["data"]["result"]
 
 
+def _wait_for(prom: str, expr: str, timeout_s: float = 30.0) -> list[dict]:
+    """Poll Prometheus until ``expr`` has a sample (it scrapes every second) or the time is up."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        result = _query(prom, expr)
+        if result:
+            return result
+        time.sleep(0.5)
+    return []
+
+
 @pytest.mark.integration
 def test_pushed_stage_metric_is_scraped_by_real_prometheus(pushgateway, prometheus):
     run_id = f"it-{time.time_ns()}"
@@ -66,11 +77,7 @@ def test_pushed_stage_metric_is_scraped_by_real_prometheus(pushgateway, promethe
     with stage_run(pipeline="data", run_id=run_id, stage="data", step="clean", sink=sink) as m:
         m.gauge("rows_out", 1234)
     expr = f'aptops_data_rows_out{{run_id="{run_id}"}}'
-    deadline = time.monotonic() + 30
-    result: list = []
-    while time.monotonic() < deadline and not result:
-        result = _query(prometheus, expr)
-        time.sleep(0.5)
+    result = _wait_for(prometheus, expr)
     assert result, f"Prometheus never saw {expr}"
     assert float(result[0]["value"][1]) == 1234.0
     assert result[0]["metric"]["stage"] == "data"
@@ -106,11 +113,7 @@ def test_cli_stage_pushes_to_gateway_and_prometheus_scrapes_it(pushgateway, prom
                  env={"APTOPS_PUSHGATEWAY_URL": pushgateway, "APTOPS_RUN_ID": run_id})
     assert out.returncode == 0, out.stderr
     expr = f'aptops_data_rows_out{{run_id="{run_id}",step="clean"}}'
-    deadline = time.monotonic() + 30
-    result: list = []
-    while time.monotonic() < deadline and not result:
-        result = _query(prometheus, expr)
-        time.sleep(0.5)
+    result = _wait_for(prometheus, expr)
     assert result and float(result[0]["value"][1]) == 3.0
     urls = _query(prometheus, f'aptops_data_urls_removed{{run_id="{run_id}"}}')
     assert float(urls[0]["value"][1]) == 1.0
