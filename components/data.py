@@ -164,18 +164,28 @@ def quality_check(
     action: str = "flag",
     languages: str = "",
     min_chars: int = 20,
+    perplexity_model: str = "",
+    max_perplexity: float = 1000.0,
     text_column: str = "text",
     pipeline: str = "data",
     run_id: str = "",
 ):
-    """Score and flag every row (and drop flagged rows with action=filter); an HTML report for the UI."""
+    """Score and flag every row (and drop flagged rows with action=filter); an HTML report for the UI.
+
+    ``perplexity_model`` (a causal LM folder the task can read, e.g. on the model-cache PVC) adds the
+    perplexity check.
+    """
     import shutil
 
     from aptops.core.runtime import run_component
     from aptops.data.quality import QualityConfig, quality_dataset
 
+    selected = [c.strip() for c in checks.split(",") if c.strip()]
+    if perplexity_model and "perplexity" not in selected:
+        selected.append("perplexity")
     config = QualityConfig(
-        checks=tuple(c.strip() for c in checks.split(",") if c.strip()), threshold=threshold, action=action,
+        checks=tuple(selected), threshold=threshold, action=action,
+        perplexity_model=perplexity_model or None, max_perplexity=max_perplexity,
         languages=tuple(c.strip() for c in languages.split(",") if c.strip()), min_chars=min_chars,
         text_column=text_column,
     )

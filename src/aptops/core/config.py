@@ -198,6 +198,10 @@ def _coerce(tp: Any, value: Any, field: str) -> Any:
             value = _parse_inline(value)
         if not isinstance(value, list | tuple):
             value = [value]
+        if origin is tuple and args and args[-1] is not Ellipsis:  # fixed shape: tuple[str, int]
+            if len(value) != len(args):
+                raise ConfigError(f"{field} must have {len(args)} items, got {len(value)}", field=field, value=value)
+            return tuple(_coerce(t, v, f"{field}[{i}]") for i, (t, v) in enumerate(zip(args, value, strict=True)))
         item_tp = args[0] if args else Any
         items = [_coerce(item_tp, v, f"{field}[{i}]") for i, v in enumerate(value)]
         return list(items) if origin is list or tp is list else tuple(items)

@@ -8,7 +8,8 @@
 - ``code``: remove comments with a real lexer (pygments: string literals, shebangs and preprocessor lines
   survive), expand tabs, strip trailing spaces, drop blank lines; indentation is kept.
 
-``custom_rules`` (``(regex, replacement)`` pairs) run last, in order, for every strategy.
+``custom_rules`` run last, in order, for every strategy: ``(regex, replacement)`` replaces; ``(regex, None)``
+is a filter: a text that matches is dropped (``clean_text`` returns ``""``, the dataset form drops the row).
 
 Try it on a CPU: ``python -c "from aptops.data import clean_text; print(clean_text('Ã©tÃ©  see https://x.io'))"``
 """
@@ -63,6 +64,7 @@ class CleanStats:
     traditional_converted: int = 0
     encoding_fixed: bool = False
     custom_rules: int = 0
+    filtered: bool = False
 
 
 def _keep_char(ch: str) -> bool:
@@ -73,7 +75,9 @@ def _keep_char(ch: str) -> bool:
     return cat[0] != "C"
 
 
-def compile_rules(custom_rules: Sequence[tuple[str, str]] | None) -> list[tuple[re.Pattern[str], str]]:
+def compile_rules(
+    custom_rules: Sequence[tuple[str, str | None]] | None,
+) -> list[tuple[re.Pattern[str], str | None]]:
     """Compile ``(pattern, replacement)`` pairs, naming the rule that fails."""
     compiled = []
     for i, rule in enumerate(custom_rules or ()):
@@ -84,7 +88,7 @@ def compile_rules(custom_rules: Sequence[tuple[str, str]] | None) -> list[tuple[
             )
         pattern, repl = rule
         try:
-            compiled.append((re.compile(pattern), str(repl)))
+            compiled.append((re.compile(pattern), None if repl is None else str(repl)))
         except re.error as exc:
             raise ConfigError(
                 f"custom_rules[{i}] pattern {pattern!r} is not a valid regular expression: {exc}",
@@ -120,6 +124,10 @@ def clean_text_with_stats(
             out = _clean_chinese(out, counts)
     n_custom = 0
     for pattern, repl in rules:
+        if repl is None:  # a filter rule: the whole text goes
+            if pattern.search(out):
+                return "", CleanStats(custom_rules=n_custom + 1, filtered=True, **counts)
+            continue
         out, n = pattern.subn(repl, out)
         n_custom += n
     if n_custom and strategy != "code":
@@ -216,7 +224,8 @@ def clean_text(
     Args:
         text: the raw text.
         strategy: ``basic``, ``aggressive``, ``chinese`` or ``code`` (see the module docstring).
-        custom_rules: extra ``(regex, replacement)`` pairs applied after the strategy's own steps.
+        custom_rules: extra ``(regex, replacement)`` pairs applied after the strategy's own steps, in
+            order; a ``None`` replacement makes the rule a filter (a match empties the text).
         language: for ``code``, the pygments language name (``python``, ``c``, ``cpp``, ``bash`` ...);
             ``None`` guesses it from the text.
 
@@ -243,4 +252,5 @@ def summarize(stats: Sequence[CleanStats]) -> dict[str, float]:
         total["traditional_converted"] += s.traditional_converted
         total["encoding_fixed"] += int(s.encoding_fixed)
         total["custom_rule_hits"] += s.custom_rules
+        total["filtered_by_rule"] += int(s.filtered)
     return {k: float(v) for k, v in total.items()}

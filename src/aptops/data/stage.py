@@ -40,7 +40,8 @@ class CleanConfig:
         input_format: ``auto`` (by suffix), ``jsonl``, ``parquet``, ``csv`` or ``text``.
         separator: for text inputs, a regex matching a whole line between records; ``None`` = one per line.
         min_chars: drop records shorter than this after cleaning (1 drops only empty ones).
-        custom_rules: extra ``[regex, replacement]`` pairs applied after the strategy.
+        custom_rules: extra ``[regex, replacement]`` pairs applied after the strategy, in order;
+            ``[regex, null]`` is a filter that drops every record it matches.
         shard_rows: rows per output Parquet shard.
     """
 
@@ -50,7 +51,7 @@ class CleanConfig:
     input_format: str = "auto"
     separator: str | None = None
     min_chars: int = 1
-    custom_rules: tuple[tuple[str, str], ...] = ()
+    custom_rules: tuple[tuple[str, str | None], ...] = ()
     shard_rows: int = 100_000
 
     def __post_init__(self) -> None:

@@ -68,3 +68,30 @@ def test_terminal_escapes_are_removed_and_counted_apart_from_encoding():
     assert out == "-- 论语 and link"
     assert stats.terminal_escapes == 4
     assert not stats.encoding_fixed
+
+
+def test_filter_rules_drop_whole_records(tmp_path):
+    from aptops.data import CleanConfig, clean_dataset
+    from aptops.data.io import read_dataset
+
+    rules = [(r"(?i)lorem ipsum", None), (r"\bfoo\b", "bar")]
+    assert clean_text("Lorem Ipsum dolor sit", custom_rules=rules) == ""
+    assert clean_text("a foo b", custom_rules=rules) == "a bar b"
+    src = tmp_path / "in.txt"
+    src.write_text("keep this foo\nlorem ipsum placeholder\nand this\n")
+    result = clean_dataset(src, tmp_path / "out", CleanConfig(custom_rules=(("(?i)lorem ipsum", None),)))
+    assert read_dataset(tmp_path / "out").column("text").to_pylist() == ["keep this foo", "and this"]
+    assert result.metrics["filtered_by_rule"] == 1
+
+
+def test_filter_rules_from_yaml_config(tmp_path):
+    from aptops.core.config import load_config
+    from aptops.data import CleanConfig
+
+    path = tmp_path / "c.yaml"
+    path.write_text(r"""custom_rules:
+  - ['(?i)click here', null]
+  - ['\s+!', '!']
+""")
+    cfg = load_config(CleanConfig, path)
+    assert cfg.custom_rules == (("(?i)click here", None), ("\\s+!", "!"))
