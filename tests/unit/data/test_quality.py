@@ -98,3 +98,16 @@ def test_bad_quality_config():
         QualityConfig(checks=("spelling",))
     with pytest.raises(ConfigError, match="max_chars=5 is out of range"):
         QualityConfig(min_chars=10, max_chars=5)
+
+
+@pytest.mark.gpu
+def test_perplexity_on_gpu_matches_cpu(tiny_llama, monkeypatch):
+    import torch
+
+    from aptops.data.quality import perplexities
+
+    texts = ["The quick brown fox jumps over the lazy dog.", "Numbers like 12345 appear in text.", "zq"]
+    on_gpu = perplexities(texts, str(tiny_llama))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    on_cpu = perplexities(texts, str(tiny_llama))
+    assert on_gpu == pytest.approx(on_cpu, rel=1e-3)
