@@ -192,6 +192,44 @@ def data_process(
     console.print(table)
 
 
+@app.command()
+def backup(
+    model: Annotated[Path, typer.Argument(help="The model folder to back up.")],
+    to: Annotated[list[str], typer.Option("--to", "-t", help="A destination location, e.g. s3://bucket/prefix (repeatable).")],
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Back a model folder up to every destination in parallel, verified by a manifest written last."""
+    from aptops.backup import BackupConfig, backup_model
+
+    cfg = load_config(BackupConfig, config, overrides=set_ or [])
+    result = backup_model(model, to, cfg)
+    table = Table(title=f"backup of {model} ({len(result.manifest['files'])} files, {result.manifest['total_bytes']:,} bytes)")
+    for col in ("destination", "outcome", "sent", "skipped", "bytes", "seconds", "retries", "error"):
+        table.add_column(col)
+    for d in result.destinations:
+        table.add_row(d.destination, d.outcome, str(d.files_sent), str(d.files_skipped), f"{d.bytes_sent:,}",
+                      f"{d.seconds:.1f}", str(d.retries), escape(d.error or ""))
+    console.print(table)
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def restore(
+    source: Annotated[list[str], typer.Argument(help="Backup locations to try in order, e.g. s3://bucket/prefix.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The folder to restore into (replaced only when verified).")],
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Restore a backup, verifying every file against the manifest; falls back to the next source."""
+    from aptops.backup import BackupConfig, restore_from_cloud
+
+    cfg = load_config(BackupConfig, config, overrides=set_ or [])
+    result = restore_from_cloud(source, out, cfg)
+    _print_metrics(f"restored {out} from {result.outputs['source']}", result.metrics)
+
+
 def _run_stage(stage: str, step: str, fn: Any, out: Path) -> Any:
     """Run a stage function with metrics, as a component would: Pushgateway if configured, else a textfile."""
     from aptops.core.runtime import run_component

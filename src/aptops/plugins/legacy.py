@@ -48,6 +48,17 @@ register_adapter(
 )
 
 
+register_adapter(
+    AdapterSpec(
+        adapter="cloud_storage",
+        stage="backup",
+        methods={"backup_to_s3": "aptops.backup.core:backup_to_s3", "restore_from_s3": "aptops.backup.core:restore_from_s3",
+                 "backup_model": "aptops.backup.core:backup_model",
+                 "restore_from_cloud": "aptops.backup.core:restore_from_cloud"},
+    )
+)
+
+
 class LegacyPlugin:
     """One old plugin: its name, category and priority, its config, and its old methods.
 

@@ -1,0 +1,20 @@
+"""The backup stage (old plugin: Cloud Storage, ``cloud_storage``, category storage, priority 700).
+
+Verified, manifest-committed backup and restore; S3 and S3-compatible stores in this version.
+Try it on a CPU: ``aptops backup MODEL_DIR --to s3://bucket/prefix`` with ``AWS_ENDPOINT_URL`` set.
+"""
+
+from aptops.backup.core import (
+    BackupConfig,
+    BackupResult,
+    DestinationResult,
+    backup_model,
+    backup_to_s3,
+    restore_from_cloud,
+    restore_from_s3,
+)
+
+__all__ = [
+    "BackupConfig", "BackupResult", "DestinationResult", "backup_model", "backup_to_s3", "restore_from_cloud",
+    "restore_from_s3",
+]

@@ -1,0 +1,125 @@
+"""S3 (and any S3-compatible endpoint) through boto3: parallel multipart transfers, SHA-256 checksums.
+
+Credentials come from the arguments or boto3's own chain (``AWS_ACCESS_KEY_ID`` ..., profiles, IMDS); the
+endpoint from the argument or ``AWS_ENDPOINT_URL``. Nothing here logs or raises a credential.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aptops.core.deps import require
+from aptops.core.errors import StorageError
+
+log = logging.getLogger(__name__)
+
+# Errors worth a retry: the network, throttling, and the server's own 5xx.
+TRANSIENT_CODES = {"RequestTimeout", "RequestTimeoutException", "SlowDown", "Throttling", "ThrottlingException",
+                   "InternalError", "ServiceUnavailable", "503", "500", "502", "504"}
+
+
+@dataclass
+class S3Store:
+    """One bucket and prefix on an S3-compatible endpoint.
+
+    Args:
+        bucket: the bucket (created when missing).
+        prefix: the key prefix every object of this backup lives under.
+        endpoint_url: an S3-compatible endpoint (MinIO, SeaweedFS, Ceph ...); None = AWS.
+        region_name: the region.
+        max_concurrency: parallel parts of one multipart transfer.
+        multipart_chunk_mb: part size.
+    """
+
+    bucket: str
+    prefix: str = ""
+    endpoint_url: str | None = None
+    region_name: str | None = None
+    aws_access_key_id: str | None = None
+    aws_secret_access_key: str | None = None
+    max_concurrency: int = 8
+    multipart_chunk_mb: int = 16
+    provider: str = "s3"
+
+    def __post_init__(self) -> None:
+        boto3 = require("boto3", extra="backup", feature="S3 backup")
+        config_mod = require("botocore.config", extra="backup", feature="S3 backup")
+        transfer = require("boto3.s3.transfer", extra="backup", feature="S3 backup")
+        self._client = boto3.client(
+            "s3", endpoint_url=self.endpoint_url, region_name=self.region_name or "us-east-1",
+            aws_access_key_id=self.aws_access_key_id, aws_secret_access_key=self.aws_secret_access_key,
+            config=config_mod.Config(s3={"addressing_style": "path"} if self.endpoint_url else {},
+                                     retries={"max_attempts": 3, "mode": "standard"}),
+        )
+        chunk = self.multipart_chunk_mb * 1024 * 1024
+        self._transfer = transfer.TransferConfig(multipart_threshold=chunk, multipart_chunksize=chunk,
+                                                 max_concurrency=self.max_concurrency, use_threads=True)
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}".rstrip("/")
+
+    def key(self, path: str) -> str:
+        return f"{self.prefix.strip('/')}/{path}" if self.prefix.strip("/") else path
+
+    def ensure_bucket(self) -> None:
+        exc_mod = require("botocore.exceptions", extra="backup", feature="S3 backup")
+        try:
+            self._client.head_bucket(Bucket=self.bucket)
+        except exc_mod.ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code not in ("404", "NoSuchBucket", "NotFound"):
+                raise self._error("cannot reach bucket", exc) from exc
+            try:
+                self._client.create_bucket(Bucket=self.bucket)
+                log.info("created bucket %s", self.bucket)
+            except exc_mod.ClientError as create_exc:
+                # another destination of the same backup may have created it a moment ago
+                if create_exc.response.get("Error", {}).get("Code") != "BucketAlreadyOwnedByYou":
+                    raise self._error("cannot create bucket", create_exc) from create_exc
+
+    def upload(self, local: Path, path: str, sha256: str) -> None:
+        self._client.upload_file(
+            str(local), self.bucket, self.key(path), Config=self._transfer,
+            ExtraArgs={"Metadata": {"sha256": sha256}, "ChecksumAlgorithm": "SHA256"},
+        )
+
+    def download(self, path: str, local: Path) -> None:
+        self._client.download_file(self.bucket, self.key(path), str(local), Config=self._transfer)
+
+    def read(self, path: str) -> bytes | None:
+        exc_mod = require("botocore.exceptions", extra="backup", feature="S3 backup")
+        try:
+            return self._client.get_object(Bucket=self.bucket, Key=self.key(path))["Body"].read()
+        except exc_mod.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NoSuchBucket"):
+                return None
+            raise
+
+    def write(self, path: str, data: bytes) -> None:
+        self._client.put_object(Bucket=self.bucket, Key=self.key(path), Body=data, ChecksumAlgorithm="SHA256")
+
+    def remote_sha256(self, path: str) -> str | None:
+        exc_mod = require("botocore.exceptions", extra="backup", feature="S3 backup")
+        try:
+            head = self._client.head_object(Bucket=self.bucket, Key=self.key(path))
+        except exc_mod.ClientError:
+            return None
+        return head.get("Metadata", {}).get("sha256")
+
+    def is_transient(self, exc: BaseException) -> bool:
+        exc_mod = require("botocore.exceptions", extra="backup", feature="S3 backup")
+        if isinstance(exc, exc_mod.ClientError):
+            err = exc.response.get("Error", {})
+            status = str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+            return err.get("Code") in TRANSIENT_CODES or status in TRANSIENT_CODES
+        return isinstance(exc, exc_mod.EndpointConnectionError | exc_mod.ConnectionClosedError
+                          | exc_mod.ReadTimeoutError | exc_mod.ConnectTimeoutError | ConnectionError)
+
+    def _error(self, what: str, exc: Any) -> StorageError:
+        code = getattr(exc, "response", {}).get("Error", {}).get("Code", type(exc).__name__)
+        hint = " (check the credentials)" if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403") else ""
+        return StorageError(f"{self.uri}: {what}: {code}{hint}", uri=self.uri, provider=self.provider)

@@ -1,0 +1,188 @@
+"""Backup and restore against a real SeaweedFS S3 server with authentication on."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+
+import pytest
+
+from aptops.backup import BackupConfig, backup_model, backup_to_s3, restore_from_cloud, restore_from_s3
+from aptops.backup.core import DestinationResult, _retry
+from aptops.core.errors import ConfigError, InvalidArtifactError, LocationError, StorageError
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def s3(s3_server):
+    creds = {"aws_access_key_id": s3_server.access_key, "aws_secret_access_key": s3_server.secret_key}
+    return s3_server, creds, BackupConfig(endpoint_url=s3_server.endpoint, backoff_s=0.01)
+
+
+def _tree(folder):
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in folder.rglob("*") if p.is_file() and p.name != "manifest.json"}
+
+
+def test_roundtrip_skip_unchanged_and_send_changed(s3, tiny_llama, tmp_path):
+    _server, creds, cfg = s3
+    bucket = f"bk-{uuid.uuid4().hex[:8]}"  # created on first backup
+    dest = f"s3://{bucket}/models/tiny"
+    first = backup_model(tiny_llama, [dest], cfg, credentials=creds)
+    (res,) = first.destinations
+    assert res.outcome == "success", res.error
+    assert res.files_sent == len(first.manifest["files"]) and res.bytes_sent == first.manifest["total_bytes"]
+    again = backup_model(tiny_llama, [dest], cfg, credentials=creds).destinations[0]
+    assert (again.files_sent, again.files_skipped, again.bytes_sent) == (0, len(first.manifest["files"]), 0)
+    restored = restore_from_cloud(dest, tmp_path / "restored", cfg, credentials=creds)
+    assert _tree(tmp_path / "restored") == _tree(tiny_llama)
+    assert restored.metrics["bytes"] == first.manifest["total_bytes"]
+    work = tmp_path / "work"
+    import shutil
+
+    shutil.copytree(tiny_llama, work)
+    (work / "config.json").write_text((work / "config.json").read_text().replace("64", "64 "))
+    third = backup_model(work, [dest], cfg, credentials=creds).destinations[0]
+    assert third.files_sent == 1 and third.files_skipped == len(first.manifest["files"]) - 1
+
+
+def test_multipart_upload_of_a_large_file_in_parallel_parts(s3, tmp_path):
+    server, creds, cfg = s3
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(os.urandom(40 * 1024 * 1024))  # 3 parts of 16 MiB
+    dest = f"s3://big-{uuid.uuid4().hex[:8]}/m"
+    assert backup_model(model, [dest], cfg, credentials=creds).ok
+    obj = server.client().head_object(Bucket=dest[5:].split("/")[0], Key="m/model.safetensors")
+    assert obj["ContentLength"] == 40 * 1024 * 1024 and "-" in obj["ETag"]  # a multipart ETag
+    restore_from_cloud(dest, tmp_path / "back", cfg, credentials=creds)
+    assert _tree(tmp_path / "back") == _tree(model)
+
+
+def test_corrupt_object_falls_back_to_the_next_source(s3, tiny_llama, tmp_path):
+    server, creds, cfg = s3
+    bucket = f"fb-{uuid.uuid4().hex[:8]}"
+    a, b = f"s3://{bucket}/a", f"s3://{bucket}/b"
+    assert backup_model(tiny_llama, [a, b], cfg, credentials=creds).ok
+    client = server.client()
+    body = bytearray(client.get_object(Bucket=bucket, Key="a/model.safetensors")["Body"].read())
+    body[len(body) // 2] ^= 0xFF  # one flipped byte
+    client.put_object(Bucket=bucket, Key="a/model.safetensors", Body=bytes(body))
+    with pytest.raises(StorageError, match="does not match its manifest"):
+        restore_from_cloud(a, tmp_path / "only-a", cfg, credentials=creds)
+    assert not (tmp_path / "only-a").exists()
+    result = restore_from_cloud([a, b], tmp_path / "out", cfg, credentials=creds)
+    assert result.outputs["source"].endswith("/b")
+    assert _tree(tmp_path / "out") == _tree(tiny_llama)
+
+
+def test_unsafe_manifest_is_refused_before_any_download(s3, tmp_path):
+    server, creds, cfg = s3
+    bucket = f"ev-{uuid.uuid4().hex[:8]}"
+    client = server.client()
+    client.create_bucket(Bucket=bucket)
+    evil = {"files": [{"path": "../../etc/passwd", "size": 4, "sha256": "0" * 64}]}
+    client.put_object(Bucket=bucket, Key="m/manifest.json", Body=json.dumps(evil).encode())
+    with pytest.raises(StorageError, match=r"unsafe path '\.\./\.\./etc/passwd'"):
+        restore_from_cloud(f"s3://{bucket}/m", tmp_path / "x", cfg, credentials=creds)
+    assert not (tmp_path / "x").exists() and not list(tmp_path.glob(".x.restore-*"))
+
+
+def test_wrong_credentials_fail_clearly_without_the_secret(s3, tiny_llama):
+    server, _, cfg = s3
+    secret = "wrong-secret-canary-7731"
+    res = backup_model(tiny_llama, [f"s3://creds-{uuid.uuid4().hex[:6]}/m"], cfg,
+                       credentials={"aws_access_key_id": server.access_key, "aws_secret_access_key": secret})
+    (dest,) = res.destinations
+    assert dest.outcome == "failure" and "check the credentials" in dest.error
+    assert secret not in dest.error
+
+
+def test_legacy_functions(s3, tiny_llama, tmp_path):
+    server, creds, _cfg = s3
+    bucket = f"legacy-{uuid.uuid4().hex[:6]}"
+    out = backup_to_s3(tiny_llama, bucket, "v1", endpoint_url=server.endpoint, **creds)
+    assert out.ok
+    restore_from_s3(bucket, "v1", tmp_path / "r", endpoint_url=server.endpoint, **creds)
+    assert _tree(tmp_path / "r") == _tree(tiny_llama)
+
+
+@pytest.mark.parametrize(
+    ("dest", "error", "message"),
+    [
+        ("s3://Bad_Bucket/x", LocationError, "not a valid S3 bucket name"),
+        ("gs://bucket/x", LocationError, "unsupported scheme 'gs'"),
+        ("oss://bucket-1/x", ConfigError, "not available in this version"),
+    ],
+)
+def test_bad_destinations_fail_before_any_upload(s3, tiny_llama, dest, error, message):
+    server, creds, cfg = s3
+    with pytest.raises(error, match=message):
+        backup_model(tiny_llama, [f"s3://never-{uuid.uuid4().hex[:6]}/m", dest], cfg, credentials=creds)
+    names = [b["Name"] for b in server.client().list_buckets().get("Buckets", [])]
+    assert not any(n.startswith("never-") for n in names)
+
+
+def test_empty_folder(s3, tmp_path):
+    _, creds, cfg = s3
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InvalidArtifactError, match="empty: nothing to back up"):
+        backup_model(tmp_path / "empty", ["s3://some-bucket/m"], cfg, credentials=creds)
+
+
+def test_retry_backs_off_on_transient_errors_only():
+    class Flaky:
+        uri = "s3://x/y"
+
+        def __init__(self, failures, transient=True):
+            self.failures, self.transient, self.calls = failures, transient, 0
+
+        def is_transient(self, exc):
+            return self.transient
+
+        def op(self):
+            self.calls += 1
+            if self.calls <= self.failures:
+                raise ConnectionError("reset by peer")
+            return "done"
+
+    cfg = BackupConfig(max_retries=3, backoff_s=0.001)
+    store, res = Flaky(2), DestinationResult("s3://x/y")
+    assert _retry(store.op, store, cfg, res, "op") == "done" and res.retries == 2
+    store, res = Flaky(5), DestinationResult("s3://x/y")
+    with pytest.raises(ConnectionError):
+        _retry(store.op, store, cfg, res, "op")
+    assert store.calls == 4
+    store, res = Flaky(1, transient=False), DestinationResult("s3://x/y")
+    with pytest.raises(ConnectionError):
+        _retry(store.op, store, cfg, res, "op")
+    assert store.calls == 1 and res.retries == 0
+
+
+def test_cli_backup_and_restore(s3, tiny_llama, tmp_path):
+    from tests.e2e.test_cli import aptops
+
+    server, creds, _cfg = s3
+    env = {"AWS_ACCESS_KEY_ID": creds["aws_access_key_id"], "AWS_SECRET_ACCESS_KEY": creds["aws_secret_access_key"],
+           "AWS_ENDPOINT_URL": server.endpoint}
+    dest = f"s3://cli-{uuid.uuid4().hex[:6]}/tiny"
+    out = aptops("backup", str(tiny_llama), "--to", dest, env=env)
+    assert out.returncode == 0, out.stderr
+    assert "success" in out.stdout
+    back = aptops("restore", dest, "--out", str(tmp_path / "r"), env=env)
+    assert back.returncode == 0, back.stderr
+    assert _tree(tmp_path / "r") == _tree(tiny_llama)
+    bad = aptops("backup", str(tiny_llama), "--to", dest, env={**env, "AWS_SECRET_ACCESS_KEY": "nope-canary-99"})
+    assert bad.returncode == 1 and "check the credentials" in bad.stdout
+    assert "nope-canary-99" not in bad.stdout + bad.stderr
+
+
+def test_legacy_adapter_for_cloud_storage():
+    from aptops.plugins import get_adapter
+
+    plugin = get_adapter("cloud_storage").get_legacy_plugin()
+    assert (plugin.category, plugin.priority) == ("storage", 700)
+    assert plugin.backup_to_s3 is backup_to_s3
