@@ -16,6 +16,7 @@ from aptops_pipelines.cluster import ClusterSettings
 # name -> module that defines build(settings); each stage issue adds its pipelines here.
 PIPELINES: dict[str, str] = {
     "data": "aptops_pipelines.data",
+    "backup": "aptops_pipelines.backup",
 }
 
 

@@ -19,6 +19,21 @@ from aptops.stages import get_stage
 from aptops_components import DEFAULT_REGISTRY, DEFAULT_TAG, stage_image
 
 _EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+
+# Credentials reach tasks as Kubernetes Secrets exposed as environment variables, never as parameters.
+# A provider's Secret holds keys named like the variables (optional keys may be absent).
+CREDENTIAL_ENV: dict[str, tuple[str, ...]] = {
+    "aws": ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION"),
+    "oss": ("OSS_ACCESS_KEY_ID", "OSS_ACCESS_KEY_SECRET", "OSS_ENDPOINT"),
+    "hf": ("HF_TOKEN", "HF_ENDPOINT"),
+    "modelscope": ("MODELSCOPE_API_TOKEN", "MODELSCOPE_ENDPOINT"),
+}
+# Which stages may see which credentials (least privilege: the data stage sees none).
+STAGE_CREDENTIALS: dict[str, tuple[str, ...]] = {
+    "backup": ("aws", "oss", "hf", "modelscope"),
+    "hub": ("hf",),
+    "train": ("hf",),
+}
 _LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 _LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
@@ -89,6 +104,8 @@ class ClusterSettings:
         cpu_node_selector: node labels of the CPU pool.
         gpu_resource: the extended resource name of a GPU (``nvidia.com/gpu``, ``amd.com/gpu``).
         gpu_count: GPUs per GPU task.
+        credential_secrets: provider (aws, oss, hf, modelscope) -> name of the Kubernetes Secret whose keys
+            become that provider's environment variables in the stages that need them.
     """
 
     image_registry: str = DEFAULT_REGISTRY
@@ -98,8 +115,18 @@ class ClusterSettings:
     cpu_node_selector: Mapping[str, str] = field(default_factory=lambda: {"aptops.io/pool": "cpu"})
     gpu_resource: str = "nvidia.com/gpu"
     gpu_count: int = 1
+    credential_secrets: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        for provider, secret in self.credential_secrets.items():
+            if provider not in CREDENTIAL_ENV:
+                raise ConfigError(
+                    f"credential secret for unknown provider {provider!r}: use one of {', '.join(CREDENTIAL_ENV)}",
+                    field="credential_secrets", value=provider,
+                )
+            if not re.match(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$", secret):
+                raise ConfigError(f"secret name {secret!r} is not a valid Kubernetes name", field="credential_secrets",
+                                  value=secret)
         if self.image_registry and not _REGISTRY.match(self.image_registry):
             raise ConfigError(
                 f"image_registry={self.image_registry!r} is not a valid registry/namespace (lower-case host[:port]/path)",
@@ -142,4 +169,10 @@ class ClusterSettings:
             selector = self.cpu_node_selector
         for key, value in selector.items():
             kubernetes.add_node_selector(task, label_key=key, label_value=value)
+        for provider in STAGE_CREDENTIALS.get(stage, ()):
+            secret = self.credential_secrets.get(provider)
+            if secret:
+                keys = CREDENTIAL_ENV[provider]
+                kubernetes.use_secret_as_env(task, secret_name=secret, secret_key_to_env={k: k for k in keys},
+                                             optional=True)
         return task

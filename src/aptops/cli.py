@@ -242,6 +242,7 @@ def _run_stage(stage: str, step: str, fn: Any, out: Path) -> Any:
 def _cluster_settings(
     image_registry: str | None, image_tag: str | None, gpu_node_selector: list[str] | None,
     gpu_toleration: list[str] | None, cpu_node_selector: list[str] | None, gpu_resource: str | None,
+    secret: list[str] | None = None,
 ) -> Any:
     from aptops_pipelines.cluster import ClusterSettings, Toleration, parse_selector
 
@@ -258,6 +259,8 @@ def _cluster_settings(
         kwargs["cpu_node_selector"] = parse_selector(cpu_node_selector, field_name="cpu_node_selector")
     if gpu_resource is not None:
         kwargs["gpu_resource"] = gpu_resource
+    if secret:
+        kwargs["credential_secrets"] = parse_selector(secret, field_name="secret")
     return ClusterSettings(**kwargs)
 
 
@@ -281,11 +284,13 @@ def compile_(
     gpu_toleration: Annotated[list[str] | None, typer.Option(help="GPU toleration key=value:Effect (repeatable).")] = None,
     cpu_node_selector: Annotated[list[str] | None, typer.Option(help="CPU pool node label k=v (repeatable).")] = None,
     gpu_resource: Annotated[str | None, typer.Option(help="GPU resource name, e.g. nvidia.com/gpu.")] = None,
+    secret: Annotated[list[str] | None, typer.Option(
+        help="provider=SecretName: a Kubernetes Secret whose keys become env vars (aws, oss, hf, modelscope).")] = None,
 ) -> None:
-    """Compile the pipelines to KFP YAML for a cluster, with images and node pools from the options."""
+    """Compile the pipelines to KFP YAML for a cluster, with images, node pools and secrets from the options."""
     _, pipelines = _kfp_modules()
     settings = _cluster_settings(image_registry, image_tag, gpu_node_selector, gpu_toleration,
-                                 cpu_node_selector, gpu_resource)
+                                 cpu_node_selector, gpu_resource, secret)
     from kfp import compiler
 
     names = pipeline or sorted(pipelines.PIPELINES)

@@ -186,3 +186,43 @@ def test_legacy_adapter_for_cloud_storage():
     plugin = get_adapter("cloud_storage").get_legacy_plugin()
     assert (plugin.category, plugin.priority) == ("storage", 700)
     assert plugin.backup_to_s3 is backup_to_s3
+
+
+def test_backup_pipeline_compiles_with_secrets_and_no_cache(tmp_path):
+    import yaml
+
+    from tests.e2e.test_cli import aptops
+
+    out = aptops("compile", "--out", str(tmp_path), "--pipeline", "backup", "--secret", "aws=aptops-aws",
+                 "--secret", "hf=aptops-hf")
+    assert out.returncode == 0, out.stderr
+    spec, platform = yaml.safe_load_all((tmp_path / "backup.yaml").read_text())
+    task = spec["root"]["dag"]["tasks"]["backup-model"]
+    assert not task.get("cachingOptions", {}).get("enableCache")
+    executor = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-backup-model"]
+    secrets = {s["secretName"]: s for s in executor["secretAsEnv"]}
+    assert set(secrets) == {"aptops-aws", "aptops-hf"}
+    envs = {m["envVar"] for m in secrets["aptops-aws"]["keyToEnv"]}
+    assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= envs
+    assert "destinations" in spec["root"]["inputDefinitions"]["parameters"]
+    bad = aptops("compile", "--out", str(tmp_path / "b"), "--secret", "gcs=x")
+    assert bad.returncode == 2 and "unknown provider 'gcs'" in bad.stderr
+
+
+@pytest.mark.slow
+def test_backup_pipeline_runs_locally_with_env_credentials(s3, tiny_llama, tmp_path, monkeypatch):
+    from tests.e2e.test_cli import aptops
+
+    server, creds, _ = s3
+    env = {"AWS_ACCESS_KEY_ID": creds["aws_access_key_id"], "AWS_SECRET_ACCESS_KEY": creds["aws_secret_access_key"],
+           "AWS_ENDPOINT_URL": server.endpoint}
+    dest = f"s3://pipe-{uuid.uuid4().hex[:6]}/m"
+    out = aptops("run", "backup", "--local", "--param", f"model_path={tiny_llama}", "--param", f"destinations={dest}",
+                 "--runs-dir", str(tmp_path), env=env)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    restore_from_cloud(dest, tmp_path / "r", BackupConfig(endpoint_url=server.endpoint), credentials=creds)
+    assert _tree(tmp_path / "r") == _tree(tiny_llama)
+    assert creds["aws_secret_access_key"] not in out.stdout + out.stderr
+    for f in tmp_path.rglob("*"):
+        if f.is_file() and f.suffix in {".json", ".yaml", ".prom", ".log"}:
+            assert creds["aws_secret_access_key"] not in f.read_text(errors="replace"), f

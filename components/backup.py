@@ -1,0 +1,52 @@
+"""Components of the backup stage (image ``aptops-backup``, CPU pool, caching always off).
+
+Credentials are never parameters: they reach the task as environment variables from Kubernetes
+Secrets (``ClusterSettings.credential_secrets``), or from the local environment under ``kfp.local``.
+"""
+
+from kfp import dsl
+from kfp.dsl import Artifact, Metrics, Output
+
+from aptops_components import stage_image
+
+IMAGE = stage_image("backup")
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def backup_model(
+    model_path: str,
+    destinations: str,
+    result: Output[Artifact],
+    metrics: Output[Metrics],
+    max_retries: int = 4,
+    pipeline: str = "backup",
+    run_id: str = "",
+):
+    """Back a model folder up to comma-separated destinations (s3://...), verified by a manifest."""
+    import json
+    import os
+
+    from aptops.backup import BackupConfig
+    from aptops.backup import backup_model as backup
+    from aptops.core.artifacts import StageResult
+    from aptops.core.errors import StorageError
+    from aptops.core.runtime import run_component
+
+    targets = [d.strip() for d in destinations.split(",") if d.strip()]
+
+    def work():
+        out = backup(model_path, targets, BackupConfig(max_retries=max_retries))
+        os.makedirs(result.path, exist_ok=True)
+        with open(os.path.join(result.path, "backup.json"), "w", encoding="utf-8") as fh:
+            json.dump({"manifest": out.manifest, "destinations": [d.__dict__ for d in out.destinations]}, fh, indent=2)
+        if not out.ok:
+            failed = [f"{d.destination}: {d.error}" for d in out.destinations if d.outcome != "success"]
+            raise StorageError("backup failed at " + "; ".join(failed))
+        return StageResult("backup", metrics={
+            "bytes_sent": float(sum(d.bytes_sent for d in out.destinations)),
+            "files_skipped": float(sum(d.files_skipped for d in out.destinations)),
+            "retries": float(sum(d.retries for d in out.destinations)),
+            "destinations": float(len(out.destinations)),
+        })
+
+    run_component("backup", work, step="backup", pipeline=pipeline, run_id=run_id, metrics=metrics)
