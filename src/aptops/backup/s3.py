@@ -1,12 +1,23 @@
 """S3 (and any S3-compatible endpoint) through boto3: parallel multipart transfers, SHA-256 checksums.
 
+Uploads above the part size are resumable multipart uploads: the upload id is kept in a small state file
+under the aptops cache, and a retry after a dropped connection or a crash lists the parts the server
+already holds and sends only the missing ones. Every part and every small object carries its SHA-256
+(``x-amz-checksum-sha256``), so the server rejects a corrupted transfer. botocore's retry handler is set to
+one attempt so that retries are counted and backed off by the backup loop (the HTTP layer may still
+re-send once on a pooled connection it finds dead).
+
 Credentials come from the arguments or boto3's own chain (``AWS_ACCESS_KEY_ID`` ..., profiles, IMDS); the
 endpoint from the argument or ``AWS_ENDPOINT_URL``. Nothing here logs or raises a credential.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +54,7 @@ class S3Store:
     max_concurrency: int = 8
     multipart_chunk_mb: int = 16
     provider: str = "s3"
+    parts_sent: int = 0
 
     def __post_init__(self) -> None:
         boto3 = require("boto3", extra="backup", feature="S3 backup")
@@ -52,7 +64,8 @@ class S3Store:
             "s3", endpoint_url=self.endpoint_url, region_name=self.region_name or "us-east-1",
             aws_access_key_id=self.aws_access_key_id, aws_secret_access_key=self.aws_secret_access_key,
             config=config_mod.Config(s3={"addressing_style": "path"} if self.endpoint_url else {},
-                                     retries={"max_attempts": 3, "mode": "standard"}),
+                                     retries={"max_attempts": 1, "mode": "standard"},
+                                     max_pool_connections=max(10, self.max_concurrency + 2)),
         )
         chunk = self.multipart_chunk_mb * 1024 * 1024
         self._transfer = transfer.TransferConfig(multipart_threshold=chunk, multipart_chunksize=chunk,
@@ -82,10 +95,61 @@ class S3Store:
                     raise self._error("cannot create bucket", create_exc) from create_exc
 
     def upload(self, local: Path, path: str, sha256: str) -> None:
-        self._client.upload_file(
-            str(local), self.bucket, self.key(path), Config=self._transfer,
-            ExtraArgs={"Metadata": {"sha256": sha256}, "ChecksumAlgorithm": "SHA256"},
-        )
+        chunk = self.multipart_chunk_mb * 1024 * 1024
+        size = local.stat().st_size
+        if size <= chunk:
+            self._client.put_object(
+                Bucket=self.bucket, Key=self.key(path), Body=local.read_bytes(), Metadata={"sha256": sha256},
+                ChecksumSHA256=base64.b64encode(bytes.fromhex(sha256)).decode(),
+            )
+            return
+        self._multipart(local, path, sha256, size, chunk)
+
+    def _state_file(self, path: str, sha256: str) -> Path:
+        from aptops.core.assets import cache_dir
+
+        ident = hashlib.sha256(f"{self.endpoint_url}|{self.bucket}|{self.key(path)}|{sha256}".encode()).hexdigest()[:32]
+        return cache_dir() / "uploads" / f"{ident}.json"
+
+    def _multipart(self, local: Path, path: str, sha256: str, size: int, chunk: int) -> None:
+        exc_mod = require("botocore.exceptions", extra="backup", feature="S3 backup")
+        key = self.key(path)
+        state = self._state_file(path, sha256)
+        upload_id, done = None, {}
+        if state.is_file():
+            upload_id = json.loads(state.read_text())["upload_id"]
+            try:
+                pages = self._client.get_paginator("list_parts").paginate(Bucket=self.bucket, Key=key, UploadId=upload_id)
+                done = {p["PartNumber"]: p for page in pages for p in page.get("Parts", [])}
+                log.info("resuming the upload of %s: %d parts already on the server", path, len(done))
+            except exc_mod.ClientError:
+                upload_id, done = None, {}  # expired or aborted: start again
+        if upload_id is None:
+            upload_id = self._client.create_multipart_upload(
+                Bucket=self.bucket, Key=key, Metadata={"sha256": sha256}, ChecksumAlgorithm="SHA256"
+            )["UploadId"]
+            state.parent.mkdir(parents=True, exist_ok=True)
+            state.write_text(json.dumps({"upload_id": upload_id, "key": key}))
+        n_parts = (size + chunk - 1) // chunk
+
+        def send(number: int) -> dict[str, Any]:
+            with local.open("rb") as fh:
+                fh.seek((number - 1) * chunk)
+                data = fh.read(chunk)
+            digest = base64.b64encode(hashlib.sha256(data).digest()).decode()
+            previous = done.get(number)
+            if previous is not None and previous.get("Size") == len(data) and previous.get("ChecksumSHA256") in (None, digest):
+                return {"PartNumber": number, "ETag": previous["ETag"], "ChecksumSHA256": digest}
+            resp = self._client.upload_part(Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number,
+                                            Body=data, ChecksumSHA256=digest)
+            self.parts_sent += 1
+            return {"PartNumber": number, "ETag": resp["ETag"], "ChecksumSHA256": digest}
+
+        with ThreadPoolExecutor(max_workers=self.max_concurrency) as pool:
+            parts = list(pool.map(send, range(1, n_parts + 1)))
+        self._client.complete_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id,
+                                               MultipartUpload={"Parts": parts})
+        state.unlink(missing_ok=True)
 
     def download(self, path: str, local: Path) -> None:
         self._client.download_file(self.bucket, self.key(path), str(local), Config=self._transfer)

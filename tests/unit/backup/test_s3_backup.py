@@ -226,3 +226,28 @@ def test_backup_pipeline_runs_locally_with_env_credentials(s3, tiny_llama, tmp_p
     for f in tmp_path.rglob("*"):
         if f.is_file() and f.suffix in {".json", ".yaml", ".prom", ".log"}:
             assert creds["aws_secret_access_key"] not in f.read_text(errors="replace"), f
+
+
+def test_dropped_connection_mid_multipart_resumes_sending_only_missing_parts(s3, tmp_path, monkeypatch):
+    from tests.services.proxy import DropRule, FaultyProxy
+
+    server, creds, _ = s3
+    monkeypatch.setenv("APTOPS_CACHE_DIR", str(tmp_path / "cache"))
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "weights.bin").write_bytes(os.urandom(40 * 1024 * 1024))  # parts 1-3 of 16 MiB
+    host, port = server.endpoint.split("//")[1].split(":")
+    with FaultyProxy(host, int(port), rules=[DropRule("partNumber=3", times=3)]) as proxy:
+        cfg = BackupConfig(endpoint_url=proxy.url, backoff_s=0.01)
+        dest = f"s3://flaky-{uuid.uuid4().hex[:6]}/m"
+        result = backup_model(model, [dest], cfg, credentials=creds)
+        (d,) = result.destinations
+        assert d.outcome == "success", d.error
+        assert proxy.rules[0].dropped == 3, dict(proxy.seen)
+        assert d.retries >= 1, d
+        assert proxy.count("partNumber=3") == 4  # dropped three times, then sent
+        assert proxy.count("partNumber=1") == 1 and proxy.count("partNumber=2") == 1  # never re-sent
+        assert proxy.count("POST /" + dest[5:].split("/")[0] + "/m/weights.bin?uploads") == 1  # one upload, resumed
+    restore_from_cloud(dest, tmp_path / "r", BackupConfig(endpoint_url=server.endpoint), credentials=creds)
+    assert _tree(tmp_path / "r") == _tree(model)
+    assert not list((tmp_path / "cache" / "uploads").glob("*.json"))  # state removed once complete
