@@ -22,12 +22,12 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from aptops.backup.manifest import MANIFEST, build_manifest, parse_manifest, sha256_file
+from aptops.backup.manifest import MANIFEST, list_model_files, manifest_of, parse_manifest, sha256_file
 from aptops.core.artifacts import StageResult
 from aptops.core.config import check_range
 from aptops.core.errors import ConfigError, InvalidArtifactError, StorageError
@@ -121,22 +121,24 @@ def _retry(fn: Callable[[], T], store: Any, config: BackupConfig, result: Destin
             time.sleep(wait)
 
 
-def _backup_one(folder: Path, manifest: dict[str, Any], store: Any, config: BackupConfig) -> DestinationResult:
+def _backup_one(folder: Path, files: list[tuple[str, int]], hashes: dict[str, Future[str]], store: Any,
+                config: BackupConfig) -> DestinationResult:
     result = DestinationResult(destination=store.uri)
     start = time.monotonic()
     try:
         _retry(store.ensure_bucket, store, config, result, "bucket check")
         old = _retry(lambda: store.read(MANIFEST), store, config, result, "manifest read")
         old_sha = {e.path: e.sha256 for e in parse_manifest(old, source=f"{store.uri}/{MANIFEST}")} if old else {}
-        for entry in manifest["files"]:
-            path, sha = entry["path"], entry["sha256"]
+        for path, size in files:
+            sha = hashes[path].result()  # hashed in the background while the previous file uploads
             if old_sha.get(path) == sha and store.remote_sha256(path) == sha:
                 result.files_skipped += 1
                 continue
             _retry(lambda p=path, s=sha: store.upload(folder / p, p, s), store, config, result, f"upload {path}")
             result.files_sent += 1
-            result.bytes_sent += entry["size"]
+            result.bytes_sent += size
         # the manifest goes last: it is the commit marker of the backup
+        manifest = manifest_of([{"path": p, "size": n, "sha256": hashes[p].result()} for p, n in files])
         data = json.dumps(manifest, indent=2).encode()
         _retry(lambda: store.write(MANIFEST, data), store, config, result, "manifest write")
         result.outcome = "success"
@@ -182,9 +184,14 @@ def backup_model(
     if not destinations:
         raise ConfigError("no destinations: give at least one, e.g. s3://bucket/models/name", field="destinations")
     stores = [store_for(parse_location(d), config, credentials) for d in destinations]
-    manifest = build_manifest(model_path)
-    with ThreadPoolExecutor(max_workers=min(config.parallel_destinations, len(stores))) as pool:
-        results = list(pool.map(lambda s: _backup_one(Path(model_path), manifest, s, config), stores))
+    folder = Path(model_path)
+    files = list_model_files(folder)
+    # one hashing thread runs ahead of the uploads, so verification costs little extra wall time
+    with ThreadPoolExecutor(max_workers=1) as hasher:
+        hashes = {rel: hasher.submit(sha256_file, folder / rel) for rel, _ in files}
+        with ThreadPoolExecutor(max_workers=min(config.parallel_destinations, len(stores))) as pool:
+            results = list(pool.map(lambda s: _backup_one(folder, files, hashes, s, config), stores))
+        manifest = manifest_of([{"path": p, "size": n, "sha256": hashes[p].result()} for p, n in files])
     return BackupResult(manifest=manifest, destinations=results)
 
 
@@ -228,6 +235,10 @@ def restore_from_cloud(
     raise StorageError("no source could restore a verified copy: " + "; ".join(reasons), uri=", ".join(sources))
 
 
+def _matches(path: Path, size: int, sha256: str) -> bool:
+    return path.stat().st_size == size and sha256_file(path) == sha256
+
+
 def _restore_one(store: Any, local_path: Path, config: BackupConfig) -> StageResult:
     scratch = DestinationResult(destination=store.uri)
     raw = _retry(lambda: store.read(MANIFEST), store, config, scratch, "manifest read")
@@ -238,12 +249,17 @@ def _restore_one(store: Any, local_path: Path, config: BackupConfig) -> StageRes
     tmp = Path(tempfile.mkdtemp(prefix=f".{local_path.name}.restore-", dir=local_path.parent))
     start = time.monotonic()
     try:
-        for e in entries:
-            target = tmp / e.path
-            target.parent.mkdir(parents=True, exist_ok=True)
-            _retry(lambda e=e, t=target: store.download(e.path, t), store, config, scratch, f"download {e.path}")
-            if target.stat().st_size != e.size or sha256_file(target) != e.sha256:
-                raise InvalidArtifactError(f"{store.uri}/{e.path} does not match its manifest (corrupt object)")
+        # each file is verified in the background while the next one downloads
+        with ThreadPoolExecutor(max_workers=1) as verifier:
+            checks = []
+            for e in entries:
+                target = tmp / e.path
+                target.parent.mkdir(parents=True, exist_ok=True)
+                _retry(lambda e=e, t=target: store.download(e.path, t), store, config, scratch, f"download {e.path}")
+                checks.append((e, verifier.submit(_matches, target, e.size, e.sha256)))
+            for e, ok in checks:
+                if not ok.result():
+                    raise InvalidArtifactError(f"{store.uri}/{e.path} does not match its manifest (corrupt object)")
         (tmp / MANIFEST).write_bytes(raw)
         if local_path.exists():
             old = local_path.with_name(f".{local_path.name}.old-{os.getpid()}")

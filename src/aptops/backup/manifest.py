@@ -34,8 +34,8 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def build_manifest(folder: str | Path) -> dict[str, Any]:
-    """Hash every file under ``folder`` (hidden temp files and an old manifest excluded)."""
+def list_model_files(folder: str | Path) -> list[tuple[str, int]]:
+    """``(relative path, size)`` of every file to back up (hidden files and an old manifest excluded)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ArtifactNotFoundError(f"model folder {str(folder)!r} does not exist", path=str(folder))
@@ -44,10 +44,21 @@ def build_manifest(folder: str | Path) -> dict[str, Any]:
         rel = p.relative_to(folder)
         if not p.is_file() or rel.as_posix() == MANIFEST or any(part.startswith(".") for part in rel.parts):
             continue
-        files.append({"path": rel.as_posix(), "size": p.stat().st_size, "sha256": sha256_file(p)})
+        files.append((rel.as_posix(), p.stat().st_size))
     if not files:
         raise InvalidArtifactError(f"model folder {str(folder)!r} is empty: nothing to back up", path=str(folder))
-    return {"version": 1, "created_at": time.time(), "total_bytes": sum(f["size"] for f in files), "files": files}
+    return files
+
+
+def manifest_of(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"version": 1, "created_at": time.time(), "total_bytes": sum(f["size"] for f in entries), "files": entries}
+
+
+def build_manifest(folder: str | Path) -> dict[str, Any]:
+    """Hash every file under ``folder`` (hidden temp files and an old manifest excluded)."""
+    folder = Path(folder)
+    return manifest_of([{"path": rel, "size": size, "sha256": sha256_file(folder / rel)}
+                        for rel, size in list_model_files(folder)])
 
 
 def parse_manifest(data: bytes | str, *, source: str = "manifest") -> list[FileEntry]:

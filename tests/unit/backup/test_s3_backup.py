@@ -53,11 +53,11 @@ def test_multipart_upload_of_a_large_file_in_parallel_parts(s3, tmp_path):
     server, creds, cfg = s3
     model = tmp_path / "model"
     model.mkdir()
-    (model / "model.safetensors").write_bytes(os.urandom(40 * 1024 * 1024))  # 3 parts of 16 MiB
+    (model / "model.safetensors").write_bytes(os.urandom(20 * 1024 * 1024))  # 3 parts of 8 MiB
     dest = f"s3://big-{uuid.uuid4().hex[:8]}/m"
     assert backup_model(model, [dest], cfg, credentials=creds).ok
     obj = server.client().head_object(Bucket=dest[5:].split("/")[0], Key="m/model.safetensors")
-    assert obj["ContentLength"] == 40 * 1024 * 1024 and "-" in obj["ETag"]  # a multipart ETag
+    assert obj["ContentLength"] == 20 * 1024 * 1024 and "-" in obj["ETag"]  # a multipart ETag
     restore_from_cloud(dest, tmp_path / "back", cfg, credentials=creds)
     assert _tree(tmp_path / "back") == _tree(model)
 
@@ -235,7 +235,7 @@ def test_dropped_connection_mid_multipart_resumes_sending_only_missing_parts(s3,
     monkeypatch.setenv("APTOPS_CACHE_DIR", str(tmp_path / "cache"))
     model = tmp_path / "model"
     model.mkdir()
-    (model / "weights.bin").write_bytes(os.urandom(40 * 1024 * 1024))  # parts 1-3 of 16 MiB
+    (model / "weights.bin").write_bytes(os.urandom(20 * 1024 * 1024))  # parts 1-3 of 8 MiB
     host, port = server.endpoint.split("//")[1].split(":")
     with FaultyProxy(host, int(port), rules=[DropRule("partNumber=3", times=3)]) as proxy:
         cfg = BackupConfig(endpoint_url=proxy.url, backoff_s=0.01)
