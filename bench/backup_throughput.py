@@ -78,7 +78,7 @@ def main() -> None:
         up = time.perf_counter() - t
         assert res.ok, res.destinations
         t = time.perf_counter()
-        restore_from_cloud(f"s3://{bucket}/aptops", work / "aptops-back", cfg, credentials=creds)
+        restore_from_cloud(f"s3://{bucket}/aptops", None, work / "aptops-back", cfg, credentials=creds)
         down = time.perf_counter() - t
         results["aptops"] = {"upload_MBps": total / up / 1e6, "download_MBps": total / down / 1e6}
 

@@ -217,7 +217,8 @@ def backup(
 
 @app.command()
 def restore(
-    source: Annotated[list[str], typer.Argument(help="Backup locations to try in order, e.g. s3://bucket/prefix.")],
+    source: Annotated[list[str], typer.Argument(
+        help="Backup locations to try in order (s3://bucket/prefix), or 'auto' to probe --set locations=[...].")],
     out: Annotated[Path, typer.Option("--out", "-o", help="The folder to restore into (replaced only when verified).")],
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -226,7 +227,7 @@ def restore(
     from aptops.backup import BackupConfig, restore_from_cloud
 
     cfg = load_config(BackupConfig, config, overrides=set_ or [])
-    result = restore_from_cloud(source, out, cfg)
+    result = restore_from_cloud("auto" if source == ["auto"] else source, None, out, cfg)
     _print_metrics(f"restored {out} from {result.outputs['source']}", result.metrics)
 
 

@@ -48,6 +48,7 @@ class BackupConfig:
         parallel_destinations: destinations transferred at once.
         endpoint_url: an S3-compatible endpoint for s3:// locations (else ``AWS_ENDPOINT_URL`` or AWS).
         region_name: the S3 region.
+        locations: where backups live, for ``restore_from_cloud(source="auto")`` to probe.
     """
 
     max_retries: int = 4
@@ -56,6 +57,7 @@ class BackupConfig:
     parallel_destinations: int = 4
     endpoint_url: str | None = None
     region_name: str | None = None
+    locations: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check_range("max_retries", self.max_retries, min_value=0, max_value=20)
@@ -197,30 +199,43 @@ def backup_model(
 
 def restore_from_cloud(
     source: str | Sequence[str],
+    model_id: str | None,
     local_path: str | Path,
     config: BackupConfig | None = None,
     *,
     credentials: dict[str, str | None] | None = None,
 ) -> StageResult:
-    """Restore a backup into ``local_path``, trying each source in turn until one verifies.
+    """Restore a backup into ``local_path``, trying sources in turn until one verifies.
 
     Args:
-        source: one location or a list of them (the first that restores completely wins).
+        source: ``"auto"`` (probe ``config.locations`` and try the fastest healthy ones first), one location,
+            or a list of them (tried in order).
+        model_id: a sub-path under each location (``None`` or ``""``: the locations name the backup itself).
         local_path: the folder to create (replaced atomically only after every file verified).
-        config: retries and endpoint.
+        config: retries, endpoint, and the locations ``auto`` probes.
         credentials: explicit credentials; otherwise the provider's standard chain.
 
     Returns:
         A :class:`StageResult` naming the source used and the bytes restored.
 
     Raises:
+        ConfigError: no source, or ``auto`` without ``config.locations``.
         StorageError: no source held a complete, uncorrupted backup (each source's reason is listed).
     """
     config = config or BackupConfig()
-    sources = [source] if isinstance(source, str) else list(source)
-    if not sources:
+    if source == "auto":
+        if not config.locations:
+            raise ConfigError("source='auto' probes config.locations, which is empty: list the backup locations",
+                              field="locations")
+        bases = list(config.locations)
+    else:
+        bases = [source] if isinstance(source, str) else list(source)
+    if not bases:
         raise ConfigError("no source to restore from", field="source")
-    stores = [store_for(parse_location(s), config, credentials) for s in sources]
+    locations = [parse_location(b).join(model_id) if model_id else parse_location(b) for b in bases]
+    stores = [store_for(loc, config, credentials) for loc in locations]
+    if source == "auto":
+        stores = _fastest_first(stores)
     reasons = []
     local_path = Path(local_path)
     for store in stores:
@@ -232,7 +247,28 @@ def restore_from_cloud(
         except Exception as exc:
             reasons.append(f"{store.uri}: {_describe(exc, store)}")
             log.warning("restore from %s failed: %s; trying the next source", store.uri, _describe(exc, store))
-    raise StorageError("no source could restore a verified copy: " + "; ".join(reasons), uri=", ".join(sources))
+    raise StorageError("no source could restore a verified copy: " + "; ".join(reasons),
+                       uri=", ".join(s.uri for s in stores))
+
+
+def _fastest_first(stores: list[Any]) -> list[Any]:
+    """Time a manifest read at every store (in parallel); healthy stores first, fastest first."""
+
+    def probe(store: Any) -> tuple[float, Any]:
+        start = time.monotonic()
+        try:
+            ok = store.read(MANIFEST) is not None
+        except Exception as exc:
+            log.info("probe of %s failed: %s", store.uri, _describe(exc, store))
+            ok = False
+        return (time.monotonic() - start) if ok else float("inf"), store
+
+    with ThreadPoolExecutor(max_workers=len(stores)) as pool:
+        timed = list(pool.map(probe, stores))
+    for seconds, store in timed:
+        log.info("probe %s: %s", store.uri, "no backup" if seconds == float("inf") else f"{seconds * 1000:.0f} ms")
+    # unhealthy ones stay at the end: they still get a try, their failure is reported
+    return [store for _, store in sorted(timed, key=lambda item: item[0])]
 
 
 def _matches(path: Path, size: int, sha256: str) -> bool:
@@ -292,6 +328,6 @@ def restore_from_s3(bucket_name: str, s3_prefix: str, local_path: str | Path, *,
                     region_name: str | None = None, endpoint_url: str | None = None) -> StageResult:
     """The old plugin's S3 restore."""
     src = f"s3://{bucket_name}/{s3_prefix.strip('/')}".rstrip("/")
-    return restore_from_cloud(src, local_path, BackupConfig(endpoint_url=endpoint_url, region_name=region_name),
+    return restore_from_cloud(src, None, local_path, BackupConfig(endpoint_url=endpoint_url, region_name=region_name),
                               credentials={"aws_access_key_id": aws_access_key_id,
                                            "aws_secret_access_key": aws_secret_access_key})

@@ -37,7 +37,7 @@ def test_roundtrip_skip_unchanged_and_send_changed(s3, tiny_llama, tmp_path):
     assert res.files_sent == len(first.manifest["files"]) and res.bytes_sent == first.manifest["total_bytes"]
     again = backup_model(tiny_llama, [dest], cfg, credentials=creds).destinations[0]
     assert (again.files_sent, again.files_skipped, again.bytes_sent) == (0, len(first.manifest["files"]), 0)
-    restored = restore_from_cloud(dest, tmp_path / "restored", cfg, credentials=creds)
+    restored = restore_from_cloud(dest, None, tmp_path / "restored", cfg, credentials=creds)
     assert _tree(tmp_path / "restored") == _tree(tiny_llama)
     assert restored.metrics["bytes"] == first.manifest["total_bytes"]
     work = tmp_path / "work"
@@ -58,7 +58,7 @@ def test_multipart_upload_of_a_large_file_in_parallel_parts(s3, tmp_path):
     assert backup_model(model, [dest], cfg, credentials=creds).ok
     obj = server.client().head_object(Bucket=dest[5:].split("/")[0], Key="m/model.safetensors")
     assert obj["ContentLength"] == 20 * 1024 * 1024 and "-" in obj["ETag"]  # a multipart ETag
-    restore_from_cloud(dest, tmp_path / "back", cfg, credentials=creds)
+    restore_from_cloud(dest, None, tmp_path / "back", cfg, credentials=creds)
     assert _tree(tmp_path / "back") == _tree(model)
 
 
@@ -72,9 +72,9 @@ def test_corrupt_object_falls_back_to_the_next_source(s3, tiny_llama, tmp_path):
     body[len(body) // 2] ^= 0xFF  # one flipped byte
     client.put_object(Bucket=bucket, Key="a/model.safetensors", Body=bytes(body))
     with pytest.raises(StorageError, match="does not match its manifest"):
-        restore_from_cloud(a, tmp_path / "only-a", cfg, credentials=creds)
+        restore_from_cloud(a, None, tmp_path / "only-a", cfg, credentials=creds)
     assert not (tmp_path / "only-a").exists()
-    result = restore_from_cloud([a, b], tmp_path / "out", cfg, credentials=creds)
+    result = restore_from_cloud([a, b], None, tmp_path / "out", cfg, credentials=creds)
     assert result.outputs["source"].endswith("/b")
     assert _tree(tmp_path / "out") == _tree(tiny_llama)
 
@@ -87,7 +87,7 @@ def test_unsafe_manifest_is_refused_before_any_download(s3, tmp_path):
     evil = {"files": [{"path": "../../etc/passwd", "size": 4, "sha256": "0" * 64}]}
     client.put_object(Bucket=bucket, Key="m/manifest.json", Body=json.dumps(evil).encode())
     with pytest.raises(StorageError, match=r"unsafe path '\.\./\.\./etc/passwd'"):
-        restore_from_cloud(f"s3://{bucket}/m", tmp_path / "x", cfg, credentials=creds)
+        restore_from_cloud(f"s3://{bucket}/m", None, tmp_path / "x", cfg, credentials=creds)
     assert not (tmp_path / "x").exists() and not list(tmp_path.glob(".x.restore-*"))
 
 
@@ -220,7 +220,7 @@ def test_backup_pipeline_runs_locally_with_env_credentials(s3, tiny_llama, tmp_p
     out = aptops("run", "backup", "--local", "--param", f"model_path={tiny_llama}", "--param", f"destinations={dest}",
                  "--runs-dir", str(tmp_path), env=env)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-    restore_from_cloud(dest, tmp_path / "r", BackupConfig(endpoint_url=server.endpoint), credentials=creds)
+    restore_from_cloud(dest, None, tmp_path / "r", BackupConfig(endpoint_url=server.endpoint), credentials=creds)
     assert _tree(tmp_path / "r") == _tree(tiny_llama)
     assert creds["aws_secret_access_key"] not in out.stdout + out.stderr
     for f in tmp_path.rglob("*"):
@@ -248,6 +248,25 @@ def test_dropped_connection_mid_multipart_resumes_sending_only_missing_parts(s3,
         assert proxy.count("partNumber=3") == 4  # dropped three times, then sent
         assert proxy.count("partNumber=1") == 1 and proxy.count("partNumber=2") == 1  # never re-sent
         assert proxy.count("POST /" + dest[5:].split("/")[0] + "/m/weights.bin?uploads") == 1  # one upload, resumed
-    restore_from_cloud(dest, tmp_path / "r", BackupConfig(endpoint_url=server.endpoint), credentials=creds)
+    restore_from_cloud(dest, None, tmp_path / "r", BackupConfig(endpoint_url=server.endpoint), credentials=creds)
     assert _tree(tmp_path / "r") == _tree(model)
     assert not list((tmp_path / "cache" / "uploads").glob("*.json"))  # state removed once complete
+
+
+def test_auto_source_probes_locations_and_skips_unhealthy_ones(s3, tiny_llama, tmp_path, caplog):
+    import logging
+
+    server, creds, cfg = s3
+    bucket = f"auto-{uuid.uuid4().hex[:6]}"
+    assert backup_model(tiny_llama, [f"s3://{bucket}/good/llama-tiny"], cfg, credentials=creds).ok
+    server.client().create_bucket(Bucket=f"{bucket}-empty")
+    from dataclasses import replace
+
+    auto = replace(cfg, locations=(f"s3://{bucket}-empty/models", f"s3://{bucket}/good"))
+    with caplog.at_level(logging.INFO, logger="aptops.backup.core"):
+        result = restore_from_cloud("auto", "llama-tiny", tmp_path / "r", auto, credentials=creds)
+    assert result.outputs["source"] == f"s3://{bucket}/good/llama-tiny"
+    assert _tree(tmp_path / "r") == _tree(tiny_llama)
+    assert "no backup" in caplog.text  # the empty location was probed and put last
+    with pytest.raises(ConfigError, match=r"probes config\.locations, which is empty"):
+        restore_from_cloud("auto", "llama-tiny", tmp_path / "x", cfg, credentials=creds)
