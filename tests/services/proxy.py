@@ -19,9 +19,13 @@ _REQUEST_LINE = re.compile(rb"(GET|PUT|POST|DELETE|HEAD) (\S+) HTTP/1\.[01]\r\n"
 
 @dataclass
 class DropRule:
+    """Drop requests whose line contains ``needle``: let the first ``skip`` through, then drop ``times``."""
+
     needle: str
     times: int = 1
+    skip: int = 0
     dropped: int = 0
+    matched: int = 0
 
 
 @dataclass
@@ -70,9 +74,14 @@ class FaultyProxy:
                         line = f"{match.group(1).decode()} {match.group(2).decode()}"
                         with self._lock:
                             self.seen[line] += 1
-                            rule = next((r for r in self.rules if r.needle in line and r.dropped < r.times), None)
-                            if rule is not None:
-                                rule.dropped += 1
+                            rule = None
+                            for r in self.rules:
+                                if r.needle in line:
+                                    r.matched += 1
+                                    if r.matched > r.skip and r.dropped < r.times:
+                                        rule = r
+                                        rule.dropped += 1
+                                        break
                         if rule is not None:
                             self._reset(src, dst)
                             return

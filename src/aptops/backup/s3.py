@@ -18,6 +18,7 @@ import base64
 import hashlib
 import json
 import logging
+import threading
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -57,6 +58,7 @@ class S3Store:
     multipart_chunk_mb: int = 8
     provider: str = "s3"
     parts_sent: int = 0
+    ranges_fetched: int = 0
 
     def __post_init__(self) -> None:
         boto3 = require("boto3", extra="backup", feature="S3 backup")
@@ -154,7 +156,44 @@ class S3Store:
         state.unlink(missing_ok=True)
 
     def download(self, path: str, local: Path) -> None:
-        self._client.download_file(self.bucket, self.key(path), str(local), Config=self._transfer)
+        """Parallel ranged GETs into ``local``; a retry keeps the ranges already on disk.
+
+        Finished ranges are recorded in ``<local>.ranges`` beside the partial file, so a dropped
+        connection costs only the ranges that were in flight.
+        """
+        chunk = self.multipart_chunk_mb * 1024 * 1024
+        key = self.key(path)
+        size = self._client.head_object(Bucket=self.bucket, Key=key)["ContentLength"]
+        if size <= chunk:
+            data = self._client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+            local.write_bytes(data)
+            return
+        ledger = local.with_name(local.name + ".ranges")
+        done = set(json.loads(ledger.read_text())) if ledger.is_file() and local.is_file() else set()
+        if not done or local.stat().st_size != size:
+            done = set()
+            with local.open("wb") as fh:
+                fh.truncate(size)
+        lock = threading.Lock()
+
+        def fetch(start: int) -> None:
+            if start in done:
+                return
+            end = min(start + chunk, size) - 1
+            body = self._client.get_object(Bucket=self.bucket, Key=key, Range=f"bytes={start}-{end}")["Body"].read()
+            if len(body) != end - start + 1:
+                raise ConnectionError(f"short read of bytes {start}-{end} of {path}")
+            with local.open("r+b") as fh:
+                fh.seek(start)
+                fh.write(body)
+            with lock:
+                done.add(start)
+                self.ranges_fetched += 1
+                ledger.write_text(json.dumps(sorted(done)))
+
+        with ThreadPoolExecutor(max_workers=self.max_concurrency) as pool:
+            list(pool.map(fetch, range(0, size, chunk)))
+        ledger.unlink(missing_ok=True)
 
     def read(self, path: str) -> bytes | None:
         exc_mod = require("botocore.exceptions", extra="backup", feature="S3 backup")

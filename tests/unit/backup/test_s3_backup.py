@@ -270,3 +270,26 @@ def test_auto_source_probes_locations_and_skips_unhealthy_ones(s3, tiny_llama, t
     assert "no backup" in caplog.text  # the empty location was probed and put last
     with pytest.raises(ConfigError, match=r"probes config\.locations, which is empty"):
         restore_from_cloud("auto", "llama-tiny", tmp_path / "x", cfg, credentials=creds)
+
+
+def test_dropped_connection_mid_download_resumes_the_missing_ranges(s3, tmp_path):
+    from tests.services.proxy import DropRule, FaultyProxy
+
+    server, creds, cfg = s3
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "weights.bin").write_bytes(os.urandom(20 * 1024 * 1024))  # 3 ranged GETs of 8 MiB
+    dest = f"s3://dl-{uuid.uuid4().hex[:6]}/m"
+    assert backup_model(model, [dest], cfg, credentials=creds).ok
+    host, port = server.endpoint.split("//")[1].split(":")
+    line = "GET /" + dest[5:].split("/")[0] + "/m/weights.bin"
+    rule = DropRule(line, skip=1, times=3)  # the first range arrives, then three GETs are reset
+    with FaultyProxy(host, int(port), rules=[rule]) as proxy:
+        result = restore_from_cloud(dest, None, tmp_path / "r", BackupConfig(endpoint_url=proxy.url, backoff_s=0.01),
+                                    credentials=creds)
+        gets = proxy.count(line)
+    assert rule.dropped == 3
+    assert result.metrics["retries"] >= 1
+    assert gets == 3 + rule.dropped  # every range fetched once successfully: finished ranges never re-fetched
+    assert _tree(tmp_path / "r") == _tree(model)
+    assert not list((tmp_path / "r").rglob("*.ranges"))
