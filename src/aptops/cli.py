@@ -69,8 +69,15 @@ def stages() -> None:
     table = Table(title="aptops stages")
     for col in ("stage", "old adapter", "category", "priority", "image", "pool", "status"):
         table.add_column(col)
+    from aptops.stages import PARTIAL
+
     for s in STAGES:
-        status = "[green]available[/]" if s.available else "[yellow]planned[/]"
+        if not s.available:
+            status = "[yellow]planned[/]"
+        elif s.name in PARTIAL:
+            status = f"[yellow]partial: {PARTIAL[s.name]}[/]"
+        else:
+            status = "[green]available[/]"
         table.add_row(s.name, s.adapter, s.category, str(s.priority), s.image, s.pool, status)
     console.print(table)
 

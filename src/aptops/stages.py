@@ -80,6 +80,9 @@ STAGES: tuple[Stage, ...] = (
 
 _BY_NAME = {s.name: s for s in STAGES}
 
+# Stages whose library has landed only in part, with what is there (shown by `aptops stages`).
+PARTIAL: dict[str, str] = {"backup": "S3 and S3-compatible stores only"}
+
 
 def get_stage(name: str) -> Stage:
     """Look a stage up by name.

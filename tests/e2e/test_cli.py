@@ -36,6 +36,7 @@ def test_stages_table_is_honest():
     assert "data_processors" in lines["data"] and "available" in lines["data"] and "cpu" in lines["data"]
     assert "planned" in lines["export"] and "ollama_export" in lines["export"] and "900" in lines["export"]
     assert "gpu" in lines["train"]
+    assert "partial" in lines["backup"]
 
 
 def test_data_clean_cli_and_bad_input(tmp_path):
