@@ -7,7 +7,7 @@ reads a manifest, refuses unsafe paths, downloads every file to a temporary fold
 and only then moves the folder into place; a source that fails or serves a corrupt object is skipped for
 the next.
 
-This change covers S3 and S3-compatible stores; OSS, the Hugging Face Hub and ModelScope come next.
+This version covers S3, S3-compatible stores and Alibaba OSS; the Hugging Face Hub and ModelScope come next.
 
 Try it on a CPU against any S3 endpoint: ``aptops backup MODEL_DIR --to s3://bucket/models/m1``.
 """
@@ -49,6 +49,7 @@ class BackupConfig:
         endpoint_url: an S3-compatible endpoint for s3:// locations (else ``AWS_ENDPOINT_URL`` or AWS).
         region_name: the S3 region.
         locations: where backups live, for ``restore_from_cloud(source="auto")`` to probe.
+        oss_endpoint: the OSS endpoint for oss:// locations (else ``OSS_ENDPOINT``).
     """
 
     max_retries: int = 4
@@ -58,6 +59,7 @@ class BackupConfig:
     endpoint_url: str | None = None
     region_name: str | None = None
     locations: tuple[str, ...] = ()
+    oss_endpoint: str | None = None
 
     def __post_init__(self) -> None:
         check_range("max_retries", self.max_retries, min_value=0, max_value=20)
@@ -90,7 +92,7 @@ class BackupResult:
 
 
 def store_for(location: Location, config: BackupConfig, credentials: dict[str, str | None] | None = None) -> Any:
-    """The store behind a parsed location (s3 for now)."""
+    """The store behind a parsed location (s3 and oss in this version)."""
     creds = credentials or {}
     if location.scheme == "s3":
         from aptops.backup.s3 import S3Store
@@ -101,8 +103,14 @@ def store_for(location: Location, config: BackupConfig, credentials: dict[str, s
             region_name=config.region_name, aws_access_key_id=creds.get("aws_access_key_id"),
             aws_secret_access_key=creds.get("aws_secret_access_key"),
         )
+    if location.scheme == "oss":
+        from aptops.backup.oss import OssStore
+
+        return OssStore(bucket=location.bucket, prefix=location.key, endpoint=config.oss_endpoint,
+                        access_key_id=creds.get("oss_access_key_id"),
+                        access_key_secret=creds.get("oss_access_key_secret"))
     raise ConfigError(
-        f"backup to {location.scheme}:// is not available in this version: supported destinations are s3://",
+        f"backup to {location.scheme}:// is not available in this version: supported destinations are s3://, oss://",
         field="destinations", value=location.uri,
     )
 
@@ -321,6 +329,24 @@ def backup_to_s3(model_path: str | Path, bucket_name: str, s3_prefix: str = "", 
     return backup_model(model_path, [dest], BackupConfig(endpoint_url=endpoint_url, region_name=region_name),
                         credentials={"aws_access_key_id": aws_access_key_id,
                                      "aws_secret_access_key": aws_secret_access_key})
+
+
+def backup_to_oss(model_path: str | Path, bucket_name: str, oss_prefix: str = "", *,
+                  access_key_id: str | None = None, access_key_secret: str | None = None,
+                  endpoint: str | None = None) -> BackupResult:
+    """The old plugin's OSS backup: ``oss://bucket_name/oss_prefix``."""
+    dest = f"oss://{bucket_name}/{oss_prefix.strip('/')}".rstrip("/")
+    return backup_model(model_path, [dest], BackupConfig(oss_endpoint=endpoint),
+                        credentials={"oss_access_key_id": access_key_id, "oss_access_key_secret": access_key_secret})
+
+
+def restore_from_oss(bucket_name: str, oss_prefix: str, local_path: str | Path, *,
+                     access_key_id: str | None = None, access_key_secret: str | None = None,
+                     endpoint: str | None = None) -> StageResult:
+    """The old plugin's OSS restore."""
+    src = f"oss://{bucket_name}/{oss_prefix.strip('/')}".rstrip("/")
+    return restore_from_cloud(src, None, local_path, BackupConfig(oss_endpoint=endpoint),
+                              credentials={"oss_access_key_id": access_key_id, "oss_access_key_secret": access_key_secret})
 
 
 def restore_from_s3(bucket_name: str, s3_prefix: str, local_path: str | Path, *,

@@ -53,6 +53,7 @@ register_adapter(
         adapter="cloud_storage",
         stage="backup",
         methods={"backup_to_s3": "aptops.backup.core:backup_to_s3", "restore_from_s3": "aptops.backup.core:restore_from_s3",
+                 "backup_to_oss": "aptops.backup.core:backup_to_oss", "restore_from_oss": "aptops.backup.core:restore_from_oss",
                  "backup_model": "aptops.backup.core:backup_model",
                  "restore_from_cloud": "aptops.backup.core:restore_from_cloud"},
     )

@@ -115,10 +115,12 @@ def test_legacy_functions(s3, tiny_llama, tmp_path):
     [
         ("s3://Bad_Bucket/x", LocationError, "not a valid S3 bucket name"),
         ("gs://bucket/x", LocationError, "unsupported scheme 'gs'"),
-        ("oss://bucket-1/x", ConfigError, "not available in this version"),
+        ("hf://org/models", ConfigError, "not available in this version"),
+        ("oss://bucket-1/x", ConfigError, "set OSS_ENDPOINT"),
     ],
 )
-def test_bad_destinations_fail_before_any_upload(s3, tiny_llama, dest, error, message):
+def test_bad_destinations_fail_before_any_upload(s3, tiny_llama, dest, error, message, monkeypatch):
+    monkeypatch.delenv("OSS_ENDPOINT", raising=False)
     server, creds, cfg = s3
     with pytest.raises(error, match=message):
         backup_model(tiny_llama, [f"s3://never-{uuid.uuid4().hex[:6]}/m", dest], cfg, credentials=creds)
