@@ -215,14 +215,18 @@ def _quantile(values: Sequence[int], q: float) -> float:
 
 
 def _histogram(values: Sequence[int], bins: int) -> dict[str, list[float]]:
+    """Counts over log-spaced bins: text lengths are long-tailed, linear bins put nearly all rows in one bar."""
     if not values:
         return {"edges": [], "counts": []}
-    lo, hi = min(values), max(values)
-    width = max((hi - lo) / bins, 1e-9)
+    lo, hi = max(1, min(values)), max(2, max(values))
+    ratio = (hi / lo) ** (1 / bins) if hi > lo else 2.0
+    edges = [lo * ratio**i for i in range(bins + 1)]
     counts = [0] * bins
+    log_lo, log_step = math.log(lo), math.log(ratio)
     for v in values:
-        counts[min(bins - 1, int((v - lo) / width))] += 1
-    return {"edges": [lo + i * width for i in range(bins + 1)], "counts": [float(c) for c in counts]}
+        i = int((math.log(max(v, lo)) - log_lo) / log_step) if log_step > 0 else 0
+        counts[min(bins - 1, max(0, i))] += 1
+    return {"edges": edges, "counts": [float(c) for c in counts]}
 
 
 def _report_html(dataset: str, metrics: dict[str, float], hist: dict[str, list[float]]) -> str:
@@ -231,7 +235,7 @@ def _report_html(dataset: str, metrics: dict[str, float], hist: dict[str, list[f
         f"<tr><th>{html.escape(k)}</th><td>{v:,.2f}</td></tr>" for k, v in metrics.items()
     )
     counts, edges = hist["counts"], hist["edges"]
-    w, h, pad = 640, 240, 30
+    w, h, pad = 680, 260, 40
     bars = []
     peak = max(counts, default=1.0) or 1.0
     bw = (w - 2 * pad) / max(len(counts), 1)
@@ -243,9 +247,16 @@ def _report_html(dataset: str, metrics: dict[str, float], hist: dict[str, list[f
             f'<rect x="{x:.1f}" y="{y:.1f}" width="{max(bw - 1, 1):.1f}" height="{bh:.1f}" fill="#4c78a8">'
             f"<title>{html.escape(label)}</title></rect>"
         )
+    ticks = []
+    for i in range(0, len(edges), max(1, len(counts) // 6)):
+        x = pad + i * bw
+        ticks.append(f'<line x1="{x:.1f}" y1="{h - pad}" x2="{x:.1f}" y2="{h - pad + 4}" stroke="#555"/>'
+                     f'<text x="{x:.1f}" y="{h - 8}" font-size="11" text-anchor="middle">{edges[i]:,.0f}</text>')
     axis = (
-        f'<text x="{pad}" y="{h - 8}" font-size="11">{edges[0]:.0f}</text>'
-        f'<text x="{w - pad}" y="{h - 8}" font-size="11" text-anchor="end">{edges[-1]:.0f} chars</text>'
+        "".join(ticks)
+        + f'<text x="{w - pad}" y="{pad - 8}" font-size="11" text-anchor="end">characters, log scale</text>'
+        + f'<text x="{pad}" y="{pad - 8}" font-size="11">{peak:,.0f} rows</text>'
+        + f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{h - pad}" stroke="#555"/>'
         if edges else ""
     )
     svg = f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}">{"".join(bars)}{axis}</svg>'

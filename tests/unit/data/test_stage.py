@@ -142,3 +142,11 @@ def test_empty_jsonl_is_a_clear_error(tmp_path):
     (tmp_path / "e.jsonl").write_text("")
     with pytest.raises(InvalidArtifactError, match="could not be read as jsonl"):
         clean_dataset(tmp_path / "e.jsonl", tmp_path / "out")
+
+
+def test_length_histogram_is_log_spaced():
+    from aptops.data.stage import _histogram
+
+    hist = _histogram([1, 10, 100, 1000, 5], 3)
+    assert [round(e) for e in hist["edges"]] == [1, 10, 100, 1000]
+    assert hist["counts"] == [2.0, 1.0, 2.0]
