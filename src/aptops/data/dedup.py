@@ -170,7 +170,7 @@ class MinHasher:
             while end < len(docs) and (cells == 0 or cells + len(docs[end]) * self.num_perm <= max_cells):
                 cells += len(docs[end]) * self.num_perm
                 end += 1
-            batch = [d for d in docs[start:end]]
+            batch = docs[start:end]
             nonempty = [i for i, d in enumerate(batch) if len(d)]
             if nonempty:
                 flat = np.concatenate([batch[i] for i in nonempty])
@@ -291,11 +291,22 @@ def find_near_duplicates(texts: Sequence[str], config: DedupConfig | None = None
     candidates: set[tuple[int, int]] = set()
     for band in range(bands):
         candidates |= candidate_pairs(keys[:, band])
-    return _verify(candidates, lambda i: shingles[i], config.threshold, exact=[exact_hash(t or "") for t in texts])
+    exact = exact_duplicate_pairs([exact_hash(t or "") for t in texts])
+    return _verify(candidates, lambda i: shingles[i], config.threshold, exact_pairs=exact)
+
+
+def exact_duplicate_pairs(hashes: Sequence[int] | Any) -> list[tuple[int, int]]:
+    """Pairs of neighbours among equal :func:`exact_hash` values: enough for union-find to join every copy."""
+    np = _np()
+    hashes = np.asarray(hashes, dtype=np.uint64)
+    order = np.argsort(hashes, kind="stable")
+    same = np.flatnonzero(hashes[order][1:] == hashes[order][:-1])
+    return [(int(order[i]), int(order[i + 1])) for i in same]
 
 
 def _verify(
-    candidates: Iterable[tuple[int, int]], shingles_of: Any, threshold: float, *, exact: Sequence[int] | None = None
+    candidates: Iterable[tuple[int, int]], shingles_of: Any, threshold: float,
+    *, exact_pairs: Iterable[tuple[int, int]] = (),
 ) -> DuplicateResult:
     uf = UnionFind()
     result = DuplicateResult()
@@ -306,15 +317,10 @@ def _verify(
         if sim >= threshold:
             result.pairs.append((a, b, sim))
             uf.union(a, b)
-    if exact is not None:
-        # texts equal after normalisation are duplicates even when too short to shingle well
-        first: dict[int, int] = {}
-        for i, h in enumerate(exact):
-            if h in first:
-                result.exact_duplicates += 1
-                uf.union(first[h], i)
-            else:
-                first[h] = i
+    # texts equal after normalisation are duplicates even when too short to shingle well
+    for a, b in exact_pairs:
+        result.exact_duplicates += 1
+        uf.union(a, b)
     result.candidates = n_candidates
     result.clusters = uf.clusters()
     return result

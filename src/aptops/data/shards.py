@@ -30,11 +30,11 @@ from aptops.core.logging import progress
 from aptops.data.dedup import (
     DedupConfig,
     MinHasher,
-    UnionFind,
     _verify,
     band_keys,
     candidate_pairs,
     config_fingerprint,
+    exact_duplicate_pairs,
     exact_hash,
     shingle_hashes,
 )
@@ -122,19 +122,13 @@ def cluster_duplicates(signature_dirs: Sequence[str | Path], output_dir: str | P
         keys = np.concatenate([pq.read_table(f, columns=[f"band_{band}"]).column(0).to_numpy() for f in files]) if files else ids
         candidates |= candidate_pairs(keys)
     exact = np.concatenate([pq.read_table(f, columns=["exact"]).column(0).to_numpy() for f in files]) if files else ids
-    # exact duplicates by normalised hash, even when too short to shingle
-    order = np.argsort(exact, kind="stable")
-    same = np.flatnonzero(exact[order][1:] == exact[order][:-1])
-    candidates |= {(int(order[i]), int(order[i + 1])) for i in same}
+    # exact duplicates by normalised hash join their clusters even when too short to shingle
+    exact_pairs = exact_duplicate_pairs(exact)
+    candidates |= set(exact_pairs)
     needed = sorted({i for pair in candidates for i in pair})
     shingles = _load_shingles(files, ids, needed)
-    result = _verify(candidates, lambda i: shingles[i], config.threshold)
-    uf = UnionFind()
-    for a, b, _ in result.pairs:
-        uf.union(a, b)
-    for i in same:
-        uf.union(int(order[i]), int(order[i + 1]))
-    clusters = uf.clusters()
+    result = _verify(candidates, lambda i: shingles[i], config.threshold, exact_pairs=exact_pairs)
+    clusters = result.clusters
     drop = sorted(m for root, members in clusters.items() for m in members if m != root)
     keep_of = {m: root for root, members in clusters.items() for m in members if m != root}
     with atomic_output(output_dir) as tmp:
