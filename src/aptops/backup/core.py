@@ -148,8 +148,7 @@ def _backup_one(folder: Path, files: list[tuple[str, int]], hashes: dict[str, Fu
             result.files_sent += 1
             result.bytes_sent += size
         # the manifest goes last: it is the commit marker of the backup
-        manifest = manifest_of([{"path": p, "size": n, "sha256": hashes[p].result()} for p, n in files])
-        data = json.dumps(manifest, indent=2).encode()
+        data = json.dumps(_manifest(files, hashes), indent=2).encode()
         _retry(lambda: store.write(MANIFEST, data), store, config, result, "manifest write")
         result.outcome = "success"
     except Exception as exc:
@@ -160,11 +159,20 @@ def _backup_one(folder: Path, files: list[tuple[str, int]], hashes: dict[str, Fu
     return result
 
 
+# Error codes that mean the credentials are wrong, whatever the provider.
+_CREDENTIAL_CODES = frozenset({"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403"})
+
+
+def _manifest(files: list[tuple[str, int]], hashes: dict[str, Future[str]]) -> dict[str, Any]:
+    return manifest_of([{"path": p, "size": n, "sha256": hashes[p].result()} for p, n in files])
+
+
 def _describe(exc: BaseException, store: Any) -> str:
+    """One line about a failed call: the exception type, the provider's error code, a hint; never a secret."""
     if isinstance(exc, StorageError):
         return str(exc)
-    code = getattr(exc, "response", {}).get("Error", {}).get("Code") if hasattr(exc, "response") else None
-    hint = " (check the credentials)" if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied") else ""
+    code = store.error_code(exc)
+    hint = " (check the credentials)" if code in _CREDENTIAL_CODES else ""
     return f"{type(exc).__name__}{': ' + code if code else ''}{hint}"
 
 
@@ -201,7 +209,7 @@ def backup_model(
         hashes = {rel: hasher.submit(sha256_file, folder / rel) for rel, _ in files}
         with ThreadPoolExecutor(max_workers=min(config.parallel_destinations, len(stores))) as pool:
             results = list(pool.map(lambda s: _backup_one(folder, files, hashes, s, config), stores))
-        manifest = manifest_of([{"path": p, "size": n, "sha256": hashes[p].result()} for p, n in files])
+        manifest = _manifest(files, hashes)
     return BackupResult(manifest=manifest, destinations=results)
 
 

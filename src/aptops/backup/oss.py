@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from aptops.core.deps import require
-from aptops.core.errors import ConfigError, StorageError
+from aptops.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ class OssStore:
             log.info("created bucket %s", self.bucket)
         except self._oss2.exceptions.ServerError as exc:
             if exc.status != 409:  # 409: it exists already
-                raise self._error("cannot create bucket", exc) from exc
+                raise
 
     def upload(self, local: Path, path: str, sha256: str) -> None:
         chunk = self.part_size_mb * 1024 * 1024
@@ -110,7 +110,6 @@ class OssStore:
         return isinstance(exc, errors.ServerError) and (exc.status >= 500 or exc.status == 429
                                                         or exc.code in ("RequestTimeout",))
 
-    def _error(self, what: str, exc: Any) -> StorageError:
-        code = getattr(exc, "code", type(exc).__name__)
-        hint = " (check the credentials)" if code in ("SignatureDoesNotMatch", "InvalidAccessKeyId", "AccessDenied") else ""
-        return StorageError(f"{self.uri}: {what}: {code}{hint}", uri=self.uri, provider=self.provider)
+    def error_code(self, exc: BaseException) -> str | None:
+        """The OSS error code of a failed call (``SignatureDoesNotMatch`` ...), if the server sent one."""
+        return getattr(exc, "code", None) if isinstance(exc, self._oss2.exceptions.OssError) else None

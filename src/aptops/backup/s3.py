@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 from aptops.core.deps import require
-from aptops.core.errors import StorageError
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +56,12 @@ class S3Store:
     max_concurrency: int = 10
     multipart_chunk_mb: int = 8
     provider: str = "s3"
-    parts_sent: int = 0
-    ranges_fetched: int = 0
 
     def __post_init__(self) -> None:
         boto3 = require("boto3", extra="backup", feature="S3 backup")
         config_mod = require("botocore.config", extra="backup", feature="S3 backup")
         transfer = require("boto3.s3.transfer", extra="backup", feature="S3 backup")
+        self._errors = require("botocore.exceptions", extra="backup", feature="S3 backup")
         self._client = boto3.client(
             "s3", endpoint_url=self.endpoint_url, region_name=self.region_name or "us-east-1",
             aws_access_key_id=self.aws_access_key_id, aws_secret_access_key=self.aws_secret_access_key,
@@ -83,20 +81,19 @@ class S3Store:
         return f"{self.prefix.strip('/')}/{path}" if self.prefix.strip("/") else path
 
     def ensure_bucket(self) -> None:
-        exc_mod = require("botocore.exceptions", extra="backup", feature="S3 backup")
         try:
             self._client.head_bucket(Bucket=self.bucket)
-        except exc_mod.ClientError as exc:
+        except self._errors.ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
             if code not in ("404", "NoSuchBucket", "NotFound"):
-                raise self._error("cannot reach bucket", exc) from exc
+                raise
             try:
                 self._client.create_bucket(Bucket=self.bucket)
                 log.info("created bucket %s", self.bucket)
-            except exc_mod.ClientError as create_exc:
+            except self._errors.ClientError as create_exc:
                 # another destination of the same backup may have created it a moment ago
-                if create_exc.response.get("Error", {}).get("Code") != "BucketAlreadyOwnedByYou":
-                    raise self._error("cannot create bucket", create_exc) from create_exc
+                if self.error_code(create_exc) != "BucketAlreadyOwnedByYou":
+                    raise
 
     def upload(self, local: Path, path: str, sha256: str) -> None:
         chunk = self.multipart_chunk_mb * 1024 * 1024
@@ -116,7 +113,6 @@ class S3Store:
         return cache_dir() / "uploads" / f"{ident}.json"
 
     def _multipart(self, local: Path, path: str, sha256: str, size: int, chunk: int) -> None:
-        exc_mod = require("botocore.exceptions", extra="backup", feature="S3 backup")
         key = self.key(path)
         state = self._state_file(path, sha256)
         upload_id, done = None, {}
@@ -126,7 +122,7 @@ class S3Store:
                 pages = self._client.get_paginator("list_parts").paginate(Bucket=self.bucket, Key=key, UploadId=upload_id)
                 done = {p["PartNumber"]: p for page in pages for p in page.get("Parts", [])}
                 log.info("resuming the upload of %s: %d parts already on the server", path, len(done))
-            except exc_mod.ClientError:
+            except self._errors.ClientError:
                 upload_id, done = None, {}  # expired or aborted: start again
         if upload_id is None:
             upload_id = self._client.create_multipart_upload(
@@ -146,7 +142,6 @@ class S3Store:
                 return {"PartNumber": number, "ETag": previous["ETag"], "ChecksumCRC32": digest}
             resp = self._client.upload_part(Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number,
                                             Body=data, ChecksumCRC32=digest)
-            self.parts_sent += 1
             return {"PartNumber": number, "ETag": resp["ETag"], "ChecksumCRC32": digest}
 
         with ThreadPoolExecutor(max_workers=self.max_concurrency) as pool:
@@ -188,7 +183,6 @@ class S3Store:
                 fh.write(body)
             with lock:
                 done.add(start)
-                self.ranges_fetched += 1
                 ledger.write_text(json.dumps(sorted(done)))
 
         with ThreadPoolExecutor(max_workers=self.max_concurrency) as pool:
@@ -196,10 +190,9 @@ class S3Store:
         ledger.unlink(missing_ok=True)
 
     def read(self, path: str) -> bytes | None:
-        exc_mod = require("botocore.exceptions", extra="backup", feature="S3 backup")
         try:
             return self._client.get_object(Bucket=self.bucket, Key=self.key(path))["Body"].read()
-        except exc_mod.ClientError as exc:
+        except self._errors.ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NoSuchBucket"):
                 return None
             raise
@@ -208,23 +201,22 @@ class S3Store:
         self._client.put_object(Bucket=self.bucket, Key=self.key(path), Body=data, ChecksumAlgorithm="SHA256")
 
     def remote_sha256(self, path: str) -> str | None:
-        exc_mod = require("botocore.exceptions", extra="backup", feature="S3 backup")
         try:
             head = self._client.head_object(Bucket=self.bucket, Key=self.key(path))
-        except exc_mod.ClientError:
+        except self._errors.ClientError:
             return None
         return head.get("Metadata", {}).get("sha256")
 
     def is_transient(self, exc: BaseException) -> bool:
-        exc_mod = require("botocore.exceptions", extra="backup", feature="S3 backup")
-        if isinstance(exc, exc_mod.ClientError):
+        if isinstance(exc, self._errors.ClientError):
             err = exc.response.get("Error", {})
             status = str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
             return err.get("Code") in TRANSIENT_CODES or status in TRANSIENT_CODES
-        return isinstance(exc, exc_mod.EndpointConnectionError | exc_mod.ConnectionClosedError
-                          | exc_mod.ReadTimeoutError | exc_mod.ConnectTimeoutError | ConnectionError)
+        return isinstance(exc, self._errors.EndpointConnectionError | self._errors.ConnectionClosedError
+                          | self._errors.ReadTimeoutError | self._errors.ConnectTimeoutError | ConnectionError)
 
-    def _error(self, what: str, exc: Any) -> StorageError:
-        code = getattr(exc, "response", {}).get("Error", {}).get("Code", type(exc).__name__)
-        hint = " (check the credentials)" if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403") else ""
-        return StorageError(f"{self.uri}: {what}: {code}{hint}", uri=self.uri, provider=self.provider)
+    def error_code(self, exc: BaseException) -> str | None:
+        """The S3 error code of a failed call (``AccessDenied``, ``403`` ...), if the server sent one."""
+        if isinstance(exc, self._errors.ClientError):
+            return exc.response.get("Error", {}).get("Code")
+        return None
