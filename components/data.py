@@ -232,25 +232,14 @@ def balance_classes(
     run_id: str = "",
 ):
     """Balance the classes of a labelled dataset; class counts before/after go to the metadata."""
-    import pyarrow.parquet as pq
-
-    from aptops.core.artifacts import StageResult, atomic_output, finish_artifact, write_json
     from aptops.core.runtime import run_component
-    from aptops.data.balance import BalanceConfig, balance_dataset
-    from aptops.data.io import read_dataset
+    from aptops.data.balance import BalanceConfig, balance_dataset_dir
 
     config = BalanceConfig(method=method, target_ratio=target_ratio, oversampler=oversampler,
                            undersampler=undersampler, label_column=label_column, text_column=text_column)
 
     def work():
-        result = balance_dataset(read_dataset(dataset.path), config=config)
-        with atomic_output(balanced.path) as tmp:
-            pq.write_table(result.table, tmp / "part-00000.parquet", compression="zstd")
-            write_json(tmp / "stats.json", {"before": result.before, "after": result.after, **result.metrics})
-            done = StageResult("data", outputs={"dataset": balanced.path}, metrics=result.metrics,
-                               details={"before": result.before, "after": result.after})
-            finish_artifact(tmp, done, config)
-        return done
+        return balance_dataset_dir(dataset.path, balanced.path, config)
 
     result = run_component("data", work, step="balance", pipeline=pipeline, run_id=run_id, metrics=metrics)
     balanced.metadata.update({"before": result.details["before"], "after": result.details["after"]})

@@ -150,26 +150,10 @@ def data_balance(
     set_: SetOpt = None,
 ) -> None:
     """Balance the classes of a labelled dataset (oversample, undersample or hybrid)."""
-    from aptops.data.balance import BalanceConfig, balance_dataset
-    from aptops.data.io import read_dataset
+    from aptops.data.balance import BalanceConfig, balance_dataset_dir
 
     cfg = load_config(BalanceConfig, config, overrides=set_ or [])
-
-    def work() -> Any:
-        import pyarrow.parquet as pq
-
-        from aptops.core.artifacts import StageResult, atomic_output, finish_artifact, write_json
-
-        result = balance_dataset(read_dataset(dataset), config=cfg)
-        with atomic_output(out) as tmp:
-            pq.write_table(result.table, tmp / "part-00000.parquet", compression="zstd")
-            write_json(tmp / "stats.json", {"before": result.before, "after": result.after, **result.metrics})
-            done = StageResult("data", outputs={"dataset": str(out)}, metrics=result.metrics,
-                               details={"before": result.before, "after": result.after})
-            finish_artifact(tmp, done, cfg)
-        return done
-
-    result = _run_stage("data", "balance", work, out)
+    result = _run_stage("data", "balance", lambda: balance_dataset_dir(dataset, out, cfg), out)
     table = Table(title=f"balanced dataset: {out}")
     for col in ("class", "before", "after"):
         table.add_column(col)

@@ -222,3 +222,24 @@ def _oversample(table: Any, texts: list[str], y: Any, config: BalanceConfig) -> 
     return pa.concat_tables([table, pa.Table.from_pylist(new_rows, schema=table.schema)])
 
 
+
+
+def balance_dataset_dir(dataset_dir: Any, output_dir: Any, config: BalanceConfig | None = None) -> Any:
+    """Balance a dataset artifact into a new one (one shard, ``stats.json`` with the class counts).
+
+    Returns:
+        A :class:`~aptops.core.artifacts.StageResult`; ``details`` holds the counts ``before`` and ``after``.
+    """
+    from aptops.core.artifacts import StageResult, atomic_output, finish_artifact, write_json
+    from aptops.data.io import read_dataset
+
+    config = config or BalanceConfig()
+    pq = require("pyarrow.parquet", extra="data", feature="balance_dataset_dir")
+    result = balance_dataset(read_dataset(dataset_dir), config=config)
+    with atomic_output(output_dir) as tmp:
+        pq.write_table(result.table, tmp / "part-00000.parquet", compression="zstd")
+        write_json(tmp / "stats.json", {"before": result.before, "after": result.after, **result.metrics})
+        done = StageResult("data", outputs={"dataset": str(output_dir)}, metrics=result.metrics,
+                           details={"before": result.before, "after": result.after})
+        finish_artifact(tmp, done, config)
+    return done

@@ -255,6 +255,15 @@ class ShardWriter:
         self._pending_rows = tail.num_rows
 
 
+def dataset_rows(folder: str | Path) -> int:
+    """Rows of a complete dataset artifact, from the Parquet footers (no data is read)."""
+    from aptops.core.artifacts import require_complete
+
+    folder = require_complete(folder, what="dataset")
+    pq = require("pyarrow.parquet", extra="data", feature="reading datasets")
+    return sum(pq.ParquetFile(s).metadata.num_rows for s in sorted(Path(folder).glob("part-*.parquet")))
+
+
 def read_dataset(folder: str | Path) -> pa.Table:
     """Read a complete aptops dataset artifact into one table."""
     from aptops.core.artifacts import require_complete

@@ -23,6 +23,7 @@ from aptops.core.artifacts import (
     write_json,
 )
 from aptops.core.config import check_choice
+from aptops.core.deps import require
 from aptops.data.augment import AugmentConfig
 from aptops.data.balance import BalanceConfig
 from aptops.data.dedup import DedupConfig
@@ -69,8 +70,8 @@ def process_pipeline(raw_data: str | Path, output_dir: str | Path, config: Proce
         A :class:`StageResult` with, per step, rows in and out (``<step>_rows_in`` ...).
     """
     from aptops.data.augment import augment_text
-    from aptops.data.balance import balance_dataset
-    from aptops.data.io import read_dataset
+    from aptops.data.balance import balance_dataset_dir
+    from aptops.data.io import dataset_rows, read_dataset
     from aptops.data.quality import quality_dataset
     from aptops.data.stage import clean_dataset, dedup_dataset
 
@@ -88,6 +89,7 @@ def process_pipeline(raw_data: str | Path, output_dir: str | Path, config: Proce
     steps: list[dict[str, Any]] = []
     try:
         current: Path | None = None
+        rows_out = 0.0
         ordered = [s for s in STEPS if s in config.steps]
         if not ordered or ordered[0] != "clean":
             ordered = ["clean", *ordered]  # raw input is always read through the cleaner (it parses formats)
@@ -102,15 +104,13 @@ def process_pipeline(raw_data: str | Path, output_dir: str | Path, config: Proce
                 result = dedup_dataset(current, target, config.dedup)
             elif step == "quality":
                 result = quality_dataset(current, target, config.quality)
+            elif step == "balance":
+                result = balance_dataset_dir(current, target, config.balance)
             else:
-                table = read_dataset(current)
-                if step == "augment":
-                    table = _augment_table(table, config.augment, config.clean.text_column, augment_text)
-                else:
-                    table = balance_dataset(table, config=config.balance).table
-                result = _write_table(table, target, step)
-            rows_in = float(read_dataset(current).num_rows) if current is not None else result.metrics.get("rows_in", 0.0)
-            rows_out = float(read_dataset(target).num_rows)
+                table = _augment_table(read_dataset(current), config.augment, config.clean.text_column, augment_text)
+                result = _write_table(table, target)
+            rows_in = rows_out if current is not None else result.metrics.get("rows_in", 0.0)
+            rows_out = float(dataset_rows(target))
             steps.append({"step": step, "rows_in": rows_in, "rows_out": rows_out, "removed": max(0.0, rows_in - rows_out),
                           "added": max(0.0, rows_out - rows_in), "why": _why(step, result.metrics)})
             log.info("step %s: %d rows in, %d out", step, rows_in, rows_out)
@@ -146,7 +146,7 @@ def _why(step: str, metrics: dict[str, float]) -> dict[str, float]:
 def _augment_table(table: Any, cfg: AugmentStepConfig, text_column: str, augment_text: Any) -> Any:
     from dataclasses import replace
 
-    pa = __import__("pyarrow")
+    pa = require("pyarrow", extra="data", feature="process_pipeline")
     rows = table.to_pylist()
     new_rows = []
     for i, row in enumerate(rows):
@@ -159,8 +159,8 @@ def _augment_table(table: Any, cfg: AugmentStepConfig, text_column: str, augment
     return pa.Table.from_pylist(rows + new_rows)
 
 
-def _write_table(table: Any, target: Path, step: str) -> StageResult:
-    pq = __import__("pyarrow.parquet", fromlist=["write_table"])
+def _write_table(table: Any, target: Path) -> StageResult:
+    pq = require("pyarrow.parquet", extra="data", feature="process_pipeline")
     with atomic_output(target) as tmp:
         pq.write_table(table, tmp / "part-00000.parquet", compression="zstd")
         result = StageResult("data", outputs={"dataset": str(target)}, metrics={"rows": float(table.num_rows)})
