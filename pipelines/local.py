@@ -49,25 +49,21 @@ def run_local(pipeline_func: Any, params: dict[str, Any], run_dir: Path) -> list
 def collect_results(run_dir: Path) -> list[dict[str, Any]]:
     """Find each task's outputs under a local run folder and read their ``result.json`` markers."""
     tasks: dict[str, dict[str, Any]] = {}
+    fan_out: set[str] = set()
     root = run_dir / "artifacts"
-    for path in sorted(root.rglob("*")):
-        if path.is_dir() and any(p.startswith(".") for p in path.relative_to(root).parts):
-            continue
-        rel = path.relative_to(root).parts
-        # layout: <pipeline-run>/<task>/<output name>[/...]
-        if len(rel) != 3:
-            continue
-        task, output = rel[1], rel[2]
-        if output == "executor_output.json":
+    # layout: <pipeline-run>/<task>/<output name>: only that level is read, not the artifacts' contents
+    for path in sorted(root.glob("*/*/*")):
+        _, task, output = path.relative_to(root).parts
+        if output == "executor_output.json" or any(p.startswith(".") for p in (task, output)):
             continue
         if task.startswith("for-loop-"):
-            # fan-out iterations: counted, not listed one by one
-            fan = tasks.setdefault("(fan-out)", {"task": "(fan-out)", "artifacts": {}, "metrics": {}})
-            fan["metrics"]["iterations"] = float(len({p.name for p in path.parent.parent.glob("for-loop-*")}))
+            fan_out.add(task)  # fan-out iterations: counted, not listed one by one
             continue
         entry = tasks.setdefault(task, {"task": task, "artifacts": {}, "metrics": {}})
         entry["artifacts"][output] = str(path)
         result = path / "result.json"
         if path.is_dir() and result.is_file():
             entry["metrics"].update(json.loads(result.read_text(encoding="utf-8")).get("metrics", {}))
+    if fan_out:
+        tasks["(fan-out)"] = {"task": "(fan-out)", "artifacts": {}, "metrics": {"iterations": float(len(fan_out))}}
     return list(tasks.values())
