@@ -273,12 +273,15 @@ class DuplicateResult:
         return {m for root, members in self.clusters.items() for m in members if m != root}
 
 
-def find_near_duplicates(texts: Sequence[str], config: DedupConfig | None = None) -> DuplicateResult:
+def find_near_duplicates(
+    texts: Sequence[str], config: DedupConfig | None = None, *, exact_hashes: Sequence[int] | None = None
+) -> DuplicateResult:
     """Near (and exact) duplicates among ``texts``, all in memory; indices refer to ``texts``.
 
     Args:
         texts: the documents.
         config: thresholds and shingling.
+        exact_hashes: :func:`exact_hash` of each text, when the caller already has them.
 
     Returns:
         Verified pairs with their Jaccard similarity, clusters, and the documents to remove.
@@ -291,7 +294,9 @@ def find_near_duplicates(texts: Sequence[str], config: DedupConfig | None = None
     candidates: set[tuple[int, int]] = set()
     for band in range(bands):
         candidates |= candidate_pairs(keys[:, band])
-    exact = exact_duplicate_pairs([exact_hash(t or "") for t in texts])
+    if exact_hashes is None:
+        exact_hashes = [exact_hash(t or "") for t in texts]
+    exact = exact_duplicate_pairs(exact_hashes)
     return _verify(candidates, lambda i: shingles[i], config.threshold, exact_pairs=exact)
 
 

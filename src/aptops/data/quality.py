@@ -233,17 +233,17 @@ def check_quality(
     if "exact_duplicates" in config.checks or "near_duplicates" in config.checks:
         from aptops.data.dedup import DedupConfig, exact_hash, find_near_duplicates
 
+        hashes = [exact_hash(t) for t in texts]  # shared by both checks
         if "exact_duplicates" in config.checks:
             seen: dict[int, int] = {}
-            for i, t in enumerate(texts):
-                h = exact_hash(t)
+            for i, h in enumerate(hashes):
                 if h in seen:
                     rows[i]["flags"].append("exact_duplicate")
                     rows[i]["duplicate_of"] = seen[h]
                 else:
                     seen[h] = i
         if "near_duplicates" in config.checks:
-            found = find_near_duplicates(texts, DedupConfig(threshold=config.near_threshold))
+            found = find_near_duplicates(texts, DedupConfig(threshold=config.near_threshold), exact_hashes=hashes)
             for root, members in found.clusters.items():
                 for m in members:
                     if m != root and "exact_duplicate" not in rows[m]["flags"]:
