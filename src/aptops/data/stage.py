@@ -101,7 +101,6 @@ def clean_dataset(source: str | Path, output_dir: str | Path, config: CleanConfi
     """
     config = config or CleanConfig()
     pa = require("pyarrow", extra="data", feature="clean_dataset")
-    pc = require("pyarrow.compute", extra="data", feature="clean_dataset")
     rules = compile_rules(config.custom_rules)
     batches = read_batches(
         source, text_column=config.text_column, input_format=config.input_format, separator=config.separator
@@ -124,10 +123,9 @@ def clean_dataset(source: str | Path, output_dir: str | Path, config: CleanConfi
                 totals[key] = totals.get(key, 0.0) + value
             idx = batch.schema.get_field_index(config.text_column)
             batch = batch.set_column(idx, config.text_column, pa.array(cleaned, type=pa.string()))
-            keep = pc.greater_equal(pc.utf8_length(batch.column(config.text_column)), config.min_chars)
-            kept = batch.filter(keep)
-            chars_out += sum(len(t) for t in kept.column(config.text_column).to_pylist())
-            writer.write(kept)
+            keep = [len(t) >= config.min_chars for t in cleaned]  # the cleaned strings are still at hand
+            chars_out += sum(len(t) for t, k in zip(cleaned, keep, strict=True) if k)
+            writer.write(batch.filter(pa.array(keep)))
         shards = writer.close()
         if writer.rows == 0:
             raise InvalidArtifactError(
