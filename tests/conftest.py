@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
+from tests.services.hub_standin import HubStandIn
 from tests.services.servers import ServerError, start_prometheus, start_pushgateway, start_seaweedfs
 
 ASSETS = Path(__file__).parent / "assets"
 
-# Tests never show progress bars, and never reach a hub.
+# Tests never show progress bars and never reach a real hub: every Hugging Face call of the session, in
+# this process and in the subprocesses it starts (kfp.local tasks, torchrun), goes to one stand-in Hub
+# started here, before huggingface_hub reads its settings. Uploads take the LFS path the stand-in checks.
 os.environ.setdefault("APTOPS_NO_PROGRESS", "1")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+HUB = HubStandIn().__enter__()
+os.environ["HF_ENDPOINT"] = HUB.endpoint
+os.environ["HF_HUB_DISABLE_XET"] = "1"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="aptops-test-hf-home-")
+for _var in ("HF_TOKEN", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+    os.environ.pop(_var, None)
 
 
 @pytest.fixture(scope="session")
@@ -48,6 +57,13 @@ def prometheus(tmp_path_factory, pushgateway):
     server, url = start_prometheus(tmp_path_factory.mktemp("prometheus"), scrape_targets=[target])
     yield url
     server.stop()
+
+
+@pytest.fixture
+def hub(monkeypatch) -> HubStandIn:
+    """The session's stand-in Hub (``.endpoint``, ``.token``, ``.user``, ``.state``); HF_TOKEN unset."""
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    return HUB
 
 
 @pytest.fixture(scope="session")

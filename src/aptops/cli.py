@@ -43,6 +43,12 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="The data stage: clean a corpus, describe a dataset.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+hub_app = typer.Typer(help="The hub stage: models in and out of a Hugging Face Hub (HF_ENDPOINT, HF_TOKEN).",
+                      no_args_is_help=True)
+app.add_typer(hub_app, name="hub")
+train_app = typer.Typer(help="The train stage: causal-LM fine-tuning with the Hugging Face Trainer.",
+                        no_args_is_help=True)
+app.add_typer(train_app, name="train")
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML file of settings.")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a setting: key=value (repeatable).")]
@@ -181,6 +187,67 @@ def data_process(
         why = ", ".join(f"{k}={v:,.0f}" for k, v in step["why"].items())
         table.add_row(step["step"], f"{step['rows_in']:,.0f}", f"{step['rows_out']:,.0f}", why)
     console.print(table)
+
+
+@hub_app.command("import")
+def hub_import(
+    repo: Annotated[str, typer.Argument(help="The Hub model repo, e.g. HuggingFaceTB/SmolLM2-135M-Instruct.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The model folder to write (replaced when complete).")],
+    revision: Annotated[str | None, typer.Option("--revision", "-r", help="A branch, tag or commit.")] = None,
+) -> None:
+    """Download a model (safetensors, config, tokenizer) into a model artifact; HF_TOKEN for private repos."""
+    from aptops.hub import fetch_model
+
+    result = _run_stage("hub", "import", lambda: fetch_model(repo, out, revision=revision), out)
+    _print_metrics(f"model {repo}@{result.details['commit']}: {out}", result.metrics)
+
+
+@hub_app.command("export")
+def hub_export(
+    model: Annotated[Path, typer.Argument(help="A model folder (safetensors), e.g. the output of 'aptops train run'.")],
+    repo: Annotated[str, typer.Argument(help="The Hub repo to publish to, as namespace/name.")],
+    private: Annotated[bool, typer.Option("--private", help="Create the repo private.")] = False,
+    message: Annotated[str | None, typer.Option("--message", "-m", help="The commit message.")] = None,
+    tag: Annotated[str | None, typer.Option("--tag", help="Also tag the commit (e.g. v1).")] = None,
+    info: Annotated[Path | None, typer.Option("--card", help="YAML of card fields: license, language, datasets ...")] = None,
+) -> None:
+    """Publish a model with its tokenizer and a model card filled from its lineage; HF_TOKEN must be allowed to write."""
+    from aptops.hub import export_to_huggingface
+
+    card = yaml.safe_load(info.read_text(encoding="utf-8")) if info else None
+    url = export_to_huggingface(str(model), None, repo, private=private, commit_message=message,
+                                revision_tag=tag, model_info=card)
+    console.print(f"published {model} as {repo}: commit {url}")
+
+
+@hub_app.command("card")
+def hub_card(
+    model: Annotated[Path, typer.Argument(help="A model folder.")],
+    repo: Annotated[str, typer.Option("--repo", help="The repo id the card names in its usage example.")],
+    info: Annotated[Path | None, typer.Option("--card", help="YAML of card fields: license, language, datasets ...")] = None,
+) -> None:
+    """Write README.md (a model card from the folder's lineage) into a model folder."""
+    from aptops.hub import create_model_card
+
+    card = yaml.safe_load(info.read_text(encoding="utf-8")) if info else None
+    create_model_card(model, repo, card)
+    console.print(f"model card written: {model / 'README.md'}")
+
+
+@train_app.command("run")
+def train_run(
+    model: Annotated[str, typer.Argument(help="A model folder or a Hub model id.")],
+    dataset: Annotated[str, typer.Argument(help="An aptops dataset folder, JSONL/Parquet/CSV/text, or a Hub dataset.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The trained model folder (checkpoints inside).")],
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Fine-tune a causal LM; resumes from <out>/checkpoints after an interruption (--set resume=never to not)."""
+    from aptops.train import TrainConfig, train_model
+
+    cfg = load_config(TrainConfig, config, overrides=set_ or [])
+    result = _run_stage("train", "train", lambda: train_model(model, dataset, out, cfg), out)
+    _print_metrics(f"trained model: {out} (report: {result.outputs.get('report')})", result.metrics)
 
 
 @app.command()

@@ -1,0 +1,386 @@
+"""Causal-LM fine-tuning with the Hugging Face ``Trainer``, as a stage.
+
+Try it on a CPU with the tiny SmolLM2 copy the demo builds (or any causal LM folder)::
+
+    aptops train run runs/smollm2 runs/clean --out runs/train \\
+        --set block_size=128 --set training_args.max_steps=20
+
+What the wrapper adds to a plain ``Trainer`` (and nothing in the training step itself, so it costs no speed;
+``bench/train_overhead.py`` measures it): tokenisation with packing into ``block_size`` blocks (documents
+joined by EOS, no padding wasted), a held-out split and perplexity, checkpoints under
+``<out>/checkpoints`` with automatic resume after a crash, early stopping, optional LoRA (peft), tokens/s,
+the plugin bus attached as a ``TrainerCallback`` (the debug stage watches through it), and an artifact:
+the final model as safetensors, ``metrics.json``, ``report.html`` with the loss curves, ``aptops.json``
+lineage and ``result.json`` written last. Under ``torchrun`` every process trains; only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aptops.core.artifacts import (
+    LINEAGE_FILE,
+    RESULT_FILE,
+    StageResult,
+    finish_artifact,
+    write_json,
+    write_lineage,
+)
+from aptops.core.config import check_range, to_dict
+from aptops.core.deps import require
+from aptops.core.errors import ConfigError, InvalidArtifactError
+
+log = logging.getLogger(__name__)
+
+CHECKPOINTS = "checkpoints"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How :func:`train_with_hf_trainer` prepares data and trains.
+
+    Attributes:
+        block_size: tokens per training sequence.
+        text_column: the dataset column holding the text.
+        packing: join documents (separated by EOS) and cut them into full blocks; off: one document per
+            sequence, truncated and padded.
+        eval_fraction: the share of documents held out for evaluation when no eval set is given (0: none).
+        early_stopping_patience: stop after this many evaluations without improvement (``None``: never).
+        early_stopping_threshold: the smallest eval-loss improvement that counts.
+        lora_r: LoRA rank; 0 trains every weight.
+        lora_alpha: LoRA scaling numerator.
+        lora_dropout: dropout on the LoRA path.
+        lora_target_modules: module names to adapt; empty = every linear layer.
+        merge_lora: fold the adapters into the weights before saving (a plain model comes out).
+        resume: ``auto`` (continue from the newest checkpoint in ``<out>/checkpoints`` if there is one),
+            ``never``, or a checkpoint folder.
+        seed: the seed for data splits and the Trainer.
+        training_args: passed to ``transformers.TrainingArguments`` as is (``learning_rate``,
+            ``max_steps``, ``per_device_train_batch_size`` ...); aptops only fills in defaults.
+    """
+
+    block_size: int = 256
+    text_column: str = "text"
+    packing: bool = True
+    eval_fraction: float = 0.05
+    early_stopping_patience: int | None = None
+    early_stopping_threshold: float = 0.0
+    lora_r: int = 0
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_target_modules: tuple[str, ...] = ()
+    merge_lora: bool = True
+    resume: str = "auto"
+    seed: int = 42
+    training_args: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        import yaml
+
+        check_range("block_size", self.block_size, min_value=2)
+        check_range("eval_fraction", self.eval_fraction, min_value=0.0, max_value=0.5)
+        check_range("lora_r", self.lora_r, min_value=0)
+        check_range("lora_dropout", self.lora_dropout, min_value=0.0, max_value=1.0)
+        if self.early_stopping_patience is not None:
+            check_range("early_stopping_patience", self.early_stopping_patience, min_value=1)
+        if not self.text_column.strip():
+            raise ConfigError("text_column must not be empty", field="text_column", value=self.text_column)
+        if not self.resume.strip():
+            raise ConfigError("resume must be 'auto', 'never' or a checkpoint folder", field="resume")
+        # --set training_args.learning_rate=1e-4 arrives as a string: read it as YAML would.
+        parsed = {k: (yaml.safe_load(v) if isinstance(v, str) else v) for k, v in dict(self.training_args).items()}
+        object.__setattr__(self, "training_args", parsed)
+        reserved = {"output_dir"} & set(parsed)
+        if reserved:
+            raise ConfigError("training_args.output_dir is set by aptops (<out>/checkpoints); give the output "
+                              "folder as the stage's output instead", field="training_args.output_dir")
+
+
+def _text_dataset(dataset: Any, text_column: str) -> Any:
+    if isinstance(dataset, str | Path):
+        from aptops.hub.datasets import load_hf_dataset
+
+        dataset = load_hf_dataset(dataset)
+    columns = getattr(dataset, "column_names", None)
+    if columns is not None and text_column not in columns:
+        raise ConfigError(f"the dataset has no column {text_column!r}; it has {list(columns)}. Set text_column",
+                          field="text_column", value=text_column)
+    return dataset
+
+
+def tokenize_for_clm(dataset: Any, tokenizer: Any, config: TrainConfig) -> Any:
+    """Tokenise ``dataset``'s text; with packing, join documents with EOS and cut full blocks.
+
+    Returns a dataset with ``input_ids``, ``attention_mask`` and (packed) ``labels`` columns.
+    """
+    block, column = config.block_size, config.text_column
+    eos = tokenizer.eos_token_id
+    remove = list(getattr(dataset, "column_names", None) or [column])
+
+    if not config.packing:
+        def encode(batch: Mapping[str, list[Any]]) -> dict[str, Any]:
+            return tokenizer([t or "" for t in batch[column]], truncation=True, max_length=block)
+
+        return dataset.map(encode, batched=True, remove_columns=remove)
+
+    def pack(batch: Mapping[str, list[Any]]) -> dict[str, list[list[int]]]:
+        ids = tokenizer([t or "" for t in batch[column]], add_special_tokens=False)["input_ids"]
+        stream: list[int] = []
+        for doc in ids:
+            if doc:
+                stream.extend(doc)
+                if eos is not None:
+                    stream.append(eos)
+        n = (len(stream) // block) * block
+        blocks = [stream[i:i + block] for i in range(0, n, block)]
+        return {"input_ids": blocks, "attention_mask": [[1] * block for _ in blocks], "labels": [b[:] for b in blocks]}
+
+    return dataset.map(pack, batched=True, batch_size=1000, remove_columns=remove)
+
+
+def _training_arguments(out: Path, config: TrainConfig, has_eval: bool, streaming: bool) -> Any:
+    transformers = require("transformers", extra="train", feature="training")
+    if isinstance(config.training_args, transformers.TrainingArguments):  # pragma: no cover - API convenience
+        return config.training_args
+    quiet = os.environ.get("APTOPS_NO_PROGRESS", "").strip() not in ("", "0")
+    defaults: dict[str, Any] = {
+        "report_to": "none", "logging_steps": 10, "save_strategy": "steps", "save_steps": 200,
+        "save_total_limit": 2, "seed": config.seed, "data_seed": config.seed, "per_device_train_batch_size": 8,
+        "per_device_eval_batch_size": 8, "include_num_input_tokens_seen": True, "disable_tqdm": quiet,
+        "eval_strategy": "epoch" if has_eval and not streaming else "no",
+    }
+    if has_eval and streaming:
+        defaults.update(eval_strategy="steps", eval_steps=200)
+    if config.early_stopping_patience is not None:
+        if not has_eval:
+            raise ConfigError("early stopping needs evaluation: set eval_fraction > 0 or pass an eval dataset",
+                              field="early_stopping_patience", value=config.early_stopping_patience)
+        user = config.training_args
+        strategy = user.get("eval_strategy", "epoch" if "eval_steps" not in user else "steps")
+        defaults.update(eval_strategy=strategy, save_strategy=user.get("save_strategy", strategy),
+                        load_best_model_at_end=True, metric_for_best_model="eval_loss", greater_is_better=False)
+        if strategy == "steps":
+            steps = user.get("eval_steps", defaults.get("eval_steps", 200))
+            defaults.update(eval_steps=steps, save_steps=user.get("save_steps", steps))
+    merged = defaults | dict(config.training_args)
+    try:
+        return transformers.TrainingArguments(output_dir=str(out / CHECKPOINTS), **merged)
+    except TypeError as exc:
+        raise ConfigError(f"training_args: {exc} (see transformers.TrainingArguments for the fields)",
+                          field="training_args") from None
+    except ValueError as exc:
+        raise ConfigError(f"training_args are inconsistent: {exc}", field="training_args") from None
+
+
+def _resume_point(out: Path, resume: str) -> str | None:
+    if resume == "never":
+        return None
+    if resume != "auto":
+        if not Path(resume).is_dir():
+            raise ConfigError(f"resume checkpoint {resume!r} does not exist; give a checkpoint folder, 'auto' or "
+                              "'never'", field="resume", value=resume)
+        return resume
+    ckpts = out / CHECKPOINTS
+    if not ckpts.is_dir():
+        return None
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(ckpts))
+
+
+def _apply_lora(model: Any, config: TrainConfig) -> Any:
+    peft = require("peft", extra="train", feature="LoRA fine-tuning")
+    targets: Any = list(config.lora_target_modules) or "all-linear"
+    lora = peft.LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                           target_modules=targets, task_type="CAUSAL_LM")
+    return peft.get_peft_model(model, lora)
+
+
+def _load(model: Any, tokenizer: Any) -> tuple[Any, Any, str]:
+    transformers = require("transformers", extra="train", feature="training")
+    source = "in-memory model"
+    if isinstance(model, str | Path):
+        from aptops.hub.models import download_model
+
+        source = str(model)
+        folder = download_model(str(model))
+        model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype="auto", use_safetensors=True)
+        if tokenizer is None:
+            tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    elif getattr(getattr(model, "config", None), "_name_or_path", ""):
+        source = model.config._name_or_path
+    if tokenizer is None:
+        raise ConfigError("a tokenizer is needed when the model is passed as an object", field="tokenizer")
+    if isinstance(tokenizer, str | Path):
+        tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer, source
+
+
+def _report(out: Path, history: Sequence[Mapping[str, Any]], metrics: Mapping[str, float]) -> Path:
+    from aptops.core import report
+
+    train = [(h["step"], h["loss"]) for h in history if "loss" in h and "step" in h]
+    evals = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h and "step" in h]
+    lr = [(h["step"], h["learning_rate"]) for h in history if "learning_rate" in h and "step" in h]
+    grad = [(h["step"], h["grad_norm"]) for h in history if "grad_norm" in h and "step" in h]
+    sections = [
+        ("Loss", report.line_chart({"train loss": train, "eval loss": evals}, title="Loss by step",
+                                   x_label="optimizer step", y_label="loss")),
+        ("Gradient norm", report.line_chart({"grad norm": grad}, title="Gradient L2 norm by step",
+                                            x_label="optimizer step", y_label="norm", log_y=True)),
+        ("Learning rate", report.line_chart({"lr": lr}, title="Learning rate schedule", x_label="optimizer step",
+                                            y_label="learning rate")),
+        ("Results", report.table({k: v for k, v in metrics.items()})),
+    ]
+    path = out / "report.html"
+    path.write_text(report.page("aptops train", sections), encoding="utf-8")
+    return path
+
+
+def train_with_hf_trainer(model: Any, tokenizer: Any, dataset: Any, output_dir: str | Path,
+                          training_args: Mapping[str, Any] | TrainConfig | None = None, *,
+                          eval_dataset: Any = None, bus: Any = None, callbacks: Sequence[Any] = (),
+                          dataset_source: str | None = None) -> StageResult:
+    """Fine-tune a causal LM with the Hugging Face ``Trainer`` and write the model artifact.
+
+    Args:
+        model: a ``PreTrainedModel``, a local model folder or a Hub id.
+        tokenizer: its tokenizer (``None`` when ``model`` is a folder: loaded from it).
+        dataset: a ``datasets.Dataset`` / ``IterableDataset`` with a text column, or anything
+            :func:`aptops.hub.load_hf_dataset` takes (an aptops data artifact, JSONL, a Hub id).
+        output_dir: the artifact folder: final model, checkpoints, metrics, report, lineage.
+        training_args: a :class:`TrainConfig`, or a mapping of ``TrainingArguments`` fields (shorthand
+            for ``TrainConfig(training_args=...)``).
+        eval_dataset: an explicit evaluation set (else ``eval_fraction`` of ``dataset`` is held out).
+        bus: a ``PluginBus`` / ``ConsoleCore`` whose plugins see every Trainer event.
+        callbacks: extra ``TrainerCallback`` objects.
+        dataset_source: how to name the dataset in the lineage when it is passed as an object.
+
+    Returns:
+        The stage result; ``metrics`` holds train/eval loss, perplexity, tokens/s and step counts.
+    """
+    transformers = require("transformers", extra="train", feature="training")
+    datasets = require("datasets", extra="train", feature="training")
+    config = training_args if isinstance(training_args, TrainConfig) else TrainConfig(
+        training_args=dict(training_args or {}))
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        (out / RESULT_FILE).unlink()  # an earlier complete run is no longer what this folder holds
+
+    model, tokenizer, model_source = _load(model, tokenizer)
+    ds_source = dataset_source or (str(dataset) if isinstance(dataset, str | Path) else "in-memory dataset")
+    dataset = _text_dataset(dataset, config.text_column)
+    streaming = isinstance(dataset, datasets.IterableDataset)
+    if eval_dataset is not None:
+        eval_dataset = _text_dataset(eval_dataset, config.text_column)
+    elif config.eval_fraction > 0 and not streaming:
+        if len(dataset) < 2:
+            raise InvalidArtifactError("the dataset has fewer than 2 documents: too few to hold any out for "
+                                       "evaluation; add data or set eval_fraction=0")
+        split = dataset.train_test_split(test_size=config.eval_fraction, seed=config.seed)
+        dataset, eval_dataset = split["train"], split["test"]
+
+    args = _training_arguments(out, config, eval_dataset is not None, streaming)
+    if streaming and args.max_steps <= 0:
+        raise ConfigError("a streamed dataset has no length: set training_args.max_steps",
+                          field="training_args.max_steps")
+    with args.main_process_first(desc="tokenising"):
+        train_tok = tokenize_for_clm(dataset, tokenizer, config)
+        eval_tok = tokenize_for_clm(eval_dataset, tokenizer, config) if eval_dataset is not None else None
+    if not streaming and len(train_tok) == 0:
+        raise InvalidArtifactError(
+            f"the dataset yields no training block of {config.block_size} tokens; lower block_size or add text")
+    if eval_tok is not None and not streaming and len(eval_tok) == 0:
+        raise InvalidArtifactError(
+            f"the held-out split yields no block of {config.block_size} tokens; raise eval_fraction or lower block_size")
+
+    total_params = sum(p.numel() for p in model.parameters())
+    if config.lora_r > 0:
+        model = _apply_lora(model, config)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+    collator = (transformers.default_data_collator if config.packing
+                else transformers.DataCollatorForLanguageModeling(tokenizer, mlm=False))
+    cbs: list[Any] = list(callbacks)
+    if bus is not None:
+        from aptops.plugins.hf import BusCallback
+
+        cbs.append(BusCallback(bus))
+    if config.early_stopping_patience is not None:
+        cbs.append(transformers.EarlyStoppingCallback(config.early_stopping_patience, config.early_stopping_threshold))
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=train_tok, eval_dataset=eval_tok,
+                                   processing_class=tokenizer, data_collator=collator, callbacks=cbs)
+    resume = _resume_point(out, config.resume)
+    if resume:
+        log.info("resuming from %s", resume)
+    started = time.perf_counter()
+    train_out = trainer.train(resume_from_checkpoint=resume)
+    wall = time.perf_counter() - started
+
+    metrics: dict[str, float] = {
+        "train_loss": float(train_out.training_loss), "global_step": float(trainer.state.global_step),
+        "train_runtime_s": float(train_out.metrics.get("train_runtime", wall)),
+        "total_params": float(total_params), "trainable_params": float(trainable),
+        "world_size": float(args.world_size),
+    }
+    tokens = float(trainer.state.num_input_tokens_seen or 0)
+    if tokens:
+        metrics["tokens_seen"] = tokens
+        metrics["tokens_per_second"] = tokens / max(metrics["train_runtime_s"], 1e-9)
+    if resume:
+        metrics["resumed_from_step"] = float(int(Path(resume).name.rsplit("-", 1)[-1]))
+    if eval_tok is not None:
+        ev = trainer.evaluate()
+        metrics["eval_loss"] = float(ev["eval_loss"])
+        metrics["perplexity"] = math.exp(min(metrics["eval_loss"], 50.0))
+    bad = [k for k in ("train_loss", "eval_loss") if k in metrics and not math.isfinite(metrics[k])]
+
+    final = trainer.model
+    if config.lora_r > 0 and config.merge_lora:
+        final = final.merge_and_unload()
+    if trainer.is_world_process_zero():
+        final.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        _copy_parent_lineage(model_source, out)
+        write_lineage(out, stage="train", inputs={"model": model_source, "dataset": ds_source},
+                      config=to_dict(config), metrics=metrics)
+        write_json(out / "metrics.json", metrics)
+        report = _report(out, trainer.state.log_history, metrics)
+        result = StageResult("train", outputs={"model": str(out), "report": str(report)}, metrics=metrics,
+                             details={"resumed_from": resume, "lora": config.lora_r > 0,
+                                      "adapter_only": config.lora_r > 0 and not config.merge_lora})
+        if bad:
+            raise InvalidArtifactError(f"training diverged: {', '.join(bad)} is not finite; lower the learning "
+                                       "rate or enable gradient clipping (training_args.max_grad_norm)")
+        finish_artifact(out, result)
+    else:
+        result = StageResult("train", outputs={"model": str(out)}, metrics=metrics)
+    if args.world_size > 1:
+        trainer.accelerator.wait_for_everyone()
+    return result
+
+
+def _copy_parent_lineage(model_source: str, out: Path) -> None:
+    target = out / LINEAGE_FILE
+    with contextlib.suppress(FileNotFoundError):
+        target.unlink()
+    parent = Path(model_source) / LINEAGE_FILE
+    if parent.is_file():
+        shutil.copy2(parent, target)
+
+
+def train_model(model_path: str | Path, dataset: Any, output_dir: str | Path, config: TrainConfig) -> StageResult:
+    """The stage entry point of the CLI and the component: paths in, a model artifact out."""
+    return train_with_hf_trainer(str(model_path), None, dataset, output_dir, config)
