@@ -84,8 +84,6 @@ class TrainConfig:
     training_args: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        import yaml
-
         check_range("block_size", self.block_size, min_value=2)
         check_range("eval_fraction", self.eval_fraction, min_value=0.0, max_value=0.5)
         check_range("lora_r", self.lora_r, min_value=0)
@@ -97,12 +95,24 @@ class TrainConfig:
         if not self.resume.strip():
             raise ConfigError("resume must be 'auto', 'never' or a checkpoint folder", field="resume")
         # --set training_args.learning_rate=1e-4 arrives as a string: read it as YAML would.
-        parsed = {k: (yaml.safe_load(v) if isinstance(v, str) else v) for k, v in dict(self.training_args).items()}
+        parsed = {k: (_scalar(v) if isinstance(v, str) else v) for k, v in dict(self.training_args).items()}
         object.__setattr__(self, "training_args", parsed)
         reserved = {"output_dir"} & set(parsed)
         if reserved:
             raise ConfigError("training_args.output_dir is set by aptops (<out>/checkpoints); give the output "
                               "folder as the stage's output instead", field="training_args.output_dir")
+
+
+def _scalar(text: str) -> Any:
+    """A ``--set`` value as the type it spells: 1e-3 is a float (YAML 1.1 alone reads it as a string)."""
+    import yaml
+
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return yaml.safe_load(text)
 
 
 def _text_dataset(dataset: Any, text_column: str) -> Any:
@@ -157,6 +167,8 @@ def _training_arguments(out: Path, config: TrainConfig, has_eval: bool, streamin
         "save_total_limit": 2, "seed": config.seed, "data_seed": config.seed, "per_device_train_batch_size": 8,
         "per_device_eval_batch_size": 8, "include_num_input_tokens_seen": True, "disable_tqdm": quiet,
         "eval_strategy": "epoch" if has_eval and not streaming else "no",
+        # every weight of a causal LM takes part in the loss: skip DDP's extra graph walk
+        "ddp_find_unused_parameters": False,
     }
     if has_eval and streaming:
         defaults.update(eval_strategy="steps", eval_steps=200)
@@ -274,14 +286,16 @@ def train_with_hf_trainer(model: Any, tokenizer: Any, dataset: Any, output_dir: 
     datasets = require("datasets", extra="train", feature="training")
     config = training_args if isinstance(training_args, TrainConfig) else TrainConfig(
         training_args=dict(training_args or {}))
+    if os.environ.get("APTOPS_NO_PROGRESS", "").strip() not in ("", "0"):
+        datasets.disable_progress_bars()
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(FileNotFoundError):
         (out / RESULT_FILE).unlink()  # an earlier complete run is no longer what this folder holds
 
-    model, tokenizer, model_source = _load(model, tokenizer)
     ds_source = dataset_source or (str(dataset) if isinstance(dataset, str | Path) else "in-memory dataset")
-    dataset = _text_dataset(dataset, config.text_column)
+    dataset = _text_dataset(dataset, config.text_column)  # a bad dataset fails before a model is loaded
+    model, tokenizer, model_source = _load(model, tokenizer)
     streaming = isinstance(dataset, datasets.IterableDataset)
     if eval_dataset is not None:
         eval_dataset = _text_dataset(eval_dataset, config.text_column)
