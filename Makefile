@@ -35,6 +35,8 @@ test: setup
 bench: setup
 	$(PY) bench/data_dedup.py
 	$(PY) bench/data_dedup_scale.py
+	$(PY) bench/backup_throughput.py
+	$(PY) bench/train_overhead.py
 
 compile: setup
 	$(APTOPS) compile --out dist/pipelines

@@ -17,6 +17,7 @@ from aptops_pipelines.cluster import ClusterSettings
 PIPELINES: dict[str, str] = {
     "data": "aptops_pipelines.data",
     "backup": "aptops_pipelines.backup",
+    "train": "aptops_pipelines.train",
 }
 
 

@@ -52,18 +52,30 @@ def collect_results(run_dir: Path) -> list[dict[str, Any]]:
     fan_out: set[str] = set()
     root = run_dir / "artifacts"
     # layout: <pipeline-run>/<task>/<output name>: only that level is read, not the artifacts' contents
+    markers: dict[str, dict[str, float]] = {}
     for path in sorted(root.glob("*/*/*")):
         _, task, output = path.relative_to(root).parts
-        if output == "executor_output.json" or any(p.startswith(".") for p in (task, output)):
+        if any(p.startswith(".") for p in (task, output)):
             continue
         if task.startswith("for-loop-"):
             fan_out.add(task)  # fan-out iterations: counted, not listed one by one
             continue
         entry = tasks.setdefault(task, {"task": task, "artifacts": {}, "metrics": {}})
+        if output == "executor_output.json":
+            # what the task logged to its Metrics outputs, as KFP recorded it
+            for outputs in json.loads(path.read_text(encoding="utf-8")).get("artifacts", {}).values():
+                for artifact in outputs.get("artifacts", []):
+                    meta = artifact.get("metadata") or {}
+                    if meta and all(isinstance(v, int | float) and not isinstance(v, bool) for v in meta.values()):
+                        entry["metrics"].update(meta)
+            continue
         entry["artifacts"][output] = str(path)
         result = path / "result.json"
         if path.is_dir() and result.is_file():
-            entry["metrics"].update(json.loads(result.read_text(encoding="utf-8")).get("metrics", {}))
+            markers.setdefault(task, {}).update(json.loads(result.read_text(encoding="utf-8")).get("metrics", {}))
+    for task, metrics in markers.items():  # tasks without a Metrics output: the numbers of their markers
+        if not tasks[task]["metrics"]:
+            tasks[task]["metrics"] = metrics
     if fan_out:
         tasks["(fan-out)"] = {"task": "(fan-out)", "artifacts": {}, "metrics": {"iterations": float(len(fan_out))}}
     return list(tasks.values())

@@ -1,6 +1,7 @@
 """The backup stage (old plugin: Cloud Storage, ``cloud_storage``, category storage, priority 700).
 
-Verified, manifest-committed backup and restore; S3, S3-compatible stores and OSS in this version.
+Verified, manifest-committed backup and restore: S3, S3-compatible stores, Alibaba OSS and Hugging Face Hub
+repos (one commit and one tag per backup); ModelScope to come.
 Try it on a CPU: ``aptops backup MODEL_DIR --to s3://bucket/prefix`` with ``AWS_ENDPOINT_URL`` set.
 """
 
@@ -9,14 +10,16 @@ from aptops.backup.core import (
     BackupResult,
     DestinationResult,
     backup_model,
+    backup_to_huggingface,
     backup_to_oss,
     backup_to_s3,
     restore_from_cloud,
     restore_from_oss,
     restore_from_s3,
 )
+from aptops.backup.hf import list_backups
 
 __all__ = [
-    "BackupConfig", "BackupResult", "DestinationResult", "backup_model", "backup_to_oss", "backup_to_s3",
-    "restore_from_cloud", "restore_from_oss", "restore_from_s3",
+    "BackupConfig", "BackupResult", "DestinationResult", "backup_model", "backup_to_huggingface", "backup_to_oss", "backup_to_s3",
+    "list_backups", "restore_from_cloud", "restore_from_oss", "restore_from_s3",
 ]

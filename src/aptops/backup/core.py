@@ -109,8 +109,14 @@ def store_for(location: Location, config: BackupConfig, credentials: dict[str, s
         return OssStore(bucket=location.bucket, prefix=location.key, endpoint=config.oss_endpoint,
                         access_key_id=creds.get("oss_access_key_id"),
                         access_key_secret=creds.get("oss_access_key_secret"))
+    if location.scheme == "hf":
+        from aptops.backup.hf import HfStore
+
+        return HfStore(repo_id=location.bucket, prefix=location.key, revision=location.revision,
+                       repo_type=location.repo_type or "model", token=creds.get("hf_token"))
     raise ConfigError(
-        f"backup to {location.scheme}:// is not available in this version: supported destinations are s3://, oss://",
+        f"backup to {location.scheme}:// is not available in this version: supported destinations are s3://, oss://, "
+        "hf://",
         field="destinations", value=location.uri,
     )
 
@@ -137,6 +143,16 @@ def _backup_one(folder: Path, files: list[tuple[str, int]], hashes: dict[str, Fu
     start = time.monotonic()
     try:
         _retry(store.ensure_bucket, store, config, result, "bucket check")
+        if hasattr(store, "commit_backup"):  # a repo: the whole backup is one commit, manifest included
+            entries = [(p, n, hashes[p].result()) for p, n in files]
+            data = json.dumps(_manifest(files, hashes), indent=2).encode()
+            message = f"aptops backup of {folder.name} ({len(files)} files)"
+            sent = _retry(lambda: store.commit_backup(folder, entries, data, message), store, config, result,
+                          "commit")
+            result.files_sent, result.bytes_sent, result.files_skipped = sent
+            result.outcome = "success"
+            result.seconds = time.monotonic() - start
+            return result
         old = _retry(lambda: store.read(MANIFEST), store, config, result, "manifest read")
         old_sha = {e.path: e.sha256 for e in parse_manifest(old, source=f"{store.uri}/{MANIFEST}")} if old else {}
         for path, size in files:
@@ -160,7 +176,7 @@ def _backup_one(folder: Path, files: list[tuple[str, int]], hashes: dict[str, Fu
 
 
 # Error codes that mean the credentials are wrong, whatever the provider.
-_CREDENTIAL_CODES = frozenset({"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403"})
+_CREDENTIAL_CODES = frozenset({"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "401", "403"})
 
 
 def _manifest(files: list[tuple[str, int]], hashes: dict[str, Future[str]]) -> dict[str, Any]:
@@ -365,3 +381,20 @@ def restore_from_s3(bucket_name: str, s3_prefix: str, local_path: str | Path, *,
     return restore_from_cloud(src, None, local_path, BackupConfig(endpoint_url=endpoint_url, region_name=region_name),
                               credentials={"aws_access_key_id": aws_access_key_id,
                                            "aws_secret_access_key": aws_secret_access_key})
+
+
+def backup_to_huggingface(model_path: str | Path, repo_id: str, path_in_repo: str = "", *, token: str | None = None,
+                          private: bool = True, repo_type: str = "model") -> BackupResult:
+    """The old plugin's Hub backup: one commit (files + manifest) to ``repo_id``, tagged ``backup-<time>``.
+
+    The repo is created private unless ``private=False``; large files take the LFS path.
+    """
+    from aptops.backup.hf import HfStore
+
+    folder = Path(model_path)
+    files = list_model_files(folder)
+    store = HfStore(repo_id=repo_id, prefix=path_in_repo, repo_type=repo_type, token=token, private=private)
+    with ThreadPoolExecutor(max_workers=1) as hasher:
+        hashes = {rel: hasher.submit(sha256_file, folder / rel) for rel, _ in files}
+        result = _backup_one(folder, files, hashes, store, BackupConfig())
+        return BackupResult(manifest=_manifest(files, hashes), destinations=[result])

@@ -180,8 +180,22 @@ def fetch_model(repo_name: str, output_dir: str | Path, *, revision: str | None 
     and loadable; ``aptops.json`` records where it came from (``hf://repo@commit``), which the model card
     of every descendant names as its base model.
     """
-    client.check_repo_id(repo_name, what="model repo")
     hub = require("huggingface_hub", extra="hub", feature="downloading from the Hub")
+    if _is_local(repo_name):
+        source = check_model_folder(repo_name)
+        with atomic_output(output_dir) as tmp:
+            for item in source.iterdir():
+                if item.is_file() and item.name != RESULT_FILE and item.suffix not in (".bin", ".pt", ".pth"):
+                    shutil.copy2(item, tmp / item.name)
+            metrics = {"files": float(sum(1 for p in tmp.iterdir())),
+                       "bytes": float(sum(p.stat().st_size for p in tmp.iterdir()))}
+            if not (tmp / LINEAGE_FILE).exists():
+                write_lineage(tmp, stage="hub", inputs={"model": str(source)}, config={}, metrics=metrics)
+            result = StageResult("hub", outputs={"model": str(output_dir)}, metrics=metrics,
+                                 details={"repo": str(source), "commit": "local"})
+            finish_artifact(tmp, result)
+        return result
+    client.check_repo_id(repo_name, what="model repo")
     with atomic_output(output_dir) as tmp:
         folder = download_model(repo_name, tmp, revision=revision, token=token)
         shutil.rmtree(folder / ".cache", ignore_errors=True)

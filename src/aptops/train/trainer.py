@@ -104,7 +104,10 @@ class TrainConfig:
 
 
 def _scalar(text: str) -> Any:
-    """A ``--set`` value as the type it spells: 1e-3 is a float (YAML 1.1 alone reads it as a string)."""
+    """A ``--set`` value as the type it spells: ``1e-3`` a float, ``true`` a bool, ``[a, b]`` a list.
+
+    Words stay words: YAML 1.1 would turn ``save_strategy=no`` into ``False``.
+    """
     import yaml
 
     for cast in (int, float):
@@ -112,7 +115,14 @@ def _scalar(text: str) -> Any:
             return cast(text)
         except ValueError:
             pass
-    return yaml.safe_load(text)
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("null", "none", "~"):
+        return None
+    if text.strip().startswith(("[", "{")):
+        return yaml.safe_load(text)
+    return text
 
 
 def _text_dataset(dataset: Any, text_column: str) -> Any:
@@ -263,7 +273,7 @@ def _report(out: Path, history: Sequence[Mapping[str, Any]], metrics: Mapping[st
 def train_with_hf_trainer(model: Any, tokenizer: Any, dataset: Any, output_dir: str | Path,
                           training_args: Mapping[str, Any] | TrainConfig | None = None, *,
                           eval_dataset: Any = None, bus: Any = None, callbacks: Sequence[Any] = (),
-                          dataset_source: str | None = None) -> StageResult:
+                          dataset_source: str | None = None, heldout_dir: str | Path | None = None) -> StageResult:
     """Fine-tune a causal LM with the Hugging Face ``Trainer`` and write the model artifact.
 
     Args:
@@ -278,6 +288,8 @@ def train_with_hf_trainer(model: Any, tokenizer: Any, dataset: Any, output_dir: 
         bus: a ``PluginBus`` / ``ConsoleCore`` whose plugins see every Trainer event.
         callbacks: extra ``TrainerCallback`` objects.
         dataset_source: how to name the dataset in the lineage when it is passed as an object.
+        heldout_dir: also write the evaluation documents there (a Parquet dataset artifact), so a later
+            step can evaluate other models on exactly the text this run never trained on.
 
     Returns:
         The stage result; ``metrics`` holds train/eval loss, perplexity, tokens/s and step counts.
@@ -371,6 +383,8 @@ def train_with_hf_trainer(model: Any, tokenizer: Any, dataset: Any, output_dir: 
         write_lineage(out, stage="train", inputs={"model": model_source, "dataset": ds_source},
                       config=to_dict(config), metrics=metrics)
         write_json(out / "metrics.json", metrics)
+        if heldout_dir is not None and eval_dataset is not None and not streaming:
+            _write_heldout(eval_dataset, Path(heldout_dir), config.text_column)
         report = _report(out, trainer.state.log_history, metrics)
         result = StageResult("train", outputs={"model": str(out), "report": str(report)}, metrics=metrics,
                              details={"resumed_from": resume, "lora": config.lora_r > 0,
@@ -386,6 +400,15 @@ def train_with_hf_trainer(model: Any, tokenizer: Any, dataset: Any, output_dir: 
     return result
 
 
+def _write_heldout(dataset: Any, folder: Path, text_column: str) -> None:
+    from aptops.core.artifacts import atomic_output
+
+    with atomic_output(folder) as tmp:
+        dataset.select_columns([text_column]).to_parquet(str(tmp / "part-00000.parquet"))
+        finish_artifact(tmp, StageResult("train", outputs={"dataset": str(folder)},
+                                         metrics={"rows": float(len(dataset))}, details={"role": "held-out split"}))
+
+
 def _copy_parent_lineage(model_source: str, out: Path) -> None:
     target = out / LINEAGE_FILE
     with contextlib.suppress(FileNotFoundError):
@@ -395,6 +418,87 @@ def _copy_parent_lineage(model_source: str, out: Path) -> None:
         shutil.copy2(parent, target)
 
 
-def train_model(model_path: str | Path, dataset: Any, output_dir: str | Path, config: TrainConfig) -> StageResult:
+def train_model(model_path: str | Path, dataset: Any, output_dir: str | Path, config: TrainConfig, *,
+                heldout_dir: str | Path | None = None) -> StageResult:
     """The stage entry point of the CLI and the component: paths in, a model artifact out."""
-    return train_with_hf_trainer(str(model_path), None, dataset, output_dir, config)
+    return train_with_hf_trainer(str(model_path), None, dataset, output_dir, config, heldout_dir=heldout_dir)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How :func:`evaluate_perplexity` measures a model.
+
+    Attributes:
+        block_size: tokens per evaluated sequence (documents packed as in training).
+        text_column: the dataset column holding the text.
+        batch_size: sequences per forward pass.
+        max_blocks: evaluate at most this many blocks (0: all).
+    """
+
+    block_size: int = 256
+    text_column: str = "text"
+    batch_size: int = 8
+    max_blocks: int = 0
+
+    def __post_init__(self) -> None:
+        check_range("block_size", self.block_size, min_value=2)
+        check_range("batch_size", self.batch_size, min_value=1)
+        check_range("max_blocks", self.max_blocks, min_value=0)
+
+
+def evaluate_perplexity(model: Any, dataset: Any, config: EvalConfig | None = None, *, tokenizer: Any = None) -> dict[str, float]:
+    """Token-level cross-entropy and perplexity of a causal LM on a dataset, packed into full blocks.
+
+    Every block's loss is weighted by its predicted tokens, so the result is the mean over tokens, the
+    same quantity the Trainer's ``eval_loss`` reports for packed data.
+    """
+    torch = require("torch", extra="train", feature="evaluation")
+    config = config or EvalConfig()
+    model, tokenizer, _ = _load(model, tokenizer)
+    data = _text_dataset(dataset, config.text_column)
+    blocks = tokenize_for_clm(data, tokenizer, TrainConfig(block_size=config.block_size, text_column=config.text_column))
+    if config.max_blocks:
+        blocks = blocks.select(range(min(len(blocks), config.max_blocks)))
+    if len(blocks) == 0:
+        raise InvalidArtifactError(f"the dataset yields no block of {config.block_size} tokens to evaluate; "
+                                   "lower block_size or add text")
+    model.eval()
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for i in range(0, len(blocks), config.batch_size):
+            ids = torch.tensor(blocks[i:i + config.batch_size]["input_ids"], device=device)
+            logits = model(input_ids=ids).logits[:, :-1].float()
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), ids[:, 1:].reshape(-1),
+                                                     reduction="sum")
+            total += float(loss)
+            count += ids[:, 1:].numel()
+    mean = total / count
+    return {"loss": mean, "perplexity": math.exp(min(mean, 50.0)), "tokens": float(count), "blocks": float(len(blocks))}
+
+
+def compare_models(base: Any, trained: str | Path, dataset: Any, output_dir: str | Path,
+                   config: EvalConfig | None = None) -> StageResult:
+    """Perplexity of the base and the trained model on the same held-out text, written as an artifact."""
+    from aptops.core import report
+    from aptops.core.artifacts import atomic_output
+
+    config = config or EvalConfig()
+    before = evaluate_perplexity(str(base), dataset, config)
+    after = evaluate_perplexity(str(trained), dataset, config)
+    metrics = {"perplexity_base": before["perplexity"], "perplexity_trained": after["perplexity"],
+               "loss_base": before["loss"], "loss_trained": after["loss"], "eval_tokens": after["tokens"],
+               "perplexity_ratio": after["perplexity"] / before["perplexity"]}
+    with atomic_output(output_dir) as tmp:
+        write_json(tmp / "evaluation.json", metrics)
+        rows = [("base", str(base), before["loss"], before["perplexity"]),
+                ("trained", str(trained), after["loss"], after["perplexity"])]
+        html = report.page("aptops evaluate", [
+            ("Held-out perplexity", report.table(rows, header=["model", "path", "loss", "perplexity"])),
+            ("Settings", report.table({"block_size": config.block_size, "tokens": int(after["tokens"])})),
+        ])
+        (tmp / "report.html").write_text(html, encoding="utf-8")
+        result = StageResult("train", outputs={"evaluation": str(output_dir), "report": str(Path(output_dir) / "report.html")},
+                             metrics=metrics)
+        finish_artifact(tmp, result)
+    return result

@@ -1,0 +1,115 @@
+"""Training-step overhead of aptops' Trainer wrapper against a plain ``transformers.Trainer``.
+
+Both train the same model on the same packed blocks with the same ``TrainingArguments`` (seed, batch,
+steps, no evaluation, no checkpoint), in this one process, alternating aptops / plain for several rounds;
+the figure is the median ratio of the training-loop time (``train_runtime`` as the Trainer measures it),
+so data preparation and saving, which differ by design, are not in it. aptops runs with its plugin bus
+attached and a subscriber on every step, as the debug stage would.
+
+Run on a CPU: ``python bench/train_overhead.py`` (the real SmolLM2-135M, 10 steps x 3 rounds) or
+``--tiny`` for a 2-layer model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("APTOPS_NO_PROGRESS", "1")
+
+
+def corpus() -> list[str]:
+    from gensim.test.utils import datapath
+
+    text = Path(datapath("lee_background.cor")).read_text(encoding="utf-8", errors="replace")
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--tiny", action="store_true", help="a 2-layer random model instead of SmolLM2-135M")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--block-size", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "train_overhead.json")
+    args = parser.parse_args()
+
+    import datasets
+    import torch
+    import transformers
+
+    from aptops.plugins.bus import PluginBus
+    from aptops.train import TrainConfig, tokenize_for_clm, train_with_hf_trainer
+
+    work = Path(tempfile.mkdtemp(prefix="aptops-bench-train-"))
+    if args.tiny:
+        from tests.models import build_tiny_llama
+
+        model_dir = build_tiny_llama(work / "model")
+        name = "tiny-llama (2 layers, 64 wide)"
+    else:
+        from aptops.core.assets import smollm2_hf_folder
+
+        model_dir = smollm2_hf_folder()
+        name = "SmolLM2-135M-Instruct"
+    data = datasets.Dataset.from_dict({"text": corpus()})
+    tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
+    training_args = {"max_steps": args.steps, "per_device_train_batch_size": args.batch_size, "learning_rate": 1e-4,
+                     "use_cpu": not torch.cuda.is_available(), "logging_steps": 5, "save_strategy": "no",
+                     "report_to": "none", "seed": 0, "disable_tqdm": True}
+    config = TrainConfig(block_size=args.block_size, eval_fraction=0.0, resume="never", training_args=training_args)
+
+    class Subscriber:
+        name = "bench-subscriber"
+
+        def __init__(self) -> None:
+            self.steps = 0
+
+        def on_batch_end(self, **_):
+            self.steps += 1
+
+    def run_aptops(i: int) -> float:
+        bus = PluginBus()
+        bus.subscribe(Subscriber())
+        result = train_with_hf_trainer(str(model_dir), None, data, work / f"aptops-{i}", config, bus=bus)
+        return result.metrics["train_runtime_s"]
+
+    def run_plain(i: int) -> float:
+        model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto")
+        blocks = tokenize_for_clm(data, tokenizer, config)  # the same blocks; preparation is not timed
+        targs = transformers.TrainingArguments(output_dir=str(work / f"plain-{i}"), **training_args)
+        trainer = transformers.Trainer(model=model, args=targs, train_dataset=blocks,
+                                       data_collator=transformers.default_data_collator)
+        return float(trainer.train().metrics["train_runtime"])
+
+    run_plain(-1)  # warm-up: first-touch allocations and kernel selection
+    rows = []
+    for i in range(args.rounds):
+        a = run_aptops(i)
+        p = run_plain(i)
+        rows.append({"aptops_s": a, "plain_s": p, "ratio": a / p})
+        print(f"round {i}: aptops {a:.2f} s, plain Trainer {p:.2f} s, ratio {a / p:.3f}", flush=True)
+    ratio = statistics.median(r["ratio"] for r in rows)
+    report = {
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
+                    "torch": torch.__version__, "transformers": transformers.__version__,
+                    "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"},
+        "model": name, "steps": args.steps, "block_size": args.block_size, "batch_size": args.batch_size,
+        "rounds": rows, "median_ratio_aptops_vs_plain": ratio,
+        "overhead_percent": (ratio - 1) * 100,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""Components of the train stage (image ``aptops-train``, GPU pool).
+
+No ``from __future__ import annotations`` here: kfp reads the real annotation objects.
+"""
+
+from kfp import dsl
+from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
+
+from aptops_components import stage_image
+
+IMAGE = stage_image("train")
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def train_model(
+    model: Input[Model],
+    dataset: Input[Dataset],
+    trained: Output[Model],
+    heldout: Output[Dataset],
+    report: Output[HTML],
+    metrics: Output[Metrics],
+    block_size: int = 256,
+    text_column: str = "text",
+    learning_rate: float = 5e-5,
+    max_steps: int = -1,
+    num_train_epochs: float = 1.0,
+    batch_size: int = 8,
+    gradient_accumulation_steps: int = 1,
+    eval_fraction: float = 0.05,
+    lora_r: int = 0,
+    early_stopping_patience: int = 0,
+    training_args: str = "{}",
+    pipeline: str = "train",
+    run_id: str = "",
+):
+    """Fine-tune a causal LM with the Hugging Face Trainer; training_args is JSON passed to TrainingArguments."""
+    import json
+    import shutil
+
+    from aptops.core.errors import ConfigError
+    from aptops.core.runtime import run_component
+    from aptops.train import TrainConfig
+    from aptops.train import train_model as train
+
+    try:
+        extra = json.loads(training_args or "{}")
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"training_args is not valid JSON: {exc}", field="training_args") from None
+    args = {"learning_rate": learning_rate, "max_steps": max_steps, "num_train_epochs": num_train_epochs,
+            "per_device_train_batch_size": batch_size, "gradient_accumulation_steps": gradient_accumulation_steps}
+    config = TrainConfig(block_size=block_size, text_column=text_column, eval_fraction=eval_fraction, lora_r=lora_r,
+                         early_stopping_patience=early_stopping_patience or None, training_args=args | extra)
+    result = run_component("train", lambda: train(model.path, dataset.path, trained.path, config,
+                                                  heldout_dir=heldout.path),
+                           step="train", pipeline=pipeline, run_id=run_id, metrics=metrics)
+    shutil.copyfile(result.outputs["report"], report.path)
+    trained.metadata.update({k: result.metrics[k] for k in ("perplexity", "eval_loss") if k in result.metrics})
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def evaluate_model(
+    base: Input[Model],
+    trained: Input[Model],
+    dataset: Input[Dataset],
+    evaluation: Output[Metrics],
+    report: Output[HTML],
+    block_size: int = 256,
+    text_column: str = "text",
+    max_blocks: int = 0,
+    pipeline: str = "train",
+    run_id: str = "",
+):
+    """Perplexity of the base and the trained model on the held-out text the training never saw."""
+    import shutil
+    import tempfile
+
+    from aptops.core.runtime import run_component
+    from aptops.train import EvalConfig, compare_models
+
+    out = tempfile.mkdtemp(prefix="aptops-eval-") + "/evaluation"
+    config = EvalConfig(block_size=block_size, text_column=text_column, max_blocks=max_blocks)
+    result = run_component("train", lambda: compare_models(base.path, trained.path, dataset.path, out, config),
+                           step="evaluate", pipeline=pipeline, run_id=run_id, metrics=evaluation)
+    shutil.copyfile(result.outputs["report"], report.path)

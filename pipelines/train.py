@@ -1,0 +1,81 @@
+"""The ``train`` pipeline: dataset → train → evaluate → optional Hub publish.
+
+Run it on a CPU with the bundled SmolLM2 (``make demo`` builds the folder) and a small corpus::
+
+    aptops run train --local --param model=runs/assets/smollm2 --param source=/usr/share/games/fortunes/fortunes \\
+        --param separator=% --param max_steps=20 --param block_size=128
+"""
+
+from typing import Any
+
+from kfp import dsl
+
+from aptops_components import data as data_components
+from aptops_components import hub as hub_components
+from aptops_components import train as train_components
+from aptops_pipelines.cluster import ClusterSettings
+
+
+def build(settings: ClusterSettings) -> Any:
+    clean_text = settings.component(data_components.clean_text, "data")
+    import_model = settings.component(hub_components.import_model, "hub")
+    train_model = settings.component(train_components.train_model, "train")
+    evaluate_model = settings.component(train_components.evaluate_model, "train")
+    export_model = settings.component(hub_components.export_model, "hub")
+
+    @dsl.pipeline(name="aptops-train", description="Clean a corpus, fine-tune a causal LM on it, evaluate it, "
+                  "and optionally publish it to the Hugging Face Hub.")
+    def train(
+        model: str = "HuggingFaceTB/SmolLM2-135M-Instruct",
+        source: str = "/usr/share/games/fortunes/fortunes",
+        separator: str = "%",
+        text_column: str = "text",
+        block_size: int = 256,
+        learning_rate: float = 5e-5,
+        max_steps: int = -1,
+        num_train_epochs: float = 1.0,
+        batch_size: int = 8,
+        lora_r: int = 0,
+        training_args: str = "{}",
+        publish_repo: str = "",
+        publish_private: bool = True,
+    ):
+        """Clean a corpus, fine-tune a causal LM on it, evaluate it, optionally publish it.
+
+        Args:
+            model: a Hub model id or a model folder the tasks can read.
+            source: a corpus file or folder (JSONL, Parquet, CSV or text) the tasks can read.
+            separator: for text corpora, a regex matching the line between records (empty: one per line).
+            text_column: the column holding the text.
+            block_size: tokens per training sequence.
+            learning_rate: the peak learning rate.
+            max_steps: optimizer steps (-1: num_train_epochs decides).
+            num_train_epochs: passes over the data when max_steps is -1.
+            batch_size: sequences per device per step.
+            lora_r: LoRA rank (0: train every weight).
+            training_args: JSON of further transformers.TrainingArguments fields.
+            publish_repo: a Hub repo (namespace/name) to publish to; empty: do not publish.
+            publish_private: create the published repo private.
+        """
+        run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
+        clean = clean_text(source=source, separator=separator, text_column=text_column, pipeline="train",
+                           run_id=run_id)
+        settings.apply(clean, "data")
+        base = import_model(repo=model, pipeline="train", run_id=run_id)
+        settings.apply(base, "hub")
+        trained = train_model(model=base.outputs["model"], dataset=clean.outputs["dataset"], block_size=block_size,
+                              text_column=text_column, learning_rate=learning_rate, max_steps=max_steps,
+                              num_train_epochs=num_train_epochs, batch_size=batch_size, lora_r=lora_r,
+                              training_args=training_args, pipeline="train", run_id=run_id)
+        settings.apply(trained, "train")
+        evaluated = evaluate_model(base=base.outputs["model"], trained=trained.outputs["trained"],
+                                   dataset=trained.outputs["heldout"], block_size=block_size,
+                                   text_column=text_column, pipeline="train", run_id=run_id)
+        settings.apply(evaluated, "train")
+        with dsl.If(publish_repo != "", name="publish"):
+            published = export_model(model=trained.outputs["trained"], repo=publish_repo, private=publish_private,
+                                     pipeline="train", run_id=run_id)
+            published.after(evaluated)
+            settings.apply(published, "hub", cache=False)
+
+    return train
