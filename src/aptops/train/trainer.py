@@ -106,7 +106,8 @@ class TrainConfig:
 def _scalar(text: str) -> Any:
     """A ``--set`` value as the type it spells: ``1e-3`` a float, ``true`` a bool, ``[a, b]`` a list.
 
-    Words stay words: YAML 1.1 would turn ``save_strategy=no`` into ``False``.
+    Words stay words: YAML 1.1 would turn ``save_strategy=no`` into ``False``, and ``report_to=none`` is
+    a string to the Trainer.
     """
     import yaml
 
@@ -118,7 +119,7 @@ def _scalar(text: str) -> Any:
     lowered = text.strip().lower()
     if lowered in ("true", "false"):
         return lowered == "true"
-    if lowered in ("null", "none", "~"):
+    if lowered in ("null", "~"):  # not "none": report_to="none" means no integration
         return None
     if text.strip().startswith(("[", "{")):
         return yaml.safe_load(text)
