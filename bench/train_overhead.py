@@ -3,7 +3,9 @@
 Both train the same model on the same packed blocks with the same ``TrainingArguments`` (seed, batch,
 steps, no evaluation, no checkpoint), in this one process, alternating aptops / plain for several rounds;
 the figure is the median ratio of the training-loop time (``train_runtime`` as the Trainer measures it),
-so data preparation and saving, which differ by design, are not in it. aptops runs with its plugin bus
+so data preparation and saving, which differ by design, are not in it. The two shuffle the blocks with
+different seeds (aptops sets its own ``data_seed``); every block has the same shape, so the work per step
+is the same. aptops runs with its plugin bus
 attached and a subscriber on every step, as the debug stage would.
 
 Run on a CPU: ``python bench/train_overhead.py`` (the real SmolLM2-135M, 10 steps x 3 rounds) or

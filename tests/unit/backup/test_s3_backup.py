@@ -115,7 +115,8 @@ def test_legacy_functions(s3, tiny_llama, tmp_path):
     [
         ("s3://Bad_Bucket/x", LocationError, "not a valid S3 bucket name"),
         ("gs://bucket/x", LocationError, "unsupported scheme 'gs'"),
-        ("hf://org/models", ConfigError, "not available in this version"),
+        ("modelscope://org/models", ConfigError, "not available in this version"),
+        ("hf://org/bad name!", LocationError, "not a valid repo name"),
         ("oss://bucket-1/x", ConfigError, "set OSS_ENDPOINT"),
     ],
 )
