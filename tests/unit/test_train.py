@@ -160,6 +160,7 @@ def test_streamed_dataset_trains_for_max_steps(tiny_llama, tmp_path):
 def test_torchrun_two_cpu_processes_on_gloo(tiny_llama, tmp_path):
     script = tmp_path / "ddp.py"
     script.write_text(textwrap.dedent(f"""
+        import json, os
         import datasets
         from aptops.train import TrainConfig, train_with_hf_trainer
         from tests.models import CORPUS
@@ -167,14 +168,16 @@ def test_torchrun_two_cpu_processes_on_gloo(tiny_llama, tmp_path):
             "max_steps": 2, "per_device_train_batch_size": 2, "use_cpu": True, "ddp_backend": "gloo"}})
         result = train_with_hf_trainer({str(tiny_llama)!r}, None, datasets.Dataset.from_dict({{"text": CORPUS}}),
                                        {str(tmp_path / "ddp")!r}, cfg)
-        print("RANK-RESULT", result.metrics["world_size"], result.metrics["tokens_seen"])
+        with open(os.path.join({str(tmp_path)!r}, f"rank-{{os.environ['RANK']}}.json"), "w") as fh:
+            json.dump(result.metrics, fh)
     """))
     torchrun = Path(sys.executable).parent / "torchrun"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", str(free_port()), str(script)],
                           capture_output=True, text=True, env=env, timeout=500)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("RANK-RESULT 2.0 256.0") == 2  # both ranks saw a world of 2
+    ranks = [read_json(tmp_path / f"rank-{r}.json") for r in (0, 1)]  # files: stdout lines interleave
+    assert all(m["world_size"] == 2 and m["tokens_seen"] == 256 for m in ranks)
     # two processes of 2 sequences of 32 tokens per step, over 2 steps
     assert read_json(tmp_path / "ddp" / "metrics.json")["tokens_seen"] == 2 * 2 * 2 * 32
     assert is_complete(tmp_path / "ddp")
