@@ -14,12 +14,12 @@ Try it on a CPU against any S3 endpoint: ``aptops backup MODEL_DIR --to s3://buc
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import random
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -314,8 +314,14 @@ def _restore_one(store: Any, local_path: Path, config: BackupConfig) -> StageRes
         raise StorageError(f"{store.uri} holds no {MANIFEST}: no complete backup there", uri=store.uri)
     entries = parse_manifest(raw, source=f"{store.uri}/{MANIFEST}")
     local_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{local_path.name}.restore-", dir=local_path.parent))
+    # The staging folder is named after the source and its manifest, so a restore that was killed (or
+    # failed on a transient error) is continued by the next run — in this process or another — instead
+    # of starting over: finished files that still verify are kept, a large file's finished ranges too.
+    digest = hashlib.sha256(store.uri.encode() + b"\0" + raw).hexdigest()[:16]
+    tmp = local_path.parent / f".{local_path.name}.restore-{digest}"
+    tmp.mkdir(exist_ok=True)
     start = time.monotonic()
+    kept = 0
     try:
         # each file is verified in the background while the next one downloads
         with ThreadPoolExecutor(max_workers=1) as verifier:
@@ -323,10 +329,15 @@ def _restore_one(store: Any, local_path: Path, config: BackupConfig) -> StageRes
             for e in entries:
                 target = tmp / e.path
                 target.parent.mkdir(parents=True, exist_ok=True)
+                partial = target.with_name(target.name + ".ranges").exists()
+                if target.is_file() and not partial and _matches(target, e.size, e.sha256):
+                    kept += 1  # left by an interrupted run, and still correct
+                    continue
                 _retry(lambda e=e, t=target: store.download(e.path, t), store, config, scratch, f"download {e.path}")
                 checks.append((e, verifier.submit(_matches, target, e.size, e.sha256)))
             for e, ok in checks:
                 if not ok.result():
+                    (tmp / e.path).unlink(missing_ok=True)
                     raise InvalidArtifactError(f"{store.uri}/{e.path} does not match its manifest (corrupt object)")
         (tmp / MANIFEST).write_bytes(raw)
         if local_path.exists():
@@ -336,12 +347,18 @@ def _restore_one(store: Any, local_path: Path, config: BackupConfig) -> StageRes
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, local_path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except InvalidArtifactError:
+        shutil.rmtree(tmp, ignore_errors=True)  # this source is bad: nothing of it is worth keeping
         raise
+    except BaseException:
+        log.warning("restore from %s interrupted; %s keeps what arrived, the next restore continues from it",
+                    store.uri, tmp)
+        raise
+    for stale in local_path.parent.glob(f".{local_path.name}.restore-*"):  # other versions' leftovers
+        shutil.rmtree(stale, ignore_errors=True)
     total = sum(e.size for e in entries)
     return StageResult("backup", outputs={"model": str(local_path), "source": store.uri},
-                       metrics={"bytes": float(total), "files": float(len(entries)),
+                       metrics={"bytes": float(total), "files": float(len(entries)), "files_kept": float(kept),
                                 "seconds": time.monotonic() - start, "retries": float(scratch.retries)})
 
 

@@ -296,3 +296,52 @@ def test_dropped_connection_mid_download_resumes_the_missing_ranges(s3, tmp_path
     assert gets == 3 + rule.dropped  # every range fetched once successfully: finished ranges never re-fetched
     assert _tree(tmp_path / "r") == _tree(model)
     assert not list((tmp_path / "r").rglob("*.ranges"))
+
+
+def test_restore_killed_with_sigkill_is_continued_by_the_next_process(s3, tiny_llama, tmp_path, monkeypatch):
+    """A restore process killed -9 mid-way leaves its staging folder; the next restore keeps what verifies."""
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+
+    from aptops.backup.manifest import list_model_files
+
+    server, creds, cfg = s3
+    dest = f"s3://kill-{uuid.uuid4().hex[:6]}/m"
+    assert backup_model(tiny_llama, [dest], cfg, credentials=creds).ok
+    n_files = len(list_model_files(tiny_llama))
+    target = tmp_path / "restored"
+    script = textwrap.dedent(f"""
+        import os, signal
+        from aptops.backup import BackupConfig, restore_from_cloud
+        from aptops.backup.s3 import S3Store
+        real, calls = S3Store.download, []
+        def download(self, path, local):
+            if len(calls) == 2:
+                os.kill(os.getpid(), signal.SIGKILL)  # no cleanup of any kind runs
+            calls.append(path)
+            real(self, path, local)
+        S3Store.download = download
+        restore_from_cloud({dest!r}, None, {str(target)!r}, BackupConfig(endpoint_url={server.endpoint!r}),
+                           credentials={creds!r})
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert not target.exists()
+    (staging,) = tmp_path.glob(".restored.restore-*")
+
+    from aptops.backup.s3 import S3Store
+
+    downloads = []
+    real = S3Store.download
+
+    def counting(self, path, local):
+        downloads.append(path)
+        real(self, path, local)
+
+    monkeypatch.setattr(S3Store, "download", counting)
+    result = restore_from_cloud(dest, None, target, cfg, credentials=creds)
+    assert result.metrics["files_kept"] == 2 and len(downloads) == n_files - 2
+    assert _tree(target) == _tree(tiny_llama)
+    assert not staging.exists() and not list(tmp_path.glob(".restored.restore-*"))
