@@ -81,7 +81,7 @@ STAGES: tuple[Stage, ...] = (
 _BY_NAME = {s.name: s for s in STAGES}
 
 # Stages whose library has landed only in part, with what is there (shown by `aptops stages`).
-PARTIAL: dict[str, str] = {"backup": "S3, S3-compatible, OSS and HF Hub; ModelScope to come"}
+PARTIAL: dict[str, str] = {}
 
 
 def get_stage(name: str) -> Stage:

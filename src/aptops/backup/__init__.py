@@ -1,7 +1,7 @@
 """The backup stage (old plugin: Cloud Storage, ``cloud_storage``, category storage, priority 700).
 
 Verified, manifest-committed backup and restore: S3, S3-compatible stores, Alibaba OSS and Hugging Face Hub
-repos (one commit and one tag per backup); ModelScope to come.
+repos (one commit and one tag per backup) and ModelScope repos (files, then the manifest, then a tag).
 Try it on a CPU: ``aptops backup MODEL_DIR --to s3://bucket/prefix`` with ``AWS_ENDPOINT_URL`` set.
 """
 
@@ -11,6 +11,7 @@ from aptops.backup.core import (
     DestinationResult,
     backup_model,
     backup_to_huggingface,
+    backup_to_modelscope,
     backup_to_oss,
     backup_to_s3,
     restore_from_cloud,
@@ -20,6 +21,6 @@ from aptops.backup.core import (
 from aptops.backup.hf import list_backups
 
 __all__ = [
-    "BackupConfig", "BackupResult", "DestinationResult", "backup_model", "backup_to_huggingface", "backup_to_oss", "backup_to_s3",
+    "BackupConfig", "BackupResult", "DestinationResult", "backup_model", "backup_to_huggingface", "backup_to_modelscope", "backup_to_oss", "backup_to_s3",
     "list_backups", "restore_from_cloud", "restore_from_oss", "restore_from_s3",
 ]

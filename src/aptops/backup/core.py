@@ -50,6 +50,7 @@ class BackupConfig:
         region_name: the S3 region.
         locations: where backups live, for ``restore_from_cloud(source="auto")`` to probe.
         oss_endpoint: the OSS endpoint for oss:// locations (else ``OSS_ENDPOINT``).
+        modelscope_endpoint: the ModelScope hub for modelscope:// locations (else ``MODELSCOPE_ENDPOINT``).
     """
 
     max_retries: int = 4
@@ -60,6 +61,7 @@ class BackupConfig:
     region_name: str | None = None
     locations: tuple[str, ...] = ()
     oss_endpoint: str | None = None
+    modelscope_endpoint: str | None = None
 
     def __post_init__(self) -> None:
         check_range("max_retries", self.max_retries, min_value=0, max_value=20)
@@ -114,9 +116,14 @@ def store_for(location: Location, config: BackupConfig, credentials: dict[str, s
 
         return HfStore(repo_id=location.bucket, prefix=location.key, revision=location.revision,
                        repo_type=location.repo_type or "model", token=creds.get("hf_token"))
+    if location.scheme == "modelscope":
+        from aptops.backup.modelscope import ModelScopeStore
+
+        return ModelScopeStore(repo_id=location.bucket, prefix=location.key, revision=location.revision,
+                               token=creds.get("modelscope_token"), endpoint=config.modelscope_endpoint)
     raise ConfigError(
         f"backup to {location.scheme}:// is not available in this version: supported destinations are s3://, oss://, "
-        "hf://",
+        "hf://, modelscope://",
         field="destinations", value=location.uri,
     )
 
@@ -411,6 +418,20 @@ def backup_to_huggingface(model_path: str | Path, repo_id: str, path_in_repo: st
     folder = Path(model_path)
     files = list_model_files(folder)
     store = HfStore(repo_id=repo_id, prefix=path_in_repo, repo_type=repo_type, token=token, private=private)
+    with ThreadPoolExecutor(max_workers=1) as hasher:
+        hashes = {rel: hasher.submit(sha256_file, folder / rel) for rel, _ in files}
+        result = _backup_one(folder, files, hashes, store, BackupConfig())
+        return BackupResult(manifest=_manifest(files, hashes), destinations=[result])
+
+
+def backup_to_modelscope(model_path: str | Path, repo_id: str, path_in_repo: str = "", *,
+                         token: str | None = None, endpoint: str | None = None) -> BackupResult:
+    """The old plugin's ModelScope backup: changed files, then the manifest, then a ``backup-<time>`` tag."""
+    from aptops.backup.modelscope import ModelScopeStore
+
+    folder = Path(model_path)
+    files = list_model_files(folder)
+    store = ModelScopeStore(repo_id=repo_id, prefix=path_in_repo, token=token, endpoint=endpoint)
     with ThreadPoolExecutor(max_workers=1) as hasher:
         hashes = {rel: hasher.submit(sha256_file, folder / rel) for rel, _ in files}
         result = _backup_one(folder, files, hashes, store, BackupConfig())

@@ -115,13 +115,14 @@ def test_legacy_functions(s3, tiny_llama, tmp_path):
     [
         ("s3://Bad_Bucket/x", LocationError, "not a valid S3 bucket name"),
         ("gs://bucket/x", LocationError, "unsupported scheme 'gs'"),
-        ("modelscope://org/models", ConfigError, "not available in this version"),
+        ("modelscope://org/models", ConfigError, "set MODELSCOPE_API_TOKEN"),
         ("hf://org/bad name!", LocationError, "not a valid repo name"),
         ("oss://bucket-1/x", ConfigError, "set OSS_ENDPOINT"),
     ],
 )
 def test_bad_destinations_fail_before_any_upload(s3, tiny_llama, dest, error, message, monkeypatch):
     monkeypatch.delenv("OSS_ENDPOINT", raising=False)
+    monkeypatch.delenv("MODELSCOPE_API_TOKEN", raising=False)
     server, creds, cfg = s3
     with pytest.raises(error, match=message):
         backup_model(tiny_llama, [f"s3://never-{uuid.uuid4().hex[:6]}/m", dest], cfg, credentials=creds)
