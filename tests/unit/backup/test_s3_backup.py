@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 import uuid
 
 import pytest
@@ -346,3 +347,67 @@ def test_restore_killed_with_sigkill_is_continued_by_the_next_process(s3, tiny_l
     assert result.metrics["files_kept"] == 2 and len(downloads) == n_files - 2
     assert _tree(target) == _tree(tiny_llama)
     assert not staging.exists() and not list(tmp_path.glob(".restored.restore-*"))
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_seaweedfs_killed_and_restarted_mid_multipart_resumes_with_only_missing_parts(tmp_path, monkeypatch):
+    """kill -9 of the S3 server after the first part; it comes back on the same data; the backup goes on."""
+    import signal
+    import threading
+
+    from aptops.backup.s3 import S3Store
+    from tests.services.servers import _wait_s3_writable, start_seaweedfs
+
+    monkeypatch.setenv("APTOPS_CACHE_DIR", str(tmp_path / "cache"))
+    s3 = start_seaweedfs(tmp_path / "weed")
+    try:
+        model = tmp_path / "model"
+        model.mkdir()
+        (model / "weights.bin").write_bytes(os.urandom(24 * 1024 * 1024))  # three 8 MiB parts
+        sent: list[int] = []
+        created: list[str] = []
+        restarted = threading.Event()
+
+        def restart() -> None:
+            time.sleep(1.0)
+            s3.server.start(timeout_s=90)
+            _wait_s3_writable(s3)
+            restarted.set()
+
+        def on_part(params, **_):
+            sent.append(params["PartNumber"])
+            if len(sent) == 1:  # the first part is on the server: kill it now, no grace
+                os.killpg(s3.server.proc.pid, signal.SIGKILL)
+                s3.server.proc.wait()
+                threading.Thread(target=restart, daemon=True).start()
+
+        real_init = S3Store.__post_init__
+
+        def post_init(self):
+            real_init(self)
+            self.max_concurrency = 1  # parts in order: part 1 arrives, then the kill
+            current: dict[str, int] = {}
+            self._client.meta.events.register("before-parameter-build.s3.UploadPart",
+                                              lambda **kw: current.update(part=kw["params"]["PartNumber"]))
+            self._client.meta.events.register("after-call.s3.UploadPart",
+                                              lambda **kw: on_part({"PartNumber": current["part"]}))
+            self._client.meta.events.register("after-call.s3.CreateMultipartUpload",
+                                              lambda **kw: created.append(kw["parsed"].get("UploadId")))
+
+        monkeypatch.setattr(S3Store, "__post_init__", post_init)
+        creds = {"aws_access_key_id": s3.access_key, "aws_secret_access_key": s3.secret_key}
+        cfg = BackupConfig(endpoint_url=s3.endpoint, backoff_s=1.0, max_backoff_s=4.0, max_retries=12)
+        dest = f"s3://restart-{uuid.uuid4().hex[:6]}/m"
+        result = backup_model(model, [dest], cfg, credentials=creds)
+        (d,) = result.destinations
+        assert restarted.is_set()
+        assert d.outcome == "success", d.error
+        assert d.retries >= 1
+        assert sent.count(1) == 1  # the part that reached the server before the kill is never sent again
+        assert sorted(set(sent)) == [1, 2, 3]
+        assert len(created) == 1  # the same multipart upload, resumed after the restart
+        restore_from_cloud(dest, None, tmp_path / "r", BackupConfig(endpoint_url=s3.endpoint), credentials=creds)
+        assert _tree(tmp_path / "r") == _tree(model)
+    finally:
+        s3.server.stop()
