@@ -19,10 +19,11 @@ def backup_model(
     result: Output[Artifact],
     metrics: Output[Metrics],
     max_retries: int = 4,
+    pack_small_files_kb: int = 0,
     pipeline: str = "backup",
     run_id: str = "",
 ):
-    """Back a model folder up to comma-separated destinations (s3://...), verified by a manifest."""
+    """Back a model folder up to comma-separated destinations (s3://, oss://, hf://, modelscope://), verified."""
     import json
     import os
 
@@ -35,7 +36,7 @@ def backup_model(
     targets = [d.strip() for d in destinations.split(",") if d.strip()]
 
     def work():
-        out = backup(model_path, targets, BackupConfig(max_retries=max_retries))
+        out = backup(model_path, targets, BackupConfig(max_retries=max_retries, pack_small_files_kb=pack_small_files_kb))
         os.makedirs(result.path, exist_ok=True)
         with open(os.path.join(result.path, "backup.json"), "w", encoding="utf-8") as fh:
             json.dump({"manifest": out.manifest, "destinations": [d.__dict__ for d in out.destinations]}, fh, indent=2)

@@ -20,6 +20,7 @@ import logging
 import os
 import random
 import shutil
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -27,7 +28,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from aptops.backup.manifest import MANIFEST, list_model_files, manifest_of, parse_manifest, sha256_file
+from aptops.backup.manifest import (
+    MANIFEST,
+    extract_members,
+    list_model_files,
+    manifest_of,
+    pack_small_files,
+    parse_manifest,
+    sha256_file,
+)
 from aptops.core.artifacts import StageResult
 from aptops.core.config import check_range
 from aptops.core.errors import ConfigError, InvalidArtifactError, StorageError
@@ -51,6 +60,8 @@ class BackupConfig:
         locations: where backups live, for ``restore_from_cloud(source="auto")`` to probe.
         oss_endpoint: the OSS endpoint for oss:// locations (else ``OSS_ENDPOINT``).
         modelscope_endpoint: the ModelScope hub for modelscope:// locations (else ``MODELSCOPE_ENDPOINT``).
+        pack_small_files_kb: pack every file smaller than this many KiB into one tar archive (0: off) —
+            for folders of thousands of small files, where one object per file costs a request each.
     """
 
     max_retries: int = 4
@@ -62,11 +73,13 @@ class BackupConfig:
     locations: tuple[str, ...] = ()
     oss_endpoint: str | None = None
     modelscope_endpoint: str | None = None
+    pack_small_files_kb: int = 0
 
     def __post_init__(self) -> None:
         check_range("max_retries", self.max_retries, min_value=0, max_value=20)
         check_range("backoff_s", self.backoff_s, min_value=0.0)
         check_range("parallel_destinations", self.parallel_destinations, min_value=1, max_value=64)
+        check_range("pack_small_files_kb", self.pack_small_files_kb, min_value=0, max_value=1024 * 1024)
 
 
 @dataclass
@@ -145,14 +158,14 @@ def _retry(fn: Callable[[], T], store: Any, config: BackupConfig, result: Destin
 
 
 def _backup_one(folder: Path, files: list[tuple[str, int]], hashes: dict[str, Future[str]], store: Any,
-                config: BackupConfig) -> DestinationResult:
+                config: BackupConfig, members: Sequence[dict[str, Any]] = ()) -> DestinationResult:
     result = DestinationResult(destination=store.uri)
     start = time.monotonic()
     try:
         _retry(store.ensure_bucket, store, config, result, "bucket check")
         if hasattr(store, "commit_backup"):  # a repo: the whole backup is one commit, manifest included
             entries = [(p, n, hashes[p].result()) for p, n in files]
-            data = json.dumps(_manifest(files, hashes), indent=2).encode()
+            data = json.dumps(_manifest(files, hashes, members), indent=2).encode()
             message = f"aptops backup of {folder.name} ({len(files)} files)"
             sent = _retry(lambda: store.commit_backup(folder, entries, data, message), store, config, result,
                           "commit")
@@ -171,7 +184,7 @@ def _backup_one(folder: Path, files: list[tuple[str, int]], hashes: dict[str, Fu
             result.files_sent += 1
             result.bytes_sent += size
         # the manifest goes last: it is the commit marker of the backup
-        data = json.dumps(_manifest(files, hashes), indent=2).encode()
+        data = json.dumps(_manifest(files, hashes, members), indent=2).encode()
         _retry(lambda: store.write(MANIFEST, data), store, config, result, "manifest write")
         result.outcome = "success"
     except Exception as exc:
@@ -186,8 +199,10 @@ def _backup_one(folder: Path, files: list[tuple[str, int]], hashes: dict[str, Fu
 _CREDENTIAL_CODES = frozenset({"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "401", "403"})
 
 
-def _manifest(files: list[tuple[str, int]], hashes: dict[str, Future[str]]) -> dict[str, Any]:
-    return manifest_of([{"path": p, "size": n, "sha256": hashes[p].result()} for p, n in files])
+def _manifest(files: list[tuple[str, int]], hashes: dict[str, Future[str]],
+              members: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+    """The manifest: every uploaded object, then every file packed into an archive (with its archive)."""
+    return manifest_of([{"path": p, "size": n, "sha256": hashes[p].result()} for p, n in files] + list(members))
 
 
 def _describe(exc: BaseException, store: Any) -> str:
@@ -227,12 +242,19 @@ def backup_model(
     stores = [store_for(parse_location(d), config, credentials) for d in destinations]
     folder = Path(model_path)
     files = list_model_files(folder)
-    # one hashing thread runs ahead of the uploads, so verification costs little extra wall time
-    with ThreadPoolExecutor(max_workers=1) as hasher:
-        hashes = {rel: hasher.submit(sha256_file, folder / rel) for rel, _ in files}
-        with ThreadPoolExecutor(max_workers=min(config.parallel_destinations, len(stores))) as pool:
-            results = list(pool.map(lambda s: _backup_one(folder, files, hashes, s, config), stores))
-        manifest = _manifest(files, hashes)
+    with tempfile.TemporaryDirectory(prefix="aptops-pack-") as staging:
+        members: list[dict[str, Any]] = []
+        if config.pack_small_files_kb:
+            files, members = pack_small_files(folder, files, config.pack_small_files_kb * 1024, Path(staging))
+            if members:
+                folder = Path(staging)
+                log.info("packed %d small files into one archive", len(members))
+        # one hashing thread runs ahead of the uploads, so verification costs little extra wall time
+        with ThreadPoolExecutor(max_workers=1) as hasher:
+            hashes = {rel: hasher.submit(sha256_file, folder / rel) for rel, _ in files}
+            with ThreadPoolExecutor(max_workers=min(config.parallel_destinations, len(stores))) as pool:
+                results = list(pool.map(lambda s: _backup_one(folder, files, hashes, s, config, members), stores))
+            manifest = _manifest(files, hashes, members)
     return BackupResult(manifest=manifest, destinations=results)
 
 
@@ -333,7 +355,7 @@ def _restore_one(store: Any, local_path: Path, config: BackupConfig) -> StageRes
         # each file is verified in the background while the next one downloads
         with ThreadPoolExecutor(max_workers=1) as verifier:
             checks = []
-            for e in entries:
+            for e in (e for e in entries if e.archive is None):  # packed files come out of their archive
                 target = tmp / e.path
                 target.parent.mkdir(parents=True, exist_ok=True)
                 partial = target.with_name(target.name + ".ranges").exists()
@@ -346,6 +368,13 @@ def _restore_one(store: Any, local_path: Path, config: BackupConfig) -> StageRes
                 if not ok.result():
                     (tmp / e.path).unlink(missing_ok=True)
                     raise InvalidArtifactError(f"{store.uri}/{e.path} does not match its manifest (corrupt object)")
+        for archive in sorted({e.archive for e in entries if e.archive is not None}):
+            packed = [e for e in entries if e.archive == archive]
+            extract_members(tmp / archive, tmp, packed)
+            (tmp / archive).unlink()
+            bad = [e.path for e in packed if not _matches(tmp / e.path, e.size, e.sha256)]
+            if bad:
+                raise InvalidArtifactError(f"{store.uri}: {bad[0]!r} from {archive} does not match its manifest")
         (tmp / MANIFEST).write_bytes(raw)
         if local_path.exists():
             old = local_path.with_name(f".{local_path.name}.old-{os.getpid()}")
@@ -363,9 +392,11 @@ def _restore_one(store: Any, local_path: Path, config: BackupConfig) -> StageRes
         raise
     for stale in local_path.parent.glob(f".{local_path.name}.restore-*"):  # other versions' leftovers
         shutil.rmtree(stale, ignore_errors=True)
-    total = sum(e.size for e in entries)
+    archives = {e.archive for e in entries if e.archive is not None}
+    restored = [e for e in entries if e.path not in archives]
+    total = sum(e.size for e in restored)
     return StageResult("backup", outputs={"model": str(local_path), "source": store.uri},
-                       metrics={"bytes": float(total), "files": float(len(entries)), "files_kept": float(kept),
+                       metrics={"bytes": float(total), "files": float(len(restored)), "files_kept": float(kept),
                                 "seconds": time.monotonic() - start, "retries": float(scratch.retries)})
 
 

@@ -2,12 +2,20 @@
 
 A manifest is also a security boundary on restore: absolute paths, ``..`` segments, backslashes and
 duplicate entries are refused before any byte is downloaded.
+
+Folders of many small files can travel as one tar archive (``pack_small_files``): the manifest then lists
+every packed file with ``"archive"`` naming the tar it is in, and restore extracts exactly those
+members — regular files only, each checked against its entry — and nothing else.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import os
+import shutil
+import tarfile
 import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -16,6 +24,7 @@ from typing import Any
 from aptops.core.errors import ArtifactNotFoundError, InvalidArtifactError
 
 MANIFEST = "manifest.json"
+ARCHIVE = ".aptops-small-files.tar"  # hidden: never collides with a model file, never backed up as one
 _CHUNK = 8 * 1024 * 1024
 
 
@@ -24,6 +33,7 @@ class FileEntry:
     path: str
     size: int
     sha256: str
+    archive: str | None = None  # the tar this file travels in, if it was packed
 
 
 def sha256_file(path: Path) -> str:
@@ -88,8 +98,76 @@ def parse_manifest(data: bytes | str, *, source: str = "manifest") -> list[FileE
             raise InvalidArtifactError(f"{source}: entry {path!r} has no valid sha256")
         if not isinstance(f["size"], int) or f["size"] < 0:
             raise InvalidArtifactError(f"{source}: entry {path!r} has an invalid size")
-        entries.append(FileEntry(path, f["size"], sha))
+        archive = f.get("archive")
+        if archive is not None and (not isinstance(archive, str) or not safe_relative_path(archive)):
+            raise InvalidArtifactError(f"{source}: entry {path!r} names an unsafe archive {archive!r}")
+        entries.append(FileEntry(path, f["size"], sha, archive))
+    stored = {e.path for e in entries if e.archive is None}
+    for e in entries:
+        if e.archive is not None and e.archive not in stored:
+            raise InvalidArtifactError(f"{source}: {e.path!r} is in archive {e.archive!r}, which the manifest does not list")
     return entries
+
+
+def pack_small_files(folder: Path, files: list[tuple[str, int]], limit_bytes: int,
+                     staging: Path) -> tuple[list[tuple[str, int]], list[dict[str, Any]]]:
+    """Pack every file under ``limit_bytes`` into one tar in ``staging``; link the others beside it.
+
+    The tar is reproducible (sorted members, zero mtimes and owners), so an unchanged folder gives the
+    same archive bytes and the next backup skips it. Returns the files to upload from ``staging`` and the
+    manifest entries of the packed files.
+    """
+    small = [(p, n) for p, n in files if n < limit_bytes]
+    if len(small) < 2:
+        return files, []
+    staging.mkdir(parents=True, exist_ok=True)
+    members: list[dict[str, Any]] = []
+    with tarfile.open(staging / ARCHIVE, "w", format=tarfile.PAX_FORMAT) as tar:
+        for path, _ in small:
+            data = (folder / path).read_bytes()
+            info = tarfile.TarInfo(path)
+            info.size, info.mtime, info.mode = len(data), 0, 0o644
+            tar.addfile(info, io.BytesIO(data))
+            members.append({"path": path, "size": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+                            "archive": ARCHIVE})
+    large = [(p, n) for p, n in files if n >= limit_bytes]
+    for path, _ in large:
+        target = staging / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(folder / path, target)
+        except OSError:
+            shutil.copy2(folder / path, target)
+    return [*large, (ARCHIVE, (staging / ARCHIVE).stat().st_size)], members
+
+
+def extract_members(archive: Path, root: Path, members: list[FileEntry]) -> None:
+    """Extract exactly ``members`` from ``archive`` into ``root``, refusing anything else.
+
+    Every tar member must be a regular file listed for this archive, with the listed size; links,
+    devices, directories with odd modes and unlisted or missing names are refused. Nothing is extracted
+    through ``tarfile``'s own path handling: each member is read and written by this function.
+    """
+    expected = {m.path: m for m in members}
+    seen: set[str] = set()
+    with tarfile.open(archive, "r:") as tar:
+        for info in tar:
+            entry = expected.get(info.name)
+            if entry is None or not info.isreg() or info.name in seen:
+                raise InvalidArtifactError(f"archive {archive.name} holds {info.name!r} ({'file' if info.isreg() else 'not a file'}), "
+                                           "which its manifest does not list; refusing to extract")
+            if info.size != entry.size:
+                raise InvalidArtifactError(f"archive member {info.name!r} has {info.size} bytes, the manifest says {entry.size}")
+            target = root / info.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            source = tar.extractfile(info)
+            assert source is not None  # a regular file always has data
+            with target.open("wb") as out:
+                shutil.copyfileobj(source, out)
+            seen.add(info.name)
+    missing = sorted(set(expected) - seen)
+    if missing:
+        raise InvalidArtifactError(f"archive {archive.name} lacks {len(missing)} listed file(s), e.g. {missing[0]!r}")
 
 
 def safe_relative_path(path: str) -> bool:
