@@ -5,7 +5,9 @@ back through both, in the same run, against SeaweedFS (``weed mini``, auth on). 
 its verification (SHA-256 of every file before upload and after download, the manifest); boto3's are its
 ``upload_file`` / ``download_file`` with default ``TransferConfig``, file by file, with no verification.
 
-Run on a CPU: ``python bench/backup_throughput.py [--size-mb 1024]``
+Each figure is the median of ``--rounds`` rounds that alternate who goes first.
+
+Run on a CPU: ``python bench/backup_throughput.py [--size-mb 512] [--rounds 3]``
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -43,7 +46,8 @@ def make_model(folder: Path, size_mb: int) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size-mb", type=int, default=1024)
+    parser.add_argument("--size-mb", type=int, default=512)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "backup_throughput.json")
     args = parser.parse_args()
     os.environ.setdefault("APTOPS_NO_PROGRESS", "1")
@@ -58,33 +62,50 @@ def main() -> None:
         creds = {"aws_access_key_id": s3.access_key, "aws_secret_access_key": s3.secret_key}
         cfg = BackupConfig(endpoint_url=s3.endpoint)
         client = s3.client()
-        results = {}
-
         bucket = f"bench-{uuid.uuid4().hex[:6]}"
         client.create_bucket(Bucket=bucket)
-        t = time.perf_counter()
-        for f in sorted(model.iterdir()):
-            client.upload_file(str(f), bucket, f"boto3/{f.name}")
-        up = time.perf_counter() - t
-        t = time.perf_counter()
-        (work / "boto3-back").mkdir()
-        for f in sorted(model.iterdir()):
-            client.download_file(bucket, f"boto3/{f.name}", str(work / "boto3-back" / f.name))
-        down = time.perf_counter() - t
-        results["boto3_transfer_manager"] = {"upload_MBps": total / up / 1e6, "download_MBps": total / down / 1e6}
 
-        t = time.perf_counter()
-        res = backup_model(model, [f"s3://{bucket}/aptops"], cfg, credentials=creds)
-        up = time.perf_counter() - t
-        assert res.ok, res.destinations
-        t = time.perf_counter()
-        restore_from_cloud(f"s3://{bucket}/aptops", None, work / "aptops-back", cfg, credentials=creds)
-        down = time.perf_counter() - t
-        results["aptops"] = {"upload_MBps": total / up / 1e6, "download_MBps": total / down / 1e6}
+        def boto3_round(i: int) -> tuple[float, float]:
+            t = time.perf_counter()
+            for f in sorted(model.iterdir()):
+                client.upload_file(str(f), bucket, f"boto3-{i}/{f.name}")
+            up = time.perf_counter() - t
+            back = work / f"boto3-back-{i}"
+            back.mkdir()
+            t = time.perf_counter()
+            for f in sorted(model.iterdir()):
+                client.download_file(bucket, f"boto3-{i}/{f.name}", str(back / f.name))
+            down = time.perf_counter() - t
+            shutil.rmtree(back)
+            return up, down
+
+        def aptops_round(i: int) -> tuple[float, float]:
+            t = time.perf_counter()
+            res = backup_model(model, [f"s3://{bucket}/aptops-{i}"], cfg, credentials=creds)
+            up = time.perf_counter() - t
+            assert res.ok, res.destinations
+            t = time.perf_counter()
+            restore_from_cloud(f"s3://{bucket}/aptops-{i}", None, work / f"aptops-back-{i}", cfg, credentials=creds)
+            down = time.perf_counter() - t
+            shutil.rmtree(work / f"aptops-back-{i}")
+            return up, down
+
+        rounds = []
+        for i in range(args.rounds):  # alternate who goes first: the server's background work is shared
+            order = [("boto3", boto3_round), ("aptops", aptops_round)]
+            if i % 2:
+                order.reverse()
+            timing = {name: fn(i) for name, fn in order}
+            rounds.append({("boto3_transfer_manager" if name == "boto3" else name): {"upload_MBps": total / up / 1e6, "download_MBps": total / down / 1e6}
+                           for name, (up, down) in timing.items()})
+            print(f"round {i}: " + ", ".join(f"{k} up {v['upload_MBps']:.0f} down {v['download_MBps']:.0f} MB/s"
+                                             for k, v in rounds[-1].items()), flush=True)
+        results = {name: {k: statistics.median(r[name][k] for r in rounds) for k in ("upload_MBps", "download_MBps")}
+                   for name in ("boto3_transfer_manager", "aptops")}
 
         ratios = {k: results["aptops"][k] / results["boto3_transfer_manager"][k] for k in ("upload_MBps", "download_MBps")}
         report = {"machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()},
-                  "bytes": total, "results": results, "ratio_aptops_vs_boto3": ratios}
+                  "bytes": total, "rounds": rounds, "results_median": results, "ratio_aptops_vs_boto3": ratios}
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2))
         print(json.dumps(report, indent=2))
