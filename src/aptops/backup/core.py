@@ -38,7 +38,7 @@ from aptops.backup.manifest import (
     sha256_file,
 )
 from aptops.core.artifacts import StageResult
-from aptops.core.config import check_range
+from aptops.core.config import check_choice, check_range
 from aptops.core.errors import ConfigError, InvalidArtifactError, StorageError
 from aptops.core.locations import Location, parse_location
 
@@ -59,6 +59,8 @@ class BackupConfig:
         region_name: the S3 region.
         locations: where backups live, for ``restore_from_cloud(source="auto")`` to probe.
         oss_endpoint: the OSS endpoint for oss:// locations (else ``OSS_ENDPOINT``).
+        oss_accelerate: ``global`` or ``overseas`` to go through OSS transfer acceleration (the bucket must
+            have it enabled); empty: the regional endpoint.
         modelscope_endpoint: the ModelScope hub for modelscope:// locations (else ``MODELSCOPE_ENDPOINT``).
         pack_small_files_kb: pack every file smaller than this many KiB into one tar archive (0: off) —
             for folders of thousands of small files, where one object per file costs a request each.
@@ -72,6 +74,7 @@ class BackupConfig:
     region_name: str | None = None
     locations: tuple[str, ...] = ()
     oss_endpoint: str | None = None
+    oss_accelerate: str = ""
     modelscope_endpoint: str | None = None
     pack_small_files_kb: int = 0
 
@@ -79,6 +82,7 @@ class BackupConfig:
         check_range("max_retries", self.max_retries, min_value=0, max_value=20)
         check_range("backoff_s", self.backoff_s, min_value=0.0)
         check_range("parallel_destinations", self.parallel_destinations, min_value=1, max_value=64)
+        check_choice("oss_accelerate", self.oss_accelerate, ("", "global", "overseas"))
         check_range("pack_small_files_kb", self.pack_small_files_kb, min_value=0, max_value=1024 * 1024)
 
 
@@ -122,6 +126,7 @@ def store_for(location: Location, config: BackupConfig, credentials: dict[str, s
         from aptops.backup.oss import OssStore
 
         return OssStore(bucket=location.bucket, prefix=location.key, endpoint=config.oss_endpoint,
+                        accelerate=config.oss_accelerate,
                         access_key_id=creds.get("oss_access_key_id"),
                         access_key_secret=creds.get("oss_access_key_secret"))
     if location.scheme == "hf":

@@ -19,6 +19,8 @@ from aptops.core.deps import require
 from aptops.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
+ACCELERATE_ENDPOINTS = {"global": "https://oss-accelerate.aliyuncs.com",
+                        "overseas": "https://oss-accelerate-overseas.aliyuncs.com"}
 
 
 @dataclass
@@ -32,12 +34,19 @@ class OssStore:
     access_key_secret: str | None = None
     part_size_mb: int = 8
     num_threads: int = 4
+    accelerate: str = ""  # "", "global" or "overseas": OSS transfer acceleration
     provider: str = "oss"
     _bucket: Any = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         oss2 = require("oss2", extra="backup", feature="OSS backup")
         endpoint = self.endpoint or os.environ.get("OSS_ENDPOINT")
+        if self.accelerate:
+            # the acceleration endpoints serve every region's buckets (acceleration must be on for the bucket)
+            if self.accelerate not in ACCELERATE_ENDPOINTS:
+                raise ConfigError(f"oss_accelerate={self.accelerate!r}: use 'global' or 'overseas' (or leave it empty)",
+                                  field="oss_accelerate", value=self.accelerate)
+            endpoint = ACCELERATE_ENDPOINTS[self.accelerate]
         key_id = self.access_key_id or os.environ.get("OSS_ACCESS_KEY_ID")
         secret = self.access_key_secret or os.environ.get("OSS_ACCESS_KEY_SECRET")
         if not endpoint:

@@ -8,6 +8,7 @@ import os
 import pytest
 
 from aptops.backup import BackupConfig, backup_model, backup_to_oss, restore_from_cloud, restore_from_oss
+from aptops.core.errors import ConfigError
 from tests.services.oss_standin import OssStandIn
 
 
@@ -89,3 +90,18 @@ def test_oss_without_endpoint_or_credentials(tmp_path, monkeypatch):
         backup_model(tmp_path / "m", ["oss://bkt-1/m"])
     with pytest.raises(ConfigError, match="set OSS_ACCESS_KEY_ID"):
         backup_model(tmp_path / "m", ["oss://bkt-1/m"], BackupConfig(oss_endpoint="http://127.0.0.1:9"))
+
+
+def test_oss_transfer_acceleration_endpoint(monkeypatch):
+    from aptops.backup.core import store_for
+    from aptops.core.locations import parse_location
+
+    monkeypatch.setenv("OSS_ACCESS_KEY_ID", "id")
+    monkeypatch.setenv("OSS_ACCESS_KEY_SECRET", "secret")
+    monkeypatch.setenv("OSS_ENDPOINT", "https://oss-cn-hangzhou.aliyuncs.com")
+    store = store_for(parse_location("oss://bucket-1/m"), BackupConfig(oss_accelerate="global"))
+    assert store._bucket.endpoint == "https://oss-accelerate.aliyuncs.com"
+    store = store_for(parse_location("oss://bucket-1/m"), BackupConfig())
+    assert store._bucket.endpoint == "https://oss-cn-hangzhou.aliyuncs.com"
+    with pytest.raises(ConfigError, match="oss_accelerate"):
+        BackupConfig(oss_accelerate="faster")
