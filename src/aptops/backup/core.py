@@ -337,6 +337,12 @@ def _fastest_first(stores: list[Any]) -> list[Any]:
     return [store for _, store in sorted(timed, key=lambda item: item[0])]
 
 
+def _done(value: bool) -> Future[bool]:
+    future: Future[bool] = Future()
+    future.set_result(value)
+    return future
+
+
 def _matches(path: Path, size: int, sha256: str) -> bool:
     return path.stat().st_size == size and sha256_file(path) == sha256
 
@@ -367,8 +373,12 @@ def _restore_one(store: Any, local_path: Path, config: BackupConfig) -> StageRes
                 if target.is_file() and not partial and _matches(target, e.size, e.sha256):
                     kept += 1  # left by an interrupted run, and still correct
                     continue
-                _retry(lambda e=e, t=target: store.download(e.path, t), store, config, scratch, f"download {e.path}")
-                checks.append((e, verifier.submit(_matches, target, e.size, e.sha256)))
+                got = _retry(lambda e=e, t=target: store.download(e.path, t), store, config, scratch,
+                             f"download {e.path}")
+                if isinstance(got, str):  # the store hashed the bytes as they arrived
+                    checks.append((e, _done(got == e.sha256 and target.stat().st_size == e.size)))
+                else:
+                    checks.append((e, verifier.submit(_matches, target, e.size, e.sha256)))
             for e, ok in checks:
                 if not ok.result():
                     (tmp / e.path).unlink(missing_ok=True)

@@ -150,11 +150,14 @@ class S3Store:
                                                MultipartUpload={"Parts": parts})
         state.unlink(missing_ok=True)
 
-    def download(self, path: str, local: Path) -> None:
+    def download(self, path: str, local: Path) -> str | None:
         """Parallel ranged GETs into ``local``; a retry keeps the ranges already on disk.
 
         Finished ranges are recorded in ``<local>.ranges`` beside the partial file, so a dropped
-        connection costs only the ranges that were in flight.
+        connection costs only the ranges that were in flight. The SHA-256 is computed from the bytes as
+        they arrive (ranges are fed to the hash in order, as soon as the ones before them are in), so a
+        fresh download needs no second read of the file; returns it, or ``None`` for a resumed download
+        (the caller then verifies the file on disk).
         """
         chunk = self.multipart_chunk_mb * 1024 * 1024
         key = self.key(path)
@@ -162,7 +165,7 @@ class S3Store:
         if size <= chunk:
             data = self._client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
             local.write_bytes(data)
-            return
+            return hashlib.sha256(data).hexdigest()
         ledger = local.with_name(local.name + ".ranges")
         done = set(json.loads(ledger.read_text())) if ledger.is_file() and local.is_file() else set()
         if not done or local.stat().st_size != size:
@@ -170,6 +173,9 @@ class S3Store:
             with local.open("wb") as fh:
                 fh.truncate(size)
         lock = threading.Lock()
+        digest = hashlib.sha256() if not done else None
+        pending: dict[int, bytes] = {}
+        cursor = [0]
 
         def fetch(start: int) -> None:
             if start in done:
@@ -184,10 +190,17 @@ class S3Store:
             with lock:
                 done.add(start)
                 ledger.write_text(json.dumps(sorted(done)))
+                if digest is not None:
+                    pending[start] = body
+                    while cursor[0] in pending:  # feed the hash in file order
+                        piece = pending.pop(cursor[0])
+                        digest.update(piece)
+                        cursor[0] += len(piece)
 
         with ThreadPoolExecutor(max_workers=self.max_concurrency) as pool:
             list(pool.map(fetch, range(0, size, chunk)))
         ledger.unlink(missing_ok=True)
+        return digest.hexdigest() if digest is not None and cursor[0] == size else None
 
     def read(self, path: str) -> bytes | None:
         try:
