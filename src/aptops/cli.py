@@ -49,6 +49,9 @@ app.add_typer(hub_app, name="hub")
 train_app = typer.Typer(help="The train stage: causal-LM fine-tuning with the Hugging Face Trainer.",
                         no_args_is_help=True)
 app.add_typer(train_app, name="train")
+export_app = typer.Typer(help="The export stage: GGUF for llama.cpp and Ollama, verified against the source.",
+                         no_args_is_help=True)
+app.add_typer(export_app, name="export")
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML file of settings.")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a setting: key=value (repeatable).")]
@@ -248,6 +251,21 @@ def train_run(
     cfg = load_config(TrainConfig, config, overrides=set_ or [])
     result = _run_stage("train", "train", lambda: train_model(model, dataset, out, cfg), out)
     _print_metrics(f"trained model: {out} (report: {result.outputs.get('report')})", result.metrics)
+
+
+@export_app.command("gguf")
+def export_gguf(
+    model: Annotated[Path, typer.Argument(help="A Hugging Face causal LM folder (Llama, Mistral, Qwen2, SmolLM).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The artifact folder: model-<TYPE>.gguf, verify.json.")],
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Convert to GGUF, quantize with llama.cpp (--set quantization=Q4_K_M), verify, apply the quant gate."""
+    from aptops.export import ExportConfig, export_to_gguf
+
+    cfg = load_config(ExportConfig, config, overrides=set_ or [])
+    result = _run_stage("export", "gguf", lambda: export_to_gguf(model, out, config=cfg), out)
+    _print_metrics(f"GGUF: {result.outputs['gguf']} (types: {result.details['tensor_types']})", result.metrics)
 
 
 @app.command()

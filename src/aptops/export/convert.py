@@ -1,0 +1,255 @@
+"""Hugging Face causal LM folder → GGUF, written with the ``gguf`` package, quantized by llama.cpp.
+
+The conversion itself is aptops' (tensor names through ``gguf.TensorNameMap``, metadata keys through
+``gguf.GGUFWriter``, merges and special tokens through ``gguf.SpecialVocab``); quantization is llama.cpp's
+own ``llama_model_quantize`` through ``llama-cpp-python``. What llama.cpp actually wrote is then read back
+with ``gguf.GGUFReader``: llama.cpp silently falls back to other types when a row width does not suit the
+requested one (k-quants need multiples of 256, every block type multiples of 32), and the file header
+still names the requested type, so aptops counts the tensor types itself and reports the fallbacks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aptops.core.deps import require
+from aptops.core.errors import ConfigError, InvalidArtifactError
+
+log = logging.getLogger(__name__)
+
+# HF architecture -> (gguf arch name, permute Q/K for llama.cpp's rotary layout)
+ARCHITECTURES: dict[str, tuple[str, bool]] = {
+    "LlamaForCausalLM": ("llama", True),
+    "MistralForCausalLM": ("llama", True),
+    "Qwen2ForCausalLM": ("qwen2", False),
+}
+# llama.cpp's quantization types by name (the LLAMA_FTYPE_* values) and the tensor types they aim for.
+QUANT_TYPES: dict[str, tuple[int, tuple[str, ...]]] = {
+    "F32": (0, ("F32",)),
+    "F16": (1, ("F16",)),
+    "BF16": (32, ("BF16",)),
+    "Q8_0": (7, ("Q8_0",)),
+    "Q4_0": (2, ("Q4_0",)),
+    "Q4_K_M": (15, ("Q4_K", "Q6_K")),
+    "Q5_K_M": (17, ("Q5_K", "Q6_K")),
+    "Q6_K": (18, ("Q6_K",)),
+}
+_GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+_LLAMA3 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+           r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+_QWEN2 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+          r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+# (digits split individually first?, split regex) -> llama.cpp's pre-tokenizer name
+PRE_TOKENIZERS: dict[tuple[bool, str], str] = {
+    (False, _GPT2): "gpt-2",
+    (True, _GPT2): "smollm",
+    (False, _LLAMA3): "llama-bpe",
+    (False, _QWEN2): "qwen2",
+}
+
+
+@dataclass
+class GgufResult:
+    path: Path
+    quantization: str
+    tensor_types: dict[str, int]
+    fallbacks: dict[str, str]  # tensor name -> the type it got instead of the requested family
+    size_bytes: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": str(self.path), "quantization": self.quantization, "tensor_types": self.tensor_types,
+                "fallback_tensors": len(self.fallbacks), "fallbacks": self.fallbacks, "size_bytes": self.size_bytes}
+
+
+def pre_tokenizer_name(tokenizer_json: dict[str, Any]) -> str:
+    """llama.cpp's name for the split rules of a BPE ``tokenizer.json`` (refused if unknown)."""
+    pre = tokenizer_json.get("pre_tokenizer") or {}
+    steps = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
+    digits, regex = False, None
+    for step in steps:
+        kind = step.get("type")
+        if kind == "Digits" and step.get("individual_digits"):
+            digits = True
+        elif kind == "Split":
+            regex = (step.get("pattern") or {}).get("Regex")
+        elif kind == "ByteLevel" and step.get("use_regex", True) and regex is None:
+            regex = _GPT2
+    name = PRE_TOKENIZERS.get((digits, regex or ""))
+    if name is None:
+        raise ConfigError(f"the tokenizer's pre-tokenizer (digits split: {digits}, regex: {regex!r}) has no known "
+                          f"llama.cpp name; known: {sorted(set(PRE_TOKENIZERS.values()))}", field="tokenizer")
+    return name
+
+
+def _permute(weights: Any, n_head: int) -> Any:
+    """HF stores Q/K rows as two rotary halves per head; llama.cpp wants them interleaved."""
+    rows = weights.shape[0]
+    return (weights.reshape(n_head, 2, rows // n_head // 2, *weights.shape[1:])
+            .swapaxes(1, 2).reshape(weights.shape))
+
+
+def convert_to_gguf(model_path: str | Path, output_path: str | Path, *, outtype: str = "F16") -> Path:
+    """Write ``model_path`` (a HF causal LM folder with safetensors) as an F16 or F32 GGUF file."""
+    gguf = require("gguf", extra="export", feature="writing GGUF")
+    np = require("numpy", extra="export", feature="writing GGUF")
+    safetensors = require("safetensors", extra="export", feature="reading safetensors")
+    folder = Path(model_path)
+    if outtype not in ("F16", "F32"):
+        raise ConfigError(f"outtype {outtype!r}: the converter writes F16 or F32; quantize afterwards",
+                          field="outtype", value=outtype)
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise InvalidArtifactError(f"{str(folder)!r} has no config.json: not a Hugging Face model folder",
+                                   path=str(folder))
+    weights = sorted(folder.glob("*.safetensors"))
+    if not weights:
+        raise InvalidArtifactError(f"{str(folder)!r} has no *.safetensors weights", path=str(folder))
+    cfg = json.loads(config_path.read_text(encoding="utf-8"))
+    arch_name = (cfg.get("architectures") or ["?"])[0]
+    if arch_name not in ARCHITECTURES:
+        raise ConfigError(f"architecture {arch_name!r} is not supported for GGUF export; supported: "
+                          f"{sorted(ARCHITECTURES)}", field="architecture", value=arch_name)
+    gguf_arch, permute = ARCHITECTURES[arch_name]
+    tok_file = folder / "tokenizer.json"
+    if not tok_file.is_file():
+        raise InvalidArtifactError(f"{str(folder)!r} has no tokenizer.json (a fast BPE tokenizer is needed)",
+                                   path=str(folder))
+    tok = json.loads(tok_file.read_text(encoding="utf-8"))
+    if (tok.get("model") or {}).get("type") != "BPE":
+        raise ConfigError(f"tokenizer model {(tok.get('model') or {}).get('type')!r}: GGUF export handles BPE "
+                          "tokenizers in this version", field="tokenizer")
+    pre = pre_tokenizer_name(tok)
+
+    n_layer, n_head = cfg["num_hidden_layers"], cfg["num_attention_heads"]
+    n_kv = cfg.get("num_key_value_heads", n_head)
+    hidden = cfg["hidden_size"]
+    head_dim = cfg.get("head_dim") or hidden // n_head
+    vocab_size = cfg["vocab_size"]
+    out = Path(output_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    writer = gguf.GGUFWriter(str(tmp), gguf.MODEL_ARCH_NAMES[_arch_enum(gguf, gguf_arch)])
+    try:
+        writer.add_name((cfg.get("_name_or_path") and Path(str(cfg["_name_or_path"])).name) or folder.name)
+        writer.add_context_length(cfg.get("max_position_embeddings", 2048))
+        writer.add_embedding_length(hidden)
+        writer.add_block_count(n_layer)
+        writer.add_feed_forward_length(cfg["intermediate_size"])
+        writer.add_head_count(n_head)
+        writer.add_head_count_kv(n_kv)
+        writer.add_rope_dimension_count(head_dim)
+        writer.add_rope_freq_base(float(cfg.get("rope_theta", (cfg.get("rope_parameters") or {}).get("rope_theta", 10000.0))))
+        writer.add_layer_norm_rms_eps(float(cfg.get("rms_norm_eps", 1e-6)))
+        if head_dim != hidden // n_head:
+            writer.add_key_length(head_dim)
+            writer.add_value_length(head_dim)
+        writer.add_vocab_size(vocab_size)
+        writer.add_file_type(QUANT_TYPES[outtype][0])
+        _add_vocab(gguf, writer, folder, tok, vocab_size, pre)
+
+        names = gguf.get_tensor_name_map(_arch_enum(gguf, gguf_arch), n_layer)
+        tied = bool(cfg.get("tie_word_embeddings"))
+        for file in weights:
+            with safetensors.safe_open(str(file), framework="pt") as f:
+                for name in f.keys():  # noqa: SIM118 - safe_open is not a mapping
+                    if name.endswith("rotary_emb.inv_freq") or (tied and name == "lm_head.weight"):
+                        continue
+                    data = f.get_tensor(name).float().numpy()
+                    if permute and name.endswith("q_proj.weight"):
+                        data = _permute(data, n_head)
+                    elif permute and name.endswith("k_proj.weight"):
+                        data = _permute(data, n_kv)
+                    new = names.get_name(name, try_suffixes=(".weight", ".bias"))
+                    if new is None:
+                        raise InvalidArtifactError(f"tensor {name!r} has no GGUF name for {gguf_arch}; the "
+                                                   "checkpoint does not look like a plain " + arch_name)
+                    # norms and biases stay F32 (llama.cpp computes them in F32); matrices take outtype
+                    if outtype == "F16" and data.ndim >= 2:
+                        data = data.astype(np.float16)
+                    writer.add_tensor(new, np.ascontiguousarray(data))
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file(progress=False)
+        writer.close()
+        os.replace(tmp, out)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            writer.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    return out
+
+
+def _arch_enum(gguf: Any, name: str) -> Any:
+    return {v: k for k, v in gguf.MODEL_ARCH_NAMES.items()}[name]
+
+
+def _add_vocab(gguf: Any, writer: Any, folder: Path, tok: dict[str, Any], vocab_size: int, pre: str) -> None:
+    vocab: dict[str, int] = dict(tok["model"]["vocab"])
+    added = {a["content"]: a for a in tok.get("added_tokens", [])}
+    for content, a in added.items():
+        vocab[content] = a["id"]
+    by_id = {i: t for t, i in vocab.items()}
+    tokens, types = [], []
+    for i in range(vocab_size):
+        t = by_id.get(i)
+        if t is None:
+            tokens.append(f"[PAD{i}]")
+            types.append(gguf.TokenType.UNUSED)
+        elif t in added:
+            tokens.append(t)
+            types.append(gguf.TokenType.CONTROL if added[t].get("special") else gguf.TokenType.USER_DEFINED)
+        else:
+            tokens.append(t)
+            types.append(gguf.TokenType.NORMAL)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(pre)
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    special = gguf.SpecialVocab(folder, load_merges=True, n_vocab=vocab_size)
+    special.add_to_gguf(writer)
+
+
+def quantize_gguf(f16_path: str | Path, output_path: str | Path, quantization: str, *, threads: int = 0) -> Path:
+    """llama.cpp's quantizer on an F16/F32 GGUF, written atomically."""
+    if quantization not in QUANT_TYPES:
+        raise ConfigError(f"unknown quantization {quantization!r}; use one of {list(QUANT_TYPES)}",
+                          field="quantization_type", value=quantization)
+    llama_cpp = require("llama_cpp", extra="export", feature="quantizing GGUF")
+    out = Path(output_path)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = QUANT_TYPES[quantization][0]
+    params.nthread = threads or (os.cpu_count() or 1)
+    try:
+        code = llama_cpp.llama_model_quantize(str(f16_path).encode(), str(tmp).encode(), params)
+        if code != 0:
+            raise InvalidArtifactError(f"llama.cpp could not quantize {f16_path} to {quantization} (code {code})")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+def inspect_gguf(path: str | Path, quantization: str) -> GgufResult:
+    """The tensor types llama.cpp really wrote, and which 2-D weights missed the requested family."""
+    gguf = require("gguf", extra="export", feature="reading GGUF")
+    reader = gguf.GGUFReader(str(path))
+    counts: Counter[str] = Counter()
+    fallbacks: dict[str, str] = {}
+    wanted = QUANT_TYPES[quantization][1]
+    for t in reader.tensors:
+        kind = t.tensor_type.name
+        counts[kind] += 1
+        is_matrix = len([d for d in t.shape if d > 1]) >= 2
+        if is_matrix and kind not in wanted and not re.search(r"norm", t.name):
+            fallbacks[t.name] = kind
+    return GgufResult(Path(path), quantization, dict(counts), fallbacks, Path(path).stat().st_size)

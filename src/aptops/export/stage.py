@@ -1,0 +1,98 @@
+"""The export stage's GGUF step: convert, quantize, read back, verify, gate.
+
+Try it on a CPU with the SmolLM2 folder the demo builds::
+
+    aptops export gguf ~/.cache/aptops/models/smollm2-135m-instruct --out runs/gguf --set quantization=Q8_0
+
+The artifact folder holds ``model-<TYPE>.gguf``, ``verify.json`` (logit errors, top-1 agreement,
+perplexities, tokenizer agreement, tensor types and fallbacks) and ``result.json``. A GGUF that fails the
+quant gate, or whose tensors fell back while ``on_fallback=error``, leaves no complete artifact.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aptops.core.artifacts import StageResult, atomic_output, finish_artifact, write_json
+from aptops.core.config import check_choice
+from aptops.core.errors import ConfigError, InvalidArtifactError
+from aptops.export.convert import QUANT_TYPES, convert_to_gguf, inspect_gguf, quantize_gguf
+from aptops.export.verify import GateConfig, verify_gguf
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """How :func:`export_to_gguf` converts and checks.
+
+    Attributes:
+        quantization: F32, F16, BF16, Q8_0, Q4_0, Q4_K_M, Q5_K_M or Q6_K.
+        on_fallback: what to do when llama.cpp wrote other tensor types than asked (rows too narrow):
+            ``warn`` (report them) or ``error`` (fail, nothing written).
+        verify: compare the GGUF with the source model and apply the gate.
+        gate: the quant gate's thresholds.
+        verify_text: the held-out text for the comparison (default: a built-in paragraph).
+    """
+
+    quantization: str = "Q8_0"
+    on_fallback: str = "warn"
+    verify: bool = True
+    gate: GateConfig = field(default_factory=GateConfig)
+    verify_text: str | None = None
+
+    def __post_init__(self) -> None:
+        check_choice("quantization", self.quantization, list(QUANT_TYPES))
+        check_choice("on_fallback", self.on_fallback, ("warn", "error"))
+
+
+def export_to_gguf(model_path: str | Path, output_path: str | Path, quantization_type: str | None = None,
+                   vocab_type: str = "bpe", *, config: ExportConfig | None = None) -> StageResult:
+    """Convert a Hugging Face causal LM folder to a verified GGUF artifact folder at ``output_path``."""
+    config = config or ExportConfig()
+    if quantization_type is not None:
+        if quantization_type not in QUANT_TYPES:
+            raise ConfigError(f"unknown quantization {quantization_type!r}; use one of {list(QUANT_TYPES)}",
+                              field="quantization_type", value=quantization_type)
+        config = ExportConfig(quantization_type, config.on_fallback, config.verify, config.gate, config.verify_text)
+    if vocab_type != "bpe":
+        raise ConfigError(f"vocab_type {vocab_type!r}: this version exports BPE tokenizers ('bpe')",
+                          field="vocab_type", value=vocab_type)
+    q = config.quantization
+    with atomic_output(output_path) as tmp:
+        name = f"model-{q}.gguf"
+        if q in ("F16", "F32"):
+            convert_to_gguf(model_path, tmp / name, outtype=q)
+        else:
+            with tempfile.TemporaryDirectory(prefix="aptops-gguf-", dir=tmp.parent) as work:
+                f16 = convert_to_gguf(model_path, Path(work) / "model-F16.gguf", outtype="F16")
+                quantize_gguf(f16, tmp / name, q)
+        written = inspect_gguf(tmp / name, q)
+        if written.fallbacks:
+            message = (f"{len(written.fallbacks)} tensors are not {q} (llama.cpp fell back, rows too narrow): "
+                       + ", ".join(f"{k}={v}" for k, v in list(written.fallbacks.items())[:5]))
+            if config.on_fallback == "error":
+                raise InvalidArtifactError(message + "; choose another type or set on_fallback=warn")
+            log.warning(message)
+        report: dict[str, Any] = {"gguf": written.to_dict()}
+        metrics = {"size_bytes": float(written.size_bytes), "fallback_tensors": float(len(written.fallbacks))}
+        if config.verify:
+            check = verify_gguf(tmp / name, model_path, text=config.verify_text, gate=config.gate)
+            report["verify"] = check
+            metrics.update({k: float(check[k]) for k in ("top1_agreement", "max_abs_logit_error",
+                                                          "mean_abs_logit_error", "perplexity_delta",
+                                                          "tokenizer_agreement")})
+            write_json(tmp / "verify.json", report)
+            if not check["passed"]:
+                raise InvalidArtifactError(f"the {q} GGUF failed the quant gate: {'; '.join(check['failures'])}; "
+                                           "the thresholds are in gate.* (or pick a less lossy type)")
+        else:
+            write_json(tmp / "verify.json", report)
+        result = StageResult("export", outputs={"gguf": str(Path(output_path) / name)}, metrics=metrics,
+                             details={"quantization": q, "tensor_types": written.tensor_types})
+        finish_artifact(tmp, result, config)
+    return result

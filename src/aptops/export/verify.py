@@ -1,0 +1,117 @@
+"""Check a GGUF against its source model: logits, next-token agreement, perplexity, tokenization.
+
+The same held-out text goes through transformers and through llama.cpp (``llama-cpp-python``), token
+ids taken from the Hugging Face tokenizer so both see the same input; the logits are compared position by
+position. Separately, llama.cpp's own tokenization of a multilingual sample is compared with the Hugging
+Face tokenizer's, so a wrong pre-tokenizer or a lost merge shows up as a number, not as odd output later.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aptops.core.config import check_range
+from aptops.core.deps import require
+from aptops.core.errors import InvalidArtifactError
+
+MULTILINGUAL_SAMPLE = (
+    "The quick brown fox jumps over the lazy dog. Numbers: 12345, 3.14159, 2026-11-27.\n"
+    "Café déjà vu, naïve façade — «quotes» and ‘curly’ ones.\n"
+    "机器学习模型需要干净的数据。日本語のテキストも。한국어 문장도 있습니다.\n"
+    "def f(x):\n    return x ** 2  # code, tabs\tand   spaces\n"
+    "Emoji 🙂🚀 and symbols ∑∫√ ≤ ≥ ≠."
+)
+DEFAULT_TEXT = (
+    "Language models learn the statistics of text. A model trained on clean, deduplicated data generalises "
+    "better than one trained on noisy data, and a small model distilled from a larger teacher can keep much "
+    "of its quality at a fraction of the cost. Exporting the model to GGUF lets llama.cpp and Ollama run it "
+    "on a laptop, and checking the exported file against the source catches conversion mistakes early."
+)
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """Thresholds of the quant gate: a GGUF beyond them fails verification.
+
+    Attributes:
+        min_top1_agreement: the least share of positions where both pick the same next token.
+        max_perplexity_change: the largest relative perplexity change, ``|ppl_cpp - ppl_hf| / ppl_hf``
+            (either way: a quantized model that scores "better" on one text is no closer to its source).
+        min_tokenizer_agreement: the least share of identical token ids on the multilingual sample.
+    """
+
+    min_top1_agreement: float = 0.6
+    max_perplexity_change: float = 0.5
+    min_tokenizer_agreement: float = 1.0
+
+    def __post_init__(self) -> None:
+        check_range("min_top1_agreement", self.min_top1_agreement, min_value=0.0, max_value=1.0)
+        check_range("max_perplexity_change", self.max_perplexity_change, min_value=0.0)
+        check_range("min_tokenizer_agreement", self.min_tokenizer_agreement, min_value=0.0, max_value=1.0)
+
+
+def _log_softmax(np: Any, x: Any) -> Any:
+    m = x.max(axis=-1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
+
+
+def verify_gguf(gguf_path: str | Path, model_path: str | Path, *, text: str | None = None,
+                gate: GateConfig | None = None, n_ctx: int = 512) -> dict[str, Any]:
+    """Compare ``gguf_path`` with the transformers model in ``model_path``; returns the figures and ``passed``."""
+    np = require("numpy", extra="export", feature="verifying GGUF")
+    torch = require("torch", extra="export", feature="verifying GGUF")
+    transformers = require("transformers", extra="export", feature="verifying GGUF")
+    llama_cpp = require("llama_cpp", extra="export", feature="verifying GGUF")
+    gate = gate or GateConfig()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(model_path)
+    model = transformers.AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    model.eval()
+    ids = tokenizer(text or DEFAULT_TEXT, add_special_tokens=False).input_ids[: n_ctx - 1]
+    if len(ids) < 2:
+        raise InvalidArtifactError("the verification text has fewer than 2 tokens")
+    with torch.inference_mode():
+        hf = model(input_ids=torch.tensor([ids])).logits[0].float().numpy()
+    llm = llama_cpp.Llama(model_path=str(gguf_path), n_ctx=n_ctx, logits_all=True, verbose=False, seed=0,
+                          n_threads=max(1, (__import__("os").cpu_count() or 2)))
+    try:
+        llm.reset()
+        llm.eval(ids)
+        cpp = np.array(llm.scores[: len(ids)], dtype=np.float32)
+        sample_hf = tokenizer(MULTILINGUAL_SAMPLE, add_special_tokens=False).input_ids
+        sample_cpp = llm.tokenize(MULTILINGUAL_SAMPLE.encode("utf-8"), add_bos=False, special=False)
+    finally:
+        llm.close()
+    vocab = min(hf.shape[-1], cpp.shape[-1])
+    hf, cpp = hf[:, :vocab], cpp[:, :vocab]
+    diff = np.abs(hf - cpp)
+    targets = np.array(ids[1:])
+    lp_hf = _log_softmax(np, hf[:-1])[np.arange(len(targets)), targets]
+    lp_cpp = _log_softmax(np, cpp[:-1])[np.arange(len(targets)), targets]
+    ppl_hf, ppl_cpp = math.exp(-float(lp_hf.mean())), math.exp(-float(lp_cpp.mean()))
+    same = sum(a == b for a, b in zip(sample_hf, sample_cpp, strict=False))
+    tok_agree = same / max(len(sample_hf), len(sample_cpp))
+    result = {
+        "tokens": len(ids),
+        "max_abs_logit_error": float(diff.max()),
+        "mean_abs_logit_error": float(diff.mean()),
+        "top1_agreement": float((hf.argmax(-1) == cpp.argmax(-1)).mean()),
+        "perplexity_transformers": ppl_hf,
+        "perplexity_llama_cpp": ppl_cpp,
+        "perplexity_delta": ppl_cpp - ppl_hf,
+        "tokenizer_agreement": tok_agree,
+        "tokenizer_tokens": {"transformers": len(sample_hf), "llama_cpp": len(sample_cpp)},
+    }
+    failures = []
+    if result["top1_agreement"] < gate.min_top1_agreement:
+        failures.append(f"top-1 agreement {result['top1_agreement']:.3f} < {gate.min_top1_agreement}")
+    change = abs(ppl_cpp - ppl_hf) / ppl_hf
+    if change > gate.max_perplexity_change:
+        failures.append(f"perplexity changed by {change:.2%} > {gate.max_perplexity_change:.2%}")
+    if tok_agree < gate.min_tokenizer_agreement:
+        failures.append(f"tokenizer agreement {tok_agree:.3f} < {gate.min_tokenizer_agreement}")
+    result["passed"] = not failures
+    result["failures"] = failures
+    return result

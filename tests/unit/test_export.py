@@ -1,0 +1,89 @@
+"""GGUF export: written by aptops, quantized and read by the real llama.cpp, checked against transformers."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from aptops.core.artifacts import is_complete
+from aptops.core.errors import ConfigError, InvalidArtifactError
+from aptops.export import ExportConfig, GateConfig, export_to_gguf, pre_tokenizer_name
+
+
+def test_f16_export_matches_transformers_exactly(tiny_llama, tmp_path):
+    result = export_to_gguf(tiny_llama, tmp_path / "f16", "F16")
+    report = json.loads((tmp_path / "f16" / "verify.json").read_text())
+    check = report["verify"]
+    assert check["top1_agreement"] == 1.0 and check["max_abs_logit_error"] < 1e-2
+    assert check["tokenizer_agreement"] == 1.0  # llama.cpp's own tokenizer, multilingual sample
+    assert abs(check["perplexity_delta"]) < 0.05 * check["perplexity_transformers"]
+    assert result.details["tensor_types"] == {"F32": 5, "F16": 15}  # norms stay F32; tied lm_head dropped
+    assert is_complete(tmp_path / "f16")
+
+
+def test_quantized_types_are_read_back_and_fallbacks_reported(tiny_llama, tmp_path):
+    q8 = export_to_gguf(tiny_llama, tmp_path / "q8", "Q8_0")
+    assert q8.details["tensor_types"] == {"F32": 5, "Q8_0": 15} and q8.metrics["fallback_tensors"] == 0
+    # the tiny model's rows (64, 128) are not multiples of 256: llama.cpp silently writes Q5_0/Q8_0
+    k = export_to_gguf(tiny_llama, tmp_path / "k", "Q4_K_M")
+    assert "Q4_K" not in k.details["tensor_types"] and k.metrics["fallback_tensors"] == 15
+    written = json.loads((tmp_path / "k" / "verify.json").read_text())["gguf"]
+    assert set(written["fallbacks"].values()) <= {"Q5_0", "Q8_0"}
+    with pytest.raises(InvalidArtifactError, match="fell back"):
+        export_to_gguf(tiny_llama, tmp_path / "strict", config=ExportConfig("Q4_K_M", on_fallback="error"))
+    assert not (tmp_path / "strict").exists()
+
+
+def test_the_quant_gate_stops_a_lossy_export(tiny_llama, tmp_path):
+    strict = ExportConfig("Q4_0", gate=GateConfig(max_perplexity_change=0.0))
+    with pytest.raises(InvalidArtifactError, match="quant gate"):
+        export_to_gguf(tiny_llama, tmp_path / "gated", config=strict)
+    assert not (tmp_path / "gated").exists() and not list(tmp_path.glob(".*gguf*"))
+
+
+def test_bad_inputs(tiny_llama, tmp_path):
+    with pytest.raises(ConfigError, match="unknown quantization 'Q3_X'"):
+        export_to_gguf(tiny_llama, tmp_path / "a", "Q3_X")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "config.json").write_text("{}")
+    with pytest.raises(InvalidArtifactError, match="no \\*.safetensors"):
+        export_to_gguf(empty, tmp_path / "b", "F16")
+    other = tmp_path / "gpt2"
+    shutil.copytree(tiny_llama, other)
+    cfg = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps(cfg | {"architectures": ["GPTNeoXForCausalLM"]}))
+    with pytest.raises(ConfigError, match="not supported for GGUF export; supported: .*LlamaForCausalLM"):
+        export_to_gguf(other, tmp_path / "c", "F16")
+    with pytest.raises(ConfigError, match="no known llama.cpp name"):
+        pre_tokenizer_name({"pre_tokenizer": {"type": "Split", "pattern": {"Regex": "[a-z]+"}}})
+    assert not any((tmp_path / n).exists() for n in "abc")
+
+
+def test_pre_tokenizer_names():
+    assert pre_tokenizer_name({"pre_tokenizer": {"type": "ByteLevel", "use_regex": True}}) == "gpt-2"
+    smollm = {"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": True},
+                                                    {"type": "ByteLevel", "use_regex": True}]}
+    assert pre_tokenizer_name({"pre_tokenizer": smollm}) == "smollm"
+
+
+def test_cli_export_gguf(tiny_llama, tmp_path):
+    out = subprocess.run([sys.executable, "-m", "aptops.cli", "export", "gguf", str(tiny_llama), "--out",
+                          str(tmp_path / "g"), "--set", "quantization=Q8_0"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (tmp_path / "g" / "model-Q8_0.gguf").is_file() and "top1_agreement" in out.stdout
+    bad = subprocess.run([sys.executable, "-m", "aptops.cli", "export", "gguf", str(tiny_llama), "--out",
+                          str(tmp_path / "h"), "--set", "quantization=Q9"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "quantization" in bad.stderr
+
+
+@pytest.mark.slow
+def test_real_smollm2_f16_and_q8(smollm2, tmp_path):
+    f16 = json.loads((export_to_gguf(smollm2, tmp_path / "f16", "F16") and tmp_path / "f16" / "verify.json").read_text())
+    assert f16["verify"]["top1_agreement"] >= 0.99 and f16["verify"]["tokenizer_agreement"] == 1.0
+    q8 = export_to_gguf(smollm2, tmp_path / "q8", "Q8_0")
+    assert q8.metrics["top1_agreement"] >= 0.9 and q8.metrics["fallback_tensors"] == 0
