@@ -51,15 +51,15 @@ def test_bad_inputs(tiny_llama, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "config.json").write_text("{}")
-    with pytest.raises(InvalidArtifactError, match="no \\*.safetensors"):
+    with pytest.raises(InvalidArtifactError, match=r"no \*\.safetensors"):
         export_to_gguf(empty, tmp_path / "b", "F16")
     other = tmp_path / "gpt2"
     shutil.copytree(tiny_llama, other)
     cfg = json.loads((other / "config.json").read_text())
     (other / "config.json").write_text(json.dumps(cfg | {"architectures": ["GPTNeoXForCausalLM"]}))
-    with pytest.raises(ConfigError, match="not supported for GGUF export; supported: .*LlamaForCausalLM"):
+    with pytest.raises(ConfigError, match=r"not supported for GGUF export; supported: .*LlamaForCausalLM"):
         export_to_gguf(other, tmp_path / "c", "F16")
-    with pytest.raises(ConfigError, match="no known llama.cpp name"):
+    with pytest.raises(ConfigError, match=r"no known llama\.cpp name"):
         pre_tokenizer_name({"pre_tokenizer": {"type": "Split", "pattern": {"Regex": "[a-z]+"}}})
     assert not any((tmp_path / n).exists() for n in "abc")
 
