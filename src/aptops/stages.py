@@ -81,7 +81,9 @@ STAGES: tuple[Stage, ...] = (
 _BY_NAME = {s.name: s for s in STAGES}
 
 # Stages whose library has landed only in part, with what is there (shown by `aptops stages`).
-PARTIAL: dict[str, str] = {}
+PARTIAL: dict[str, str] = {
+    "export": "GGUF conversion, quantization, verification and the quant gate; Modelfile and Ollama to come",
+}
 
 
 def get_stage(name: str) -> Stage:

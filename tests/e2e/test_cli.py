@@ -34,9 +34,10 @@ def test_stages_table_is_honest():
     assert out.returncode == 0
     lines = {line.split("│")[1].strip(): line for line in out.stdout.splitlines() if line.count("│") > 3}
     assert "data_processors" in lines["data"] and "available" in lines["data"] and "cpu" in lines["data"]
-    assert "planned" in lines["export"] and "ollama_export" in lines["export"] and "900" in lines["export"]
-    assert "gpu" in lines["train"]
-    assert "partial" in lines["backup"]
+    assert "partial" in lines["export"] and "ollama_export" in lines["export"] and "900" in lines["export"]
+    assert "planned" in lines["distill"] and "model_distillation" in lines["distill"]
+    assert "gpu" in lines["train"] and "available" in lines["train"]
+    assert "available" in lines["backup"] and "available" in lines["hub"]
 
 
 def test_data_clean_cli_and_bad_input(tmp_path):
