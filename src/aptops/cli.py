@@ -268,6 +268,33 @@ def export_gguf(
     _print_metrics(f"GGUF: {result.outputs['gguf']} (types: {result.details['tensor_types']})", result.metrics)
 
 
+@export_app.command("ollama")
+def export_ollama(
+    gguf: Annotated[Path, typer.Argument(help="A GGUF file, e.g. runs/gguf/model-Q8_0.gguf.")],
+    name: Annotated[str, typer.Option("--name", "-n", help="The Ollama model name, e.g. smollm2:135m.")],
+    tokenizer: Annotated[Path | None, typer.Option(help="The source model folder (its chat template).")] = None,
+    system: Annotated[str | None, typer.Option(help="A SYSTEM prompt.")] = None,
+    host: Annotated[str | None, typer.Option(help="Ollama's URL (default OLLAMA_HOST or 127.0.0.1:11434).")] = None,
+    prompt: Annotated[list[str] | None, typer.Option("--prompt", "-p", help="Smoke-test prompts (repeatable).")] = None,
+) -> None:
+    """Write a Modelfile from the chat template, register the GGUF in Ollama, and smoke-test it."""
+    from aptops.export import create_modelfile, register_to_ollama
+    from aptops.export import test_model as smoke
+
+    modelfile = create_modelfile(name, gguf, system_prompt=system, tokenizer_path=tokenizer)
+    info = register_to_ollama(modelfile, name, host=host)
+    report = smoke(name, prompt or ["Say hello in one sentence."], host=host)
+    table = Table(title=f"{name} in Ollama {info['version']} at {info['host']} (Modelfile: {modelfile})")
+    for col in ("prompt", "answer", "tokens/s", "stopped", "ok"):
+        table.add_column(col)
+    for r in report["results"]:
+        table.add_row(escape(r["prompt"]), escape(r["answer"][:120]), f"{r['tokens_per_second']:.1f}", str(r["stopped"]),
+                      str(not r["empty"] and not r["loops"]))
+    console.print(table)
+    if not report["passed"]:
+        raise typer.Exit(1)
+
+
 @app.command()
 def backup(
     model: Annotated[Path, typer.Argument(help="The model folder to back up.")],

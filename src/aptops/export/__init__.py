@@ -1,5 +1,6 @@
 """The export stage: Hugging Face → GGUF (written with ``gguf``, quantized by llama.cpp), read back and
-verified against the source model. Modelfile creation and Ollama registration come next."""
+verified against the source model; an Ollama Modelfile from the chat template, registration over Ollama's
+HTTP API, and smoke tests through Ollama or llama.cpp."""
 
 from aptops.export.convert import (
     QUANT_TYPES,
@@ -8,10 +9,11 @@ from aptops.export.convert import (
     pre_tokenizer_name,
     quantize_gguf,
 )
+from aptops.export.ollama import create_modelfile, register_to_ollama, test_model
 from aptops.export.stage import ExportConfig, export_to_gguf
 from aptops.export.verify import GateConfig, verify_gguf
 
 __all__ = [
-    "QUANT_TYPES", "ExportConfig", "GateConfig", "convert_to_gguf", "export_to_gguf", "inspect_gguf",
-    "pre_tokenizer_name", "quantize_gguf", "verify_gguf",
+    "QUANT_TYPES", "ExportConfig", "GateConfig", "convert_to_gguf", "create_modelfile", "export_to_gguf", "inspect_gguf",
+    "pre_tokenizer_name", "quantize_gguf", "register_to_ollama", "test_model", "verify_gguf",
 ]

@@ -1,0 +1,87 @@
+"""Modelfiles from chat templates, registration over Ollama's HTTP API (stand-in), real smoke tests."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from aptops.core.errors import ConfigError, StorageError
+from aptops.export import create_modelfile, export_to_gguf, ollama, register_to_ollama
+from aptops.export.ollama import parse_modelfile, render_template
+from tests.services.ollama_standin import OllamaStandIn
+
+
+@pytest.fixture(scope="module")
+def smollm2_q8(smollm2, tmp_path_factory):
+    out = tmp_path_factory.mktemp("gguf") / "q8"
+    export_to_gguf(smollm2, out, "Q8_0")
+    return out / "model-Q8_0.gguf"
+
+
+def test_modelfile_from_the_chatml_template(smollm2, tmp_path):
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF")
+    path = create_modelfile("smollm2:135m", gguf, system_prompt="You are brief.", tokenizer_path=smollm2,
+                            parameters={"temperature": 0.2, "num_ctx": 2048})
+    spec = parse_modelfile(path)
+    assert spec["from"] == "./model.gguf" and "<|im_start|>assistant" in spec["template"]
+    assert spec["parameters"] == {"temperature": 0.2, "num_ctx": 2048, "stop": ["<|im_end|>", "<|im_start|>"]}
+    assert spec["system"] == "You are brief."
+    assert render_template(spec["template"], "Hi", "Be nice") == (
+        "<|im_start|>system\nBe nice<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_modelfile_bad_inputs(smollm2, tiny_llama, tmp_path):
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF")
+    with pytest.raises(ConfigError, match="unknown Modelfile PARAMETER 'temprature'"):
+        create_modelfile("m", gguf, parameters={"temprature": 0.5}, tokenizer_path=smollm2)
+    with pytest.raises(ConfigError, match="outside"):
+        create_modelfile("m", gguf, parameters={"top_p": 3}, tokenizer_path=smollm2)
+    with pytest.raises(ConfigError, match="Ollama names"):
+        create_modelfile("Bad Name", gguf, tokenizer_path=smollm2)
+    odd = tmp_path / "odd"
+    shutil.copytree(tiny_llama, odd)
+    cfg = json.loads((odd / "tokenizer_config.json").read_text())
+    (odd / "tokenizer_config.json").write_text(json.dumps(cfg | {"chat_template": "{{ '### ' + m }}"}))
+    (odd / "chat_template.jinja").unlink(missing_ok=True)
+    with pytest.raises(ConfigError, match="none of the known formats"):
+        create_modelfile("m", gguf, tokenizer_path=odd)
+    with pytest.raises(ConfigError, match='contains """'):
+        create_modelfile("m", gguf, system_prompt='say """ hi', tokenizer_path=smollm2)
+
+
+def test_register_needs_a_running_ollama(tmp_path):
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF")
+    path = create_modelfile("m", gguf)
+    with pytest.raises(StorageError, match="not reachable at http://127.0.0.1:9.*OLLAMA_HOST"):
+        register_to_ollama(path, "m", host="http://127.0.0.1:9")
+
+
+@pytest.mark.slow
+def test_register_and_smoke_test_through_ollama(smollm2, smollm2_q8, tmp_path):
+    path = create_modelfile("smollm2:q8", smollm2_q8, tokenizer_path=smollm2,
+                            parameters={"temperature": 0, "repeat_penalty": 1.3})
+    with OllamaStandIn(tmp_path / "blobs") as server:
+        info = register_to_ollama(path, "smollm2:q8", host=server.host)
+        assert info["blob"] in server.state.blobs and not server.state.refused
+        created = server.state.created[-1]
+        assert created["parameters"]["stop"] == ["<|im_end|>", "<|im_start|>"]
+        report = ollama.test_model("smollm2:q8", ["What is the capital of France?", "Name three colours."], max_tokens=48,
+                                   host=server.host)
+        again = register_to_ollama(path, "smollm2:q8", host=server.host)  # the blob is not sent twice
+        assert again["blob"] == info["blob"]
+    assert report["passed"], report
+    first = report["results"][0]
+    assert "paris" in first["answer"].lower() and first["stopped"] and first["tokens_per_second"] > 0
+
+
+@pytest.mark.slow
+def test_smoke_test_in_process_with_llama_cpp(smollm2, smollm2_q8):
+    path = create_modelfile("smollm2:q8", smollm2_q8, tokenizer_path=smollm2)
+    report = ollama.test_model("smollm2:q8", ["Name three colours."], max_tokens=40, gguf_path=smollm2_q8,
+                               modelfile_path=path)
+    assert report["passed"] and not report["results"][0]["empty"]
