@@ -57,7 +57,7 @@ def test_register_needs_a_running_ollama(tmp_path):
     gguf = tmp_path / "model.gguf"
     gguf.write_bytes(b"GGUF")
     path = create_modelfile("m", gguf)
-    with pytest.raises(StorageError, match="not reachable at http://127.0.0.1:9.*OLLAMA_HOST"):
+    with pytest.raises(StorageError, match=r"not reachable at http://127\.0\.0\.1:9.*OLLAMA_HOST"):
         register_to_ollama(path, "m", host="http://127.0.0.1:9")
 
 
