@@ -5,7 +5,7 @@ Secrets (``ClusterSettings.credential_secrets``), or from the local environment 
 """
 
 from kfp import dsl
-from kfp.dsl import Artifact, Metrics, Output
+from kfp.dsl import Artifact, Input, Metrics, Model, Output
 
 from aptops_components import stage_image
 
@@ -49,5 +49,34 @@ def backup_model(
             "retries": float(sum(d.retries for d in out.destinations)),
             "destinations": float(len(out.destinations)),
         })
+
+    run_component("backup", work, step="backup", pipeline=pipeline, run_id=run_id, metrics=metrics)
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def backup_artifact(
+    model: Input[Model],
+    destinations: str,
+    metrics: Output[Metrics],
+    max_retries: int = 4,
+    pipeline: str = "deploy",
+    run_id: str = "",
+):
+    """Back up a model artifact produced earlier in the pipeline (a GGUF folder, a trained model)."""
+    from aptops.backup import BackupConfig
+    from aptops.backup import backup_model as backup
+    from aptops.core.artifacts import StageResult
+    from aptops.core.errors import StorageError
+    from aptops.core.runtime import run_component
+
+    targets = [d.strip() for d in destinations.split(",") if d.strip()]
+
+    def work():
+        out = backup(model.path, targets, BackupConfig(max_retries=max_retries))
+        if not out.ok:
+            failed = [f"{d.destination}: {d.error}" for d in out.destinations if d.outcome != "success"]
+            raise StorageError("backup failed at " + "; ".join(failed))
+        return StageResult("backup", metrics={"bytes_sent": float(sum(d.bytes_sent for d in out.destinations)),
+                                              "destinations": float(len(out.destinations))})
 
     run_component("backup", work, step="backup", pipeline=pipeline, run_id=run_id, metrics=metrics)

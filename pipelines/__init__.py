@@ -18,6 +18,7 @@ PIPELINES: dict[str, str] = {
     "data": "aptops_pipelines.data",
     "backup": "aptops_pipelines.backup",
     "train": "aptops_pipelines.train",
+    "deploy": "aptops_pipelines.deploy",
 }
 
 

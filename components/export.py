@@ -1,0 +1,85 @@
+"""Components of the export stage (image ``aptops-export``: llama.cpp's quantizer beside aptops; CPU pool).
+
+No ``from __future__ import annotations`` here: kfp reads the real annotation objects.
+"""
+
+from kfp import dsl
+from kfp.dsl import Artifact, Input, Metrics, Model, Output
+
+from aptops_components import stage_image
+
+IMAGE = stage_image("export")
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def export_gguf(
+    model: Input[Model],
+    gguf: Output[Model],
+    metrics: Output[Metrics],
+    quantization: str = "Q8_0",
+    on_fallback: str = "warn",
+    min_top1_agreement: float = 0.6,
+    max_perplexity_change: float = 0.5,
+    pipeline: str = "deploy",
+    run_id: str = "",
+):
+    """Convert to GGUF, quantize with llama.cpp, read the types back, verify against the model, gate."""
+    from aptops.core.runtime import run_component
+    from aptops.export import ExportConfig, GateConfig, export_to_gguf
+
+    config = ExportConfig(quantization, on_fallback, True, GateConfig(min_top1_agreement, max_perplexity_change))
+    result = run_component("export", lambda: export_to_gguf(model.path, gguf.path, config=config), step="gguf",
+                           pipeline=pipeline, run_id=run_id, metrics=metrics)
+    gguf.metadata.update({"quantization": quantization, "file": result.outputs["gguf"].rsplit("/", 1)[-1]})
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def ollama_smoke_test(
+    gguf: Input[Model],
+    source: Input[Model],
+    served: Output[Artifact],
+    metrics: Output[Metrics],
+    model_name: str = "aptops-model",
+    system_prompt: str = "",
+    prompts: str = "Say hello in one sentence.|Name three colours.",
+    max_tokens: int = 64,
+    ollama_host: str = "",
+    pipeline: str = "deploy",
+    run_id: str = "",
+):
+    """Write a Modelfile; register in Ollama and smoke-test there, or (no host) smoke-test with llama.cpp."""
+    import json
+    import os
+    import shutil
+
+    from aptops.core.artifacts import StageResult
+    from aptops.core.errors import InvalidArtifactError
+    from aptops.core.runtime import run_component
+    from aptops.export import create_modelfile, register_to_ollama
+    from aptops.export import test_model as smoke
+
+    def work():
+        os.makedirs(served.path, exist_ok=True)
+        (name,) = [f for f in os.listdir(gguf.path) if f.endswith(".gguf")]
+        target = os.path.join(served.path, name)
+        try:
+            os.link(os.path.join(gguf.path, name), target)
+        except OSError:
+            shutil.copy2(os.path.join(gguf.path, name), target)
+        modelfile = create_modelfile(model_name, target, system_prompt=system_prompt or None,
+                                     tokenizer_path=source.path, parameters={"repeat_penalty": 1.3})
+        asked = [p for p in prompts.split("|") if p.strip()]
+        if ollama_host:
+            register_to_ollama(modelfile, model_name, host=ollama_host)
+            report = smoke(model_name, asked, max_tokens, host=ollama_host)
+        else:
+            report = smoke(model_name, asked, max_tokens, gguf_path=target, modelfile_path=modelfile)
+        with open(os.path.join(served.path, "smoke_test.json"), "w", encoding="utf-8") as fh:
+            json.dump(report, fh, indent=2, ensure_ascii=False)
+        if not report["passed"]:
+            raise InvalidArtifactError("the smoke test failed (an empty or looping answer): see smoke_test.json")
+        return StageResult("export", metrics={"tokens_per_second": float(report["tokens_per_second"]),
+                                              "prompts": float(len(asked)),
+                                              "stopped": float(sum(r["stopped"] for r in report["results"]))})
+
+    run_component("export", work, step="ollama", pipeline=pipeline, run_id=run_id, metrics=metrics)
