@@ -41,6 +41,7 @@ bench: setup
 	$(PY) bench/data_dedup_scale.py
 	$(PY) bench/backup_throughput.py
 	$(PY) bench/train_overhead.py
+	$(PY) bench/gguf_export.py
 
 compile: setup
 	$(APTOPS) compile --out dist/pipelines

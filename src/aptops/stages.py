@@ -82,7 +82,7 @@ _BY_NAME = {s.name: s for s in STAGES}
 
 # Stages whose library has landed only in part, with what is there (shown by `aptops stages`).
 PARTIAL: dict[str, str] = {
-    "export": "GGUF (BPE tokenizers), quant gate, Ollama, deploy pipeline; SentencePiece and bench/gguf_export.py to come",
+    "export": "GGUF (BPE tokenizers), quant gate, Ollama, deploy pipeline; SentencePiece tokenizers to come",
 }
 
 

@@ -133,6 +133,7 @@ def convert_to_gguf(model_path: str | Path, output_path: str | Path, *, outtype:
     hidden = cfg["hidden_size"]
     head_dim = cfg.get("head_dim") or hidden // n_head
     vocab_size = cfg["vocab_size"]
+    tied = bool(cfg.get("tie_word_embeddings"))
     out = Path(output_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
@@ -148,15 +149,17 @@ def convert_to_gguf(model_path: str | Path, output_path: str | Path, *, outtype:
         writer.add_rope_dimension_count(head_dim)
         writer.add_rope_freq_base(float(cfg.get("rope_theta", (cfg.get("rope_parameters") or {}).get("rope_theta", 10000.0))))
         writer.add_layer_norm_rms_eps(float(cfg.get("rms_norm_eps", 1e-6)))
-        if head_dim != hidden // n_head:
-            writer.add_key_length(head_dim)
-            writer.add_value_length(head_dim)
+        writer.add_key_length(head_dim)
+        writer.add_value_length(head_dim)
         writer.add_vocab_size(vocab_size)
+        writer.add_type(gguf.GGUFType.MODEL)
         writer.add_file_type(QUANT_TYPES[outtype][0])
+        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        n_params = _parameter_count(safetensors, weights, tied)
+        writer.add_size_label(gguf.size_label(n_params, 0, 0, 0))
         _add_vocab(gguf, writer, folder, tok, vocab_size, pre)
 
         names = gguf.get_tensor_name_map(_arch_enum(gguf, gguf_arch), n_layer)
-        tied = bool(cfg.get("tie_word_embeddings"))
         for file in weights:
             with safetensors.safe_open(str(file), framework="pt") as f:
                 for name in f.keys():  # noqa: SIM118 - safe_open is not a mapping
@@ -210,12 +213,41 @@ def _add_vocab(gguf: Any, writer: Any, folder: Path, tok: dict[str, Any], vocab_
         else:
             tokens.append(t)
             types.append(gguf.TokenType.NORMAL)
+    single = json.dumps((tok.get("post_processor") or {}).get("single", []))
+    bos = next((a["content"] for a in tok.get("added_tokens", []) if a["id"] == _special_id(folder, "bos_token")), None)
+    writer.add_add_bos_token(bool(bos) and bos in single)  # what the HF tokenizer's post-processor does
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre(pre)
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     special = gguf.SpecialVocab(folder, load_merges=True, n_vocab=vocab_size)
     special.add_to_gguf(writer)
+
+
+def _special_id(folder: Path, name: str) -> int | None:
+    cfg_path = folder / "tokenizer_config.json"
+    if not cfg_path.is_file():
+        return None
+    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    token = cfg.get(name)
+    token = token.get("content") if isinstance(token, dict) else token
+    tok = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+    for a in tok.get("added_tokens", []):
+        if a["content"] == token:
+            return a["id"]
+    return tok["model"]["vocab"].get(token) if token else None
+
+
+def _parameter_count(safetensors: Any, files: list[Path], tied: bool) -> int:
+    import math
+
+    total = 0
+    for file in files:
+        with safetensors.safe_open(str(file), framework="pt") as f:
+            for name in f.keys():  # noqa: SIM118 - safe_open is not a mapping
+                if not (tied and name == "lm_head.weight"):
+                    total += math.prod(f.get_slice(name).get_shape())
+    return total
 
 
 def quantize_gguf(f16_path: str | Path, output_path: str | Path, quantization: str, *, threads: int = 0) -> Path:
