@@ -28,11 +28,13 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import yaml
+
+from tests.services.http import LocalServer, byte_range
 
 LFS_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth", ".ckpt", ".parquet", ".arrow", ".model", ".onnx",
                 ".npy", ".h5", ".msgpack", ".zip", ".tar", ".gz", ".zst")
@@ -455,11 +457,9 @@ def _handler(state: HubState) -> type[BaseHTTPRequestHandler]:
                        "Content-Type": "application/octet-stream"}
             if blob.lfs:
                 headers.update({"X-Linked-Etag": f'"{blob.sha256}"', "X-Linked-Size": str(len(data))})
-            rng = self.headers.get("Range")
-            if rng and rng.startswith("bytes=") and self.command == "GET":
-                start_s, _, end_s = rng[6:].partition("-")
-                start = int(start_s)
-                end = min(int(end_s) if end_s else len(data) - 1, len(data) - 1)
+            rng = byte_range(self.headers.get("Range"), len(data)) if self.command == "GET" else None
+            if rng:
+                start, end = rng
                 headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
                 return self._send(206, data[start:end + 1], headers)
             if self.command == "HEAD":
@@ -478,7 +478,7 @@ def _handler(state: HubState) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-class HubStandIn:
+class HubStandIn(LocalServer):
     """Serve the stand-in on 127.0.0.1; ``endpoint`` is what ``HF_ENDPOINT`` / ``HfApi(endpoint=)`` takes.
 
     ``tokens`` maps each accepted token to its user name (the namespace it may write to).
@@ -488,9 +488,8 @@ class HubStandIn:
         self.token = "hf_" + uuid.uuid4().hex
         self.user = "aptops-user"
         self.state = HubState(tokens=tokens or {self.token: self.user}, **options)
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self.state))
-        self.endpoint = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        super().__init__(_handler(self.state))
+        self.endpoint = self.url
 
     def files(self, repo_id: str, revision: str = "main", repo_type: str = "model") -> dict[str, bytes]:
         """The files of ``repo_id`` at ``revision`` as the server holds them (for assertions)."""
@@ -503,14 +502,6 @@ class HubStandIn:
         commit = self.state.repos[(repo_type, repo_id)].resolve(revision)
         assert commit is not None
         return {p for p, b in commit.files.items() if b.lfs}
-
-    def __enter__(self) -> HubStandIn:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
 
 
 __all__ = ["HubStandIn", "git_blob_sha1"]

@@ -7,12 +7,13 @@ bearer token on each, and records what the real client sent so tests can inspect
 from __future__ import annotations
 
 import json
-import threading
 import uuid
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from tests.services.http import LocalServer
 
 
 @dataclass
@@ -86,19 +87,9 @@ def _handler(state: KfpApiState) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-class KfpApiStandIn:
+class KfpApiStandIn(LocalServer):
     """Serve the stand-in on 127.0.0.1 on a free port; ``url`` is what ``kfp.Client(host=...)`` takes."""
 
     def __init__(self, token: str | None = None) -> None:
         self.state = KfpApiState(token=token)
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self.state))
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    def __enter__(self) -> KfpApiStandIn:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        super().__init__(_handler(self.state))

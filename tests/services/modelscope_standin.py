@@ -22,9 +22,11 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
+
+from tests.services.http import LocalServer, byte_range
 
 
 @dataclass
@@ -255,11 +257,9 @@ def _handler(state: MsState) -> type[BaseHTTPRequestHandler]:
             if entry is None:
                 raise _Err(404, f"file {query.get('FilePath')} not found")
             data = entry[0]
-            rng = self.headers.get("Range")
-            if rng and rng.startswith("bytes="):
-                start_s, _, end_s = rng[6:].partition("-")
-                start = int(start_s)
-                end = min(int(end_s) if end_s else len(data) - 1, len(data) - 1)
+            rng = byte_range(self.headers.get("Range"), len(data))
+            if rng:
+                start, end = rng
                 return self._send(206, data[start:end + 1], "application/octet-stream",
                                   {"Content-Range": f"bytes {start}-{end}/{len(data)}", "Accept-Ranges": "bytes"})
             self._send(200, data, "application/octet-stream", {"Accept-Ranges": "bytes"})
@@ -267,26 +267,17 @@ def _handler(state: MsState) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-class ModelScopeStandIn:
+class ModelScopeStandIn(LocalServer):
     """Serve the stand-in on 127.0.0.1; ``endpoint`` is what ``MODELSCOPE_ENDPOINT`` takes."""
 
     def __init__(self, user: str = "aptops") -> None:
         self.token = "ms-" + uuid.uuid4().hex
         self.user = user
         self.state = MsState(token=self.token, user=user)
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self.state))
-        self.endpoint = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        super().__init__(_handler(self.state))
+        self.endpoint = self.url
 
     def files(self, repo_id: str, revision: str = "master", kind: str = "model") -> dict[str, bytes]:
         found = self.state.repos[(kind, repo_id)].files(revision)
         assert found is not None, f"{repo_id} has no revision {revision}"
         return {p: d for p, (d, _) in found.items()}
-
-    def __enter__(self) -> ModelScopeStandIn:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()

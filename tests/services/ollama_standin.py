@@ -14,9 +14,11 @@ import json
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
+
+from tests.services.http import LocalServer
 
 
 @dataclass
@@ -153,22 +155,16 @@ def _handler(state: OllamaState) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-class OllamaStandIn:
+class OllamaStandIn(LocalServer):
     """Serve the stand-in on 127.0.0.1; ``host`` is what ``OLLAMA_HOST`` takes."""
 
     def __init__(self, blob_dir: Path) -> None:
         blob_dir.mkdir(parents=True, exist_ok=True)
         self.state = OllamaState(blob_dir=blob_dir)
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self.state))
-        self.host = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    def __enter__(self) -> OllamaStandIn:
-        self._thread.start()
-        return self
+        super().__init__(_handler(self.state))
+        self.host = self.url
 
     def __exit__(self, *exc: object) -> None:
         for llm in self.state.llms.values():
             llm.close()
-        self._server.shutdown()
-        self._server.server_close()
+        super().__exit__(*exc)

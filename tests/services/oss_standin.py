@@ -16,12 +16,14 @@ import threading
 import uuid
 from dataclasses import dataclass, field
 from email.utils import formatdate
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 from xml.etree import ElementTree
 
 import crcmod
+
+from tests.services.http import LocalServer, byte_range
 
 # CRC-64/XZ (ECMA-182, reflected): what OSS returns in x-oss-hash-crc64ecma
 _crc64 = crcmod.mkCrcFun(0x142F0E1EBA9EA3693, initCrc=0, xorOut=0xFFFFFFFFFFFFFFFF, rev=True)
@@ -204,11 +206,9 @@ def _handler(state: OssState) -> type[BaseHTTPRequestHandler]:
             data = obj["data"]
             headers = {"ETag": obj["etag"], "x-oss-hash-crc64ecma": obj["crc"], "Content-Type": "application/octet-stream",
                        "Last-Modified": formatdate(usegmt=True), "Accept-Ranges": "bytes", **obj["meta"]}
-            rng = self.headers.get("Range")
-            if rng and rng.startswith("bytes=") and self.command == "GET":
-                start_s, _, end_s = rng[6:].partition("-")
-                start = int(start_s)
-                end = min(int(end_s) if end_s else len(data) - 1, len(data) - 1)
+            rng = byte_range(self.headers.get("Range"), len(data)) if self.command == "GET" else None
+            if rng:
+                start, end = rng
                 headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
                 self._send(206, data[start : end + 1], headers)
                 return
@@ -225,19 +225,10 @@ def _handler(state: OssState) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-class OssStandIn:
+class OssStandIn(LocalServer):
     """Serve the stand-in on 127.0.0.1; ``endpoint`` is what ``oss2.Bucket`` takes."""
 
     def __init__(self, access_key_id: str = "aptops-oss", access_key_secret: str | None = None) -> None:
         self.state = OssState(access_key_id, access_key_secret or uuid.uuid4().hex)
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self.state))
-        self.endpoint = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    def __enter__(self) -> OssStandIn:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        super().__init__(_handler(self.state))
+        self.endpoint = self.url
