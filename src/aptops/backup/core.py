@@ -245,6 +245,11 @@ def backup_model(
     if not destinations:
         raise ConfigError("no destinations: give at least one, e.g. s3://bucket/models/name", field="destinations")
     stores = [store_for(parse_location(d), config, credentials) for d in destinations]
+    return _backup_to_stores(model_path, stores, config)
+
+
+def _backup_to_stores(model_path: str | Path, stores: Sequence[Any], config: BackupConfig) -> BackupResult:
+    """List, pack (if asked) and hash the folder once, then back it up to every store in parallel."""
     folder = Path(model_path)
     files = list_model_files(folder)
     with tempfile.TemporaryDirectory(prefix="aptops-pack-") as staging:
@@ -461,13 +466,8 @@ def backup_to_huggingface(model_path: str | Path, repo_id: str, path_in_repo: st
     """
     from aptops.backup.hf import HfStore
 
-    folder = Path(model_path)
-    files = list_model_files(folder)
     store = HfStore(repo_id=repo_id, prefix=path_in_repo, repo_type=repo_type, token=token, private=private)
-    with ThreadPoolExecutor(max_workers=1) as hasher:
-        hashes = {rel: hasher.submit(sha256_file, folder / rel) for rel, _ in files}
-        result = _backup_one(folder, files, hashes, store, BackupConfig())
-        return BackupResult(manifest=_manifest(files, hashes), destinations=[result])
+    return _backup_to_stores(model_path, [store], BackupConfig())
 
 
 def backup_to_modelscope(model_path: str | Path, repo_id: str, path_in_repo: str = "", *,
@@ -475,10 +475,5 @@ def backup_to_modelscope(model_path: str | Path, repo_id: str, path_in_repo: str
     """The old plugin's ModelScope backup: changed files, then the manifest, then a ``backup-<time>`` tag."""
     from aptops.backup.modelscope import ModelScopeStore
 
-    folder = Path(model_path)
-    files = list_model_files(folder)
     store = ModelScopeStore(repo_id=repo_id, prefix=path_in_repo, token=token, endpoint=endpoint)
-    with ThreadPoolExecutor(max_workers=1) as hasher:
-        hashes = {rel: hasher.submit(sha256_file, folder / rel) for rel, _ in files}
-        result = _backup_one(folder, files, hashes, store, BackupConfig())
-        return BackupResult(manifest=_manifest(files, hashes), destinations=[result])
+    return _backup_to_stores(model_path, [store], BackupConfig())

@@ -16,16 +16,15 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from aptops.backup.manifest import MANIFEST, VERSION_TAG_PREFIX, version_tag
 from aptops.core.deps import require
 from aptops.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
-TAG_PREFIX = "backup-"
 
 
 @dataclass
@@ -39,7 +38,6 @@ class HfStore:
     token: str | None = None
     private: bool = True
     provider: str = "hf"
-    _tree: dict[str, Any] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         from aptops.hub import client
@@ -82,20 +80,6 @@ class HfStore:
                                             revision=self.revision, local_dir=tmp)
             os.replace(got, local)
 
-    def remote_sha256(self, path: str) -> str | None:
-        entry = self._listing().get(self.key(path))
-        return entry.lfs.sha256 if entry is not None and entry.lfs is not None else None
-
-    def write(self, path: str, data: bytes) -> None:
-        op = self._hub.CommitOperationAdd(path_in_repo=self.key(path), path_or_fileobj=data)
-        self._api.create_commit(self.repo_id, [op], commit_message=f"aptops: write {path}", repo_type=self.repo_type,
-                                revision=self.revision)
-
-    def upload(self, local: Path, path: str, sha256: str) -> None:  # pragma: no cover - commit_backup is used
-        op = self._hub.CommitOperationAdd(path_in_repo=self.key(path), path_or_fileobj=str(local))
-        self._api.create_commit(self.repo_id, [op], commit_message=f"aptops: upload {path}", repo_type=self.repo_type,
-                                revision=self.revision)
-
     # --- a whole backup as one commit ---------------------------------------------------------------
     def commit_backup(self, folder: Path, files: list[tuple[str, int, str]], manifest: bytes,
                       message: str) -> tuple[int, int, int]:
@@ -103,10 +87,8 @@ class HfStore:
 
         Returns ``(files_sent, bytes_sent, files_skipped)``.
         """
-        from aptops.backup.manifest import MANIFEST
-
         sha_util = require("huggingface_hub.utils.sha", extra="backup", feature="Hugging Face Hub backup")
-        tree = self._listing(refresh=True)
+        tree = self._listing()
         ops, sent, sent_bytes, skipped = [], 0, 0, 0
         for path, size, sha in files:
             remote = tree.get(self.key(path))
@@ -121,26 +103,19 @@ class HfStore:
         ops.append(self._hub.CommitOperationAdd(path_in_repo=self.key(MANIFEST), path_or_fileobj=manifest))
         info = self._api.create_commit(self.repo_id, ops, commit_message=message, repo_type=self.repo_type,
                                        revision=self.revision)
-        tag = f"{TAG_PREFIX}{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
-        existing = {t.name for t in self._api.list_repo_refs(self.repo_id, repo_type=self.repo_type).tags}
-        base, n = tag, 1
-        while tag in existing:  # two backups in one second
-            n += 1
-            tag = f"{base}.{n}"
+        tag = version_tag({t.name for t in self._api.list_repo_refs(self.repo_id, repo_type=self.repo_type).tags})
         self._api.create_tag(self.repo_id, tag=tag, revision=info.oid, repo_type=self.repo_type, tag_message=message)
         log.info("backup committed to %s as %s (tag %s)", self.uri, info.oid[:12], tag)
-        self.last_tag = tag
         return sent, sent_bytes, skipped
 
-    def _listing(self, refresh: bool = False) -> dict[str, Any]:
-        if self._tree is None or refresh:
-            try:
-                entries = self._api.list_repo_tree(self.repo_id, recursive=True, revision=self.revision,
-                                                   repo_type=self.repo_type)
-                self._tree = {e.path: e for e in entries if hasattr(e, "blob_id")}
-            except (self._errors.RepositoryNotFoundError, self._errors.RevisionNotFoundError):
-                self._tree = {}
-        return self._tree
+    def _listing(self) -> dict[str, Any]:
+        """The files the repo holds now (path -> ``RepoFile``); empty for a new repo or branch."""
+        try:
+            entries = self._api.list_repo_tree(self.repo_id, recursive=True, revision=self.revision,
+                                               repo_type=self.repo_type)
+            return {e.path: e for e in entries if hasattr(e, "blob_id")}
+        except (self._errors.RepositoryNotFoundError, self._errors.RevisionNotFoundError):
+            return {}
 
     # --- errors -------------------------------------------------------------------------------------
     def is_transient(self, exc: BaseException) -> bool:
@@ -165,5 +140,5 @@ def list_backups(location: str, token: str | None = None) -> list[dict[str, str]
                           field="location", value=location)
     with client.translate_errors("listing backups of", loc.bucket, token, repo_type=loc.repo_type or "model"):
         refs = client.api(token).list_repo_refs(loc.bucket, repo_type=loc.repo_type or "model")
-    tags = [{"tag": t.name, "commit": t.target_commit} for t in refs.tags if t.name.startswith(TAG_PREFIX)]
+    tags = [{"tag": t.name, "commit": t.target_commit} for t in refs.tags if t.name.startswith(VERSION_TAG_PREFIX)]
     return sorted(tags, key=lambda t: t["tag"])

@@ -24,7 +24,8 @@ from typing import Any
 from aptops.core.errors import ArtifactNotFoundError, InvalidArtifactError
 
 MANIFEST = "manifest.json"
-ARCHIVE = ".aptops-small-files.tar"  # hidden: never collides with a model file, never backed up as one
+ARCHIVE = ".aptops-small-files.tar"
+VERSION_TAG_PREFIX = "backup-"  # hidden: never collides with a model file, never backed up as one
 _CHUNK = 8 * 1024 * 1024
 
 
@@ -34,6 +35,16 @@ class FileEntry:
     size: int
     sha256: str
     archive: str | None = None  # the tar this file travels in, if it was packed
+
+
+def version_tag(existing: set[str]) -> str:
+    """A ``backup-<UTC time>`` tag for a repo backup, suffixed ``.2``, ``.3`` ... if that second is taken."""
+    base = f"{VERSION_TAG_PREFIX}{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+    tag, n = base, 1
+    while tag in existing:  # two backups in one second
+        n += 1
+        tag = f"{base}.{n}"
+    return tag
 
 
 def sha256_file(path: Path) -> str:
@@ -132,13 +143,17 @@ def pack_small_files(folder: Path, files: list[tuple[str, int]], limit_bytes: in
                             "archive": ARCHIVE})
     large = [(p, n) for p, n in files if n >= limit_bytes]
     for path, _ in large:
-        target = staging / path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(folder / path, target)
-        except OSError:
-            shutil.copy2(folder / path, target)
+        link_or_copy(folder / path, staging / path)
     return [*large, (ARCHIVE, (staging / ARCHIVE).stat().st_size)], members
+
+
+def link_or_copy(source: Path, target: Path) -> None:
+    """Put ``source`` at ``target`` as a hard link (no bytes copied), or a copy across filesystems."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
 
 
 def extract_members(archive: Path, root: Path, members: list[FileEntry]) -> None:

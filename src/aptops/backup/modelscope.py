@@ -15,18 +15,16 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import tempfile
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from aptops.backup.manifest import MANIFEST, link_or_copy, version_tag
 from aptops.core.deps import require
 from aptops.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
-TAG_PREFIX = "backup-"
 DEFAULT_ENDPOINT = "https://www.modelscope.cn"
 
 
@@ -40,7 +38,6 @@ class ModelScopeStore:
     token: str | None = None
     endpoint: str | None = None
     provider: str = "modelscope"
-    _listing: dict[str, Any] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         api_mod = require("modelscope_hub.api", extra="backup", feature="ModelScope backup")
@@ -88,18 +85,9 @@ class ModelScopeStore:
                                           local_dir=tmp, force=True)
             os.replace(got, local)
 
-    def remote_sha256(self, path: str) -> str | None:
-        entry = self._files().get(self.key(path))
-        return entry.sha256 if entry is not None else None
-
     def write(self, path: str, data: bytes) -> None:
         self._api.upload_file(repo_id=self.repo_id, repo_type="model", path_or_fileobj=data,
                               path_in_repo=self.key(path), commit_message=f"aptops: write {path}",
-                              revision=self._rev)
-
-    def upload(self, local: Path, path: str, sha256: str) -> None:  # pragma: no cover - commit_backup is used
-        self._api.upload_file(repo_id=self.repo_id, repo_type="model", path_or_fileobj=str(local),
-                              path_in_repo=self.key(path), commit_message=f"aptops: upload {path}",
                               revision=self._rev)
 
     # --- a whole backup -----------------------------------------------------------------------------
@@ -109,43 +97,28 @@ class ModelScopeStore:
 
         Returns ``(files_sent, bytes_sent, files_skipped)``.
         """
-        from aptops.backup.manifest import MANIFEST
-
-        remote = self._files(refresh=True)
+        remote = self._files()
         changed = [(p, n) for p, n, sha in files
                    if not (self.key(p) in remote and remote[self.key(p)].sha256 == sha and remote[self.key(p)].size == n)]
         if changed:
             with tempfile.TemporaryDirectory(prefix="aptops-ms-stage-") as tmp:
                 for path, _ in changed:  # a folder of exactly the changed files (hard links, no copies)
-                    target = Path(tmp) / path
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    try:
-                        os.link(folder / path, target)
-                    except OSError:
-                        shutil.copy2(folder / path, target)
+                    link_or_copy(folder / path, Path(tmp) / path)
                 self._api.upload_folder(self.repo_id, "model", tmp, path_in_repo=self.prefix.strip("/"),
                                         commit_message=message, revision=self._rev, use_cache=False,
                                         disable_tqdm=True)
         self.write(MANIFEST, manifest)  # last: its presence marks the backup complete
-        tag = f"{TAG_PREFIX}{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
-        existing = {r.get("Revision") for r in self._api.list_repo_revisions(self.repo_id, "model")}
-        base, n = tag, 1
-        while tag in existing:
-            n += 1
-            tag = f"{base}.{n}"
+        tag = version_tag({r.get("Revision") for r in self._api.list_repo_revisions(self.repo_id, "model")})
         self._api.create_repo_tag(self.repo_id, "model", tag, revision=self._rev)
-        self.last_tag = tag
         log.info("backup committed to %s (tag %s)", self.uri, tag)
         return len(changed), sum(n for _, n in changed), len(files) - len(changed)
 
-    def _files(self, refresh: bool = False) -> dict[str, Any]:
-        if self._listing is None or refresh:
-            try:
-                entries = self._api.list_repo_files(self.repo_id, "model", revision=self._rev)
-                self._listing = {e.path: e for e in entries}
-            except self._errors.NotExistError:
-                self._listing = {}
-        return self._listing
+    def _files(self) -> dict[str, Any]:
+        """The files the repo holds now (path -> ``FileInfo`` with size and sha256); empty for a new repo."""
+        try:
+            return {e.path: e for e in self._api.list_repo_files(self.repo_id, "model", revision=self._rev)}
+        except self._errors.NotExistError:
+            return {}
 
     # --- errors -------------------------------------------------------------------------------------
     def is_transient(self, exc: BaseException) -> bool:
