@@ -101,18 +101,14 @@ def convert_to_gguf(model_path: str | Path, output_path: str | Path, *, outtype:
     gguf = require("gguf", extra="export", feature="writing GGUF")
     np = require("numpy", extra="export", feature="writing GGUF")
     safetensors = require("safetensors", extra="export", feature="reading safetensors")
-    folder = Path(model_path)
+    from aptops.hub.models import check_model_folder
+
     if outtype not in ("F16", "F32"):
         raise ConfigError(f"outtype {outtype!r}: the converter writes F16 or F32; quantize afterwards",
                           field="outtype", value=outtype)
-    config_path = folder / "config.json"
-    if not config_path.is_file():
-        raise InvalidArtifactError(f"{str(folder)!r} has no config.json: not a Hugging Face model folder",
-                                   path=str(folder))
+    folder = check_model_folder(model_path)
     weights = sorted(folder.glob("*.safetensors"))
-    if not weights:
-        raise InvalidArtifactError(f"{str(folder)!r} has no *.safetensors weights", path=str(folder))
-    cfg = json.loads(config_path.read_text(encoding="utf-8"))
+    cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     arch_name = (cfg.get("architectures") or ["?"])[0]
     if arch_name not in ARCHITECTURES:
         raise ConfigError(f"architecture {arch_name!r} is not supported for GGUF export; supported: "
@@ -155,11 +151,10 @@ def convert_to_gguf(model_path: str | Path, output_path: str | Path, *, outtype:
         writer.add_type(gguf.GGUFType.MODEL)
         writer.add_file_type(QUANT_TYPES[outtype][0])
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-        n_params = _parameter_count(safetensors, weights, tied)
-        writer.add_size_label(gguf.size_label(n_params, 0, 0, 0))
         _add_vocab(gguf, writer, folder, tok, vocab_size, pre)
 
         names = gguf.get_tensor_name_map(_arch_enum(gguf, gguf_arch), n_layer)
+        n_params = 0
         for file in weights:
             with safetensors.safe_open(str(file), framework="pt") as f:
                 for name in f.keys():  # noqa: SIM118 - safe_open is not a mapping
@@ -178,6 +173,8 @@ def convert_to_gguf(model_path: str | Path, output_path: str | Path, *, outtype:
                     if outtype == "F16" and data.ndim >= 2:
                         data = data.astype(np.float16)
                     writer.add_tensor(new, np.ascontiguousarray(data))
+                    n_params += data.size
+        writer.add_size_label(gguf.size_label(n_params, 0, 0, 0))
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file(progress=False)
@@ -213,41 +210,16 @@ def _add_vocab(gguf: Any, writer: Any, folder: Path, tok: dict[str, Any], vocab_
         else:
             tokens.append(t)
             types.append(gguf.TokenType.NORMAL)
-    single = json.dumps((tok.get("post_processor") or {}).get("single", []))
-    bos = next((a["content"] for a in tok.get("added_tokens", []) if a["id"] == _special_id(folder, "bos_token")), None)
-    writer.add_add_bos_token(bool(bos) and bos in single)  # what the HF tokenizer's post-processor does
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre(pre)
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     special = gguf.SpecialVocab(folder, load_merges=True, n_vocab=vocab_size)
+    if "bos" not in special.add_special_token:  # not in tokenizer_config: do what the post-processor does
+        bos = by_id.get(special.special_token_ids.get("bos", -1))
+        single = json.dumps((tok.get("post_processor") or {}).get("single", []))
+        writer.add_add_bos_token(bos is not None and bos in single)
     special.add_to_gguf(writer)
-
-
-def _special_id(folder: Path, name: str) -> int | None:
-    cfg_path = folder / "tokenizer_config.json"
-    if not cfg_path.is_file():
-        return None
-    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    token = cfg.get(name)
-    token = token.get("content") if isinstance(token, dict) else token
-    tok = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
-    for a in tok.get("added_tokens", []):
-        if a["content"] == token:
-            return a["id"]
-    return tok["model"]["vocab"].get(token) if token else None
-
-
-def _parameter_count(safetensors: Any, files: list[Path], tied: bool) -> int:
-    import math
-
-    total = 0
-    for file in files:
-        with safetensors.safe_open(str(file), framework="pt") as f:
-            for name in f.keys():  # noqa: SIM118 - safe_open is not a mapping
-                if not (tied and name == "lm_head.weight"):
-                    total += math.prod(f.get_slice(name).get_shape())
-    return total
 
 
 def quantize_gguf(f16_path: str | Path, output_path: str | Path, quantization: str, *, threads: int = 0) -> Path:

@@ -9,6 +9,7 @@ Face tokenizer's, so a wrong pre-tokenizer or a lost merge shows up as a number,
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,7 +76,7 @@ def verify_gguf(gguf_path: str | Path, model_path: str | Path, *, text: str | No
     with torch.inference_mode():
         hf = model(input_ids=torch.tensor([ids])).logits[0].float().numpy()
     llm = llama_cpp.Llama(model_path=str(gguf_path), n_ctx=n_ctx, logits_all=True, verbose=False, seed=0,
-                          n_threads=max(1, (__import__("os").cpu_count() or 2)))
+                          n_threads=os.cpu_count() or 1)
     try:
         llm.reset()
         llm.eval(ids)

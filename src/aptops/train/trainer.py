@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import shutil
 import time
 from collections.abc import Mapping, Sequence
@@ -38,6 +37,7 @@ from aptops.core.artifacts import (
 from aptops.core.config import check_range, to_dict
 from aptops.core.deps import require
 from aptops.core.errors import ConfigError, InvalidArtifactError
+from aptops.core.logging import progress_disabled
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +172,7 @@ def _training_arguments(out: Path, config: TrainConfig, has_eval: bool, streamin
     transformers = require("transformers", extra="train", feature="training")
     if isinstance(config.training_args, transformers.TrainingArguments):  # pragma: no cover - API convenience
         return config.training_args
-    quiet = os.environ.get("APTOPS_NO_PROGRESS", "").strip() not in ("", "0")
+    quiet = progress_disabled()
     defaults: dict[str, Any] = {
         "report_to": "none", "logging_steps": 10, "save_strategy": "steps", "save_steps": 200,
         "save_total_limit": 2, "seed": config.seed, "data_seed": config.seed, "per_device_train_batch_size": 8,
@@ -299,7 +299,7 @@ def train_with_hf_trainer(model: Any, tokenizer: Any, dataset: Any, output_dir: 
     datasets = require("datasets", extra="train", feature="training")
     config = training_args if isinstance(training_args, TrainConfig) else TrainConfig(
         training_args=dict(training_args or {}))
-    if os.environ.get("APTOPS_NO_PROGRESS", "").strip() not in ("", "0"):
+    if progress_disabled():
         datasets.disable_progress_bars()
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
