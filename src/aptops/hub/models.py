@@ -33,6 +33,7 @@ from aptops.hub.card import create_model_card
 
 log = logging.getLogger(__name__)
 
+PICKLED_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")  # weights that run code when loaded: never copied
 # What a model snapshot needs; pickled and framework-foreign weights are left on the Hub.
 MODEL_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "*.tiktoken", "README.md"]
 
@@ -106,16 +107,18 @@ def import_from_huggingface(repo_name: str, local_dir: str | Path | None = None,
     return model, tokenizer
 
 
+def _copy_model_files(source: Path, target: Path, skip: tuple[str, ...] = ()) -> None:
+    """Copy the plain files of a model folder: no sub-folders, hidden files, pickled weights or ``skip``."""
+    for item in source.iterdir():
+        if item.is_file() and not item.name.startswith(".") and item.name not in (RESULT_FILE, *skip) \
+                and item.suffix not in PICKLED_SUFFIXES:
+            shutil.copy2(item, target / item.name)
+
+
 def _stage_folder(model: Any, tokenizer: Any, target: Path) -> None:
     """Write ``model`` and ``tokenizer`` (objects or a folder path) into ``target`` as safetensors."""
     if isinstance(model, str | Path):
-        source = check_model_folder(model)
-        for item in source.iterdir():
-            if item.name in (RESULT_FILE, "README.md") or item.name.startswith(".") or item.is_dir():
-                continue
-            if item.suffix in (".bin", ".pt", ".pth", ".ckpt"):
-                continue
-            shutil.copy2(item, target / item.name)
+        _copy_model_files(check_model_folder(model), target, skip=("README.md",))  # the card is written anew
     else:
         model.save_pretrained(target)
         lineage = getattr(getattr(model, "config", None), "_name_or_path", None)
@@ -181,35 +184,28 @@ def fetch_model(repo_name: str, output_dir: str | Path, *, revision: str | None 
     of every descendant names as its base model.
     """
     hub = require("huggingface_hub", extra="hub", feature="downloading from the Hub")
-    if _is_local(repo_name):
-        source = check_model_folder(repo_name)
-        with atomic_output(output_dir) as tmp:
-            for item in source.iterdir():
-                if item.is_file() and item.name != RESULT_FILE and item.suffix not in (".bin", ".pt", ".pth"):
-                    shutil.copy2(item, tmp / item.name)
-            metrics = {"files": float(sum(1 for p in tmp.iterdir())),
-                       "bytes": float(sum(p.stat().st_size for p in tmp.iterdir()))}
-            if not (tmp / LINEAGE_FILE).exists():
-                write_lineage(tmp, stage="hub", inputs={"model": str(source)}, config={}, metrics=metrics)
-            result = StageResult("hub", outputs={"model": str(output_dir)}, metrics=metrics,
-                                 details={"repo": str(source), "commit": "local"})
-            finish_artifact(tmp, result)
-        return result
-    client.check_repo_id(repo_name, what="model repo")
+    local = _is_local(repo_name)
+    if not local:
+        client.check_repo_id(repo_name, what="model repo")
     with atomic_output(output_dir) as tmp:
-        folder = download_model(repo_name, tmp, revision=revision, token=token)
-        shutil.rmtree(folder / ".cache", ignore_errors=True)
-        commit = revision
-        if not client.offline():
-            with client.translate_errors("resolving", repo_name, token):
-                commit = client.api(token).model_info(repo_name, revision=revision).sha
-        n_files = sum(1 for p in folder.iterdir() if p.is_file())
-        size = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
-        metrics = {"files": float(n_files), "bytes": float(size)}
-        write_lineage(folder, stage="hub", inputs={"model": f"hf://{repo_name}@{commit or 'main'}"},
-                      config={"revision": revision, "endpoint": client.endpoint(),
-                              "huggingface_hub": hub.__version__}, metrics=metrics)
+        if local:
+            source = check_model_folder(repo_name)
+            _copy_model_files(source, tmp)
+            commit, origin, config = "local", str(source), {}
+        else:
+            download_model(repo_name, tmp, revision=revision, token=token)
+            shutil.rmtree(tmp / ".cache", ignore_errors=True)
+            commit = revision
+            if not client.offline():
+                with client.translate_errors("resolving", repo_name, token):
+                    commit = client.api(token).model_info(repo_name, revision=revision).sha
+            origin = f"hf://{repo_name}@{commit or 'main'}"
+            config = {"revision": revision, "endpoint": client.endpoint(), "huggingface_hub": hub.__version__}
+        files = [p for p in tmp.iterdir() if p.is_file()]
+        metrics = {"files": float(len(files)), "bytes": float(sum(p.stat().st_size for p in files))}
+        if not (local and (tmp / LINEAGE_FILE).exists()):  # a local aptops folder keeps its own history
+            write_lineage(tmp, stage="hub", inputs={"model": origin}, config=config, metrics=metrics)
         result = StageResult("hub", outputs={"model": str(output_dir)}, metrics=metrics,
-                             details={"repo": repo_name, "commit": commit})
-        finish_artifact(folder, result)
+                             details={"repo": origin if local else repo_name, "commit": commit})
+        finish_artifact(tmp, result)
     return result
