@@ -77,8 +77,9 @@ def evaluate_model(
     from aptops.core.runtime import run_component
     from aptops.train import EvalConfig, compare_models
 
-    out = tempfile.mkdtemp(prefix="aptops-eval-") + "/evaluation"
     config = EvalConfig(block_size=block_size, text_column=text_column, max_blocks=max_blocks)
-    result = run_component("train", lambda: compare_models(base.path, trained.path, dataset.path, out, config),
-                           step="evaluate", pipeline=pipeline, run_id=run_id, metrics=evaluation)
-    shutil.copyfile(result.outputs["report"], report.path)
+    with tempfile.TemporaryDirectory(prefix="aptops-eval-") as scratch:  # only the report is kept
+        out = scratch + "/evaluation"
+        result = run_component("train", lambda: compare_models(base.path, trained.path, dataset.path, out, config),
+                               step="evaluate", pipeline=pipeline, run_id=run_id, metrics=evaluation)
+        shutil.copyfile(result.outputs["report"], report.path)
