@@ -10,8 +10,9 @@ PYTHON=${PYTHON:-python3}
 TORCH_VERSION=${TORCH_VERSION:-2.13.0}
 LLAMA_CPP_VERSION=${LLAMA_CPP_VERSION:-0.3.36}
 # Debian packages: Prometheus + Pushgateway for the monitoring tests; fortunes (English and Chinese) as
-# real, naturally imbalanced demo text; WordNet for augmentation; alsa-utils ships real WAV samples.
-DEB_PACKAGES=(prometheus prometheus-pushgateway fortunes fortunes-zh wordnet-base alsa-utils)
+# real, naturally imbalanced demo text; WordNet for augmentation; alsa-utils ships real WAV samples;
+# chromium renders the debug report headless in the tests.
+DEB_PACKAGES=(prometheus prometheus-pushgateway fortunes fortunes-zh wordnet-base alsa-utils chromium)
 
 say() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 
