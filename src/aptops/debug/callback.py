@@ -104,6 +104,7 @@ class TrainingDebugger:
         model = context_data["model"]
         cfg = self.config
         self.gradients = GradientMonitor(model, log_interval=1, track_layers=cfg.track_layers)
+        self.gradients.watch_backward()  # unclipped statistics: the Trainer clips before callbacks run
         self.activations = ActivationMonitor(model, cfg.activation_layers)
         self.activations.enabled = False
         matrices = [(n, p) for n, p in model.named_parameters() if p.requires_grad and p.dim() == 2]
@@ -152,14 +153,18 @@ class TrainingDebugger:
         return step % self.config.log_interval == 0
 
     def on_step_begin(self, *, step: int, **_: Any) -> None:
+        recording = self._recording(step)
         if self.activations is not None:
-            self.activations.enabled = self._recording(step)
+            self.activations.enabled = recording
+        if self.gradients is not None:
+            self.gradients.capturing = recording
 
     def on_pre_optimizer_step(self, *, step: int, **_: Any) -> None:
         if self.gradients is None or not self._recording(step):
             return
         if self.activations is not None:
             self.activations.enabled = False  # the forward passes of this step are done
+        self.gradients.capturing = False
         self.gradients.step(step)
         if self._ratio_params:
             self._before = [p.detach().clone() for _, p in self._ratio_params]
@@ -185,11 +190,13 @@ class TrainingDebugger:
             self._nonfinite(step, control, "evaluation loss", float(loss))
         self._push(force=False)
 
-    def on_train_end(self, **_: Any) -> None:
+    def on_train_end(self, *, state: Any = None, **_: Any) -> None:
         if self.memory is not None:
             self.memory.stop()
         if self.activations is not None:
             self.activations.remove()
+        if self.gradients is not None:
+            self.gradients.remove()
         for h in self._hooks:
             h.remove()
         self._hooks.clear()
@@ -197,7 +204,7 @@ class TrainingDebugger:
             self.nan_detector.remove()
         self.findings = self._all_findings()
         self._push(force=True)
-        if self.config.report_dir:
+        if self.config.report_dir and getattr(state, "is_world_process_zero", True):
             from aptops.debug.visualize import generate_full_report
 
             self.report = generate_full_report(self.stats(), self.config.report_dir, title="aptops training debug report")

@@ -61,6 +61,9 @@ class GradientMonitor:
     history: deque[GradRecord] = field(init=False)
     _params: list[Any] = field(init=False, repr=False)
     _calls: int = field(default=0, init=False)
+    capturing: bool = field(default=False, init=False)
+    _captured: dict[int, tuple[Any, Any]] = field(default_factory=dict, init=False, repr=False)
+    _hooks: list[Any] = field(default_factory=list, init=False, repr=False)
 
     def __post_init__(self) -> None:
         check_interval("log_interval", self.log_interval)
@@ -70,6 +73,32 @@ class GradientMonitor:
         self.names = select_names(list(by_name), self.track_layers, what="parameter")
         self._params = [by_name[n] for n in self.names]
         self.history = deque(maxlen=self.history_size)
+
+    def watch_backward(self) -> None:
+        """Take the statistics inside ``backward()`` (a post-accumulate-grad hook per parameter) while
+        :attr:`capturing` is on, instead of reading ``.grad`` later.
+
+        The Trainer clips gradients in place before any callback sees them; statistics captured here are
+        the unclipped ones, so an exploding layer shows its real norm. With gradient accumulation the last
+        micro-batch's capture (the full accumulated gradient) wins. Costs nothing while not capturing.
+        """
+        if self._hooks:
+            return
+        torch = require("torch", extra="debug", feature="gradient monitoring")
+
+        def make(i: int) -> Any:
+            def hook(p: Any) -> None:
+                if self.capturing and p.grad is not None:
+                    g = p.grad.detach()
+                    self._captured[i] = (torch.linalg.vector_norm(g.float()), g.float().mean())
+            return hook
+
+        self._hooks = [p.register_post_accumulate_grad_hook(make(i)) for i, p in enumerate(self._params)]
+
+    def remove(self) -> None:
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
 
     def step(self, step: int | None = None) -> GradRecord | None:
         """Record the current gradients if this call falls on the interval.
@@ -85,6 +114,8 @@ class GradientMonitor:
         self._calls += 1
         if index % self.log_interval:
             return None
+        if self._captured:
+            return self._record_captured(torch, index)
         pairs = [(n, p.grad) for n, p in zip(self.names, self._params, strict=True) if p.grad is not None]
         if not pairs:
             return None
@@ -100,9 +131,20 @@ class GradientMonitor:
             norms_t = torch.stack([n.float().to(device) for n in norms])
             means_t = torch.stack([g.float().mean().to(device) for g in grads])
             both = torch.stack([norms_t, means_t]).cpu().tolist()
+        return self._append(index, [(name, g.numel()) for name, g in pairs], both[0], both[1])
+
+    def _record_captured(self, torch: Any, index: int) -> GradRecord:
+        keys = sorted(self._captured)
+        with torch.no_grad():
+            values = torch.stack([torch.stack([self._captured[i][0], self._captured[i][1]]).cpu() for i in keys]).tolist()
+        self._captured.clear()
+        sizes = [(self.names[i], self._params[i].numel()) for i in keys]
+        return self._append(index, sizes, [v[0] for v in values], [v[1] for v in values])
+
+    def _append(self, index: int, sizes: list[tuple[str, int]], norms: list[float], means: list[float]) -> GradRecord:
         layers: dict[str, GradStats] = {}
-        for (name, g), norm, mean in zip(pairs, both[0], both[1], strict=True):
-            n = max(g.numel(), 1)
+        for (name, numel), norm, mean in zip(sizes, norms, means, strict=True):
+            n = max(numel, 1)
             var = norm * norm / n - mean * mean if math.isfinite(norm) else math.nan
             layers[name] = GradStats(mean=mean, std=math.sqrt(max(var, 0.0)) if math.isfinite(var) else math.nan,
                                      norm=norm)

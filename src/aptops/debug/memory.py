@@ -5,6 +5,7 @@ otherwise, sampled by a background thread; leak detection from the timeline and 
 from __future__ import annotations
 
 import gc
+import itertools
 import logging
 import threading
 import time
@@ -35,7 +36,7 @@ def steady_growth(snapshots: Sequence[Counter[str]], *, share: float = 0.75, top
     total = snapshots[-1] - snapshots[0]
     intervals = len(snapshots) - 1
     steady = {t: n for t, n in total.items()
-              if sum(b[t] > a[t] for a, b in zip(snapshots, snapshots[1:], strict=False)) >= share * intervals}
+              if sum(b[t] > a[t] for a, b in itertools.pairwise(snapshots)) >= share * intervals}
     return sorted(steady.items(), key=lambda kv: -kv[1])[:top]
 
 

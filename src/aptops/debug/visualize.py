@@ -31,22 +31,22 @@ def _plt() -> Any:
     return plt
 
 
-def normalise(value: Any) -> Any:
-    """Monitors, trackers and findings as plain JSON-able data."""
+def normalise(value: Any, *, json_safe: bool = False) -> Any:
+    """Monitors, trackers and findings as plain data; ``json_safe`` also spells NaN/Inf as strings."""
     if isinstance(value, Finding):
-        return value.to_dict()
+        return normalise(value.to_dict(), json_safe=json_safe)
     if hasattr(value, "to_dict") and callable(value.to_dict):
-        return normalise(value.to_dict())
+        return normalise(value.to_dict(), json_safe=json_safe)
     if hasattr(value, "summary") and callable(value.summary) and not isinstance(value, Mapping):
-        return normalise(value.summary())
+        return normalise(value.summary(), json_safe=json_safe)
     if isinstance(value, Mapping):
-        return {str(k): normalise(v) for k, v in value.items()}
+        return {str(k): normalise(v, json_safe=json_safe) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [normalise(v) for v in value]
+        return [normalise(v, json_safe=json_safe) for v in value]
     if hasattr(value, "tolist"):
-        return value.tolist()
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)  # JSON has no NaN/Inf
+        return normalise(value.tolist(), json_safe=json_safe)
+    if json_safe and isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # strict JSON has no NaN/Inf
     return value
 
 
@@ -100,9 +100,11 @@ def visualize_gradients(stats: Any, path: str | Path | None = None, *, interacti
         ax1.set_title("Gradient flow: mean L2 norm per parameter, input to output"
                       + (f" ({len(depth)} blocks)" if depth else ""))
     ax1.set_ylabel("gradient norm")
+    steps = [(s, v) for s, v in steps if math.isfinite(v)]
     if steps:
         ax2.plot([s for s, _ in steps], [v for _, v in steps], label="global norm", color="#d62728")
-        ax2.set_yscale("log" if all(v > 0 for _, v in steps) else "linear")
+        values = [v for _, v in steps]
+        ax2.set_yscale("log" if min(values) > 0 and max(values) / min(values) > 20 else "linear")
         ax2.legend()
     ax2.set_xlabel("step")
     ax2.set_ylabel("gradient norm")
@@ -286,7 +288,7 @@ def generate_full_report(stats: Mapping[str, Any], save_dir: str | Path, *, titl
     final = Path(save_dir)
     with atomic_output(final) as tmp:
         (tmp / "report.html").write_text(report.page(title, sections), encoding="utf-8")
-        write_json(tmp / "report.json", data)
+        write_json(tmp / "report.json", normalise(data, json_safe=True))
         with PdfPages(tmp / "report.pdf") as pdf:
             first = _text_page(plt, title, summary, findings)
             pdf.savefig(first)

@@ -64,6 +64,9 @@ class TrainConfig:
         resume: ``auto`` (continue from the newest checkpoint in ``<out>/checkpoints`` if there is one),
             ``never``, or a checkpoint folder.
         seed: the seed for data splits and the Trainer.
+        debug: attach the training debugger (gradients, activations, memory, NaN checks); its report goes
+            to ``<out>/debug/report.html`` (also JSON and PDF) and its headline numbers into the metrics.
+        debug_interval: the debugger records every this many optimizer steps.
         training_args: passed to ``transformers.TrainingArguments`` as is (``learning_rate``,
             ``max_steps``, ``per_device_train_batch_size`` ...); aptops only fills in defaults.
     """
@@ -81,12 +84,15 @@ class TrainConfig:
     merge_lora: bool = True
     resume: str = "auto"
     seed: int = 42
+    debug: bool = False
+    debug_interval: int = 10
     training_args: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_range("block_size", self.block_size, min_value=2)
         check_range("eval_fraction", self.eval_fraction, min_value=0.0, max_value=0.5)
         check_range("lora_r", self.lora_r, min_value=0)
+        check_range("debug_interval", self.debug_interval, min_value=1)
         check_range("lora_dropout", self.lora_dropout, min_value=0.0, max_value=1.0)
         if self.early_stopping_patience is not None:
             check_range("early_stopping_patience", self.early_stopping_patience, min_value=1)
@@ -341,6 +347,18 @@ def train_with_hf_trainer(model: Any, tokenizer: Any, dataset: Any, output_dir: 
     collator = (transformers.default_data_collator if config.packing
                 else transformers.DataCollatorForLanguageModeling(tokenizer, mlm=False))
     cbs: list[Any] = list(callbacks)
+    debugger = None
+    if config.debug:
+        from aptops.debug.callback import DebugConfig, TrainingDebugger
+
+        debugger = TrainingDebugger(DebugConfig(log_interval=config.debug_interval, report_dir=str(out / "debug")))
+        if bus is None:
+            from aptops.plugins.bus import PluginBus
+
+            bus = PluginBus()
+        from aptops.plugins.bus import ConsoleCore
+
+        (bus.bus if isinstance(bus, ConsoleCore) else bus).subscribe(debugger)
     if bus is not None:
         from aptops.plugins.hf import BusCallback
 
@@ -366,6 +384,8 @@ def train_with_hf_trainer(model: Any, tokenizer: Any, dataset: Any, output_dir: 
     if tokens:
         metrics["tokens_seen"] = tokens
         metrics["tokens_per_second"] = tokens / max(metrics["train_runtime_s"], 1e-9)
+    if debugger is not None:
+        metrics.update(debugger.summary())
     if resume:
         metrics["resumed_from_step"] = float(int(Path(resume).name.rsplit("-", 1)[-1]))
     if eval_tok is not None:
@@ -387,7 +407,10 @@ def train_with_hf_trainer(model: Any, tokenizer: Any, dataset: Any, output_dir: 
         if heldout_dir is not None and eval_dataset is not None and not streaming:
             _write_heldout(eval_dataset, Path(heldout_dir), config.text_column)
         report = _report(out, trainer.state.log_history, metrics)
-        result = StageResult("train", outputs={"model": str(out), "report": str(report)}, metrics=metrics,
+        outputs = {"model": str(out), "report": str(report)}
+        if debugger is not None and debugger.report:
+            outputs["debug_report"] = debugger.report["html"]
+        result = StageResult("train", outputs=outputs, metrics=metrics,
                              details={"resumed_from": resume, "lora": config.lora_r > 0,
                                       "adapter_only": config.lora_r > 0 and not config.merge_lora})
         if bad:

@@ -204,3 +204,18 @@ def test_profile_model_flops_match_transformer_estimate():
     assert vision["flops"] == 2 * 4 * (8 * 16 + 16 * 16 + 16 * 4)
     with pytest.raises(ConfigError, match="input_shape"):
         profile_model(mlp(), (0,))
+
+
+def test_captured_statistics_are_the_unclipped_ones():
+    model = mlp()
+    model[2].weight.register_hook(lambda g: g * 1e6)
+    mon = monitor_gradients(model, log_interval=1)
+    mon.watch_backward()
+    mon.capturing = True
+    backward(model)
+    raw = float(model[2].weight.grad.norm())
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # what the Trainer does before callbacks
+    record = mon.step()
+    assert record.layers["2.weight"].norm == pytest.approx(raw, rel=1e-5)
+    assert [f.where for f in detect_gradient_anomalies(mon) if f.kind == "exploding_gradients"] == ["2.weight"]
+    mon.remove()
