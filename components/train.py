@@ -18,6 +18,7 @@ def train_model(
     trained: Output[Model],
     heldout: Output[Dataset],
     report: Output[HTML],
+    debug_report: Output[HTML],
     metrics: Output[Metrics],
     block_size: int = 256,
     text_column: str = "text",
@@ -30,11 +31,19 @@ def train_model(
     lora_r: int = 0,
     early_stopping_patience: int = 0,
     training_args: str = "{}",
+    debug: bool = False,
+    debug_interval: int = 10,
     pipeline: str = "train",
     run_id: str = "",
 ):
-    """Fine-tune a causal LM with the Hugging Face Trainer; training_args is JSON passed to TrainingArguments."""
+    """Fine-tune a causal LM with the Hugging Face Trainer; training_args is JSON passed to TrainingArguments.
+
+    With debug, the training debugger watches gradients, activations, memory and NaNs; its report is the
+    debug_report HTML artifact.
+    """
+    import html
     import json
+    import os
     import shutil
 
     from aptops.core.errors import ConfigError
@@ -49,11 +58,20 @@ def train_model(
     args = {"learning_rate": learning_rate, "max_steps": max_steps, "num_train_epochs": num_train_epochs,
             "per_device_train_batch_size": batch_size, "gradient_accumulation_steps": gradient_accumulation_steps}
     config = TrainConfig(block_size=block_size, text_column=text_column, eval_fraction=eval_fraction, lora_r=lora_r,
-                         early_stopping_patience=early_stopping_patience or None, training_args=args | extra)
+                         early_stopping_patience=early_stopping_patience or None, debug=debug,
+                         debug_interval=debug_interval, training_args=args | extra)
+    os.environ.setdefault("APTOPS_RUN_ID", run_id or "local")
     result = run_component("train", lambda: train(model.path, dataset.path, trained.path, config,
                                                   heldout_dir=heldout.path),
                            step="train", pipeline=pipeline, run_id=run_id, metrics=metrics)
     shutil.copyfile(result.outputs["report"], report.path)
+    if "debug_report" in result.outputs:
+        shutil.copyfile(result.outputs["debug_report"], debug_report.path)
+    else:
+        with open(debug_report.path, "w", encoding="utf-8") as fh:
+            fh.write("<!doctype html><html><body><p>The training debugger was off for this run "
+                     f"({html.escape(pipeline)}); set debug=true to watch gradients, activations and memory.</p>"
+                     "</body></html>")
     trained.metadata.update({k: result.metrics[k] for k in ("perplexity", "eval_loss") if k in result.metrics})
 
 

@@ -37,6 +37,7 @@ def build(settings: ClusterSettings) -> Any:
         batch_size: int = 8,
         lora_r: int = 0,
         training_args: str = "{}",
+        debug: bool = True,
         publish_repo: str = "",
         publish_private: bool = True,
     ):
@@ -54,6 +55,8 @@ def build(settings: ClusterSettings) -> Any:
             batch_size: sequences per device per step.
             lora_r: LoRA rank (0: train every weight).
             training_args: JSON of further transformers.TrainingArguments fields.
+            debug: attach the training debugger (gradients, activations, memory, NaN checks); its report is
+                the train step's debug_report.
             publish_repo: a Hub repo (namespace/name) to publish to; empty: do not publish.
             publish_private: create the published repo private.
         """
@@ -66,7 +69,7 @@ def build(settings: ClusterSettings) -> Any:
         trained = train_model(model=base.outputs["model"], dataset=clean.outputs["dataset"], block_size=block_size,
                               text_column=text_column, learning_rate=learning_rate, max_steps=max_steps,
                               num_train_epochs=num_train_epochs, batch_size=batch_size, lora_r=lora_r,
-                              training_args=training_args, pipeline="train", run_id=run_id)
+                              training_args=training_args, debug=debug, pipeline="train", run_id=run_id)
         settings.apply(trained, "train")
         evaluated = evaluate_model(base=base.outputs["model"], trained=trained.outputs["trained"],
                                    dataset=trained.outputs["heldout"], block_size=block_size,

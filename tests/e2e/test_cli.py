@@ -161,3 +161,32 @@ def test_data_process_and_balance_cli(tmp_path):
     assert stats["before"] == {"food": 12, "pets": 3} and stats["after"] == {"food": 3, "pets": 3}
     bad = aptops("data", "balance", str(tmp_path / "p"), "--out", str(tmp_path / "c"), "--set", "label_column=kind")
     assert bad.returncode == 1 and "no column 'kind'" in bad.stderr and not (tmp_path / "c").exists()
+
+
+def test_debug_cli_reports_and_refuses_bad_input(tiny_llama, tmp_path):
+    import json
+
+    from tests.models import CORPUS
+
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in CORPUS * 2))
+    out = tmp_path / "report"
+    done = aptops("debug", "run", str(tiny_llama), str(corpus), "--out", str(out), "--set", "block_size=32",
+                  "--set", "steps=4", env={"APTOPS_NO_PROGRESS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "forward_flops" in done.stdout and (out / "report.pdf").is_file()
+    prof = aptops("debug", "profile", str(tiny_llama), "--seq-len", "16", "--top", "3")
+    assert prof.returncode == 0 and "analytic_flops" in prof.stdout
+    for args, message in [
+        (("debug", "run", str(tmp_path / "nope"), str(corpus), "--out", str(tmp_path / "r1")), "does not exist"),
+        (("debug", "run", str(tiny_llama), str(corpus), "--out", str(tmp_path / "r2"), "--set", "steps=-1"), "steps"),
+        (("debug", "run", str(tiny_llama), str(corpus), "--out", str(tmp_path / "r3"), "--set", "text_column=body"),
+         "no column 'body'"),
+        (("debug", "profile", str(tiny_llama), "--seq-len", "0"), "input_shape"),
+    ]:
+        bad = aptops(*args)
+        assert bad.returncode != 0 and message in bad.stderr, (args, bad.stderr[-1500:])
+        assert "Traceback" not in bad.stderr
+    # no report folder (complete or partial) for a refused run; only its failure metrics (<out>.metrics)
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(("r1", "r2", "r3", ".r"))
+                and not p.name.endswith(".metrics")]

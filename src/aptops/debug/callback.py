@@ -224,7 +224,7 @@ class TrainingDebugger:
             found += detect_dead_neurons(self.activations)["findings"]
             found += detect_saturated_neurons(self.activations)["findings"]
         if self.memory is not None:
-            found += detect_memory_leaks(self.memory).findings
+            found += detect_memory_leaks(self.memory, warmup=0.25).findings
         return sort_findings(found)
 
     def summary(self) -> dict[str, float]:

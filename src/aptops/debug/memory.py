@@ -208,7 +208,7 @@ def _series(memory_history: Any) -> tuple[list[float], list[float]]:
 
 
 def detect_memory_leaks(memory_history: Any, leak_threshold: float = 50 * MB, *, min_r_squared: float = 0.8,
-                        min_samples: int = 5) -> LeakReport:
+                        min_samples: int = 5, warmup: float = 0.0) -> LeakReport:
     """Sustained growth: a straight-line fit that rises by more than ``leak_threshold`` bytes and explains
     most of the variation (``r²``), so a one-off spike or a warm-up plateau is not called a leak.
 
@@ -217,9 +217,14 @@ def detect_memory_leaks(memory_history: Any, leak_threshold: float = 50 * MB, *,
         leak_threshold: the rise over the window (bytes) that counts as a leak.
         min_r_squared: how straight the growth must be.
         min_samples: fewer samples say nothing.
+        warmup: the leading share of the history to ignore (loading a model, allocating optimizer state
+            and filling caches is growth too, but not a leak).
     """
     check_range("leak_threshold", leak_threshold, min_value=0.0, min_inclusive=False)
+    check_range("warmup", warmup, min_value=0.0, max_value=0.9)
     ts, ys = _series(memory_history)
+    skip = int(len(ys) * warmup)
+    ts, ys = ts[skip:], ys[skip:]
     types = memory_history.object_growth if isinstance(memory_history, MemoryTracker) else []
     sites = memory_history.allocation_growth if isinstance(memory_history, MemoryTracker) else []
     if len(ys) < min_samples:

@@ -238,7 +238,8 @@ def _findings_html(findings: Sequence[Mapping[str, Any]]) -> str:
             + "".join(rows) + "</table>")
 
 
-def generate_full_report(stats: Mapping[str, Any], save_dir: str | Path, *, title: str = "aptops debug report") -> dict[str, str]:
+def generate_full_report(stats: Mapping[str, Any], save_dir: str | Path, *, title: str = "aptops debug report",
+                         metrics: Mapping[str, float] | None = None) -> dict[str, str]:
     """Write ``report.html`` (self-contained), ``report.json`` and ``report.pdf`` into ``save_dir``.
 
     Args:
@@ -246,6 +247,7 @@ def generate_full_report(stats: Mapping[str, Any], save_dir: str | Path, *, titl
             ``memory``, ``training`` (``{"loss": [(step, value)], "eval_loss": ...}``), ``profile``,
             ``update_ratios``, ``gpu``; monitor objects are accepted as they are.
         save_dir: the report folder; it appears complete (with ``result.json``) or not at all.
+        metrics: extra numbers for the folder's ``result.json`` (the stage's metrics).
 
     Returns:
         The paths of the three files.
@@ -299,7 +301,8 @@ def generate_full_report(stats: Mapping[str, Any], save_dir: str | Path, *, titl
             plt.close(fig)
         finish_artifact(tmp, StageResult("debug", outputs={"report": str(final / "report.html")},
                                          metrics={"findings": float(len(findings)),
-                                                  "critical": float(sum(f["severity"] == "critical" for f in findings))}))
+                                                  "critical": float(sum(f["severity"] == "critical" for f in findings)),
+                                                  **(metrics or {})}))
     return {"html": str(final / "report.html"), "json": str(final / "report.json"), "pdf": str(final / "report.pdf")}
 
 

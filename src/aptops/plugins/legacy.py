@@ -60,6 +60,21 @@ register_adapter(
 )
 
 
+register_adapter(
+    AdapterSpec(
+        adapter="advanced_debugging",
+        stage="debug",
+        methods={name: f"aptops.debug:{name}" for name in (
+            "monitor_gradients", "detect_gradient_anomalies", "monitor_activations", "detect_dead_neurons",
+            "detect_saturated_neurons", "track_memory", "detect_memory_leaks", "profile_section", "profile_model",
+            "diagnose_training", "detect_nan_inf", "visualize_gradients", "visualize_activations",
+            "generate_full_report")},
+        config_keys=frozenset({"log_interval", "track_layers", "activation_layers", "memory_interval_s",
+                               "grad_threshold", "stop_on_nan", "trace_nan_modules", "report_dir"}),
+    )
+)
+
+
 class LegacyPlugin:
     """One old plugin: its name, category and priority, its config, and its old methods.
 

@@ -5,12 +5,14 @@ from aptops.train.trainer import (
     TrainConfig,
     compare_models,
     evaluate_perplexity,
+    load_causal_lm,
+    load_text_dataset,
     tokenize_for_clm,
     train_model,
     train_with_hf_trainer,
 )
 
 __all__ = [
-    "EvalConfig", "TrainConfig", "compare_models", "evaluate_perplexity", "tokenize_for_clm", "train_model",
+    "EvalConfig", "TrainConfig", "compare_models", "evaluate_perplexity", "load_causal_lm", "load_text_dataset", "tokenize_for_clm", "train_model",
     "train_with_hf_trainer",
 ]

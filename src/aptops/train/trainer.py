@@ -132,7 +132,8 @@ def _scalar(text: str) -> Any:
     return text
 
 
-def _text_dataset(dataset: Any, text_column: str) -> Any:
+def load_text_dataset(dataset: Any, text_column: str) -> Any:
+    """A dataset from anything :func:`aptops.hub.load_hf_dataset` takes, checked for its text column."""
     if isinstance(dataset, str | Path):
         from aptops.hub.datasets import load_hf_dataset
 
@@ -234,7 +235,8 @@ def _apply_lora(model: Any, config: TrainConfig) -> Any:
     return peft.get_peft_model(model, lora)
 
 
-def _load(model: Any, tokenizer: Any) -> tuple[Any, Any, str]:
+def load_causal_lm(model: Any, tokenizer: Any = None) -> tuple[Any, Any, str]:
+    """A causal LM and its tokenizer from a folder / Hub id (safetensors only) or as given; ``(model, tok, source)``."""
     transformers = require("transformers", extra="train", feature="training")
     source = "in-memory model"
     if isinstance(model, str | Path):
@@ -313,11 +315,11 @@ def train_with_hf_trainer(model: Any, tokenizer: Any, dataset: Any, output_dir: 
         (out / RESULT_FILE).unlink()  # an earlier complete run is no longer what this folder holds
 
     ds_source = dataset_source or (str(dataset) if isinstance(dataset, str | Path) else "in-memory dataset")
-    dataset = _text_dataset(dataset, config.text_column)  # a bad dataset fails before a model is loaded
-    model, tokenizer, model_source = _load(model, tokenizer)
+    dataset = load_text_dataset(dataset, config.text_column)  # a bad dataset fails before a model is loaded
+    model, tokenizer, model_source = load_causal_lm(model, tokenizer)
     streaming = isinstance(dataset, datasets.IterableDataset)
     if eval_dataset is not None:
-        eval_dataset = _text_dataset(eval_dataset, config.text_column)
+        eval_dataset = load_text_dataset(eval_dataset, config.text_column)
     elif config.eval_fraction > 0 and not streaming:
         if len(dataset) < 2:
             raise InvalidArtifactError("the dataset has fewer than 2 documents: too few to hold any out for "
@@ -478,8 +480,8 @@ def evaluate_perplexity(model: Any, dataset: Any, config: EvalConfig | None = No
     """
     torch = require("torch", extra="train", feature="evaluation")
     config = config or EvalConfig()
-    model, tokenizer, _ = _load(model, tokenizer)
-    data = _text_dataset(dataset, config.text_column)
+    model, tokenizer, _ = load_causal_lm(model, tokenizer)
+    data = load_text_dataset(dataset, config.text_column)
     blocks = tokenize_for_clm(data, tokenizer, TrainConfig(block_size=config.block_size, text_column=config.text_column))
     if config.max_blocks:
         blocks = blocks.select(range(min(len(blocks), config.max_blocks)))

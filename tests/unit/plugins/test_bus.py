@@ -110,3 +110,14 @@ def test_adapters_are_lazy():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_debugging_adapter_exposes_the_old_functions():
+    import torch
+
+    plugin = get_adapter("advanced_debugging", config={"log_interval": 5}).get_legacy_plugin()
+    assert plugin.priority == 800 and plugin.category == "debug"
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU())
+    found = plugin.detect_nan_inf({"w": torch.tensor([float("nan")])})
+    assert found[0]["nan"] == 1
+    assert plugin.monitor_gradients(model, 5).log_interval == 5
