@@ -258,7 +258,7 @@ def load_causal_lm(model: Any, tokenizer: Any = None) -> tuple[Any, Any, str]:
     return model, tokenizer, source
 
 
-def _report(out: Path, history: Sequence[Mapping[str, Any]], metrics: Mapping[str, float]) -> Path:
+def _report(out: Path, history: Sequence[Mapping[str, Any]], metrics: Mapping[str, float], stage: str = "train") -> Path:
     from aptops.core import report
 
     train = [(h["step"], h["loss"]) for h in history if "loss" in h and "step" in h]
@@ -274,15 +274,25 @@ def _report(out: Path, history: Sequence[Mapping[str, Any]], metrics: Mapping[st
                                             y_label="learning rate")),
         ("Results", report.table({k: v for k, v in metrics.items()})),
     ]
+    # terms a Trainer subclass logs as "<stage>_<term>" (distillation: kd, ce, feature ...) get their own chart
+    terms = sorted({k for h in history for k in h if k.startswith(f"{stage}_") and isinstance(h[k], int | float)})
+    if terms:
+        series = {k.removeprefix(f"{stage}_"): [(h["step"], h[k]) for h in history if k in h and "step" in h]
+                  for k in terms}
+        sections.insert(1, (f"{stage.capitalize()} loss terms", report.line_chart(
+            series, title="Loss terms by step", x_label="optimizer step", y_label="loss")))
     path = out / "report.html"
-    path.write_text(report.page("aptops train", sections), encoding="utf-8")
+    path.write_text(report.page(f"aptops {stage}", sections), encoding="utf-8")
     return path
 
 
 def train_with_hf_trainer(model: Any, tokenizer: Any, dataset: Any, output_dir: str | Path,
                           training_args: Mapping[str, Any] | TrainConfig | None = None, *,
                           eval_dataset: Any = None, bus: Any = None, callbacks: Sequence[Any] = (),
-                          dataset_source: str | None = None, heldout_dir: str | Path | None = None) -> StageResult:
+                          dataset_source: str | None = None, heldout_dir: str | Path | None = None,
+                          stage: str = "train", trainer_cls: Any = None, trainer_kwargs: Mapping[str, Any] | None = None,
+                          lineage_inputs: Mapping[str, str] | None = None,
+                          lineage_config: Mapping[str, Any] | None = None) -> StageResult:
     """Fine-tune a causal LM with the Hugging Face ``Trainer`` and write the model artifact.
 
     Args:
@@ -299,6 +309,10 @@ def train_with_hf_trainer(model: Any, tokenizer: Any, dataset: Any, output_dir: 
         dataset_source: how to name the dataset in the lineage when it is passed as an object.
         heldout_dir: also write the evaluation documents there (a Parquet dataset artifact), so a later
             step can evaluate other models on exactly the text this run never trained on.
+        stage: the stage named in the lineage and the result (``distill`` trains through here too).
+        trainer_cls: a ``Trainer`` subclass (default ``transformers.Trainer``) and ``trainer_kwargs`` for it.
+        lineage_inputs: further inputs for the lineage (``{"teacher": path}``).
+        lineage_config: the config recorded in the lineage (default: ``config``).
 
     Returns:
         The stage result; ``metrics`` holds train/eval loss, perplexity, tokens/s and step counts.
@@ -367,8 +381,9 @@ def train_with_hf_trainer(model: Any, tokenizer: Any, dataset: Any, output_dir: 
         cbs.append(BusCallback(bus))
     if config.early_stopping_patience is not None:
         cbs.append(transformers.EarlyStoppingCallback(config.early_stopping_patience, config.early_stopping_threshold))
-    trainer = transformers.Trainer(model=model, args=args, train_dataset=train_tok, eval_dataset=eval_tok,
-                                   processing_class=tokenizer, data_collator=collator, callbacks=cbs)
+    trainer = (trainer_cls or transformers.Trainer)(
+        model=model, args=args, train_dataset=train_tok, eval_dataset=eval_tok, processing_class=tokenizer,
+        data_collator=collator, callbacks=cbs, **dict(trainer_kwargs or {}))
     resume = _resume_point(out, config.resume)
     if resume:
         log.info("resuming from %s", resume)
@@ -392,6 +407,8 @@ def train_with_hf_trainer(model: Any, tokenizer: Any, dataset: Any, output_dir: 
         metrics["resumed_from_step"] = float(int(Path(resume).name.rsplit("-", 1)[-1]))
     if eval_tok is not None:
         ev = trainer.evaluate()
+        metrics.update({k: float(v) for k, v in ev.items() if k.startswith("eval_") and isinstance(v, int | float)
+                        and not k.endswith(("_runtime", "_per_second"))})
         metrics["eval_loss"] = float(ev["eval_loss"])
         metrics["perplexity"] = math.exp(min(metrics["eval_loss"], 50.0))
     bad = [k for k in ("train_loss", "eval_loss") if k in metrics and not math.isfinite(metrics[k])]
@@ -403,16 +420,16 @@ def train_with_hf_trainer(model: Any, tokenizer: Any, dataset: Any, output_dir: 
         final.save_pretrained(out)
         tokenizer.save_pretrained(out)
         _copy_parent_lineage(model_source, out)
-        write_lineage(out, stage="train", inputs={"model": model_source, "dataset": ds_source},
-                      config=to_dict(config), metrics=metrics)
+        write_lineage(out, stage=stage, inputs={"model": model_source, "dataset": ds_source, **(lineage_inputs or {})},
+                      config=dict(lineage_config) if lineage_config is not None else to_dict(config), metrics=metrics)
         write_json(out / "metrics.json", metrics)
         if heldout_dir is not None and eval_dataset is not None and not streaming:
             _write_heldout(eval_dataset, Path(heldout_dir), config.text_column)
-        report = _report(out, trainer.state.log_history, metrics)
+        report = _report(out, trainer.state.log_history, metrics, stage)
         outputs = {"model": str(out), "report": str(report)}
         if debugger is not None and debugger.report:
             outputs["debug_report"] = debugger.report["html"]
-        result = StageResult("train", outputs=outputs, metrics=metrics,
+        result = StageResult(stage, outputs=outputs, metrics=metrics,
                              details={"resumed_from": resume, "lora": config.lora_r > 0,
                                       "adapter_only": config.lora_r > 0 and not config.merge_lora})
         if bad:
@@ -420,7 +437,7 @@ def train_with_hf_trainer(model: Any, tokenizer: Any, dataset: Any, output_dir: 
                                        "rate or enable gradient clipping (training_args.max_grad_norm)")
         finish_artifact(out, result)
     else:
-        result = StageResult("train", outputs={"model": str(out)}, metrics=metrics)
+        result = StageResult(stage, outputs={"model": str(out)}, metrics=metrics)
     if args.world_size > 1:
         trainer.accelerator.wait_for_everyone()
     return result

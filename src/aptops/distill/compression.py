@@ -1,0 +1,220 @@
+"""What compression bought and cost: size, speed, memory, perplexity and agreement, original vs compressed.
+
+``evaluate_compression`` scores both models on the same packed blocks in one pass (so perplexity and top-1
+agreement come from the same tokens), times a forward pass and greedy generation on this machine, and
+writes ``report.json`` and ``report.html`` (a table and a trade-off plot). When the compressed model is an
+aptops artifact, the numbers also go into its lineage (``aptops.json``), so the model card states them.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+import math
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aptops.core.artifacts import (
+    LINEAGE_FILE,
+    StageResult,
+    atomic_output,
+    finish_artifact,
+    read_json,
+    write_json,
+)
+from aptops.core.config import check_range
+from aptops.core.deps import require
+from aptops.core.errors import InvalidArtifactError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CompressionConfig:
+    """Settings of :func:`evaluate_compression`.
+
+    Attributes:
+        block_size: tokens per scored sequence.
+        text_column: the dataset column holding the text.
+        batch_size: sequences per forward pass while scoring.
+        max_blocks: score at most this many blocks (0: all).
+        latency_runs: timed forward passes (the median is reported).
+        new_tokens: greedy tokens generated for the generation speed (0: skip).
+    """
+
+    block_size: int = 256
+    text_column: str = "text"
+    batch_size: int = 4
+    max_blocks: int = 64
+    latency_runs: int = 5
+    new_tokens: int = 32
+
+    def __post_init__(self) -> None:
+        check_range("block_size", self.block_size, min_value=2)
+        check_range("batch_size", self.batch_size, min_value=1)
+        check_range("max_blocks", self.max_blocks, min_value=0)
+        check_range("latency_runs", self.latency_runs, min_value=1)
+        check_range("new_tokens", self.new_tokens, min_value=0)
+
+
+def _disk_bytes(source: Any, model: Any) -> int:
+    if isinstance(source, str | Path) and Path(source).is_dir():
+        return sum(p.stat().st_size for p in Path(source).glob("*.safetensors"))
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def _speed(torch: Any, model: Any, ids: Any, runs: int, new_tokens: int, pad_id: int | None) -> dict[str, float]:
+    psutil = require("psutil", extra="debug", feature="memory measurement")
+    from aptops.debug.memory import MemoryTracker
+
+    one = ids[:1]
+    with torch.inference_mode():
+        model(input_ids=one)  # warm-up
+        times = []
+        baseline = psutil.Process().memory_info().rss
+        with MemoryTracker(interval=0.005, track_objects=False) as mem:
+            for _ in range(runs):
+                t0 = time.perf_counter()
+                model(input_ids=one)
+                times.append(time.perf_counter() - t0)
+        out = {"forward_s": statistics.median(times), "forward_tokens_per_s": one.shape[1] / statistics.median(times),
+               "forward_peak_rss_delta_bytes": float(max(mem.peak - baseline, 0))}
+        if new_tokens:
+            prompt = one[:, : min(16, one.shape[1])]
+            t0 = time.perf_counter()
+            model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new_tokens,
+                           min_new_tokens=new_tokens, do_sample=False, pad_token_id=pad_id)
+            out["generate_tokens_per_s"] = new_tokens / (time.perf_counter() - t0)
+    return out
+
+
+def evaluate_compression(original_model: Any, distilled_model: Any, test_data: Any, output_dir: str | Path | None = None,
+                         config: CompressionConfig | None = None, *, tokenizer: Any = None) -> dict[str, Any]:
+    """Compare a compressed model with its original on ``test_data``.
+
+    Args:
+        original_model / distilled_model: model folders, Hub ids or ``PreTrainedModel`` objects.
+        test_data: held-out text (anything the train stage reads).
+        output_dir: where ``report.json`` and ``report.html`` go (a complete folder or none); ``None``: no files.
+        config: scoring and timing settings.
+        tokenizer: the shared tokenizer (default: the original's).
+
+    Returns:
+        ``{"original": {...}, "compressed": {...}, "ratios": {...}}`` with parameters, size on disk, perplexity,
+        top-1 agreement with the original, forward and generation speed and peak forward memory.
+    """
+    torch = require("torch", extra="distill", feature="evaluate_compression")
+    from aptops.train import TrainConfig, load_causal_lm, load_text_dataset, tokenize_for_clm
+
+    cfg = config or CompressionConfig()
+    data = load_text_dataset(test_data, cfg.text_column)
+    original, tok, original_source = load_causal_lm(original_model, tokenizer)
+    compressed, _, compressed_source = load_causal_lm(distilled_model, tok if not isinstance(distilled_model, str | Path)
+                                                      else None)
+    blocks = tokenize_for_clm(data, tok, TrainConfig(block_size=cfg.block_size, text_column=cfg.text_column))
+    if cfg.max_blocks:
+        blocks = blocks.select(range(min(len(blocks), cfg.max_blocks)))
+    if len(blocks) == 0:
+        raise InvalidArtifactError(f"the test data yields no block of {cfg.block_size} tokens; lower block_size or "
+                                   "add text")
+    vocab = min(original.get_output_embeddings().weight.shape[0], compressed.get_output_embeddings().weight.shape[0],
+                len(tok))
+    nll = {"original": 0.0, "compressed": 0.0}
+    agree = count = 0.0
+    for m in (original, compressed):
+        m.eval()
+    with torch.inference_mode():
+        for i in range(0, len(blocks), cfg.batch_size):
+            ids = torch.tensor(blocks[i:i + cfg.batch_size]["input_ids"])
+            targets = ids[:, 1:].reshape(-1)
+            lo = original(input_ids=ids.to(original.device)).logits[:, :-1, :vocab].float().cpu().reshape(-1, vocab)
+            lc = compressed(input_ids=ids.to(compressed.device)).logits[:, :-1, :vocab].float().cpu().reshape(-1, vocab)
+            nll["original"] += float(torch.nn.functional.cross_entropy(lo, targets, reduction="sum"))
+            nll["compressed"] += float(torch.nn.functional.cross_entropy(lc, targets, reduction="sum"))
+            agree += float((lo.argmax(-1) == lc.argmax(-1)).sum())
+            count += targets.numel()
+    sample = torch.tensor(blocks[:1]["input_ids"])
+    rows: dict[str, dict[str, float]] = {}
+    for name, model, source in (("original", original, original_model), ("compressed", compressed, distilled_model)):
+        loss = nll[name] / count
+        rows[name] = {"params": float(sum(p.numel() for p in model.parameters())),
+                      "size_bytes": float(_disk_bytes(source, model)), "loss": loss,
+                      "perplexity": math.exp(min(loss, 50.0)),
+                      **_speed(torch, model, sample.to(model.device), cfg.latency_runs, cfg.new_tokens, tok.pad_token_id)}
+    rows["compressed"]["top1_agreement"] = agree / count
+    o, c = rows["original"], rows["compressed"]
+    ratios = {"params": c["params"] / o["params"], "size": c["size_bytes"] / max(o["size_bytes"], 1.0),
+              "perplexity": c["perplexity"] / o["perplexity"], "forward_speedup": o["forward_s"] / c["forward_s"]}
+    if "generate_tokens_per_s" in c:
+        ratios["generate_speedup"] = c["generate_tokens_per_s"] / o["generate_tokens_per_s"]
+    result = {"original": {"source": str(original_source), **o}, "compressed": {"source": str(compressed_source), **c},
+              "ratios": ratios, "tokens": count, "block_size": cfg.block_size}
+    if output_dir is not None:
+        _write_report(result, Path(output_dir))
+    if isinstance(distilled_model, str | Path) and (Path(distilled_model) / LINEAGE_FILE).is_file():
+        _record_in_lineage(Path(distilled_model), result)
+    return result
+
+
+def _record_in_lineage(folder: Path, result: dict[str, Any]) -> None:
+    path = folder / LINEAGE_FILE
+    lineage = read_json(path)
+    c, r = result["compressed"], result["ratios"]
+    lineage.setdefault("metrics", {}).update({
+        "compression_perplexity": c["perplexity"], "compression_original_perplexity": result["original"]["perplexity"],
+        "compression_top1_agreement": c["top1_agreement"], "compression_params_ratio": r["params"],
+        "compression_size_ratio": r["size"], "compression_forward_speedup": r["forward_speedup"]})
+    write_json(path, lineage)
+
+
+def _plot(result: dict[str, Any]) -> str:
+    matplotlib = require("matplotlib", extra="debug", feature="the compression plot")
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    o, c = result["original"], result["compressed"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    names = ["parameters", "size on disk", "forward time", "perplexity"]
+    values = [c["params"] / o["params"], c["size_bytes"] / max(o["size_bytes"], 1), c["forward_s"] / o["forward_s"],
+              c["perplexity"] / o["perplexity"]]
+    ax1.bar(names, [v * 100 for v in values], color=["#1f77b4", "#1f77b4", "#2ca02c", "#d62728"])
+    ax1.axhline(100, color="#444", linewidth=0.8, linestyle="--")
+    ax1.set_ylabel("compressed as % of original")
+    ax1.set_title("What compression changed")
+    ax1.tick_params(axis="x", labelsize=8)
+    ax2.scatter([o["size_bytes"] / 2**20], [o["perplexity"]], s=60, label="original", color="#1f77b4")
+    ax2.scatter([c["size_bytes"] / 2**20], [c["perplexity"]], s=60, label="compressed", color="#d62728")
+    ax2.set_xlabel("size on disk (MiB)")
+    ax2.set_ylabel("perplexity (lower is better)")
+    ax2.set_title("Trade-off")
+    ax2.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _write_report(result: dict[str, Any], folder: Path) -> None:
+    from aptops.core import report
+
+    o, c = result["original"], result["compressed"]
+    keys = ["params", "size_bytes", "perplexity", "loss", "forward_tokens_per_s", "generate_tokens_per_s",
+            "forward_peak_rss_delta_bytes"]
+    rows = [(k, o.get(k, ""), c.get(k, "")) for k in keys if k in o]
+    rows.append(("top1_agreement with the original", "", c["top1_agreement"]))
+    html = report.page("aptops compression", [
+        ("Original vs compressed", report.table(rows, header=["", "original", "compressed"])),
+        ("Ratios", report.table(result["ratios"])),
+        ("Trade-off", f"<img alt='compression trade-off' style='max-width:100%' src='data:image/png;base64,{_plot(result)}'>"),
+        ("Sources", report.table({"original": o["source"], "compressed": c["source"], "tokens scored": result["tokens"]})),
+    ])
+    with atomic_output(folder) as tmp:
+        write_json(tmp / "report.json", result)
+        (tmp / "report.html").write_text(html, encoding="utf-8")
+        finish_artifact(tmp, StageResult("distill", outputs={"report": str(folder / "report.html")},
+                                         metrics={f"compressed_{k}": float(v) for k, v in result["ratios"].items()}))

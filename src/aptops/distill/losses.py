@@ -1,0 +1,212 @@
+"""The four distillation objectives, as pure functions on model outputs and as small modules.
+
+- response: KL divergence between temperature-softened teacher and student distributions, scaled by T²
+  (Hinton et al. 2015, so gradients keep their size as T changes), mixed with the hard-label loss by
+  ``alpha`` (the weight of the soft term);
+- feature: MSE between mapped hidden states, through a learned linear projection where widths differ
+  (FitNets);
+- relation: the structure between the samples of a batch — pairwise distances (normalised by their mean)
+  and angles between triplets (RKD, Park et al. 2019), optionally the similarity (Gram) matrix (Tung &
+  Mori 2019) — of pooled representations;
+- attention: KL divergence between attention distributions of mapped layers (MiniLM-style), heads averaged
+  or teacher heads grouped onto student heads.
+
+For causal LMs every position-wise term is taken at the positions that predict a real next token
+(``labels[:, 1:] != -100`` and the attention mask), the same positions the hard loss uses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from aptops.core.config import check_choice, check_range
+from aptops.core.deps import require
+from aptops.core.errors import ConfigError
+
+torch = require("torch", extra="distill", feature="distillation")
+F = torch.nn.functional
+IGNORE = -100
+
+
+def prediction_positions(logits: Any, labels: Any | None, attention_mask: Any | None) -> tuple[Any, Any | None, Any]:
+    """For ``[B, L, V]`` logits: the logits predicting positions 1..L-1, their targets and a boolean mask."""
+    shifted = logits[:, :-1, :]
+    mask = torch.ones(shifted.shape[:2], dtype=torch.bool, device=logits.device)
+    targets = None
+    if labels is not None:
+        targets = labels[:, 1:]
+        mask &= targets != IGNORE
+    if attention_mask is not None:
+        mask &= attention_mask[:, 1:].bool()
+    return shifted, targets, mask
+
+
+def kl_divergence(student_logits: Any, teacher_logits: Any, temperature: float = 1.0) -> Any:
+    """Per-row ``KL(teacher || student)`` of the softened distributions (no T² scaling)."""
+    t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    s = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    return (t.exp() * (t - s)).sum(-1)
+
+
+def response_loss(student_logits: Any, teacher_logits: Any, labels: Any | None = None, *, temperature: float = 2.0,
+                  alpha: float = 0.5, attention_mask: Any | None = None) -> dict[str, Any]:
+    """``alpha · T² · KL(teacher_T || student_T) + (1 - alpha) · CE(student, labels)``.
+
+    Args:
+        student_logits / teacher_logits: ``[B, L, V]`` (causal LM; position i predicts token i+1) or
+            ``[B, C]`` (classification). The vocabularies must already be aligned.
+        labels: token ids (``-100`` ignored) or class ids; without labels only the soft term is used.
+        temperature: softening temperature (> 0).
+        alpha: weight of the soft term, in [0, 1].
+
+    Returns:
+        ``{"loss", "kd", "ce"}`` (``ce`` is ``None`` without labels).
+    """
+    check_range("temperature", temperature, min_value=0.0, min_inclusive=False)
+    check_range("alpha", alpha, min_value=0.0, max_value=1.0)
+    if student_logits.shape != teacher_logits.shape:
+        raise ConfigError(f"student logits {tuple(student_logits.shape)} and teacher logits "
+                          f"{tuple(teacher_logits.shape)} differ: align the vocabularies first", field="vocab")
+    if student_logits.dim() == 3:
+        s, targets, mask = prediction_positions(student_logits, labels, attention_mask)
+        t = teacher_logits[:, :-1, :]
+        kd_rows = kl_divergence(s[mask], t[mask], temperature)
+        ce = F.cross_entropy(s[mask].float(), targets[mask]) if targets is not None else None
+    else:
+        kd_rows = kl_divergence(student_logits, teacher_logits, temperature)
+        ce = F.cross_entropy(student_logits.float(), labels) if labels is not None else None
+    kd = kd_rows.mean() * temperature ** 2
+    loss = kd if ce is None else alpha * kd + (1 - alpha) * ce
+    return {"loss": loss, "kd": kd, "ce": ce}
+
+
+def feature_loss(student_hidden: Sequence[Any], teacher_hidden: Sequence[Any], layer_mappings: Mapping[int, int],
+                 projections: Mapping[str, Any] | None = None, *, attention_mask: Any | None = None) -> Any:
+    """Mean over the mappings of the MSE between ``proj(student_hidden[s])`` and ``teacher_hidden[t]``.
+
+    Indices are those of ``output_hidden_states`` (0 = the embeddings, i = after block i). ``projections``
+    maps ``str(s)`` to a module taking the student width to the teacher width (omitted: same width).
+    """
+    check_layer_mappings(layer_mappings, len(student_hidden), len(teacher_hidden))
+    losses = []
+    for s_idx, t_idx in layer_mappings.items():
+        hs, ht = student_hidden[s_idx], teacher_hidden[t_idx]
+        if projections is not None and str(s_idx) in projections:
+            hs = projections[str(s_idx)](hs)
+        if hs.shape[-1] != ht.shape[-1]:
+            raise ConfigError(f"student layer {s_idx} is {hs.shape[-1]} wide and teacher layer {t_idx} "
+                              f"{ht.shape[-1]}: a projection is needed (the Distiller makes one per mapping)",
+                              field="layer_mappings")
+        if attention_mask is not None and hs.dim() == 3:
+            m = attention_mask.bool()
+            losses.append(F.mse_loss(hs[m].float(), ht[m].float()))
+        else:
+            losses.append(F.mse_loss(hs.float(), ht.float()))
+    return torch.stack(losses).mean()
+
+
+def check_layer_mappings(layer_mappings: Mapping[int, int], student_states: int, teacher_states: int) -> None:
+    """Every ``student → teacher`` index must exist among the hidden states (0 = embeddings)."""
+    if not layer_mappings:
+        raise ConfigError("layer_mappings is empty: map at least one student layer to a teacher layer, e.g. {2: 4}",
+                          field="layer_mappings")
+    for s_idx, t_idx in layer_mappings.items():
+        if not 0 <= int(s_idx) < student_states:
+            raise ConfigError(f"layer mapping {s_idx}→{t_idx}: the student has hidden states 0-{student_states - 1} "
+                              "(0 = embeddings, i = after block i)", field="layer_mappings", value=s_idx)
+        if not 0 <= int(t_idx) < teacher_states:
+            raise ConfigError(f"layer mapping {s_idx}→{t_idx}: the teacher has hidden states 0-{teacher_states - 1} "
+                              "(0 = embeddings, i = after block i)", field="layer_mappings", value=t_idx)
+
+
+def pool(hidden: Any, attention_mask: Any | None = None) -> Any:
+    """Mean over the real tokens: ``[B, L, D] -> [B, D]``."""
+    if hidden.dim() == 2:
+        return hidden
+    if attention_mask is None:
+        return hidden.mean(1)
+    m = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+
+def _pairwise_distances(x: Any) -> Any:
+    d = torch.cdist(x, x)
+    off = ~torch.eye(len(x), dtype=torch.bool, device=x.device)
+    return d / d[off].mean().clamp_min(1e-12)
+
+
+def _angles(x: Any) -> Any:
+    diff = F.normalize(x.unsqueeze(0) - x.unsqueeze(1), p=2, dim=2)  # [B, B, D]: unit vectors x_i - x_j
+    return torch.bmm(diff, diff.transpose(1, 2)).flatten()  # cosines of the angle at each anchor
+
+
+def relation_loss(student_repr: Any, teacher_repr: Any, *, distance_weight: float = 1.0, angle_weight: float = 2.0,
+                  similarity_weight: float = 0.0) -> dict[str, Any]:
+    """RKD distance and angle terms (and optionally the similarity-preserving Gram term) on ``[B, D]``
+    representations; the widths of student and teacher may differ."""
+    if len(student_repr) < 2:
+        raise ConfigError("relation distillation compares samples within a batch: use a batch size of at least 2 "
+                          "(3 for the angle term)", field="batch_size")
+    s, t = student_repr.float(), teacher_repr.float()
+    out: dict[str, Any] = {}
+    total = s.new_zeros(())
+    if distance_weight:
+        out["distance"] = F.smooth_l1_loss(_pairwise_distances(s), _pairwise_distances(t))
+        total = total + distance_weight * out["distance"]
+    if angle_weight and len(s) >= 3:
+        out["angle"] = F.smooth_l1_loss(_angles(s), _angles(t))
+        total = total + angle_weight * out["angle"]
+    if similarity_weight:
+        gs, gt = F.normalize(s @ s.T, dim=1), F.normalize(t @ t.T, dim=1)
+        out["similarity"] = F.mse_loss(gs, gt)
+        total = total + similarity_weight * out["similarity"]
+    out["loss"] = total
+    return out
+
+
+def merge_heads(attn: Any, heads: int, mode: str) -> Any:
+    """``[B, H, L, L]`` attention to ``heads`` heads: ``average`` over all (one head), or ``map`` (group
+    consecutive heads and average each group)."""
+    if mode == "average":
+        return attn.mean(1, keepdim=True)
+    h = attn.shape[1]
+    if h == heads:
+        return attn
+    if h % heads:
+        raise ConfigError(f"head_mapping='map' needs the teacher's {h} heads to be a multiple of the student's "
+                          f"{heads}; use head_mapping='average'", field="head_mapping")
+    return attn.reshape(attn.shape[0], heads, h // heads, *attn.shape[2:]).mean(2)
+
+
+def attention_loss(student_attentions: Sequence[Any], teacher_attentions: Sequence[Any],
+                   layer_mapping: Mapping[int, int] | None = None, *, head_mapping: str = "average",
+                   attention_mask: Any | None = None, eps: float = 1e-8) -> Any:
+    """Mean ``KL(teacher || student)`` over the rows of mapped attention maps (``[B, H, Lq, Lk]`` each).
+
+    ``layer_mapping`` is ``{student_layer: teacher_layer}`` over attention layers (0-based); the default
+    maps student layer i to teacher layer ``round((i+1)·Lt/Ls) - 1`` (the last onto the last).
+    """
+    check_choice("head_mapping", head_mapping, ("average", "map"))
+    if any(a is None for a in (*student_attentions, *teacher_attentions)) or not student_attentions:
+        raise ConfigError("the models returned no attention maps: load them with attn_implementation='eager'",
+                          field="attention_type")
+    ls, lt = len(student_attentions), len(teacher_attentions)
+    mapping = dict(layer_mapping) if layer_mapping else {i: round((i + 1) * lt / ls) - 1 for i in range(ls)}
+    for s_idx, t_idx in mapping.items():
+        if not (0 <= s_idx < ls and 0 <= t_idx < lt):
+            raise ConfigError(f"attention layer mapping {s_idx}→{t_idx}: the student has layers 0-{ls - 1}, the "
+                              f"teacher 0-{lt - 1}", field="layer_mappings")
+    losses = []
+    for s_idx, t_idx in mapping.items():
+        sa = student_attentions[s_idx].float()
+        ta = merge_heads(teacher_attentions[t_idx].float(), sa.shape[1], head_mapping)
+        if head_mapping == "average":
+            sa = sa.mean(1, keepdim=True)
+        rows = (ta * (torch.log(ta + eps) - torch.log(sa + eps))).sum(-1)  # [B, H, Lq]
+        if attention_mask is not None:
+            m = attention_mask.bool()[:, None, :].expand_as(rows)
+            losses.append(rows[m].mean())
+        else:
+            losses.append(rows.mean())
+    return torch.stack(losses).mean()

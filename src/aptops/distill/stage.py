@@ -1,0 +1,230 @@
+"""The distill stage: the full loop as a ``Trainer`` subclass, the legacy per-strategy functions, and the
+stage entry point that writes the student as a model artifact.
+
+``distill_model`` goes through :func:`aptops.train.train_with_hf_trainer` with a
+:class:`DistillationTrainer`, so checkpoints, automatic resume, LR schedules, early stopping, the plugin
+bus and the debugger come with it. Validation reports the student's own loss (hence perplexity), its
+top-1 agreement with the teacher and the KL divergence to the teacher.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aptops.core.artifacts import StageResult
+from aptops.core.config import check_range, to_dict
+from aptops.core.deps import require
+from aptops.core.errors import ConfigError
+from aptops.distill.distiller import (
+    Distiller,
+    StrategyConfig,
+    model_inputs,
+    prepare_teacher,
+    run_distillation,
+    teacher_forward,
+)
+from aptops.distill.losses import kl_divergence, prediction_positions
+from aptops.distill.student import aligned_vocab, check_tokenizers, create_student
+
+log = logging.getLogger(__name__)
+torch = require("torch", extra="distill", feature="distillation")
+transformers = require("transformers", extra="distill", feature="distillation")
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """How :func:`distill_model` trains the student.
+
+    Attributes:
+        strategies / temperature / alpha / layer_mappings / attention_type / head_mapping / auto_weighting:
+            the objective (see :class:`~aptops.distill.distiller.StrategyConfig`).
+        student_layer_stride: when the student is made from the teacher, keep every k-th block.
+        student_intermediate_size: ... and narrow the MLP to this many channels (0: keep).
+        block_size / text_column / eval_fraction / early_stopping_patience / resume / seed / debug /
+            training_args: as for the train stage (:class:`aptops.train.TrainConfig`).
+    """
+
+    strategies: dict[str, float] = field(default_factory=lambda: {"response": 1.0})
+    temperature: float = 2.0
+    alpha: float = 0.5
+    layer_mappings: dict[int, int] = field(default_factory=dict)
+    attention_type: str = "self"
+    head_mapping: str = "average"
+    auto_weighting: bool = False
+    student_layer_stride: int = 2
+    student_intermediate_size: int = 0
+    block_size: int = 256
+    text_column: str = "text"
+    eval_fraction: float = 0.05
+    early_stopping_patience: int | None = None
+    resume: str = "auto"
+    seed: int = 42
+    debug: bool = False
+    training_args: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.objective()  # validates the strategy settings before any model is loaded
+        check_range("student_layer_stride", self.student_layer_stride, min_value=1)
+        check_range("student_intermediate_size", self.student_intermediate_size, min_value=0)
+        self.train_config()
+
+    def objective(self) -> StrategyConfig:
+        return StrategyConfig(strategies=dict(self.strategies), temperature=self.temperature, alpha=self.alpha,
+                              layer_mappings=dict(self.layer_mappings), attention_type=self.attention_type,
+                              head_mapping=self.head_mapping, auto_weighting=self.auto_weighting)
+
+    def train_config(self) -> Any:
+        from aptops.train import TrainConfig
+
+        return TrainConfig(block_size=self.block_size, text_column=self.text_column, eval_fraction=self.eval_fraction,
+                           early_stopping_patience=self.early_stopping_patience, resume=self.resume, seed=self.seed,
+                           debug=self.debug, training_args=dict(self.training_args))
+
+
+class DistillationTrainer(transformers.Trainer):
+    """A ``Trainer`` whose loss is the distillation objective against a frozen teacher."""
+
+    def __init__(self, *args: Any, teacher: Any, objective: StrategyConfig, vocab: int | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.teacher = prepare_teacher(teacher, self.args.device)
+        self.distiller = Distiller(objective, self.teacher, self.model, vocab=vocab).to(self.args.device)
+        self._terms: dict[str, list[float]] = {}
+
+    def create_optimizer(self, model: Any = None) -> Any:
+        optimizer = super().create_optimizer(model) if model is not None else super().create_optimizer()
+        extra = [p for p in self.distiller.parameters() if p.requires_grad]
+        if extra:  # the feature projections learn with the student (no weight decay)
+            optimizer.add_param_group({"params": extra, "weight_decay": 0.0})
+        return optimizer
+
+    def compute_loss(self, model: Any, inputs: Mapping[str, Any], return_outputs: bool = False,
+                     num_items_in_batch: Any = None) -> Any:
+        teacher_out = teacher_forward(self.teacher, inputs, self.distiller)
+        student_out = model(**model_inputs(inputs), **self.distiller.forward_kwargs())
+        loss, terms = self.distiller.loss(student_out, teacher_out, inputs)
+        if model.training:
+            for k, v in terms.items():
+                self._terms.setdefault(k, []).append(v)
+        return (loss, student_out) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        if "loss" in logs and self._terms:
+            logs.update({f"distill_{k}": sum(v) / len(v) for k, v in self._terms.items()})
+            self._terms = {}
+        super().log(logs, *args, **kwargs)
+
+    def evaluate(self, eval_dataset: Any = None, ignore_keys: Any = None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        """The student's own loss (for perplexity), top-1 agreement with the teacher and KL to it."""
+        loader = self.get_eval_dataloader(eval_dataset)
+        model = self.model
+        model.eval()
+        loss_sum = tokens = agree = 0.0
+        kl_sum = 0.0
+        vocab = self.distiller.vocab
+        with torch.no_grad():
+            for batch in loader:
+                batch = self._prepare_inputs(batch)
+                inputs = model_inputs(batch)
+                s = model(**inputs).logits
+                t = self.teacher(**inputs).logits
+                if vocab is not None:
+                    s, t = s[..., :vocab], t[..., :vocab]
+                s_shift, targets, mask = prediction_positions(s, batch.get("labels"), batch.get("attention_mask"))
+                t_shift = t[:, :-1, :]
+                n = float(mask.sum())
+                loss_sum += float(torch.nn.functional.cross_entropy(s_shift[mask].float(), targets[mask], reduction="sum"))
+                agree += float((s_shift[mask].argmax(-1) == t_shift[mask].argmax(-1)).sum())
+                kl_sum += float(kl_divergence(s_shift[mask], t_shift[mask]).sum())
+                tokens += n
+        model.train()
+        if not tokens:
+            raise ConfigError("the evaluation set has no token to score", field="eval_fraction")
+        metrics = {f"{metric_key_prefix}_loss": loss_sum / tokens,
+                   f"{metric_key_prefix}_top1_agreement": agree / tokens,
+                   f"{metric_key_prefix}_teacher_kl": kl_sum / tokens,
+                   f"{metric_key_prefix}_tokens": tokens}
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics=metrics)
+        return metrics
+
+
+def distill_model(teacher_model: Any, student_model: Any, train_data: Any, val_data: Any = None,
+                  config: DistillConfig | None = None, output_dir: str | Path = "runs/distill", *,
+                  tokenizer: Any = None, callbacks: Iterable[Any] = (), bus: Any = None) -> StageResult:
+    """Train a student against a teacher with the Trainer; write the student as a model artifact.
+
+    Args:
+        teacher_model: a model folder, Hub id or ``PreTrainedModel``.
+        student_model: the same kinds, or ``None`` to make one from the teacher (``create_student`` with
+            ``student_layer_stride`` and ``student_intermediate_size``).
+        train_data: anything the train stage takes (a dataset, an aptops data artifact, JSONL ...).
+        val_data: an evaluation set (else ``eval_fraction`` of ``train_data`` is held out).
+        config: the objective and the training settings.
+        output_dir: the student artifact (checkpoints inside; resumed automatically).
+        tokenizer: the shared tokenizer (default: the teacher's).
+
+    Returns:
+        The result; metrics hold the student's loss and perplexity, top-1 agreement and KL to the teacher.
+    """
+    from aptops.train import load_causal_lm, load_text_dataset, train_with_hf_trainer
+
+    cfg = config or DistillConfig()
+    load_text_dataset(train_data, cfg.text_column)  # a bad dataset fails before models are loaded
+    teacher, teacher_tok, teacher_source = load_causal_lm(teacher_model, tokenizer)
+    if student_model is None:
+        student = create_student(teacher, layer_stride=cfg.student_layer_stride,
+                                 intermediate_size=cfg.student_intermediate_size or None)
+        student_tok, student_source = teacher_tok, f"create_student({teacher_source})"
+    else:
+        student, student_tok, student_source = load_causal_lm(
+            student_model, None if isinstance(student_model, str | Path) else teacher_tok)
+        check_tokenizers(teacher_tok, student_tok)
+    vocab = aligned_vocab(teacher, student, teacher_tok)
+    return train_with_hf_trainer(
+        student, teacher_tok, train_data, output_dir, cfg.train_config(), eval_dataset=val_data, bus=bus,
+        callbacks=list(callbacks), stage="distill", trainer_cls=DistillationTrainer,
+        trainer_kwargs={"teacher": teacher, "objective": cfg.objective(), "vocab": vocab},
+        lineage_inputs={"teacher": teacher_source, "student": student_source}, lineage_config=to_dict(cfg))
+
+
+# --- the old plugin's per-strategy functions: one pass of a plain loop with that strategy alone ---
+
+def _legacy(teacher: Any, student: Any, loader: Iterable[Any], objective: StrategyConfig, kwargs: dict[str, Any]) -> dict[str, Any]:
+    history = run_distillation(teacher, student, loader, objective, **kwargs)
+    losses = history["loss"]
+    history["final_loss"] = losses[-1] if losses else math.nan
+    return history
+
+
+def response_distillation(teacher_model: Any, student_model: Any, data_loader: Iterable[Any], temperature: float = 2.0,
+                          alpha: float = 0.5, **kwargs: Any) -> dict[str, Any]:
+    """Train ``student_model`` on ``data_loader`` batches with the softened-logit KL (x T²) mixed with the
+    hard-label loss by ``alpha``. ``kwargs``: ``epochs``, ``learning_rate``, ``optimizer``, ``max_steps``."""
+    return _legacy(teacher_model, student_model, data_loader,
+                   StrategyConfig(strategies={"response": 1.0}, temperature=temperature, alpha=alpha), kwargs)
+
+
+def feature_distillation(teacher_model: Any, student_model: Any, data_loader: Iterable[Any],
+                         layer_mappings: Mapping[int, int] | None = None, **kwargs: Any) -> dict[str, Any]:
+    """Train the student to match mapped teacher hidden states (MSE, learned projections where widths differ)."""
+    return _legacy(teacher_model, student_model, data_loader,
+                   StrategyConfig(strategies={"feature": 1.0}, layer_mappings=dict(layer_mappings or {})), kwargs)
+
+
+def relation_distillation(teacher_model: Any, student_model: Any, data_loader: Iterable[Any], **kwargs: Any) -> dict[str, Any]:
+    """Train the student to keep the distances and angles between the samples' pooled representations."""
+    return _legacy(teacher_model, student_model, data_loader, StrategyConfig(strategies={"relation": 1.0}), kwargs)
+
+
+def attention_distillation(teacher_model: Any, student_model: Any, data_loader: Iterable[Any],
+                           attention_type: str = "self", *, head_mapping: str = "average", **kwargs: Any) -> dict[str, Any]:
+    """Train the student's attention maps towards the teacher's (KL per row; heads averaged or mapped)."""
+    return _legacy(teacher_model, student_model, data_loader,
+                   StrategyConfig(strategies={"attention": 1.0}, attention_type=attention_type,
+                                  head_mapping=head_mapping), kwargs)

@@ -1,0 +1,196 @@
+"""Students from teachers, the Trainer loop, vocabulary checks and the compression report on tiny Llamas."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from aptops.core.artifacts import is_complete, read_json
+from aptops.core.errors import ConfigError
+from aptops.distill import (
+    DistillConfig,
+    StrategyConfig,
+    aligned_vocab,
+    check_tokenizers,
+    create_student,
+    distill_model,
+    evaluate_compression,
+    feature_distillation,
+    response_distillation,
+    run_distillation,
+)
+from tests.models import CORPUS
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tiny_llama, tmp_path_factory) -> Path:
+    """A 4-block Llama with the tiny tokenizer, trained briefly so its predictions are not uniform noise."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    config = LlamaConfig.from_pretrained(tiny_llama)
+    config.num_hidden_layers = 4
+    torch.manual_seed(1)
+    model = LlamaForCausalLM(config)
+    ids = tok("\n".join(CORPUS[:5]), return_tensors="pt")["input_ids"][:, :64]
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(30):
+        loss = model(input_ids=ids, labels=ids).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    out = tmp_path_factory.mktemp("teacher")
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def _teacher(teacher_dir):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(teacher_dir)
+
+
+def _batches(teacher_dir, n=3, seq=16):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(teacher_dir)
+    ids = tok(" ".join(CORPUS[:10]), return_tensors="pt")["input_ids"][0]
+    return [{"input_ids": ids[i * seq * 2:(i + 1) * seq * 2].view(2, seq),
+             "labels": ids[i * seq * 2:(i + 1) * seq * 2].view(2, seq)} for i in range(n)]
+
+
+def test_create_student_keeps_every_kth_block_with_the_teachers_weights(teacher_dir):
+    teacher = _teacher(teacher_dir)
+    student = create_student(teacher, layer_stride=2)
+    assert student.config.num_hidden_layers == 3 and student.config.aptops_student["kept_layers"] == [0, 2, 3]
+    assert torch.equal(student.model.layers[1].mlp.down_proj.weight, teacher.model.layers[2].mlp.down_proj.weight)
+    assert torch.equal(student.model.embed_tokens.weight, teacher.model.embed_tokens.weight)
+    same = create_student(teacher, layer_stride=1)
+    ids = torch.tensor([[1, 5, 9, 12]])
+    assert torch.allclose(same(input_ids=ids).logits, teacher(input_ids=ids).logits, atol=1e-6)
+
+
+def test_narrower_student_runs_and_is_smaller(teacher_dir):
+    teacher = _teacher(teacher_dir)
+    student = create_student(teacher, layer_stride=2, intermediate_size=64, hidden_size=32)
+    c = student.config
+    assert (c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.intermediate_size) == (32, 2, 1, 64)
+    assert torch.equal(student.model.layers[0].self_attn.q_proj.weight,
+                       teacher.model.layers[0].self_attn.q_proj.weight[:32, :32])
+    student(input_ids=torch.tensor([[1, 2, 3]]))
+    assert sum(p.numel() for p in student.parameters()) < sum(p.numel() for p in teacher.parameters()) / 2
+    with pytest.raises(ConfigError, match="hidden_size=40"):
+        create_student(teacher, hidden_size=40)
+    with pytest.raises(ConfigError, match="keep_layers"):
+        create_student(teacher, keep_layers=[0, 7])
+
+
+def test_gradients_reach_the_student_and_never_the_teacher(teacher_dir):
+    teacher = _teacher(teacher_dir)
+    student = create_student(teacher, layer_stride=2, hidden_size=32)
+    before_t = {k: v.clone() for k, v in teacher.state_dict().items()}
+    before_s = {k: v.clone() for k, v in student.state_dict().items()}
+    history = run_distillation(teacher, student, _batches(teacher_dir), StrategyConfig(
+        strategies={"response": 1.0, "feature": 0.5, "relation": 0.5, "attention": 0.5}, auto_weighting=True),
+        learning_rate=1e-3)
+    assert history["steps"] == 3 and set(history["terms"][0]) >= {"kd", "ce", "feature", "relation", "attention"}
+    assert all(p.grad is None for p in teacher.parameters()) and not any(p.requires_grad for p in teacher.parameters())
+    assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in before_t.items())
+    changed = [k for k, v in before_s.items() if not torch.equal(v, student.state_dict()[k])]
+    assert len(changed) > len(before_s) // 2
+
+
+def test_legacy_functions_lower_their_loss(teacher_dir):
+    teacher = _teacher(teacher_dir)
+    student = create_student(teacher, layer_stride=2)
+    out = response_distillation(teacher, student, _batches(teacher_dir) * 4, temperature=2.0, alpha=0.7,
+                                learning_rate=3e-3)
+    assert out["loss"][-1] < out["loss"][0]
+    feat = feature_distillation(teacher, create_student(teacher, layer_stride=2, hidden_size=32),
+                                _batches(teacher_dir) * 4, layer_mappings={1: 1, 3: 4}, learning_rate=3e-3)
+    assert feat["loss"][-1] < feat["loss"][0]
+    with pytest.raises(ConfigError, match="the student has hidden states 0-3"):
+        feature_distillation(teacher, create_student(teacher, layer_stride=2), _batches(teacher_dir), layer_mappings={9: 1})
+
+
+def test_vocab_padding_is_aligned_and_other_tokenizers_refused(teacher_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    from tests.models import build_tiny_llama
+
+    teacher = _teacher(teacher_dir)
+    tok = AutoTokenizer.from_pretrained(teacher_dir)
+    student = create_student(teacher, layer_stride=2)
+    student.resize_token_embeddings(len(tok) + 64)  # padded rows, as many checkpoints have
+    assert aligned_vocab(teacher, student, tok) == len(tok)
+    run_distillation(teacher, student, _batches(teacher_dir)[:1], StrategyConfig())  # no shape error
+    other = AutoTokenizer.from_pretrained(build_tiny_llama(tmp_path / "other", vocab_size=300))
+    with pytest.raises(ConfigError, match="tokenizers differ"):
+        check_tokenizers(tok, other)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"temperature": 0}, "temperature"), ({"alpha": 2}, "alpha"), ({"strategies": {"dark": 1.0}}, "strategies"),
+    ({"strategies": {}}, "at least one strategy"), ({"head_mapping": "sum"}, "head_mapping")])
+def test_bad_config_fails_before_any_work(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        DistillConfig(**kwargs)
+
+
+def test_distill_model_writes_a_student_artifact(teacher_dir, tmp_path):
+    import datasets
+
+    config = DistillConfig(strategies={"response": 1.0, "feature": 0.1}, block_size=32, eval_fraction=0.2,
+                           training_args={"max_steps": 4, "per_device_train_batch_size": 4, "logging_steps": 1,
+                                          "learning_rate": 2e-3, "use_cpu": True, "save_steps": 2})
+    out = tmp_path / "student"
+    result = distill_model(str(teacher_dir), None, datasets.Dataset.from_dict({"text": CORPUS}), None, config, out)
+    assert is_complete(out) and (out / "model.safetensors").is_file()
+    m = result.metrics
+    assert m["global_step"] == 4 and 0 <= m["eval_top1_agreement"] <= 1 and m["eval_teacher_kl"] >= 0
+    assert m["perplexity"] > 1
+    lineage = read_json(out / "aptops.json")
+    assert lineage["stage"] == "distill" and lineage["inputs"]["teacher"] == str(teacher_dir)
+    assert lineage["config"]["strategies"] == {"response": 1.0, "feature": 0.1}
+    report = (out / "report.html").read_text()
+    assert "Distill loss terms" in report and "aptops distill" in report
+    state = json.loads(next((out / "checkpoints").glob("checkpoint-*/trainer_state.json")).read_text())
+    assert any("distill_kd" in h and "distill_feature" in h for h in state["log_history"])
+    from transformers import AutoModelForCausalLM
+
+    assert AutoModelForCausalLM.from_pretrained(out).config.num_hidden_layers == 3
+
+    # the compression report, and its numbers in the student's lineage
+    report_dir = tmp_path / "compression"
+    comp = evaluate_compression(str(teacher_dir), str(out), datasets.Dataset.from_dict({"text": CORPUS}), report_dir,
+                                _cfg())
+    assert comp["ratios"]["params"] < 1 and comp["compressed"]["params"] < comp["original"]["params"]
+    assert 0 <= comp["compressed"]["top1_agreement"] <= 1 and comp["compressed"]["generate_tokens_per_s"] > 0
+    assert is_complete(report_dir) and "data:image/png;base64," in (report_dir / "report.html").read_text()
+    assert read_json(out / "aptops.json")["metrics"]["compression_params_ratio"] == comp["ratios"]["params"]
+
+
+def _cfg():
+    from aptops.distill.compression import CompressionConfig
+
+    return CompressionConfig(block_size=32, max_blocks=8, latency_runs=2, new_tokens=4)
+
+
+def test_distill_refuses_a_student_with_another_tokenizer(teacher_dir, tmp_path):
+    from tests.models import build_tiny_llama
+
+    other = build_tiny_llama(tmp_path / "other", vocab_size=300)
+    with pytest.raises(ConfigError, match="tokenizers differ"):
+        distill_model(str(teacher_dir), str(other), [{"text": t} for t in CORPUS[:5]] and str(_jsonl(tmp_path)),
+                      config=DistillConfig(block_size=16), output_dir=tmp_path / "never")
+    assert not (tmp_path / "never").exists()
+
+
+def _jsonl(tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in CORPUS))
+    return path
