@@ -57,6 +57,10 @@ debug_app = typer.Typer(help="The debug stage: profile a model, diagnose its tra
                         no_args_is_help=True)
 app.add_typer(debug_app, name="debug")
 
+distill_app = typer.Typer(help="The distill stage: train a smaller student against a teacher, measure the trade-off.",
+                          no_args_is_help=True)
+app.add_typer(distill_app, name="distill")
+
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML file of settings.")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a setting: key=value (repeatable).")]
 
@@ -299,6 +303,47 @@ def debug_profile(
         table.add_row(escape(r["name"]), r["type"], f"{r['latency_s'] * 1e3:.3f}", f"{r['params']:,}", f"{r['flops'] / 1e9:.3f}")
     console.print(table)
     _print_metrics("totals", {k: float(v) for k, v in prof.items() if isinstance(v, int | float)})
+
+
+@distill_app.command("run")
+def distill_run(
+    teacher: Annotated[str, typer.Argument(help="The teacher: a causal LM folder or a Hub model id.")],
+    dataset: Annotated[str, typer.Argument(help="An aptops dataset folder, JSONL/Parquet/CSV/text, or a Hub dataset.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The student model folder (checkpoints inside).")],
+    student: Annotated[str | None, typer.Option(help="A student model (default: every 2nd teacher block).")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Distil the teacher into a student (--set "strategies={response: 1.0, feature: 0.5}" temperature=2 alpha=0.5)."""
+    from aptops.distill import DistillConfig, distill_model
+
+    cfg = load_config(DistillConfig, config, overrides=set_ or [])
+    result = _run_stage("distill", "distill", lambda: distill_model(teacher, student, dataset, None, cfg, out), out)
+    _print_metrics(f"student: {out} (report: {result.outputs.get('report')})", result.metrics)
+
+
+@distill_app.command("evaluate")
+def distill_evaluate(
+    original: Annotated[str, typer.Argument(help="The original model folder.")],
+    compressed: Annotated[str, typer.Argument(help="The compressed (distilled or pruned) model folder.")],
+    dataset: Annotated[str, typer.Argument(help="Held-out text the models were not trained on.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The report folder: report.json, report.html.")],
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Parameters, size, perplexity, top-1 agreement, speed and memory of both models, side by side."""
+    from aptops.distill.compression import CompressionConfig, evaluate_compression
+
+    cfg = load_config(CompressionConfig, config, overrides=set_ or [])
+    result = evaluate_compression(original, compressed, dataset, out, cfg)
+    table = Table(title=f"compression report: {out / 'report.html'}")
+    for col in ("", "original", "compressed"):
+        table.add_column(col)
+    for key in ("params", "size_bytes", "perplexity", "forward_tokens_per_s", "generate_tokens_per_s"):
+        if key in result["original"]:
+            table.add_row(key, f"{result['original'][key]:,.4g}", f"{result['compressed'][key]:,.4g}")
+    table.add_row("top1_agreement", "", f"{result['compressed']['top1_agreement']:.3f}")
+    console.print(table)
 
 
 @export_app.command("gguf")

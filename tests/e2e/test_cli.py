@@ -35,7 +35,8 @@ def test_stages_table_is_honest():
     lines = {line.split("│")[1].strip(): line for line in out.stdout.splitlines() if line.count("│") > 3}
     assert "data_processors" in lines["data"] and "available" in lines["data"] and "cpu" in lines["data"]
     assert "partial" in lines["export"] and "ollama_export" in lines["export"] and "900" in lines["export"]
-    assert "planned" in lines["distill"] and "model_distillation" in lines["distill"]
+    assert "available" in lines["distill"] and "model_distillation" in lines["distill"]
+    assert "planned" in lines["prune"] and "model_pruning" in lines["prune"]
     assert "gpu" in lines["train"] and "available" in lines["train"]
     assert "available" in lines["backup"] and "available" in lines["hub"]
 
@@ -190,3 +191,32 @@ def test_debug_cli_reports_and_refuses_bad_input(tiny_llama, tmp_path):
     # no report folder (complete or partial) for a refused run; only its failure metrics (<out>.metrics)
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(("r1", "r2", "r3", ".r"))
                 and not p.name.endswith(".metrics")]
+
+
+def test_distill_cli_trains_a_student_and_reports_compression(tiny_llama, tmp_path):
+    import json
+
+    from tests.models import CORPUS
+
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in CORPUS))
+    out = tmp_path / "student"
+    env = {"APTOPS_NO_PROGRESS": "1"}
+    done = aptops("distill", "run", str(tiny_llama), str(corpus), "--out", str(out), "--set", "block_size=32",
+                  "--set", "strategies={response: 1.0, relation: 0.5}", "--set", "training_args.max_steps=2",
+                  "--set", "training_args.use_cpu=true", env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "eval_top1_agreement" in done.stdout and (out / "result.json").is_file()
+    report = aptops("distill", "evaluate", str(tiny_llama), str(out), str(corpus), "--out", str(tmp_path / "cmp"),
+                    "--set", "block_size=32", "--set", "new_tokens=2", env=env)
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert "top1_agreement" in report.stdout and (tmp_path / "cmp" / "report.html").is_file()
+    for args, message in [
+        (("--set", "temperature=0"), "temperature"),
+        (("--set", "alpha=1.5"), "alpha"),
+        (("--set", "strategies={response: 1.0, feature: 1.0}", "--set", "layer_mappings={1: 9}"), "hidden states"),
+    ]:
+        bad = aptops("distill", "run", str(tiny_llama), str(corpus), "--out", str(tmp_path / "bad"),
+                     "--set", "block_size=32", *args, env=env)
+        assert bad.returncode != 0 and message in bad.stderr, (args, bad.stderr[-2000:])
+        assert "Traceback" not in bad.stderr and not (tmp_path / "bad" / "result.json").exists()

@@ -186,6 +186,7 @@ def distill_model(teacher_model: Any, student_model: Any, train_data: Any, val_d
             student_model, None if isinstance(student_model, str | Path) else teacher_tok)
         check_tokenizers(teacher_tok, student_tok)
     vocab = aligned_vocab(teacher, student, teacher_tok)
+    Distiller(cfg.objective(), teacher, student, vocab=vocab)  # layer mappings checked before any data work
     return train_with_hf_trainer(
         student, teacher_tok, train_data, output_dir, cfg.train_config(), eval_dataset=val_data, bus=bus,
         callbacks=list(callbacks), stage="distill", trainer_cls=DistillationTrainer,

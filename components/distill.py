@@ -1,0 +1,90 @@
+"""Components of the distill stage (image ``aptops-distill``, GPU pool).
+
+No ``from __future__ import annotations`` here: kfp reads the real annotation objects.
+"""
+
+from kfp import dsl
+from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
+
+from aptops_components import stage_image
+
+IMAGE = stage_image("distill")
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def distill_model(
+    teacher: Input[Model],
+    dataset: Input[Dataset],
+    student: Output[Model],
+    report: Output[HTML],
+    metrics: Output[Metrics],
+    strategies: str = '{"response": 1.0}',
+    temperature: float = 2.0,
+    alpha: float = 0.5,
+    student_layer_stride: int = 2,
+    block_size: int = 256,
+    learning_rate: float = 5e-5,
+    max_steps: int = -1,
+    batch_size: int = 8,
+    eval_fraction: float = 0.05,
+    training_args: str = "{}",
+    debug: bool = False,
+    pipeline: str = "compress",
+    run_id: str = "",
+):
+    """Distil the teacher into a student made from its every k-th block; strategies is JSON {name: weight}."""
+    import json
+    import shutil
+
+    from aptops.core.errors import ConfigError
+    from aptops.core.runtime import run_component
+    from aptops.distill import DistillConfig
+    from aptops.distill import distill_model as distill
+
+    try:
+        weights = json.loads(strategies)
+        extra = json.loads(training_args or "{}")
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"strategies and training_args must be JSON: {exc}", field="strategies") from None
+    args = {"learning_rate": learning_rate, "max_steps": max_steps, "per_device_train_batch_size": batch_size}
+    config = DistillConfig(strategies=weights, temperature=temperature, alpha=alpha,
+                           student_layer_stride=student_layer_stride, block_size=block_size,
+                           eval_fraction=eval_fraction, debug=debug, training_args=args | extra)
+    result = run_component("distill", lambda: distill(teacher.path, None, dataset.path, None, config, student.path),
+                           step="distill", pipeline=pipeline, run_id=run_id, metrics=metrics)
+    shutil.copyfile(result.outputs["report"], report.path)
+    student.metadata.update({k: result.metrics[k] for k in ("perplexity", "eval_top1_agreement") if k in result.metrics})
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def evaluate_compression(
+    original: Input[Model],
+    compressed: Input[Model],
+    dataset: Input[Dataset],
+    report: Output[HTML],
+    metrics: Output[Metrics],
+    block_size: int = 256,
+    max_blocks: int = 64,
+    pipeline: str = "compress",
+    run_id: str = "",
+):
+    """Size, speed, memory, perplexity and top-1 agreement of the compressed model against the original."""
+    import shutil
+    import tempfile
+
+    from aptops.core.artifacts import StageResult
+    from aptops.core.runtime import run_component
+    from aptops.distill.compression import CompressionConfig
+    from aptops.distill.compression import evaluate_compression as evaluate
+
+    config = CompressionConfig(block_size=block_size, max_blocks=max_blocks)
+    with tempfile.TemporaryDirectory() as tmp:
+        def body():
+            out = evaluate(original.path, compressed.path, dataset.path, f"{tmp}/report", config)
+            values = {f"compressed_{k}": v for k, v in out["compressed"].items() if isinstance(v, float)}
+            values |= {f"original_{k}": v for k, v in out["original"].items() if isinstance(v, float)}
+            values |= {f"ratio_{k}": v for k, v in out["ratios"].items()}
+            return StageResult("distill", outputs={"report": f"{tmp}/report/report.html"}, metrics=values)
+
+        result = run_component("distill", body, step="evaluate", pipeline=pipeline, run_id=run_id, metrics=metrics)
+        shutil.copyfile(result.outputs["report"], report.path)
