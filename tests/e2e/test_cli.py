@@ -36,7 +36,8 @@ def test_stages_table_is_honest():
     assert "data_processors" in lines["data"] and "available" in lines["data"] and "cpu" in lines["data"]
     assert "partial" in lines["export"] and "ollama_export" in lines["export"] and "900" in lines["export"]
     assert "available" in lines["distill"] and "model_distillation" in lines["distill"]
-    assert "planned" in lines["prune"] and "model_pruning" in lines["prune"]
+    assert "available" in lines["prune"] and "model_pruning" in lines["prune"]
+    assert "planned" in lines["multimodal"] and "multimodal_training" in lines["multimodal"]
     assert "gpu" in lines["train"] and "available" in lines["train"]
     assert "available" in lines["backup"] and "available" in lines["hub"]
 

@@ -1,0 +1,384 @@
+"""Fine-tuning with fixed masks, lottery tickets, and the automated prune stage with its report.
+
+``fine_tune_after_pruning`` trains through :func:`aptops.train.train_with_hf_trainer` with a callback that
+keeps every pruned weight at zero (gradients masked before the optimizer step, weights re-masked after it),
+so checkpoints, resume, LR schedules, early stopping and the debugger come with it. ``prune_model`` runs
+the whole flow: measure, prune (gradually for unstructured methods: a cubic schedule with short recovery
+between steps), fine-tune, measure again, and write the model with a report and its lineage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aptops.core.artifacts import LINEAGE_FILE, read_json, write_json
+from aptops.core.config import check_choice, check_range, to_dict
+from aptops.core.deps import require
+from aptops.core.errors import ConfigError
+from aptops.prune.structured import structured_pruning
+from aptops.prune.unstructured import (
+    apply_masks,
+    check_sparsity,
+    magnitude_pruning,
+    prunable_layers,
+    sparsity_report,
+    taylor_pruning,
+    wanda_pruning,
+    weight_masks,
+)
+
+log = logging.getLogger(__name__)
+torch = require("torch", extra="prune", feature="pruning")
+transformers = require("transformers", extra="prune", feature="pruning")
+
+METHODS = ("magnitude", "taylor", "wanda", "neuron", "head", "lottery")
+
+
+class MaskCallback(transformers.TrainerCallback):
+    """Keep pruned weights at zero while training: mask the gradients before each optimizer step and the
+    weights after it (Adam's moments would otherwise move them)."""
+
+    def __init__(self, masks: Mapping[str, Any]) -> None:
+        self.masks = dict(masks)
+        self._layers: dict[str, Any] | None = None
+
+    def _bind(self, model: Any) -> dict[str, Any]:
+        if self._layers is None:
+            layers = prunable_layers(model)
+            self._layers = {n: layers[n] for n in self.masks}
+            for n, m in self._layers.items():
+                self.masks[n] = self.masks[n].to(m.weight.device)
+        return self._layers
+
+    def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, model: Any = None, **_: Any) -> None:
+        for n, m in self._bind(model).items():
+            if m.weight.grad is not None:
+                m.weight.grad.mul_(self.masks[n].to(m.weight.grad.dtype))
+
+    def on_optimizer_step(self, args: Any, state: Any, control: Any, model: Any = None, **_: Any) -> None:
+        with torch.no_grad():
+            for n, m in self._bind(model).items():
+                m.weight.mul_(self.masks[n].to(m.weight.dtype))
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """How :func:`prune_model` prunes and recovers.
+
+    Attributes:
+        method: ``magnitude``, ``taylor``, ``wanda`` (unstructured), ``neuron`` / ``head`` (structured),
+            ``lottery`` (iterative magnitude with rewinding).
+        target_sparsity: for unstructured methods the share of zeroed weights; for structured ones the share
+            of units removed; in (0, 1).
+        granularity: ``global`` or ``layer`` for magnitude / taylor.
+        n_m: Wanda's N:M pattern as ``"2:4"`` (empty: unstructured per row).
+        schedule_steps: gradual pruning in this many steps of a cubic schedule (1: one shot).
+        recovery_steps: optimizer steps of fine-tuning between schedule steps.
+        calibration_batches: batches for Taylor / Wanda / activation-aware neuron scores.
+        lottery_rounds: lottery-ticket rounds (each prunes ``1 - (1 - target)^(1/rounds)`` of what is left).
+        lottery_steps: training steps per lottery round.
+        rewind_step: the lottery's early weights are taken after this many steps.
+        block_size / text_column / eval_fraction / early_stopping_patience / debug / seed / training_args: the
+            final fine-tuning, as for the train stage.
+    """
+
+    method: str = "magnitude"
+    target_sparsity: float = 0.5
+    granularity: str = "global"
+    n_m: str = ""
+    schedule_steps: int = 1
+    recovery_steps: int = 0
+    calibration_batches: int = 8
+    lottery_rounds: int = 3
+    lottery_steps: int = 20
+    rewind_step: int = 2
+    block_size: int = 256
+    text_column: str = "text"
+    eval_fraction: float = 0.05
+    early_stopping_patience: int | None = None
+    debug: bool = False
+    seed: int = 42
+    training_args: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_choice("method", self.method, METHODS)
+        check_sparsity(self.target_sparsity)
+        check_choice("granularity", self.granularity, ("global", "layer"))
+        check_range("schedule_steps", self.schedule_steps, min_value=1)
+        check_range("recovery_steps", self.recovery_steps, min_value=0)
+        check_range("calibration_batches", self.calibration_batches, min_value=1)
+        check_range("lottery_rounds", self.lottery_rounds, min_value=1)
+        check_range("lottery_steps", self.lottery_steps, min_value=1)
+        check_range("rewind_step", self.rewind_step, min_value=0)
+        if self.n_m:
+            self.pattern()
+        self.train_config()
+
+    def pattern(self) -> tuple[int, int] | None:
+        if not self.n_m:
+            return None
+        try:
+            n, m = (int(x) for x in self.n_m.split(":"))
+        except ValueError:
+            raise ConfigError(f"n_m={self.n_m!r} must look like '2:4'", field="n_m", value=self.n_m) from None
+        return n, m
+
+    def train_config(self) -> Any:
+        from aptops.train import TrainConfig
+
+        return TrainConfig(block_size=self.block_size, text_column=self.text_column, eval_fraction=self.eval_fraction,
+                           early_stopping_patience=self.early_stopping_patience, debug=self.debug, seed=self.seed,
+                           resume="never", training_args=dict(self.training_args))
+
+
+def cubic_schedule(target: float, steps: int) -> list[float]:
+    """Gradual sparsity targets (Zhu & Gupta 2017): ``s_t = s_f · (1 - (1 - t/n)^3)``, ending at the target."""
+    return [target * (1 - (1 - t / steps) ** 3) for t in range(1, steps + 1)]
+
+
+def _blocks(tokenizer: Any, data: Any, block_size: int, text_column: str, batch_size: int) -> list[dict[str, Any]]:
+    from aptops.train import TrainConfig, tokenize_for_clm
+
+    blocks = tokenize_for_clm(data, tokenizer, TrainConfig(block_size=block_size, text_column=text_column))
+    ids = torch.tensor(blocks["input_ids"]) if len(blocks) else torch.empty(0, block_size, dtype=torch.long)
+    if len(ids) == 0:
+        raise ConfigError(f"the data yields no block of {block_size} tokens; lower block_size or add text",
+                          field="block_size")
+    return [{"input_ids": ids[i:i + batch_size], "labels": ids[i:i + batch_size]} for i in range(0, len(ids), batch_size)]
+
+
+def _train_steps(model: Any, batches: list[dict[str, Any]], steps: int, lr: float, masks: Mapping[str, Any] | None) -> list[float]:
+    device = next(model.parameters()).device
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    layers = prunable_layers(model)
+    losses = []
+    model.train()
+    for step in range(steps):
+        batch = {k: v.to(device) for k, v in batches[step % len(batches)].items()}
+        loss = model(**batch).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if masks:
+            for n, mask in masks.items():
+                if layers[n].weight.grad is not None:
+                    layers[n].weight.grad.mul_(mask.to(layers[n].weight.grad.dtype))
+        opt.step()
+        if masks:
+            apply_masks(model, masks)
+        losses.append(float(loss.detach()))
+    return losses
+
+
+def lottery_ticket_pruning(model: Any, train_data: Any, iterations: int = 3, prune_rate: float = 0.2, *,
+                           tokenizer: Any = None, steps: int = 20, rewind_step: int = 2, learning_rate: float = 1e-4,
+                           block_size: int = 128, batch_size: int = 4, text_column: str = "text") -> dict[str, Any]:
+    """Iterative magnitude pruning with rewinding (Frankle & Carbin 2019; rewinding: Frankle et al. 2020).
+
+    Train ``rewind_step`` steps and keep those early weights; then each round trains ``steps`` steps,
+    removes ``prune_rate`` of the remaining weights by magnitude (global), and rewinds the survivors to the
+    early weights. Masks accumulate across rounds. ``train_data``: a list of batches (dicts with labels) or
+    text data with ``tokenizer``.
+
+    Returns:
+        ``{"masks", "rounds": [{"round", "sparsity", "final_loss"}], "sparsity"}``; the model holds the
+        rewound ticket (train it further with :func:`fine_tune_after_pruning`).
+    """
+    check_range("iterations", iterations, min_value=1)
+    check_sparsity(prune_rate)
+    batches = train_data if isinstance(train_data, list) and train_data and isinstance(train_data[0], Mapping) else \
+        _blocks(tokenizer, _text(train_data, text_column), block_size, text_column, batch_size)
+    _train_steps(model, batches, rewind_step, learning_rate, None)
+    early = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    masks = {n: torch.ones_like(m.weight, dtype=torch.bool) for n, m in prunable_layers(model).items()}
+    rounds = []
+    for r in range(1, iterations + 1):
+        losses = _train_steps(model, batches, steps, learning_rate, masks)
+        remaining = 1.0 - sparsity_report(model)["sparsity"]
+        target = 1.0 - remaining * (1.0 - prune_rate)
+        magnitude_pruning(model, target, "global")  # zeros already there are the smallest: masks only grow
+        masks = weight_masks(model)
+        model.load_state_dict(early)
+        apply_masks(model, masks)
+        report = sparsity_report(model)
+        rounds.append({"round": r, "sparsity": report["sparsity"], "final_loss": losses[-1] if losses else math.nan})
+        log.info("lottery round %d: sparsity %.3f, loss before pruning %.4f", r, report["sparsity"], rounds[-1]["final_loss"])
+    return {"masks": masks, "rounds": rounds, "sparsity": rounds[-1]["sparsity"]}
+
+
+def _text(data: Any, text_column: str) -> Any:
+    from aptops.train import load_text_dataset
+
+    return load_text_dataset(data, text_column)
+
+
+def fine_tune_after_pruning(pruned_model: Any, train_data: Any, val_data: Any = None, epochs: float = 1.0, *,
+                            output_dir: str | Path, tokenizer: Any = None, config: PruneConfig | None = None,
+                            masks: Mapping[str, Any] | None = None, callbacks: Iterable[Any] = ()) -> Any:
+    """Fine-tune a pruned model with its masks fixed; write it as a model artifact (stage ``prune``).
+
+    Args:
+        pruned_model: a model folder or object.
+        masks: ``{layer: bool mask}`` (default: the current zeros of every prunable layer).
+        epochs: passes over ``train_data`` (``training_args.max_steps`` in ``config`` wins when set).
+    """
+    from aptops.train import load_causal_lm, train_with_hf_trainer
+
+    cfg = config or PruneConfig()
+    model, tok, _ = load_causal_lm(pruned_model, tokenizer)
+    masks = dict(masks) if masks is not None else weight_masks(model)
+    train_cfg = cfg.train_config()
+    args = {"num_train_epochs": epochs} | dict(train_cfg.training_args)
+    train_cfg = dataclasses.replace(train_cfg, training_args=args)
+    return train_with_hf_trainer(model, tok, train_data, output_dir, train_cfg, eval_dataset=val_data,
+                                 callbacks=[MaskCallback(masks), *callbacks], stage="prune",
+                                 lineage_config=to_dict(cfg))
+
+
+def _perplexity_and_latency(model: Any, batches: list[dict[str, Any]]) -> dict[str, float]:
+    device = next(model.parameters()).device
+    model.eval()
+    total = count = 0.0
+    with torch.inference_mode():
+        for b in batches:
+            ids = b["input_ids"].to(device)
+            logits = model(input_ids=ids).logits[:, :-1].float()
+            total += float(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
+                                                             reduction="sum"))
+            count += ids[:, 1:].numel()
+        one = batches[0]["input_ids"][:1].to(device)
+        model(input_ids=one)
+        times = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            model(input_ids=one)
+            times.append(time.perf_counter() - t0)
+    model.train()
+    times.sort()
+    return {"perplexity": math.exp(min(total / count, 50.0)), "latency_s": times[len(times) // 2],
+            "params": float(sum(p.numel() for p in model.parameters())),
+            "nonzero_params": float(sum(int((p != 0).sum()) for p in model.parameters()))}
+
+
+def prune_model(model: Any, train_data: Any, val_data: Any = None, target_sparsity: float | None = None,
+                method: str | None = None, *, output_dir: str | Path, config: PruneConfig | None = None,
+                tokenizer: Any = None) -> Any:
+    """Prune, recover and measure: the automated flow, written as a model artifact with a report.
+
+    Args:
+        model: a model folder, Hub id or ``PreTrainedModel`` (a causal LM).
+        train_data: text for calibration and fine-tuning (anything the train stage reads).
+        val_data: held-out text for the before/after numbers (default: the first blocks of ``train_data``).
+        target_sparsity / method: override ``config``'s.
+        output_dir: the pruned model folder (``report.html``, ``prune.json``, lineage inside).
+
+    Returns:
+        The stage result: sparsity, parameters, perplexity and latency before and after.
+    """
+    from aptops.train import load_causal_lm
+
+    cfg = config or PruneConfig()
+    overrides = {k: v for k, v in (("target_sparsity", target_sparsity), ("method", method)) if v is not None}
+    if overrides:
+        cfg = dataclasses.replace(cfg, **overrides)
+    text = _text(train_data, cfg.text_column)  # a bad dataset fails before the model is loaded
+    lm, tok, source = load_causal_lm(model, tokenizer)
+    if cfg.method in ("neuron", "head"):
+        from aptops.prune.structured import _decoder_layers
+
+        _decoder_layers(lm)  # an unsupported architecture fails before anything changes
+    batch_size = int(cfg.training_args.get("per_device_train_batch_size", 4))
+    batches = _blocks(tok, text, cfg.block_size, cfg.text_column, batch_size)
+    held = _blocks(tok, _text(val_data, cfg.text_column), cfg.block_size, cfg.text_column, batch_size) if val_data \
+        is not None else batches[: max(1, min(8, len(batches) // 5))]
+    calibration = batches[: cfg.calibration_batches]
+    before = _perplexity_and_latency(lm, held)
+    lr = float(cfg.training_args.get("learning_rate", 5e-5))
+    stages = []
+    info: dict[str, Any] = {}
+    if cfg.method in ("neuron", "head"):
+        info = structured_pruning(lm, cfg.target_sparsity, cfg.method,
+                                  **({"data_loader": calibration} if cfg.method == "neuron" else {}))
+    elif cfg.method == "lottery":
+        rate = 1 - (1 - cfg.target_sparsity) ** (1 / cfg.lottery_rounds)
+        info = lottery_ticket_pruning(lm, batches, cfg.lottery_rounds, rate, steps=cfg.lottery_steps,
+                                      rewind_step=cfg.rewind_step, learning_rate=lr)
+        info.pop("masks")
+    else:
+        for step, target in enumerate(cubic_schedule(cfg.target_sparsity, cfg.schedule_steps), 1):
+            if cfg.method == "magnitude":
+                report = magnitude_pruning(lm, target, cfg.granularity)
+            elif cfg.method == "taylor":
+                report = taylor_pruning(lm, calibration, target, granularity=cfg.granularity)
+            else:
+                report = wanda_pruning(lm, calibration, target, n_m=cfg.pattern())
+            losses = _train_steps(lm, batches, cfg.recovery_steps, lr, weight_masks(lm)) if (
+                cfg.recovery_steps and step < cfg.schedule_steps) else []
+            stages.append({"step": step, "target": target, "sparsity": report["sparsity"],
+                           "recovery_loss": losses[-1] if losses else None})
+            log.info("prune step %d/%d: sparsity %.3f", step, cfg.schedule_steps, report["sparsity"])
+    pruned = _perplexity_and_latency(lm, held)
+    masks = weight_masks(lm) if cfg.method not in ("neuron", "head") else {}
+    out = Path(output_dir)
+    result = fine_tune_after_pruning(lm, text, val_data, output_dir=out, tokenizer=tok, config=cfg, masks=masks)
+    after = _perplexity_and_latency(lm, held)
+    summary = {
+        "method": cfg.method, "target": cfg.target_sparsity, "stages": stages, "details": info,
+        "sparsity": sparsity_report(lm)["sparsity"],
+        "before": before, "after_pruning": pruned, "after_fine_tuning": after,
+        "size_bytes": {"before": _size(source), "after": _size(out)},
+        "speedup": before["latency_s"] / after["latency_s"],
+    }
+    _write_report(out, summary, result)
+    return result
+
+
+def _size(folder: Any) -> float | None:
+    path = Path(str(folder))
+    return float(sum(p.stat().st_size for p in path.glob("*.safetensors"))) if path.is_dir() else None
+
+
+def _write_report(out: Path, summary: dict[str, Any], result: Any) -> None:
+    from aptops.core import report
+    from aptops.core.artifacts import RESULT_FILE, finish_artifact
+
+    b, p, a = summary["before"], summary["after_pruning"], summary["after_fine_tuning"]
+    rows = [(k, b[k], p[k], a[k]) for k in ("params", "nonzero_params", "perplexity", "latency_s")]
+    sections = [
+        ("Before and after", report.table(rows, header=["", "before", "after pruning", "after fine-tuning"])),
+        ("Summary", report.table({"method": summary["method"], "target": summary["target"],
+                                  "sparsity reached": summary["sparsity"], "speedup": summary["speedup"],
+                                  "size before (bytes)": summary["size_bytes"]["before"] or "",
+                                  "size after (bytes)": summary["size_bytes"]["after"] or ""})),
+    ]
+    if summary["stages"]:
+        sections.append(("Gradual schedule", report.line_chart(
+            {"target": [(s["step"], s["target"]) for s in summary["stages"]],
+             "reached": [(s["step"], s["sparsity"]) for s in summary["stages"]]},
+            title="Sparsity by schedule step", x_label="step", y_label="sparsity")))
+    rounds = summary["details"].get("rounds") if isinstance(summary["details"], dict) else None
+    if rounds:
+        sections.append(("Lottery rounds", report.table([(r["round"], r["sparsity"], r["final_loss"]) for r in rounds],
+                                                         header=["round", "sparsity", "loss before pruning"])))
+    prune_page = report.page("aptops prune", sections)
+    train_page = (out / "report.html").read_text(encoding="utf-8")
+    (out / "report.html").write_text(prune_page.replace("</body></html>", "") + "<h2>Fine-tuning</h2>"
+                                     + train_page.split("<body>", 1)[-1], encoding="utf-8")
+    write_json(out / "prune.json", summary)
+    metrics = {"sparsity": summary["sparsity"], "speedup": summary["speedup"],
+               "perplexity_before": b["perplexity"], "perplexity_pruned": p["perplexity"],
+               "perplexity_after": a["perplexity"], "params_before": b["params"], "params_after": a["params"],
+               "nonzero_params_after": a["nonzero_params"]}
+    lineage = read_json(out / LINEAGE_FILE)
+    lineage["metrics"] = {**lineage.get("metrics", {}), **{f"prune_{k}": v for k, v in metrics.items()}}
+    write_json(out / LINEAGE_FILE, lineage)
+    result.metrics.update({f"prune_{k}": v for k, v in metrics.items()})
+    result.outputs["prune_report"] = str(out / "prune.json")
+    (out / RESULT_FILE).unlink()
+    finish_artifact(out, result)
