@@ -19,6 +19,7 @@ PIPELINES: dict[str, str] = {
     "backup": "aptops_pipelines.backup",
     "train": "aptops_pipelines.train",
     "deploy": "aptops_pipelines.deploy",
+    "compress": "aptops_pipelines.compress",
 }
 
 

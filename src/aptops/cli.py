@@ -61,6 +61,10 @@ distill_app = typer.Typer(help="The distill stage: train a smaller student again
                           no_args_is_help=True)
 app.add_typer(distill_app, name="distill")
 
+prune_app = typer.Typer(help="The prune stage: sparsify or shrink a model, fine-tune it, measure the result.",
+                        no_args_is_help=True)
+app.add_typer(prune_app, name="prune")
+
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML file of settings.")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a setting: key=value (repeatable).")]
 
@@ -344,6 +348,24 @@ def distill_evaluate(
             table.add_row(key, f"{result['original'][key]:,.4g}", f"{result['compressed'][key]:,.4g}")
     table.add_row("top1_agreement", "", f"{result['compressed']['top1_agreement']:.3f}")
     console.print(table)
+
+
+@prune_app.command("run")
+def prune_run(
+    model: Annotated[str, typer.Argument(help="A causal LM folder or a Hub model id.")],
+    dataset: Annotated[str, typer.Argument(help="Text for calibration and fine-tuning (dataset folder, JSONL ...).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The pruned model folder (report.html, prune.json inside).")],
+    heldout: Annotated[str | None, typer.Option(help="Held-out text for the before/after perplexity.")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Prune (--set method=wanda|magnitude|taylor|neuron|head|lottery --set target_sparsity=0.5), fine-tune, report."""
+    from aptops.prune import PruneConfig, prune_model
+
+    cfg = load_config(PruneConfig, config, overrides=set_ or [])
+    result = _run_stage("prune", "prune", lambda: prune_model(model, dataset, heldout, output_dir=out, config=cfg), out)
+    _print_metrics(f"pruned model: {out} (report: {out / 'report.html'})",
+                   {k: v for k, v in result.metrics.items() if k.startswith("prune_") or k == "global_step"})
 
 
 @export_app.command("gguf")

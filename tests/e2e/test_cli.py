@@ -221,3 +221,28 @@ def test_distill_cli_trains_a_student_and_reports_compression(tiny_llama, tmp_pa
                      "--set", "block_size=32", *args, env=env)
         assert bad.returncode != 0 and message in bad.stderr, (args, bad.stderr[-2000:])
         assert "Traceback" not in bad.stderr and not (tmp_path / "bad" / "result.json").exists()
+
+
+def test_prune_cli_and_bad_input(tiny_llama, tmp_path):
+    import json
+
+    from tests.models import CORPUS
+
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in CORPUS))
+    env = {"APTOPS_NO_PROGRESS": "1"}
+    out = tmp_path / "pruned"
+    done = aptops("prune", "run", str(tiny_llama), str(corpus), "--out", str(out), "--set", "method=neuron",
+                  "--set", "target_sparsity=0.5", "--set", "block_size=32", "--set", "training_args.max_steps=2",
+                  "--set", "training_args.use_cpu=true", env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "prune_speedup" in done.stdout and (out / "prune.json").is_file()
+    for args, message in [
+        (("--set", "target_sparsity=1.5"), "target_sparsity"),
+        (("--set", "method=head", "--set", "target_sparsity=0.9"), "whole groups"),
+        (("--set", "method=shuffle"), "method"),
+    ]:
+        bad = aptops("prune", "run", str(tiny_llama), str(corpus), "--out", str(tmp_path / "bad"),
+                     "--set", "block_size=32", *args, env=env)
+        assert bad.returncode != 0 and message in bad.stderr, (args, bad.stderr[-2000:])
+        assert "Traceback" not in bad.stderr and not (tmp_path / "bad" / "result.json").exists()

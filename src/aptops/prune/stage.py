@@ -109,7 +109,7 @@ class PruneConfig:
 
     def __post_init__(self) -> None:
         check_choice("method", self.method, METHODS)
-        check_sparsity(self.target_sparsity)
+        check_sparsity(self.target_sparsity, "target_sparsity")
         check_choice("granularity", self.granularity, ("global", "layer"))
         check_range("schedule_steps", self.schedule_steps, min_value=1)
         check_range("recovery_steps", self.recovery_steps, min_value=0)
@@ -191,7 +191,7 @@ def lottery_ticket_pruning(model: Any, train_data: Any, iterations: int = 3, pru
         rewound ticket (train it further with :func:`fine_tune_after_pruning`).
     """
     check_range("iterations", iterations, min_value=1)
-    check_sparsity(prune_rate)
+    check_sparsity(prune_rate, "prune_rate")
     batches = train_data if isinstance(train_data, list) and train_data and isinstance(train_data[0], Mapping) else \
         _blocks(tokenizer, _text(train_data, text_column), block_size, text_column, batch_size)
     _train_steps(model, batches, rewind_step, learning_rate, None)

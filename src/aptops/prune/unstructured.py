@@ -32,8 +32,8 @@ def prunable_layers(model: Any) -> dict[str, Any]:
     return layers
 
 
-def check_sparsity(sparsity: float) -> None:
-    check_range("sparsity", sparsity, min_value=0.0, max_value=1.0, min_inclusive=False, max_inclusive=False)
+def check_sparsity(sparsity: float, field: str = "sparsity") -> None:
+    check_range(field, sparsity, min_value=0.0, max_value=1.0, min_inclusive=False, max_inclusive=False)
 
 
 def sparsity_report(model: Any, layers: Mapping[str, Any] | None = None) -> dict[str, Any]:
