@@ -42,6 +42,9 @@ bench: setup
 	$(PY) bench/backup_throughput.py
 	$(PY) bench/train_overhead.py
 	$(PY) bench/gguf_export.py
+	$(PY) bench/debug_overhead.py
+	$(PY) bench/distill_gain.py
+	$(PY) bench/prune_compare.py
 
 compile: setup
 	$(APTOPS) compile --out dist/pipelines
