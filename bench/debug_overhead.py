@@ -14,19 +14,11 @@ Run: ``python bench/debug_overhead.py`` (SmolLM2-135M, 20 steps x 3 rounds) or `
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-os.environ.setdefault("APTOPS_NO_PROGRESS", "1")
-
-from train_overhead import corpus  # the same real English text
+from common import english_news, model_under_test, torch_machine, write_report
 
 
 def main() -> None:
@@ -47,16 +39,9 @@ def main() -> None:
     from aptops.train import TrainConfig, tokenize_for_clm
 
     work = Path(tempfile.mkdtemp(prefix="aptops-bench-debug-"))
-    if args.tiny:
-        from tests.models import build_tiny_llama
-
-        model_dir, name = build_tiny_llama(work / "model"), "tiny-llama (2 layers, 64 wide)"
-    else:
-        from aptops.core.assets import smollm2_hf_folder
-
-        model_dir, name = smollm2_hf_folder(), "SmolLM2-135M-Instruct"
+    model_dir, name = model_under_test(args.tiny, work)
     tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
-    blocks = tokenize_for_clm(datasets.Dataset.from_dict({"text": corpus()}), tokenizer,
+    blocks = tokenize_for_clm(datasets.Dataset.from_dict({"text": english_news()}), tokenizer,
                               TrainConfig(block_size=args.block_size))
 
     class ProfilerCallback(transformers.TrainerCallback):
@@ -97,17 +82,13 @@ def main() -> None:
     debug_ratio = statistics.median(r["debug_ratio"] for r in rows)
     profiler_ratio = statistics.median(r["profiler_ratio"] for r in rows)
     report = {
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
-                    "torch": torch.__version__, "transformers": transformers.__version__,
-                    "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"},
+        "machine": torch_machine(),
         "model": name, "steps": args.steps, "block_size": args.block_size, "batch_size": args.batch_size,
         "rounds": rows, "median_ratio_debug_vs_plain": debug_ratio,
         "median_ratio_profiler_vs_plain": profiler_ratio, "debug_overhead_percent": (debug_ratio - 1) * 100,
         "goal": "default monitors at most 3% overhead",
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
-    print(json.dumps(report, indent=2))
+    write_report(args.out, report)
 
 
 if __name__ == "__main__":

@@ -13,18 +13,10 @@ Run: ``python bench/distill_gain.py`` (``--steps``, ``--tiny`` for a 2-layer smo
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-os.environ.setdefault("APTOPS_NO_PROGRESS", "1")
-
-from train_overhead import corpus  # the same real English text
+from common import english_news, model_under_test, torch_machine, write_report
 
 
 def main() -> None:
@@ -45,15 +37,8 @@ def main() -> None:
     from aptops.train import EvalConfig, TrainConfig, evaluate_perplexity, train_with_hf_trainer
 
     work = Path(tempfile.mkdtemp(prefix="aptops-bench-distill-"))
-    if args.tiny:
-        from tests.models import build_tiny_llama
-
-        teacher_dir, name = build_tiny_llama(work / "teacher"), "tiny-llama"
-    else:
-        from aptops.core.assets import smollm2_hf_folder
-
-        teacher_dir, name = smollm2_hf_folder(), "SmolLM2-135M-Instruct"
-    docs = corpus()
+    teacher_dir, name = model_under_test(args.tiny, work)
+    docs = english_news()
     split = int(len(docs) * 0.85)
     train = datasets.Dataset.from_dict({"text": docs[:split]})
     heldout = datasets.Dataset.from_dict({"text": docs[split:]})
@@ -82,9 +67,7 @@ def main() -> None:
     step_plain = plain.metrics["train_runtime_s"] / plain.metrics["global_step"]
     step_distilled = distilled.metrics["train_runtime_s"] / distilled.metrics["global_step"]
     report = {
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
-                    "torch": torch.__version__, "transformers": transformers.__version__,
-                    "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"},
+        "machine": torch_machine(),
         "teacher": name, "student_blocks": f"{student().config.num_hidden_layers} of {teacher.config.num_hidden_layers}",
         "student_params": sum(p.numel() for p in student().parameters()),
         "teacher_params": sum(p.numel() for p in teacher.parameters()),
@@ -96,9 +79,7 @@ def main() -> None:
         "step_time_ratio": step_distilled / step_plain,
         "goals": {"perplexity_reduction": ">= 0.10", "step_time_ratio": "<= 1.6"},
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
-    print(json.dumps(report, indent=2))
+    write_report(args.out, report)
 
 
 if __name__ == "__main__":

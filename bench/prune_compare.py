@@ -17,20 +17,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import math
-import os
-import platform
 import statistics
-import sys
+import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-os.environ.setdefault("APTOPS_NO_PROGRESS", "1")
-
-from train_overhead import corpus  # the same real English text
+from common import english_news, model_under_test, torch_machine, write_report
 
 
 def main() -> None:
@@ -49,19 +42,10 @@ def main() -> None:
     from aptops.prune import structured_pruning
 
     torch.manual_seed(0)
-    if args.tiny:
-        import tempfile
-
-        from tests.models import build_tiny_llama
-
-        model_dir, name = build_tiny_llama(Path(tempfile.mkdtemp()) / "m"), "tiny-llama"
-    else:
-        from aptops.core.assets import smollm2_hf_folder
-
-        model_dir, name = smollm2_hf_folder(), "SmolLM2-135M-Instruct"
+    model_dir, name = model_under_test(args.tiny, Path(tempfile.mkdtemp(prefix="aptops-bench-prune-")))
     tok = transformers.AutoTokenizer.from_pretrained(model_dir)
     base = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    docs = corpus()
+    docs = english_news()
     split = int(len(docs) * 0.85)
     ids = tok("\n".join(docs[:split]), return_tensors="pt")["input_ids"][0]
     held_ids = tok("\n".join(docs[split:]), return_tensors="pt")["input_ids"][0]
@@ -143,15 +127,12 @@ def main() -> None:
         result[k]["speedup_whole_model"] = lat["unpruned"] / lat[k]
         result[k]["speedup_blocks"] = lat_blocks["unpruned"] / lat_blocks[k]
     report = {
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
-                    "torch_pruning": tp.__version__, "transformers": transformers.__version__},
+        "machine": torch_machine(torch_pruning=tp.__version__),
         "model": name, "mlp_neuron_ratio": args.ratio, "recovery_steps": args.recovery_steps, "block_size": bs,
         "results": result, "latency_s": {"whole_model": lat, "blocks": lat_blocks},
         "goals": {"speedup": ">= 1.5x for 50% MLP neurons", "perplexity": "no worse than Torch-Pruning's"},
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
-    print(json.dumps(report, indent=2))
+    write_report(args.out, report)
 
 
 if __name__ == "__main__":

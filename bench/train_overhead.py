@@ -15,23 +15,11 @@ Run on a CPU: ``python bench/train_overhead.py`` (the real SmolLM2-135M, 10 step
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-os.environ.setdefault("APTOPS_NO_PROGRESS", "1")
-
-
-def corpus() -> list[str]:
-    from gensim.test.utils import datapath
-
-    text = Path(datapath("lee_background.cor")).read_text(encoding="utf-8", errors="replace")
-    return [line.strip() for line in text.splitlines() if line.strip()]
+from common import english_news, model_under_test, torch_machine, write_report
 
 
 def main() -> None:
@@ -52,17 +40,8 @@ def main() -> None:
     from aptops.train import TrainConfig, tokenize_for_clm, train_with_hf_trainer
 
     work = Path(tempfile.mkdtemp(prefix="aptops-bench-train-"))
-    if args.tiny:
-        from tests.models import build_tiny_llama
-
-        model_dir = build_tiny_llama(work / "model")
-        name = "tiny-llama (2 layers, 64 wide)"
-    else:
-        from aptops.core.assets import smollm2_hf_folder
-
-        model_dir = smollm2_hf_folder()
-        name = "SmolLM2-135M-Instruct"
-    data = datasets.Dataset.from_dict({"text": corpus()})
+    model_dir, name = model_under_test(args.tiny, work)
+    data = datasets.Dataset.from_dict({"text": english_news()})
     tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
     training_args = {"max_steps": args.steps, "per_device_train_batch_size": args.batch_size, "learning_rate": 1e-4,
                      "use_cpu": not torch.cuda.is_available(), "logging_steps": 5, "save_strategy": "no",
@@ -101,16 +80,12 @@ def main() -> None:
         print(f"round {i}: aptops {a:.2f} s, plain Trainer {p:.2f} s, ratio {a / p:.3f}", flush=True)
     ratio = statistics.median(r["ratio"] for r in rows)
     report = {
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
-                    "torch": torch.__version__, "transformers": transformers.__version__,
-                    "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"},
+        "machine": torch_machine(),
         "model": name, "steps": args.steps, "block_size": args.block_size, "batch_size": args.batch_size,
         "rounds": rows, "median_ratio_aptops_vs_plain": ratio,
         "overhead_percent": (ratio - 1) * 100,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
-    print(json.dumps(report, indent=2))
+    write_report(args.out, report)
 
 
 if __name__ == "__main__":
