@@ -17,6 +17,7 @@ def distill_model(
     dataset: Input[Dataset],
     student: Output[Model],
     report: Output[HTML],
+    debug_report: Output[HTML],
     metrics: Output[Metrics],
     strategies: str = '{"response": 1.0}',
     temperature: float = 2.0,
@@ -32,12 +33,16 @@ def distill_model(
     pipeline: str = "compress",
     run_id: str = "",
 ):
-    """Distil the teacher into a student made from its every k-th block; strategies is JSON {name: weight}."""
+    """Distil the teacher into a student made from its every k-th block; strategies is JSON {name: weight}.
+
+    With debug, the training debugger watches the student; its report is the debug_report HTML artifact.
+    """
     import json
+    import os
     import shutil
 
     from aptops.core.errors import ConfigError
-    from aptops.core.runtime import run_component
+    from aptops.core.runtime import publish_debug_report, run_component
     from aptops.distill import DistillConfig
     from aptops.distill import distill_model as distill
 
@@ -50,9 +55,11 @@ def distill_model(
     config = DistillConfig(strategies=weights, temperature=temperature, alpha=alpha,
                            student_layer_stride=student_layer_stride, block_size=block_size,
                            eval_fraction=eval_fraction, debug=debug, training_args=args | extra)
+    os.environ.setdefault("APTOPS_RUN_ID", run_id or "local")
     result = run_component("distill", lambda: distill(teacher.path, None, dataset.path, None, config, student.path),
                            step="distill", pipeline=pipeline, run_id=run_id, metrics=metrics)
     shutil.copyfile(result.outputs["report"], report.path)
+    publish_debug_report(result, debug_report.path, pipeline)
     student.metadata.update({k: result.metrics[k] for k in ("perplexity", "eval_top1_agreement") if k in result.metrics})
 
 

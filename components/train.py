@@ -41,13 +41,12 @@ def train_model(
     With debug, the training debugger watches gradients, activations, memory and NaNs; its report is the
     debug_report HTML artifact.
     """
-    import html
     import json
     import os
     import shutil
 
     from aptops.core.errors import ConfigError
-    from aptops.core.runtime import run_component
+    from aptops.core.runtime import publish_debug_report, run_component
     from aptops.train import TrainConfig
     from aptops.train import train_model as train
 
@@ -65,13 +64,7 @@ def train_model(
                                                   heldout_dir=heldout.path),
                            step="train", pipeline=pipeline, run_id=run_id, metrics=metrics)
     shutil.copyfile(result.outputs["report"], report.path)
-    if "debug_report" in result.outputs:
-        shutil.copyfile(result.outputs["debug_report"], debug_report.path)
-    else:
-        with open(debug_report.path, "w", encoding="utf-8") as fh:
-            fh.write("<!doctype html><html><body><p>The training debugger was off for this run "
-                     f"({html.escape(pipeline)}); set debug=true to watch gradients, activations and memory.</p>"
-                     "</body></html>")
+    publish_debug_report(result, debug_report.path, pipeline)
     trained.metadata.update({k: result.metrics[k] for k in ("perplexity", "eval_loss") if k in result.metrics})
 
 

@@ -33,7 +33,7 @@ def test_distill_then_evaluate_under_kfp_local(tiny_llama, tmp_path, monkeypatch
         dataset = dsl.importer(artifact_uri=data, artifact_class=dsl.Dataset)
         student = distill.distill_model(teacher=teacher.output, dataset=dataset.output, block_size=32, max_steps=2,
                                         batch_size=4, eval_fraction=0.2, strategies='{"response": 1, "relation": 0.5}',
-                                        training_args='{"use_cpu": true}', run_id="c1")
+                                        training_args='{"use_cpu": true}', debug=True, run_id="c1")
         distill.evaluate_compression(original=teacher.output, compressed=student.outputs["student"],
                                      dataset=dataset.output, block_size=32, max_blocks=4, run_id="c1")
 
@@ -41,6 +41,8 @@ def test_distill_then_evaluate_under_kfp_local(tiny_llama, tmp_path, monkeypatch
     root = tmp_path / "root"
     (student,) = root.rglob("distill-model/student")
     assert (student / "result.json").is_file() and (student / "model.safetensors").is_file()
+    (debug_report,) = root.rglob("distill-model/debug_report")
+    assert "aptops training debug report" in debug_report.read_text()
     (output,) = root.rglob("evaluate-compression/executor_output.json")
     values = json.loads(output.read_text())["artifacts"]["metrics"]["artifacts"][0]["metadata"]
     assert values["ratio_params"] == 1.0  # 2 blocks, stride 2 keeps both: the same size

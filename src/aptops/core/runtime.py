@@ -53,3 +53,18 @@ def run_component(
         for name, value in result.metrics.items():
             metrics.log_metric(name, float(value))
     return result
+
+
+def publish_debug_report(result: StageResult, target: str | Path, pipeline: str) -> None:
+    """Copy a training run's debug report to a component's HTML output, or say there that the debugger was off
+    (a KFP output must always be written)."""
+    import html
+    import shutil
+
+    if "debug_report" in result.outputs:
+        shutil.copyfile(result.outputs["debug_report"], target)
+        return
+    Path(target).write_text(
+        "<!doctype html><html><body><p>The training debugger was off for this run "
+        f"({html.escape(pipeline)}); set debug=true to watch gradients, activations and memory.</p></body></html>",
+        encoding="utf-8")
