@@ -9,6 +9,7 @@ Hooks can be switched off between recorded steps (``enabled = False``) so monito
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -166,13 +167,6 @@ class ActivationMonitor:
         return {n: s.summary() for n, s in self.stats.items()}
 
 
-def _batches(data_loader: Iterable[Any], max_batches: int | None) -> Iterable[Any]:
-    for i, batch in enumerate(data_loader):
-        if max_batches is not None and i >= max_batches:
-            return
-        yield batch
-
-
 def run_model(model: Any, batch: Any) -> Any:
     """Call ``model`` on a batch the way data loaders hand it: a mapping, a tuple (inputs first) or a tensor."""
     device = next((p.device for p in model.parameters()), None)
@@ -196,7 +190,7 @@ def monitor_activations(model: Any, data_loader: Iterable[Any], layers: Sequence
     monitor = ActivationMonitor(model, layers, saturation_eps=saturation_eps)
     try:
         with torch.no_grad():
-            for batch in _batches(data_loader, max_batches):
+            for batch in itertools.islice(data_loader, max_batches):
                 run_model(model, batch)
     finally:
         monitor.remove()

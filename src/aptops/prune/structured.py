@@ -71,26 +71,11 @@ def neuron_importance(model: Any, activation_norms: Mapping[int, Any] | None = N
 
 def mlp_activation_norms(model: Any, data_loader: Iterable[Any], max_batches: int = 8) -> dict[int, Any]:
     """‖a_j‖ of each intermediate channel (the input of ``down_proj``) over calibration tokens."""
-    layers = _decoder_layers(model)
-    sums = {i: torch.zeros(layer.mlp.down_proj.in_features) for i, layer in enumerate(layers)}
+    from aptops.prune.unstructured import activation_norms
 
-    def hook(i: int) -> Any:
-        def fn(module: Any, inputs: Any, output: Any) -> None:
-            x = inputs[0].detach().float().reshape(-1, inputs[0].shape[-1]).cpu()
-            sums[i] += (x * x).sum(0)
-        return fn
-
-    handles = [layer.mlp.down_proj.register_forward_hook(hook(i)) for i, layer in enumerate(layers)]
-    try:
-        with torch.no_grad():
-            for n, batch in enumerate(data_loader):
-                if n >= max_batches:
-                    break
-                model(**{k: v for k, v in batch.items() if k != "labels"})
-    finally:
-        for h in handles:
-            h.remove()
-    return {i: s.sqrt() for i, s in sums.items()}
+    downs = {str(i): layer.mlp.down_proj for i, layer in enumerate(_decoder_layers(model))}
+    norms = activation_norms(model, data_loader, max_batches=max_batches, layers=downs)
+    return {int(i): n for i, n in norms.items()}
 
 
 def prune_neurons(model: Any, prune_ratio: float, *, multiple: int = 8,

@@ -9,6 +9,7 @@ what was actually reached, per layer and overall.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -105,13 +106,6 @@ def _select(model: Any, layers: Iterable[str] | None) -> dict[str, Any]:
     return {n: available[n] for n in names}
 
 
-def _batches(data_loader: Iterable[Any], max_batches: int | None) -> Iterable[Any]:
-    for i, batch in enumerate(data_loader):
-        if max_batches is not None and i >= max_batches:
-            return
-        yield batch
-
-
 def _device_batch(model: Any, batch: Any) -> Any:
     device = next(model.parameters()).device
     if isinstance(batch, Mapping):
@@ -127,7 +121,7 @@ def taylor_scores(model: Any, data_loader: Iterable[Any], *, max_batches: int | 
     was_training = model.training
     model.eval()  # no dropout: the scores are about the weights, not the noise
     seen = 0
-    for batch in _batches(data_loader, max_batches):
+    for batch in itertools.islice(data_loader, max_batches):
         model.zero_grad(set_to_none=True)
         out = model(**_device_batch(model, batch))
         if getattr(out, "loss", None) is None:
@@ -174,7 +168,7 @@ def activation_norms(model: Any, data_loader: Iterable[Any], *, max_batches: int
     seen = 0
     try:
         with torch.no_grad():
-            for batch in _batches(data_loader, max_batches):
+            for batch in itertools.islice(data_loader, max_batches):
                 b = _device_batch(model, batch)
                 model(**{k: v for k, v in b.items() if k != "labels"}) if isinstance(b, Mapping) else model(b)
                 seen += 1
