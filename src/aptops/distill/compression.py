@@ -12,7 +12,6 @@ import base64
 import io
 import logging
 import math
-import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,18 +69,15 @@ def _disk_bytes(source: Any, model: Any) -> int:
 def _speed(torch: Any, model: Any, ids: Any, runs: int, new_tokens: int, pad_id: int | None) -> dict[str, float]:
     psutil = require("psutil", extra="debug", feature="memory measurement")
     from aptops.debug.memory import MemoryTracker
+    from aptops.debug.profiling import profile_section
 
     one = ids[:1]
     with torch.inference_mode():
-        model(input_ids=one)  # warm-up
-        times = []
+        model(input_ids=one)  # warm-up, before the memory baseline
         baseline = psutil.Process().memory_info().rss
         with MemoryTracker(interval=0.005, track_objects=False) as mem:
-            for _ in range(runs):
-                t0 = time.perf_counter()
-                model(input_ids=one)
-                times.append(time.perf_counter() - t0)
-        out = {"forward_s": statistics.median(times), "forward_tokens_per_s": one.shape[1] / statistics.median(times),
+            forward_s = profile_section(lambda: model(input_ids=one), iterations=runs, warmup=0)["p50_s"]
+        out = {"forward_s": forward_s, "forward_tokens_per_s": one.shape[1] / forward_s,
                "forward_peak_rss_delta_bytes": float(max(mem.peak - baseline, 0))}
         if new_tokens:
             prompt = one[:, : min(16, one.shape[1])]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from aptops.core.artifacts import LINEAGE_FILE, read_json, write_json
 from aptops.core.config import check_choice, check_range, to_dict
 from aptops.core.deps import require
 from aptops.core.errors import ConfigError
+from aptops.debug.profiling import profile_section
 from aptops.prune.structured import structured_pruning
 from aptops.prune.unstructured import (
     apply_masks,
@@ -253,15 +253,9 @@ def _perplexity_and_latency(model: Any, batches: list[dict[str, Any]]) -> dict[s
                                                              reduction="sum"))
             count += ids[:, 1:].numel()
         one = batches[0]["input_ids"][:1].to(device)
-        model(input_ids=one)
-        times = []
-        for _ in range(5):
-            t0 = time.perf_counter()
-            model(input_ids=one)
-            times.append(time.perf_counter() - t0)
+        latency = profile_section(lambda: model(input_ids=one), iterations=5, warmup=1)["p50_s"]
     model.train()
-    times.sort()
-    return {"perplexity": math.exp(min(total / count, 50.0)), "latency_s": times[len(times) // 2],
+    return {"perplexity": math.exp(min(total / count, 50.0)), "latency_s": latency,
             "params": float(sum(p.numel() for p in model.parameters())),
             "nonzero_params": float(sum(int((p != 0).sum()) for p in model.parameters()))}
 
