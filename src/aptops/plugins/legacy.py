@@ -75,6 +75,18 @@ register_adapter(
 )
 
 
+register_adapter(
+    AdapterSpec(
+        adapter="multimodal_training",
+        stage="multimodal",
+        methods={name: f"aptops.multimodal:{name}" for name in (
+            "create_multimodal_model", "create_multimodal_dataloader", "train_multimodal", "inference_multimodal",
+            "cross_modal_attention", "evaluate_multimodal", "train_multimodal_model")},
+        config_keys=frozenset({"fusion", "hidden_size", "freeze", "loss_weights", "modality_lr", "epochs"}),
+    )
+)
+
+
 class LegacyPlugin:
     """One old plugin: its name, category and priority, its config, and its old methods.
 
