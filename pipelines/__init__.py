@@ -20,6 +20,7 @@ PIPELINES: dict[str, str] = {
     "train": "aptops_pipelines.train",
     "deploy": "aptops_pipelines.deploy",
     "compress": "aptops_pipelines.compress",
+    "multimodal": "aptops_pipelines.multimodal",
 }
 
 

@@ -151,14 +151,15 @@ class ClusterSettings:
         """The same component re-based on this registry and tag."""
         return dsl.component(comp.python_func, base_image=self.image(stage), install_kfp_package=False)
 
-    def apply(self, task: Any, stage: str, *, cache: bool = True) -> Any:
-        """Place a task on its stage's node pool; GPU stages also get GPU limits and tolerations."""
+    def apply(self, task: Any, stage: str, *, cache: bool = True, pool: str | None = None) -> Any:
+        """Place a task on its stage's node pool (or ``pool``: a GPU stage's data step runs on the CPU pool);
+        GPU tasks also get GPU limits and tolerations."""
         from kfp import kubernetes
 
         spec = get_stage(stage)
         task.set_caching_options(cache)
         task.set_display_name(task.name)
-        if spec.pool == "gpu":
+        if (pool or spec.pool) == "gpu":
             task.set_accelerator_type(self.gpu_resource).set_accelerator_limit(self.gpu_count)
             selector = self.gpu_node_selector
             for tol in self.gpu_tolerations:

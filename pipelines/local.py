@@ -28,6 +28,13 @@ def run_local(pipeline_func: Any, params: dict[str, Any], run_dir: Path) -> list
 
     from kfp import local
 
+    # kfp.local's SubprocessRunner swaps every "python3" in a task's command line for the interpreter path,
+    # argument values included, so such a value would arrive mangled: refuse it with a way out.
+    mangled = sorted(k for k, v in params.items() if isinstance(v, str) and "python3" in v)
+    if mangled:
+        raise PipelineError(f"parameter(s) {', '.join(mangled)} contain 'python3', which kfp.local rewrites in task "
+                            "commands; use a path without it (a symlink, or a copy under ~/.cache/aptops)")
+
     # use_venv=False is the point here: tasks run in this environment, not in their images.
     warnings.filterwarnings("ignore", message="You may be attemping to run a task", category=RuntimeWarning)
     run_dir = run_dir.resolve()

