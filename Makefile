@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 .PHONY: setup demo test bench compile lint images clean help
 
 help:
-	@echo "make demo     set up, then run the data and train pipelines locally and print their artifacts and summaries"
+	@echo "make demo     set up, then run the data, train and multimodal pipelines locally and print their artifacts and summaries"
 	@echo "make test     set up, start the test servers (fixtures), run the whole suite"
 	@echo "make bench    benchmarks against named peers (bench/), results in bench/results/"
 	@echo "make compile  compile every pipeline to dist/pipelines/*.yaml"
@@ -32,6 +32,12 @@ demo: setup
 	APTOPS_NO_PROGRESS=$${APTOPS_NO_PROGRESS:-0} $(APTOPS) run train --local \
 	  --param model="$$($(PY) -c 'from aptops.core.assets import smollm2_hf_folder; print(smollm2_hf_folder())')" \
 	  --param max_steps=10 --param batch_size=4 --param block_size=128 --param learning_rate=0.0001
+	@# text + image + audio: packaged photos and spoken recordings with captions; MiniLM (frozen) + small ViT and Wav2Vec2
+	$(APTOPS) multimodal sample runs/multimodal-sample
+	APTOPS_NO_PROGRESS=$${APTOPS_NO_PROGRESS:-0} $(APTOPS) run multimodal --local \
+	  --param train_manifest=runs/multimodal-sample/train.jsonl --param eval_manifest=runs/multimodal-sample/eval.jsonl \
+	  --param text_encoder="$$($(PY) -c 'from aptops.core.assets import minilm_folder; print(minilm_folder())')" \
+	  --param fusion=attention --param epochs=12
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -45,6 +51,7 @@ bench: setup
 	$(PY) bench/debug_overhead.py
 	$(PY) bench/distill_gain.py
 	$(PY) bench/prune_compare.py
+	$(PY) bench/multimodal_cache.py
 
 compile: setup
 	$(APTOPS) compile --out dist/pipelines

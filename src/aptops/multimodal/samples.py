@@ -127,7 +127,10 @@ def build_sample_task(out_dir: str | Path, *, classes: int = 6, train_per_class:
                            "audio": f"audio/{c.sound}", "start": start, "end": round(start + length, 3),
                            "label": c.name}
                     if split == "train" and rng.random() < missing:
-                        row[rng.choice(["text", "image", "audio"])] = None
+                        gone = rng.choice(["text", "image", "audio"])
+                        row[gone] = None
+                        if gone == "audio":
+                            row["start"] = row["end"] = None
                     rows.append(row)
             rng.shuffle(rows)
             with (tmp / f"{split}.jsonl").open("w", encoding="utf-8") as fh:
