@@ -37,20 +37,15 @@ def distill_model(
 
     With debug, the training debugger watches the student; its report is the debug_report HTML artifact.
     """
-    import json
     import os
     import shutil
 
-    from aptops.core.errors import ConfigError
-    from aptops.core.runtime import publish_debug_report, run_component
+    from aptops.core.runtime import json_param, publish_debug_report, run_component
     from aptops.distill import DistillConfig
     from aptops.distill import distill_model as distill
 
-    try:
-        weights = json.loads(strategies)
-        extra = json.loads(training_args or "{}")
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"strategies and training_args must be JSON: {exc}", field="strategies") from None
+    weights = json_param(strategies, "strategies")
+    extra = json_param(training_args, "training_args")
     args = {"learning_rate": learning_rate, "max_steps": max_steps, "per_device_train_batch_size": batch_size}
     config = DistillConfig(strategies=weights, temperature=temperature, alpha=alpha,
                            student_layer_stride=student_layer_stride, block_size=block_size,

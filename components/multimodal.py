@@ -55,17 +55,12 @@ def train_multimodal_model(
     run_id: str = "",
 ):
     """Train a text + image + audio model (encoders, fusion, head) and report accuracy fused and per modality."""
-    import json
     import shutil
 
-    from aptops.core.errors import ConfigError
-    from aptops.core.runtime import run_component
+    from aptops.core.runtime import json_param, run_component
     from aptops.multimodal import MultimodalConfig, train_multimodal_model
 
-    try:
-        extra = json.loads(training_args or "{}")
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"training_args is not valid JSON: {exc}", field="training_args") from None
+    extra = json_param(training_args, "training_args")
 
     def words(text):
         return tuple(w.strip() for w in text.split(",") if w.strip())

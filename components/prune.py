@@ -33,18 +33,13 @@ def prune_model(
     run_id: str = "",
 ):
     """Prune (magnitude, taylor, wanda, neuron, head, lottery), fine-tune with the masks fixed, report before/after."""
-    import json
     import shutil
 
-    from aptops.core.errors import ConfigError
-    from aptops.core.runtime import run_component
+    from aptops.core.runtime import json_param, run_component
     from aptops.prune import PruneConfig
     from aptops.prune import prune_model as prune
 
-    try:
-        extra = json.loads(training_args or "{}")
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"training_args is not valid JSON: {exc}", field="training_args") from None
+    extra = json_param(training_args, "training_args")
     args = {"learning_rate": learning_rate, "max_steps": max_steps, "per_device_train_batch_size": batch_size}
     config = PruneConfig(method=method, target_sparsity=target_sparsity, n_m=n_m, schedule_steps=schedule_steps,
                          recovery_steps=recovery_steps, block_size=block_size, debug=debug,

@@ -41,19 +41,14 @@ def train_model(
     With debug, the training debugger watches gradients, activations, memory and NaNs; its report is the
     debug_report HTML artifact.
     """
-    import json
     import os
     import shutil
 
-    from aptops.core.errors import ConfigError
-    from aptops.core.runtime import publish_debug_report, run_component
+    from aptops.core.runtime import json_param, publish_debug_report, run_component
     from aptops.train import TrainConfig
     from aptops.train import train_model as train
 
-    try:
-        extra = json.loads(training_args or "{}")
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"training_args is not valid JSON: {exc}", field="training_args") from None
+    extra = json_param(training_args, "training_args")
     args = {"learning_rate": learning_rate, "max_steps": max_steps, "num_train_epochs": num_train_epochs,
             "per_device_train_batch_size": batch_size, "gradient_accumulation_steps": gradient_accumulation_steps}
     config = TrainConfig(block_size=block_size, text_column=text_column, eval_fraction=eval_fraction, lora_r=lora_r,

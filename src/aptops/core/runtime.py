@@ -68,3 +68,21 @@ def publish_debug_report(result: StageResult, target: str | Path, pipeline: str)
         "<!doctype html><html><body><p>The training debugger was off for this run "
         f"({html.escape(pipeline)}); set debug=true to watch gradients, activations and memory.</p></body></html>",
         encoding="utf-8")
+
+
+def json_param(text: str, field: str, default: Any = None) -> Any:
+    """A component's JSON string parameter (``training_args='{"warmup_ratio": 0.1}'``) as a value.
+
+    Raises:
+        ConfigError: the text is not JSON; the message names the parameter.
+    """
+    import json
+
+    from aptops.core.errors import ConfigError
+
+    if not (text or "").strip():
+        return {} if default is None else default
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{field} is not valid JSON: {exc}", field=field, value=text) from None
