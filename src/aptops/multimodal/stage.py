@@ -86,6 +86,9 @@ class MultimodalConfig:
         eval_fraction: held out of the training manifest when no eval manifest is given.
         max_text_length / max_audio_seconds: input limits.
         seed: the seed.
+        debug: attach the training debugger (gradients per encoder, activations, memory, NaN checks); its report
+            goes to ``<out>/debug/report.html``.
+        debug_interval: the debugger records every this many optimizer steps.
         training_args: further ``transformers.TrainingArguments`` fields.
     """
 
@@ -114,9 +117,12 @@ class MultimodalConfig:
     max_text_length: int = 64
     max_audio_seconds: float = 10.0
     seed: int = 42
+    debug: bool = False
+    debug_interval: int = 10
     training_args: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        check_range("debug_interval", self.debug_interval, min_value=1)
         check_choice("fusion", self.fusion, FUSIONS)
         check_choice("task", self.task, TASKS)
         check_choice("gradient_balance", self.gradient_balance, ("ogm", "none"))
@@ -260,6 +266,14 @@ def train_multimodal_model(train: str | Path, output_dir: str | Path, config: Mu
     out.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(FileNotFoundError):
         (out / RESULT_FILE).unlink()
+    debugger = None
+    if config.debug:
+        from aptops.debug.callback import DebugConfig, TrainingDebugger
+        from aptops.plugins.bus import ConsoleCore, PluginBus
+
+        debugger = TrainingDebugger(DebugConfig(log_interval=config.debug_interval, report_dir=str(out / "debug")))
+        bus = bus or PluginBus()
+        (bus.bus if isinstance(bus, ConsoleCore) else bus).subscribe(debugger)
     run = train_multimodal(model, loader, config.epochs, loss_weights=config.loss_weights or None,
                            eval_dataloader=eval_loader, output_dir=out / "checkpoints",
                            learning_rate=config.learning_rate, modality_lr=config.modality_lr,
@@ -276,6 +290,8 @@ def train_multimodal_model(train: str | Path, output_dir: str | Path, config: Mu
     })
     if labels:
         metrics["chance_accuracy"] = 1.0 / len(labels)
+    if debugger is not None:
+        metrics.update(debugger.summary())
     for m in model.modalities:
         metrics[f"train_rows_with_{m}"] = float(sum(getattr(r, m) is not None for r in rows))
     model.save_pretrained(out)
@@ -286,7 +302,10 @@ def train_multimodal_model(train: str | Path, output_dir: str | Path, config: Mu
                                                    **{f"{m}_encoder": json.dumps(s) if isinstance(s, dict) else str(s)
                                                       for m, s in specs.items()}},
                   config=to_dict(config), metrics=metrics)
-    return finish_artifact(out, StageResult("multimodal", outputs={"model": str(out), "report": str(report)},
+    outputs = {"model": str(out), "report": str(report)}
+    if debugger is not None and debugger.report:
+        outputs["debug_report"] = debugger.report["html"]
+    return finish_artifact(out, StageResult("multimodal", outputs=outputs,
                                             metrics=metrics,
                                             details={"modalities": model.modalities, "fusion": config.fusion,
                                                      "labels": labels, "frozen": list(freeze)}))

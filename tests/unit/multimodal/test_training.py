@@ -131,3 +131,13 @@ def test_stage_refuses_bad_setups(sample_task, tmp_path):
     with pytest.raises(InvalidArtifactError, match="1 class"):
         train_multimodal_model(one, tmp_path / "b", MultimodalConfig(eval_fraction=0))
     assert not (tmp_path / "b" / "result.json").exists()
+
+
+def test_stage_with_the_debugger_and_one_modality_left_out(sample_task, tmp_path):
+    config = MultimodalConfig(modalities=("image",), epochs=1, hidden_size=32, debug=True, debug_interval=2,
+                              training_args={"disable_tqdm": True})
+    result = train_multimodal_model(sample_task / "train.jsonl", tmp_path / "mm", config,
+                                    eval_data=sample_task / "eval.jsonl")
+    assert json.loads((tmp_path / "mm" / "multimodal_config.json").read_text())["modalities"] == ["image"]
+    assert (tmp_path / "mm" / "debug" / "report.html").is_file() and "debug_report" in result.outputs
+    assert result.metrics["debug_nan_events"] == 0 and result.metrics["debug_max_grad_norm"] > 0

@@ -1,0 +1,66 @@
+"""The ``lifecycle`` pipeline: every stage of a model's life in one run, and the exit handler's outcome metric."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+import yaml
+
+from tests.e2e.test_cli import aptops
+from tests.models import CORPUS
+from tests.services.ollama_standin import OllamaStandIn
+
+
+@pytest.mark.slow
+def test_lifecycle_runs_every_stage_locally(tiny_llama, s3_server, tmp_path):
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in CORPUS))
+    bucket = f"life-{uuid.uuid4().hex[:6]}"
+    with OllamaStandIn(tmp_path / "ollama") as ollama:
+        out = aptops("run", "lifecycle", "--local", "--param", f"model={tiny_llama}", "--param", f"source={corpus}",
+                     "--param", "data_steps={steps: [clean, quality]}", "--param", "block_size=32", "--param", "eval_fraction=0.3",
+                     "--param", "train_steps=2", "--param", "distill_steps=2", "--param", "prune_steps=2",
+                     "--param", "target_sparsity=0.5", "--param", "quantization=F16",
+                     "--param", "min_top1_agreement=0.5", "--param", f"ollama_host={ollama.host}",
+                     "--param", "model_name=tiny:f16", "--param", f"backup_destinations=s3://{bucket}/gguf",
+                     "--param", 'training_args={"use_cpu": true}', "--runs-dir", str(tmp_path / "runs"),
+                     cwd=tmp_path, env={"APTOPS_NO_PROGRESS": "1", "AWS_ACCESS_KEY_ID": s3_server.access_key,
+                                        "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
+                                        "AWS_ENDPOINT_URL": s3_server.endpoint})
+        assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+        assert "tiny:f16" in ollama.state.models
+    (run_dir,) = (tmp_path / "runs").glob("lifecycle-*")
+    (pruned,) = run_dir.rglob("prune-model/pruned")
+    lineage = json.loads((pruned / "aptops.json").read_text())
+    assert [p["stage"] for p in lineage["parents"]][-2:] == ["train", "distill"]
+    keys = {o["Key"] for o in s3_server.client().list_objects_v2(Bucket=bucket)["Contents"]}
+    assert "gguf/manifest.json" in keys
+    # the exit handler ran and recorded the outcome
+    prom = "".join(p.read_text() for p in (run_dir / "metrics").glob("*.prom"))
+    assert 'aptops_pipeline_run_succeeded{' in prom and "} 1.0" in prom.split("aptops_pipeline_run_succeeded{")[1]
+    for figure in ("rows_out", "ratio_params", "top1_agreement", "perplexity"):
+        assert figure in out.stdout
+
+
+def test_lifecycle_compiles_with_an_exit_handler_and_each_stage_on_its_pool(tmp_path):
+    out = aptops("compile", "--pipeline", "lifecycle", "--out", str(tmp_path), "--gpu-node-selector", "pool=gpu",
+                 "--cpu-node-selector", "pool=cpu")
+    assert out.returncode == 0, out.stderr
+    spec, platform = yaml.safe_load_all((tmp_path / "lifecycle.yaml").read_text())
+    executors = spec["deploymentSpec"]["executors"]
+    for name in ("train-model", "distill-model", "prune-model"):
+        assert executors[f"exec-{name}"]["container"]["resources"]["accelerator"]["resourceCount"] == "1"
+    for name in ("process-data", "export-gguf", "record-run-outcome"):
+        assert "accelerator" not in executors[f"exec-{name}"]["container"].get("resources", {})
+    tasks = spec["root"]["dag"]["tasks"]
+    exit_task = tasks["record-run-outcome"]
+    assert exit_task["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
+    assert exit_task["dependentTasks"] == ["exit-handler-1"]
+    inner = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
+    assert {"process-data", "train-model", "distill-model", "prune-model", "evaluate-compression", "export-gguf",
+            "ollama-smoke-test", "condition-2", "condition-3"} <= set(inner)
+    labels = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert labels["exec-train-model"]["nodeSelector"]["labels"] == {"pool": "gpu"}
+    assert labels["exec-record-run-outcome"]["nodeSelector"]["labels"] == {"pool": "cpu"}
