@@ -92,6 +92,10 @@ def _split_pair(text: str, field_name: str) -> tuple[str, str]:
     return key, value
 
 
+# the stages whose tasks load model weights (and so share the cache volume)
+MODEL_STAGES = frozenset({"hub", "train", "distill", "prune", "multimodal", "debug", "export"})
+
+
 @dataclass(frozen=True)
 class ClusterSettings:
     """Where and how each stage's task runs on a cluster.
@@ -106,6 +110,10 @@ class ClusterSettings:
         gpu_count: GPUs per GPU task.
         credential_secrets: provider (aws, oss, hf, modelscope) -> name of the Kubernetes Secret whose keys
             become that provider's environment variables in the stages that need them.
+        cache_pvc: a PersistentVolumeClaim mounted into every stage that loads models, holding the Hugging
+            Face cache (``HF_HOME``) and the aptops cache (``APTOPS_CACHE_DIR``), so weights are downloaded
+            once per cluster instead of once per task; empty: no cache volume.
+        cache_mount_path: where that claim is mounted.
     """
 
     image_registry: str = DEFAULT_REGISTRY
@@ -116,8 +124,16 @@ class ClusterSettings:
     gpu_resource: str = "nvidia.com/gpu"
     gpu_count: int = 1
     credential_secrets: Mapping[str, str] = field(default_factory=dict)
+    cache_pvc: str = ""
+    cache_mount_path: str = "/cache"
 
     def __post_init__(self) -> None:
+        if self.cache_pvc and not re.match(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$", self.cache_pvc):
+            raise ConfigError(f"cache_pvc {self.cache_pvc!r} is not a valid Kubernetes name", field="cache_pvc",
+                              value=self.cache_pvc)
+        if not self.cache_mount_path.startswith("/"):
+            raise ConfigError("cache_mount_path must be an absolute path", field="cache_mount_path",
+                              value=self.cache_mount_path)
         for provider, secret in self.credential_secrets.items():
             if provider not in CREDENTIAL_ENV:
                 raise ConfigError(
@@ -170,6 +186,10 @@ class ClusterSettings:
             selector = self.cpu_node_selector
         for key, value in selector.items():
             kubernetes.add_node_selector(task, label_key=key, label_value=value)
+        if self.cache_pvc and stage in MODEL_STAGES:
+            kubernetes.mount_pvc(task, pvc_name=self.cache_pvc, mount_path=self.cache_mount_path)
+            task.set_env_variable("HF_HOME", f"{self.cache_mount_path}/huggingface")
+            task.set_env_variable("APTOPS_CACHE_DIR", f"{self.cache_mount_path}/aptops")
         for provider in STAGE_CREDENTIALS.get(stage, ()):
             secret = self.credential_secrets.get(provider)
             if secret:

@@ -520,7 +520,7 @@ def _run_stage(stage: str, step: str, fn: Any, out: Path) -> Any:
 def _cluster_settings(
     image_registry: str | None, image_tag: str | None, gpu_node_selector: list[str] | None,
     gpu_toleration: list[str] | None, cpu_node_selector: list[str] | None, gpu_resource: str | None,
-    secret: list[str] | None = None,
+    secret: list[str] | None = None, cache_pvc: str | None = None,
 ) -> Any:
     from aptops_pipelines.cluster import ClusterSettings, Toleration, parse_selector
 
@@ -539,6 +539,8 @@ def _cluster_settings(
         kwargs["gpu_resource"] = gpu_resource
     if secret:
         kwargs["credential_secrets"] = parse_selector(secret, field_name="secret")
+    if cache_pvc:
+        kwargs["cache_pvc"] = cache_pvc
     return ClusterSettings(**kwargs)
 
 
@@ -564,11 +566,13 @@ def compile_(
     gpu_resource: Annotated[str | None, typer.Option(help="GPU resource name, e.g. nvidia.com/gpu.")] = None,
     secret: Annotated[list[str] | None, typer.Option(
         help="provider=SecretName: a Kubernetes Secret whose keys become env vars (aws, oss, hf, modelscope).")] = None,
+    cache_pvc: Annotated[str | None, typer.Option(
+        help="A PVC mounted at /cache in every model-loading task (HF_HOME and the aptops cache live there).")] = None,
 ) -> None:
     """Compile the pipelines to KFP YAML for a cluster, with images, node pools and secrets from the options."""
     _, pipelines = _kfp_modules()
     settings = _cluster_settings(image_registry, image_tag, gpu_node_selector, gpu_toleration,
-                                 cpu_node_selector, gpu_resource, secret)
+                                 cpu_node_selector, gpu_resource, secret, cache_pvc)
     from kfp import compiler
 
     names = pipeline or sorted(pipelines.PIPELINES)

@@ -79,3 +79,15 @@ def test_selector_parsing():
     assert parse_selector(["a=b", "example.com/x=y"], field_name="s") == {"a": "b", "example.com/x": "y"}
     with pytest.raises(ConfigError, match="key=value"):
         parse_selector(["novalue"], field_name="s")
+
+
+def test_model_stages_share_the_cache_volume_and_others_do_not(tmp_path):
+    spec, executors = _compile(ClusterSettings(cache_pvc="aptops-cache"), tmp_path)
+    train = executors["exec-fake-train"]
+    assert train["pvcMount"] == [{"constant": "aptops-cache", "mountPath": "/cache", "pvcNameParameter":
+                                  {"runtimeValue": {"constant": "aptops-cache"}}}]
+    env = {e["name"]: e["value"] for e in spec["deploymentSpec"]["executors"]["exec-fake-train"]["container"]["env"]}
+    assert env == {"HF_HOME": "/cache/huggingface", "APTOPS_CACHE_DIR": "/cache/aptops"}
+    assert "pvcMount" not in executors["exec-fake-backup"]
+    with pytest.raises(ConfigError, match="not a valid Kubernetes name"):
+        ClusterSettings(cache_pvc="Bad_Name")
