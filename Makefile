@@ -51,6 +51,7 @@ bench: setup
 	$(PY) bench/distill_gain.py
 	$(PY) bench/prune_compare.py
 	$(PY) bench/multimodal_cache.py
+	$(PY) bench/results_md.py
 
 compile: setup
 	$(APTOPS) compile --out dist/pipelines
