@@ -686,6 +686,52 @@ def register(
 
 
 @app.command()
+def doctor(
+    kfp_host: Annotated[str | None, typer.Option(help="Check this KFP API and the aptops pipelines in it.")] = None,
+    pipeline: Annotated[list[str] | None, typer.Option("--pipeline", "-p", help="Pipelines expected (default: all).")] = None,
+    namespace: Annotated[str | None, typer.Option(help="Check Secrets and the cache claim in this namespace.")] = None,
+    secret: Annotated[list[str] | None, typer.Option(help="A Secret that must exist (repeatable).")] = None,
+    pvc: Annotated[str | None, typer.Option(help="The cache PersistentVolumeClaim that must exist.")] = None,
+    gpu_node_selector: Annotated[list[str] | None, typer.Option(help="GPU pool node label k=v (repeatable).")] = None,
+    gpu_resource: Annotated[str, typer.Option(help="GPU resource name.")] = "nvidia.com/gpu",
+    in_cluster: Annotated[bool, typer.Option(help="Use the pod's ServiceAccount (inside a cluster).")] = False,
+    kubeconfig: Annotated[str | None, typer.Option(help="A kubeconfig file (default: $KUBECONFIG, ~/.kube/config).")] = None,
+) -> None:
+    """Preflight: the KFP API answers, pipelines are registered, Secrets / PVC exist, the GPU pool has GPUs."""
+    from aptops_pipelines.cluster import parse_selector
+    from aptops_pipelines.doctor import check_cluster, check_kfp, core_api
+
+    checks = []
+    if kfp_host:
+        _kfp_modules()
+        logging.getLogger().addHandler(logging.NullHandler())
+        checks += check_kfp(kfp_host, pipeline, token=os.environ.get("KF_PIPELINES_TOKEN") or None)
+    selector = parse_selector(gpu_node_selector, field_name="gpu_node_selector") if gpu_node_selector else None
+    if namespace or selector:
+        if (secret or pvc) and not namespace:
+            raise ConfigError("--secret and --pvc need --namespace", field="namespace")
+        try:
+            core = core_api(in_cluster=in_cluster, kubeconfig=kubeconfig)
+        except Exception as exc:  # kubernetes' config loaders raise several types
+            raise ConfigError(f"no Kubernetes credentials: {exc} (pass --kubeconfig, or --in-cluster in a pod)",
+                              field="kubeconfig") from None
+        checks += check_cluster(core, namespace or "default", secrets=secret or [], pvc=pvc,
+                                gpu_node_selector=selector, gpu_resource=gpu_resource)
+    if not checks:
+        raise ConfigError("nothing to check: give --kfp-host and/or --namespace / --gpu-node-selector", field="doctor")
+    table = Table(title="aptops doctor")
+    for col in ("check", "result", "detail"):
+        table.add_column(col, overflow="fold")
+    for c in checks:
+        table.add_row(c.name, "[green]ok[/]" if c.ok else "[red]FAIL[/]", escape(c.detail))
+    console.print(table)
+    failed = [c for c in checks if not c.ok]
+    if failed:
+        err.print(f"[red]{len(failed)} of {len(checks)} checks failed[/]")
+        raise typer.Exit(1)
+
+
+@app.command()
 def submit(
     pipeline: Annotated[str, typer.Argument(help="Pipeline name.")],
     host: Annotated[str, typer.Option(help="KFP API URL, e.g. http://ml-pipeline-ui.kubeflow:80.")],

@@ -1,0 +1,104 @@
+{{/* The release's base name, at most 63 characters. */}}
+{{- define "aptops.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "aptops.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{- define "aptops.selectorLabels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "aptops.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}{{ include "aptops.fullname" . }}{{- else -}}{{ required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}{{- end -}}
+{{- end -}}
+
+{{- define "aptops.tag" -}}{{ .Values.image.tag | default .Chart.AppVersion }}{{- end -}}
+
+{{/* The CLI image (aptops-hub carries the CLI, kfp and the pipelines), by digest when one is given. */}}
+{{- define "aptops.cliImage" -}}
+{{- if .Values.image.digest -}}
+{{ printf "%s/aptops-hub@%s" .Values.image.registry .Values.image.digest }}
+{{- else -}}
+{{ printf "%s/aptops-hub:%s" .Values.image.registry (include "aptops.tag" .) }}
+{{- end -}}
+{{- end -}}
+
+{{- define "aptops.pushgatewayUrl" -}}
+{{- if .Values.monitoring.pushgateway.enabled -}}
+{{ printf "http://%s-pushgateway.%s.svc:9091" (include "aptops.fullname" .) .Release.Namespace }}
+{{- else -}}
+{{ .Values.monitoring.pushgateway.url }}
+{{- end -}}
+{{- end -}}
+
+{{- define "aptops.cacheClaim" -}}
+{{- if .Values.cache.create -}}{{ printf "%s-cache" (include "aptops.fullname" .) }}{{- else -}}{{ .Values.cache.existingClaim }}{{- end -}}
+{{- end -}}
+
+{{/* Pod and container hardening shared by every workload. */}}
+{{- define "aptops.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 10001
+runAsGroup: 10001
+fsGroup: 10001
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{- define "aptops.containerSecurityContext" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+privileged: false
+capabilities:
+  drop: [ALL]
+{{- end -}}
+
+{{- define "aptops.noNamespaceGuard" -}}
+{{- if eq .Release.Namespace "default" -}}
+{{- fail "aptops does not install into the default namespace: pass --namespace (e.g. aptops) with --create-namespace" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The register command line: the same cluster options `aptops compile` takes. */}}
+{{- define "aptops.registerArgs" -}}
+- register
+- --host={{ .Values.kfp.host }}
+- --image-registry={{ .Values.image.registry }}
+- --image-tag={{ include "aptops.tag" . }}
+{{- with .Values.kfp.namespace }}
+- --namespace={{ . }}
+{{- end }}
+{{- range .Values.kfp.pipelines }}
+- --pipeline={{ . }}
+{{- end }}
+{{- range $k, $v := .Values.nodePools.cpu.nodeSelector }}
+- --cpu-node-selector={{ $k }}={{ $v }}
+{{- end }}
+{{- range $k, $v := .Values.nodePools.gpu.nodeSelector }}
+- --gpu-node-selector={{ $k }}={{ $v }}
+{{- end }}
+{{- range .Values.nodePools.gpu.tolerations }}
+- --gpu-toleration={{ .key }}{{ if .value }}={{ .value }}{{ end }}:{{ .effect }}
+{{- end }}
+- --gpu-resource={{ .Values.nodePools.gpu.resource }}
+{{- range $provider, $secret := .Values.credentials }}
+{{- if $secret }}
+- --secret={{ $provider }}={{ $secret }}
+{{- end }}
+{{- end }}
+{{- with (include "aptops.cacheClaim" .) }}
+- --cache-pvc={{ . }}
+{{- end }}
+{{- end -}}
