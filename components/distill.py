@@ -24,6 +24,7 @@ def distill_model(
     alpha: float = 0.5,
     student_layer_stride: int = 2,
     block_size: int = 256,
+    chat_prompt: str = "",
     learning_rate: float = 5e-5,
     max_steps: int = -1,
     batch_size: int = 8,
@@ -47,7 +48,7 @@ def distill_model(
     weights = json_param(strategies, "strategies")
     extra = json_param(training_args, "training_args")
     args = {"learning_rate": learning_rate, "max_steps": max_steps, "per_device_train_batch_size": batch_size}
-    config = DistillConfig(strategies=weights, temperature=temperature, alpha=alpha,
+    config = DistillConfig(chat_prompt=chat_prompt, strategies=weights, temperature=temperature, alpha=alpha,
                            student_layer_stride=student_layer_stride, block_size=block_size,
                            eval_fraction=eval_fraction, debug=debug, training_args=args | extra)
     os.environ.setdefault("APTOPS_RUN_ID", run_id or "local")

@@ -24,6 +24,7 @@ def prune_model(
     schedule_steps: int = 1,
     recovery_steps: int = 0,
     block_size: int = 256,
+    chat_prompt: str = "",
     learning_rate: float = 5e-5,
     max_steps: int = 100,
     batch_size: int = 8,
@@ -41,7 +42,7 @@ def prune_model(
 
     extra = json_param(training_args, "training_args")
     args = {"learning_rate": learning_rate, "max_steps": max_steps, "per_device_train_batch_size": batch_size}
-    config = PruneConfig(method=method, target_sparsity=target_sparsity, n_m=n_m, schedule_steps=schedule_steps,
+    config = PruneConfig(chat_prompt=chat_prompt, method=method, target_sparsity=target_sparsity, n_m=n_m, schedule_steps=schedule_steps,
                          recovery_steps=recovery_steps, block_size=block_size, debug=debug,
                          training_args=args | extra)
     result = run_component("prune", lambda: prune(model.path, dataset.path, output_dir=pruned.path, config=config),

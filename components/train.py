@@ -22,6 +22,7 @@ def train_model(
     metrics: Output[Metrics],
     block_size: int = 256,
     text_column: str = "text",
+    chat_prompt: str = "",
     learning_rate: float = 5e-5,
     max_steps: int = -1,
     num_train_epochs: float = 1.0,
@@ -51,7 +52,7 @@ def train_model(
     extra = json_param(training_args, "training_args")
     args = {"learning_rate": learning_rate, "max_steps": max_steps, "num_train_epochs": num_train_epochs,
             "per_device_train_batch_size": batch_size, "gradient_accumulation_steps": gradient_accumulation_steps}
-    config = TrainConfig(block_size=block_size, text_column=text_column, eval_fraction=eval_fraction, lora_r=lora_r,
+    config = TrainConfig(block_size=block_size, text_column=text_column, chat_prompt=chat_prompt, eval_fraction=eval_fraction, lora_r=lora_r,
                          early_stopping_patience=early_stopping_patience or None, debug=debug,
                          debug_interval=debug_interval, training_args=args | extra)
     os.environ.setdefault("APTOPS_RUN_ID", run_id or "local")

@@ -50,6 +50,7 @@ def build(settings: ClusterSettings) -> Any:
         model: str = "HuggingFaceTB/SmolLM2-135M-Instruct",
         source: str = "/usr/share/games/fortunes/fortunes",
         data_steps: str = DATA_STEPS,
+        chat_prompt: str = "Tell me a fortune.",
         block_size: int = 128,
         eval_fraction: float = 0.1,
         batch_size: int = 4,
@@ -74,6 +75,8 @@ def build(settings: ClusterSettings) -> Any:
             model: the base model: a Hub model id or a model folder the tasks can read.
             source: the corpus (JSONL, Parquet, CSV or text).
             data_steps: the data stage's ProcessConfig as YAML (steps, separator, quality settings).
+            chat_prompt: train a chat model with each document as its answer to this user message (keeps
+                an instruct model answering); empty: plain text (base models, tokenizers without a template).
             block_size: tokens per training sequence.
             eval_fraction: the share of documents held out to evaluate training, distillation and compression.
             batch_size: sequences per device per step.
@@ -101,17 +104,17 @@ def build(settings: ClusterSettings) -> Any:
             base = import_model(repo=model, pipeline="lifecycle", run_id=run_id)
             settings.apply(base, "hub")
             trained = train_model(model=base.outputs["model"], dataset=data.outputs["dataset"], block_size=block_size,
-                                  learning_rate=learning_rate, max_steps=train_steps, batch_size=batch_size,
+                                  learning_rate=learning_rate, max_steps=train_steps, batch_size=batch_size, chat_prompt=chat_prompt,
                                   eval_fraction=eval_fraction, training_args=training_args, debug=True, pipeline="lifecycle", run_id=run_id)
             settings.apply(trained, "train")
             student = distill(teacher=trained.outputs["trained"], dataset=data.outputs["dataset"],
                               student_layer_stride=student_layer_stride, block_size=block_size,
-                              learning_rate=learning_rate, max_steps=distill_steps, batch_size=batch_size,
+                              learning_rate=learning_rate, max_steps=distill_steps, batch_size=batch_size, chat_prompt=chat_prompt,
                               eval_fraction=eval_fraction, training_args=training_args, pipeline="lifecycle", run_id=run_id)
             settings.apply(student, "distill")
             pruned = prune(model=student.outputs["student"], dataset=data.outputs["dataset"], method=prune_method,
                            target_sparsity=target_sparsity, block_size=block_size, learning_rate=learning_rate,
-                           max_steps=prune_steps, batch_size=batch_size, training_args=training_args,
+                           max_steps=prune_steps, batch_size=batch_size, chat_prompt=chat_prompt, training_args=training_args,
                            pipeline="lifecycle", run_id=run_id)
             settings.apply(pruned, "prune")
             evaluated = evaluate(original=trained.outputs["trained"], compressed=pruned.outputs["pruned"],

@@ -20,7 +20,7 @@ def test_lifecycle_runs_every_stage_locally(tiny_llama, s3_server, tmp_path):
     bucket = f"life-{uuid.uuid4().hex[:6]}"
     with OllamaStandIn(tmp_path / "ollama") as ollama:
         out = aptops("run", "lifecycle", "--local", "--param", f"model={tiny_llama}", "--param", f"source={corpus}",
-                     "--param", "data_steps={steps: [clean, quality]}", "--param", "block_size=32", "--param", "eval_fraction=0.3",
+                     "--param", "data_steps={steps: [clean, quality]}", "--param", "chat_prompt=", "--param", "block_size=32", "--param", "eval_fraction=0.3",
                      "--param", "train_steps=2", "--param", "distill_steps=2", "--param", "prune_steps=2",
                      "--param", "target_sparsity=0.5", "--param", "quantization=F16",
                      "--param", "min_top1_agreement=0.5", "--param", f"ollama_host={ollama.host}",

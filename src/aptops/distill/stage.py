@@ -45,7 +45,7 @@ class DistillConfig:
             the objective (see :class:`~aptops.distill.distiller.StrategyConfig`).
         student_layer_stride: when the student is made from the teacher, keep every k-th block.
         student_intermediate_size: ... and narrow the MLP to this many channels (0: keep).
-        block_size / text_column / eval_fraction / early_stopping_patience / resume / seed / debug /
+        block_size / text_column / chat_prompt / eval_fraction / early_stopping_patience / resume / seed / debug /
             training_args: as for the train stage (:class:`aptops.train.TrainConfig`).
     """
 
@@ -60,6 +60,7 @@ class DistillConfig:
     student_intermediate_size: int = 0
     block_size: int = 256
     text_column: str = "text"
+    chat_prompt: str = ""
     eval_fraction: float = 0.05
     early_stopping_patience: int | None = None
     resume: str = "auto"
@@ -81,7 +82,8 @@ class DistillConfig:
     def train_config(self) -> Any:
         from aptops.train import TrainConfig
 
-        return TrainConfig(block_size=self.block_size, text_column=self.text_column, eval_fraction=self.eval_fraction,
+        return TrainConfig(block_size=self.block_size, text_column=self.text_column, chat_prompt=self.chat_prompt,
+                           eval_fraction=self.eval_fraction,
                            early_stopping_patience=self.early_stopping_patience, resume=self.resume, seed=self.seed,
                            debug=self.debug, training_args=dict(self.training_args))
 

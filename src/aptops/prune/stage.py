@@ -85,7 +85,7 @@ class PruneConfig:
         lottery_rounds: lottery-ticket rounds (each prunes ``1 - (1 - target)^(1/rounds)`` of what is left).
         lottery_steps: training steps per lottery round.
         rewind_step: the lottery's early weights are taken after this many steps.
-        block_size / text_column / eval_fraction / early_stopping_patience / debug / seed / training_args: the
+        block_size / text_column / chat_prompt / eval_fraction / early_stopping_patience / debug / seed / training_args: the
             final fine-tuning, as for the train stage.
     """
 
@@ -101,6 +101,7 @@ class PruneConfig:
     rewind_step: int = 2
     block_size: int = 256
     text_column: str = "text"
+    chat_prompt: str = ""
     eval_fraction: float = 0.05
     early_stopping_patience: int | None = None
     debug: bool = False
@@ -133,7 +134,8 @@ class PruneConfig:
     def train_config(self) -> Any:
         from aptops.train import TrainConfig
 
-        return TrainConfig(block_size=self.block_size, text_column=self.text_column, eval_fraction=self.eval_fraction,
+        return TrainConfig(block_size=self.block_size, text_column=self.text_column, chat_prompt=self.chat_prompt,
+                           eval_fraction=self.eval_fraction,
                            early_stopping_patience=self.early_stopping_patience, debug=self.debug, seed=self.seed,
                            resume="never", training_args=dict(self.training_args))
 

@@ -51,6 +51,10 @@ class TrainConfig:
     Attributes:
         block_size: tokens per training sequence.
         text_column: the dataset column holding the text.
+        chat_prompt: train a chat model on plain documents as answers: each document becomes the assistant
+            turn after this user message, rendered with the tokenizer's chat template (empty: plain text).
+            Packing raw text into an instruct model joins documents with its end-of-turn token, which
+            teaches it to end every answer at once; this keeps the turns intact.
         packing: join documents (separated by EOS) and cut them into full blocks; off: one document per
             sequence, truncated and padded.
         eval_fraction: the share of documents held out for evaluation when no eval set is given (0: none).
@@ -73,6 +77,7 @@ class TrainConfig:
 
     block_size: int = 256
     text_column: str = "text"
+    chat_prompt: str = ""
     packing: bool = True
     eval_fraction: float = 0.05
     early_stopping_patience: int | None = None
@@ -153,20 +158,32 @@ def tokenize_for_clm(dataset: Any, tokenizer: Any, config: TrainConfig) -> Any:
     block, column = config.block_size, config.text_column
     eos = tokenizer.eos_token_id
     remove = list(getattr(dataset, "column_names", None) or [column])
+    chat = bool(config.chat_prompt)
+    if chat and not getattr(tokenizer, "chat_template", None):
+        raise ConfigError("chat_prompt needs a tokenizer with a chat template; this one has none (train it on "
+                          "plain text: leave chat_prompt empty)", field="chat_prompt")
+
+    def texts(batch: Mapping[str, list[Any]]) -> list[str]:
+        docs = [t or "" for t in batch[column]]
+        if not chat:
+            return docs
+        return [tokenizer.apply_chat_template([{"role": "user", "content": config.chat_prompt},
+                                               {"role": "assistant", "content": d}], tokenize=False) if d else ""
+                for d in docs]
 
     if not config.packing:
         def encode(batch: Mapping[str, list[Any]]) -> dict[str, Any]:
-            return tokenizer([t or "" for t in batch[column]], truncation=True, max_length=block)
+            return tokenizer(texts(batch), truncation=True, max_length=block, add_special_tokens=not chat)
 
         return dataset.map(encode, batched=True, remove_columns=remove)
 
     def pack(batch: Mapping[str, list[Any]]) -> dict[str, list[list[int]]]:
-        ids = tokenizer([t or "" for t in batch[column]], add_special_tokens=False)["input_ids"]
+        ids = tokenizer(texts(batch), add_special_tokens=False)["input_ids"]
         stream: list[int] = []
         for doc in ids:
             if doc:
                 stream.extend(doc)
-                if eos is not None:
+                if eos is not None and not chat:  # a rendered conversation already ends its turn
                     stream.append(eos)
         n = (len(stream) // block) * block
         blocks = [stream[i:i + block] for i in range(0, n, block)]
