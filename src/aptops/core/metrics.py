@@ -32,6 +32,26 @@ from aptops.core.locations import redact
 log = logging.getLogger(__name__)
 
 LABELS = ("pipeline", "run_id", "stage", "step")
+
+# Every series name the chart's alerts and dashboard may query, with where it comes from. Stage gauges are
+# ``aptops_<stage>_<name>`` from a stage's result metrics; these are the ones monitoring relies on
+# (tests/e2e/test_helm.py checks that the chart queries nothing else, and the debug tests that the
+# debugger pushes its ones).
+METRICS: dict[str, str] = {
+    "aptops_stage_duration_seconds": "every stage run: wall time",
+    "aptops_stage_outcome": "every stage run: 1 for the outcome (success / failure) that happened",
+    "aptops_stage_last_run_timestamp_seconds": "every stage run: when it ended",
+    "aptops_debug_loss": "the training debugger: latest training loss",
+    "aptops_debug_grad_norm": "the training debugger: latest gradient L2 norm",
+    "aptops_debug_learning_rate": "the training debugger: latest learning rate",
+    "aptops_debug_nan_events": "the training debugger: non-finite losses seen in the run",
+    "aptops_debug_dead_neuron_ratio": "the training debugger: share of units never active",
+    "aptops_debug_memory_bytes": "the training debugger: GPU memory allocated or process RSS",
+    "aptops_debug_last_update_timestamp_seconds": "the training debugger: when the run last reported",
+    "aptops_pipeline_run_succeeded": "the lifecycle exit handler: 1 if the run succeeded, else 0",
+    "aptops_pipeline_run_end_timestamp_seconds": "the lifecycle exit handler: when the run ended",
+    "aptops_backup_bytes_sent": "the backup components: bytes written to the destinations",
+}
 OUTCOMES = ("success", "failure")
 _NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 

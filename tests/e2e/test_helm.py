@@ -1,0 +1,159 @@
+"""The Helm chart with a real helm: lint, render every scenario, validate, harden, alerts under promtool."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from aptops.core.metrics import METRICS
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "helm" / "aptops"
+HELM = ROOT / ".tools" / "bin" / "helm"
+SCENARIOS = sorted((CHART / "ci").glob("*-values.yaml"))
+CRDS = ["--api-versions", "monitoring.coreos.com/v1/ServiceMonitor",
+        "--api-versions", "monitoring.coreos.com/v1/PrometheusRule"]
+
+pytestmark = pytest.mark.skipif(not HELM.is_file(), reason="helm is installed by make setup (scripts/install_helm.py)")
+
+
+def helm(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(HELM), *args], capture_output=True, text=True, timeout=120)
+
+
+def render(*values: Path, crds: bool = True, sets: tuple[str, ...] = ()) -> list[dict]:
+    args = ["template", "rel", str(CHART), "--namespace", "aptops"]
+    for v in values:
+        args += ["-f", str(v)]
+    for s in sets:
+        args += ["--set", s]
+    out = helm(*args, *(CRDS if crds else []))
+    assert out.returncode == 0, out.stderr
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+def pod_specs(docs: list[dict]) -> list[tuple[str, dict]]:
+    specs = []
+    for d in docs:
+        if d["kind"] == "Pod":
+            specs.append((d["metadata"]["name"], d["spec"]))
+        elif d["kind"] in ("Deployment", "Job"):
+            specs.append((d["metadata"]["name"], d["spec"]["template"]["spec"]))
+    return specs
+
+
+@pytest.mark.parametrize("values", SCENARIOS, ids=lambda p: p.stem)
+def test_every_scenario_lints_strictly_and_validates(values):
+    lint = helm("lint", "--strict", str(CHART), "--namespace", "aptops", "-f", str(values))
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    import kubernetes_validate
+
+    for doc in render(values):
+        if doc["apiVersion"].startswith("monitoring.coreos.com"):
+            continue  # CRD kinds: checked below against their own structure
+        kubernetes_validate.validate(doc, "1.30.0", strict=True)
+
+
+@pytest.mark.parametrize("values", SCENARIOS, ids=lambda p: p.stem)
+def test_every_workload_is_hardened(values):
+    for name, spec in pod_specs(render(values)):
+        pod = spec["securityContext"]
+        assert pod["runAsNonRoot"] is True and pod["seccompProfile"]["type"] == "RuntimeDefault", name
+        assert spec.get("automountServiceAccountToken") is not None, name
+        for c in spec["containers"]:
+            sc = c["securityContext"]
+            assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False, name
+            assert sc["capabilities"]["drop"] == ["ALL"], name
+            assert c["resources"]["requests"] and c["resources"]["limits"], name
+
+
+def test_full_scenario_wires_values_into_the_register_job():
+    docs = render(CHART / "ci" / "full-values.yaml")
+    kinds = sorted(d["kind"] for d in docs)
+    assert "Secret" not in kinds  # credentials are references, never values
+    assert {"ServiceMonitor", "PrometheusRule", "NetworkPolicy", "PersistentVolumeClaim"} <= set(kinds)
+    (job,) = [d for d in docs if d["kind"] == "Job"]
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == ("registry.example.com/ml/aptops-hub@sha256:"
+                                  "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef")
+    args = container["args"]
+    assert args[0] == "register"
+    for expected in ("--gpu-node-selector=pool=gpu", "--gpu-toleration=nvidia.com/gpu=present:NoSchedule",
+                     "--secret=aws=s3-creds", "--secret=hf=hf-token",
+                     "--cache-pvc=rel-aptops-cache", "--pipeline=lifecycle", "--namespace=team-llm"):
+        assert expected in args, (expected, args)
+    env = {e["name"]: e for e in container["env"]}
+    assert env["KF_PIPELINES_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "kfp-token", "key": "token"}
+    volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["kfp-token"]["projected"]["sources"][0]["serviceAccountToken"]["audience"] == "pipelines.kubeflow.org"
+    (role,) = [d for d in docs if d["kind"] == "Role"]
+    verbs = {v for rule in role["rules"] for v in rule["verbs"]}
+    assert verbs == {"get"} and all(rule.get("resourceNames") for rule in role["rules"])
+    (ollama,) = [d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-ollama")]
+    limits = ollama["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert limits["nvidia.com/gpu"] == 1
+    # the compiled pipelines would see exactly these settings: the same flags `aptops compile` takes
+    out = subprocess.run([str(ROOT / ".venv" / "bin" / "aptops"), "compile", "--help"], capture_output=True, text=True)
+    for flag in ("--gpu-node-selector", "--gpu-toleration", "--secret", "--cache-pvc", "--image-registry"):
+        assert flag in out.stdout
+
+
+def test_monitoring_objects_only_when_the_operator_is_there():
+    kinds = {d["kind"] for d in render(crds=False)}
+    assert "ServiceMonitor" not in kinds and "PrometheusRule" not in kinds
+    assert "ConfigMap" in kinds  # the dashboard and settings still render
+
+
+@pytest.mark.parametrize(("sets", "message"), [
+    (("kfp.hots=http://x",), "hots"),
+    (("image.digest=sha256:short",), "digest"),
+    (("kfp.pipelines[0]=nope",), "pipelines"),
+    (("monitoring.prometheusRule.stalledMinutes=0",), "stalledMinutes"),
+    (("credentials.aws=Bad_Name",), "aws"),
+])
+def test_values_that_break_the_schema_fail(sets, message):
+    args = ["template", "rel", str(CHART), "--namespace", "aptops"]
+    for s in sets:
+        args += ["--set", s]
+    out = helm(*args)
+    assert out.returncode != 0 and message in out.stderr, out.stderr
+
+
+def test_default_namespace_is_refused():
+    out = helm("template", "rel", str(CHART), "--namespace", "default")
+    assert out.returncode != 0 and "default namespace" in out.stderr
+
+
+def test_alerts_pass_promtool_and_their_unit_tests(tmp_path):
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool comes with the Debian prometheus package (make setup installs it)")
+    (rule,) = [d for d in render() if d["kind"] == "PrometheusRule"]
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(rule["spec"]))
+    shutil.copyfile(ROOT / "tests" / "assets" / "alerts_test.yaml", tmp_path / "alerts_test.yaml")
+    check = subprocess.run([promtool, "check", "rules", "rules.yaml"], cwd=tmp_path, capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    test = subprocess.run([promtool, "test", "rules", "alerts_test.yaml"], cwd=tmp_path, capture_output=True,
+                          text=True)
+    assert test.returncode == 0, test.stdout + test.stderr
+    alerts = {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]}
+    tested = set(re.findall(r"alertname: (\w+)", (tmp_path / "alerts_test.yaml").read_text()))
+    assert alerts == tested  # a unit test per alert
+
+
+def test_dashboard_and_alerts_query_only_metrics_aptops_emits():
+    docs = render()
+    (dashboard,) = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-dashboard")]
+    panels = json.loads(dashboard["data"]["aptops.json"])["panels"]
+    queries = [t["expr"] for p in panels for t in p["targets"]]
+    (rule,) = [d for d in docs if d["kind"] == "PrometheusRule"]
+    queries += [r["expr"] for g in rule["spec"]["groups"] for r in g["rules"]]
+    used = {m for q in queries for m in re.findall(r"\baptops_[a-z_]+", q)}
+    assert used and used <= set(METRICS), used - set(METRICS)
+    assert len(panels) >= 8 and dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
