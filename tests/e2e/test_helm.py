@@ -157,3 +157,52 @@ def test_dashboard_and_alerts_query_only_metrics_aptops_emits():
     used = {m for q in queries for m in re.findall(r"\baptops_[a-z_]+", q)}
     assert used and used <= set(METRICS), used - set(METRICS)
     assert len(panels) >= 8 and dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+
+
+@pytest.mark.slow
+def test_a_planted_nan_fires_the_charts_alert_in_a_real_prometheus(tiny_llama, pushgateway, tmp_path):
+    """A local train pipeline run pushes to the real Pushgateway; a real Prometheus loads the chart's rendered
+    rules and scrapes it; the NaN a planted infinite weight causes shows up in ALERTS."""
+    import time
+    import urllib.parse
+    import urllib.request
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tests.e2e.test_cli import aptops
+    from tests.models import CORPUS
+    from tests.services.servers import start_prometheus
+
+    planted = tmp_path / "planted"
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    with torch.no_grad():
+        model.model.layers[1].mlp.down_proj.weight.fill_(float("inf"))
+    model.save_pretrained(planted)
+    AutoTokenizer.from_pretrained(tiny_llama).save_pretrained(planted)
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in CORPUS))
+    (rule,) = [d for d in render() if d["kind"] == "PrometheusRule"]
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(yaml.safe_dump(rule["spec"]))
+    server, prometheus = start_prometheus(tmp_path / "prom", scrape_targets=[pushgateway.split("://", 1)[1]],
+                                          rule_files=[rules])
+    try:
+        out = aptops("run", "train", "--local", "--param", f"model={planted}", "--param", f"source={corpus}",
+                     "--param", "separator=", "--param", "block_size=32", "--param", "max_steps=3",
+                     "--param", "batch_size=4", "--param", 'training_args={"use_cpu": true}',
+                     "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path,
+                     env={"APTOPS_PUSHGATEWAY_URL": pushgateway, "APTOPS_NO_PROGRESS": "1"})
+        assert out.returncode != 0  # training diverged: the train task fails, as it should
+        deadline = time.monotonic() + 60
+        firing: dict[str, dict] = {}
+        while time.monotonic() < deadline and not {"AptopsNaNLoss", "AptopsStageFailed"} <= set(firing):
+            q = urllib.parse.quote('ALERTS{alertstate="firing", pipeline="train"}')
+            with urllib.request.urlopen(f"{prometheus}/api/v1/query?query={q}", timeout=5) as resp:
+                firing = {r["metric"]["alertname"]: r["metric"] for r in json.loads(resp.read())["data"]["result"]}
+            time.sleep(1)
+    finally:
+        server.stop()
+    assert "AptopsNaNLoss" in firing, firing
+    assert firing["AptopsNaNLoss"]["severity"] == "critical"
+    assert firing["AptopsStageFailed"]["stage"] == "train"
