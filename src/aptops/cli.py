@@ -74,6 +74,19 @@ ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML fil
 SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a setting: key=value (repeatable).")]
 
 
+# the cluster options `compile`, `register` (and the Helm chart's register Job) share
+RegistryOpt = Annotated[str | None, typer.Option(help="Registry/namespace of the stage images.")]
+TagOpt = Annotated[str | None, typer.Option(help="Tag of the stage images.")]
+GpuSelectorOpt = Annotated[list[str] | None, typer.Option(help="GPU pool node label k=v (repeatable).")]
+GpuTolerationOpt = Annotated[list[str] | None, typer.Option(help="GPU toleration key=value:Effect (repeatable).")]
+CpuSelectorOpt = Annotated[list[str] | None, typer.Option(help="CPU pool node label k=v (repeatable).")]
+GpuResourceOpt = Annotated[str | None, typer.Option(help="GPU resource name, e.g. nvidia.com/gpu.")]
+SecretsOpt = Annotated[list[str] | None, typer.Option(
+    help="provider=SecretName: a Kubernetes Secret whose keys become env vars (aws, oss, hf, modelscope).")]
+CachePvcOpt = Annotated[str | None, typer.Option(
+    help="A PVC mounted at /cache in every model-loading task (HF_HOME and the aptops cache live there).")]
+
+
 def _version_callback(value: bool) -> None:
     if value:
         console.print(f"aptops {__version__}")
@@ -558,16 +571,14 @@ def _kfp_modules() -> tuple[Any, Any]:
 def compile_(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the compiled YAML files.")] = Path("dist/pipelines"),
     pipeline: Annotated[list[str] | None, typer.Option("--pipeline", "-p", help="Compile only these (repeatable).")] = None,
-    image_registry: Annotated[str | None, typer.Option(help="Registry/namespace of the stage images.")] = None,
-    image_tag: Annotated[str | None, typer.Option(help="Tag of the stage images.")] = None,
-    gpu_node_selector: Annotated[list[str] | None, typer.Option(help="GPU pool node label k=v (repeatable).")] = None,
-    gpu_toleration: Annotated[list[str] | None, typer.Option(help="GPU toleration key=value:Effect (repeatable).")] = None,
-    cpu_node_selector: Annotated[list[str] | None, typer.Option(help="CPU pool node label k=v (repeatable).")] = None,
-    gpu_resource: Annotated[str | None, typer.Option(help="GPU resource name, e.g. nvidia.com/gpu.")] = None,
-    secret: Annotated[list[str] | None, typer.Option(
-        help="provider=SecretName: a Kubernetes Secret whose keys become env vars (aws, oss, hf, modelscope).")] = None,
-    cache_pvc: Annotated[str | None, typer.Option(
-        help="A PVC mounted at /cache in every model-loading task (HF_HOME and the aptops cache live there).")] = None,
+    image_registry: RegistryOpt = None,
+    image_tag: TagOpt = None,
+    gpu_node_selector: GpuSelectorOpt = None,
+    gpu_toleration: GpuTolerationOpt = None,
+    cpu_node_selector: CpuSelectorOpt = None,
+    gpu_resource: GpuResourceOpt = None,
+    secret: SecretsOpt = None,
+    cache_pvc: CachePvcOpt = None,
 ) -> None:
     """Compile the pipelines to KFP YAML for a cluster, with images, node pools and secrets from the options."""
     _, pipelines = _kfp_modules()
@@ -657,15 +668,14 @@ def register(
     host: Annotated[str, typer.Option(help="KFP API URL, e.g. http://ml-pipeline.kubeflow:8888.")],
     pipeline: Annotated[list[str] | None, typer.Option("--pipeline", "-p", help="Only these (repeatable).")] = None,
     namespace: Annotated[str | None, typer.Option(help="The KFP namespace (multi-user installs).")] = None,
-    image_registry: Annotated[str | None, typer.Option(help="Registry/namespace of the stage images.")] = None,
-    image_tag: Annotated[str | None, typer.Option(help="Tag of the stage images.")] = None,
-    gpu_node_selector: Annotated[list[str] | None, typer.Option(help="GPU pool node label k=v (repeatable).")] = None,
-    gpu_toleration: Annotated[list[str] | None, typer.Option(help="GPU toleration key=value:Effect (repeatable).")] = None,
-    cpu_node_selector: Annotated[list[str] | None, typer.Option(help="CPU pool node label k=v (repeatable).")] = None,
-    gpu_resource: Annotated[str | None, typer.Option(help="GPU resource name, e.g. nvidia.com/gpu.")] = None,
-    secret: Annotated[list[str] | None, typer.Option(
-        help="provider=SecretName: a Kubernetes Secret whose keys become env vars (aws, oss, hf, modelscope).")] = None,
-    cache_pvc: Annotated[str | None, typer.Option(help="A PVC for the model caches of model-loading tasks.")] = None,
+    image_registry: RegistryOpt = None,
+    image_tag: TagOpt = None,
+    gpu_node_selector: GpuSelectorOpt = None,
+    gpu_toleration: GpuTolerationOpt = None,
+    cpu_node_selector: CpuSelectorOpt = None,
+    gpu_resource: GpuResourceOpt = None,
+    secret: SecretsOpt = None,
+    cache_pvc: CachePvcOpt = None,
 ) -> None:
     """Compile the pipelines for a cluster and upload them to KFP as new versions (unchanged ones are skipped)."""
     _kfp_modules()
@@ -692,7 +702,7 @@ def doctor(
     namespace: Annotated[str | None, typer.Option(help="Check Secrets and the cache claim in this namespace.")] = None,
     secret: Annotated[list[str] | None, typer.Option(help="A Secret that must exist (repeatable).")] = None,
     pvc: Annotated[str | None, typer.Option(help="The cache PersistentVolumeClaim that must exist.")] = None,
-    gpu_node_selector: Annotated[list[str] | None, typer.Option(help="GPU pool node label k=v (repeatable).")] = None,
+    gpu_node_selector: GpuSelectorOpt = None,
     gpu_resource: Annotated[str, typer.Option(help="GPU resource name.")] = "nvidia.com/gpu",
     in_cluster: Annotated[bool, typer.Option(help="Use the pod's ServiceAccount (inside a cluster).")] = False,
     kubeconfig: Annotated[str | None, typer.Option(help="A kubeconfig file (default: $KUBECONFIG, ~/.kube/config).")] = None,
@@ -738,8 +748,8 @@ def submit(
     experiment: Annotated[str, typer.Option(help="Experiment to run in.")] = "aptops",
     param: Annotated[list[str] | None, typer.Option("--param", "-p", help="Pipeline parameter k=v.")] = None,
     config: ConfigOpt = None,
-    image_registry: Annotated[str | None, typer.Option(help="Registry/namespace of the stage images.")] = None,
-    image_tag: Annotated[str | None, typer.Option(help="Tag of the stage images.")] = None,
+    image_registry: RegistryOpt = None,
+    image_tag: TagOpt = None,
 ) -> None:
     """Submit a pipeline run to a KFP API (token from KF_PIPELINES_TOKEN if set)."""
     kfp, pipelines = _kfp_modules()

@@ -29,6 +29,18 @@ class LocalServer:
         self._server.server_close()
 
 
+def json_reply(handler: BaseHTTPRequestHandler, code: int, body: object) -> None:
+    """Send ``body`` as a JSON response with ``code``."""
+    import json
+
+    data = json.dumps(body).encode()
+    handler.send_response(code)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
+
+
 def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
     """The inclusive ``(start, end)`` of a ``Range: bytes=start-[end]`` header, clamped to ``size``."""
     if not header or not header.startswith("bytes="):

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from tests.services.http import LocalServer
+from tests.services.http import LocalServer, json_reply
 
 
 @dataclass
@@ -39,12 +39,7 @@ def _handler(state: ClusterState) -> type[BaseHTTPRequestHandler]:
             pass
 
         def _reply(self, code: int, body: dict[str, Any]) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            json_reply(self, code, body)
 
         def do_GET(self) -> None:
             url = urlsplit(self.path)

@@ -16,7 +16,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from tests.services.http import LocalServer
+from tests.services.http import LocalServer, json_reply
 
 
 @dataclass
@@ -36,12 +36,7 @@ def _handler(state: KfpApiState) -> type[BaseHTTPRequestHandler]:
             pass
 
         def _reply(self, code: int, body: dict[str, Any]) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            json_reply(self, code, body)
 
         def _authorised(self) -> bool:
             if state.token is None:
