@@ -206,3 +206,17 @@ def test_a_planted_nan_fires_the_charts_alert_in_a_real_prometheus(tiny_llama, p
     assert "AptopsNaNLoss" in firing, firing
     assert firing["AptopsNaNLoss"]["severity"] == "critical"
     assert firing["AptopsStageFailed"]["stage"] == "train"
+
+
+def test_one_resource_per_template():
+    templates = sorted(p for p in (CHART / "templates").rglob("*.yaml") if p.name != "namespace-guard.yaml")
+    rendered = 0
+    for template in templates:
+        rel = template.relative_to(CHART).as_posix()
+        out = helm("template", "rel", str(CHART), "--namespace", "aptops", "-f", str(CHART / "ci" / "full-values.yaml"),
+                   "--show-only", rel, *CRDS)
+        assert out.returncode == 0, (rel, out.stderr)
+        docs = [d for d in yaml.safe_load_all(out.stdout) if d]
+        assert len(docs) == 1, (rel, [d["kind"] for d in docs])
+        rendered += 1
+    assert rendered >= 18
