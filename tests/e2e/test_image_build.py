@@ -22,6 +22,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = "docker.io/library/python:3.11-slim"
+BASE_LABEL = "io.aptops.stand-in=2"  # bump when the stand-in's recipe changes
 WANTED = os.environ.get("APTOPS_IMAGE_TESTS", "")
 CPU_STAGES = ["data", "hub", "backup"] + (["export"] if WANTED == "export" else [])
 
@@ -49,7 +50,10 @@ def _has_image(name: str) -> bool:
 def base_image(tmp_path_factory):
     """The debootstrapped stand-in for python:3.11-slim (built once, kept in buildah's storage)."""
     if _has_image(BASE):
-        return BASE
+        labels = buildah("inspect", "--type", "image", "--format", "{{.OCIv1.Config.Labels}}", BASE).stdout
+        if BASE_LABEL.replace("=", ":") in labels:
+            return BASE
+        buildah("rmi", BASE, check=False)
     rootfs = tmp_path_factory.mktemp("base") / "rootfs"
     subprocess.run(["debootstrap", "--variant=minbase", "--include=python3,python3-pip,python3-venv,ca-certificates",
                     "bookworm", str(rootfs), "http://deb.debian.org/debian"], check=True, capture_output=True,
@@ -61,13 +65,17 @@ def base_image(tmp_path_factory):
         link.unlink(missing_ok=True)
         link.symlink_to(target)
     shutil.rmtree(rootfs / "var/cache/apt/archives", ignore_errors=True)
+    # this machine's trust store: where PyPI is reached through an intercepting proxy, its CA is in here
+    host_bundle = Path("/etc/ssl/certs/ca-certificates.crt")
+    if host_bundle.is_file():
+        shutil.copyfile(host_bundle, rootfs / "etc/ssl/certs/ca-certificates.crt")
     ctr = buildah("from", "scratch").stdout.strip()
     try:
         mnt = buildah("mount", ctr).stdout.strip()
         subprocess.run(["cp", "-a", f"{rootfs}/.", mnt], check=True)
         buildah("umount", ctr)
         buildah("config", "--env", "PATH=/usr/local/bin:/usr/local/sbin:/usr/bin:/usr/sbin:/bin:/sbin",
-                "--env", "LANG=C.UTF-8", "--cmd", "python3", ctr)
+                "--env", "LANG=C.UTF-8", "--label", BASE_LABEL, "--cmd", "python3", ctr)
         buildah("commit", ctr, BASE)
     finally:
         buildah("rm", ctr, check=False)

@@ -213,7 +213,7 @@ def hf_translator(model_path: str, *, max_new_tokens: int = 256, batch_size: int
     if not Path(model_path).exists():
         raise ArtifactNotFoundError(f"translation model {model_path!r} does not exist", path=model_path)
     tok = transformers.AutoTokenizer.from_pretrained(model_path)
-    model = transformers.AutoModelForSeq2SeqLM.from_pretrained(model_path).eval()
+    model = transformers.AutoModelForSeq2SeqLM.from_pretrained(model_path, use_safetensors=True).eval()
     # never generate past the model's position table (Marian models have 512 positions)
     max_new_tokens = min(max_new_tokens, getattr(model.config, "max_position_embeddings", max_new_tokens) - 2)
 

@@ -182,7 +182,7 @@ def perplexities(texts: Sequence[str], model_path: str, *, max_tokens: int = 256
     torch = require("torch", extra="train", feature="perplexity")
     transformers = require("transformers", extra="train", feature="perplexity")
     tok = transformers.AutoTokenizer.from_pretrained(model_path)
-    model = transformers.AutoModelForCausalLM.from_pretrained(model_path)
+    model = transformers.AutoModelForCausalLM.from_pretrained(model_path, use_safetensors=True)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device).eval()
     if tok.pad_token is None:

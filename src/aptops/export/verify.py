@@ -68,7 +68,8 @@ def verify_gguf(gguf_path: str | Path, model_path: str | Path, *, text: str | No
     llama_cpp = require("llama_cpp", extra="export", feature="verifying GGUF")
     gate = gate or GateConfig()
     tokenizer = transformers.AutoTokenizer.from_pretrained(model_path)
-    model = transformers.AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    model = transformers.AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32,
+                                                              use_safetensors=True)
     model.eval()
     ids = tokenizer(text or DEFAULT_TEXT, add_special_tokens=False).input_ids[: n_ctx - 1]
     if len(ids) < 2:

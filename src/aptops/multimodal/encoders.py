@@ -102,8 +102,8 @@ def load_encoder(modality: str, spec: Any) -> Any:
     if sub is not None and not getattr(config, "is_encoder_decoder", False):
         # a CLIP / SigLIP checkpoint: load only the tower (its class reads the sub-config from the full one)
         cls = transformers.MODEL_MAPPING[type(sub)]
-        return cls.from_pretrained(source)
-    return _encoder_part(modality, transformers.AutoModel.from_pretrained(source))
+        return cls.from_pretrained(source, use_safetensors=True)
+    return _encoder_part(modality, transformers.AutoModel.from_pretrained(source, use_safetensors=True))
 
 
 def load_processor(modality: str, source: Any) -> Any:
