@@ -12,9 +12,14 @@ from tests.e2e.test_cli import aptops
 from tests.models import CORPUS
 from tests.services.ollama_standin import OllamaStandIn
 
+CANARIES = {"OSS_ACCESS_KEY_SECRET": "canary-oss-5f1e2d", "MODELSCOPE_API_TOKEN": "canary-ms-9b7c3a",
+            "KF_PIPELINES_TOKEN": "canary-kfp-44e0aa", "OSS_ACCESS_KEY_ID": "canary-ossid-17c2"}
+
 
 @pytest.mark.slow
-def test_lifecycle_runs_every_stage_locally(tiny_llama, s3_server, tmp_path):
+def test_lifecycle_runs_every_stage_locally(tiny_llama, s3_server, hub, tmp_path):
+    """Every stage, publish to the (stand-in) Hub and backup to S3 included, with a secret in every credential
+    variable: none of them may appear in the output, any file the run wrote, the model card or compiled YAML."""
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in CORPUS))
     bucket = f"life-{uuid.uuid4().hex[:6]}"
@@ -25,10 +30,11 @@ def test_lifecycle_runs_every_stage_locally(tiny_llama, s3_server, tmp_path):
                      "--param", "target_sparsity=0.5", "--param", "quantization=F16",
                      "--param", "min_top1_agreement=0.5", "--param", f"ollama_host={ollama.host}",
                      "--param", "model_name=tiny:f16", "--param", f"backup_destinations=s3://{bucket}/gguf",
+                     "--param", f"hub_repo={hub.user}/lifecycle-model",
                      "--param", 'training_args={"use_cpu": true}', "--runs-dir", str(tmp_path / "runs"),
                      cwd=tmp_path, env={"APTOPS_NO_PROGRESS": "1", "AWS_ACCESS_KEY_ID": s3_server.access_key,
                                         "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
-                                        "AWS_ENDPOINT_URL": s3_server.endpoint})
+                                        "AWS_ENDPOINT_URL": s3_server.endpoint, "HF_TOKEN": hub.token, **CANARIES})
         assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
         assert "tiny:f16" in ollama.state.models
     (run_dir,) = (tmp_path / "runs").glob("lifecycle-*")
@@ -42,6 +48,20 @@ def test_lifecycle_runs_every_stage_locally(tiny_llama, s3_server, tmp_path):
     assert 'aptops_pipeline_run_succeeded{' in prom and "} 1.0" in prom.split("aptops_pipeline_run_succeeded{")[1]
     for figure in ("rows_out", "ratio_params", "top1_agreement", "perplexity"):
         assert figure in out.stdout
+    card = hub.files(f"{hub.user}/lifecycle-model")["README.md"].decode()
+    assert "perplexity" in card
+    # no secret anywhere: output, every file of the run (logs, metrics, lineage, reports), the card, the YAML
+    compiled = aptops("compile", "--pipeline", "lifecycle", "--out", str(tmp_path / "yaml"), "--secret", "aws=s3-creds",
+                      env={"HF_TOKEN": hub.token, "AWS_SECRET_ACCESS_KEY": s3_server.secret_key, **CANARIES})
+    assert compiled.returncode == 0, compiled.stderr
+    secrets = [s3_server.secret_key, hub.token, *CANARIES.values()]
+    places = {"stdout": out.stdout.encode(), "stderr": out.stderr.encode(), "model card": card.encode(),
+              "compiled": (tmp_path / "yaml" / "lifecycle.yaml").read_bytes()}
+    files = [p for p in (tmp_path / "runs").rglob("*") if p.is_file()]
+    assert len(files) > 50
+    places |= {str(p): p.read_bytes() for p in files}
+    leaks = [(where, secret) for where, data in places.items() for secret in secrets if secret.encode() in data]
+    assert not leaks, leaks[:5]
 
 
 def test_lifecycle_compiles_with_an_exit_handler_and_each_stage_on_its_pool(tmp_path):
