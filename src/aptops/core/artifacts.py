@@ -153,6 +153,11 @@ def require_complete(folder: str | Path, *, what: str = "artifact") -> Path:
     folder = Path(folder)
     if not folder.exists():
         raise ArtifactNotFoundError(f"{what} {str(folder)!r} does not exist", path=str(folder))
+    if folder.is_file():
+        hint = (" (a raw text file: make it a dataset with `aptops data clean FILE --out DIR` first)"
+                if what == "dataset" else "")
+        raise ArtifactNotFoundError(f"{what} {str(folder)!r} is a file, not an aptops {what} folder{hint}",
+                                    path=str(folder))
     if not is_complete(folder):
         raise ArtifactNotFoundError(
             f"{what} {str(folder)!r} has no {RESULT_FILE}: it is incomplete (an interrupted write?); "
