@@ -95,13 +95,17 @@ def create_modelfile(model_name: str, gguf_path: str | Path, template: str | Non
         lines.append(f"PARAMETER {name} {_check_parameter(name, value)}")
     lines += [f"PARAMETER stop {json.dumps(s)}" for s in stops]
     path = Path(output_path) if output_path else gguf.with_name("Modelfile")
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    # newline="": a template's own line endings (\r\n in some chat formats) are written as they are
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8", newline="")
     return path
 
 
 def _triple_safe(text: str, what: str) -> str:
     if '"""' in text:
         raise ConfigError(f'{what} contains """, which ends a Modelfile block; remove it', field=what)
+    if text.endswith('"'):  # '""""' would close the block one quote early and leave a stray quote
+        raise ConfigError(f'{what} ends with a double quote, which a Modelfile """ block cannot hold; end it with '
+                          "a space or a newline", field=what)
     return text
 
 
@@ -123,11 +127,12 @@ def _check_parameter(name: str, value: Any) -> str:
 
 def parse_modelfile(path: str | Path) -> dict[str, Any]:
     """FROM, TEMPLATE, SYSTEM and PARAMETER lines of a Modelfile (the subset :func:`create_modelfile` writes)."""
-    text = Path(path).read_text(encoding="utf-8")
+    with Path(path).open(encoding="utf-8", newline="") as fh:  # keep \r inside TEMPLATE / SYSTEM bodies
+        text = fh.read()
     out: dict[str, Any] = {"parameters": {}}
     for key, body in re.findall(r'^(TEMPLATE|SYSTEM) """(.*?)"""', text, re.S | re.M):
         out[key.lower()] = body
-    for line in text.splitlines():
+    for line in text.split("\n"):
         if line.startswith("FROM "):
             out["from"] = line[5:].strip()
         elif line.startswith("PARAMETER "):

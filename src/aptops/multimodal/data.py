@@ -114,7 +114,13 @@ def load_manifest(path: str | Path) -> list[Row]:
                 setattr(row, m, p if p.is_absolute() else base / p)
         for key in ("start", "end"):
             if not _blank(r.get(key)):
-                setattr(row, key, float(r[key]))
+                try:
+                    seconds = float(r[key])
+                except (TypeError, ValueError):
+                    raise InvalidArtifactError(f"{name}: {key}={r[key]!r} is not a number of seconds") from None
+                if not math.isfinite(seconds):
+                    raise InvalidArtifactError(f"{name}: {key}={r[key]!r} is not a finite number of seconds")
+                setattr(row, key, seconds)
         rows.append(row)
     check_rows(rows)
     return rows
