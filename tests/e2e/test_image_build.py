@@ -8,7 +8,8 @@ build context is ``git archive HEAD``: what is committed, not what lies around.
 
 Run: ``APTOPS_IMAGE_TESTS=1 .venv/bin/pytest -m images`` (as root or with sudo-less buildah; about 5 minutes
 per image the first time, the base is reused afterwards). The export image (it compiles llama.cpp for about
-10 minutes) is built too with ``APTOPS_IMAGE_TESTS=export``.
+10 minutes and copies the Ollama binary out of ``ollama/ollama``, which must be pullable or already in
+buildah's storage) is built too with ``APTOPS_IMAGE_TESTS=export``.
 """
 
 from __future__ import annotations
@@ -94,7 +95,8 @@ def context(tmp_path_factory):
 @pytest.mark.parametrize("stage", CPU_STAGES)
 def test_cpu_image_builds_and_runs_its_stage(stage, base_image, context, tmp_path):
     tag = f"localhost/aptops/aptops-{stage}:test"
-    buildah("bud", "--pull-never", "--isolation", "chroot", "--layers=false", "-f", f"images/{stage}/Dockerfile",
+    pull = "--pull" if stage == "export" else "--pull-never"  # export also needs ollama/ollama
+    buildah("bud", pull, "--isolation", "chroot", "--layers=false", "-f", f"images/{stage}/Dockerfile",
             "-t", tag, ".", cwd=context, timeout=3000)
     ctr = buildah("from", "--pull-never", tag).stdout.strip()
     try:
