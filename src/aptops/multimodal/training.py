@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 import transformers
+from accelerate.utils import send_to_device
 from torch.nn import functional as F
 
 from aptops.core.errors import ConfigError
@@ -235,14 +236,6 @@ def objective(model: MultimodalModel, out: Any, labels: torch.Tensor,
     return loss, {k: float(v.detach()) for k, v in terms.items()}
 
 
-def _move(value: Any, device: torch.device) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.to(device)
-    if isinstance(value, Mapping):
-        return {k: _move(v, device) for k, v in value.items()}
-    return value
-
-
 @torch.no_grad()
 def evaluate_multimodal(model: MultimodalModel, dataloader: Any, *, loss_weights: Mapping[str, float] | None = None,
                         prefix: str = "eval", device: Any = None) -> dict[str, float]:
@@ -266,7 +259,7 @@ def evaluate_multimodal(model: MultimodalModel, dataloader: Any, *, loss_weights
 
     try:
         for batch in dataloader:
-            batch = _move(batch, device)
+            batch = send_to_device(batch, device)
             labels = batch.get("labels")
             if labels is None:
                 raise ConfigError("evaluation needs labelled rows", field="label")
@@ -332,7 +325,7 @@ def cache_encoder_features(model: MultimodalModel, dataset: MultimodalDataset, c
         plain = MultimodalCollator(collator.processors, collator.max_text_length, modalities=todo)
         for first in range(0, len(dataset), batch_size):
             items = [dataset[i] for i in range(first, min(first + batch_size, len(dataset)))]
-            batch = _move(plain(items), device)
+            batch = send_to_device(plain(items), device)
             for m in todo:
                 if m not in batch:
                     continue
@@ -488,7 +481,7 @@ def inference_multimodal(model: MultimodalModel, text_input: Any = None, image_i
     results = []
     for first in range(0, len(dataset), batch_size):
         items = [dataset[i] for i in range(first, min(first + batch_size, len(dataset)))]
-        batch = _move(collator(items), model.device)
+        batch = send_to_device(collator(items), model.device)
         out = model(**batch)
         for j in range(len(items)):
             used = [m for m in model.modalities if bool(out.present[m][j])]
