@@ -31,9 +31,9 @@ def backup_model(
     from aptops.backup import backup_model as backup
     from aptops.core.artifacts import StageResult
     from aptops.core.errors import StorageError
-    from aptops.core.runtime import run_component
+    from aptops.core.runtime import list_param, run_component
 
-    targets = [d.strip() for d in destinations.split(",") if d.strip()]
+    targets = list_param(destinations)
 
     def work():
         out = backup(model_path, targets, BackupConfig(max_retries=max_retries, pack_small_files_kb=pack_small_files_kb))
@@ -67,9 +67,9 @@ def backup_artifact(
     from aptops.backup import backup_model as backup
     from aptops.core.artifacts import StageResult
     from aptops.core.errors import StorageError
-    from aptops.core.runtime import run_component
+    from aptops.core.runtime import list_param, run_component
 
-    targets = [d.strip() for d in destinations.split(",") if d.strip()]
+    targets = list_param(destinations)
 
     def work():
         out = backup(model.path, targets, BackupConfig(max_retries=max_retries))

@@ -177,16 +177,16 @@ def quality_check(
     """
     import shutil
 
-    from aptops.core.runtime import run_component
+    from aptops.core.runtime import list_param, run_component
     from aptops.data.quality import QualityConfig, quality_dataset
 
-    selected = [c.strip() for c in checks.split(",") if c.strip()]
+    selected = list_param(checks)
     if perplexity_model and "perplexity" not in selected:
         selected.append("perplexity")
     config = QualityConfig(
         checks=tuple(selected), threshold=threshold, action=action,
         perplexity_model=perplexity_model or None, max_perplexity=max_perplexity,
-        languages=tuple(c.strip() for c in languages.split(",") if c.strip()), min_chars=min_chars,
+        languages=tuple(list_param(languages)), min_chars=min_chars,
         text_column=text_column,
     )
     result = run_component("data", lambda: quality_dataset(dataset.path, scored.path, config), step="quality",

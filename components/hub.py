@@ -45,12 +45,12 @@ def export_model(
 ) -> str:
     """Publish a model with its tokenizer and a model card from its lineage; returns the commit URL."""
     from aptops.core.artifacts import StageResult
-    from aptops.core.runtime import run_component
+    from aptops.core.runtime import list_param, run_component
     from aptops.hub import export_to_huggingface
 
     info = {"license": license}
     if language:
-        info["language"] = [x.strip() for x in language.split(",") if x.strip()]
+        info["language"] = list_param(language)
     urls = []
 
     def work():

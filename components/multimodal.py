@@ -57,17 +57,14 @@ def train_multimodal_model(
     """Train a text + image + audio model (encoders, fusion, head) and report accuracy fused and per modality."""
     import shutil
 
-    from aptops.core.runtime import json_param, run_component
+    from aptops.core.runtime import json_param, list_param, run_component
     from aptops.multimodal import MultimodalConfig, train_multimodal_model
 
     extra = json_param(training_args, "training_args")
 
-    def words(text):
-        return tuple(w.strip() for w in text.split(",") if w.strip())
-
     config = MultimodalConfig(
-        modalities=words(modalities), text_encoder=text_encoder or None, image_encoder=image_encoder or None,
-        audio_encoder=audio_encoder or None, fusion=fusion, freeze=words(freeze), hidden_size=hidden_size,
+        modalities=tuple(list_param(modalities)), text_encoder=text_encoder or None, image_encoder=image_encoder or None,
+        audio_encoder=audio_encoder or None, fusion=fusion, freeze=tuple(list_param(freeze)), hidden_size=hidden_size,
         epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, modality_dropout=modality_dropout,
         gradient_balance=gradient_balance, cache_features=cache_features, on_bad_input=on_bad_input,
         training_args=extra)

@@ -86,3 +86,8 @@ def json_param(text: str, field: str, default: Any = None) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{field} is not valid JSON: {exc}", field=field, value=text) from None
+
+
+def list_param(text: str) -> list[str]:
+    """A component's comma-separated string parameter (``"s3://a, oss://b"``) as its non-empty, stripped items."""
+    return [item.strip() for item in (text or "").split(",") if item.strip()]

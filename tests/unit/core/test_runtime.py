@@ -13,3 +13,10 @@ def test_json_param_reads_json_and_names_the_parameter_when_it_is_not():
     assert json_param("", "training_args") == {} and json_param("  ", "x", default=[]) == []
     with pytest.raises(ConfigError, match="strategies is not valid JSON"):
         json_param("{response: 1}", "strategies")
+
+
+def test_list_param_splits_strips_and_drops_empty_items():
+    from aptops.core.runtime import list_param
+
+    assert list_param(" s3://a/x , oss://b/y,,") == ["s3://a/x", "oss://b/y"]
+    assert list_param("") == [] and list_param("text") == ["text"]
