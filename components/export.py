@@ -20,6 +20,7 @@ def export_gguf(
     on_fallback: str = "warn",
     min_top1_agreement: float = 0.6,
     max_perplexity_change: float = 0.5,
+    vocab_type: str = "auto",
     pipeline: str = "deploy",
     run_id: str = "",
 ):
@@ -27,7 +28,8 @@ def export_gguf(
     from aptops.core.runtime import run_component
     from aptops.export import ExportConfig, GateConfig, export_to_gguf
 
-    config = ExportConfig(quantization, on_fallback, True, GateConfig(min_top1_agreement, max_perplexity_change))
+    config = ExportConfig(quantization, on_fallback, True, GateConfig(min_top1_agreement, max_perplexity_change),
+                          vocab_type=vocab_type)
     result = run_component("export", lambda: export_to_gguf(model.path, gguf.path, config=config), step="gguf",
                            pipeline=pipeline, run_id=run_id, metrics=metrics)
     gguf.metadata.update({"quantization": quantization, "file": result.outputs["gguf"].rsplit("/", 1)[-1]})

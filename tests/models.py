@@ -43,6 +43,46 @@ def build_tiny_llama(folder: Path, *, vocab_size: int = 512, seed: int = 0) -> P
     return folder
 
 
+def build_tiny_spm_llama(folder: Path, *, vocab_size: int = 400, seed: int = 0) -> Path:
+    """Train a SentencePiece BPE model (byte fallback, digits split: the Llama 2 / Mistral v0.1 recipe) and save a
+    random 2-layer Llama with it: ``tokenizer.model`` beside the ``tokenizer.json`` transformers converts it to."""
+    import json
+    import shutil
+    import tempfile
+
+    import sentencepiece as spm
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    with tempfile.TemporaryDirectory() as work:
+        text = Path(work) / "corpus.txt"
+        text.write_text("\n".join(CORPUS), encoding="utf-8")
+        spm.SentencePieceTrainer.train(
+            input=str(text), model_prefix=f"{work}/sp", vocab_size=vocab_size, model_type="bpe", byte_fallback=True,
+            split_digits=True, character_coverage=1.0, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+            normalization_rule_name="identity", remove_extra_whitespaces=False, minloglevel=2)
+        source = Path(work) / "source"
+        source.mkdir()
+        shutil.copy(f"{work}/sp.model", source / "tokenizer.model")
+        (source / "tokenizer_config.json").write_text(json.dumps({
+            "tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+            "add_bos_token": True, "legacy": True}))
+        tok = AutoTokenizer.from_pretrained(source)
+        if len(tok) != vocab_size:
+            raise RuntimeError(f"transformers read {len(tok)} of {vocab_size} SentencePiece pieces: sentencepiece's "
+                               "generated proto needs a protobuf it can load (see the train extra's pin)")
+        tok.save_pretrained(folder)
+        shutil.copy(source / "tokenizer.model", folder / "tokenizer.model")
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=False,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+    )
+    LlamaForCausalLM(config).save_pretrained(folder)
+    return folder
+
+
 def build_tiny_seq2seq(folder: Path, *, seed: int = 0) -> Path:
     """A random 1-layer Marian translation model with a BPE tokenizer (stands in for opus-mt en-de)."""
     import torch

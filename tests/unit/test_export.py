@@ -12,6 +12,7 @@ import pytest
 from aptops.core.artifacts import is_complete
 from aptops.core.errors import ConfigError, InvalidArtifactError
 from aptops.export import ExportConfig, GateConfig, export_to_gguf, pre_tokenizer_name
+from tests.models import CORPUS
 
 
 def test_f16_export_matches_transformers_exactly(tiny_llama, tmp_path):
@@ -87,3 +88,71 @@ def test_real_smollm2_f16_and_q8(smollm2, tmp_path):
     assert f16["verify"]["top1_agreement"] >= 0.99 and f16["verify"]["tokenizer_agreement"] == 1.0
     q8 = export_to_gguf(smollm2, tmp_path / "q8", "Q8_0")
     assert q8.metrics["top1_agreement"] >= 0.9 and q8.metrics["fallback_tensors"] == 0
+
+
+@pytest.fixture(scope="module")
+def spm_llama(tmp_path_factory):
+    from tests.models import build_tiny_spm_llama
+
+    return build_tiny_spm_llama(tmp_path_factory.mktemp("spm-llama"))
+
+
+SPM_SAMPLES = [*dict.fromkeys(CORPUS), "  two  spaces,\ttabs\nand new lines\n\n", "digits 3.14159 and 2026-11-27",
+               "Grüße, naïve café — 你好，世界！ こんにちは 😀", "x", " leading space", "trailing space "]
+
+
+def _spm_layout(spm_llama, tmp_path, layout):
+    """The folder as Hub Llama 2 checkpoints ship it (both files), as transformers 5 saves it (tokenizer.json
+    only), and as older checkpoints do (tokenizer.model + tokenizer_config.json, converted on load)."""
+    if layout == "both":
+        return spm_llama
+    folder = tmp_path / layout
+    shutil.copytree(spm_llama, folder)
+    (folder / ("tokenizer.model" if layout == "json-only" else "tokenizer.json")).unlink()
+    return folder
+
+
+@pytest.mark.parametrize("layout", ["both", "json-only", "model-only"])
+def test_sentencepiece_export_tokenizes_and_predicts_like_transformers(spm_llama, tmp_path, layout):
+    import gguf
+    import llama_cpp
+    import sentencepiece
+    from transformers import AutoTokenizer
+
+    folder = _spm_layout(spm_llama, tmp_path, layout)
+    result = export_to_gguf(folder, tmp_path / "out", "F16")
+    check = json.loads((tmp_path / "out" / "verify.json").read_text())["verify"]
+    assert check["tokenizer_agreement"] == 1.0 and check["top1_agreement"] == 1.0
+    path = result.outputs["gguf"]
+    fields = gguf.GGUFReader(path).fields
+    assert fields["tokenizer.ggml.model"].contents() == "llama"
+    assert fields["tokenizer.ggml.add_space_prefix"].contents() is True
+    assert "output.weight" in {t.name for t in gguf.GGUFReader(path).tensors}  # untied head kept
+    # llama.cpp's own SentencePiece tokenizer against sentencepiece itself and transformers on odd spacing,
+    # digits, bytes, emoji. The one known difference: transformers' Metaspace does not prepend "▁" to a text that
+    # already starts with a space; sentencepiece (what the model was built with) and llama.cpp do.
+    sp = sentencepiece.SentencePieceProcessor(model_file=str(spm_llama / "tokenizer.model"))
+    hf = AutoTokenizer.from_pretrained(folder)
+    cpp = llama_cpp.Llama(path, vocab_only=True, verbose=False)
+    for text in SPM_SAMPLES:
+        ids = cpp.tokenize(text.encode(), add_bos=False, special=False)
+        assert ids == sp.encode(text), text
+        assert (ids == hf(text, add_special_tokens=False).input_ids) == (not text.startswith(" ")), text
+    assert cpp.tokenize(b"hi", add_bos=True) == hf("hi").input_ids  # BOS added (or not) alike
+
+
+def test_vocab_type_mismatches_and_other_tokenizer_models_are_refused(spm_llama, tiny_llama, tmp_path):
+    with pytest.raises(ConfigError, match=r"vocab_type='bpe' but the tokenizer .* is 'spm'"):
+        export_to_gguf(spm_llama, tmp_path / "a", "F16", vocab_type="bpe")
+    with pytest.raises(ConfigError, match=r"vocab_type='spm' but the tokenizer .* is 'bpe'"):
+        export_to_gguf(tiny_llama, tmp_path / "b", "F16", vocab_type="spm")
+    with pytest.raises(ConfigError, match="vocab_type='wordpiece' is not supported: choose one of auto, bpe, spm"):
+        export_to_gguf(tiny_llama, tmp_path / "c", "F16", vocab_type="wordpiece")
+    unigram = tmp_path / "unigram"
+    shutil.copytree(spm_llama, unigram)
+    tok = json.loads((unigram / "tokenizer.json").read_text())
+    tok["model"] = {"type": "Unigram", "vocab": [["<unk>", 0.0]], "unk_id": 0}
+    (unigram / "tokenizer.json").write_text(json.dumps(tok))
+    with pytest.raises(ConfigError, match="tokenizer model 'Unigram'"):
+        export_to_gguf(unigram, tmp_path / "d", "F16")
+    assert not any((tmp_path / n).exists() for n in "abcd")

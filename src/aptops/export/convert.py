@@ -89,6 +89,34 @@ def pre_tokenizer_name(tokenizer_json: dict[str, Any]) -> str:
     return name
 
 
+VOCAB_TYPES = ("auto", "bpe", "spm")
+
+
+def vocab_kind(folder: Path, tok: dict[str, Any], vocab_type: str = "auto") -> str:
+    """``bpe`` or ``spm`` for a model folder's tokenizer, refused with what to do when neither fits.
+
+    A byte-level BPE ``tokenizer.json`` is ``bpe``; SentencePiece is a ``tokenizer.model`` or the
+    ``tokenizer.json`` transformers converts it to (BPE over "▁"-marked pieces with ``byte_fallback``).
+    """
+    if vocab_type not in VOCAB_TYPES:
+        raise ConfigError(f"vocab_type {vocab_type!r}: use one of {list(VOCAB_TYPES)}", field="vocab_type",
+                          value=vocab_type)
+    model = tok.get("model") or {}
+    if not tok and not (folder / "tokenizer.model").is_file():
+        raise InvalidArtifactError(f"{str(folder)!r} has no tokenizer.json nor tokenizer.model: save the tokenizer "
+                                   "with the model (tokenizer.save_pretrained(folder))", path=str(folder))
+    if tok and model.get("type") != "BPE":
+        raise ConfigError(f"tokenizer model {model.get('type')!r}: GGUF export handles byte-level BPE and "
+                          "SentencePiece BPE tokenizers (llama.cpp's gpt2 and llama vocabularies); a Unigram or "
+                          "WordPiece model has no exact llama.cpp equivalent here", field="tokenizer")
+    found = "spm" if (model.get("byte_fallback") or not tok) else "bpe"
+    if vocab_type != "auto" and vocab_type != found:
+        raise ConfigError(f"vocab_type={vocab_type!r} but the tokenizer in {str(folder)!r} is {found!r} "
+                          "(SentencePiece pieces with byte fallback are 'spm', byte-level BPE is 'bpe'); "
+                          "use vocab_type=auto", field="vocab_type", value=vocab_type)
+    return found
+
+
 def _permute(weights: Any, n_head: int) -> Any:
     """HF stores Q/K rows as two rotary halves per head; llama.cpp wants them interleaved."""
     rows = weights.shape[0]
@@ -96,8 +124,13 @@ def _permute(weights: Any, n_head: int) -> Any:
             .swapaxes(1, 2).reshape(weights.shape))
 
 
-def convert_to_gguf(model_path: str | Path, output_path: str | Path, *, outtype: str = "F16") -> Path:
-    """Write ``model_path`` (a HF causal LM folder with safetensors) as an F16 or F32 GGUF file."""
+def convert_to_gguf(model_path: str | Path, output_path: str | Path, *, outtype: str = "F16",
+                    vocab_type: str = "auto") -> Path:
+    """Write ``model_path`` (a HF causal LM folder with safetensors) as an F16 or F32 GGUF file.
+
+    ``vocab_type``: ``bpe`` (byte-level BPE, llama.cpp's ``gpt2`` tokenizer), ``spm`` (SentencePiece BPE,
+    llama.cpp's ``llama`` tokenizer: Llama 2, Mistral v0.1, TinyLlama ...) or ``auto`` (read off the folder).
+    """
     gguf = require("gguf", extra="export", feature="writing GGUF")
     np = require("numpy", extra="export", feature="writing GGUF")
     safetensors = require("safetensors", extra="export", feature="reading safetensors")
@@ -115,14 +148,9 @@ def convert_to_gguf(model_path: str | Path, output_path: str | Path, *, outtype:
                           f"{sorted(ARCHITECTURES)}", field="architecture", value=arch_name)
     gguf_arch, permute = ARCHITECTURES[arch_name]
     tok_file = folder / "tokenizer.json"
-    if not tok_file.is_file():
-        raise InvalidArtifactError(f"{str(folder)!r} has no tokenizer.json (a fast BPE tokenizer is needed)",
-                                   path=str(folder))
-    tok = json.loads(tok_file.read_text(encoding="utf-8"))
-    if (tok.get("model") or {}).get("type") != "BPE":
-        raise ConfigError(f"tokenizer model {(tok.get('model') or {}).get('type')!r}: GGUF export handles BPE "
-                          "tokenizers in this version", field="tokenizer")
-    pre = pre_tokenizer_name(tok)
+    tok = json.loads(tok_file.read_text(encoding="utf-8")) if tok_file.is_file() else {}
+    kind = vocab_kind(folder, tok, vocab_type)
+    pre = pre_tokenizer_name(tok) if kind == "bpe" else "default"
 
     n_layer, n_head = cfg["num_hidden_layers"], cfg["num_attention_heads"]
     n_kv = cfg.get("num_key_value_heads", n_head)
@@ -151,7 +179,10 @@ def convert_to_gguf(model_path: str | Path, output_path: str | Path, *, outtype:
         writer.add_type(gguf.GGUFType.MODEL)
         writer.add_file_type(QUANT_TYPES[outtype][0])
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-        _add_vocab(gguf, writer, folder, tok, vocab_size, pre)
+        if kind == "bpe":
+            _add_vocab(gguf, writer, folder, tok, vocab_size, pre)
+        else:
+            _add_spm_vocab(gguf, writer, folder, tok, vocab_size)
 
         names = gguf.get_tensor_name_map(_arch_enum(gguf, gguf_arch), n_layer)
         n_params = 0
@@ -215,10 +246,107 @@ def _add_vocab(gguf: Any, writer: Any, folder: Path, tok: dict[str, Any], vocab_
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     special = gguf.SpecialVocab(folder, load_merges=True, n_vocab=vocab_size)
-    if "bos" not in special.add_special_token:  # not in tokenizer_config: do what the post-processor does
-        bos = by_id.get(special.special_token_ids.get("bos", -1))
-        single = json.dumps((tok.get("post_processor") or {}).get("single", []))
-        writer.add_add_bos_token(bos is not None and bos in single)
+    _add_bos_flag(writer, special, folder)
+    special.add_to_gguf(writer)
+
+
+def _add_bos_flag(writer: Any, special: Any, folder: Path) -> None:
+    """``add_bos_token`` as transformers' tokenizer of the folder behaves, when tokenizer_config does not say.
+
+    The post-processor of a tokenizer.json, or the class defaults of a converted tokenizer.model, decide it;
+    asking transformers itself is the one answer that holds for both."""
+    if "bos" in special.add_special_token:
+        return
+    bos = special.special_token_ids.get("bos")
+    transformers = require("transformers", extra="export", feature="reading the tokenizer")
+    ids = transformers.AutoTokenizer.from_pretrained(folder)("a").input_ids
+    writer.add_add_bos_token(bos is not None and ids[:1] == [bos])
+
+
+def _spm_pieces(gguf: Any, folder: Path, tok: dict[str, Any]) -> tuple[list[tuple[str, float, Any]], bool]:
+    """(piece, score, type) for every SentencePiece id, and whether a space is prepended to the text.
+
+    From ``tokenizer.model`` when there is one (the scores llama.cpp merges by, exactly); else from the
+    ``tokenizer.json`` transformers made of it, a merged piece scoring minus the rank of the first merge that
+    makes it, so llama.cpp's highest-score-first merging follows the same order as the BPE merges.
+    """
+    sp_file = folder / "tokenizer.model"
+    if sp_file.is_file():
+        spm = require("sentencepiece", extra="export", feature="reading tokenizer.model")
+        sp = spm.SentencePieceProcessor(model_file=str(sp_file))
+        pieces = []
+        for i in range(sp.get_piece_size()):
+            kind = (gguf.TokenType.UNKNOWN if sp.is_unknown(i) else gguf.TokenType.CONTROL if sp.is_control(i)
+                    else gguf.TokenType.UNUSED if sp.is_unused(i) else gguf.TokenType.BYTE if sp.is_byte(i)
+                    else gguf.TokenType.NORMAL)
+            pieces.append((sp.id_to_piece(i), float(sp.get_score(i)), kind))
+        prefix = _space_prefix(tok) if tok else "".join(sp.encode("a", out_type=str)).startswith("\u2581")
+        return pieces, prefix
+    model = tok["model"]
+    merges = [m.split(" ", 1) if isinstance(m, str) else m for m in model.get("merges", [])]
+    rank: dict[str, int] = {}
+    for r, (a, b) in enumerate(merges):
+        rank.setdefault(a + b, r)
+    unk = model.get("unk_token")
+    pieces = []
+    for piece, i in sorted(model["vocab"].items(), key=lambda kv: kv[1]):
+        kind = (gguf.TokenType.UNKNOWN if piece == unk else gguf.TokenType.BYTE
+                if re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", piece) else gguf.TokenType.NORMAL)
+        pieces.append((piece, -float(rank[piece]) if piece in rank else -1e6 - i, kind))
+        if i != len(pieces) - 1:
+            raise InvalidArtifactError(f"tokenizer.json's vocabulary has a gap before id {i}", path=str(folder))
+    return pieces, _space_prefix(tok)
+
+
+def _space_prefix(tok: dict[str, Any]) -> bool:
+    """Does the tokenizer put "▁" before the text (SentencePiece's add_dummy_prefix)?"""
+    steps = []
+    for part in (tok.get("normalizer"), tok.get("pre_tokenizer")):
+        if part:
+            steps += part.get("normalizers") or part.get("pretokenizers") or [part]
+    for step in steps:
+        if step.get("type") == "Prepend" and step.get("prepend") == "\u2581":
+            return True
+        if step.get("type") == "Metaspace":
+            return step.get("prepend_scheme", "always" if step.get("add_prefix_space", True) else "never") != "never"
+    return False
+
+
+def _add_spm_vocab(gguf: Any, writer: Any, folder: Path, tok: dict[str, Any], vocab_size: int) -> None:
+    pieces, prefix = _spm_pieces(gguf, folder, tok)
+    tokens = [p for p, _, _ in pieces]
+    scores = [s for _, s, _ in pieces]
+    types = [t for _, _, t in pieces]
+    for a in sorted(tok.get("added_tokens", []), key=lambda a: a["id"]):
+        i = a["id"]
+        kind = gguf.TokenType.CONTROL if a.get("special") else gguf.TokenType.USER_DEFINED
+        if i < len(tokens):  # a piece of the model declared special (<s>, </s>, <unk>): keep its piece
+            if types[i] == gguf.TokenType.NORMAL:
+                types[i] = kind
+            continue
+        while len(tokens) < i:
+            tokens.append(f"[PAD{len(tokens)}]")
+            scores.append(-1000.0)
+            types.append(gguf.TokenType.UNUSED)
+        tokens.append(a["content"])
+        scores.append(-1000.0)
+        types.append(kind)
+    if len(tokens) > vocab_size:
+        raise InvalidArtifactError(f"the tokenizer has {len(tokens)} tokens but the model's vocab_size is "
+                                   f"{vocab_size}: the folder's tokenizer does not belong to this model",
+                                   path=str(folder))
+    while len(tokens) < vocab_size:  # embedding rows padded beyond the tokenizer
+        tokens.append(f"[PAD{len(tokens)}]")
+        scores.append(-1000.0)
+        types.append(gguf.TokenType.UNUSED)
+    writer.add_tokenizer_model("llama")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_scores(scores)
+    writer.add_token_types(types)
+    writer.add_add_space_prefix(prefix)
+    special = gguf.SpecialVocab(folder, load_merges=False, n_vocab=vocab_size)
+    _add_bos_flag(writer, special, folder)
     special.add_to_gguf(writer)
 
 

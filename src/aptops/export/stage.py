@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from aptops.core.artifacts import StageResult, atomic_output, finish_artifact, write_json
 from aptops.core.config import check_choice
 from aptops.core.errors import ConfigError, InvalidArtifactError
-from aptops.export.convert import QUANT_TYPES, convert_to_gguf, inspect_gguf, quantize_gguf
+from aptops.export.convert import QUANT_TYPES, VOCAB_TYPES, convert_to_gguf, inspect_gguf, quantize_gguf
 from aptops.export.verify import GateConfig, verify_gguf
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,8 @@ class ExportConfig:
         verify: compare the GGUF with the source model and apply the gate.
         gate: the quant gate's thresholds.
         verify_text: the held-out text for the comparison (default: a built-in paragraph).
+        vocab_type: ``auto`` (read off the tokenizer), ``bpe`` (byte-level BPE: GPT-2, Llama 3, Qwen2, SmolLM)
+            or ``spm`` (SentencePiece: Llama 2, Mistral v0.1 ...).
     """
 
     quantization: str = "Q8_0"
@@ -44,32 +46,38 @@ class ExportConfig:
     verify: bool = True
     gate: GateConfig = field(default_factory=GateConfig)
     verify_text: str | None = None
+    vocab_type: str = "auto"
 
     def __post_init__(self) -> None:
         check_choice("quantization", self.quantization, list(QUANT_TYPES))
         check_choice("on_fallback", self.on_fallback, ("warn", "error"))
+        check_choice("vocab_type", self.vocab_type, VOCAB_TYPES)
 
 
 def export_to_gguf(model_path: str | Path, output_path: str | Path, quantization_type: str | None = None,
-                   vocab_type: str = "bpe", *, config: ExportConfig | None = None) -> StageResult:
-    """Convert a Hugging Face causal LM folder to a verified GGUF artifact folder at ``output_path``."""
+                   vocab_type: str | None = None, *, config: ExportConfig | None = None) -> StageResult:
+    """Convert a Hugging Face causal LM folder to a verified GGUF artifact folder at ``output_path``.
+
+    ``quantization_type`` and ``vocab_type``, when given, override the config's (see :class:`ExportConfig`).
+    """
     config = config or ExportConfig()
     if quantization_type is not None:
         if quantization_type not in QUANT_TYPES:
             raise ConfigError(f"unknown quantization {quantization_type!r}; use one of {list(QUANT_TYPES)}",
                               field="quantization_type", value=quantization_type)
-        config = ExportConfig(quantization_type, config.on_fallback, config.verify, config.gate, config.verify_text)
-    if vocab_type != "bpe":
-        raise ConfigError(f"vocab_type {vocab_type!r}: this version exports BPE tokenizers ('bpe')",
-                          field="vocab_type", value=vocab_type)
+        config = replace(config, quantization=quantization_type)
+    if vocab_type is not None:
+        config = replace(config, vocab_type=vocab_type)
+    vocab_type = config.vocab_type
     q = config.quantization
     with atomic_output(output_path) as tmp:
         name = f"model-{q}.gguf"
         if q in ("F16", "F32"):
-            convert_to_gguf(model_path, tmp / name, outtype=q)
+            convert_to_gguf(model_path, tmp / name, outtype=q, vocab_type=vocab_type)
         else:
             with tempfile.TemporaryDirectory(prefix="aptops-gguf-", dir=tmp.parent) as work:
-                f16 = convert_to_gguf(model_path, Path(work) / "model-F16.gguf", outtype="F16")
+                f16 = convert_to_gguf(model_path, Path(work) / "model-F16.gguf", outtype="F16",
+                                      vocab_type=vocab_type)
                 quantize_gguf(f16, tmp / name, q)
         written = inspect_gguf(tmp / name, q)
         if written.fallbacks:
