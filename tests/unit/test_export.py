@@ -155,4 +155,11 @@ def test_vocab_type_mismatches_and_other_tokenizer_models_are_refused(spm_llama,
     (unigram / "tokenizer.json").write_text(json.dumps(tok))
     with pytest.raises(ConfigError, match="tokenizer model 'Unigram'"):
         export_to_gguf(unigram, tmp_path / "d", "F16")
-    assert not any((tmp_path / n).exists() for n in "abcd")
+    shrunk = tmp_path / "shrunk"  # what transformers builds when it cannot read a tokenizer.model: a few tokens
+    shutil.copytree(tiny_llama, shrunk)
+    tok = json.loads((shrunk / "tokenizer.json").read_text())
+    tok["model"]["vocab"], tok["model"]["merges"] = {"a": 3, "b": 4, "ab": 5}, [["a", "b"]]
+    (shrunk / "tokenizer.json").write_text(json.dumps(tok))
+    with pytest.raises(InvalidArtifactError, match=r"has 6 tokens for a model with \d+ embeddings: the folder.s tokenizer does not belong"):
+        export_to_gguf(shrunk, tmp_path / "e", "F16")
+    assert not any((tmp_path / n).exists() for n in "abcde")

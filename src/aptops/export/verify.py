@@ -71,6 +71,12 @@ def verify_gguf(gguf_path: str | Path, model_path: str | Path, *, text: str | No
     model = transformers.AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32,
                                                               use_safetensors=True)
     model.eval()
+    if len(tokenizer) < model.config.vocab_size // 2:
+        hint = (" transformers could not read tokenizer.model: sentencepiece >= 0.2.3 needs protobuf 7 (kfp keeps "
+                "protobuf < 7); install 'sentencepiece<0.2.3'" if (Path(model_path) / "tokenizer.model").is_file()
+                else " the folder's tokenizer does not belong to this model")
+        raise InvalidArtifactError(f"the tokenizer of {str(model_path)!r} has {len(tokenizer)} tokens for a model with "
+                                   f"{model.config.vocab_size} embeddings:{hint}", path=str(model_path))
     ids = tokenizer(text or DEFAULT_TEXT, add_special_tokens=False).input_ids[: n_ctx - 1]
     if len(ids) < 2:
         raise InvalidArtifactError("the verification text has fewer than 2 tokens")
