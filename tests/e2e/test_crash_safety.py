@@ -116,3 +116,50 @@ def test_killed_stage_never_leaves_a_complete_looking_partial_and_reruns(case, t
         assert subprocess.run([APTOPS, *verify], capture_output=True, cwd=tmp_path).returncode == 0
     print(f"\n{case}: {KILLS} kills, states after the kill: {seen}")
     assert "partial" in seen or "absent" in seen  # the kills did land while it was working
+
+
+def _checkpoints(out: Path) -> list[int]:
+    folder = out / "checkpoints"
+    return sorted(int(p.name.split("-")[1]) for p in folder.glob("checkpoint-*")) if folder.is_dir() else []
+
+
+@pytest.mark.slow
+def test_training_killed_mid_epoch_resumes_from_its_last_whole_checkpoint(tiny_llama, tmp_path):
+    """SIGKILL a training run at random moments after each new checkpoint (some kills land while a checkpoint is
+    being written); each time the output reads as incomplete, and the next run resumes from the newest checkpoint
+    that was written to the end, until one finishes all its steps."""
+    from aptops.data import CleanConfig, clean_dataset
+    from tests.models import CORPUS
+
+    raw = tmp_path / "raw.jsonl"
+    raw.write_text("".join(json.dumps({"text": f"{i}: {t}"}) + "\n" for i, t in enumerate(CORPUS * 4)))
+    clean_dataset(raw, tmp_path / "clean", CleanConfig())
+    out = tmp_path / "trained"
+    steps = 300
+    args = ["train", "run", str(tiny_llama), str(tmp_path / "clean"), "--out", str(out), "--set", "block_size=16",
+            "--set", "eval_fraction=0", "--set", f"training_args.max_steps={steps}", "--set", "training_args.save_steps=10",
+            "--set", "training_args.use_cpu=true", "--set", "training_args.per_device_train_batch_size=2",
+            "--set", "training_args.learning_rate=1e-3"]
+    rng = random.Random(17)
+    resumed: list[int] = []
+    for _ in range(3):
+        before = max(_checkpoints(out), default=0)
+        proc = _run(args, tmp_path)
+        deadline = time.monotonic() + 300
+        while max(_checkpoints(out), default=0) <= before and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, "the run ended before it could be killed: " + proc.stderr.read().decode()[-2000:]
+        time.sleep(rng.uniform(0.0, 0.6))  # sometimes inside the next checkpoint's write
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+        assert not is_complete(out)
+        with pytest.raises(ArtifactNotFoundError, match="incomplete"):
+            require_complete(out)
+        resumed.append(max(_checkpoints(out)))
+    final = _run(args, tmp_path)
+    assert final.wait(timeout=600) == 0, final.stderr.read().decode()[-3000:]
+    require_complete(out)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["global_step"] == steps and metrics["resumed_from_step"] >= 10
+    print(f"\ntrain: 3 kills, newest checkpoint after each: {resumed}, final run resumed from step "
+          f"{int(metrics['resumed_from_step'])}")

@@ -221,3 +221,17 @@ def test_chat_prompt_renders_documents_as_answers_and_keeps_turns(smollm2, tiny_
     assert "You will travel far.<|im_end|>Beware" in plain and "assistant" not in plain
     with pytest.raises(ConfigError, match="chat template"):
         tokenize_for_clm(docs, AutoTokenizer.from_pretrained(tiny_llama), TrainConfig(block_size=8, chat_prompt="x"))
+
+
+def test_a_checkpoint_cut_off_while_saving_is_skipped_and_removed(tmp_path):
+    from aptops.train.trainer import last_complete_checkpoint
+
+    assert last_complete_checkpoint(tmp_path / "none") is None
+    for step, whole in ((10, True), (20, True), (30, False)):  # killed while writing checkpoint-30
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / "model.safetensors").write_bytes(b"w")
+        if whole:
+            (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    (tmp_path / "checkpoint-x").mkdir()  # not a checkpoint name
+    assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-20")
+    assert not (tmp_path / "checkpoint-30").exists() and (tmp_path / "checkpoint-x").exists()

@@ -435,9 +435,9 @@ def train_multimodal(model: MultimodalModel, dataloader: torch.utils.data.DataLo
         modality_lr=modality_lr, gradient_balance=gradient_balance, balance_alpha=balance_alpha,
         modality_dropout=modality_dropout, train_sampler=sampler)
     if resume == "auto":
-        from transformers.trainer_utils import get_last_checkpoint
+        from aptops.train.trainer import last_complete_checkpoint
 
-        resume = get_last_checkpoint(str(out)) if out.is_dir() else None
+        resume = last_complete_checkpoint(out)
     started = time.perf_counter()
     train_out = trainer.train(resume_from_checkpoint=resume)
     wall = time.perf_counter() - started

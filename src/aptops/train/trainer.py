@@ -236,12 +236,27 @@ def _resume_point(out: Path, resume: str) -> str | None:
             raise ConfigError(f"resume checkpoint {resume!r} does not exist; give a checkpoint folder, 'auto' or "
                               "'never'", field="resume", value=resume)
         return resume
-    ckpts = out / CHECKPOINTS
-    if not ckpts.is_dir():
-        return None
-    from transformers.trainer_utils import get_last_checkpoint
+    return last_complete_checkpoint(out / CHECKPOINTS)
 
-    return get_last_checkpoint(str(ckpts))
+
+def last_complete_checkpoint(folder: str | Path) -> str | None:
+    """The newest ``checkpoint-N`` in ``folder`` that was written to the end, or ``None``.
+
+    The Trainer writes ``trainer_state.json`` last; a run killed while saving leaves a newer folder without
+    it, which transformers' ``get_last_checkpoint`` would pick and then fail to resume from. Such folders are
+    removed (the resumed run writes that step again) and the newest whole one is returned.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    found = sorted((int(p.name.split("-")[1]), p) for p in folder.iterdir()
+                   if p.is_dir() and p.name.startswith("checkpoint-") and p.name.split("-")[1].isdigit())
+    while found and not (found[-1][1] / "trainer_state.json").is_file():
+        partial = found.pop()[1]
+        log.warning("checkpoint %s was not written to the end (no trainer_state.json: the run was stopped while "
+                    "saving it); removed, resuming from %s", partial, found[-1][1].name if found else "the start")
+        shutil.rmtree(partial, ignore_errors=True)
+    return str(found[-1][1]) if found else None
 
 
 def _apply_lora(model: Any, config: TrainConfig) -> Any:
