@@ -106,3 +106,20 @@ def build_tiny_seq2seq(folder: Path, *, seed: int = 0) -> Path:
     MarianMTModel(config).save_pretrained(folder)
     fast.save_pretrained(folder)
     return folder
+
+
+def write_tiny_gguf(path: Path) -> Path:
+    """A minimal valid GGUF (two small tensors, a three-token list), written with the gguf package."""
+    import gguf
+    import numpy as np
+
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(1)
+    writer.add_token_list(["<s>", "a", "b"])
+    writer.add_tensor("token_embd.weight", np.arange(96, dtype=np.float32).reshape(3, 32))
+    writer.add_tensor("output_norm.weight", np.ones(32, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file(progress=False)
+    writer.close()
+    return path

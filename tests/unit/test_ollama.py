@@ -10,6 +10,7 @@ import pytest
 from aptops.core.errors import ConfigError, StorageError
 from aptops.export import create_modelfile, export_to_gguf, ollama, register_to_ollama
 from aptops.export.ollama import parse_modelfile, render_template
+from tests.models import write_tiny_gguf
 from tests.services.ollama_standin import OllamaStandIn
 
 
@@ -21,8 +22,7 @@ def smollm2_q8(smollm2, tmp_path_factory):
 
 
 def test_modelfile_from_the_chatml_template(smollm2, tmp_path):
-    gguf = tmp_path / "model.gguf"
-    gguf.write_bytes(b"GGUF")
+    gguf = write_tiny_gguf(tmp_path / "model.gguf")
     path = create_modelfile("smollm2:135m", gguf, system_prompt="You are brief.", tokenizer_path=smollm2,
                             parameters={"temperature": 0.2, "num_ctx": 2048})
     spec = parse_modelfile(path)
@@ -34,8 +34,7 @@ def test_modelfile_from_the_chatml_template(smollm2, tmp_path):
 
 
 def test_modelfile_bad_inputs(smollm2, tiny_llama, tmp_path):
-    gguf = tmp_path / "model.gguf"
-    gguf.write_bytes(b"GGUF")
+    gguf = write_tiny_gguf(tmp_path / "model.gguf")
     with pytest.raises(ConfigError, match="unknown Modelfile PARAMETER 'temprature'"):
         create_modelfile("m", gguf, parameters={"temprature": 0.5}, tokenizer_path=smollm2)
     with pytest.raises(ConfigError, match="outside"):
@@ -54,8 +53,7 @@ def test_modelfile_bad_inputs(smollm2, tiny_llama, tmp_path):
 
 
 def test_register_needs_a_running_ollama(tmp_path):
-    gguf = tmp_path / "model.gguf"
-    gguf.write_bytes(b"GGUF")
+    gguf = write_tiny_gguf(tmp_path / "model.gguf")
     path = create_modelfile("m", gguf)
     with pytest.raises(StorageError, match=r"not reachable at http://127\.0\.0\.1:9.*OLLAMA_HOST"):
         register_to_ollama(path, "m", host="http://127.0.0.1:9")

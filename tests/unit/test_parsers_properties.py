@@ -105,10 +105,9 @@ def test_manifests_load_or_name_the_bad_row(tmp_path_factory, lines):
        stop=st.lists(st.text(min_size=1, max_size=8), max_size=3))
 def test_modelfiles_round_trip_or_refuse(tmp_path_factory, template, system, stop):
     from aptops.export.ollama import create_modelfile, parse_modelfile
+    from tests.models import write_tiny_gguf
 
-    folder = tmp_path_factory.mktemp("mf")
-    gguf = folder / "m.gguf"
-    gguf.write_bytes(b"GGUF")
+    gguf = write_tiny_gguf(tmp_path_factory.mktemp("mf") / "m.gguf")
     try:
         path = create_modelfile("model", gguf, template=template or None, system_prompt=system,
                                 parameters={"stop": stop} if stop else None)
@@ -129,3 +128,87 @@ def test_modelfiles_round_trip_or_refuse(tmp_path_factory, template, system, sto
 def test_known_bad_locations_are_named(bad):
     with pytest.raises(AptopsError):
         parse_location(bad)
+
+
+# --- data readers: whatever bytes a file holds, reading it gives rows of text or an aptops error ---------------
+
+def _valid_bytes(fmt: str) -> bytes:
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"text": "alpha beta", "n": 1}, {"text": "gamma, \"delta\"\nepsilon", "n": 2}, {"text": "ζήτα 中文", "n": 3}]
+    if fmt == "parquet":
+        sink = io.BytesIO()
+        pq.write_table(pa.Table.from_pylist(rows), sink)
+        return sink.getvalue()
+    if fmt == "jsonl":
+        return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode()
+    if fmt in ("csv", "tsv"):
+        sep = "," if fmt == "csv" else "\t"
+        return ("text" + sep + "n\n" + "".join(json.dumps(r["text"], ensure_ascii=False) + sep + str(r["n"]) + "\n"
+                                               for r in rows)).encode()
+    return "\n".join(r["text"] for r in rows).encode()
+
+
+@st.composite
+def _damaged(draw, fmt: str):
+    """A valid file of the format, cut short, with bytes overwritten, or bytes inserted — or random bytes."""
+    data = bytearray(_valid_bytes(fmt))
+    kind = draw(st.sampled_from(["truncate", "overwrite", "insert", "random"]))
+    if kind == "random":
+        return draw(st.binary(max_size=400))
+    at = draw(st.integers(0, len(data)))
+    if kind == "truncate":
+        return bytes(data[:at])
+    chunk = draw(st.binary(min_size=1, max_size=8))
+    return bytes(data[:at] + chunk + data[at + (len(chunk) if kind == "overwrite" else 0):])
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "jsonl", "csv", "tsv", "txt"])
+def test_damaged_data_files_read_or_fail_clearly(fmt, tmp_path_factory):
+    from aptops.data.io import read_batches
+
+    folder = tmp_path_factory.mktemp(fmt)
+
+    @SETTINGS
+    @given(_damaged(fmt))
+    def check(data):
+        path = folder / f"input.{fmt}"
+        path.write_bytes(data)
+        try:
+            tables = list(read_batches(path))
+        except AptopsError as exc:
+            assert str(path) in str(exc) or "text" in str(exc)
+        else:
+            for t in tables:
+                assert all(v is None or isinstance(v, str) for v in t.column("text").to_pylist())
+
+    check()
+
+
+def test_damaged_gguf_files_read_or_fail_clearly(tmp_path_factory):
+    from aptops.core.errors import InvalidArtifactError
+    from aptops.export.convert import read_gguf
+    from tests.models import write_tiny_gguf
+
+    folder = tmp_path_factory.mktemp("gguf")
+    write_tiny_gguf(folder / "valid.gguf")
+    valid = (folder / "valid.gguf").read_bytes()
+    assert len(read_gguf(folder / "valid.gguf").tensors) == 2
+
+    @SETTINGS
+    @given(st.integers(0, len(valid)), st.binary(min_size=0, max_size=8), st.booleans())
+    def check(at, chunk, cut):
+        data = valid[:at] if cut else valid[:at] + chunk + valid[at + len(chunk):]
+        path = folder / "damaged.gguf"
+        path.write_bytes(data)
+        try:
+            reader = read_gguf(path)
+        except InvalidArtifactError as exc:
+            assert "not a readable GGUF file" in str(exc)
+        else:
+            assert len(reader.tensors) <= 2
+
+    check()

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aptops.core.deps import require
-from aptops.core.errors import ArtifactNotFoundError, ConfigError, InvalidArtifactError
+from aptops.core.errors import AptopsError, ArtifactNotFoundError, ConfigError, InvalidArtifactError
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -126,6 +126,11 @@ def read_batches(
             raise InvalidArtifactError(
                 f"{str(path)!r}: column {text_column!r} holds {col.type}, not text", path=str(path)
             )
+        try:  # Parquet readers do not check that strings are UTF-8; every later step assumes they are
+            col.validate(full=True)
+        except pa.ArrowInvalid as exc:
+            raise InvalidArtifactError(f"{str(path)!r}: column {text_column!r} is damaged ({exc}); write the file "
+                                       "again", path=str(path)) from exc
         for offset in range(0, table.num_rows, batch_rows):
             yield table.slice(offset, batch_rows)
 
@@ -146,7 +151,9 @@ def _read_file(path: Path, fmt: str, text_column: str, separator: str | None) ->
             parse = csv.ParseOptions(delimiter="\t" if path.suffix.lower() == ".tsv" else ",", newlines_in_values=True)
             return csv.read_csv(pa.BufferReader(raw.encode("utf-8")), parse_options=parse)
         return pa.table({text_column: _text_records(raw, separator)})
-    except pa.ArrowInvalid as exc:
+    except AptopsError:
+        raise
+    except (pa.ArrowException, OSError) as exc:  # ArrowInvalid, and ArrowIOError (an OSError) for cut-off files
         raise InvalidArtifactError(
             f"{str(path)!r} could not be read as {fmt}: {exc}; check the file or pass input_format=", path=str(path)
         ) from exc

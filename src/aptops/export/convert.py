@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from aptops.core.deps import require
-from aptops.core.errors import ConfigError, InvalidArtifactError
+from aptops.core.errors import ArtifactNotFoundError, ConfigError, InvalidArtifactError
 
 log = logging.getLogger(__name__)
 
@@ -371,10 +371,24 @@ def quantize_gguf(f16_path: str | Path, output_path: str | Path, quantization: s
     return out
 
 
+def read_gguf(path: str | Path) -> Any:
+    """A ``gguf.GGUFReader`` over ``path``; a missing, truncated or corrupt file is a clear error, not a
+    numpy or struct exception from inside the reader."""
+    gguf = require("gguf", extra="export", feature="reading GGUF")
+    file = Path(path)
+    if not file.is_file():
+        raise ArtifactNotFoundError(f"GGUF file {str(file)!r} does not exist", path=str(file))
+    try:
+        return gguf.GGUFReader(str(file))
+    except Exception as exc:  # the reader parses untrusted bytes: any failure means the file is not usable
+        detail = f"{type(exc).__name__}: {exc}"[:200]
+        raise InvalidArtifactError(f"{str(file)!r} is not a readable GGUF file ({detail}); it is truncated or not "
+                                   "GGUF at all: export it again (aptops export gguf)", path=str(file)) from None
+
+
 def inspect_gguf(path: str | Path, quantization: str) -> GgufResult:
     """The tensor types llama.cpp really wrote, and which 2-D weights missed the requested family."""
-    gguf = require("gguf", extra="export", feature="reading GGUF")
-    reader = gguf.GGUFReader(str(path))
+    reader = read_gguf(path)
     counts: Counter[str] = Counter()
     fallbacks: dict[str, str] = {}
     wanted = QUANT_TYPES[quantization][1]

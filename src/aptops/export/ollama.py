@@ -22,6 +22,7 @@ from typing import Any
 
 from aptops.core.deps import require
 from aptops.core.errors import ConfigError, InvalidArtifactError, StorageError
+from aptops.export.convert import read_gguf
 
 log = logging.getLogger(__name__)
 DEFAULT_HOST = "http://127.0.0.1:11434"
@@ -76,8 +77,7 @@ def create_modelfile(model_name: str, gguf_path: str | Path, template: str | Non
         raise ConfigError(f"model name {model_name!r}: Ollama names are lower-case letters, digits, '.', '_', '-' "
                           "with an optional ':tag'", field="model_name", value=model_name)
     gguf = Path(gguf_path)
-    if not gguf.is_file():
-        raise InvalidArtifactError(f"GGUF file {str(gguf)!r} does not exist", path=str(gguf))
+    read_gguf(gguf)  # exists and parses: Ollama would only say so at create time
     stops: tuple[str, ...] = ()
     if template is None:
         fmt = chat_format(tokenizer_path) if tokenizer_path else None
@@ -217,6 +217,7 @@ def test_model(model_name: str, test_prompts: Sequence[str], max_tokens: int = 6
     llm = None
     if gguf_path is not None:
         llama_cpp = require("llama_cpp", extra="export", feature="testing a GGUF")
+        read_gguf(gguf_path)
         llm = llama_cpp.Llama(model_path=str(gguf_path), n_ctx=2048, verbose=False, seed=0)
         spec = parse_modelfile(modelfile_path) if modelfile_path else {"template": "{{ .Prompt }}", "parameters": {}}
     try:
