@@ -21,6 +21,7 @@ import os
 import random
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -44,6 +45,27 @@ from aptops.core.locations import Location, parse_location
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+SMALL_FILE = 8 * 1024 * 1024  # under one multipart part: one request each, so many go at once
+_COUNTS = threading.Lock()
+
+
+def _small_first_in_parallel(items: Sequence[T], size: Callable[[T], int], work: Callable[[T], Any],
+                             workers: int) -> list[Any]:
+    """``work`` over ``items``, in order of results: small items on a pool of ``workers`` threads while the
+    large ones run one at a time here (each is parallel inside). The first failure cancels what is queued."""
+    results: list[Any] = [None] * len(items)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = {i: pool.submit(work, item) for i, item in enumerate(items) if size(item) < SMALL_FILE}
+        try:
+            for i, item in enumerate(items):
+                if i not in futures:
+                    results[i] = work(item)
+            for i, future in futures.items():
+                results[i] = future.result()
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+    return results
 
 
 @dataclass(frozen=True)
@@ -64,6 +86,8 @@ class BackupConfig:
         modelscope_endpoint: the ModelScope hub for modelscope:// locations (else ``MODELSCOPE_ENDPOINT``).
         pack_small_files_kb: pack every file smaller than this many KiB into one tar archive (0: off) —
             for folders of thousands of small files, where one object per file costs a request each.
+        file_concurrency: files under the multipart size (8 MiB) sent or fetched at once per destination;
+            larger files go one at a time, each in parallel parts.
     """
 
     max_retries: int = 4
@@ -77,6 +101,7 @@ class BackupConfig:
     oss_accelerate: str = ""
     modelscope_endpoint: str | None = None
     pack_small_files_kb: int = 0
+    file_concurrency: int = 8
 
     def __post_init__(self) -> None:
         check_range("max_retries", self.max_retries, min_value=0, max_value=20)
@@ -84,6 +109,7 @@ class BackupConfig:
         check_range("parallel_destinations", self.parallel_destinations, min_value=1, max_value=64)
         check_choice("oss_accelerate", self.oss_accelerate, ("", "global", "overseas"))
         check_range("pack_small_files_kb", self.pack_small_files_kb, min_value=0, max_value=1024 * 1024)
+        check_range("file_concurrency", self.file_concurrency, min_value=1, max_value=256)
 
 
 @dataclass
@@ -120,7 +146,7 @@ def store_for(location: Location, config: BackupConfig, credentials: dict[str, s
             bucket=location.bucket, prefix=location.key,
             endpoint_url=config.endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None,
             region_name=config.region_name, aws_access_key_id=creds.get("aws_access_key_id"),
-            aws_secret_access_key=creds.get("aws_secret_access_key"),
+            aws_secret_access_key=creds.get("aws_secret_access_key"), file_concurrency=config.file_concurrency,
         )
     if location.scheme == "oss":
         from aptops.backup.oss import OssStore
@@ -155,7 +181,8 @@ def _retry(fn: Callable[[], T], store: Any, config: BackupConfig, result: Destin
             if attempt >= config.max_retries or not store.is_transient(exc):
                 raise
             attempt += 1
-            result.retries += 1
+            with _COUNTS:  # files of one destination retry from several threads
+                result.retries += 1
             wait = random.uniform(0, min(config.max_backoff_s, config.backoff_s * 2 ** (attempt - 1)))
             log.warning("%s at %s failed (%s); retry %d/%d in %.2fs", what, store.uri, type(exc).__name__,
                         attempt, config.max_retries, wait)
@@ -180,14 +207,19 @@ def _backup_one(folder: Path, files: list[tuple[str, int]], hashes: dict[str, Fu
             return result
         old = _retry(lambda: store.read(MANIFEST), store, config, result, "manifest read")
         old_sha = {e.path: e.sha256 for e in parse_manifest(old, source=f"{store.uri}/{MANIFEST}")} if old else {}
-        for path, size in files:
-            sha = hashes[path].result()  # hashed in the background while the previous file uploads
+
+        def send(item: tuple[str, int]) -> bool:
+            path = item[0]
+            sha = hashes[path].result()  # hashed in the background while earlier files upload
             if old_sha.get(path) == sha and store.remote_sha256(path) == sha:
-                result.files_skipped += 1
-                continue
-            _retry(lambda p=path, s=sha: store.upload(folder / p, p, s), store, config, result, f"upload {path}")
-            result.files_sent += 1
-            result.bytes_sent += size
+                return False
+            _retry(lambda: store.upload(folder / path, path, sha), store, config, result, f"upload {path}")
+            return True
+
+        sent_flags = _small_first_in_parallel(files, lambda f: f[1], send, config.file_concurrency)
+        result.files_sent = sum(sent_flags)
+        result.files_skipped = len(files) - result.files_sent
+        result.bytes_sent = sum(size for (_, size), sent in zip(files, sent_flags, strict=True) if sent)
         # the manifest goes last: it is the commit marker of the backup
         data = json.dumps(_manifest(files, hashes, members), indent=2).encode()
         _retry(lambda: store.write(MANIFEST, data), store, config, result, "manifest write")
@@ -370,22 +402,23 @@ def _restore_one(store: Any, local_path: Path, config: BackupConfig) -> StageRes
     try:
         # each file is verified in the background while the next one downloads
         with ThreadPoolExecutor(max_workers=1) as verifier:
-            checks = []
-            for e in (e for e in entries if e.archive is None):  # packed files come out of their archive
+
+            def fetch(e: Any) -> Future[bool] | None:
                 target = tmp / e.path
                 target.parent.mkdir(parents=True, exist_ok=True)
                 partial = target.with_name(target.name + ".ranges").exists()
                 if target.is_file() and not partial and _matches(target, e.size, e.sha256):
-                    kept += 1  # left by an interrupted run, and still correct
-                    continue
-                got = _retry(lambda e=e, t=target: store.download(e.path, t), store, config, scratch,
-                             f"download {e.path}")
+                    return None  # left by an interrupted run, and still correct
+                got = _retry(lambda: store.download(e.path, target), store, config, scratch, f"download {e.path}")
                 if isinstance(got, str):  # the store hashed the bytes as they arrived
-                    checks.append((e, _done(got == e.sha256 and target.stat().st_size == e.size)))
-                else:
-                    checks.append((e, verifier.submit(_matches, target, e.size, e.sha256)))
-            for e, ok in checks:
-                if not ok.result():
+                    return _done(got == e.sha256 and target.stat().st_size == e.size)
+                return verifier.submit(_matches, target, e.size, e.sha256)
+
+            direct = [e for e in entries if e.archive is None]  # packed files come out of their archive
+            checks = _small_first_in_parallel(direct, lambda e: e.size, fetch, config.file_concurrency)
+            kept = sum(ok is None for ok in checks)
+            for e, ok in zip(direct, checks, strict=True):
+                if ok is not None and not ok.result():
                     (tmp / e.path).unlink(missing_ok=True)
                     raise InvalidArtifactError(f"{store.uri}/{e.path} does not match its manifest (corrupt object)")
         for archive in sorted({e.archive for e in entries if e.archive is not None}):

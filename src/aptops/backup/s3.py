@@ -44,6 +44,7 @@ class S3Store:
         endpoint_url: an S3-compatible endpoint (MinIO, SeaweedFS, Ceph ...); None = AWS.
         region_name: the region.
         max_concurrency: parallel parts of one multipart transfer.
+        file_concurrency: small files transferred at once (the connection pool holds both).
         multipart_chunk_mb: part size.
     """
 
@@ -54,6 +55,7 @@ class S3Store:
     aws_access_key_id: str | None = None
     aws_secret_access_key: str | None = None
     max_concurrency: int = 10
+    file_concurrency: int = 8
     multipart_chunk_mb: int = 8
     provider: str = "s3"
 
@@ -67,7 +69,7 @@ class S3Store:
             aws_access_key_id=self.aws_access_key_id, aws_secret_access_key=self.aws_secret_access_key,
             config=config_mod.Config(s3={"addressing_style": "path"} if self.endpoint_url else {},
                                      retries={"max_attempts": 1, "mode": "standard"},
-                                     max_pool_connections=max(10, self.max_concurrency + 2)),
+                                     max_pool_connections=self.max_concurrency + self.file_concurrency + 2),
         )
         chunk = self.multipart_chunk_mb * 1024 * 1024
         self._transfer = transfer.TransferConfig(multipart_threshold=chunk, multipart_chunksize=chunk,

@@ -325,7 +325,7 @@ def test_restore_killed_with_sigkill_is_continued_by_the_next_process(s3, tiny_l
             calls.append(path)
             real(self, path, local)
         S3Store.download = download
-        restore_from_cloud({dest!r}, None, {str(target)!r}, BackupConfig(endpoint_url={server.endpoint!r}),
+        restore_from_cloud({dest!r}, None, {str(target)!r}, BackupConfig(endpoint_url={server.endpoint!r}, file_concurrency=1),
                            credentials={creds!r})
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
