@@ -48,6 +48,7 @@ bench: setup
 	$(PY) bench/data_dedup.py
 	$(PY) bench/data_dedup_scale.py
 	$(PY) bench/backup_throughput.py
+	$(PY) bench/backup_small_files.py
 	$(PY) bench/train_overhead.py
 	$(PY) bench/gguf_export.py
 	$(PY) bench/debug_overhead.py
