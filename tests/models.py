@@ -123,3 +123,46 @@ def write_tiny_gguf(path: Path) -> Path:
     writer.write_tensors_to_file(progress=False)
     writer.close()
     return path
+
+
+def build_trained_llama(folder: Path, texts: list[str], *, hidden: int = 256, intermediate: int = 512,
+                        layers: int = 2, vocab_size: int = 1024, steps: int = 400, seed: int = 0) -> Path:
+    """A small Llama whose widths are multiples of 256 (so llama.cpp's k-quants apply without fallback), with a
+    byte-level BPE tokenizer trained on ``texts`` and weights trained on them for ``steps`` steps: its
+    predictions are peaked like a real model's, so quantized top-1 agreement means something."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(texts, trainer=trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>")
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(fast), hidden_size=hidden, intermediate_size=intermediate,
+                         num_hidden_layers=layers, num_attention_heads=hidden // 64, num_key_value_heads=hidden // 128,
+                         max_position_embeddings=512, tie_word_embeddings=False,
+                         bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id)
+    model = LlamaForCausalLM(config)
+    ids = torch.tensor(fast("<|endoftext|>".join(texts)).input_ids)
+    block, batch = 128, 8
+    blocks = ids[: len(ids) // block * block].view(-1, block)
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps, pct_start=0.1)
+    model.train()
+    for _ in range(steps):
+        rows = blocks[torch.randint(len(blocks), (batch,), generator=gen)]
+        loss = model(input_ids=rows, labels=rows).loss
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+    model.eval()
+    model.save_pretrained(folder)
+    fast.save_pretrained(folder)
+    return folder

@@ -16,7 +16,7 @@ import logging
 import os
 import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -61,12 +61,14 @@ class GgufResult:
     path: Path
     quantization: str
     tensor_types: dict[str, int]
-    fallbacks: dict[str, str]  # tensor name -> the type it got instead of the requested family
+    fallbacks: dict[str, str]  # tensor name -> the type it got because its rows do not fit the requested one
     size_bytes: int
+    upgraded: dict[str, str] = field(default_factory=dict)  # rows fit, llama.cpp chose more bits (output.weight)
 
     def to_dict(self) -> dict[str, Any]:
         return {"path": str(self.path), "quantization": self.quantization, "tensor_types": self.tensor_types,
-                "fallback_tensors": len(self.fallbacks), "fallbacks": self.fallbacks, "size_bytes": self.size_bytes}
+                "fallback_tensors": len(self.fallbacks), "fallbacks": self.fallbacks, "upgraded": self.upgraded,
+                "size_bytes": self.size_bytes}
 
 
 def pre_tokenizer_name(tokenizer_json: dict[str, Any]) -> str:
@@ -387,15 +389,24 @@ def read_gguf(path: str | Path) -> Any:
 
 
 def inspect_gguf(path: str | Path, quantization: str) -> GgufResult:
-    """The tensor types llama.cpp really wrote, and which 2-D weights missed the requested family."""
+    """The tensor types llama.cpp really wrote, and which 2-D weights missed the requested family.
+
+    A weight of another type is a *fallback* when its rows (``ne0``) are not a whole number of the requested
+    type's blocks (256 values for k-quants, 32 for the others): llama.cpp had to pick something else. When the
+    rows fit, the other type is llama.cpp's deliberate choice of more bits (``output.weight`` as Q6_K under
+    Q4_0, say) and is listed as *upgraded*, not as a fallback.
+    """
+    gguf = require("gguf", extra="export", feature="reading GGUF")
     reader = read_gguf(path)
     counts: Counter[str] = Counter()
     fallbacks: dict[str, str] = {}
+    upgraded: dict[str, str] = {}
     wanted = QUANT_TYPES[quantization][1]
+    block = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[wanted[0]]][0]
     for t in reader.tensors:
         kind = t.tensor_type.name
         counts[kind] += 1
         is_matrix = len([d for d in t.shape if d > 1]) >= 2
         if is_matrix and kind not in wanted and not re.search(r"norm", t.name):
-            fallbacks[t.name] = kind
-    return GgufResult(Path(path), quantization, dict(counts), fallbacks, Path(path).stat().st_size)
+            (upgraded if int(t.shape[0]) % block == 0 else fallbacks)[t.name] = kind
+    return GgufResult(Path(path), quantization, dict(counts), fallbacks, Path(path).stat().st_size, upgraded)
