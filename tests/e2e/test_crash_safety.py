@@ -71,8 +71,9 @@ def _same_files(model: Path, out: Path) -> bool:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", ["data-clean", "backup-restore"])
-def test_killed_stage_never_leaves_a_complete_looking_partial_and_reruns(case, tmp_path, s3_server, monkeypatch):
+@pytest.mark.parametrize("case", ["data-clean", "backup-restore", "export-gguf"])
+def test_killed_stage_never_leaves_a_complete_looking_partial_and_reruns(case, tmp_path, s3_server, monkeypatch,
+                                                                         request):
     monkeypatch.setitem(ENV, "AWS_ACCESS_KEY_ID", s3_server.access_key)
     monkeypatch.setitem(ENV, "AWS_SECRET_ACCESS_KEY", s3_server.secret_key)
     monkeypatch.setitem(ENV, "AWS_ENDPOINT_URL", s3_server.endpoint)
@@ -82,6 +83,11 @@ def test_killed_stage_never_leaves_a_complete_looking_partial_and_reruns(case, t
         out = tmp_path / "clean"
         args = ["data", "clean", str(source), "--out", str(out)]
         verify = ["data", "stats", str(out), "--out", str(tmp_path / "stats")]
+    elif case == "export-gguf":  # convert, quantize, verify against transformers: killed anywhere in between
+        out = tmp_path / "gguf"
+        args = ["export", "gguf", str(request.getfixturevalue("tiny_llama")), "--out", str(out), "--set",
+                "quantization=Q8_0"]
+        verify = None
     else:
         model = _model_folder(tmp_path / "model")
         store = f"s3://crash-{os.getpid()}-{random.randrange(10**6)}/model"
@@ -114,6 +120,10 @@ def test_killed_stage_never_leaves_a_complete_looking_partial_and_reruns(case, t
         assert finished()
     if verify:
         assert subprocess.run([APTOPS, *verify], capture_output=True, cwd=tmp_path).returncode == 0
+    if case == "export-gguf":
+        from aptops.export.convert import read_gguf
+
+        assert read_gguf(out / "model-Q8_0.gguf").tensors and (out / "verify.json").is_file()
     print(f"\n{case}: {KILLS} kills, states after the kill: {seen}")
     assert "partial" in seen or "absent" in seen  # the kills did land while it was working
 
@@ -124,10 +134,11 @@ def _checkpoints(out: Path) -> list[int]:
 
 
 @pytest.mark.slow
-def test_training_killed_mid_epoch_resumes_from_its_last_whole_checkpoint(tiny_llama, tmp_path):
-    """SIGKILL a training run at random moments after each new checkpoint (some kills land while a checkpoint is
-    being written); each time the output reads as incomplete, and the next run resumes from the newest checkpoint
-    that was written to the end, until one finishes all its steps."""
+@pytest.mark.parametrize("stage", ["train", "distill"])
+def test_training_killed_mid_epoch_resumes_from_its_last_whole_checkpoint(stage, tiny_llama, tmp_path):
+    """SIGKILL a training (or distillation) run at random moments after each new checkpoint (some kills land
+    while a checkpoint is being written); each time the output reads as incomplete, and the next run resumes
+    from the newest checkpoint that was written to the end, until one finishes all its steps."""
     from aptops.data import CleanConfig, clean_dataset
     from tests.models import CORPUS
 
@@ -136,7 +147,7 @@ def test_training_killed_mid_epoch_resumes_from_its_last_whole_checkpoint(tiny_l
     clean_dataset(raw, tmp_path / "clean", CleanConfig())
     out = tmp_path / "trained"
     steps = 300
-    args = ["train", "run", str(tiny_llama), str(tmp_path / "clean"), "--out", str(out), "--set", "block_size=16",
+    args = [stage, "run", str(tiny_llama), str(tmp_path / "clean"), "--out", str(out), "--set", "block_size=16",
             "--set", "eval_fraction=0", "--set", f"training_args.max_steps={steps}", "--set", "training_args.save_steps=10",
             "--set", "training_args.use_cpu=true", "--set", "training_args.per_device_train_batch_size=2",
             "--set", "training_args.learning_rate=1e-3"]
@@ -161,5 +172,5 @@ def test_training_killed_mid_epoch_resumes_from_its_last_whole_checkpoint(tiny_l
     require_complete(out)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["global_step"] == steps and metrics["resumed_from_step"] >= 10
-    print(f"\ntrain: 3 kills, newest checkpoint after each: {resumed}, final run resumed from step "
+    print(f"\n{stage}: 3 kills, newest checkpoint after each: {resumed}, final run resumed from step "
           f"{int(metrics['resumed_from_step'])}")
