@@ -21,6 +21,7 @@ def export_gguf(
     min_top1_agreement: float = 0.6,
     max_perplexity_change: float = 0.5,
     vocab_type: str = "auto",
+    fallback_type: str = "",
     pipeline: str = "deploy",
     run_id: str = "",
 ):
@@ -29,7 +30,7 @@ def export_gguf(
     from aptops.export import ExportConfig, GateConfig, export_to_gguf
 
     config = ExportConfig(quantization, on_fallback, True, GateConfig(min_top1_agreement, max_perplexity_change),
-                          vocab_type=vocab_type)
+                          vocab_type=vocab_type, fallback_type=fallback_type)
     result = run_component("export", lambda: export_to_gguf(model.path, gguf.path, config=config), step="gguf",
                            pipeline=pipeline, run_id=run_id, metrics=metrics)
     gguf.metadata.update({"quantization": quantization, "file": result.outputs["gguf"].rsplit("/", 1)[-1]})

@@ -38,6 +38,13 @@ def test_quantized_types_are_read_back_and_fallbacks_reported(tiny_llama, tmp_pa
     with pytest.raises(InvalidArtifactError, match="fell back"):
         export_to_gguf(tiny_llama, tmp_path / "strict", config=ExportConfig("Q4_K_M", on_fallback="error"))
     assert not (tmp_path / "strict").exists()
+    # choosing the fallback: those tensors take Q8_0 instead of llama.cpp's Q5_0, and error mode accepts them
+    chosen = export_to_gguf(tiny_llama, tmp_path / "chosen",
+                            config=ExportConfig("Q4_K_M", on_fallback="error", fallback_type="Q8_0"))
+    assert chosen.details["tensor_types"] == {"F32": 5, "Q8_0": 15} and chosen.metrics["fallback_tensors"] == 15
+    assert chosen.metrics["top1_agreement"] >= k.metrics["top1_agreement"]
+    with pytest.raises(ConfigError, match="fallback_type='Q4_K' is not supported"):
+        ExportConfig("Q4_K_M", fallback_type="Q4_K")
 
 
 def test_the_quant_gate_stops_a_lossy_export(tiny_llama, tmp_path):

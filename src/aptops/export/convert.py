@@ -352,21 +352,66 @@ def _add_spm_vocab(gguf: Any, writer: Any, folder: Path, tok: dict[str, Any], vo
     special.add_to_gguf(writer)
 
 
-def quantize_gguf(f16_path: str | Path, output_path: str | Path, quantization: str, *, threads: int = 0) -> Path:
-    """llama.cpp's quantizer on an F16/F32 GGUF, written atomically."""
+# Types a tensor can take when its rows are not a whole number of 256-value k-quant blocks (32-value blocks).
+FALLBACK_TYPES = ("Q4_0", "Q4_1", "IQ4_NL", "Q5_0", "Q5_1", "Q8_0", "F16")
+
+
+def _block(gguf: Any, type_name: str) -> int:
+    return gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[type_name]][0]
+
+
+def _bits(gguf: Any, type_name: str) -> float:
+    block, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[type_name]]
+    return size * 8 / block
+
+
+def quantize_gguf(f16_path: str | Path, output_path: str | Path, quantization: str, *, threads: int = 0,
+                  fallback_type: str = "") -> Path:
+    """llama.cpp's quantizer on an F16/F32 GGUF, written atomically.
+
+    ``fallback_type``: the least precision for weights whose rows do not fit the requested type's blocks
+    (for k-quants, any width that is not a multiple of 256). llama.cpp gives those Q5_0 under Q4_K_M, Q5_1
+    under Q5_K_M; each one it gave fewer bits per weight than ``fallback_type`` is quantized again as that
+    type (the ones it already raised, such as attn_v as Q8_0, stay). SmolLM2-135M's 576 width sends 181 of
+    its 272 tensors there, so this trades size for fidelity.
+    """
     if quantization not in QUANT_TYPES:
         raise ConfigError(f"unknown quantization {quantization!r}; use one of {list(QUANT_TYPES)}",
                           field="quantization_type", value=quantization)
+    if fallback_type and fallback_type not in FALLBACK_TYPES:
+        raise ConfigError(f"fallback_type {fallback_type!r}: use one of {list(FALLBACK_TYPES)} (or empty for "
+                          "llama.cpp's choice)", field="fallback_type", value=fallback_type)
     llama_cpp = require("llama_cpp", extra="export", feature="quantizing GGUF")
+    gguf = require("gguf", extra="export", feature="quantizing GGUF")
     out = Path(output_path)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = QUANT_TYPES[quantization][0]
-    params.nthread = threads or (os.cpu_count() or 1)
-    try:
+
+    def run(overrides: dict[str, str]) -> None:
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype = QUANT_TYPES[quantization][0]
+        params.nthread = threads or (os.cpu_count() or 1)
+        patterns = [(("^" + re.escape(n) + "$").encode(), kind) for n, kind in overrides.items()]  # alive for C
+        if patterns:
+            table = (llama_cpp.llama_model_tensor_override * (len(patterns) + 1))()
+            for slot, (pattern, kind) in zip(table, patterns, strict=False):
+                slot.pattern, slot.type = pattern, int(gguf.GGMLQuantizationType[kind])
+            table[len(patterns)].pattern = None  # the list ends with an empty pattern
+            params.tt_overrides = table
         code = llama_cpp.llama_model_quantize(str(f16_path).encode(), str(tmp).encode(), params)
         if code != 0:
             raise InvalidArtifactError(f"llama.cpp could not quantize {f16_path} to {quantization} (code {code})")
+
+    try:
+        run({})
+        if fallback_type:
+            # every fallback pinned (llama.cpp's per-layer choices depend on what it chose before, so raising
+            # some would move others): the higher of its own type and the floor
+            chosen = inspect_gguf(tmp, quantization).fallbacks
+            floor = {n: max(kind, fallback_type, key=lambda k: _bits(gguf, k)) for n, kind in chosen.items()}
+            raised = sum(kind != chosen[n] for n, kind in floor.items())
+            if raised:
+                log.info("%d fallback tensors raised to %s", raised, fallback_type)
+                run(floor)
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
@@ -402,7 +447,7 @@ def inspect_gguf(path: str | Path, quantization: str) -> GgufResult:
     fallbacks: dict[str, str] = {}
     upgraded: dict[str, str] = {}
     wanted = QUANT_TYPES[quantization][1]
-    block = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[wanted[0]]][0]
+    block = _block(gguf, wanted[0])
     for t in reader.tensors:
         kind = t.tensor_type.name
         counts[kind] += 1

@@ -20,7 +20,14 @@ from typing import Any
 from aptops.core.artifacts import StageResult, atomic_output, finish_artifact, write_json
 from aptops.core.config import check_choice
 from aptops.core.errors import ConfigError, InvalidArtifactError
-from aptops.export.convert import QUANT_TYPES, VOCAB_TYPES, convert_to_gguf, inspect_gguf, quantize_gguf
+from aptops.export.convert import (
+    FALLBACK_TYPES,
+    QUANT_TYPES,
+    VOCAB_TYPES,
+    convert_to_gguf,
+    inspect_gguf,
+    quantize_gguf,
+)
 from aptops.export.verify import GateConfig, verify_gguf
 
 log = logging.getLogger(__name__)
@@ -39,6 +46,9 @@ class ExportConfig:
         verify_text: the held-out text for the comparison (default: a built-in paragraph).
         vocab_type: ``auto`` (read off the tokenizer), ``bpe`` (byte-level BPE: GPT-2, Llama 3, Qwen2, SmolLM)
             or ``spm`` (SentencePiece: Llama 2, Mistral v0.1 ...).
+        fallback_type: the type for weights whose rows do not fit the requested type (k-quants need widths that
+            are multiples of 256), at least: Q4_0, Q4_1, IQ4_NL, Q5_0, Q5_1, Q8_0 or F16; empty = llama.cpp's choice.
+            They are still listed as fallbacks, but ``on_fallback=error`` accepts them.
     """
 
     quantization: str = "Q8_0"
@@ -47,11 +57,13 @@ class ExportConfig:
     gate: GateConfig = field(default_factory=GateConfig)
     verify_text: str | None = None
     vocab_type: str = "auto"
+    fallback_type: str = ""
 
     def __post_init__(self) -> None:
         check_choice("quantization", self.quantization, list(QUANT_TYPES))
         check_choice("on_fallback", self.on_fallback, ("warn", "error"))
         check_choice("vocab_type", self.vocab_type, VOCAB_TYPES)
+        check_choice("fallback_type", self.fallback_type, ("", *FALLBACK_TYPES))
 
 
 def export_to_gguf(model_path: str | Path, output_path: str | Path, quantization_type: str | None = None,
@@ -78,12 +90,13 @@ def export_to_gguf(model_path: str | Path, output_path: str | Path, quantization
             with tempfile.TemporaryDirectory(prefix="aptops-gguf-", dir=tmp.parent) as work:
                 f16 = convert_to_gguf(model_path, Path(work) / "model-F16.gguf", outtype="F16",
                                       vocab_type=vocab_type)
-                quantize_gguf(f16, tmp / name, q)
+                quantize_gguf(f16, tmp / name, q, fallback_type=config.fallback_type)
         written = inspect_gguf(tmp / name, q)
         if written.fallbacks:
-            message = (f"{len(written.fallbacks)} tensors are not {q} (llama.cpp fell back, rows too narrow): "
+            chose = f"fallback_type={config.fallback_type}" if config.fallback_type else "llama.cpp fell back"
+            message = (f"{len(written.fallbacks)} tensors are not {q} ({chose}: their rows are too narrow): "
                        + ", ".join(f"{k}={v}" for k, v in list(written.fallbacks.items())[:5]))
-            if config.on_fallback == "error":
+            if config.on_fallback == "error" and not config.fallback_type:  # a chosen floor is an answer
                 raise InvalidArtifactError(message + "; choose another type or set on_fallback=warn")
             log.warning(message)
         report: dict[str, Any] = {"gguf": written.to_dict()}
