@@ -324,6 +324,15 @@ class MultimodalModel(nn.Module):
             batch_size: the number of rows, when no modality covers them all.
             drop: per modality a bool ``(B,)``: treat those rows as missing (modality dropout, ablations).
         """
+        tokens, present = self.encode_inputs(text, image, audio, labels=labels, batch_size=batch_size)
+        return self.fuse(tokens, present, labels=labels, drop=drop)
+
+    def encode_inputs(self, text: Mapping[str, Any] | None = None, image: Mapping[str, Any] | None = None,
+                      audio: Mapping[str, Any] | None = None, *, labels: torch.Tensor | None = None,
+                      batch_size: int | None = None,
+                      ) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], dict[str, torch.Tensor]]:
+        """Each modality's projected token states and mask, and which rows have it (the first half of
+        :meth:`forward`; :meth:`fuse` is the second, so one encoding can be fused several ways)."""
         given = {m: v for m, v in (("text", text), ("image", image), ("audio", audio)) if v is not None}
         unknown = sorted(set(given) - set(self.modalities))
         if unknown:
@@ -334,22 +343,29 @@ class MultimodalModel(nn.Module):
         if batch_size is None:
             batch_size = len(labels) if labels is not None else _rows(next(iter(given.values())))
         batch_size = int(batch_size)
-        pooled: dict[str, torch.Tensor] = {}
         tokens: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         present: dict[str, torch.Tensor] = {}
         device, dtype = self.device, self.projections[self.modalities[0]][0].weight.dtype
         for m in self.modalities:
             if m in given:
                 t, mask, p = self.encode(m, given[m], batch_size)
-                if drop is not None and m in drop:
-                    p = p & ~drop[m].to(p.device)
-                    mask = mask & p[:, None]
             else:
                 t = torch.zeros(batch_size, 1, self.config.hidden_size, device=device, dtype=dtype)
                 mask = torch.zeros(batch_size, 1, dtype=torch.bool, device=device)
                 p = torch.zeros(batch_size, dtype=torch.bool, device=device)
             tokens[m], present[m] = (t, mask), p
-            pooled[m] = masked_mean(t, mask)
+        return tokens, present
+
+    def fuse(self, tokens: Mapping[str, tuple[torch.Tensor, torch.Tensor]], present: Mapping[str, torch.Tensor], *,
+             labels: torch.Tensor | None = None, drop: Mapping[str, torch.Tensor] | None = None) -> MultimodalOutput:
+        """Fuse encoded modalities (from :meth:`encode_inputs`) and predict; ``drop`` hides rows of a modality."""
+        tokens, present = dict(tokens), dict(present)
+        for m, rows in (drop or {}).items():
+            if m in tokens:
+                p = present[m] & ~rows.to(present[m].device)
+                t, mask = tokens[m]
+                tokens[m], present[m] = (t, mask & p[:, None]), p
+        pooled = {m: masked_mean(t, mask) for m, (t, mask) in tokens.items()}
         none = ~torch.stack(list(present.values()), 1).any(1)
         if bool(none.any()):
             rows = none.nonzero().flatten().tolist()[:5]

@@ -263,7 +263,10 @@ def evaluate_multimodal(model: MultimodalModel, dataloader: Any, *, loss_weights
             labels = batch.get("labels")
             if labels is None:
                 raise ConfigError("evaluation needs labelled rows", field="label")
-            out = model(**batch)
+            # encoded once; fused again for each modality alone (the encoders are most of the cost)
+            tokens, present = model.encode_inputs(batch.get("text"), batch.get("image"), batch.get("audio"),
+                                                  labels=labels, batch_size=batch.get("batch_size"))
+            out = model.fuse(tokens, present, labels=labels)
             n = float(len(labels))
             loss, _ = objective(model, out, labels, weights)
             add("loss", float(loss) * n, n)
@@ -276,7 +279,7 @@ def evaluate_multimodal(model: MultimodalModel, dataloader: Any, *, loss_weights
                         if not bool(rows.any()):
                             continue
                         drop = {o: torch.ones_like(rows) for o in model.modalities if o != m}
-                        alone = model(**batch, drop=drop)
+                        alone = model.fuse(tokens, present, drop=drop)
                         hits = (alone.logits.argmax(-1) == labels) & rows
                         add(f"accuracy_{m}_only", float(hits.sum()), float(rows.sum()))
             elif task == "regression":

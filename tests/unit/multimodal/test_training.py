@@ -56,6 +56,30 @@ def test_cached_features_give_the_same_outputs(sample_task, minilm, tiny_specs):
     assert torch.allclose(live, cached, atol=1e-4)
 
 
+def test_evaluation_encodes_each_batch_once_and_scores_each_modality_alone(sample_task, minilm, tiny_specs):
+    from aptops.multimodal import evaluate_multimodal
+
+    torch.manual_seed(0)
+    model = create_multimodal_model(str(minilm), tiny_specs["image"], None, "attention", num_labels=6,
+                                    hidden_size=32)
+    loader = create_multimodal_dataloader(manifest=sample_task / "eval.jsonl", model=model, batch_size=12,
+                                          shuffle=False)
+    calls = {m: 0 for m in model.modalities}
+    for m in model.modalities:
+        model.encoders[m].register_forward_hook(lambda *_, m=m: calls.__setitem__(m, calls[m] + 1))
+    scores = evaluate_multimodal(model, loader)
+    assert calls == {m: len(loader) for m in model.modalities}  # not once more per modality scored alone
+    assert {"eval_accuracy", "eval_accuracy_text_only", "eval_accuracy_image_only"} <= set(scores)
+    # the same figures as hiding the other modality in a full forward pass
+    batch = next(iter(loader))
+    model.eval()
+    with torch.no_grad():
+        alone = model(**batch, drop={"text": torch.ones(len(batch["labels"]), dtype=torch.bool)})
+        tokens, present = model.encode_inputs(batch["text"], batch["image"], None, labels=batch["labels"])
+        fused = model.fuse(tokens, present, drop={"text": torch.ones(len(batch["labels"]), dtype=torch.bool)})
+    assert torch.allclose(alone.logits, fused.logits)
+
+
 def test_parameter_groups_take_per_modality_learning_rates(sample_task, minilm, tiny_specs, tmp_path):
     model = create_multimodal_model(str(minilm), tiny_specs["image"], None, num_labels=6, hidden_size=32)
     loader = create_multimodal_dataloader(manifest=sample_task / "train.jsonl", model=model, batch_size=8)
