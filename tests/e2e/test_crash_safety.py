@@ -174,3 +174,38 @@ def test_training_killed_mid_epoch_resumes_from_its_last_whole_checkpoint(stage,
     assert metrics["global_step"] == steps and metrics["resumed_from_step"] >= 10
     print(f"\n{stage}: 3 kills, newest checkpoint after each: {resumed}, final run resumed from step "
           f"{int(metrics['resumed_from_step'])}")
+
+
+@pytest.mark.slow
+def test_multimodal_training_killed_after_an_epoch_resumes_from_its_checkpoint(tmp_path):
+    """The multimodal stage (image + audio of the sample task) SIGKILLed twice after a new epoch checkpoint: the
+    output reads as incomplete each time and the next run resumes from the newest whole checkpoint."""
+    from aptops.multimodal.samples import build_sample_task
+
+    task = build_sample_task(tmp_path / "task", classes=3, train_per_class=12, eval_per_class=4, image_size=32,
+                             seed=2)
+    out = tmp_path / "mm"
+    args = ["multimodal", "train", str(task / "train.jsonl"), "--eval", str(task / "eval.jsonl"), "--out", str(out),
+            "--set", "modalities=[image,audio]", "--set", "epochs=40", "--set", "hidden_size=32"]
+    rng = random.Random(23)
+    resumed: list[int] = []
+    for _ in range(2):
+        before = max(_checkpoints(out), default=0)
+        proc = _run(args, tmp_path)
+        deadline = time.monotonic() + 300
+        while max(_checkpoints(out), default=0) <= before and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, "the run ended before it could be killed: " + proc.stderr.read().decode()[-2000:]
+        time.sleep(rng.uniform(0.0, 0.5))
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+        with pytest.raises(ArtifactNotFoundError, match="incomplete"):
+            require_complete(out)
+        resumed.append(max(_checkpoints(out)))
+    final = _run(args, tmp_path)
+    assert final.wait(timeout=600) == 0, final.stderr.read().decode()[-3000:]
+    require_complete(out)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["resumed_from_step"] >= resumed[0] and not (out / "checkpoints").exists()
+    print(f"\nmultimodal: 2 kills, newest checkpoint after each: {resumed}, final run resumed from step "
+          f"{int(metrics['resumed_from_step'])}")

@@ -447,6 +447,8 @@ def train_multimodal(model: MultimodalModel, dataloader: torch.utils.data.DataLo
     seen = trainer.state.global_step * args.per_device_train_batch_size * args.gradient_accumulation_steps
     metrics = {"train_loss": float(train_out.training_loss), "global_step": float(trainer.state.global_step),
                "train_runtime_s": wall, "samples_per_second": seen / max(wall, 1e-9), **stats}
+    if resume:
+        metrics["resumed_from_step"] = float(int(Path(resume).name.rsplit("-", 1)[-1]))
     if eval_dataloader is not None:
         metrics.update(evaluate_multimodal(model, eval_dataloader, loss_weights=trainer.loss_weights,
                                            device=args.device))
