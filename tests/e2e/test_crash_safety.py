@@ -22,6 +22,7 @@ import pytest
 from aptops.core.artifacts import is_complete, require_complete
 from aptops.core.errors import ArtifactNotFoundError
 from tests.e2e.test_cli import APTOPS
+from tests.models import CORPUS
 
 KILLS = 4
 
@@ -71,7 +72,7 @@ def _same_files(model: Path, out: Path) -> bool:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", ["data-clean", "backup-restore", "export-gguf"])
+@pytest.mark.parametrize("case", ["data-clean", "backup-restore", "export-gguf", "prune"])
 def test_killed_stage_never_leaves_a_complete_looking_partial_and_reruns(case, tmp_path, s3_server, monkeypatch,
                                                                          request):
     monkeypatch.setitem(ENV, "AWS_ACCESS_KEY_ID", s3_server.access_key)
@@ -87,6 +88,13 @@ def test_killed_stage_never_leaves_a_complete_looking_partial_and_reruns(case, t
         out = tmp_path / "gguf"
         args = ["export", "gguf", str(request.getfixturevalue("tiny_llama")), "--out", str(out), "--set",
                 "quantization=Q8_0"]
+        verify = None
+    elif case == "prune":  # calibrate, prune, fine-tune with masks, measure: restarted whole after a kill
+        text = tmp_path / "text.jsonl"
+        text.write_text("".join(json.dumps({"text": f"{i}: {t}"}) + "\n" for i, t in enumerate(CORPUS * 2)))
+        out = tmp_path / "pruned"
+        args = ["prune", "run", str(request.getfixturevalue("tiny_llama")), str(text), "--out", str(out), "--set",
+                "block_size=16", "--set", "training_args.max_steps=30", "--set", "training_args.use_cpu=true"]
         verify = None
     else:
         model = _model_folder(tmp_path / "model")
