@@ -141,6 +141,33 @@ def _checkpoints(out: Path) -> list[int]:
     return sorted(int(p.name.split("-")[1]) for p in folder.glob("checkpoint-*")) if folder.is_dir() else []
 
 
+def _kill_after_checkpoints(args: list[str], out: Path, cwd: Path, *, kills: int, seed: int,
+                            window_s: float) -> list[int]:
+    """Run ``args`` ``kills`` times, each SIGKILLed within ``window_s`` of writing a newer checkpoint (some kills
+    land inside the next checkpoint's write), checking the output reads as incomplete after each; then run it to
+    the end. Returns the newest checkpoint step left after each kill."""
+    rng = random.Random(seed)
+    resumed: list[int] = []
+    for _ in range(kills):
+        before = max(_checkpoints(out), default=0)
+        proc = _run(args, cwd)
+        deadline = time.monotonic() + 300
+        while max(_checkpoints(out), default=0) <= before and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, "the run ended before it could be killed: " + proc.stderr.read().decode()[-2000:]
+        time.sleep(rng.uniform(0.0, window_s))
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+        assert not is_complete(out)
+        with pytest.raises(ArtifactNotFoundError, match="incomplete"):
+            require_complete(out)
+        resumed.append(max(_checkpoints(out)))
+    final = _run(args, cwd)
+    assert final.wait(timeout=600) == 0, final.stderr.read().decode()[-3000:]
+    require_complete(out)
+    return resumed
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", ["train", "distill"])
 def test_training_killed_mid_epoch_resumes_from_its_last_whole_checkpoint(stage, tiny_llama, tmp_path):
@@ -159,25 +186,7 @@ def test_training_killed_mid_epoch_resumes_from_its_last_whole_checkpoint(stage,
             "--set", "eval_fraction=0", "--set", f"training_args.max_steps={steps}", "--set", "training_args.save_steps=10",
             "--set", "training_args.use_cpu=true", "--set", "training_args.per_device_train_batch_size=2",
             "--set", "training_args.learning_rate=1e-3"]
-    rng = random.Random(17)
-    resumed: list[int] = []
-    for _ in range(3):
-        before = max(_checkpoints(out), default=0)
-        proc = _run(args, tmp_path)
-        deadline = time.monotonic() + 300
-        while max(_checkpoints(out), default=0) <= before and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert proc.poll() is None, "the run ended before it could be killed: " + proc.stderr.read().decode()[-2000:]
-        time.sleep(rng.uniform(0.0, 0.6))  # sometimes inside the next checkpoint's write
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=60)
-        assert not is_complete(out)
-        with pytest.raises(ArtifactNotFoundError, match="incomplete"):
-            require_complete(out)
-        resumed.append(max(_checkpoints(out)))
-    final = _run(args, tmp_path)
-    assert final.wait(timeout=600) == 0, final.stderr.read().decode()[-3000:]
-    require_complete(out)
+    resumed = _kill_after_checkpoints(args, out, tmp_path, kills=3, seed=17, window_s=0.6)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["global_step"] == steps and metrics["resumed_from_step"] >= 10
     print(f"\n{stage}: 3 kills, newest checkpoint after each: {resumed}, final run resumed from step "
@@ -195,24 +204,7 @@ def test_multimodal_training_killed_after_an_epoch_resumes_from_its_checkpoint(t
     out = tmp_path / "mm"
     args = ["multimodal", "train", str(task / "train.jsonl"), "--eval", str(task / "eval.jsonl"), "--out", str(out),
             "--set", "modalities=[image,audio]", "--set", "epochs=40", "--set", "hidden_size=32"]
-    rng = random.Random(23)
-    resumed: list[int] = []
-    for _ in range(2):
-        before = max(_checkpoints(out), default=0)
-        proc = _run(args, tmp_path)
-        deadline = time.monotonic() + 300
-        while max(_checkpoints(out), default=0) <= before and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert proc.poll() is None, "the run ended before it could be killed: " + proc.stderr.read().decode()[-2000:]
-        time.sleep(rng.uniform(0.0, 0.5))
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=60)
-        with pytest.raises(ArtifactNotFoundError, match="incomplete"):
-            require_complete(out)
-        resumed.append(max(_checkpoints(out)))
-    final = _run(args, tmp_path)
-    assert final.wait(timeout=600) == 0, final.stderr.read().decode()[-3000:]
-    require_complete(out)
+    resumed = _kill_after_checkpoints(args, out, tmp_path, kills=2, seed=23, window_s=0.5)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["resumed_from_step"] >= resumed[0] and not (out / "checkpoints").exists()
     print(f"\nmultimodal: 2 kills, newest checkpoint after each: {resumed}, final run resumed from step "
