@@ -175,7 +175,6 @@ def test_training_killed_mid_epoch_resumes_from_its_last_whole_checkpoint(stage,
     while a checkpoint is being written); each time the output reads as incomplete, and the next run resumes
     from the newest checkpoint that was written to the end, until one finishes all its steps."""
     from aptops.data import CleanConfig, clean_dataset
-    from tests.models import CORPUS
 
     raw = tmp_path / "raw.jsonl"
     raw.write_text("".join(json.dumps({"text": f"{i}: {t}"}) + "\n" for i, t in enumerate(CORPUS * 4)))
