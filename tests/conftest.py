@@ -82,8 +82,15 @@ def smollm2() -> Path:
     return smollm2_hf_folder()
 
 
+SERVER_FIXTURES = {"s3_server", "pushgateway", "prometheus"}
+
+
 def pytest_collection_modifyitems(config, items):
-    """Tests marked ``gpu`` run only where CUDA is present; everywhere else they are skipped, not failed."""
+    """A test that uses a real server's fixture is marked ``integration`` (so ``-m "not integration"`` runs
+    without them); tests marked ``gpu`` run only where CUDA is present, elsewhere they are skipped, not failed."""
+    for item in items:
+        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
     try:
         import torch
 
