@@ -140,7 +140,9 @@ def test_growing_list_is_a_leak_and_names_the_type(tmp_path):
     with track_memory("cpu", interval=0.02, plot=tmp_path / "memory.png") as mem:
         for _ in range(40):
             kept.append(Leaky())  # plant: a list that keeps growing
-            time.sleep(0.01)
+            seen = len(mem.history)
+            while len(mem.history) == seen:  # one sample per step, however busy the machine (CI ran it starved)
+                time.sleep(0.002)
     report = detect_memory_leaks(mem, leak_threshold=50 * 2**20)
     assert report.leaking, report
     assert report.growth_bytes > 100 * 2**20
