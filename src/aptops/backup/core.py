@@ -398,7 +398,6 @@ def _restore_one(store: Any, local_path: Path, config: BackupConfig) -> StageRes
     tmp = local_path.parent / f".{local_path.name}.restore-{digest}"
     tmp.mkdir(exist_ok=True)
     start = time.monotonic()
-    kept = 0
     try:
         # each file is verified in the background while the next one downloads
         with ThreadPoolExecutor(max_workers=1) as verifier:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aptops.core.config import check_choice
 from aptops.core.deps import require
 from aptops.core.errors import ArtifactNotFoundError, ConfigError, InvalidArtifactError
 
@@ -100,9 +101,7 @@ def vocab_kind(folder: Path, tok: dict[str, Any], vocab_type: str = "auto") -> s
     A byte-level BPE ``tokenizer.json`` is ``bpe``; SentencePiece is a ``tokenizer.model`` or the
     ``tokenizer.json`` transformers converts it to (BPE over "▁"-marked pieces with ``byte_fallback``).
     """
-    if vocab_type not in VOCAB_TYPES:
-        raise ConfigError(f"vocab_type {vocab_type!r}: use one of {list(VOCAB_TYPES)}", field="vocab_type",
-                          value=vocab_type)
+    check_choice("vocab_type", vocab_type, VOCAB_TYPES)
     model = tok.get("model") or {}
     if not tok and not (folder / "tokenizer.model").is_file():
         raise InvalidArtifactError(f"{str(folder)!r} has no tokenizer.json nor tokenizer.model: save the tokenizer "
@@ -319,6 +318,13 @@ def _add_spm_vocab(gguf: Any, writer: Any, folder: Path, tok: dict[str, Any], vo
     tokens = [p for p, _, _ in pieces]
     scores = [s for _, s, _ in pieces]
     types = [t for _, _, t in pieces]
+
+    def pad_to(n: int) -> None:  # ids no piece or added token has: unused placeholders
+        while len(tokens) < n:
+            tokens.append(f"[PAD{len(tokens)}]")
+            scores.append(-1000.0)
+            types.append(gguf.TokenType.UNUSED)
+
     for a in sorted(tok.get("added_tokens", []), key=lambda a: a["id"]):
         i = a["id"]
         kind = gguf.TokenType.CONTROL if a.get("special") else gguf.TokenType.USER_DEFINED
@@ -326,10 +332,7 @@ def _add_spm_vocab(gguf: Any, writer: Any, folder: Path, tok: dict[str, Any], vo
             if types[i] == gguf.TokenType.NORMAL:
                 types[i] = kind
             continue
-        while len(tokens) < i:
-            tokens.append(f"[PAD{len(tokens)}]")
-            scores.append(-1000.0)
-            types.append(gguf.TokenType.UNUSED)
+        pad_to(i)
         tokens.append(a["content"])
         scores.append(-1000.0)
         types.append(kind)
@@ -337,10 +340,7 @@ def _add_spm_vocab(gguf: Any, writer: Any, folder: Path, tok: dict[str, Any], vo
         raise InvalidArtifactError(f"the tokenizer has {len(tokens)} tokens but the model's vocab_size is "
                                    f"{vocab_size}: the folder's tokenizer does not belong to this model",
                                    path=str(folder))
-    while len(tokens) < vocab_size:  # embedding rows padded beyond the tokenizer
-        tokens.append(f"[PAD{len(tokens)}]")
-        scores.append(-1000.0)
-        types.append(gguf.TokenType.UNUSED)
+    pad_to(vocab_size)  # embedding rows padded beyond the tokenizer
     writer.add_tokenizer_model("llama")
     writer.add_tokenizer_pre("default")
     writer.add_token_list(tokens)
@@ -378,9 +378,7 @@ def quantize_gguf(f16_path: str | Path, output_path: str | Path, quantization: s
     if quantization not in QUANT_TYPES:
         raise ConfigError(f"unknown quantization {quantization!r}; use one of {list(QUANT_TYPES)}",
                           field="quantization_type", value=quantization)
-    if fallback_type and fallback_type not in FALLBACK_TYPES:
-        raise ConfigError(f"fallback_type {fallback_type!r}: use one of {list(FALLBACK_TYPES)} (or empty for "
-                          "llama.cpp's choice)", field="fallback_type", value=fallback_type)
+    check_choice("fallback_type", fallback_type, ("", *FALLBACK_TYPES))  # empty: llama.cpp's choice
     llama_cpp = require("llama_cpp", extra="export", feature="quantizing GGUF")
     gguf = require("gguf", extra="export", feature="quantizing GGUF")
     out = Path(output_path)

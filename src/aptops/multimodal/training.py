@@ -437,9 +437,9 @@ def train_multimodal(model: MultimodalModel, dataloader: torch.utils.data.DataLo
         data_collator=collator, callbacks=cbs, optimizers=(optimizer, None), loss_weights=loss_weights,
         modality_lr=modality_lr, gradient_balance=gradient_balance, balance_alpha=balance_alpha,
         modality_dropout=modality_dropout, train_sampler=sampler)
-    if resume == "auto":
-        from aptops.train.trainer import last_complete_checkpoint
+    from aptops.train.trainer import checkpoint_step, last_complete_checkpoint
 
+    if resume == "auto":
         resume = last_complete_checkpoint(out)
     started = time.perf_counter()
     train_out = trainer.train(resume_from_checkpoint=resume)
@@ -448,7 +448,7 @@ def train_multimodal(model: MultimodalModel, dataloader: torch.utils.data.DataLo
     metrics = {"train_loss": float(train_out.training_loss), "global_step": float(trainer.state.global_step),
                "train_runtime_s": wall, "samples_per_second": seen / max(wall, 1e-9), **stats}
     if resume:
-        metrics["resumed_from_step"] = float(int(Path(resume).name.rsplit("-", 1)[-1]))
+        metrics["resumed_from_step"] = float(checkpoint_step(resume))
     if eval_dataloader is not None:
         metrics.update(evaluate_multimodal(model, eval_dataloader, loss_weights=trainer.loss_weights,
                                            device=args.device))

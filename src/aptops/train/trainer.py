@@ -239,6 +239,11 @@ def _resume_point(out: Path, resume: str) -> str | None:
     return last_complete_checkpoint(out / CHECKPOINTS)
 
 
+def checkpoint_step(path: str | Path) -> int:
+    """The optimizer step of a ``checkpoint-N`` folder."""
+    return int(Path(path).name.rsplit("-", 1)[-1])
+
+
 def last_complete_checkpoint(folder: str | Path) -> str | None:
     """The newest ``checkpoint-N`` in ``folder`` that was written to the end, or ``None``.
 
@@ -249,7 +254,7 @@ def last_complete_checkpoint(folder: str | Path) -> str | None:
     folder = Path(folder)
     if not folder.is_dir():
         return None
-    found = sorted((int(p.name.split("-")[1]), p) for p in folder.iterdir()
+    found = sorted((checkpoint_step(p), p) for p in folder.iterdir()
                    if p.is_dir() and p.name.startswith("checkpoint-") and p.name.split("-")[1].isdigit())
     while found and not (found[-1][1] / "trainer_state.json").is_file():
         partial = found.pop()[1]
@@ -436,7 +441,7 @@ def train_with_hf_trainer(model: Any, tokenizer: Any, dataset: Any, output_dir: 
     if debugger is not None:
         metrics.update(debugger.summary())
     if resume:
-        metrics["resumed_from_step"] = float(int(Path(resume).name.rsplit("-", 1)[-1]))
+        metrics["resumed_from_step"] = float(checkpoint_step(resume))
     if eval_tok is not None:
         ev = trainer.evaluate()
         metrics.update({k: float(v) for k, v in ev.items() if k.startswith("eval_") and isinstance(v, int | float)
