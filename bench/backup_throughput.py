@@ -2,12 +2,17 @@
 
 A model-like folder (a few large weight shards plus small JSON files, ~1 GB by default) goes up and comes
 back through both, in the same run, against SeaweedFS (``weed mini``, auth on). aptops' figures include
-its verification (SHA-256 of every file before upload and after download, the manifest); boto3's are its
-``upload_file`` / ``download_file`` with default ``TransferConfig``, file by file, with no verification.
+its verification (the manifest's SHA-256 of every file, CRC32C of every part; SHA-256 again after
+download); boto3's are its ``upload_file`` / ``download_file`` with default ``TransferConfig``, file by file,
+with no whole-file verification.
 
-Each figure is the median of ``--rounds`` rounds that alternate who goes first.
+aptops uploads twice a round: ``aptops_first_backup`` hashes every byte (``reuse_hashes=False``: a folder
+never backed up before), ``aptops_unchanged_folder`` takes the SHA-256 of the unchanged files from the hash
+cache (``aptops.backup.hashcache``, primed before the rounds: the folder backed up before, to another
+destination or prefix). Both go to a fresh prefix, so every byte is sent. Each figure is the median of
+``--rounds`` rounds that rotate who goes first; the ratios are medians of the per-round ratios.
 
-Run on a CPU: ``python bench/backup_throughput.py [--size-mb 512] [--rounds 3]``
+Run on a CPU: ``python bench/backup_throughput.py [--size-mb 512] [--rounds 5]``
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import sys
 import tempfile
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -47,14 +53,16 @@ def make_model(folder: Path, size_mb: int) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mb", type=int, default=512)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "backup_throughput.json")
     args = parser.parse_args()
     os.environ.setdefault("APTOPS_NO_PROGRESS", "1")
     from aptops.backup import BackupConfig, backup_model, restore_from_cloud
+    from aptops.backup.hashcache import HashCache
     from tests.services.servers import start_seaweedfs
 
     work = Path(tempfile.mkdtemp(prefix="bench-backup-"))
+    os.environ["APTOPS_CACHE_DIR"] = str(work / "cache")  # the bench's own hash cache and upload states
     s3 = start_seaweedfs(work / "weed")
     try:
         model = work / "model"
@@ -79,31 +87,39 @@ def main() -> None:
             shutil.rmtree(back)
             return up, down
 
-        def aptops_round(i: int) -> tuple[float, float]:
+        def aptops_round(i: int, reuse: bool) -> tuple[float, float | None]:
+            dest = f"s3://{bucket}/aptops-{'cached' if reuse else 'cold'}-{i}"
             t = time.perf_counter()
-            res = backup_model(model, [f"s3://{bucket}/aptops-{i}"], cfg, credentials=creds)
+            res = backup_model(model, [dest], replace(cfg, reuse_hashes=reuse), credentials=creds)
             up = time.perf_counter() - t
             assert res.ok, res.destinations
+            if reuse:  # the restore does not depend on how the backup hashed; timed once a round
+                return up, None
             t = time.perf_counter()
-            restore_from_cloud(f"s3://{bucket}/aptops-{i}", None, work / f"aptops-back-{i}", cfg, credentials=creds)
+            restore_from_cloud(dest, None, work / f"aptops-back-{i}", cfg, credentials=creds)
             down = time.perf_counter() - t
             shutil.rmtree(work / f"aptops-back-{i}")
             return up, down
 
+        time.sleep(2.5)  # past the hash cache's settle window, then prime it as a previous backup would
+        with HashCache() as cache:
+            for f in model.iterdir():
+                cache.sha256(f)
+        contenders = [("boto3_transfer_manager", boto3_round), ("aptops_first_backup", lambda i: aptops_round(i, False)),
+                      ("aptops_unchanged_folder", lambda i: aptops_round(i, True))]
         rounds = []
-        for i in range(args.rounds):  # alternate who goes first: the server's background work is shared
-            order = [("boto3", boto3_round), ("aptops", aptops_round)]
-            if i % 2:
-                order.reverse()
+        for i in range(args.rounds):  # rotate who goes first: the server's background work is shared
+            order = contenders[i % 3:] + contenders[:i % 3]
             timing = {name: fn(i) for name, fn in order}
-            rounds.append({("boto3_transfer_manager" if name == "boto3" else name): {"upload_MBps": total / up / 1e6, "download_MBps": total / down / 1e6}
+            rounds.append({name: {"upload_MBps": total / up / 1e6} | ({"download_MBps": total / down / 1e6} if down else {})
                            for name, (up, down) in timing.items()})
-            print(f"round {i}: " + ", ".join(f"{k} up {v['upload_MBps']:.0f} down {v['download_MBps']:.0f} MB/s"
-                                             for k, v in rounds[-1].items()), flush=True)
-        results = {name: {k: statistics.median(r[name][k] for r in rounds) for k in ("upload_MBps", "download_MBps")}
-                   for name in ("boto3_transfer_manager", "aptops")}
-
-        ratios = {k: results["aptops"][k] / results["boto3_transfer_manager"][k] for k in ("upload_MBps", "download_MBps")}
+            print(f"round {i}: " + ", ".join(f"{k} " + " ".join(f"{m.split('_')[0]} {v:.0f}" for m, v in r.items())
+                                             for k, r in rounds[-1].items()) + " MB/s", flush=True)
+        results = {name: {k: statistics.median(r[name][k] for r in rounds) for k in rounds[0][name]}
+                   for name, _ in contenders}
+        base = "boto3_transfer_manager"
+        ratios = {f"{name}_{k}": statistics.median(r[name][k] / r[base][k] for r in rounds)
+                  for name, _ in contenders[1:] for k in rounds[0][name]}
         report = {"machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()},
                   "bytes": total, "rounds": rounds, "results_median": results, "ratio_aptops_vs_boto3": ratios}
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,7 @@ Try it on a CPU against any S3 endpoint: ``aptops backup MODEL_DIR --to s3://buc
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -29,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from aptops.backup.hashcache import HashCache
 from aptops.backup.manifest import (
     MANIFEST,
     extract_members,
@@ -88,6 +90,9 @@ class BackupConfig:
             for folders of thousands of small files, where one object per file costs a request each.
         file_concurrency: files under the multipart size (8 MiB) sent or fetched at once per destination;
             larger files go one at a time, each in parallel parts.
+        reuse_hashes: take a file's SHA-256 from the last backup that hashed it while its device, inode,
+            size, modification and change times are unchanged (:mod:`aptops.backup.hashcache`); False
+            reads and hashes every byte every time.
     """
 
     max_retries: int = 4
@@ -102,6 +107,7 @@ class BackupConfig:
     modelscope_endpoint: str | None = None
     pack_small_files_kb: int = 0
     file_concurrency: int = 8
+    reuse_hashes: bool = True
 
     def __post_init__(self) -> None:
         check_range("max_retries", self.max_retries, min_value=0, max_value=20)
@@ -292,11 +298,16 @@ def _backup_to_stores(model_path: str | Path, stores: Sequence[Any], config: Bac
                 folder = Path(staging)
                 log.info("packed %d small files into one archive", len(members))
         # one hashing thread runs ahead of the uploads, so verification costs little extra wall time
-        with ThreadPoolExecutor(max_workers=1) as hasher:
-            hashes = {rel: hasher.submit(sha256_file, folder / rel) for rel, _ in files}
+        with contextlib.ExitStack() as stack:
+            cache = stack.enter_context(HashCache()) if config.reuse_hashes else None
+            digest = cache.sha256 if cache is not None else sha256_file
+            hasher = stack.enter_context(ThreadPoolExecutor(max_workers=1))  # shut down before the cache closes
+            hashes = {rel: hasher.submit(digest, folder / rel) for rel, _ in files}
             with ThreadPoolExecutor(max_workers=min(config.parallel_destinations, len(stores))) as pool:
                 results = list(pool.map(lambda s: _backup_one(folder, files, hashes, s, config, members), stores))
             manifest = _manifest(files, hashes, members)
+            if cache is not None and cache.hits:
+                log.info("%d of %d files unchanged since they were last hashed: SHA-256 reused", cache.hits, len(files))
     return BackupResult(manifest=manifest, destinations=results)
 
 

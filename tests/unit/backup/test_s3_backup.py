@@ -411,3 +411,32 @@ def test_seaweedfs_killed_and_restarted_mid_multipart_resumes_with_only_missing_
         assert _tree(tmp_path / "r") == _tree(model)
     finally:
         s3.server.stop()
+
+
+def test_unchanged_files_reuse_their_hash_and_a_changed_one_is_never_missed(s3, tmp_path, monkeypatch, caplog):
+    """A second backup of a settled folder takes every SHA-256 from the hash cache; a same-size edit that
+    restores the old modification time is still hashed again, uploaded and restored with its new bytes."""
+    _server, creds, cfg = s3
+    monkeypatch.setenv("APTOPS_CACHE_DIR", str(tmp_path / "cache"))
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(os.urandom(9 * 1024 * 1024))  # multipart
+    (model / "config.json").write_text('{"hidden_size": 64}')
+    time.sleep(2.1)  # older than the settle window, so the first backup remembers the hashes
+    dest = f"s3://bk-{uuid.uuid4().hex[:8]}/m"
+    first = backup_model(model, [dest], cfg, credentials=creds)
+    assert first.ok and (tmp_path / "cache" / "file-hashes.sqlite3").is_file()
+    caplog.clear()
+    with caplog.at_level("INFO", logger="aptops.backup.core"):
+        second = backup_model(model, [f"{dest}-2"], cfg, credentials=creds)
+    assert second.ok and second.manifest["files"] == first.manifest["files"]
+    assert "2 of 2 files unchanged since they were last hashed" in caplog.text
+    config = model / "config.json"
+    old = config.stat()
+    config.write_text('{"hidden_size": 65}')
+    os.utime(config, ns=(old.st_atime_ns, old.st_mtime_ns))
+    third = backup_model(model, [dest], cfg, credentials=creds).destinations[0]
+    assert (third.outcome, third.files_sent, third.files_skipped) == ("success", 1, 1)
+    restore_from_cloud(dest, None, tmp_path / "back", cfg, credentials=creds)
+    assert (tmp_path / "back" / "config.json").read_text() == '{"hidden_size": 65}'
+    assert _tree(tmp_path / "back") == _tree(model)
