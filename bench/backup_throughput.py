@@ -10,7 +10,9 @@ aptops uploads twice a round: ``aptops_first_backup`` hashes every byte (``reuse
 never backed up before), ``aptops_unchanged_folder`` takes the SHA-256 of the unchanged files from the hash
 cache (``aptops.backup.hashcache``, primed before the rounds: the folder backed up before, to another
 destination or prefix). Both go to a fresh prefix, so every byte is sent. Each figure is the median of
-``--rounds`` rounds that rotate who goes first; the ratios are medians of the per-round ratios.
+``--rounds`` rounds that rotate who goes first; the ratios are medians of the per-round ratios. ``client_cpu_s`` is the benchmark process's CPU time (user + system)
+for the contender's upload and download, the server's excluded: a steadier figure than the wall time, which
+moves by ±15% from round to round on 2 cores shared with the server.
 
 Run on a CPU: ``python bench/backup_throughput.py [--size-mb 512] [--rounds 5]``
 """
@@ -21,6 +23,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import sys
@@ -110,16 +113,22 @@ def main() -> None:
         rounds = []
         for i in range(args.rounds):  # rotate who goes first: the server's background work is shared
             order = contenders[i % 3:] + contenders[:i % 3]
-            timing = {name: fn(i) for name, fn in order}
+            timing, cpu = {}, {}
+            for name, fn in order:
+                os.sync()  # the previous contender's writes reach the disk before this one starts
+                before = resource.getrusage(resource.RUSAGE_SELF)
+                timing[name] = fn(i)
+                after = resource.getrusage(resource.RUSAGE_SELF)
+                cpu[name] = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
             rounds.append({name: {"upload_MBps": total / up / 1e6} | ({"download_MBps": total / down / 1e6} if down else {})
-                           for name, (up, down) in timing.items()})
-            print(f"round {i}: " + ", ".join(f"{k} " + " ".join(f"{m.split('_')[0]} {v:.0f}" for m, v in r.items())
+                           | {"client_cpu_s": cpu[name]} for name, (up, down) in timing.items()})
+            print(f"round {i}: " + ", ".join(f"{k} " + " ".join(f"{m.split('_')[0]} {v:.1f}" for m, v in r.items())
                                              for k, r in rounds[-1].items()) + " MB/s", flush=True)
         results = {name: {k: statistics.median(r[name][k] for r in rounds) for k in rounds[0][name]}
                    for name, _ in contenders}
         base = "boto3_transfer_manager"
         ratios = {f"{name}_{k}": statistics.median(r[name][k] / r[base][k] for r in rounds)
-                  for name, _ in contenders[1:] for k in rounds[0][name]}
+                  for name, _ in contenders[1:] for k in rounds[0][name] if k != "client_cpu_s"}
         report = {"machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()},
                   "bytes": total, "rounds": rounds, "results_median": results, "ratio_aptops_vs_boto3": ratios}
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -52,20 +52,20 @@ _COUNTS = threading.Lock()
 
 
 def _small_first_in_parallel(items: Sequence[T], size: Callable[[T], int], work: Callable[[T], Any],
-                             workers: int) -> list[Any]:
+                             workers: int, large_at_once: int = 1) -> list[Any]:
     """``work`` over ``items``, in order of results: small items on a pool of ``workers`` threads while the
-    large ones run one at a time here (each is parallel inside). The first failure cancels what is queued."""
+    large ones run ``large_at_once`` at a time (each is parallel inside). The first failure cancels what is
+    queued."""
     results: list[Any] = [None] * len(items)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    with ThreadPoolExecutor(max_workers=workers) as pool, ThreadPoolExecutor(max_workers=large_at_once) as large:
         futures = {i: pool.submit(work, item) for i, item in enumerate(items) if size(item) < SMALL_FILE}
+        futures |= {i: large.submit(work, item) for i, item in enumerate(items) if i not in futures}
         try:
-            for i, item in enumerate(items):
-                if i not in futures:
-                    results[i] = work(item)
             for i, future in futures.items():
                 results[i] = future.result()
         except BaseException:
             pool.shutdown(wait=True, cancel_futures=True)
+            large.shutdown(wait=True, cancel_futures=True)
             raise
     return results
 
@@ -222,7 +222,8 @@ def _backup_one(folder: Path, files: list[tuple[str, int]], hashes: dict[str, Fu
             _retry(lambda: store.upload(folder / path, path, sha), store, config, result, f"upload {path}")
             return True
 
-        sent_flags = _small_first_in_parallel(files, lambda f: f[1], send, config.file_concurrency)
+        sent_flags = _small_first_in_parallel(files, lambda f: f[1], send, config.file_concurrency,
+                                              getattr(store, "large_files_at_once", 1))
         result.files_sent = sum(sent_flags)
         result.files_skipped = len(files) - result.files_sent
         result.bytes_sent = sum(size for (_, size), sent in zip(files, sent_flags, strict=True) if sent)
@@ -425,7 +426,8 @@ def _restore_one(store: Any, local_path: Path, config: BackupConfig) -> StageRes
                 return verifier.submit(_matches, target, e.size, e.sha256)
 
             direct = [e for e in entries if e.archive is None]  # packed files come out of their archive
-            checks = _small_first_in_parallel(direct, lambda e: e.size, fetch, config.file_concurrency)
+            checks = _small_first_in_parallel(direct, lambda e: e.size, fetch, config.file_concurrency,
+                                              getattr(store, "large_files_at_once", 1))
             kept = sum(ok is None for ok in checks)
             for e, ok in zip(direct, checks, strict=True):
                 if ok is not None and not ok.result():

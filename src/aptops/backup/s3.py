@@ -20,14 +20,16 @@ import hashlib
 import json
 import logging
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 from aptops.core.deps import require
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Errors worth a retry: the network, throttling, and the server's own 5xx.
 TRANSIENT_CODES = {"RequestTimeout", "RequestTimeoutException", "SlowDown", "Throttling", "ThrottlingException",
@@ -58,6 +60,7 @@ class S3Store:
     file_concurrency: int = 8
     multipart_chunk_mb: int = 8
     provider: str = "s3"
+    large_files_at_once: ClassVar[int] = 2  # their parts share one pool of ``max_concurrency`` threads
 
     def __post_init__(self) -> None:
         boto3 = require("boto3", extra="backup", feature="S3 backup")
@@ -72,6 +75,9 @@ class S3Store:
                                      retries={"max_attempts": 1, "mode": "standard"},
                                      max_pool_connections=self.max_concurrency + self.file_concurrency + 2),
         )
+        # one pool for the parts of every file: two large files in flight share it, so the next file's parts
+        # fill the threads the last parts of the one before leave idle (see ``large_files_at_once``)
+        self._parts = ThreadPoolExecutor(max_workers=self.max_concurrency, thread_name_prefix="s3-part")
         chunk = self.multipart_chunk_mb * 1024 * 1024
         self._transfer = transfer.TransferConfig(multipart_threshold=chunk, multipart_chunksize=chunk,
                                                  max_concurrency=self.max_concurrency, use_threads=True)
@@ -147,11 +153,22 @@ class S3Store:
                                             Body=data, ChecksumCRC32C=digest)
             return {"PartNumber": number, "ETag": resp["ETag"], "ChecksumCRC32C": digest}
 
-        with ThreadPoolExecutor(max_workers=self.max_concurrency) as pool:
-            parts = list(pool.map(send, range(1, n_parts + 1)))
+        parts = self._in_parts(send, range(1, n_parts + 1))
         self._client.complete_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id,
                                                MultipartUpload={"Parts": parts})
         state.unlink(missing_ok=True)
+
+    def _in_parts(self, work: Callable[[int], T], items: Iterable[int]) -> list[T]:
+        """``work`` over ``items`` on the shared part pool, in order; on the first failure the file's queued
+        parts are cancelled and its running ones awaited, so a retry never overlaps the attempt before it."""
+        futures = [self._parts.submit(work, item) for item in items]
+        try:
+            return [f.result() for f in futures]
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            wait(futures)
+            raise
 
     def download(self, path: str, local: Path) -> str | None:
         """Parallel ranged GETs into ``local``; a retry keeps the ranges already on disk.
@@ -200,8 +217,7 @@ class S3Store:
                         digest.update(piece)
                         cursor[0] += len(piece)
 
-        with ThreadPoolExecutor(max_workers=self.max_concurrency) as pool:
-            list(pool.map(fetch, range(0, size, chunk)))
+        self._in_parts(fetch, range(0, size, chunk))
         ledger.unlink(missing_ok=True)
         return digest.hexdigest() if digest is not None and cursor[0] == size else None
 
