@@ -43,6 +43,56 @@ def test_response_loss_on_sequences_uses_the_predicting_positions():
     assert float(out["kd"]) == pytest.approx(sum(rows) / 2, rel=1e-5)
 
 
+def test_mixed_target_response_loss_at_t1_matches_hand_values_and_gradients():
+    """At T=1 the soft and hard terms are computed as one cross-entropy against a mixed target: the value,
+    both logged terms and the student's gradient equal the two-term definition."""
+    torch.manual_seed(0)
+    s, t = torch.randn(2, 4, 6), torch.randn(2, 4, 6)
+    labels = torch.tensor([[1, 2, -100, 3], [0, 5, 4, 1]])  # position 1 of row 0 predicts an ignored label
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])  # the last token of row 1 is padding
+    alpha = 0.7
+    used = [(0, 0), (0, 2), (1, 0), (1, 1)]
+    kd = sum(kl(softmax(t[b, i].tolist()), softmax(s[b, i].tolist())) for b, i in used) / 4
+    ce = sum(-math.log(softmax(s[b, i].tolist())[labels[b, i + 1]]) for b, i in used) / 4
+    leaf = s.clone().requires_grad_()
+    out = response_loss(leaf, t, labels, temperature=1.0, alpha=alpha, attention_mask=mask)
+    assert float(out["kd"]) == pytest.approx(kd, rel=1e-5)
+    assert float(out["ce"]) == pytest.approx(ce, rel=1e-5)
+    assert float(out["loss"]) == pytest.approx(alpha * kd + (1 - alpha) * ce, rel=1e-5)
+    out["loss"].backward()
+    ref = s.clone().requires_grad_()
+    log_q = torch.log_softmax(ref, -1)
+    p_t = torch.softmax(t, -1)
+    rows = [alpha * (p_t[b, i] * (p_t[b, i].log() - log_q[b, i])).sum() - (1 - alpha) * log_q[b, i, labels[b, i + 1]]
+            for b, i in used]
+    (sum(rows) / 4).backward()
+    torch.testing.assert_close(leaf.grad, ref.grad)
+    assert leaf.grad[0, 1].abs().max() == 0 and leaf.grad[1, 2:].abs().max() == 0  # unweighted rows learn nothing
+
+
+def test_soft_cross_entropy_matches_torch_value_and_gradient():
+    from aptops.distill.losses import soft_cross_entropy
+
+    torch.manual_seed(1)
+    logits = torch.randn(5, 7, dtype=torch.float64, requires_grad=True)
+    target = torch.rand(5, 7, dtype=torch.float64)
+    target[2] = 0.0  # a row with no mass
+    y = torch.tensor([0, 6, 3, 2, 1])
+    upstream = torch.randn(5, dtype=torch.float64)
+    rows, hard = soft_cross_entropy(logits, target, y)
+    (rows * upstream).sum().backward()
+    ref = logits.detach().clone().requires_grad_()
+    expected = torch.nn.functional.cross_entropy(ref, target, reduction="none")
+    (expected * upstream).sum().backward()
+    torch.testing.assert_close(rows, expected)
+    torch.testing.assert_close(logits.grad, ref.grad)
+    torch.testing.assert_close(hard, torch.nn.functional.cross_entropy(ref, y, reduction="none"))
+    again = soft_cross_entropy(logits, target, y)[0].sum()
+    again.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="inplace"):  # the buffer became the gradient: a clear error, not a wrong one
+        again.backward()
+
+
 def test_feature_loss_with_projection():
     s = [torch.zeros(1, 2, 2), torch.ones(1, 2, 2)]
     t = [torch.zeros(1, 2, 3), torch.full((1, 2, 3), 3.0)]
