@@ -151,6 +151,15 @@ def test_growing_list_is_a_leak_and_names_the_type(tmp_path):
     assert (tmp_path / "memory.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_the_trackers_own_samples_are_not_a_growing_type():
+    from aptops.debug.memory import MemoryTracker
+
+    with MemoryTracker("cpu", interval=0.01, objects_every=2) as mem:
+        while len(mem.history) < 80:
+            time.sleep(0.005)
+    assert not {"tuple", "Counter"} & set(dict(mem.object_growth)), mem.object_growth
+
+
 def test_flat_memory_is_not_a_leak():
     assert not detect_memory_leaks([100e6 + (i % 3) * 1e6 for i in range(50)]).leaking
     # a warm-up step then a plateau: large rise, but not a straight line
