@@ -47,18 +47,18 @@ from aptops.core.locations import Location, parse_location
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-SMALL_FILE = 8 * 1024 * 1024  # under one multipart part: one request each, so many go at once
 _COUNTS = threading.Lock()
+MiB = 1024 * 1024
 
 
 def _small_first_in_parallel(items: Sequence[T], size: Callable[[T], int], work: Callable[[T], Any],
-                             workers: int, large_at_once: int = 1) -> list[Any]:
-    """``work`` over ``items``, in order of results: small items on a pool of ``workers`` threads while the
-    large ones run ``large_at_once`` at a time (each is parallel inside). The first failure cancels what is
-    queued."""
+                             workers: int, large_at_once: int = 1, small_below: int = 8 * 1024 * 1024) -> list[Any]:
+    """``work`` over ``items``, in order of results: items under ``small_below`` bytes (one request each) on a
+    pool of ``workers`` threads while the large ones run ``large_at_once`` at a time (each is parallel
+    inside). The first failure cancels what is queued."""
     results: list[Any] = [None] * len(items)
     with ThreadPoolExecutor(max_workers=workers) as pool, ThreadPoolExecutor(max_workers=large_at_once) as large:
-        futures = {i: pool.submit(work, item) for i, item in enumerate(items) if size(item) < SMALL_FILE}
+        futures = {i: pool.submit(work, item) for i, item in enumerate(items) if size(item) < small_below}
         futures |= {i: large.submit(work, item) for i, item in enumerate(items) if i not in futures}
         try:
             for i, future in futures.items():
@@ -88,8 +88,9 @@ class BackupConfig:
         modelscope_endpoint: the ModelScope hub for modelscope:// locations (else ``MODELSCOPE_ENDPOINT``).
         pack_small_files_kb: pack every file smaller than this many KiB into one tar archive (0: off) —
             for folders of thousands of small files, where one object per file costs a request each.
-        file_concurrency: files under the multipart size (8 MiB) sent or fetched at once per destination;
-            larger files go one at a time, each in parallel parts.
+        file_concurrency: files under one part sent or fetched at once per destination; larger files go
+            in parallel parts.
+        part_size_mb: the multipart part (and ranged download) size of S3 and OSS transfers.
         reuse_hashes: take a file's SHA-256 from the last backup that hashed it while its device, inode,
             size, modification and change times are unchanged (:mod:`aptops.backup.hashcache`); False
             reads and hashes every byte every time.
@@ -107,6 +108,7 @@ class BackupConfig:
     modelscope_endpoint: str | None = None
     pack_small_files_kb: int = 0
     file_concurrency: int = 8
+    part_size_mb: int = 8
     reuse_hashes: bool = True
 
     def __post_init__(self) -> None:
@@ -116,6 +118,7 @@ class BackupConfig:
         check_choice("oss_accelerate", self.oss_accelerate, ("", "global", "overseas"))
         check_range("pack_small_files_kb", self.pack_small_files_kb, min_value=0, max_value=1024 * 1024)
         check_range("file_concurrency", self.file_concurrency, min_value=1, max_value=256)
+        check_range("part_size_mb", self.part_size_mb, min_value=5, max_value=1024)  # S3: parts of 5 MiB-5 GiB
 
 
 @dataclass
@@ -153,12 +156,13 @@ def store_for(location: Location, config: BackupConfig, credentials: dict[str, s
             endpoint_url=config.endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None,
             region_name=config.region_name, aws_access_key_id=creds.get("aws_access_key_id"),
             aws_secret_access_key=creds.get("aws_secret_access_key"), file_concurrency=config.file_concurrency,
+            multipart_chunk_mb=config.part_size_mb,
         )
     if location.scheme == "oss":
         from aptops.backup.oss import OssStore
 
         return OssStore(bucket=location.bucket, prefix=location.key, endpoint=config.oss_endpoint,
-                        accelerate=config.oss_accelerate,
+                        accelerate=config.oss_accelerate, part_size_mb=config.part_size_mb,
                         access_key_id=creds.get("oss_access_key_id"),
                         access_key_secret=creds.get("oss_access_key_secret"))
     if location.scheme == "hf":
@@ -223,7 +227,7 @@ def _backup_one(folder: Path, files: list[tuple[str, int]], hashes: dict[str, Fu
             return True
 
         sent_flags = _small_first_in_parallel(files, lambda f: f[1], send, config.file_concurrency,
-                                              getattr(store, "large_files_at_once", 1))
+                                              getattr(store, "large_files_at_once", 1), config.part_size_mb * MiB)
         result.files_sent = sum(sent_flags)
         result.files_skipped = len(files) - result.files_sent
         result.bytes_sent = sum(size for (_, size), sent in zip(files, sent_flags, strict=True) if sent)
@@ -427,7 +431,7 @@ def _restore_one(store: Any, local_path: Path, config: BackupConfig) -> StageRes
 
             direct = [e for e in entries if e.archive is None]  # packed files come out of their archive
             checks = _small_first_in_parallel(direct, lambda e: e.size, fetch, config.file_concurrency,
-                                              getattr(store, "large_files_at_once", 1))
+                                              getattr(store, "large_files_at_once", 1), config.part_size_mb * MiB)
             kept = sum(ok is None for ok in checks)
             for e, ok in zip(direct, checks, strict=True):
                 if ok is not None and not ok.result():

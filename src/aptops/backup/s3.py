@@ -193,9 +193,28 @@ class S3Store:
             with local.open("wb") as fh:
                 fh.truncate(size)
         lock = threading.Lock()
+        hashing = threading.Lock()  # held by the one thread feeding the hash; the others do not wait for it
         digest = hashlib.sha256() if not done else None
         pending: dict[int, bytes] = {}
         cursor = [0]
+
+        def feed_hash() -> None:
+            """Feed the ranges that are next in file order to the hash, outside the bookkeeping lock: a
+            thread that finds another one hashing leaves its range queued and goes back to fetching."""
+            while hashing.acquire(blocking=False):
+                try:
+                    while True:
+                        with lock:
+                            piece = pending.pop(cursor[0], None)
+                        if piece is None:
+                            break
+                        digest.update(piece)  # type: ignore[union-attr]
+                        cursor[0] += len(piece)
+                finally:
+                    hashing.release()
+                with lock:  # a range may have arrived between the last look and the release
+                    if cursor[0] not in pending:
+                        return
 
         def fetch(start: int) -> None:
             if start in done:
@@ -212,10 +231,8 @@ class S3Store:
                 ledger.write_text(json.dumps(sorted(done)))
                 if digest is not None:
                     pending[start] = body
-                    while cursor[0] in pending:  # feed the hash in file order
-                        piece = pending.pop(cursor[0])
-                        digest.update(piece)
-                        cursor[0] += len(piece)
+            if digest is not None:
+                feed_hash()
 
         self._in_parts(fetch, range(0, size, chunk))
         ledger.unlink(missing_ok=True)

@@ -465,3 +465,30 @@ def test_the_next_large_file_starts_while_the_last_parts_of_the_one_before_are_i
     assert order.index("Create b.bin") < order.index("Complete a.bin"), order
     restore_from_cloud(f"s3://{store.bucket}/m", None, tmp_path / "back", cfg, credentials=creds)
     assert _tree(tmp_path / "back") == _tree(model)
+
+
+def test_part_size_sets_the_parts_and_ranges(s3, tmp_path):
+    from aptops.backup.core import _backup_to_stores, store_for
+    from aptops.core.locations import parse_location
+
+    server, creds, cfg = s3
+    with pytest.raises(ConfigError, match="part_size_mb"):
+        BackupConfig(part_size_mb=1)
+    cfg = BackupConfig(endpoint_url=server.endpoint, part_size_mb=5)
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "w.bin").write_bytes(os.urandom(12 * 1024 * 1024))  # 5 + 5 + 2 MiB
+    (model / "small.bin").write_bytes(os.urandom(4 * 1024 * 1024))  # one request
+    dest = f"s3://parts-{uuid.uuid4().hex[:6]}/m"
+    store = store_for(parse_location(dest), cfg, creds)
+    calls: list[str] = []
+    for op in ("UploadPart", "PutObject", "GetObject"):
+        store._client.meta.events.register(f"before-call.s3.{op}", lambda op=op, **_: calls.append(op))
+    assert _backup_to_stores(model, [store], cfg).ok
+    assert calls.count("UploadPart") == 3 and calls.count("PutObject") == 2  # small.bin and the manifest
+    calls.clear()
+    from aptops.backup.core import _restore_one
+
+    _restore_one(store, tmp_path / "back", cfg)
+    assert calls.count("GetObject") == 1 + 1 + 3  # the manifest, small.bin, three ranges of w.bin
+    assert _tree(tmp_path / "back") == _tree(model)
