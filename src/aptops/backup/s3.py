@@ -249,6 +249,14 @@ class S3Store:
     def write(self, path: str, data: bytes) -> None:
         self._client.put_object(Bucket=self.bucket, Key=self.key(path), Body=data, ChecksumAlgorithm="SHA256")
 
+    def listing(self) -> dict[str, tuple[int, float]]:
+        """``{path: (size, last modified, epoch seconds)}`` of every object under the prefix: one LIST request
+        per 1,000 objects, where checking them one by one costs a HEAD each."""
+        prefix = self.key("")
+        pages = self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
+        return {obj["Key"][len(prefix):]: (int(obj["Size"]), obj["LastModified"].timestamp())
+                for page in pages for obj in page.get("Contents", [])}
+
     def remote_sha256(self, path: str) -> str | None:
         try:
             head = self._client.head_object(Bucket=self.bucket, Key=self.key(path))

@@ -492,3 +492,33 @@ def test_part_size_sets_the_parts_and_ranges(s3, tmp_path):
     _restore_one(store, tmp_path / "back", cfg)
     assert calls.count("GetObject") == 1 + 1 + 3  # the manifest, small.bin, three ranges of w.bin
     assert _tree(tmp_path / "back") == _tree(model)
+
+
+def test_unchanged_check_lists_once_and_catches_objects_changed_or_deleted_since(s3, tmp_path):
+    """A re-backup asks one LIST instead of a HEAD per file; an object overwritten after the manifest (same
+    size, other bytes) or deleted is sent again."""
+    from aptops.backup.core import _backup_to_stores, store_for
+    from aptops.core.locations import parse_location
+
+    server, creds, cfg = s3
+    model = tmp_path / "model"
+    model.mkdir()
+    for i in range(6):
+        (model / f"f{i}.json").write_text(json.dumps({"i": i}))
+    dest = f"s3://list-{uuid.uuid4().hex[:6]}/m"
+    assert backup_model(model, [dest], cfg, credentials=creds).ok
+    store = store_for(parse_location(dest), cfg, creds)
+    calls: list[str] = []
+    for op in ("HeadObject", "ListObjectsV2", "PutObject"):
+        store._client.meta.events.register(f"before-call.s3.{op}", lambda op=op, **_: calls.append(op))
+    (again,) = _backup_to_stores(model, [store], cfg).destinations
+    assert (again.files_sent, again.files_skipped) == (0, 6)
+    assert calls.count("HeadObject") == 0 and calls.count("ListObjectsV2") == 1, calls
+    time.sleep(1.1)  # the servers' modification times count whole seconds
+    raw = server.client()
+    raw.put_object(Bucket=store.bucket, Key="m/f1.json", Body=json.dumps({"i": 9}).encode())  # same size
+    raw.delete_object(Bucket=store.bucket, Key="m/f4.json")
+    (third,) = _backup_to_stores(model, [store], cfg).destinations
+    assert (third.files_sent, third.files_skipped) == (2, 4)
+    restore_from_cloud(dest, None, tmp_path / "back", cfg, credentials=creds)
+    assert _tree(tmp_path / "back") == _tree(model)
