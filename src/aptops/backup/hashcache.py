@@ -26,6 +26,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from aptops.backup.manifest import sha256_file
 
@@ -60,11 +61,19 @@ class HashCache:
         self.misses = 0
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
+        self._new: dict[str, tuple[Any, ...]] = {}  # entries not yet written, flushed at most a second later
+        self._touched: list[str] = []
+        self._flushed = time.monotonic()
         try:
             self.db.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.db, timeout=10, check_same_thread=False, isolation_level=None)
+            conn = sqlite3.connect(self.db, timeout=5, check_same_thread=False)
+            # a crash loses at most the last second's entries (hashing those files again); WAL lets other
+            # processes read while one writes
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute(_SCHEMA)
             conn.execute("DELETE FROM files WHERE used < ?", (time.time() - FORGET_AFTER_S,))
+            conn.commit()
             self._conn = conn
         except (OSError, sqlite3.Error) as exc:  # a read-only or broken cache only costs the hashing
             log.warning("file hash cache %s unusable (%s); hashing every file", self.db, exc)
@@ -87,10 +96,12 @@ class HashCache:
         if self._conn is None:
             return None
         with self._lock, contextlib.suppress(sqlite3.Error):
-            row = self._conn.execute("SELECT dev, ino, size, mtime_ns, ctime_ns, sha256 FROM files WHERE path = ?",
-                                     (str(path),)).fetchone()
+            row = self._new.get(str(path), (None,))[1:] or self._conn.execute(
+                "SELECT dev, ino, size, mtime_ns, ctime_ns, sha256, used FROM files WHERE path = ?", (str(path),)).fetchone()
             if row is not None and tuple(row[:5]) == _identity(st):
-                self._conn.execute("UPDATE files SET used = ? WHERE path = ?", (time.time(), str(path)))
+                if row[6] < time.time() - 24 * 3600:  # the expiry needs the last use to the day
+                    self._touched.append(str(path))
+                    self._flush_now_and_then()
                 return str(row[5])
         return None
 
@@ -98,13 +109,31 @@ class HashCache:
         if self._conn is None:
             return
         with self._lock, contextlib.suppress(sqlite3.Error):
-            self._conn.execute("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                               (str(path), *_identity(st), digest, time.time()))
+            self._new[str(path)] = (str(path), *_identity(st), digest, time.time())
+            self._flush_now_and_then()
+
+    def _flush_now_and_then(self) -> None:
+        if len(self._new) + len(self._touched) >= 512 or time.monotonic() - self._flushed >= 1.0:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Write the buffered entries in one short transaction (the caller holds the lock): a commit per file
+        cost 1.5 ms a file, and a transaction left open would make another process's writes wait."""
+        if self._conn is None or not (self._new or self._touched):
+            return
+        new, touched, self._new, self._touched = list(self._new.values()), self._touched, {}, []
+        self._flushed = time.monotonic()
+        with self._conn:
+            self._conn.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?)", new)
+            self._conn.executemany("UPDATE files SET used = ? WHERE path = ?", [(time.time(), p) for p in touched])
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        with self._lock:
+            if self._conn is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    self._flush()
+                self._conn.close()
+                self._conn = None
 
     def __enter__(self) -> HashCache:
         return self

@@ -103,3 +103,23 @@ def test_old_entries_are_forgotten(tmp_path, monkeypatch):
     with HashCache(db, settle_s=0) as later:
         later.sha256(f)
         assert later.hits == 0
+
+
+def test_two_caches_on_one_database_do_not_hold_each_other_up(tmp_path):
+    """Two backups (two processes) share the cache: neither keeps a write transaction open between files."""
+    files = []
+    for i in range(50):
+        f = tmp_path / f"w{i}.bin"
+        f.write_bytes(os.urandom(1000))
+        files.append(f)
+    db = tmp_path / "hashes.sqlite3"
+    with HashCache(db, settle_s=0) as first, HashCache(db, settle_s=0) as second:
+        for f in files:
+            first.sha256(f)
+            second.sha256(f)
+            # no write transaction is left open between files, so the other process never waits for one
+            assert not first._conn.in_transaction and not second._conn.in_transaction
+    with HashCache(db, settle_s=0) as third:
+        for f in files:
+            assert third.sha256(f) == _sha(f)
+        assert third.hits == 50
