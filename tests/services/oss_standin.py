@@ -2,7 +2,7 @@
 
 It speaks the subset of the OSS REST API that ``oss2`` uses for backup and restore — path-style requests
 to an IP endpoint, namespace-less XML, multipart upload with list-parts, ranged GET, ``x-oss-meta-*`` user
-metadata — and checks what the real client sends: every request must carry a valid ``OSS`` v1 signature
+metadata, listing a bucket by prefix (URL-encoded keys, markers, pages) — and checks what the real client sends: every request must carry a valid ``OSS`` v1 signature
 (HMAC-SHA1 over the canonical string), keys arrive URL-encoded UTF-8, and every object and part comes
 back with its ``x-oss-hash-crc64ecma`` so the client's CRC64 check runs for real.
 """
@@ -13,12 +13,13 @@ import base64
 import hashlib
 import hmac
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 from xml.etree import ElementTree
 
 import crcmod
@@ -142,7 +143,7 @@ def _handler(state: OssState) -> type[BaseHTTPRequestHandler]:
                 up["parts"][int(params["partNumber"])] = {"data": data, "etag": etag, "crc": crc}
             else:
                 meta = {k.lower(): v for k, v in self.headers.items() if k.lower().startswith("x-oss-meta-")}
-                state.buckets[bucket][key] = {"data": data, "etag": etag, "crc": crc, "meta": meta}
+                state.buckets[bucket][key] = {"data": data, "etag": etag, "crc": crc, "meta": meta, "mtime": time.time()}
             self._send(200, headers={"ETag": etag, "x-oss-hash-crc64ecma": crc})
 
         def do_POST(self) -> None:
@@ -167,7 +168,8 @@ def _handler(state: OssState) -> type[BaseHTTPRequestHandler]:
                 blob = b"".join(up["parts"][n]["data"] for n in numbers)
                 crc = str(_crc64(blob))
                 etag = f'"{hashlib.md5(blob).hexdigest().upper()}-{len(numbers)}"'
-                state.buckets[bucket][key] = {"data": blob, "etag": etag, "crc": crc, "meta": up["meta"]}
+                state.buckets[bucket][key] = {"data": blob, "etag": etag, "crc": crc, "meta": up["meta"],
+                                              "mtime": time.time()}
                 self._send(200, _xml("CompleteMultipartUploadResult", {"Bucket": bucket, "Key": key, "ETag": etag}),
                            {"Content-Type": "application/xml", "x-oss-hash-crc64ecma": crc, "ETag": etag})
             else:
@@ -191,7 +193,43 @@ def _handler(state: OssState) -> type[BaseHTTPRequestHandler]:
                                                 *parts])
                 self._send(200, body, {"Content-Type": "application/xml"})
                 return
+            if not key:
+                self._list(bucket, params)
+                return
             self._object(bucket, key)
+
+        def _list(self, bucket: str, params: dict[str, str]) -> None:
+            """GetBucket (ListObjects): keys after ``marker`` under ``prefix``, ``max-keys`` a page."""
+            if bucket not in state.buckets:
+                self._error(404, "NoSuchBucket", bucket)
+                return
+            prefix, marker = params.get("prefix", ""), params.get("marker", "")
+            limit = int(params.get("max-keys") or 100)
+            url = params.get("encoding-type") == "url"
+            with state.lock:
+                keys = sorted(k for k in state.buckets[bucket] if k.startswith(prefix) and k > marker)
+                page = [(k, state.buckets[bucket][k]) for k in keys[:limit]]
+            enc = (lambda k: quote(k, safe="")) if url else (lambda k: k)
+            truncated = len(keys) > limit
+            body = _xml("ListBucketResult", [
+                ("Name", bucket), ("Prefix", enc(prefix)), ("Marker", enc(marker)), ("MaxKeys", limit), ("Delimiter", ""),
+                *([("EncodingType", "url")] if url else []), ("IsTruncated", str(truncated).lower()),
+                *([("NextMarker", enc(page[-1][0]))] if truncated else []),
+                *[("Contents", [("Key", enc(k)), ("LastModified", time.strftime("%Y-%m-%dT%H:%M:%S.000Z",
+                                                                                 time.gmtime(o["mtime"]))),
+                                ("ETag", o["etag"]), ("Type", "Normal"), ("Size", len(o["data"])),
+                                ("StorageClass", "Standard")]) for k, o in page],
+            ])
+            self._send(200, body, {"Content-Type": "application/xml"})
+
+        def do_DELETE(self) -> None:
+            parsed = self._begin()
+            if parsed is None:
+                return
+            bucket, key, _ = parsed
+            with state.lock:
+                state.buckets.get(bucket, {}).pop(key, None)
+            self._send(204)
 
         def do_HEAD(self) -> None:
             parsed = self._begin()
@@ -205,7 +243,7 @@ def _handler(state: OssState) -> type[BaseHTTPRequestHandler]:
                 return
             data = obj["data"]
             headers = {"ETag": obj["etag"], "x-oss-hash-crc64ecma": obj["crc"], "Content-Type": "application/octet-stream",
-                       "Last-Modified": formatdate(usegmt=True), "Accept-Ranges": "bytes", **obj["meta"]}
+                       "Last-Modified": formatdate(obj["mtime"], usegmt=True), "Accept-Ranges": "bytes", **obj["meta"]}
             rng = byte_range(self.headers.get("Range"), len(data)) if self.command == "GET" else None
             if rng:
                 start, end = rng

@@ -106,6 +106,12 @@ class OssStore:
     def write(self, path: str, data: bytes) -> None:
         self._bucket.put_object(self.key(path), data)
 
+    def listing(self) -> dict[str, tuple[int, float]]:
+        """``{path: (size, last modified, epoch seconds)}`` of every object under the prefix, a page per 100."""
+        prefix = self.key("")
+        return {o.key[len(prefix):]: (int(o.size), float(o.last_modified))
+                for o in self._oss2.ObjectIterator(self._bucket, prefix=prefix)}
+
     def remote_sha256(self, path: str) -> str | None:
         try:
             return self._bucket.head_object(self.key(path)).headers.get("x-oss-meta-sha256")

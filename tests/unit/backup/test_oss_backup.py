@@ -105,3 +105,35 @@ def test_oss_transfer_acceleration_endpoint(monkeypatch):
     assert store._bucket.endpoint == "https://oss-cn-hangzhou.aliyuncs.com"
     with pytest.raises(ConfigError, match="oss_accelerate"):
         BackupConfig(oss_accelerate="faster")
+
+
+def test_oss_unchanged_check_lists_pages_of_keys_and_catches_changes_since(oss, tmp_path):
+    """A re-backup lists the prefix (URL-encoded Chinese keys, 100 a page) instead of a HEAD per file; an
+    object overwritten after the manifest (same size) or deleted is sent again."""
+    import time
+
+    import oss2
+
+    server, creds, cfg = oss
+    model = tmp_path / "模型"
+    model.mkdir()
+    for i in range(130):
+        (model / f"分片-{i:03d}.json").write_text(f'{{"i": {i:03d}}}')
+    dest = "oss://aptops-list/备份/v2"
+    assert backup_model(model, [dest], cfg, credentials=creds).ok
+    server.state.requests.clear()
+    again = backup_model(model, [dest], cfg, credentials=creds).destinations[0]
+    assert (again.files_sent, again.files_skipped) == (0, 130)
+    methods = [m for m, _ in server.state.requests]
+    listings = [p for m, p in server.state.requests if m == "GET" and p.startswith("/aptops-list/?")]
+    assert methods.count("HEAD") == 0 and len(listings) == 2, server.state.requests  # 131 keys, 100 a page
+    time.sleep(1.1)  # listings give modification times in whole seconds
+    bucket = oss2.Bucket(oss2.Auth(creds["oss_access_key_id"], creds["oss_access_key_secret"]), server.endpoint,
+                         "aptops-list")
+    bucket.put_object("备份/v2/分片-007.json", b'{"i": 999}')  # same size, other bytes
+    bucket.delete_object("备份/v2/分片-042.json")
+    third = backup_model(model, [dest], cfg, credentials=creds).destinations[0]
+    assert (third.files_sent, third.files_skipped) == (2, 128)
+    assert server.state.bad_signatures == 0
+    restore_from_cloud(dest, None, tmp_path / "back", cfg, credentials=creds)
+    assert _tree(tmp_path / "back") == _tree(model)
