@@ -10,8 +10,8 @@ restoring its old modification time) and reuses it while all five are unchanged.
 Two guards keep a stale digest out:
 
 * a file whose stat changed while it was being hashed is not remembered;
-* a file modified less than ``settle_s`` seconds before it was hashed is not remembered ("racy" in git's
-  words: a write in the same clock tick would leave the modification time unchanged).
+* a file modified (or its change time set) less than ``settle_s`` seconds before it was hashed is not
+  remembered ("racy" in git's words: a write in the same clock tick would leave the times unchanged).
 
 The cache is one SQLite file under the aptops cache (``$APTOPS_CACHE_DIR``), safe to share between
 processes; delete it at any time. ``BackupConfig(reuse_hashes=False)`` hashes every byte every time.
@@ -88,7 +88,8 @@ class HashCache:
         self.misses += 1
         digest = sha256_file(path)
         after = path.stat()
-        if _identity(after) == _identity(before) and time.time() - after.st_mtime_ns / 1e9 >= self.settle_s:
+        changed = max(after.st_mtime_ns, after.st_ctime_ns) / 1e9  # a restored old mtime leaves ctime recent
+        if _identity(after) == _identity(before) and time.time() - changed >= self.settle_s:
             self._remember(path, after, digest)
         return digest
 

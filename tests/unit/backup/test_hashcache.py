@@ -71,6 +71,17 @@ def test_a_file_modified_moments_ago_is_not_remembered(tmp_path):
         assert (cache.hits, cache.misses) == (0, 2)
 
 
+def test_an_old_mtime_put_back_moments_ago_is_not_remembered(tmp_path):
+    """The settle window counts from the later of mtime and ctime: ``utime`` to an old date is itself a change."""
+    f = tmp_path / "w.bin"
+    f.write_bytes(b"fresh")
+    os.utime(f, (time.time() - 7200, time.time() - 7200))
+    with HashCache(tmp_path / "hashes.sqlite3", settle_s=3600) as cache:
+        cache.sha256(f)
+        cache.sha256(f)
+        assert (cache.hits, cache.misses) == (0, 2)
+
+
 def test_an_unusable_cache_only_costs_the_hashing(tmp_path, caplog):
     (tmp_path / "not-a-db").write_bytes(b"this is not sqlite" * 100)
     f = tmp_path / "w.bin"
