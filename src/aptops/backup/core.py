@@ -52,7 +52,7 @@ MiB = 1024 * 1024
 
 
 def _small_first_in_parallel(items: Sequence[T], size: Callable[[T], int], work: Callable[[T], Any],
-                             workers: int, large_at_once: int = 1, small_below: int = 8 * 1024 * 1024) -> list[Any]:
+                             workers: int, large_at_once: int = 1, small_below: int = 8 * MiB) -> list[Any]:
     """``work`` over ``items``, in order of results: items under ``small_below`` bytes (one request each) on a
     pool of ``workers`` threads while the large ones run ``large_at_once`` at a time (each is parallel
     inside). The first failure cancels what is queued."""

@@ -12,6 +12,7 @@ import time
 import tracemalloc
 from collections import Counter
 from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ log = logging.getLogger(__name__)
 MB = 1024 * 1024
 
 
-def _object_counts(exclude: set[int] = frozenset()) -> Counter[str]:  # type: ignore[assignment]
+def _object_counts(exclude: AbstractSet[int] = frozenset()) -> Counter[str]:
     """Live objects by type name, leaving out the objects whose ids are in ``exclude``."""
     return Counter(type(o).__name__ for o in gc.get_objects() if id(o) not in exclude)
 

@@ -142,9 +142,9 @@ def response_loss(student_logits: Any, teacher_logits: Any, labels: Any | None =
             valid &= targets != IGNORE
         if attention_mask is not None:
             valid[:, :-1] &= attention_mask[:, 1:].bool()
-        weight = valid.reshape(-1).float()
         if temperature == 1.0 and targets is not None and 0.0 < alpha < 1.0:
             return _mixed_target_loss(student_logits, teacher_logits, targets, valid, alpha)
+        weight = valid.reshape(-1).float()
         rows = kl_divergence(student_logits, teacher_logits, temperature).reshape(-1)
         kd = (rows * weight).sum() / weight.sum().clamp_min(1.0) * temperature ** 2
         ce = None
