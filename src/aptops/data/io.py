@@ -114,7 +114,7 @@ def read_batches(
                           field="input_format", value=input_format)
     for path in list_input_files(Path(source)):
         fmt = ("hf" if is_hf_dataset_dir(path) else detect_format(path)) if input_format == "auto" else input_format
-        table = _read_file(path, fmt, text_column, separator)
+        table = _decodable(_read_file(path, fmt, text_column, separator), path)
         if text_column not in table.column_names:
             raise InvalidArtifactError(
                 f"{str(path)!r} has no column {text_column!r} (columns: {', '.join(table.column_names) or 'none'}): "
@@ -126,11 +126,6 @@ def read_batches(
             raise InvalidArtifactError(
                 f"{str(path)!r}: column {text_column!r} holds {col.type}, not text", path=str(path)
             )
-        try:  # Parquet readers do not check that strings are UTF-8; every later step assumes they are
-            col.validate(full=True)
-        except pa.ArrowInvalid as exc:
-            raise InvalidArtifactError(f"{str(path)!r}: column {text_column!r} is damaged ({exc}); write the file "
-                                       "again", path=str(path)) from exc
         for offset in range(0, table.num_rows, batch_rows):
             yield table.slice(offset, batch_rows)
 
@@ -153,18 +148,53 @@ def _read_file(path: Path, fmt: str, text_column: str, separator: str | None) ->
         return pa.table({text_column: _text_records(raw, separator)})
     except AptopsError:
         raise
-    except (pa.ArrowException, OSError) as exc:  # ArrowInvalid, and ArrowIOError (an OSError) for cut-off files
+    # ArrowInvalid; ArrowIOError (an OSError) for cut-off files; UnicodeError where a reader decodes a name
+    except (pa.ArrowException, OSError, UnicodeError) as exc:
         raise InvalidArtifactError(
             f"{str(path)!r} could not be read as {fmt}: {exc}; check the file or pass input_format=", path=str(path)
         ) from exc
+
+
+def _decodable(table: pa.Table, path: Path) -> pa.Table:
+    """``table`` with every column name and string value checked to be UTF-8, and without the file's metadata.
+
+    Parquet and Arrow readers check neither names nor values; Python raises a bare ``UnicodeDecodeError`` the
+    first time a later step asks for ``column_names`` or a value. The file's own metadata (pandas index
+    descriptions, writer notes) means nothing to the dataset artifact and is dropped rather than checked.
+    """
+    pa = _pa()
+
+    def check_names(field: pa.Field, where: str) -> None:
+        try:
+            name = field.name
+        except UnicodeDecodeError as exc:
+            raise InvalidArtifactError(
+                f"{str(path)!r}: the name of {where} is not valid UTF-8 ({exc.object[:40]!r}); rename the column "
+                "and write the file again", path=str(path)) from exc
+        for j in range(field.type.num_fields):  # struct members, list items, map keys and values
+            check_names(field.type.field(j), f"a field inside column {name!r}")
+
+    for i in range(table.num_columns):
+        check_names(table.schema.field(i), f"column {i}")
+    for name, column in zip(table.column_names, table.columns, strict=True):
+        try:
+            column.validate(full=True)
+        except pa.ArrowInvalid as exc:  # a string that is not UTF-8, or offsets pointing outside the data
+            raise InvalidArtifactError(f"{str(path)!r}: column {name!r} is damaged ({exc}); write the file again",
+                                       path=str(path)) from exc
+    return table.replace_schema_metadata(None)
 
 
 def _read_hf_dataset(path: Path) -> pa.Table:
     """The Arrow files of a ``save_to_disk`` folder, read directly (no ``datasets`` import needed)."""
     pa = _pa()
     ipc = require("pyarrow.ipc", extra="data", feature="reading Hugging Face datasets on disk")
-    state = json.loads((path / "state.json").read_text(encoding="utf-8"))
-    files = [path / f["filename"] for f in state.get("_data_files", [])]
+    try:
+        state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+        files = [path / f["filename"] for f in state.get("_data_files", [])]
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # not JSON, not UTF-8, or not the layout
+        raise InvalidArtifactError(f"{str(path / 'state.json')!r} is not a datasets state file ({exc!r}): save the "
+                                   "dataset again with Dataset.save_to_disk", path=str(path)) from exc
     if not files:
         raise InvalidArtifactError(f"{str(path)!r} lists no Arrow data files in state.json", path=str(path))
     return pa.concat_tables([ipc.open_stream(pa.memory_map(str(f))).read_all() for f in files])

@@ -10,6 +10,7 @@ from aptops.core.artifacts import is_complete
 from aptops.core.errors import ArtifactNotFoundError, ConfigError, InvalidArtifactError
 from aptops.data import CleanConfig, StatsConfig, clean_dataset, dataset_stats
 from aptops.data.io import read_dataset
+from tests.unit.data.damaged import parquet_with_undecodable
 
 
 def _rows(folder):
@@ -105,6 +106,31 @@ def test_bad_inputs_fail_clearly_and_leave_nothing(tmp_path, content, name, kwar
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
 
 
+@pytest.mark.parametrize(("where", "message"), [
+    ("column_name", r"the name of column 1 is not valid UTF-8 \(b'\\xff\\xfe"),
+    ("nested_name", r"the name of a field inside column 'meta' is not valid UTF-8"),
+    ("value", r"column 'label' is damaged \(.*Invalid UTF8"),
+    ("text_value", r"column 'text' is damaged \(.*Invalid UTF8"),
+])
+def test_undecodable_parquet_names_and_values_fail_clearly(tmp_path, where, message):
+    src = tmp_path / "in.parquet"
+    src.write_bytes(parquet_with_undecodable(where))  # pyarrow reads these without complaint
+    out = tmp_path / "out"
+    with pytest.raises(InvalidArtifactError, match=message) as err:
+        clean_dataset(src, out)
+    assert str(src) in str(err.value)
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+def test_input_metadata_is_not_carried_into_the_dataset(tmp_path):
+    table = pa.table({"text": ["alpha beta"]}).replace_schema_metadata({b"pandas": b"\xff not json", b"k": b"v"})
+    pq.write_table(table, tmp_path / "in.parquet")
+    clean_dataset(tmp_path / "in.parquet", tmp_path / "out")
+    assert not any(k in (pq.read_schema(p).metadata or {}) for p in (tmp_path / "out").glob("part-*.parquet")
+                   for k in (b"pandas", b"k"))
+
+
 def test_stats_refuses_incomplete_dataset(tmp_path):
     (tmp_path / "ds").mkdir()
     with pytest.raises(ArtifactNotFoundError, match="incomplete"):
@@ -136,6 +162,17 @@ def test_hf_dataset_saved_to_disk(tmp_path):
     )
     clean_dataset(tmp_path / "hf", tmp_path / "out")
     assert read_dataset(tmp_path / "out").to_pylist() == [{"text": "hello world", "label": 0}, {"text": "second row", "label": 1}]
+
+
+@pytest.mark.parametrize("state", [b"\xff\xfe", b"{not json", b'{"_data_files": [{"name": "x"}]}', b"[1]"])
+def test_hf_dataset_with_a_broken_state_file_fails_clearly(tmp_path, state):
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    (folder / "dataset_info.json").write_text("{}")
+    (folder / "state.json").write_bytes(state)
+    with pytest.raises(InvalidArtifactError, match=r"is not a datasets state file.*save_to_disk"):
+        clean_dataset(folder, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_empty_jsonl_is_a_clear_error(tmp_path):
