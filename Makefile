@@ -9,11 +9,12 @@ TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 STAGES := $(notdir $(wildcard images/*))
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test bench compile lint images clean help
+.PHONY: setup demo test fuzz bench compile lint images clean help
 
 help:
 	@echo "make demo     set up, then run the lifecycle and multimodal pipelines locally and print their artifacts and summaries"
 	@echo "make test     set up, start the test servers (fixtures), run the whole suite"
+	@echo "make fuzz     property tests with many fresh random examples (make test runs a fixed set), to find new bugs"
 	@echo "make bench    benchmarks against named peers (bench/), results in bench/results/"
 	@echo "make compile  compile every pipeline to dist/pipelines/*.yaml"
 	@echo "make lint     ruff"
@@ -43,6 +44,13 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# `make test` checks a fixed, derandomized set of property-test examples; this draws new ones (FUZZ_EXAMPLES
+# per test). A failure prints the input: pin it with @example beside the test, then fix the bug.
+FUZZ_EXAMPLES ?= 5000
+fuzz: setup
+	APTOPS_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest tests/unit/test_parsers_properties.py \
+	  --hypothesis-profile=fuzz --hypothesis-show-statistics $(PYTEST_ARGS)
 
 bench: setup
 	$(PY) bench/data_dedup.py

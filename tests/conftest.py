@@ -7,11 +7,23 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from tests.services.hub_standin import HubStandIn
 from tests.services.servers import ServerError, start_prometheus, start_pushgateway, start_seaweedfs
 
 ASSETS = Path(__file__).parent / "assets"
+
+# Property tests draw their examples from a profile. `ci` (the default: `make test`, CI) is derandomized and
+# keeps no example database, so every run on every machine checks the same examples and a red run is
+# reproducible from the commit alone; inputs that found bugs are pinned with @example beside the test.
+# `fuzz` (`make fuzz`, or `pytest --hypothesis-profile=fuzz`) draws many fresh random examples on purpose and
+# remembers failures under .hypothesis/, to find the next bug.
+hypothesis_settings.register_profile("ci", derandomize=True, database=None, max_examples=300, deadline=None,
+                                     print_blob=True)
+hypothesis_settings.register_profile("fuzz", max_examples=int(os.environ.get("APTOPS_FUZZ_EXAMPLES", "5000")),
+                                     deadline=None, print_blob=True)
+hypothesis_settings.load_profile(os.environ.get("APTOPS_HYPOTHESIS_PROFILE", "ci"))
 
 # Tests never show progress bars and never reach a real hub: every Hugging Face call of the session, in
 # this process and in the subprocesses it starts (kfp.local tasks, torchrun), goes to one stand-in Hub

@@ -3,6 +3,10 @@ config coercion, multimodal manifests, Modelfiles.
 
 The property every parser shares: any input either parses or raises an aptops error (a ``ValueError`` /
 ``OSError`` subclass with a message); nothing else escapes. Round trips hold where the format has one.
+
+How many examples and which: the hypothesis profile (``tests/conftest.py``). ``make test`` runs the
+derandomized ``ci`` profile, the same examples every run, plus the ``@example`` cases that once found a bug;
+``make fuzz`` draws many fresh random ones to look for new bugs (pin what it finds here as an ``@example``).
 """
 
 from __future__ import annotations
@@ -13,14 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from aptops.core.config import from_dict, parse_overrides
 from aptops.core.errors import AptopsError
 from aptops.core.locations import parse_location
 
-SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+SETTINGS = settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 BUCKET = st.from_regex(r"[a-z0-9][a-z0-9-]{1,30}[a-z0-9]", fullmatch=True)  # valid for S3 and OSS alike
 KEY = st.lists(st.from_regex(r"[A-Za-z0-9_.-]{1,12}", fullmatch=True).filter(lambda p: p not in (".", "..")),
                max_size=4).map("/".join)
@@ -166,14 +170,22 @@ def _damaged(draw, fmt: str):
     return bytes(data[:at] + chunk + data[at + (len(chunk) if kind == "overwrite" else 0):])
 
 
+def _pinned(fmt: str) -> list[bytes]:
+    """Inputs that once found a bug, run on every profile."""
+    if fmt != "parquet":
+        return []
+    from tests.unit.data.damaged import parquet_with_undecodable
+
+    # a schema name that is not UTF-8: pyarrow read the file, then `column_names` raised UnicodeDecodeError
+    return [parquet_with_undecodable(where) for where in ("column_name", "nested_name", "value", "text_value")]
+
+
 @pytest.mark.parametrize("fmt", ["parquet", "jsonl", "csv", "tsv", "txt"])
 def test_damaged_data_files_read_or_fail_clearly(fmt, tmp_path_factory):
     from aptops.data.io import read_batches
 
     folder = tmp_path_factory.mktemp(fmt)
 
-    @SETTINGS
-    @given(_damaged(fmt))
     def check(data):
         path = folder / f"input.{fmt}"
         path.write_bytes(data)
@@ -184,7 +196,11 @@ def test_damaged_data_files_read_or_fail_clearly(fmt, tmp_path_factory):
         else:
             for t in tables:
                 assert all(v is None or isinstance(v, str) for v in t.column("text").to_pylist())
+                assert t.to_pylist() is not None and t.column_names  # every name and value decodes
 
+    check = SETTINGS(given(_damaged(fmt))(check))
+    for data in _pinned(fmt):
+        check = example(data)(check)
     check()
 
 
