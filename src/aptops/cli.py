@@ -104,20 +104,12 @@ def _root(
 
 @app.command()
 def stages() -> None:
-    """List the stages: old adapter name, category, priority, image, node pool and whether it has landed."""
+    """List the stages: old adapter name, category, priority, image, node pool and how many old functions it keeps."""
     table = Table(title="aptops stages")
-    for col in ("stage", "old adapter", "category", "priority", "image", "pool", "status"):
+    for col in ("stage", "old adapter", "category", "priority", "image", "pool", "old functions"):
         table.add_column(col)
-    from aptops.stages import PARTIAL
-
     for s in STAGES:
-        if not s.available:
-            status = "[yellow]planned[/]"
-        elif s.name in PARTIAL:
-            status = f"[yellow]partial: {PARTIAL[s.name]}[/]"
-        else:
-            status = "[green]available[/]"
-        table.add_row(s.name, s.adapter, s.category, str(s.priority), s.image, s.pool, status)
+        table.add_row(s.name, s.adapter, s.category, str(s.priority), s.image, s.pool, str(len(s.functions)))
     console.print(table)
 
 

@@ -1,13 +1,12 @@
 """The stage table: one row per stage, the single source for names, images, node pools and plugins.
 
 Every other layer (CLI, components, pipelines, the Helm chart, the plugin bus) reads this table, so a
-stage is named the same everywhere. ``available`` says honestly whether the stage's library exists yet.
+stage is named the same everywhere; the old plugins' adapters (``aptops.plugins``) are built from it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from importlib import util as importlib_util
 from typing import Literal
 
 Pool = Literal["cpu", "gpu"]
@@ -25,7 +24,9 @@ class Stage:
         priority: the old plugin's priority; lower runs first on the bus.
         pool: the node pool its component runs on.
         extra: the pip extra its library needs.
-        functions: the public functions of the old plugin that the stage keeps.
+        functions: the public functions of the old plugin that the stage keeps, importable from ``module``.
+        config: ``module:Class`` of the stage's config, whose fields are the keys the old plugin's config takes;
+            ``None`` for a stage without one.
     """
 
     name: str
@@ -36,6 +37,7 @@ class Stage:
     pool: Pool
     extra: str
     functions: tuple[str, ...]
+    config: str | None
 
     @property
     def image(self) -> str:
@@ -46,45 +48,39 @@ class Stage:
     def module(self) -> str:
         return f"aptops.{self.name}"
 
-    @property
-    def available(self) -> bool:
-        """Whether the stage's library module is part of this installation."""
-        return importlib_util.find_spec(self.module) is not None
-
 
 STAGES: tuple[Stage, ...] = (
     Stage("data", "data_processors", "Data Processors", "data", 100, "cpu", "data",
-          ("clean_text", "augment_text", "balance_dataset", "check_quality", "process_pipeline")),
+          ("clean_text", "augment_text", "balance_dataset", "check_quality", "process_pipeline"),
+          "aptops.data.stage:CleanConfig"),
     Stage("hub", "huggingface_integration", "HuggingFace Integration", "integration", 700, "cpu", "hub",
-          ("import_from_huggingface", "export_to_huggingface", "load_hf_dataset", "create_model_card")),
+          ("import_from_huggingface", "export_to_huggingface", "load_hf_dataset", "create_model_card"), None),
     Stage("train", "huggingface_integration", "HuggingFace Integration", "integration", 700, "gpu", "train",
-          ("train_with_hf_trainer",)),
+          ("train_with_hf_trainer",), "aptops.train.trainer:TrainConfig"),
     Stage("distill", "model_distillation", "Model Distillation", "training", 350, "gpu", "distill",
           ("response_distillation", "feature_distillation", "relation_distillation",
-           "attention_distillation", "distill_model", "evaluate_compression")),
+           "attention_distillation", "distill_model", "evaluate_compression"),
+          "aptops.distill.stage:DistillConfig"),
     Stage("prune", "model_pruning", "Model Pruning", "training", 350, "gpu", "prune",
           ("magnitude_pruning", "taylor_pruning", "structured_pruning", "lottery_ticket_pruning",
-           "fine_tune_after_pruning", "prune_model")),
+           "fine_tune_after_pruning", "prune_model"), "aptops.prune.stage:PruneConfig"),
     Stage("multimodal", "multimodal_training", "Multimodal Training", "training", 350, "gpu", "multimodal",
           ("create_multimodal_model", "create_multimodal_dataloader", "train_multimodal",
-           "inference_multimodal", "cross_modal_attention")),
+           "inference_multimodal", "cross_modal_attention"), "aptops.multimodal.stage:MultimodalConfig"),
     Stage("debug", "advanced_debugging", "Advanced Debugging", "debug", 800, "gpu", "debug",
-          ("monitor_gradients", "monitor_activations", "track_memory", "profile_model",
-           "diagnose_training", "detect_nan_inf", "generate_full_report")),
+          ("monitor_gradients", "detect_gradient_anomalies", "monitor_activations", "detect_dead_neurons",
+           "detect_saturated_neurons", "track_memory", "detect_memory_leaks", "profile_section", "profile_model",
+           "diagnose_training", "detect_nan_inf", "visualize_gradients", "visualize_activations",
+           "generate_full_report"), "aptops.debug.callback:DebugConfig"),
     Stage("export", "ollama_export", "Ollama Export", "export", 900, "cpu", "export",
-          ("export_to_gguf", "create_modelfile", "register_to_ollama", "test_model")),
+          ("export_to_gguf", "create_modelfile", "register_to_ollama", "test_model"),
+          "aptops.export.stage:ExportConfig"),
     Stage("backup", "cloud_storage", "Cloud Storage", "storage", 700, "cpu", "backup",
           ("backup_to_s3", "backup_to_oss", "backup_to_huggingface", "backup_to_modelscope", "backup_model",
-           "restore_from_s3", "restore_from_oss", "restore_from_cloud")),
+           "restore_from_s3", "restore_from_oss", "restore_from_cloud"), "aptops.backup.core:BackupConfig"),
 )
 
 _BY_NAME = {s.name: s for s in STAGES}
-
-# Stages whose library has landed only in part, with what is there (shown by `aptops stages`).
-PARTIAL: dict[str, str] = {
-    "export": "GGUF (BPE tokenizers), quant gate, Ollama, deploy pipeline; SentencePiece tokenizers to come",
-}
-
 
 def get_stage(name: str) -> Stage:
     """Look a stage up by name.

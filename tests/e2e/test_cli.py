@@ -29,17 +29,17 @@ def test_help_and_version():
     assert aptops("--version").stdout.strip() == "aptops 0.1.0"
 
 
-def test_stages_table_is_honest():
+def test_stages_table_lists_every_stage_with_its_old_plugin():
     out = aptops("stages")
     assert out.returncode == 0
-    lines = {line.split("│")[1].strip(): line for line in out.stdout.splitlines() if line.count("│") > 3}
-    assert "data_processors" in lines["data"] and "available" in lines["data"] and "cpu" in lines["data"]
-    assert "partial" in lines["export"] and "ollama_export" in lines["export"] and "900" in lines["export"]
-    assert "available" in lines["distill"] and "model_distillation" in lines["distill"]
-    assert "available" in lines["prune"] and "model_pruning" in lines["prune"]
-    assert "available" in lines["multimodal"] and "multimodal_training" in lines["multimodal"]
-    assert "gpu" in lines["train"] and "available" in lines["train"]
-    assert "available" in lines["backup"] and "available" in lines["hub"]
+    rows = {cells[0]: cells for line in out.stdout.splitlines() if line.count("│") > 3
+            for cells in [[c.strip() for c in line.split("│")[1:-1]]]}
+    assert rows["data"] == ["data", "data_processors", "data", "100", "aptops-data", "cpu", "5"]
+    assert rows["export"] == ["export", "ollama_export", "export", "900", "aptops-export", "cpu", "4"]
+    assert rows["debug"][1:4] == ["advanced_debugging", "debug", "800"] and rows["debug"][6] == "14"
+    assert rows["train"][1] == rows["hub"][1] == "huggingface_integration" and rows["train"][5] == "gpu"
+    assert sum(int(r[6]) for r in rows.values()) == 53
+    assert "partial" not in out.stdout and "planned" not in out.stdout
 
 
 def test_data_clean_cli_and_bad_input(tmp_path):

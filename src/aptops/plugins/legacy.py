@@ -1,6 +1,7 @@
 """Adapters that give each stage the face of its old APT plugin.
 
-An adapter is cheap to create; the stage's library (and its heavy dependencies) is imported only
+The adapters are built from the stage table (``aptops.stages.STAGES``): each old plugin name becomes an
+adapter whose methods are the functions its stages keep, so an adapter cannot fall behind its stage. An adapter is cheap to create; the stage's library (and its heavy dependencies) is imported only
 when a legacy method is first called, so registering an adapter for an unused stage costs nothing.
 """
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 import importlib
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from aptops.core.errors import ConfigError, PluginError
@@ -20,71 +21,45 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class AdapterSpec:
-    """Where a stage's legacy methods live: ``{legacy method name: "module:attribute"}``."""
+    """An old plugin: its adapter name, the stages behind it and its methods ``{name: "module:attribute"}``."""
 
     adapter: str
-    stage: str
+    stages: tuple[Stage, ...]
     methods: Mapping[str, str]
-    config_keys: frozenset[str] = frozenset()
+
+    @property
+    def stage(self) -> Stage:
+        """The stage whose category and priority the plugin carries (the first listed)."""
+        return self.stages[0]
+
+    def config_keys(self) -> frozenset[str]:
+        """The keys the plugin's config takes: the fields of its stages' configs (imports those modules)."""
+        keys: set[str] = set()
+        for stage in self.stages:
+            if stage.config:
+                module_name, _, attr = stage.config.partition(":")
+                keys.update(f.name for f in fields(getattr(importlib.import_module(module_name), attr)))
+        return frozenset(keys)
 
 
-# Only stages whose library exists register here; each stage issue adds its own row.
-_REGISTRY: dict[str, AdapterSpec] = {}
+def _specs_from_stage_table() -> dict[str, AdapterSpec]:
+    """One adapter per old plugin name; a plugin served by two stages (hub + train) gets both stages' methods."""
+    specs: dict[str, AdapterSpec] = {}
+    for stage in STAGES:
+        methods = {name: f"{stage.module}:{name}" for name in stage.functions}
+        known = specs.get(stage.adapter)
+        if known:
+            methods = {**known.methods, **methods}
+        specs[stage.adapter] = AdapterSpec(stage.adapter, (*(known.stages if known else ()), stage), methods)
+    return specs
+
+
+_REGISTRY: dict[str, AdapterSpec] = _specs_from_stage_table()
 
 
 def register_adapter(spec: AdapterSpec) -> None:
-    """Register (or replace) the adapter of a stage."""
+    """Register (or replace) an adapter: a plugin of one's own with the old plugin's face."""
     _REGISTRY[spec.adapter] = spec
-
-
-register_adapter(
-    AdapterSpec(
-        adapter="data_processors",
-        stage="data",
-        methods={"clean_text": "aptops.data.clean:clean_text", "clean_dataset": "aptops.data.stage:clean_dataset",
-                 "dataset_stats": "aptops.data.stage:dataset_stats"},
-        config_keys=frozenset({"strategy", "custom_rules", "text_column", "min_chars"}),
-    )
-)
-
-
-register_adapter(
-    AdapterSpec(
-        adapter="cloud_storage",
-        stage="backup",
-        methods={"backup_to_s3": "aptops.backup.core:backup_to_s3", "restore_from_s3": "aptops.backup.core:restore_from_s3",
-                 "backup_to_oss": "aptops.backup.core:backup_to_oss", "restore_from_oss": "aptops.backup.core:restore_from_oss",
-                 "backup_model": "aptops.backup.core:backup_model",
-                 "restore_from_cloud": "aptops.backup.core:restore_from_cloud"},
-    )
-)
-
-
-register_adapter(
-    AdapterSpec(
-        adapter="advanced_debugging",
-        stage="debug",
-        methods={name: f"aptops.debug:{name}" for name in (
-            "monitor_gradients", "detect_gradient_anomalies", "monitor_activations", "detect_dead_neurons",
-            "detect_saturated_neurons", "track_memory", "detect_memory_leaks", "profile_section", "profile_model",
-            "diagnose_training", "detect_nan_inf", "visualize_gradients", "visualize_activations",
-            "generate_full_report")},
-        config_keys=frozenset({"log_interval", "track_layers", "activation_layers", "memory_interval_s",
-                               "grad_threshold", "stop_on_nan", "trace_nan_modules", "report_dir"}),
-    )
-)
-
-
-register_adapter(
-    AdapterSpec(
-        adapter="multimodal_training",
-        stage="multimodal",
-        methods={name: f"aptops.multimodal:{name}" for name in (
-            "create_multimodal_model", "create_multimodal_dataloader", "train_multimodal", "inference_multimodal",
-            "cross_modal_attention", "evaluate_multimodal", "train_multimodal_model")},
-        config_keys=frozenset({"fusion", "hidden_size", "freeze", "loss_weights", "modality_lr", "epochs"}),
-    )
-)
 
 
 class LegacyPlugin:
@@ -94,11 +69,11 @@ class LegacyPlugin:
     methods; subscribers of other plugins can be attached with :meth:`add_listener`.
     """
 
-    def __init__(self, spec: AdapterSpec, stage: Stage, config: Mapping[str, Any] | None) -> None:
+    def __init__(self, spec: AdapterSpec, config: Mapping[str, Any] | None) -> None:
         self.name = spec.adapter
-        self.stage = stage.name
-        self.category = stage.category
-        self.priority = stage.priority
+        self.stage = spec.stage.name
+        self.category = spec.stage.category
+        self.priority = spec.stage.priority
         self.version = _aptops_version()
         self.config: dict[str, Any] = dict(config or {})
         self._spec = spec
@@ -116,14 +91,16 @@ class LegacyPlugin:
 
     def validate_config(self) -> None:
         """Reject config keys the plugin does not know (catches typos before training starts)."""
-        if self._spec.config_keys:
-            unknown = sorted(set(self.config) - set(self._spec.config_keys))
-            if unknown:
-                raise ConfigError(
-                    f"plugin {self.name}: unknown config key {unknown[0]!r}; known keys are "
-                    f"{', '.join(sorted(self._spec.config_keys))}",
-                    field=unknown[0], value=self.config[unknown[0]],
-                )
+        if not self.config:
+            return
+        known = self._spec.config_keys()
+        unknown = sorted(set(self.config) - known)
+        if unknown:
+            raise ConfigError(
+                f"plugin {self.name}: unknown config key {unknown[0]!r}; known keys are "
+                f"{', '.join(sorted(known)) or 'none (this plugin takes no config)'}",
+                field=unknown[0], value=self.config[unknown[0]],
+            )
 
     def initialize(self) -> None:
         self.initialized = True
@@ -159,28 +136,22 @@ class Adapter:
     config: dict[str, Any] = field(default_factory=dict)
 
     def get_legacy_plugin(self) -> LegacyPlugin:
-        spec = _REGISTRY[self.name]
-        stage = next(s for s in STAGES if s.name == spec.stage)
-        return LegacyPlugin(spec, stage, self.config)
+        return LegacyPlugin(_REGISTRY[self.name], self.config)
 
 
 def get_adapter(name: str, config: Mapping[str, Any] | None = None) -> Adapter:
     """The adapter of an old plugin by its adapter name (``data_processors``).
 
     Raises:
-        PluginError: the name is unknown, or its stage is not part of aptops yet.
+        PluginError: the name is unknown.
     """
     if name not in _REGISTRY:
-        planned = sorted({s.adapter for s in STAGES} - set(_REGISTRY))
-        hint = f" ({name} is planned but its stage has not landed yet)" if name in planned else ""
-        raise PluginError(
-            f"no adapter named {name!r}{hint}: available adapters are {', '.join(sorted(_REGISTRY)) or 'none'}"
-        )
+        raise PluginError(f"no adapter named {name!r}: the adapters are {', '.join(sorted(_REGISTRY))}")
     return Adapter(name, dict(config or {}))
 
 
 def get_all_legacy_adapters() -> dict[str, Adapter]:
-    """Every available adapter, by adapter name."""
+    """Every adapter (the 8 old plugins and any registered since), by adapter name."""
     return {name: Adapter(name) for name in sorted(_REGISTRY)}
 
 

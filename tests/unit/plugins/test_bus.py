@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 
@@ -86,16 +87,51 @@ def test_emit_before_compile_and_duplicates():
         core.register_plugin(get_adapter("data_processors"))
 
 
-def test_adapters_metadata_and_unknown_names():
+OLD_PLUGINS = {  # adapter name: (category, priority, number of old functions)
+    "data_processors": ("data", 100, 5), "huggingface_integration": ("integration", 700, 5),
+    "model_distillation": ("training", 350, 6), "model_pruning": ("training", 350, 6),
+    "multimodal_training": ("training", 350, 5), "advanced_debugging": ("debug", 800, 14),
+    "ollama_export": ("export", 900, 4), "cloud_storage": ("storage", 700, 8),
+}
+
+
+def test_all_eight_old_plugins_with_their_categories_priorities_and_functions():
     adapters = get_all_legacy_adapters()
-    assert "data_processors" in adapters
-    plugin = adapters["data_processors"].get_legacy_plugin()
-    assert (plugin.category, plugin.priority) == ("data", 100)
-    assert "clean_text" in plugin.get_metadata()["methods"]
-    with pytest.raises(PluginError, match="planned but its stage has not landed"):
-        get_adapter("model_pruning")
-    with pytest.raises(PluginError, match="no adapter named 'nope'"):
+    assert set(adapters) == set(OLD_PLUGINS)
+    for name, (category, priority, count) in OLD_PLUGINS.items():
+        plugin = adapters[name].get_legacy_plugin()
+        assert (plugin.category, plugin.priority, len(plugin.get_metadata()["methods"])) == (category, priority, count)
+    assert sum(c for _, _, c in OLD_PLUGINS.values()) == 53
+    with pytest.raises(PluginError, match=r"no adapter named 'nope'.*model_pruning"):
         get_adapter("nope")
+
+
+def test_every_function_of_the_stage_table_resolves_through_its_adapter():
+    import inspect
+
+    from aptops.stages import STAGES
+
+    resolved = 0
+    for stage in STAGES:
+        plugin = get_adapter(stage.adapter).get_legacy_plugin()
+        for name in stage.functions:
+            fn = getattr(plugin, name)
+            assert callable(fn) and fn.__name__ == name, (stage.name, name)
+            assert fn is getattr(importlib.import_module(stage.module), name)
+            assert inspect.signature(fn).parameters, (stage.name, name)
+            resolved += 1
+        with pytest.raises(AttributeError):
+            plugin.no_such_function  # noqa: B018
+    assert resolved == 53
+
+
+@pytest.mark.parametrize(("adapter", "key"), [("model_pruning", "method"), ("model_distillation", "temperature"),
+                                              ("cloud_storage", "max_retries"), ("huggingface_integration", "lora_r"),
+                                              ("multimodal_training", "fusion"), ("ollama_export", "quantization")])
+def test_each_plugin_takes_its_stage_config_keys_and_refuses_typos(adapter, key):
+    get_adapter(adapter, config={key: None}).get_legacy_plugin().validate_config()
+    with pytest.raises(ConfigError, match=f"plugin {adapter}: unknown config key '{key}x'"):
+        get_adapter(adapter, config={key + "x": None}).get_legacy_plugin().validate_config()
 
 
 def test_adapters_are_lazy():
