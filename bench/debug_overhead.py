@@ -36,13 +36,12 @@ def main() -> None:
     import transformers
 
     from aptops.debug import DebugConfig, debug_callback
-    from aptops.train import TrainConfig, tokenize_for_clm
+    from aptops.lm import pack_for_clm
 
     work = Path(tempfile.mkdtemp(prefix="aptops-bench-debug-"))
     model_dir, name = model_under_test(args.tiny, work)
     tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
-    blocks = tokenize_for_clm(datasets.Dataset.from_dict({"text": english_news()}), tokenizer,
-                              TrainConfig(block_size=args.block_size))
+    blocks = pack_for_clm(datasets.Dataset.from_dict({"text": english_news()}), tokenizer, block_size=args.block_size)
 
     class ProfilerCallback(transformers.TrainerCallback):
         def on_train_begin(self, *a, **k):

@@ -36,8 +36,9 @@ def main() -> None:
     import torch
     import transformers
 
+    from aptops.lm import pack_for_clm
     from aptops.plugins.bus import PluginBus
-    from aptops.train import TrainConfig, tokenize_for_clm, train_with_hf_trainer
+    from aptops.train import TrainConfig, train_with_hf_trainer
 
     work = Path(tempfile.mkdtemp(prefix="aptops-bench-train-"))
     model_dir, name = model_under_test(args.tiny, work)
@@ -65,7 +66,7 @@ def main() -> None:
 
     def run_plain(i: int) -> float:
         model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto")
-        blocks = tokenize_for_clm(data, tokenizer, config)  # the same blocks; preparation is not timed
+        blocks = pack_for_clm(data, tokenizer, block_size=config.block_size, text_column=config.text_column)  # the same blocks; preparation is not timed
         targs = transformers.TrainingArguments(output_dir=str(work / f"plain-{i}"), **training_args)
         trainer = transformers.Trainer(model=model, args=targs, train_dataset=blocks,
                                        data_collator=transformers.default_data_collator)

@@ -306,7 +306,7 @@ def debug_profile(
 ) -> None:
     """Latency, FLOPs (and the transformer estimate) and parameters of one forward pass, per layer."""
     from aptops.debug import profile_model
-    from aptops.train import load_causal_lm
+    from aptops.lm import load_causal_lm
 
     lm, _, _ = load_causal_lm(model)
     prof = profile_model(lm, (seq_len,), batch_size, top=top)

@@ -200,38 +200,3 @@ def test_cli_trains_on_a_data_artifact(tiny_llama, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "aptops.cli", "train", "run", str(tiny_llama), str(tmp_path / "nope.jsonl"),
                           "--out", str(tmp_path / "x")], capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "does not exist" in " ".join(bad.stderr.split())
-
-
-def test_chat_prompt_renders_documents_as_answers_and_keeps_turns(smollm2, tiny_llama):
-    """Raw documents packed into an instruct model end with its end-of-turn token; as chat answers they do not."""
-    import datasets
-    from transformers import AutoTokenizer
-
-    from aptops.train import tokenize_for_clm
-
-    tok = AutoTokenizer.from_pretrained(smollm2)
-    docs = datasets.Dataset.from_dict({"text": ["You will travel far.", "Beware of dogs.", ""] * 20})
-    chat = tokenize_for_clm(docs, tok, TrainConfig(block_size=32, chat_prompt="Tell me a fortune."))
-    stream = [t for block in chat["input_ids"] for t in block]
-    text = tok.decode(stream)
-    assert "<|im_start|>user\nTell me a fortune.<|im_end|>\n<|im_start|>assistant\nYou will travel far.<|im_end|>" in text
-    assert text.count("<|im_end|><|im_end|>") == 0  # no extra separator after a rendered turn
-    plain = tok.decode([t for block in tokenize_for_clm(docs, tok, TrainConfig(block_size=32))["input_ids"]
-                        for t in block])
-    assert "You will travel far.<|im_end|>Beware" in plain and "assistant" not in plain
-    with pytest.raises(ConfigError, match="chat template"):
-        tokenize_for_clm(docs, AutoTokenizer.from_pretrained(tiny_llama), TrainConfig(block_size=8, chat_prompt="x"))
-
-
-def test_a_checkpoint_cut_off_while_saving_is_skipped_and_removed(tmp_path):
-    from aptops.train.trainer import last_complete_checkpoint
-
-    assert last_complete_checkpoint(tmp_path / "none") is None
-    for step, whole in ((10, True), (20, True), (30, False)):  # killed while writing checkpoint-30
-        (tmp_path / f"checkpoint-{step}").mkdir()
-        (tmp_path / f"checkpoint-{step}" / "model.safetensors").write_bytes(b"w")
-        if whole:
-            (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
-    (tmp_path / "checkpoint-x").mkdir()  # not a checkpoint name
-    assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-20")
-    assert not (tmp_path / "checkpoint-30").exists() and (tmp_path / "checkpoint-x").exists()

@@ -93,7 +93,7 @@ def test_a_folder_with_only_pickled_weights_is_refused(tiny_llama, tmp_path):
     import shutil
 
     from aptops.core.errors import AptopsError
-    from aptops.train import load_causal_lm
+    from aptops.lm import load_causal_lm
 
     folder = tmp_path / "pickled"
     shutil.copytree(tiny_llama, folder)

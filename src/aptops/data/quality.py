@@ -11,7 +11,6 @@ Try it on a CPU: ``aptops data quality DATASET --out runs/quality --set language
 from __future__ import annotations
 
 import logging
-import math
 import re
 import unicodedata
 import zlib
@@ -181,6 +180,7 @@ def perplexities(texts: Sequence[str], model_path: str, *, max_tokens: int = 256
     """Per-text perplexity under a causal LM (any Hugging Face folder), on CPU or the first GPU."""
     torch = require("torch", extra="train", feature="perplexity")
     transformers = require("transformers", extra="train", feature="perplexity")
+    from aptops.lm import next_token_scores, perplexity
     tok = transformers.AutoTokenizer.from_pretrained(model_path)
     model = transformers.AutoModelForCausalLM.from_pretrained(model_path, use_safetensors=True)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -190,14 +190,11 @@ def perplexities(texts: Sequence[str], model_path: str, *, max_tokens: int = 256
     out: list[float] = []
     for start in range(0, len(texts), batch_size):
         batch = [t or " " for t in texts[start : start + batch_size]]
-        enc = tok(batch, return_tensors="pt", padding=True, truncation=True, max_length=max_tokens).to(device)
-        with torch.no_grad():
-            logits = model(**enc).logits[:, :-1].float()
-        labels = enc["input_ids"][:, 1:]
-        mask = enc["attention_mask"][:, 1:].float()
-        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, reduction="none") * mask
-        per_text = nll.sum(1) / mask.sum(1).clamp(min=1)
-        out.extend(math.exp(min(v, 50.0)) for v in per_text.tolist())
+        enc = tok(batch, return_tensors="pt", padding=True, truncation=True, max_length=max_tokens)
+        scores = next_token_scores(model, enc["input_ids"], enc["attention_mask"])
+        mask = scores.mask.float()
+        per_text = (scores.nll * mask).sum(1) / mask.sum(1).clamp(min=1)
+        out.extend(perplexity(v) for v in per_text.tolist())
     return out
 
 

@@ -69,13 +69,13 @@ def _loaders(tokenized: Any, batch_size: int, max_batches: int) -> tuple[list[An
 def debug_model(model: str | Path, dataset: Any, output_dir: str | Path,
                 config: DebugStageConfig | None = None) -> StageResult:
     """Profile, inspect and diagnose a causal LM on a dataset; write the report folder at ``output_dir``."""
-    from aptops.train.trainer import TrainConfig, load_causal_lm, load_text_dataset, tokenize_for_clm
+    from aptops.lm import load_causal_lm, load_text_dataset, pack_for_clm
 
     cfg = config or DebugStageConfig()
     data = load_text_dataset(dataset, cfg.text_column)  # a bad dataset fails before the model is loaded
     with track_memory(interval=0.5, track_objects=False) as memory:
         lm, tokenizer, source = load_causal_lm(str(model))
-        tokenized = tokenize_for_clm(data, tokenizer, TrainConfig(block_size=cfg.block_size, text_column=cfg.text_column))
+        tokenized = pack_for_clm(data, tokenizer, block_size=cfg.block_size, text_column=cfg.text_column)
         train, val = _loaders(tokenized, cfg.batch_size, cfg.max_batches)
         stats: dict[str, Any] = {}
         if cfg.profile:

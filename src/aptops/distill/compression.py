@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import io
 import logging
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,14 +103,14 @@ def evaluate_compression(original_model: Any, distilled_model: Any, test_data: A
         top-1 agreement with the original, forward and generation speed and peak forward memory.
     """
     torch = require("torch", extra="distill", feature="evaluate_compression")
-    from aptops.train import TrainConfig, load_causal_lm, load_text_dataset, tokenize_for_clm
+    from aptops.lm import load_causal_lm, load_text_dataset, next_token_scores, pack_for_clm, perplexity
 
     cfg = config or CompressionConfig()
     data = load_text_dataset(test_data, cfg.text_column)
     original, tok, original_source = load_causal_lm(original_model, tokenizer)
     compressed, _, compressed_source = load_causal_lm(distilled_model, tok if not isinstance(distilled_model, str | Path)
                                                       else None)
-    blocks = tokenize_for_clm(data, tok, TrainConfig(block_size=cfg.block_size, text_column=cfg.text_column))
+    blocks = pack_for_clm(data, tok, block_size=cfg.block_size, text_column=cfg.text_column)
     if cfg.max_blocks:
         blocks = blocks.select(range(min(len(blocks), cfg.max_blocks)))
     if len(blocks) == 0:
@@ -123,23 +122,21 @@ def evaluate_compression(original_model: Any, distilled_model: Any, test_data: A
     agree = count = 0.0
     for m in (original, compressed):
         m.eval()
-    with torch.inference_mode():
-        for i in range(0, len(blocks), cfg.batch_size):
-            ids = torch.tensor(blocks[i:i + cfg.batch_size]["input_ids"])
-            targets = ids[:, 1:].reshape(-1)
-            lo = original(input_ids=ids.to(original.device)).logits[:, :-1, :vocab].float().cpu().reshape(-1, vocab)
-            lc = compressed(input_ids=ids.to(compressed.device)).logits[:, :-1, :vocab].float().cpu().reshape(-1, vocab)
-            nll["original"] += float(torch.nn.functional.cross_entropy(lo, targets, reduction="sum"))
-            nll["compressed"] += float(torch.nn.functional.cross_entropy(lc, targets, reduction="sum"))
-            agree += float((lo.argmax(-1) == lc.argmax(-1)).sum())
-            count += targets.numel()
+    for i in range(0, len(blocks), cfg.batch_size):
+        ids = torch.tensor(blocks[i:i + cfg.batch_size]["input_ids"])
+        so = next_token_scores(original, ids, vocab=vocab)
+        sc = next_token_scores(compressed, ids, vocab=vocab)
+        nll["original"] += float(so.nll.sum())
+        nll["compressed"] += float(sc.nll.sum())
+        agree += float((so.top1.cpu() == sc.top1.cpu()).sum())
+        count += so.nll.numel()
     sample = torch.tensor(blocks[:1]["input_ids"])
     rows: dict[str, dict[str, float]] = {}
     for name, model, source in (("original", original, original_model), ("compressed", compressed, distilled_model)):
         loss = nll[name] / count
         rows[name] = {"params": float(sum(p.numel() for p in model.parameters())),
                       "size_bytes": float(_disk_bytes(source, model)), "loss": loss,
-                      "perplexity": math.exp(min(loss, 50.0)),
+                      "perplexity": perplexity(loss),
                       **_speed(torch, model, sample.to(model.device), cfg.latency_runs, cfg.new_tokens, tok.pad_token_id)}
     rows["compressed"]["top1_agreement"] = agree / count
     o, c = rows["original"], rows["compressed"]

@@ -174,7 +174,8 @@ def distill_model(teacher_model: Any, student_model: Any, train_data: Any, val_d
     Returns:
         The result; metrics hold the student's loss and perplexity, top-1 agreement and KL to the teacher.
     """
-    from aptops.train import load_causal_lm, load_text_dataset, train_with_hf_trainer
+    from aptops.lm import load_causal_lm, load_text_dataset
+    from aptops.train import train_with_hf_trainer
 
     cfg = config or DistillConfig()
     load_text_dataset(train_data, cfg.text_column)  # a bad dataset fails before models are loaded

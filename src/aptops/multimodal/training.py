@@ -34,6 +34,7 @@ from accelerate.utils import send_to_device
 from torch.nn import functional as F
 
 from aptops.core.errors import ConfigError
+from aptops.lm import checkpoint_step, last_complete_checkpoint, training_arguments
 from aptops.multimodal.data import (
     MultimodalCollator,
     MultimodalDataset,
@@ -349,24 +350,6 @@ def cache_encoder_features(model: MultimodalModel, dataset: MultimodalDataset, c
     return stats
 
 
-def _trainer_args(output_dir: Path, epochs: float, batch_size: int, learning_rate: float, has_eval: bool,
-                  seed: int, overrides: Mapping[str, Any] | None) -> Any:
-    from aptops.core.logging import progress_disabled
-
-    defaults: dict[str, Any] = {
-        "num_train_epochs": epochs, "per_device_train_batch_size": batch_size, "per_device_eval_batch_size": batch_size,
-        "learning_rate": learning_rate, "report_to": "none", "logging_steps": 10, "save_strategy": "epoch",
-        "save_total_limit": 2, "seed": seed, "data_seed": seed, "remove_unused_columns": False,
-        "eval_strategy": "epoch" if has_eval else "no", "disable_tqdm": progress_disabled(),
-        "dataloader_num_workers": 0, "label_names": ["labels"],
-    }
-    merged = defaults | dict(overrides or {})
-    try:
-        return transformers.TrainingArguments(output_dir=str(output_dir), **merged)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"training_args: {exc}", field="training_args") from None
-
-
 def train_multimodal(model: MultimodalModel, dataloader: torch.utils.data.DataLoader, epochs: float = 3,
                      optimizer: torch.optim.Optimizer | None = None, loss_weights: Mapping[str, float] | None = None,
                      *, eval_dataloader: Any = None, output_dir: str | Path = "multimodal-checkpoints",
@@ -424,8 +407,11 @@ def train_multimodal(model: MultimodalModel, dataloader: torch.utils.data.DataLo
             cache_encoder_features(model, eval_dataloader.dataset, collator, batch_size=dataloader.batch_size or 8)
     out = Path(output_dir)
     sampler = dataloader.sampler if isinstance(dataloader.sampler, torch.utils.data.WeightedRandomSampler) else None
-    args = _trainer_args(out, epochs, dataloader.batch_size or 8, learning_rate, eval_dataloader is not None, seed,
-                         training_args)
+    batch_size = dataloader.batch_size or 8
+    args = training_arguments(out, training_args, seed=seed, has_eval=eval_dataloader is not None, recipe_defaults={
+        "num_train_epochs": epochs, "per_device_train_batch_size": batch_size, "per_device_eval_batch_size": batch_size,
+        "learning_rate": learning_rate, "save_strategy": "epoch", "remove_unused_columns": False,
+        "dataloader_num_workers": 0, "label_names": ["labels"]})
     cbs = list(callbacks)
     if bus is not None:
         from aptops.plugins.hf import BusCallback
@@ -437,7 +423,6 @@ def train_multimodal(model: MultimodalModel, dataloader: torch.utils.data.DataLo
         data_collator=collator, callbacks=cbs, optimizers=(optimizer, None), loss_weights=loss_weights,
         modality_lr=modality_lr, gradient_balance=gradient_balance, balance_alpha=balance_alpha,
         modality_dropout=modality_dropout, train_sampler=sampler)
-    from aptops.train.trainer import checkpoint_step, last_complete_checkpoint
 
     if resume == "auto":
         resume = last_complete_checkpoint(out)

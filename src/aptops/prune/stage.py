@@ -146,9 +146,9 @@ def cubic_schedule(target: float, steps: int) -> list[float]:
 
 
 def _blocks(tokenizer: Any, data: Any, block_size: int, text_column: str, batch_size: int) -> list[dict[str, Any]]:
-    from aptops.train import TrainConfig, tokenize_for_clm
+    from aptops.lm import pack_for_clm
 
-    blocks = tokenize_for_clm(data, tokenizer, TrainConfig(block_size=block_size, text_column=text_column))
+    blocks = pack_for_clm(data, tokenizer, block_size=block_size, text_column=text_column)
     ids = torch.tensor(blocks["input_ids"]) if len(blocks) else torch.empty(0, block_size, dtype=torch.long)
     if len(ids) == 0:
         raise ConfigError(f"the data yields no block of {block_size} tokens; lower block_size or add text",
@@ -215,7 +215,7 @@ def lottery_ticket_pruning(model: Any, train_data: Any, iterations: int = 3, pru
 
 
 def _text(data: Any, text_column: str) -> Any:
-    from aptops.train import load_text_dataset
+    from aptops.lm import load_text_dataset
 
     return load_text_dataset(data, text_column)
 
@@ -230,7 +230,8 @@ def fine_tune_after_pruning(pruned_model: Any, train_data: Any, val_data: Any = 
         masks: ``{layer: bool mask}`` (default: the current zeros of every prunable layer).
         epochs: passes over ``train_data`` (``training_args.max_steps`` in ``config`` wins when set).
     """
-    from aptops.train import load_causal_lm, train_with_hf_trainer
+    from aptops.lm import load_causal_lm
+    from aptops.train import train_with_hf_trainer
 
     cfg = config or PruneConfig()
     model, tok, _ = load_causal_lm(pruned_model, tokenizer)
@@ -244,20 +245,14 @@ def fine_tune_after_pruning(pruned_model: Any, train_data: Any, val_data: Any = 
 
 
 def _perplexity_and_latency(model: Any, batches: list[dict[str, Any]]) -> dict[str, float]:
-    device = next(model.parameters()).device
-    model.eval()
-    total = count = 0.0
+    from aptops.lm import heldout_loss
+
+    scored = heldout_loss(model, [{"input_ids": b["input_ids"]} for b in batches])
     with torch.inference_mode():
-        for b in batches:
-            ids = b["input_ids"].to(device)
-            logits = model(input_ids=ids).logits[:, :-1].float()
-            total += float(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
-                                                             reduction="sum"))
-            count += ids[:, 1:].numel()
-        one = batches[0]["input_ids"][:1].to(device)
+        one = batches[0]["input_ids"][:1].to(next(model.parameters()).device)
         latency = profile_section(lambda: model(input_ids=one), iterations=5, warmup=1)["p50_s"]
     model.train()
-    return {"perplexity": math.exp(min(total / count, 50.0)), "latency_s": latency,
+    return {"perplexity": scored["perplexity"], "latency_s": latency,
             "params": float(sum(p.numel() for p in model.parameters())),
             "nonzero_params": float(sum(int((p != 0).sum()) for p in model.parameters()))}
 
@@ -277,7 +272,7 @@ def prune_model(model: Any, train_data: Any, val_data: Any = None, target_sparsi
     Returns:
         The stage result: sparsity, parameters, perplexity and latency before and after.
     """
-    from aptops.train import load_causal_lm
+    from aptops.lm import load_causal_lm
 
     cfg = config or PruneConfig()
     overrides = {k: v for k, v in (("target_sparsity", target_sparsity), ("method", method)) if v is not None}

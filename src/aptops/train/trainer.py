@@ -38,11 +38,20 @@ from aptops.core.config import check_range, to_dict
 from aptops.core.deps import require
 from aptops.core.errors import ConfigError, InvalidArtifactError
 from aptops.core.logging import progress_disabled
+from aptops.lm import (
+    CHECKPOINTS,
+    EvalConfig,
+    checkpoint_step,
+    evaluate_perplexity,
+    load_causal_lm,
+    load_text_dataset,
+    pack_for_clm,
+    perplexity,
+    resume_point,
+    training_arguments,
+)
 
 log = logging.getLogger(__name__)
-
-CHECKPOINTS = "checkpoints"
-
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -137,162 +146,12 @@ def _scalar(text: str) -> Any:
     return text
 
 
-def load_text_dataset(dataset: Any, text_column: str) -> Any:
-    """A dataset from anything :func:`aptops.hub.load_hf_dataset` takes, checked for its text column."""
-    if isinstance(dataset, str | Path):
-        from aptops.hub.datasets import load_hf_dataset
-
-        dataset = load_hf_dataset(dataset)
-    columns = getattr(dataset, "column_names", None)
-    if columns is not None and text_column not in columns:
-        raise ConfigError(f"the dataset has no column {text_column!r}; it has {list(columns)}. Set text_column",
-                          field="text_column", value=text_column)
-    return dataset
-
-
-def tokenize_for_clm(dataset: Any, tokenizer: Any, config: TrainConfig) -> Any:
-    """Tokenise ``dataset``'s text; with packing, join documents with EOS and cut full blocks.
-
-    Returns a dataset with ``input_ids``, ``attention_mask`` and (packed) ``labels`` columns.
-    """
-    block, column = config.block_size, config.text_column
-    eos = tokenizer.eos_token_id
-    remove = list(getattr(dataset, "column_names", None) or [column])
-    chat = bool(config.chat_prompt)
-    if chat and not getattr(tokenizer, "chat_template", None):
-        raise ConfigError("chat_prompt needs a tokenizer with a chat template; this one has none (train it on "
-                          "plain text: leave chat_prompt empty)", field="chat_prompt")
-
-    def texts(batch: Mapping[str, list[Any]]) -> list[str]:
-        docs = [t or "" for t in batch[column]]
-        if not chat:
-            return docs
-        return [tokenizer.apply_chat_template([{"role": "user", "content": config.chat_prompt},
-                                               {"role": "assistant", "content": d}], tokenize=False) if d else ""
-                for d in docs]
-
-    if not config.packing:
-        def encode(batch: Mapping[str, list[Any]]) -> dict[str, Any]:
-            return tokenizer(texts(batch), truncation=True, max_length=block, add_special_tokens=not chat)
-
-        return dataset.map(encode, batched=True, remove_columns=remove)
-
-    def pack(batch: Mapping[str, list[Any]]) -> dict[str, list[list[int]]]:
-        ids = tokenizer(texts(batch), add_special_tokens=False)["input_ids"]
-        stream: list[int] = []
-        for doc in ids:
-            if doc:
-                stream.extend(doc)
-                if eos is not None and not chat:  # a rendered conversation already ends its turn
-                    stream.append(eos)
-        n = (len(stream) // block) * block
-        blocks = [stream[i:i + block] for i in range(0, n, block)]
-        return {"input_ids": blocks, "attention_mask": [[1] * block for _ in blocks], "labels": [b[:] for b in blocks]}
-
-    return dataset.map(pack, batched=True, batch_size=1000, remove_columns=remove)
-
-
-def _training_arguments(out: Path, config: TrainConfig, has_eval: bool, streaming: bool) -> Any:
-    transformers = require("transformers", extra="train", feature="training")
-    if isinstance(config.training_args, transformers.TrainingArguments):  # pragma: no cover - API convenience
-        return config.training_args
-    quiet = progress_disabled()
-    defaults: dict[str, Any] = {
-        "report_to": "none", "logging_steps": 10, "save_strategy": "steps", "save_steps": 200,
-        "save_total_limit": 2, "seed": config.seed, "data_seed": config.seed, "per_device_train_batch_size": 8,
-        "per_device_eval_batch_size": 8, "include_num_input_tokens_seen": True, "disable_tqdm": quiet,
-        "eval_strategy": "epoch" if has_eval and not streaming else "no",
-        # every weight of a causal LM takes part in the loss: skip DDP's extra graph walk
-        "ddp_find_unused_parameters": False,
-    }
-    if has_eval and streaming:
-        defaults.update(eval_strategy="steps", eval_steps=200)
-    if config.early_stopping_patience is not None:
-        if not has_eval:
-            raise ConfigError("early stopping needs evaluation: set eval_fraction > 0 or pass an eval dataset",
-                              field="early_stopping_patience", value=config.early_stopping_patience)
-        user = config.training_args
-        strategy = user.get("eval_strategy", "epoch" if "eval_steps" not in user else "steps")
-        defaults.update(eval_strategy=strategy, save_strategy=user.get("save_strategy", strategy),
-                        load_best_model_at_end=True, metric_for_best_model="eval_loss", greater_is_better=False)
-        if strategy == "steps":
-            steps = user.get("eval_steps", defaults.get("eval_steps", 200))
-            defaults.update(eval_steps=steps, save_steps=user.get("save_steps", steps))
-    merged = defaults | dict(config.training_args)
-    try:
-        return transformers.TrainingArguments(output_dir=str(out / CHECKPOINTS), **merged)
-    except TypeError as exc:
-        raise ConfigError(f"training_args: {exc} (see transformers.TrainingArguments for the fields)",
-                          field="training_args") from None
-    except ValueError as exc:
-        raise ConfigError(f"training_args are inconsistent: {exc}", field="training_args") from None
-
-
-def _resume_point(out: Path, resume: str) -> str | None:
-    if resume == "never":
-        return None
-    if resume != "auto":
-        if not Path(resume).is_dir():
-            raise ConfigError(f"resume checkpoint {resume!r} does not exist; give a checkpoint folder, 'auto' or "
-                              "'never'", field="resume", value=resume)
-        return resume
-    return last_complete_checkpoint(out / CHECKPOINTS)
-
-
-def checkpoint_step(path: str | Path) -> int:
-    """The optimizer step of a ``checkpoint-N`` folder."""
-    return int(Path(path).name.rsplit("-", 1)[-1])
-
-
-def last_complete_checkpoint(folder: str | Path) -> str | None:
-    """The newest ``checkpoint-N`` in ``folder`` that was written to the end, or ``None``.
-
-    The Trainer writes ``trainer_state.json`` last; a run killed while saving leaves a newer folder without
-    it, which transformers' ``get_last_checkpoint`` would pick and then fail to resume from. Such folders are
-    removed (the resumed run writes that step again) and the newest whole one is returned.
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        return None
-    found = sorted((checkpoint_step(p), p) for p in folder.iterdir()
-                   if p.is_dir() and p.name.startswith("checkpoint-") and p.name.split("-")[1].isdigit())
-    while found and not (found[-1][1] / "trainer_state.json").is_file():
-        partial = found.pop()[1]
-        log.warning("checkpoint %s was not written to the end (no trainer_state.json: the run was stopped while "
-                    "saving it); removed, resuming from %s", partial, found[-1][1].name if found else "the start")
-        shutil.rmtree(partial, ignore_errors=True)
-    return str(found[-1][1]) if found else None
-
-
 def _apply_lora(model: Any, config: TrainConfig) -> Any:
     peft = require("peft", extra="train", feature="LoRA fine-tuning")
     targets: Any = list(config.lora_target_modules) or "all-linear"
     lora = peft.LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                            target_modules=targets, task_type="CAUSAL_LM")
     return peft.get_peft_model(model, lora)
-
-
-def load_causal_lm(model: Any, tokenizer: Any = None) -> tuple[Any, Any, str]:
-    """A causal LM and its tokenizer from a folder / Hub id (safetensors only) or as given; ``(model, tok, source)``."""
-    transformers = require("transformers", extra="train", feature="training")
-    source = "in-memory model"
-    if isinstance(model, str | Path):
-        from aptops.hub.models import download_model
-
-        source = str(model)
-        folder = download_model(str(model))
-        model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype="auto", use_safetensors=True)
-        if tokenizer is None:
-            tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
-    elif getattr(getattr(model, "config", None), "_name_or_path", ""):
-        source = model.config._name_or_path
-    if tokenizer is None:
-        raise ConfigError("a tokenizer is needed when the model is passed as an object", field="tokenizer")
-    if isinstance(tokenizer, str | Path):
-        tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer, source
 
 
 def _report(out: Path, history: Sequence[Mapping[str, Any]], metrics: Mapping[str, float], stage: str = "train") -> Path:
@@ -378,13 +237,24 @@ def train_with_hf_trainer(model: Any, tokenizer: Any, dataset: Any, output_dir: 
         split = dataset.train_test_split(test_size=config.eval_fraction, seed=config.seed)
         dataset, eval_dataset = split["train"], split["test"]
 
-    args = _training_arguments(out, config, eval_dataset is not None, streaming)
+    if isinstance(config.training_args, transformers.TrainingArguments):  # pragma: no cover - API convenience
+        args = config.training_args
+    else:
+        args = training_arguments(
+            out / CHECKPOINTS, config.training_args, seed=config.seed, has_eval=eval_dataset is not None,
+            streaming=streaming, early_stopping_patience=config.early_stopping_patience,
+            recipe_defaults={"save_strategy": "steps", "save_steps": 200, "per_device_train_batch_size": 8,
+                             "per_device_eval_batch_size": 8, "include_num_input_tokens_seen": True,
+                             # every weight of a causal LM takes part in the loss: skip DDP's extra graph walk
+                             "ddp_find_unused_parameters": False})
     if streaming and args.max_steps <= 0:
         raise ConfigError("a streamed dataset has no length: set training_args.max_steps",
                           field="training_args.max_steps")
     with args.main_process_first(desc="tokenising"):
-        train_tok = tokenize_for_clm(dataset, tokenizer, config)
-        eval_tok = tokenize_for_clm(eval_dataset, tokenizer, config) if eval_dataset is not None else None
+        packing = {"block_size": config.block_size, "text_column": config.text_column,
+                   "chat_prompt": config.chat_prompt, "packing": config.packing}
+        train_tok = pack_for_clm(dataset, tokenizer, **packing)
+        eval_tok = pack_for_clm(eval_dataset, tokenizer, **packing) if eval_dataset is not None else None
     if not streaming and len(train_tok) == 0:
         raise InvalidArtifactError(
             f"the dataset yields no training block of {config.block_size} tokens; lower block_size or add text")
@@ -421,7 +291,7 @@ def train_with_hf_trainer(model: Any, tokenizer: Any, dataset: Any, output_dir: 
     trainer = (trainer_cls or transformers.Trainer)(
         model=model, args=args, train_dataset=train_tok, eval_dataset=eval_tok, processing_class=tokenizer,
         data_collator=collator, callbacks=cbs, **dict(trainer_kwargs or {}))
-    resume = _resume_point(out, config.resume)
+    resume = resume_point(out, config.resume)
     if resume:
         log.info("resuming from %s", resume)
     started = time.perf_counter()
@@ -447,7 +317,7 @@ def train_with_hf_trainer(model: Any, tokenizer: Any, dataset: Any, output_dir: 
         metrics.update({k: float(v) for k, v in ev.items() if k.startswith("eval_") and isinstance(v, int | float)
                         and not k.endswith(("_runtime", "_per_second"))})
         metrics["eval_loss"] = float(ev["eval_loss"])
-        metrics["perplexity"] = math.exp(min(metrics["eval_loss"], 50.0))
+        metrics["perplexity"] = perplexity(metrics["eval_loss"])
     bad = [k for k in ("train_loss", "eval_loss") if k in metrics and not math.isfinite(metrics[k])]
 
     final = trainer.model
@@ -502,59 +372,6 @@ def train_model(model_path: str | Path, dataset: Any, output_dir: str | Path, co
                 heldout_dir: str | Path | None = None) -> StageResult:
     """The stage entry point of the CLI and the component: paths in, a model artifact out."""
     return train_with_hf_trainer(str(model_path), None, dataset, output_dir, config, heldout_dir=heldout_dir)
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    """How :func:`evaluate_perplexity` measures a model.
-
-    Attributes:
-        block_size: tokens per evaluated sequence (documents packed as in training).
-        text_column: the dataset column holding the text.
-        batch_size: sequences per forward pass.
-        max_blocks: evaluate at most this many blocks (0: all).
-    """
-
-    block_size: int = 256
-    text_column: str = "text"
-    batch_size: int = 8
-    max_blocks: int = 0
-
-    def __post_init__(self) -> None:
-        check_range("block_size", self.block_size, min_value=2)
-        check_range("batch_size", self.batch_size, min_value=1)
-        check_range("max_blocks", self.max_blocks, min_value=0)
-
-
-def evaluate_perplexity(model: Any, dataset: Any, config: EvalConfig | None = None, *, tokenizer: Any = None) -> dict[str, float]:
-    """Token-level cross-entropy and perplexity of a causal LM on a dataset, packed into full blocks.
-
-    Every block's loss is weighted by its predicted tokens, so the result is the mean over tokens, the
-    same quantity the Trainer's ``eval_loss`` reports for packed data.
-    """
-    torch = require("torch", extra="train", feature="evaluation")
-    config = config or EvalConfig()
-    model, tokenizer, _ = load_causal_lm(model, tokenizer)
-    data = load_text_dataset(dataset, config.text_column)
-    blocks = tokenize_for_clm(data, tokenizer, TrainConfig(block_size=config.block_size, text_column=config.text_column))
-    if config.max_blocks:
-        blocks = blocks.select(range(min(len(blocks), config.max_blocks)))
-    if len(blocks) == 0:
-        raise InvalidArtifactError(f"the dataset yields no block of {config.block_size} tokens to evaluate; "
-                                   "lower block_size or add text")
-    model.eval()
-    device = next(model.parameters()).device
-    total, count = 0.0, 0
-    with torch.inference_mode():
-        for i in range(0, len(blocks), config.batch_size):
-            ids = torch.tensor(blocks[i:i + config.batch_size]["input_ids"], device=device)
-            logits = model(input_ids=ids).logits[:, :-1].float()
-            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), ids[:, 1:].reshape(-1),
-                                                     reduction="sum")
-            total += float(loss)
-            count += ids[:, 1:].numel()
-    mean = total / count
-    return {"loss": mean, "perplexity": math.exp(min(mean, 50.0)), "tokens": float(count), "blocks": float(len(blocks))}
 
 
 def compare_models(base: Any, trained: str | Path, dataset: Any, output_dir: str | Path,

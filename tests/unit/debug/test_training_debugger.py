@@ -61,10 +61,10 @@ def test_nan_stops_training_and_names_the_module(tiny_llama, tmp_path):
                                                     report_dir=str(tmp_path / "debug")))
     from transformers import Trainer, TrainingArguments
 
-    from aptops.train.trainer import tokenize_for_clm
+    from aptops.lm import pack_for_clm
 
     tok = AutoTokenizer.from_pretrained(tiny_llama)
-    data = tokenize_for_clm(_dataset(), tok, TrainConfig(block_size=32))
+    data = pack_for_clm(_dataset(), tok, block_size=32)
     import transformers
 
     args = TrainingArguments(output_dir=str(tmp_path / "ckpt"), max_steps=20, per_device_train_batch_size=4,

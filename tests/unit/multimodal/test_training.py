@@ -83,15 +83,16 @@ def test_evaluation_encodes_each_batch_once_and_scores_each_modality_alone(sampl
 def test_parameter_groups_take_per_modality_learning_rates(sample_task, minilm, tiny_specs, tmp_path):
     model = create_multimodal_model(str(minilm), tiny_specs["image"], None, num_labels=6, hidden_size=32)
     loader = create_multimodal_dataloader(manifest=sample_task / "train.jsonl", model=model, batch_size=8)
-    from aptops.multimodal.training import _trainer_args
+    from aptops.lm import training_arguments
 
-    trainer = MultimodalTrainer(model=model, args=_trainer_args(tmp_path, 1, 8, 1e-3, False, 0, NO_SAVE),
+    args = training_arguments(tmp_path, NO_SAVE, recipe_defaults={"learning_rate": 1e-3, "remove_unused_columns": False})
+    trainer = MultimodalTrainer(model=model, args=args,
                                 train_dataset=loader.dataset, data_collator=loader.collate_fn,
                                 modality_lr={"text": 1e-5})
     groups = {g["name"]: g["lr"] for g in trainer.create_optimizer().param_groups}
     assert groups["text_encoder"] == 1e-5 and groups["image_encoder"] == 1e-3 and groups["fusion"] == 1e-3
     with pytest.raises(ConfigError, match="modality_lr names audio"):
-        MultimodalTrainer(model=model, args=_trainer_args(tmp_path, 1, 8, 1e-3, False, 0, NO_SAVE),
+        MultimodalTrainer(model=model, args=args,
                           train_dataset=loader.dataset, data_collator=loader.collate_fn, modality_lr={"audio": 1.0})
 
 
