@@ -35,7 +35,7 @@ def main() -> None:
     import torch
     import transformers
 
-    from aptops.distill import DistillConfig, create_student, distill_model
+    from aptops.distill import DistillConfig, StrategyConfig, create_student, distill_model
     from aptops.train import EvalConfig, TrainConfig, evaluate_perplexity, train_with_hf_trainer
 
     work = Path(tempfile.mkdtemp(prefix="aptops-bench-distill-"))
@@ -61,9 +61,8 @@ def main() -> None:
     plain = train_with_hf_trainer(student(), tok, train, work / "plain", TrainConfig(
         block_size=args.block_size, eval_fraction=0.0, resume="never", training_args=training_args))
     distilled = distill_model(teacher, student(), train, None, DistillConfig(
-        strategies={"response": 1.0}, temperature=args.temperature, alpha=args.alpha, block_size=args.block_size,
-        eval_fraction=0.0,
-        resume="never", training_args=training_args), work / "distilled", tokenizer=tok)
+        objective=StrategyConfig(strategies={"response": 1.0}, temperature=args.temperature, alpha=args.alpha),
+        training=TrainConfig(block_size=args.block_size, eval_fraction=0.0, resume="never", training_args=training_args)), work / "distilled", tokenizer=tok)
     ppl_plain = evaluate_perplexity(str(work / "plain"), heldout, evaluation)["perplexity"]
     ppl_distilled = evaluate_perplexity(str(work / "distilled"), heldout, evaluation)["perplexity"]
     ppl_teacher = evaluate_perplexity(teacher, heldout, evaluation, tokenizer=tok)["perplexity"]

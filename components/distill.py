@@ -42,15 +42,18 @@ def distill_model(
     import shutil
 
     from aptops.core.runtime import json_param, publish_debug_report, run_component
-    from aptops.distill import DistillConfig
+    from aptops.distill import DistillConfig, StrategyConfig
     from aptops.distill import distill_model as distill
+    from aptops.train import TrainConfig
 
     weights = json_param(strategies, "strategies")
     extra = json_param(training_args, "training_args")
     args = {"learning_rate": learning_rate, "max_steps": max_steps, "per_device_train_batch_size": batch_size}
-    config = DistillConfig(chat_prompt=chat_prompt, strategies=weights, temperature=temperature, alpha=alpha,
-                           student_layer_stride=student_layer_stride, block_size=block_size,
-                           eval_fraction=eval_fraction, debug=debug, training_args=args | extra)
+    config = DistillConfig(
+        objective=StrategyConfig(strategies=weights, temperature=temperature, alpha=alpha),
+        training=TrainConfig(block_size=block_size, chat_prompt=chat_prompt, eval_fraction=eval_fraction, debug=debug,
+                             training_args=args | extra),
+        student_layer_stride=student_layer_stride)
     os.environ.setdefault("APTOPS_RUN_ID", run_id or "local")
     result = run_component("distill", lambda: distill(teacher.path, None, dataset.path, None, config, student.path),
                            step="distill", pipeline=pipeline, run_id=run_id, metrics=metrics)

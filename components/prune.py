@@ -39,12 +39,14 @@ def prune_model(
     from aptops.core.runtime import json_param, run_component
     from aptops.prune import PruneConfig
     from aptops.prune import prune_model as prune
+    from aptops.train import TrainConfig
 
     extra = json_param(training_args, "training_args")
     args = {"learning_rate": learning_rate, "max_steps": max_steps, "per_device_train_batch_size": batch_size}
-    config = PruneConfig(chat_prompt=chat_prompt, method=method, target_sparsity=target_sparsity, n_m=n_m, schedule_steps=schedule_steps,
-                         recovery_steps=recovery_steps, block_size=block_size, debug=debug,
-                         training_args=args | extra)
+    config = PruneConfig(method=method, target_sparsity=target_sparsity, n_m=n_m, schedule_steps=schedule_steps,
+                         recovery_steps=recovery_steps,
+                         training=TrainConfig(block_size=block_size, chat_prompt=chat_prompt, debug=debug, resume="never",
+                                              training_args=args | extra))
     result = run_component("prune", lambda: prune(model.path, dataset.path, output_dir=pruned.path, config=config),
                            step="prune", pipeline=pipeline, run_id=run_id, metrics=metrics)
     shutil.copyfile(result.outputs["report"], report.path)

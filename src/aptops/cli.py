@@ -328,7 +328,8 @@ def distill_run(
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
-    """Distil the teacher into a student (--set "strategies={response: 1.0, feature: 0.5}" temperature=2 alpha=0.5)."""
+    """Distil the teacher into a student (--set "objective.strategies={response: 1.0, feature: 0.5}"
+    --set objective.temperature=1 --set training.block_size=128 --set training.training_args.max_steps=50)."""
     from aptops.distill import DistillConfig, distill_model
 
     cfg = load_config(DistillConfig, config, overrides=set_ or [])
@@ -369,7 +370,8 @@ def prune_run(
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
-    """Prune (--set method=wanda|magnitude|taylor|neuron|head|lottery --set target_sparsity=0.5), fine-tune, report."""
+    """Prune (--set method=wanda|magnitude|taylor|neuron|head|lottery --set target_sparsity=0.5), fine-tune
+    (--set training.block_size=128 --set training.training_args.max_steps=50), report."""
     from aptops.prune import PruneConfig, prune_model
 
     cfg = load_config(PruneConfig, config, overrides=set_ or [])

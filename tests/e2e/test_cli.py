@@ -203,9 +203,9 @@ def test_distill_cli_trains_a_student_and_reports_compression(tiny_llama, tmp_pa
     corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in CORPUS))
     out = tmp_path / "student"
     env = {"APTOPS_NO_PROGRESS": "1"}
-    done = aptops("distill", "run", str(tiny_llama), str(corpus), "--out", str(out), "--set", "block_size=32",
-                  "--set", "strategies={response: 1.0, relation: 0.5}", "--set", "training_args.max_steps=2",
-                  "--set", "training_args.use_cpu=true", env=env)
+    done = aptops("distill", "run", str(tiny_llama), str(corpus), "--out", str(out), "--set", "training.block_size=32",
+                  "--set", "objective.strategies={response: 1.0, relation: 0.5}",
+                  "--set", "training.training_args.max_steps=2", "--set", "training.training_args.use_cpu=true", env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "eval_top1_agreement" in done.stdout and (out / "result.json").is_file()
     report = aptops("distill", "evaluate", str(tiny_llama), str(out), str(corpus), "--out", str(tmp_path / "cmp"),
@@ -213,12 +213,15 @@ def test_distill_cli_trains_a_student_and_reports_compression(tiny_llama, tmp_pa
     assert report.returncode == 0, report.stderr[-3000:]
     assert "top1_agreement" in report.stdout and (tmp_path / "cmp" / "report.html").is_file()
     for args, message in [
-        (("--set", "temperature=0"), "temperature"),
-        (("--set", "alpha=1.5"), "alpha"),
-        (("--set", "strategies={response: 1.0, feature: 1.0}", "--set", "layer_mappings={1: 9}"), "hidden states"),
+        (("--set", "objective.temperature=0"), "temperature"),
+        (("--set", "objective.alpha=1.5"), "alpha"),
+        (("--set", "objective.strategies={response: 1.0, feature: 1.0}", "--set", "objective.layer_mappings={1: 9}"),
+         "hidden states"),
+        (("--set", "temperature=1"), "unknown config key 'temperature' for DistillConfig"),
+        (("--set", "training.blok_size=1"), "unknown config key 'training.blok_size' for TrainConfig"),
     ]:
         bad = aptops("distill", "run", str(tiny_llama), str(corpus), "--out", str(tmp_path / "bad"),
-                     "--set", "block_size=32", *args, env=env)
+                     "--set", "training.block_size=32", *args, env=env)
         assert bad.returncode != 0 and message in bad.stderr, (args, bad.stderr[-2000:])
         assert "Traceback" not in bad.stderr and not (tmp_path / "bad" / "result.json").exists()
 
@@ -233,8 +236,8 @@ def test_prune_cli_and_bad_input(tiny_llama, tmp_path):
     env = {"APTOPS_NO_PROGRESS": "1"}
     out = tmp_path / "pruned"
     done = aptops("prune", "run", str(tiny_llama), str(corpus), "--out", str(out), "--set", "method=neuron",
-                  "--set", "target_sparsity=0.5", "--set", "block_size=32", "--set", "training_args.max_steps=2",
-                  "--set", "training_args.use_cpu=true", env=env)
+                  "--set", "target_sparsity=0.5", "--set", "training.block_size=32",
+                  "--set", "training.training_args.max_steps=2", "--set", "training.training_args.use_cpu=true", env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "prune_speedup" in done.stdout and (out / "prune.json").is_file()
     for args, message in [
@@ -243,6 +246,6 @@ def test_prune_cli_and_bad_input(tiny_llama, tmp_path):
         (("--set", "method=shuffle"), "method"),
     ]:
         bad = aptops("prune", "run", str(tiny_llama), str(corpus), "--out", str(tmp_path / "bad"),
-                     "--set", "block_size=32", *args, env=env)
+                     "--set", "training.block_size=32", *args, env=env)
         assert bad.returncode != 0 and message in bad.stderr, (args, bad.stderr[-2000:])
         assert "Traceback" not in bad.stderr and not (tmp_path / "bad" / "result.json").exists()

@@ -61,12 +61,13 @@ def test_training_resumes_on_cuda_from_its_checkpoint(tiny_llama, tmp_path):
 
 
 def test_distillation_on_cuda_in_bf16(tiny_llama, tmp_path):
-    from aptops.distill import DistillConfig, distill_model
+    from aptops.distill import DistillConfig, StrategyConfig, distill_model
+    from aptops.train import TrainConfig
 
-    config = DistillConfig(strategies={"response": 1.0, "feature": 0.1}, student_layer_stride=1, block_size=32,
-                           eval_fraction=0.2,
-                           training_args={"max_steps": 4, "per_device_train_batch_size": 4, "logging_steps": 1,
-                                          "learning_rate": 2e-3, "save_steps": 2, "bf16": True})
+    config = DistillConfig(objective=StrategyConfig(strategies={"response": 1.0, "feature": 0.1}), student_layer_stride=1,
+                           training=TrainConfig(block_size=32, eval_fraction=0.2, training_args={
+                               "max_steps": 4, "per_device_train_batch_size": 4, "logging_steps": 1,
+                               "learning_rate": 2e-3, "save_steps": 2, "bf16": True}))
     out = tmp_path / "student"
     result = distill_model(str(tiny_llama), None, _dataset(), None, config, out)
     m = result.metrics
@@ -91,9 +92,11 @@ def test_wanda_calibration_and_masked_fine_tuning_on_cuda(tiny_llama, tmp_path):
     wanda_pruning(model, [{"input_ids": ids, "labels": ids}], 0.5)
     assert sparsity_report(model)["sparsity"] == pytest.approx(0.5, abs=0.02)
     masks = weight_masks(model)
-    cfg = PruneConfig(block_size=32, eval_fraction=0.1, training_args={
+    from aptops.train import TrainConfig
+
+    cfg = PruneConfig(training=TrainConfig(block_size=32, eval_fraction=0.1, training_args={
         "max_steps": 3, "per_device_train_batch_size": 4, "learning_rate": 1e-2, "save_strategy": "no",
-        "bf16": True})
+        "bf16": True}))
     out = tmp_path / "ft"
     result = fine_tune_after_pruning(model, _dataset(), output_dir=out, tokenizer=tok, config=cfg, masks=masks)
     assert result.metrics["global_step"] == 3

@@ -23,7 +23,7 @@ torch = require("torch", extra="distill", feature="distillation")
 STRATEGIES = ("response", "feature", "relation", "attention")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class StrategyConfig:
     """The objective: strategies and weights, and each strategy's settings.
 

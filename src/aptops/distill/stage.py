@@ -30,62 +30,36 @@ from aptops.distill.distiller import (
 )
 from aptops.distill.losses import kl_divergence, prediction_positions
 from aptops.distill.student import aligned_vocab, check_tokenizers, create_student
+from aptops.lm import load_causal_lm, load_text_dataset
+from aptops.train.trainer import TrainConfig, train_with_hf_trainer
 
 log = logging.getLogger(__name__)
 torch = require("torch", extra="distill", feature="distillation")
 transformers = require("transformers", extra="distill", feature="distillation")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DistillConfig:
     """How :func:`distill_model` trains the student.
 
     Attributes:
-        strategies / temperature / alpha / layer_mappings / attention_type / head_mapping / auto_weighting:
-            the objective (see :class:`~aptops.distill.distiller.StrategyConfig`).
+        objective: the distillation objective (:class:`~aptops.distill.distiller.StrategyConfig`): strategies and
+            their weights, temperature, alpha, layer and head mappings (``--set objective.temperature=1``).
+        training: how the student is trained (:class:`aptops.train.TrainConfig`): block size, text column, chat
+            prompt, held-out share, LoRA, early stopping, resume, the debugger, ``training_args``
+            (``--set training.block_size=128``).
         student_layer_stride: when the student is made from the teacher, keep every k-th block.
         student_intermediate_size: ... and narrow the MLP to this many channels (0: keep).
-        block_size / text_column / chat_prompt / eval_fraction / early_stopping_patience / resume / seed / debug /
-            training_args: as for the train stage (:class:`aptops.train.TrainConfig`).
     """
 
-    strategies: dict[str, float] = field(default_factory=lambda: {"response": 1.0})
-    temperature: float = 2.0
-    alpha: float = 0.5
-    layer_mappings: dict[int, int] = field(default_factory=dict)
-    attention_type: str = "self"
-    head_mapping: str = "average"
-    auto_weighting: bool = False
+    objective: StrategyConfig = field(default_factory=StrategyConfig)
+    training: TrainConfig = field(default_factory=TrainConfig)
     student_layer_stride: int = 2
     student_intermediate_size: int = 0
-    block_size: int = 256
-    text_column: str = "text"
-    chat_prompt: str = ""
-    eval_fraction: float = 0.05
-    early_stopping_patience: int | None = None
-    resume: str = "auto"
-    seed: int = 42
-    debug: bool = False
-    training_args: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.objective()  # validates the strategy settings before any model is loaded
         check_range("student_layer_stride", self.student_layer_stride, min_value=1)
         check_range("student_intermediate_size", self.student_intermediate_size, min_value=0)
-        self.train_config()
-
-    def objective(self) -> StrategyConfig:
-        return StrategyConfig(strategies=dict(self.strategies), temperature=self.temperature, alpha=self.alpha,
-                              layer_mappings=dict(self.layer_mappings), attention_type=self.attention_type,
-                              head_mapping=self.head_mapping, auto_weighting=self.auto_weighting)
-
-    def train_config(self) -> Any:
-        from aptops.train import TrainConfig
-
-        return TrainConfig(block_size=self.block_size, text_column=self.text_column, chat_prompt=self.chat_prompt,
-                           eval_fraction=self.eval_fraction,
-                           early_stopping_patience=self.early_stopping_patience, resume=self.resume, seed=self.seed,
-                           debug=self.debug, training_args=dict(self.training_args))
 
 
 class DistillationTrainer(transformers.Trainer):
@@ -174,11 +148,8 @@ def distill_model(teacher_model: Any, student_model: Any, train_data: Any, val_d
     Returns:
         The result; metrics hold the student's loss and perplexity, top-1 agreement and KL to the teacher.
     """
-    from aptops.lm import load_causal_lm, load_text_dataset
-    from aptops.train import train_with_hf_trainer
-
     cfg = config or DistillConfig()
-    load_text_dataset(train_data, cfg.text_column)  # a bad dataset fails before models are loaded
+    load_text_dataset(train_data, cfg.training.text_column)  # a bad dataset fails before models are loaded
     teacher, teacher_tok, teacher_source = load_causal_lm(teacher_model, tokenizer)
     if student_model is None:
         student = create_student(teacher, layer_stride=cfg.student_layer_stride,
@@ -189,11 +160,11 @@ def distill_model(teacher_model: Any, student_model: Any, train_data: Any, val_d
             student_model, None if isinstance(student_model, str | Path) else teacher_tok)
         check_tokenizers(teacher_tok, student_tok)
     vocab = aligned_vocab(teacher, student, teacher_tok)
-    Distiller(cfg.objective(), teacher, student, vocab=vocab)  # layer mappings checked before any data work
+    Distiller(cfg.objective, teacher, student, vocab=vocab)  # layer mappings checked before any data work
     return train_with_hf_trainer(
-        student, teacher_tok, train_data, output_dir, cfg.train_config(), eval_dataset=val_data, bus=bus,
+        student, teacher_tok, train_data, output_dir, cfg.training, eval_dataset=val_data, bus=bus,
         callbacks=list(callbacks), stage="distill", trainer_cls=DistillationTrainer,
-        trainer_kwargs={"teacher": teacher, "objective": cfg.objective(), "vocab": vocab},
+        trainer_kwargs={"teacher": teacher, "objective": cfg.objective, "vocab": vocab},
         lineage_inputs={"teacher": teacher_source, "student": student_source}, lineage_config=to_dict(cfg))
 
 

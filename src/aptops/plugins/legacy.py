@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import importlib
 import logging
+import typing
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
 from aptops.core.errors import ConfigError, PluginError
@@ -33,12 +34,19 @@ class AdapterSpec:
         return self.stages[0]
 
     def config_keys(self) -> frozenset[str]:
-        """The keys the plugin's config takes: the fields of its stages' configs (imports those modules)."""
+        """The keys the plugin's config takes: the fields of its stages' configs, and of the configs nested in
+        them (the old plugins took ``temperature`` where ``DistillConfig`` now nests it in ``objective``).
+        Imports the configs' modules."""
         keys: set[str] = set()
         for stage in self.stages:
             if stage.config:
                 module_name, _, attr = stage.config.partition(":")
-                keys.update(f.name for f in fields(getattr(importlib.import_module(module_name), attr)))
+                cls = getattr(importlib.import_module(module_name), attr)
+                hints = typing.get_type_hints(cls)
+                for f in fields(cls):
+                    keys.add(f.name)
+                    if is_dataclass(hints[f.name]):
+                        keys.update(nested.name for nested in fields(hints[f.name]))
         return frozenset(keys)
 
 

@@ -33,6 +33,7 @@ from aptops.prune.unstructured import (
     wanda_pruning,
     weight_masks,
 )
+from aptops.train.trainer import TrainConfig
 
 log = logging.getLogger(__name__)
 torch = require("torch", extra="prune", feature="pruning")
@@ -68,7 +69,7 @@ class MaskCallback(transformers.TrainerCallback):
                 m.weight.mul_(self.masks[n].to(m.weight.dtype))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class PruneConfig:
     """How :func:`prune_model` prunes and recovers.
 
@@ -85,8 +86,10 @@ class PruneConfig:
         lottery_rounds: lottery-ticket rounds (each prunes ``1 - (1 - target)^(1/rounds)`` of what is left).
         lottery_steps: training steps per lottery round.
         rewind_step: the lottery's early weights are taken after this many steps.
-        block_size / text_column / chat_prompt / eval_fraction / early_stopping_patience / debug / seed / training_args: the
-            final fine-tuning, as for the train stage.
+        training: the fine-tuning after pruning and the data it reads (:class:`aptops.train.TrainConfig`: block size,
+            text column, chat prompt, held-out share, the debugger, ``training_args`` ...; ``--set
+            training.block_size=128``). It does not resume from checkpoints unless ``training.resume`` says so:
+            a checkpoint of an earlier run holds other masks.
     """
 
     method: str = "magnitude"
@@ -99,14 +102,7 @@ class PruneConfig:
     lottery_rounds: int = 3
     lottery_steps: int = 20
     rewind_step: int = 2
-    block_size: int = 256
-    text_column: str = "text"
-    chat_prompt: str = ""
-    eval_fraction: float = 0.05
-    early_stopping_patience: int | None = None
-    debug: bool = False
-    seed: int = 42
-    training_args: dict[str, Any] = field(default_factory=dict)
+    training: TrainConfig = field(default_factory=lambda: TrainConfig(resume="never"))
 
     def __post_init__(self) -> None:
         check_choice("method", self.method, METHODS)
@@ -120,7 +116,6 @@ class PruneConfig:
         check_range("rewind_step", self.rewind_step, min_value=0)
         if self.n_m:
             self.pattern()
-        self.train_config()
 
     def pattern(self) -> tuple[int, int] | None:
         if not self.n_m:
@@ -131,13 +126,6 @@ class PruneConfig:
             raise ConfigError(f"n_m={self.n_m!r} must look like '2:4'", field="n_m", value=self.n_m) from None
         return n, m
 
-    def train_config(self) -> Any:
-        from aptops.train import TrainConfig
-
-        return TrainConfig(block_size=self.block_size, text_column=self.text_column, chat_prompt=self.chat_prompt,
-                           eval_fraction=self.eval_fraction,
-                           early_stopping_patience=self.early_stopping_patience, debug=self.debug, seed=self.seed,
-                           resume="never", training_args=dict(self.training_args))
 
 
 def cubic_schedule(target: float, steps: int) -> list[float]:
@@ -236,9 +224,8 @@ def fine_tune_after_pruning(pruned_model: Any, train_data: Any, val_data: Any = 
     cfg = config or PruneConfig()
     model, tok, _ = load_causal_lm(pruned_model, tokenizer)
     masks = dict(masks) if masks is not None else weight_masks(model)
-    train_cfg = cfg.train_config()
-    args = {"num_train_epochs": epochs} | dict(train_cfg.training_args)
-    train_cfg = dataclasses.replace(train_cfg, training_args=args)
+    args = {"num_train_epochs": epochs} | dict(cfg.training.training_args)
+    train_cfg = dataclasses.replace(cfg.training, training_args=args)
     return train_with_hf_trainer(model, tok, train_data, output_dir, train_cfg, eval_dataset=val_data,
                                  callbacks=[MaskCallback(masks), *callbacks], stage="prune",
                                  lineage_config=to_dict(cfg))
@@ -278,19 +265,20 @@ def prune_model(model: Any, train_data: Any, val_data: Any = None, target_sparsi
     overrides = {k: v for k, v in (("target_sparsity", target_sparsity), ("method", method)) if v is not None}
     if overrides:
         cfg = dataclasses.replace(cfg, **overrides)
-    text = _text(train_data, cfg.text_column)  # a bad dataset fails before the model is loaded
+    train = cfg.training
+    text = _text(train_data, train.text_column)  # a bad dataset fails before the model is loaded
     lm, tok, source = load_causal_lm(model, tokenizer)
     if cfg.method in ("neuron", "head"):
         from aptops.prune.structured import _decoder_layers
 
         _decoder_layers(lm)  # an unsupported architecture fails before anything changes
-    batch_size = int(cfg.training_args.get("per_device_train_batch_size", 4))
-    batches = _blocks(tok, text, cfg.block_size, cfg.text_column, batch_size)
-    held = _blocks(tok, _text(val_data, cfg.text_column), cfg.block_size, cfg.text_column, batch_size) if val_data \
+    batch_size = int(train.training_args.get("per_device_train_batch_size", 4))
+    batches = _blocks(tok, text, train.block_size, train.text_column, batch_size)
+    held = _blocks(tok, _text(val_data, train.text_column), train.block_size, train.text_column, batch_size) if val_data \
         is not None else batches[: max(1, min(8, len(batches) // 5))]
     calibration = batches[: cfg.calibration_batches]
     before = _perplexity_and_latency(lm, held)
-    lr = float(cfg.training_args.get("learning_rate", 5e-5))
+    lr = float(train.training_args.get("learning_rate", 5e-5))
     stages = []
     info: dict[str, Any] = {}
     if cfg.method in ("neuron", "head"):

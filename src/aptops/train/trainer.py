@@ -53,7 +53,7 @@ from aptops.lm import (
 
 log = logging.getLogger(__name__)
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TrainConfig:
     """How :func:`train_with_hf_trainer` prepares data and trains.
 

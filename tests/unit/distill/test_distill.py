@@ -22,6 +22,7 @@ from aptops.distill import (
     response_distillation,
     run_distillation,
 )
+from aptops.train import TrainConfig
 from tests.models import CORPUS
 
 
@@ -137,16 +138,33 @@ def test_vocab_padding_is_aligned_and_other_tokenizers_refused(teacher_dir, tmp_
     ({"temperature": 0}, "temperature"), ({"alpha": 2}, "alpha"), ({"strategies": {"dark": 1.0}}, "strategies"),
     ({"strategies": {}}, "at least one strategy"), ({"head_mapping": "sum"}, "head_mapping")])
 def test_bad_config_fails_before_any_work(kwargs, message):
+    from aptops.core.config import from_dict
+
     with pytest.raises(ConfigError, match=message):
-        DistillConfig(**kwargs)
+        from_dict(DistillConfig, {"objective": kwargs})
+
+
+def test_distill_config_nests_the_objective_and_the_training_config():
+    from aptops.core.config import load_config, to_dict
+
+    cfg = load_config(DistillConfig, overrides=["objective.temperature=1", "training.block_size=64",
+                                                "training.lora_r=8", "training.training_args.max_steps=5"])
+    assert cfg.objective == StrategyConfig(temperature=1.0)
+    assert cfg.training == TrainConfig(block_size=64, lora_r=8, training_args={"max_steps": 5})
+    assert to_dict(cfg)["training"]["debug_interval"] == 10  # every train setting reachable, none copied
+    with pytest.raises(ConfigError, match=r"unknown config key 'training.blok_size' for TrainConfig"):
+        load_config(DistillConfig, overrides=["training.blok_size=64"])
+    with pytest.raises(ConfigError, match="block_size=1 is out of range"):
+        load_config(DistillConfig, overrides=["training.block_size=1"])
 
 
 def test_distill_model_writes_a_student_artifact(teacher_dir, tmp_path):
     import datasets
 
-    config = DistillConfig(strategies={"response": 1.0, "feature": 0.1}, block_size=32, eval_fraction=0.2,
-                           training_args={"max_steps": 4, "per_device_train_batch_size": 4, "logging_steps": 1,
-                                          "learning_rate": 2e-3, "use_cpu": True, "save_steps": 2})
+    config = DistillConfig(objective=StrategyConfig(strategies={"response": 1.0, "feature": 0.1}), training=TrainConfig(
+        block_size=32, eval_fraction=0.2, training_args={"max_steps": 4, "per_device_train_batch_size": 4,
+                                                         "logging_steps": 1, "learning_rate": 2e-3, "use_cpu": True,
+                                                         "save_steps": 2}))
     out = tmp_path / "student"
     result = distill_model(str(teacher_dir), None, datasets.Dataset.from_dict({"text": CORPUS}), None, config, out)
     assert is_complete(out) and (out / "model.safetensors").is_file()
@@ -155,7 +173,7 @@ def test_distill_model_writes_a_student_artifact(teacher_dir, tmp_path):
     assert m["perplexity"] > 1
     lineage = read_json(out / "aptops.json")
     assert lineage["stage"] == "distill" and lineage["inputs"]["teacher"] == str(teacher_dir)
-    assert lineage["config"]["strategies"] == {"response": 1.0, "feature": 0.1}
+    assert lineage["config"]["objective"]["strategies"] == {"response": 1.0, "feature": 0.1}
     report = (out / "report.html").read_text()
     assert "Distill loss terms" in report and "aptops distill" in report
     state = json.loads(next((out / "checkpoints").glob("checkpoint-*/trainer_state.json")).read_text())
@@ -186,7 +204,7 @@ def test_distill_refuses_a_student_with_another_tokenizer(teacher_dir, tmp_path)
     other = build_tiny_llama(tmp_path / "other", vocab_size=300)
     with pytest.raises(ConfigError, match="tokenizers differ"):
         distill_model(str(teacher_dir), str(other), [{"text": t} for t in CORPUS[:5]] and str(_jsonl(tmp_path)),
-                      config=DistillConfig(block_size=16), output_dir=tmp_path / "never")
+                      config=DistillConfig(training=TrainConfig(block_size=16)), output_dir=tmp_path / "never")
     assert not (tmp_path / "never").exists()
 
 

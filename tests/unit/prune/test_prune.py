@@ -25,6 +25,7 @@ from aptops.prune import (
     wanda_pruning,
     weight_masks,
 )
+from aptops.train import TrainConfig
 from tests.models import CORPUS
 
 
@@ -186,9 +187,9 @@ def test_masks_stay_zero_while_fine_tuning(tiny_llama, tmp_path):
     pruned = {n: m.weight.detach().clone() for n, m in prunable_layers(model).items()}
     from transformers import AutoTokenizer
 
-    cfg = PruneConfig(block_size=32, eval_fraction=0.1, training_args={
+    cfg = PruneConfig(training=TrainConfig(block_size=32, eval_fraction=0.1, training_args={
         "max_steps": 4, "per_device_train_batch_size": 4, "learning_rate": 1e-2, "use_cpu": True,
-        "save_strategy": "no"})
+        "save_strategy": "no"}))
     out = tmp_path / "ft"
     result = fine_tune_after_pruning(model, datasets.Dataset.from_dict({"text": CORPUS}), output_dir=out,
                                      tokenizer=AutoTokenizer.from_pretrained(tiny_llama), config=cfg, masks=masks)
@@ -212,9 +213,9 @@ def test_cubic_schedule():
 def test_prune_model_writes_artifact_report_and_lineage(tiny_llama, tmp_path, method):
     import datasets
 
-    cfg = PruneConfig(method=method, target_sparsity=0.5, schedule_steps=2, recovery_steps=1, block_size=32,
-                      eval_fraction=0.1, training_args={"max_steps": 2, "per_device_train_batch_size": 4,
-                                                        "use_cpu": True, "save_strategy": "no"})
+    cfg = PruneConfig(method=method, target_sparsity=0.5, schedule_steps=2, recovery_steps=1, training=TrainConfig(
+        block_size=32, eval_fraction=0.1, training_args={"max_steps": 2, "per_device_train_batch_size": 4,
+                                                         "use_cpu": True, "save_strategy": "no"}))
     out = tmp_path / method
     result = prune_model(str(tiny_llama), datasets.Dataset.from_dict({"text": CORPUS}), output_dir=out, config=cfg)
     assert is_complete(out) and result.metrics["prune_perplexity_after"] > 1
