@@ -60,9 +60,10 @@ def main() -> None:
 
     plain = train_with_hf_trainer(student(), tok, train, work / "plain", TrainConfig(
         block_size=args.block_size, eval_fraction=0.0, resume="never", training_args=training_args))
-    distilled = distill_model(teacher, student(), train, None, DistillConfig(
+    distilled = distill_model(teacher, train, student=student(), config=DistillConfig(
         objective=StrategyConfig(strategies={"response": 1.0}, temperature=args.temperature, alpha=args.alpha),
-        training=TrainConfig(block_size=args.block_size, eval_fraction=0.0, resume="never", training_args=training_args)), work / "distilled", tokenizer=tok)
+        training=TrainConfig(block_size=args.block_size, eval_fraction=0.0, resume="never", training_args=training_args)),
+        output_dir=work / "distilled", tokenizer=tok)
     ppl_plain = evaluate_perplexity(str(work / "plain"), heldout, evaluation)["perplexity"]
     ppl_distilled = evaluate_perplexity(str(work / "distilled"), heldout, evaluation)["perplexity"]
     ppl_teacher = evaluate_perplexity(teacher, heldout, evaluation, tokenizer=tok)["perplexity"]

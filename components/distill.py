@@ -55,7 +55,7 @@ def distill_model(
                              training_args=args | extra),
         student_layer_stride=student_layer_stride)
     os.environ.setdefault("APTOPS_RUN_ID", run_id or "local")
-    result = run_component("distill", lambda: distill(teacher.path, None, dataset.path, None, config, student.path),
+    result = run_component("distill", lambda: distill(teacher.path, dataset.path, output_dir=student.path, config=config),
                            step="distill", pipeline=pipeline, run_id=run_id, metrics=metrics)
     shutil.copyfile(result.outputs["report"], report.path)
     publish_debug_report(result, debug_report.path, pipeline)

@@ -333,7 +333,8 @@ def distill_run(
     from aptops.distill import DistillConfig, distill_model
 
     cfg = load_config(DistillConfig, config, overrides=set_ or [])
-    result = _run_stage("distill", "distill", lambda: distill_model(teacher, student, dataset, None, cfg, out), out)
+    result = _run_stage("distill", "distill", lambda: distill_model(teacher, dataset, output_dir=out, config=cfg,
+                                                                      student=student), out)
     _print_metrics(f"student: {out} (report: {result.outputs.get('report')})", result.metrics)
 
 
@@ -375,7 +376,8 @@ def prune_run(
     from aptops.prune import PruneConfig, prune_model
 
     cfg = load_config(PruneConfig, config, overrides=set_ or [])
-    result = _run_stage("prune", "prune", lambda: prune_model(model, dataset, heldout, output_dir=out, config=cfg), out)
+    result = _run_stage("prune", "prune", lambda: prune_model(model, dataset, output_dir=out, config=cfg,
+                                                                  eval_dataset=heldout), out)
     _print_metrics(f"pruned model: {out} (report: {out / 'report.html'})",
                    {k: v for k, v in result.metrics.items() if k.startswith("prune_") or k == "global_step"})
 

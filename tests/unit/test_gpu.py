@@ -69,7 +69,7 @@ def test_distillation_on_cuda_in_bf16(tiny_llama, tmp_path):
                                "max_steps": 4, "per_device_train_batch_size": 4, "logging_steps": 1,
                                "learning_rate": 2e-3, "save_steps": 2, "bf16": True}))
     out = tmp_path / "student"
-    result = distill_model(str(tiny_llama), None, _dataset(), None, config, out)
+    result = distill_model(str(tiny_llama), _dataset(), output_dir=out, config=config)
     m = result.metrics
     assert is_complete(out) and m["global_step"] == 4
     assert 0 <= m["eval_top1_agreement"] <= 1 and m["eval_teacher_kl"] >= 0 and math.isfinite(m["perplexity"])

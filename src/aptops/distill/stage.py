@@ -130,41 +130,42 @@ class DistillationTrainer(transformers.Trainer):
         return metrics
 
 
-def distill_model(teacher_model: Any, student_model: Any, train_data: Any, val_data: Any = None,
-                  config: DistillConfig | None = None, output_dir: str | Path = "runs/distill", *,
-                  tokenizer: Any = None, callbacks: Iterable[Any] = (), bus: Any = None) -> StageResult:
+def distill_model(teacher: Any, dataset: Any, *, output_dir: str | Path, config: DistillConfig | None = None,
+                  student: Any = None, eval_dataset: Any = None, tokenizer: Any = None, callbacks: Iterable[Any] = (),
+                  bus: Any = None) -> StageResult:
     """Train a student against a teacher with the Trainer; write the student as a model artifact.
 
     Args:
-        teacher_model: a model folder, Hub id or ``PreTrainedModel``.
-        student_model: the same kinds, or ``None`` to make one from the teacher (``create_student`` with
-            ``student_layer_stride`` and ``student_intermediate_size``).
-        train_data: anything the train stage takes (a dataset, an aptops data artifact, JSONL ...).
-        val_data: an evaluation set (else ``eval_fraction`` of ``train_data`` is held out).
-        config: the objective and the training settings.
+        teacher: a model folder, Hub id or ``PreTrainedModel``.
+        dataset: the training text: anything the train stage takes (a dataset, an aptops data artifact, JSONL ...).
         output_dir: the student artifact (checkpoints inside; resumed automatically).
+        config: the objective, the training settings and how a student is made.
+        student: the same kinds as ``teacher``, or ``None`` to make one from the teacher (``create_student``
+            with ``student_layer_stride`` and ``student_intermediate_size``).
+        eval_dataset: an evaluation set (else ``training.eval_fraction`` of ``dataset`` is held out).
         tokenizer: the shared tokenizer (default: the teacher's).
+        callbacks: extra ``TrainerCallback`` objects; ``bus``: a plugin bus that sees every Trainer event.
 
     Returns:
         The result; metrics hold the student's loss and perplexity, top-1 agreement and KL to the teacher.
     """
     cfg = config or DistillConfig()
-    load_text_dataset(train_data, cfg.training.text_column)  # a bad dataset fails before models are loaded
-    teacher, teacher_tok, teacher_source = load_causal_lm(teacher_model, tokenizer)
-    if student_model is None:
-        student = create_student(teacher, layer_stride=cfg.student_layer_stride,
-                                 intermediate_size=cfg.student_intermediate_size or None)
+    load_text_dataset(dataset, cfg.training.text_column)  # a bad dataset fails before models are loaded
+    teacher_lm, teacher_tok, teacher_source = load_causal_lm(teacher, tokenizer)
+    if student is None:
+        student_lm = create_student(teacher_lm, layer_stride=cfg.student_layer_stride,
+                                    intermediate_size=cfg.student_intermediate_size or None)
         student_tok, student_source = teacher_tok, f"create_student({teacher_source})"
     else:
-        student, student_tok, student_source = load_causal_lm(
-            student_model, None if isinstance(student_model, str | Path) else teacher_tok)
+        student_lm, student_tok, student_source = load_causal_lm(
+            student, None if isinstance(student, str | Path) else teacher_tok)
         check_tokenizers(teacher_tok, student_tok)
-    vocab = aligned_vocab(teacher, student, teacher_tok)
-    Distiller(cfg.objective, teacher, student, vocab=vocab)  # layer mappings checked before any data work
+    vocab = aligned_vocab(teacher_lm, student_lm, teacher_tok)
+    Distiller(cfg.objective, teacher_lm, student_lm, vocab=vocab)  # layer mappings checked before any data work
     return train_with_hf_trainer(
-        student, teacher_tok, train_data, output_dir, cfg.training, eval_dataset=val_data, bus=bus,
+        student_lm, teacher_tok, dataset, output_dir, cfg.training, eval_dataset=eval_dataset, bus=bus,
         callbacks=list(callbacks), stage="distill", trainer_cls=DistillationTrainer,
-        trainer_kwargs={"teacher": teacher, "objective": cfg.objective, "vocab": vocab},
+        trainer_kwargs={"teacher": teacher_lm, "objective": cfg.objective, "vocab": vocab},
         lineage_inputs={"teacher": teacher_source, "student": student_source}, lineage_config=to_dict(cfg))
 
 

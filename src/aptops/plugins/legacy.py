@@ -12,12 +12,15 @@ import logging
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
 from typing import Any
 
 from aptops.core.errors import ConfigError, PluginError
 from aptops.stages import STAGES, Stage
 
 log = logging.getLogger(__name__)
+
+_PACKAGE_DIR = Path(__file__).resolve().parents[1]  # src/aptops
 
 
 @dataclass(frozen=True)
@@ -50,11 +53,19 @@ class AdapterSpec:
         return frozenset(keys)
 
 
+def _legacy_module(stage: Stage) -> str:
+    """Where a stage's old functions live: its ``legacy`` module (old signatures over the stage contract)
+    where it has one, else the stage package (the functions kept their old signatures)."""
+    # a file test, not find_spec: finding a submodule imports its package, and with it torch
+    return f"{stage.module}.legacy" if (_PACKAGE_DIR / stage.name / "legacy.py").is_file() else stage.module
+
+
 def _specs_from_stage_table() -> dict[str, AdapterSpec]:
     """One adapter per old plugin name; a plugin served by two stages (hub + train) gets both stages' methods."""
     specs: dict[str, AdapterSpec] = {}
     for stage in STAGES:
-        methods = {name: f"{stage.module}:{name}" for name in stage.functions}
+        module = _legacy_module(stage)
+        methods = {name: f"{module}:{name}" for name in stage.functions}
         known = specs.get(stage.adapter)
         if known:
             methods = {**known.methods, **methods}

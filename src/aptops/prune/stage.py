@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aptops.core.artifacts import LINEAGE_FILE, read_json, write_json
+from aptops.core.artifacts import LINEAGE_FILE, StageResult, read_json, write_json
 from aptops.core.config import check_choice, check_range, to_dict
 from aptops.core.deps import require
 from aptops.core.errors import ConfigError
@@ -244,17 +244,17 @@ def _perplexity_and_latency(model: Any, batches: list[dict[str, Any]]) -> dict[s
             "nonzero_params": float(sum(int((p != 0).sum()) for p in model.parameters()))}
 
 
-def prune_model(model: Any, train_data: Any, val_data: Any = None, target_sparsity: float | None = None,
-                method: str | None = None, *, output_dir: str | Path, config: PruneConfig | None = None,
-                tokenizer: Any = None) -> Any:
+def prune_model(model: Any, dataset: Any, *, output_dir: str | Path, config: PruneConfig | None = None,
+                eval_dataset: Any = None, tokenizer: Any = None) -> StageResult:
     """Prune, recover and measure: the automated flow, written as a model artifact with a report.
 
     Args:
         model: a model folder, Hub id or ``PreTrainedModel`` (a causal LM).
-        train_data: text for calibration and fine-tuning (anything the train stage reads).
-        val_data: held-out text for the before/after numbers (default: the first blocks of ``train_data``).
-        target_sparsity / method: override ``config``'s.
+        dataset: text for calibration and fine-tuning (anything the train stage reads).
         output_dir: the pruned model folder (``report.html``, ``prune.json``, lineage inside).
+        config: the method, its schedule and the fine-tuning after it.
+        eval_dataset: held-out text for the before/after numbers (default: the first blocks of ``dataset``).
+        tokenizer: the tokenizer when ``model`` is an object.
 
     Returns:
         The stage result: sparsity, parameters, perplexity and latency before and after.
@@ -262,11 +262,8 @@ def prune_model(model: Any, train_data: Any, val_data: Any = None, target_sparsi
     from aptops.lm import load_causal_lm
 
     cfg = config or PruneConfig()
-    overrides = {k: v for k, v in (("target_sparsity", target_sparsity), ("method", method)) if v is not None}
-    if overrides:
-        cfg = dataclasses.replace(cfg, **overrides)
-    train = cfg.training
-    text = _text(train_data, train.text_column)  # a bad dataset fails before the model is loaded
+    train, val_data = cfg.training, eval_dataset
+    text = _text(dataset, train.text_column)  # a bad dataset fails before the model is loaded
     lm, tok, source = load_causal_lm(model, tokenizer)
     if cfg.method in ("neuron", "head"):
         from aptops.prune.structured import _decoder_layers

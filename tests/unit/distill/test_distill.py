@@ -166,7 +166,7 @@ def test_distill_model_writes_a_student_artifact(teacher_dir, tmp_path):
                                                          "logging_steps": 1, "learning_rate": 2e-3, "use_cpu": True,
                                                          "save_steps": 2}))
     out = tmp_path / "student"
-    result = distill_model(str(teacher_dir), None, datasets.Dataset.from_dict({"text": CORPUS}), None, config, out)
+    result = distill_model(str(teacher_dir), datasets.Dataset.from_dict({"text": CORPUS}), output_dir=out, config=config)
     assert is_complete(out) and (out / "model.safetensors").is_file()
     m = result.metrics
     assert m["global_step"] == 4 and 0 <= m["eval_top1_agreement"] <= 1 and m["eval_teacher_kl"] >= 0
@@ -203,7 +203,7 @@ def test_distill_refuses_a_student_with_another_tokenizer(teacher_dir, tmp_path)
 
     other = build_tiny_llama(tmp_path / "other", vocab_size=300)
     with pytest.raises(ConfigError, match="tokenizers differ"):
-        distill_model(str(teacher_dir), str(other), [{"text": t} for t in CORPUS[:5]] and str(_jsonl(tmp_path)),
+        distill_model(str(teacher_dir), str(_jsonl(tmp_path)), student=str(other),
                       config=DistillConfig(training=TrainConfig(block_size=16)), output_dir=tmp_path / "never")
     assert not (tmp_path / "never").exists()
 

@@ -1,8 +1,11 @@
 from __future__ import annotations
 
 import importlib
+import json
 import logging
+import shutil
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -117,7 +120,9 @@ def test_every_function_of_the_stage_table_resolves_through_its_adapter():
         for name in stage.functions:
             fn = getattr(plugin, name)
             assert callable(fn) and fn.__name__ == name, (stage.name, name)
-            assert fn is getattr(importlib.import_module(stage.module), name)
+            module = importlib.import_module(stage.module)
+            legacy = importlib.import_module(f"{stage.module}.legacy") if stage.name in ("distill", "prune") else module
+            assert fn is getattr(legacy, name)
             assert inspect.signature(fn).parameters, (stage.name, name)
             resolved += 1
         with pytest.raises(AttributeError):
@@ -157,3 +162,33 @@ def test_debugging_adapter_exposes_the_old_functions():
     found = plugin.detect_nan_inf({"w": torch.tensor([float("nan")])})
     assert found[0]["nan"] == 1
     assert plugin.monitor_gradients(model, 5).log_interval == 5
+
+
+def test_old_signatures_call_the_stage_contract(tiny_llama, tmp_path):
+    """The old distill_model / prune_model argument order and flat config reach the contract functions."""
+    import datasets
+
+    from aptops.distill import DistillConfig
+    from tests.models import CORPUS
+
+    data = datasets.Dataset.from_dict({"text": CORPUS})
+    distiller = get_adapter("model_distillation").get_legacy_plugin()
+    flat = {"temperature": 1.0, "alpha": 0.8, "block_size": 32, "eval_fraction": 0.0, "student_layer_stride": 1,
+            "training_args": {"max_steps": 1, "use_cpu": True, "save_strategy": "no"}}
+    result = distiller.distill_model(str(tiny_llama), None, data, None, flat, tmp_path / "student")
+    assert result.stage == "distill" and result.metrics["global_step"] == 1
+    config = json.loads((tmp_path / "student" / "aptops.json").read_text())["config"]
+    assert config["objective"]["alpha"] == 0.8 and config["training"]["block_size"] == 32
+    with pytest.raises(ConfigError, match="unknown config key 'temprature'"):
+        distiller.distill_model(str(tiny_llama), None, data, None, {"temprature": 1.0}, tmp_path / "never")
+    assert isinstance(distiller.distill_model.__globals__["_from_flat"](flat), DistillConfig)
+    pruner = get_adapter("model_pruning").get_legacy_plugin()
+    from aptops.prune import PruneConfig
+    from aptops.train import TrainConfig
+
+    cfg = PruneConfig(training=TrainConfig(block_size=32, eval_fraction=0.0, training_args={
+        "max_steps": 1, "use_cpu": True, "save_strategy": "no"}))
+    pruned = pruner.prune_model(str(tiny_llama), data, None, 0.3, "magnitude", config=cfg)
+    assert pruned.stage == "prune" and pruned.metrics["prune_sparsity"] == pytest.approx(0.3, abs=0.02)
+    assert not Path(pruned.outputs["model"]).is_relative_to(Path.cwd())  # a temporary folder, not the working one
+    shutil.rmtree(pruned.outputs["model"])

@@ -1,0 +1,73 @@
+"""The old Model Distillation plugin's API (``model_distillation``), kept for its users.
+
+These are thin wrappers with the old signatures over the stage contract in :mod:`aptops.distill.stage`;
+new code calls :func:`aptops.distill.distill_model` (``teacher, dataset, *, output_dir, config``).
+The per-strategy functions (``response_distillation`` ...) and ``evaluate_compression`` kept their old
+signatures and are the same objects as the stage's.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from aptops.core.artifacts import StageResult
+from aptops.distill.compression import evaluate_compression
+from aptops.distill.stage import (
+    DistillConfig,
+    attention_distillation,
+    feature_distillation,
+    relation_distillation,
+    response_distillation,
+)
+from aptops.distill.stage import distill_model as _distill_model
+
+__all__ = [
+    "attention_distillation", "distill_model", "evaluate_compression", "feature_distillation",
+    "relation_distillation", "response_distillation",
+]
+
+
+def distill_model(teacher_model: Any, student_model: Any, train_data: Any, val_data: Any = None,
+                  config: DistillConfig | Mapping[str, Any] | None = None, output_dir: str | Path | None = None,
+                  **kwargs: Any) -> StageResult:
+    """The old ``distill_model(teacher_model, student_model, train_data, val_data, config)``.
+
+    Args:
+        teacher_model / student_model / train_data / val_data: as the old plugin took them (``student_model``
+            ``None``: one is made from the teacher).
+        config: a :class:`DistillConfig`, or the old plugin's flat mapping (``{"temperature": 1, "alpha": 0.8,
+            "block_size": 128, ...}``), sorted into the nested config.
+        output_dir: where the student is written; the old plugin had none, so by default a new temporary
+            folder (the result's ``outputs["model"]`` names it), never the working folder.
+        **kwargs: ``tokenizer``, ``callbacks``, ``bus`` as for the stage.
+    """
+    cfg = config if isinstance(config, DistillConfig) or config is None else _from_flat(config)
+    out = output_dir if output_dir is not None else tempfile.mkdtemp(prefix="aptops-distill-")
+    return _distill_model(teacher_model, train_data, output_dir=out, config=cfg, student=student_model,
+                          eval_dataset=val_data, **kwargs)
+
+
+def _from_flat(flat: Mapping[str, Any]) -> DistillConfig:
+    """Sort the old plugin's flat keys into ``objective`` / ``training`` / the top level."""
+    import dataclasses
+
+    from aptops.core.config import from_dict
+    from aptops.distill.distiller import StrategyConfig
+    from aptops.train.trainer import TrainConfig
+
+    nested: dict[str, Any] = {"objective": {}, "training": {}}
+    objective = {f.name for f in dataclasses.fields(StrategyConfig)}
+    training = {f.name for f in dataclasses.fields(TrainConfig)}
+    for key, value in flat.items():
+        if key in ("objective", "training") and isinstance(value, Mapping):
+            nested[key].update(value)
+        elif key in objective:
+            nested["objective"][key] = value
+        elif key in training:
+            nested["training"][key] = value
+        else:
+            nested[key] = value  # a top-level key, or an unknown one that from_dict names
+    return from_dict(DistillConfig, nested)
