@@ -29,8 +29,6 @@ def backup_model(
 
     from aptops.backup import BackupConfig
     from aptops.backup import backup_model as backup
-    from aptops.core.artifacts import StageResult
-    from aptops.core.errors import StorageError
     from aptops.core.runtime import list_param, run_component
 
     targets = list_param(destinations)
@@ -39,16 +37,9 @@ def backup_model(
         out = backup(model_path, targets, BackupConfig(max_retries=max_retries, pack_small_files_kb=pack_small_files_kb))
         os.makedirs(result.path, exist_ok=True)
         with open(os.path.join(result.path, "backup.json"), "w", encoding="utf-8") as fh:
-            json.dump({"manifest": out.manifest, "destinations": [d.__dict__ for d in out.destinations]}, fh, indent=2)
-        if not out.ok:
-            failed = [f"{d.destination}: {d.error}" for d in out.destinations if d.outcome != "success"]
-            raise StorageError("backup failed at " + "; ".join(failed))
-        return StageResult("backup", metrics={
-            "bytes_sent": float(sum(d.bytes_sent for d in out.destinations)),
-            "files_skipped": float(sum(d.files_skipped for d in out.destinations)),
-            "retries": float(sum(d.retries for d in out.destinations)),
-            "destinations": float(len(out.destinations)),
-        })
+            json.dump({"manifest": out.manifest, "destinations": out.details["destinations"]}, fh, indent=2)
+        out.raise_for_failures()
+        return out
 
     run_component("backup", work, step="backup", pipeline=pipeline, run_id=run_id, metrics=metrics)
 
@@ -65,18 +56,13 @@ def backup_artifact(
     """Back up a model artifact produced earlier in the pipeline (a GGUF folder, a trained model)."""
     from aptops.backup import BackupConfig
     from aptops.backup import backup_model as backup
-    from aptops.core.artifacts import StageResult
-    from aptops.core.errors import StorageError
     from aptops.core.runtime import list_param, run_component
 
     targets = list_param(destinations)
 
     def work():
         out = backup(model.path, targets, BackupConfig(max_retries=max_retries))
-        if not out.ok:
-            failed = [f"{d.destination}: {d.error}" for d in out.destinations if d.outcome != "success"]
-            raise StorageError("backup failed at " + "; ".join(failed))
-        return StageResult("backup", metrics={"bytes_sent": float(sum(d.bytes_sent for d in out.destinations)),
-                                              "destinations": float(len(out.destinations))})
+        out.raise_for_failures()
+        return out
 
     run_component("backup", work, step="backup", pipeline=pipeline, run_id=run_id, metrics=metrics)

@@ -489,16 +489,21 @@ def backup(
     from aptops.backup import BackupConfig, backup_model
 
     cfg = load_config(BackupConfig, config, overrides=set_ or [])
-    result = backup_model(model, to, cfg)
-    table = Table(title=f"backup of {model} ({len(result.manifest['files'])} files, {result.manifest['total_bytes']:,} bytes)")
-    for col in ("destination", "outcome", "sent", "skipped", "bytes", "seconds", "retries", "error"):
-        table.add_column(col)
-    for d in result.destinations:
-        table.add_row(d.destination, d.outcome, str(d.files_sent), str(d.files_skipped), f"{d.bytes_sent:,}",
-                      f"{d.seconds:.1f}", str(d.retries), escape(d.error or ""))
-    console.print(table)
-    if not result.ok:
-        raise typer.Exit(1)
+
+    def run() -> Any:
+        result = backup_model(model, to, cfg)
+        table = Table(title=f"backup of {model} ({len(result.manifest['files'])} files, "
+                            f"{result.manifest['total_bytes']:,} bytes)")
+        for col in ("destination", "outcome", "sent", "skipped", "bytes", "seconds", "retries", "error"):
+            table.add_column(col)
+        for d in result.destinations:
+            table.add_row(d.destination, d.outcome, str(d.files_sent), str(d.files_skipped), f"{d.bytes_sent:,}",
+                          f"{d.seconds:.1f}", str(d.retries), escape(d.error or ""))
+        console.print(table)
+        result.raise_for_failures()  # recorded as a failed stage, after the table shows which destination failed
+        return result
+
+    _run_stage("backup", "backup", run, model.with_name(f"{model.name}.backup"))
 
 
 @app.command()
@@ -510,10 +515,11 @@ def restore(
     set_: SetOpt = None,
 ) -> None:
     """Restore a backup, verifying every file against the manifest; falls back to the next source."""
-    from aptops.backup import BackupConfig, restore_from_cloud
+    from aptops.backup import BackupConfig, restore_model
 
     cfg = load_config(BackupConfig, config, overrides=set_ or [])
-    result = restore_from_cloud("auto" if source == ["auto"] else source, None, out, cfg)
+    result = _run_stage("backup", "restore",
+                        lambda: restore_model("auto" if source == ["auto"] else source, output_dir=out, config=cfg), out)
     _print_metrics(f"restored {out} from {result.outputs['source']}", result.metrics)
 
 

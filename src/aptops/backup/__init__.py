@@ -5,11 +5,9 @@ repos (one commit and one tag per backup) and ModelScope repos (files, then the 
 Try it on a CPU: ``aptops backup MODEL_DIR --to s3://bucket/prefix`` with ``AWS_ENDPOINT_URL`` set.
 """
 
-from aptops.backup.core import (
-    BackupConfig,
-    BackupResult,
-    DestinationResult,
-    backup_model,
+from aptops.backup.core import BackupConfig, BackupResult, DestinationResult, backup_model, restore_model
+from aptops.backup.hf import list_backups
+from aptops.backup.legacy import (
     backup_to_huggingface,
     backup_to_modelscope,
     backup_to_oss,
@@ -18,9 +16,8 @@ from aptops.backup.core import (
     restore_from_oss,
     restore_from_s3,
 )
-from aptops.backup.hf import list_backups
 
 __all__ = [
     "BackupConfig", "BackupResult", "DestinationResult", "backup_model", "backup_to_huggingface", "backup_to_modelscope", "backup_to_oss", "backup_to_s3",
-    "list_backups", "restore_from_cloud", "restore_from_oss", "restore_from_s3",
+    "list_backups", "restore_from_cloud", "restore_from_oss", "restore_from_s3", "restore_model",
 ]

@@ -2,7 +2,7 @@
 
 ``backup_model`` sends a folder to every destination in parallel; each destination retries transient
 errors with exponential backoff and jitter, skips files whose SHA-256 it already holds, and writes
-``manifest.json`` last: a backup without a manifest is incomplete and is never restored. ``restore_from_cloud``
+``manifest.json`` last: a backup without a manifest is incomplete and is never restored. ``restore_model``
 reads a manifest, refuses unsafe paths, downloads every file to a temporary folder, checks each SHA-256,
 and only then moves the folder into place; a source that fails or serves a corrupt object is skipped for
 the next.
@@ -15,6 +15,7 @@ Try it on a CPU against any S3 endpoint: ``aptops backup MODEL_DIR --to s3://buc
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -81,7 +82,7 @@ class BackupConfig:
         parallel_destinations: destinations transferred at once.
         endpoint_url: an S3-compatible endpoint for s3:// locations (else ``AWS_ENDPOINT_URL`` or AWS).
         region_name: the S3 region.
-        locations: where backups live, for ``restore_from_cloud(source="auto")`` to probe.
+        locations: where backups live, for ``restore_model(source="auto")`` to probe.
         oss_endpoint: the OSS endpoint for oss:// locations (else ``OSS_ENDPOINT``).
         oss_accelerate: ``global`` or ``overseas`` to go through OSS transfer acceleration (the bucket must
             have it enabled); empty: the regional endpoint.
@@ -136,13 +137,35 @@ class DestinationResult:
 
 
 @dataclass
-class BackupResult:
-    manifest: dict[str, Any]
+class BackupResult(StageResult):
+    """What :func:`backup_model` did: the manifest, one :class:`DestinationResult` per destination, and their
+    totals as ``metrics`` (bytes and files sent, files skipped as unchanged, retries, destinations failed)."""
+
+    stage: str = "backup"
+    manifest: dict[str, Any] = field(default_factory=dict)
     destinations: list[DestinationResult] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        d = self.destinations
+        self.metrics = {
+            "bytes_sent": float(sum(x.bytes_sent for x in d)), "files_sent": float(sum(x.files_sent for x in d)),
+            "files_skipped": float(sum(x.files_skipped for x in d)), "retries": float(sum(x.retries for x in d)),
+            "destinations": float(len(d)), "destinations_failed": float(sum(x.outcome != "success" for x in d)),
+            "files": float(len(self.manifest.get("files", ()))), "total_bytes": float(self.manifest.get("total_bytes", 0)),
+            **self.metrics,
+        }
+        self.details = {"destinations": [dataclasses.asdict(x) for x in d], **self.details}
 
     @property
     def ok(self) -> bool:
         return all(d.outcome == "success" for d in self.destinations)
+
+    def raise_for_failures(self) -> None:
+        """Raise :class:`StorageError` naming every destination that failed, if any did."""
+        failed = [f"{d.destination}: {d.error}" for d in self.destinations if d.outcome != "success"]
+        if failed:
+            raise StorageError("backup failed at " + "; ".join(failed), uri=", ".join(
+                d.destination for d in self.destinations if d.outcome != "success"))
 
 
 def store_for(location: Location, config: BackupConfig, credentials: dict[str, str | None] | None = None) -> Any:
@@ -337,22 +360,22 @@ def _backup_to_stores(model_path: str | Path, stores: Sequence[Any], config: Bac
     return BackupResult(manifest=manifest, destinations=results)
 
 
-def restore_from_cloud(
+def restore_model(
     source: str | Sequence[str],
-    model_id: str | None,
-    local_path: str | Path,
-    config: BackupConfig | None = None,
     *,
+    output_dir: str | Path,
+    config: BackupConfig | None = None,
+    model_id: str | None = None,
     credentials: dict[str, str | None] | None = None,
 ) -> StageResult:
-    """Restore a backup into ``local_path``, trying sources in turn until one verifies.
+    """Restore a backup into ``output_dir``, trying sources in turn until one verifies.
 
     Args:
         source: ``"auto"`` (probe ``config.locations`` and try the fastest healthy ones first), one location,
             or a list of them (tried in order).
-        model_id: a sub-path under each location (``None`` or ``""``: the locations name the backup itself).
-        local_path: the folder to create (replaced atomically only after every file verified).
+        output_dir: the folder to create (replaced atomically only after every file verified).
         config: retries, endpoint, and the locations ``auto`` probes.
+        model_id: a sub-path under each location (``None`` or ``""``: the locations name the backup itself).
         credentials: explicit credentials; otherwise the provider's standard chain.
 
     Returns:
@@ -377,7 +400,7 @@ def restore_from_cloud(
     if source == "auto":
         stores = _fastest_first(stores)
     reasons = []
-    local_path = Path(local_path)
+    local_path = Path(output_dir)
     for store in stores:
         try:
             return _restore_one(store, local_path, config)
@@ -488,62 +511,3 @@ def _restore_one(store: Any, local_path: Path, config: BackupConfig) -> StageRes
     return StageResult("backup", outputs={"model": str(local_path), "source": store.uri},
                        metrics={"bytes": float(total), "files": float(len(restored)), "files_kept": float(kept),
                                 "seconds": time.monotonic() - start, "retries": float(scratch.retries)})
-
-
-def backup_to_s3(model_path: str | Path, bucket_name: str, s3_prefix: str = "", *,
-                 aws_access_key_id: str | None = None, aws_secret_access_key: str | None = None,
-                 region_name: str | None = None, endpoint_url: str | None = None) -> BackupResult:
-    """The old plugin's S3 backup: ``s3://bucket_name/s3_prefix``."""
-    dest = f"s3://{bucket_name}/{s3_prefix.strip('/')}".rstrip("/")
-    return backup_model(model_path, [dest], BackupConfig(endpoint_url=endpoint_url, region_name=region_name),
-                        credentials={"aws_access_key_id": aws_access_key_id,
-                                     "aws_secret_access_key": aws_secret_access_key})
-
-
-def backup_to_oss(model_path: str | Path, bucket_name: str, oss_prefix: str = "", *,
-                  access_key_id: str | None = None, access_key_secret: str | None = None,
-                  endpoint: str | None = None) -> BackupResult:
-    """The old plugin's OSS backup: ``oss://bucket_name/oss_prefix``."""
-    dest = f"oss://{bucket_name}/{oss_prefix.strip('/')}".rstrip("/")
-    return backup_model(model_path, [dest], BackupConfig(oss_endpoint=endpoint),
-                        credentials={"oss_access_key_id": access_key_id, "oss_access_key_secret": access_key_secret})
-
-
-def restore_from_oss(bucket_name: str, oss_prefix: str, local_path: str | Path, *,
-                     access_key_id: str | None = None, access_key_secret: str | None = None,
-                     endpoint: str | None = None) -> StageResult:
-    """The old plugin's OSS restore."""
-    src = f"oss://{bucket_name}/{oss_prefix.strip('/')}".rstrip("/")
-    return restore_from_cloud(src, None, local_path, BackupConfig(oss_endpoint=endpoint),
-                              credentials={"oss_access_key_id": access_key_id, "oss_access_key_secret": access_key_secret})
-
-
-def restore_from_s3(bucket_name: str, s3_prefix: str, local_path: str | Path, *,
-                    aws_access_key_id: str | None = None, aws_secret_access_key: str | None = None,
-                    region_name: str | None = None, endpoint_url: str | None = None) -> StageResult:
-    """The old plugin's S3 restore."""
-    src = f"s3://{bucket_name}/{s3_prefix.strip('/')}".rstrip("/")
-    return restore_from_cloud(src, None, local_path, BackupConfig(endpoint_url=endpoint_url, region_name=region_name),
-                              credentials={"aws_access_key_id": aws_access_key_id,
-                                           "aws_secret_access_key": aws_secret_access_key})
-
-
-def backup_to_huggingface(model_path: str | Path, repo_id: str, path_in_repo: str = "", *, token: str | None = None,
-                          private: bool = True, repo_type: str = "model") -> BackupResult:
-    """The old plugin's Hub backup: one commit (files + manifest) to ``repo_id``, tagged ``backup-<time>``.
-
-    The repo is created private unless ``private=False``; large files take the LFS path.
-    """
-    from aptops.backup.hf import HfStore
-
-    store = HfStore(repo_id=repo_id, prefix=path_in_repo, repo_type=repo_type, token=token, private=private)
-    return _backup_to_stores(model_path, [store], BackupConfig())
-
-
-def backup_to_modelscope(model_path: str | Path, repo_id: str, path_in_repo: str = "", *,
-                         token: str | None = None, endpoint: str | None = None) -> BackupResult:
-    """The old plugin's ModelScope backup: changed files, then the manifest, then a ``backup-<time>`` tag."""
-    from aptops.backup.modelscope import ModelScopeStore
-
-    store = ModelScopeStore(repo_id=repo_id, prefix=path_in_repo, token=token, endpoint=endpoint)
-    return _backup_to_stores(model_path, [store], BackupConfig())
