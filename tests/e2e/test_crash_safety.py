@@ -181,11 +181,13 @@ def test_training_killed_mid_epoch_resumes_from_its_last_whole_checkpoint(stage,
     raw.write_text("".join(json.dumps({"text": f"{i}: {t}"}) + "\n" for i, t in enumerate(CORPUS * 4)))
     clean_dataset(raw, tmp_path / "clean", CleanConfig())
     out = tmp_path / "trained"
-    steps = 300
-    args = [stage, "run", str(tiny_llama), str(tmp_path / "clean"), "--out", str(out), "--set", "block_size=16",
-            "--set", "eval_fraction=0", "--set", f"training_args.max_steps={steps}", "--set", "training_args.save_steps=10",
-            "--set", "training_args.use_cpu=true", "--set", "training_args.per_device_train_batch_size=2",
-            "--set", "training_args.learning_rate=1e-3"]
+    steps = 300  # a tiny model runs dozens of steps a second: enough that no run ends before its kill
+    train = "training." if stage == "distill" else ""  # distill nests the train settings
+    settings = ["block_size=16", "eval_fraction=0", f"training_args.max_steps={steps}", "training_args.save_steps=10",
+                "training_args.use_cpu=true", "training_args.per_device_train_batch_size=2",
+                "training_args.learning_rate=1e-3"]
+    args = [stage, "run", str(tiny_llama), str(tmp_path / "clean"), "--out", str(out),
+            *[arg for s in settings for arg in ("--set", train + s)]]
     resumed = _kill_after_checkpoints(args, out, tmp_path, kills=3, seed=17, window_s=0.6)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["global_step"] == steps and metrics["resumed_from_step"] >= 10
@@ -203,7 +205,7 @@ def test_multimodal_training_killed_after_an_epoch_resumes_from_its_checkpoint(t
                              seed=2)
     out = tmp_path / "mm"
     args = ["multimodal", "train", str(task / "train.jsonl"), "--eval", str(task / "eval.jsonl"), "--out", str(out),
-            "--set", "modalities=[image,audio]", "--set", "epochs=40", "--set", "hidden_size=32"]
+            "--set", "modalities=[image,audio]", "--set", "epochs=10", "--set", "hidden_size=32"]
     resumed = _kill_after_checkpoints(args, out, tmp_path, kills=2, seed=23, window_s=0.5)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["resumed_from_step"] >= resumed[0] and not (out / "checkpoints").exists()
