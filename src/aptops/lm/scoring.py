@@ -56,7 +56,9 @@ def next_token_scores(model: Any, input_ids: Any, attention_mask: Any = None, *,
             logits = logits[..., :vocab]
         logits = logits.float()
         targets = ids[:, 1:]
-        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
+        # rows of the vocabulary, not a transposed (batch, vocab, length) view: no second copy of the logits
+        nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                                                reduction="none").view(targets.shape)
         counted = mask[:, 1:].bool() if mask is not None else torch.ones_like(targets, dtype=torch.bool)
         return NextTokenScores(nll=nll, top1=logits.argmax(-1), mask=counted)
 

@@ -1,8 +1,10 @@
 """Adapters that give each stage the face of its old APT plugin.
 
 The adapters are built from the stage table (``aptops.stages.STAGES``): each old plugin name becomes an
-adapter whose methods are the functions its stages keep, so an adapter cannot fall behind its stage. An adapter is cheap to create; the stage's library (and its heavy dependencies) is imported only
-when a legacy method is first called, so registering an adapter for an unused stage costs nothing.
+adapter whose methods are the functions its stages keep (from the stage's ``legacy`` module where the
+signature changed), so an adapter cannot fall behind its stage. An adapter is cheap to create; the stage's
+library (and its heavy dependencies) is imported only when a legacy method is first called, so registering
+an adapter for an unused stage costs nothing.
 """
 
 from __future__ import annotations
