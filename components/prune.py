@@ -18,7 +18,7 @@ def prune_model(
     pruned: Output[Model],
     report: Output[HTML],
     metrics: Output[Metrics],
-    method: str = "wanda",
+    method: str = "magnitude",
     target_sparsity: float = 0.5,
     n_m: str = "",
     schedule_steps: int = 1,
