@@ -80,17 +80,16 @@ def evaluate_compression(
 
     from aptops.core.artifacts import StageResult
     from aptops.core.runtime import run_component
-    from aptops.distill.compression import CompressionConfig
+    from aptops.distill.compression import CompressionConfig, compression_metrics
     from aptops.distill.compression import evaluate_compression as evaluate
+    from aptops.lm import EvalConfig
 
-    config = CompressionConfig(block_size=block_size, max_blocks=max_blocks)
+    config = CompressionConfig(evaluation=EvalConfig(block_size=block_size, batch_size=4, max_blocks=max_blocks))
     with tempfile.TemporaryDirectory() as tmp:
         def body():
             out = evaluate(original.path, compressed.path, dataset.path, f"{tmp}/report", config)
-            values = {f"compressed_{k}": v for k, v in out["compressed"].items() if isinstance(v, float)}
-            values |= {f"original_{k}": v for k, v in out["original"].items() if isinstance(v, float)}
-            values |= {f"ratio_{k}": v for k, v in out["ratios"].items()}
-            return StageResult("distill", outputs={"report": f"{tmp}/report/report.html"}, metrics=values)
+            return StageResult("distill", outputs={"report": f"{tmp}/report/report.html"},
+                               metrics=compression_metrics(out))
 
         result = run_component("distill", body, step="evaluate", pipeline=pipeline, run_id=run_id, metrics=metrics)
         shutil.copyfile(result.outputs["report"], report.path)

@@ -348,10 +348,17 @@ def distill_evaluate(
     set_: SetOpt = None,
 ) -> None:
     """Parameters, size, perplexity, top-1 agreement, speed and memory of both models, side by side."""
-    from aptops.distill.compression import CompressionConfig, evaluate_compression
+    from aptops.core.artifacts import StageResult
+    from aptops.distill.compression import CompressionConfig, compression_metrics, evaluate_compression
 
     cfg = load_config(CompressionConfig, config, overrides=set_ or [])
-    result = evaluate_compression(original, compressed, dataset, out, cfg)
+    result: dict[str, Any] = {}
+
+    def run() -> StageResult:
+        result.update(evaluate_compression(original, compressed, dataset, out, cfg))
+        return StageResult("distill", outputs={"report": str(out / "report.html")}, metrics=compression_metrics(result))
+
+    _run_stage("distill", "evaluate", run, out)
     table = Table(title=f"compression report: {out / 'report.html'}")
     for col in ("", "original", "compressed"):
         table.add_column(col)

@@ -70,7 +70,9 @@ COMPONENTS = _components()
 @pytest.mark.parametrize(("name", "fn"), COMPONENTS, ids=[n for n, _ in COMPONENTS])
 def test_component_defaults_equal_the_library_config_defaults(name, fn):
     classes = _config_classes()
-    used = [classes[c] for c in dict.fromkeys(re.findall(r"\b([A-Z]\w*Config)\(", inspect.getsource(fn))) if c in classes]
+    names = list(dict.fromkeys(re.findall(r"\b([A-Z]\w*Config)\(", inspect.getsource(fn))))
+    assert set(names) <= set(classes), f"{name} builds {set(names) - set(classes)}, which no stage exports"
+    used = [classes[c] for c in names]
     defaults: dict[str, typing.Any] = {}
     for cls in reversed(used):  # the first config a body builds wins where two share a field name
         defaults.update(_defaults(cls))

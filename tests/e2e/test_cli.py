@@ -209,7 +209,7 @@ def test_distill_cli_trains_a_student_and_reports_compression(tiny_llama, tmp_pa
     assert done.returncode == 0, done.stderr[-3000:]
     assert "eval_top1_agreement" in done.stdout and (out / "result.json").is_file()
     report = aptops("distill", "evaluate", str(tiny_llama), str(out), str(corpus), "--out", str(tmp_path / "cmp"),
-                    "--set", "block_size=32", "--set", "new_tokens=2", env=env)
+                    "--set", "evaluation.block_size=32", "--set", "new_tokens=2", env=env)
     assert report.returncode == 0, report.stderr[-3000:]
     assert "top1_agreement" in report.stdout and (tmp_path / "cmp" / "report.html").is_file()
     for args, message in [

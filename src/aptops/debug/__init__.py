@@ -18,11 +18,12 @@ from aptops.debug.gradients import GradientMonitor, detect_gradient_anomalies, m
 from aptops.debug.memory import MemoryTracker, detect_memory_leaks, gpu_snapshot, track_memory
 from aptops.debug.nan import NanInfDetector, NonFiniteError, detect_nan_inf
 from aptops.debug.profiling import profile_model, profile_section, transformer_flops
+from aptops.debug.stage import DebugStageConfig, debug_model
 from aptops.debug.visualize import generate_full_report, visualize_activations, visualize_gradients
 
 __all__ = [
-    "ActivationMonitor", "DebugConfig", "DiagnoseConfig", "Diagnosis", "Finding", "GradientMonitor", "MemoryTracker",
-    "NanInfDetector", "NonFiniteError", "TrainingDebugger", "debug_callback", "detect_dead_neurons",
+    "ActivationMonitor", "DebugConfig", "DebugStageConfig", "DiagnoseConfig", "Diagnosis", "Finding", "GradientMonitor", "MemoryTracker",
+    "NanInfDetector", "NonFiniteError", "TrainingDebugger", "debug_callback", "debug_model", "detect_dead_neurons",
     "detect_gradient_anomalies", "detect_memory_leaks", "detect_nan_inf", "detect_saturated_neurons",
     "diagnose_history", "diagnose_training", "generate_full_report", "gpu_snapshot", "monitor_activations",
     "monitor_gradients", "profile_model", "profile_section", "track_memory", "transformer_flops",

@@ -12,7 +12,8 @@ import base64
 import io
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,36 +28,37 @@ from aptops.core.artifacts import (
 from aptops.core.config import check_range
 from aptops.core.deps import require
 from aptops.core.errors import InvalidArtifactError
+from aptops.lm import EvalConfig
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class CompressionConfig:
     """Settings of :func:`evaluate_compression`.
 
     Attributes:
-        block_size: tokens per scored sequence.
-        text_column: the dataset column holding the text.
-        batch_size: sequences per forward pass while scoring.
-        max_blocks: score at most this many blocks (0: all).
+        evaluation: how the held-out text is scored (:class:`aptops.lm.EvalConfig`: block size, text column,
+            batch size, how many blocks; ``--set evaluation.block_size=128``); 64 blocks of 4 by default.
         latency_runs: timed forward passes (the median is reported).
         new_tokens: greedy tokens generated for the generation speed (0: skip).
     """
 
-    block_size: int = 256
-    text_column: str = "text"
-    batch_size: int = 4
-    max_blocks: int = 64
+    evaluation: EvalConfig = field(default_factory=lambda: EvalConfig(batch_size=4, max_blocks=64))
     latency_runs: int = 5
     new_tokens: int = 32
 
     def __post_init__(self) -> None:
-        check_range("block_size", self.block_size, min_value=2)
-        check_range("batch_size", self.batch_size, min_value=1)
-        check_range("max_blocks", self.max_blocks, min_value=0)
         check_range("latency_runs", self.latency_runs, min_value=1)
         check_range("new_tokens", self.new_tokens, min_value=0)
+
+
+def compression_metrics(result: Mapping[str, Any]) -> dict[str, float]:
+    """The numbers of an :func:`evaluate_compression` result as flat metrics (``compressed_*``, ``original_*``,
+    ``ratio_*``): what the component and the CLI record."""
+    values = {f"compressed_{k}": float(v) for k, v in result["compressed"].items() if isinstance(v, int | float)}
+    values |= {f"original_{k}": float(v) for k, v in result["original"].items() if isinstance(v, int | float)}
+    return values | {f"ratio_{k}": float(v) for k, v in result["ratios"].items()}
 
 
 def _disk_bytes(source: Any, model: Any) -> int:
@@ -106,15 +108,16 @@ def evaluate_compression(original_model: Any, distilled_model: Any, test_data: A
     from aptops.lm import load_causal_lm, load_text_dataset, next_token_scores, pack_for_clm, perplexity
 
     cfg = config or CompressionConfig()
-    data = load_text_dataset(test_data, cfg.text_column)
+    ev = cfg.evaluation
+    data = load_text_dataset(test_data, ev.text_column)
     original, tok, original_source = load_causal_lm(original_model, tokenizer)
     compressed, _, compressed_source = load_causal_lm(distilled_model, tok if not isinstance(distilled_model, str | Path)
                                                       else None)
-    blocks = pack_for_clm(data, tok, block_size=cfg.block_size, text_column=cfg.text_column)
-    if cfg.max_blocks:
-        blocks = blocks.select(range(min(len(blocks), cfg.max_blocks)))
+    blocks = pack_for_clm(data, tok, block_size=ev.block_size, text_column=ev.text_column)
+    if ev.max_blocks:
+        blocks = blocks.select(range(min(len(blocks), ev.max_blocks)))
     if len(blocks) == 0:
-        raise InvalidArtifactError(f"the test data yields no block of {cfg.block_size} tokens; lower block_size or "
+        raise InvalidArtifactError(f"the test data yields no block of {ev.block_size} tokens; lower block_size or "
                                    "add text")
     vocab = min(original.get_output_embeddings().weight.shape[0], compressed.get_output_embeddings().weight.shape[0],
                 len(tok))
@@ -122,8 +125,8 @@ def evaluate_compression(original_model: Any, distilled_model: Any, test_data: A
     agree = count = 0.0
     for m in (original, compressed):
         m.eval()
-    for i in range(0, len(blocks), cfg.batch_size):
-        ids = torch.tensor(blocks[i:i + cfg.batch_size]["input_ids"])
+    for i in range(0, len(blocks), ev.batch_size):
+        ids = torch.tensor(blocks[i:i + ev.batch_size]["input_ids"])
         so = next_token_scores(original, ids, vocab=vocab)
         sc = next_token_scores(compressed, ids, vocab=vocab)
         nll["original"] += float(so.nll.sum())
@@ -145,7 +148,7 @@ def evaluate_compression(original_model: Any, distilled_model: Any, test_data: A
     if "generate_tokens_per_s" in c:
         ratios["generate_speedup"] = c["generate_tokens_per_s"] / o["generate_tokens_per_s"]
     result = {"original": {"source": str(original_source), **o}, "compressed": {"source": str(compressed_source), **c},
-              "ratios": ratios, "tokens": count, "block_size": cfg.block_size}
+              "ratios": ratios, "tokens": count, "block_size": ev.block_size}
     if output_dir is not None:
         _write_report(result, Path(output_dir))
     if isinstance(distilled_model, str | Path) and (Path(distilled_model) / LINEAGE_FILE).is_file():

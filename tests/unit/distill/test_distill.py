@@ -194,8 +194,9 @@ def test_distill_model_writes_a_student_artifact(teacher_dir, tmp_path):
 
 def _cfg():
     from aptops.distill.compression import CompressionConfig
+    from aptops.lm import EvalConfig
 
-    return CompressionConfig(block_size=32, max_blocks=8, latency_runs=2, new_tokens=4)
+    return CompressionConfig(evaluation=EvalConfig(block_size=32, max_blocks=8), latency_runs=2, new_tokens=4)
 
 
 def test_distill_refuses_a_student_with_another_tokenizer(teacher_dir, tmp_path):
