@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_cli import aptops
+from tests.cli import aptops
 
 # (stage, arguments with {placeholders}, what the message must say)
 CASES: list[tuple[str, str, str]] = [

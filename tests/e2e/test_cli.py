@@ -2,23 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-APTOPS = shutil.which("aptops", path=str(Path(sys.executable).parent)) or "aptops"
-
-
-def aptops(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [APTOPS, *args], capture_output=True, text=True, cwd=cwd, env={**os.environ, "COLUMNS": "200", **(env or {})},
-        timeout=600,
-    )
+from tests.cli import aptops
 
 
 def test_help_and_version():

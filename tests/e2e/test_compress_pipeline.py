@@ -7,7 +7,7 @@ import json
 import pytest
 import yaml
 
-from tests.e2e.test_cli import aptops
+from tests.cli import aptops
 from tests.models import CORPUS
 
 

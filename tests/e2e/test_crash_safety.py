@@ -21,7 +21,7 @@ import pytest
 
 from aptops.core.artifacts import is_complete, require_complete
 from aptops.core.errors import ArtifactNotFoundError
-from tests.e2e.test_cli import APTOPS
+from tests.cli import APTOPS
 from tests.models import CORPUS
 
 KILLS = 4

@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from tests.e2e.test_cli import aptops
+from tests.cli import aptops
 from tests.services.ollama_standin import OllamaStandIn
 
 

@@ -170,7 +170,7 @@ def test_a_planted_nan_fires_the_charts_alert_in_a_real_prometheus(tiny_llama, p
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tests.e2e.test_cli import aptops
+    from tests.cli import aptops
     from tests.models import CORPUS
     from tests.services.servers import start_prometheus
 

@@ -8,7 +8,7 @@ import uuid
 import pytest
 import yaml
 
-from tests.e2e.test_cli import aptops
+from tests.cli import aptops
 from tests.models import CORPUS
 from tests.services.ollama_standin import OllamaStandIn
 

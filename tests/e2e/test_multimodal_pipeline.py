@@ -9,7 +9,7 @@ import yaml
 
 from aptops.core.assets import minilm_folder
 from aptops.multimodal.samples import build_sample_task
-from tests.e2e.test_cli import aptops
+from tests.cli import aptops
 
 
 @pytest.mark.slow

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e.test_cli import aptops
+from tests.cli import aptops
 from tests.services.kfp_api import KfpApiStandIn
 
 pytest.importorskip("kfp")

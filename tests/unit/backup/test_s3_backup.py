@@ -168,7 +168,7 @@ def test_retry_backs_off_on_transient_errors_only():
 
 
 def test_cli_backup_and_restore(s3, tiny_llama, tmp_path):
-    from tests.e2e.test_cli import aptops
+    from tests.cli import aptops
 
     server, creds, _cfg = s3
     env = {"AWS_ACCESS_KEY_ID": creds["aws_access_key_id"], "AWS_SECRET_ACCESS_KEY": creds["aws_secret_access_key"],
@@ -196,7 +196,7 @@ def test_legacy_adapter_for_cloud_storage():
 def test_backup_pipeline_compiles_with_secrets_and_no_cache(tmp_path):
     import yaml
 
-    from tests.e2e.test_cli import aptops
+    from tests.cli import aptops
 
     out = aptops("compile", "--out", str(tmp_path), "--pipeline", "backup", "--secret", "aws=aptops-aws",
                  "--secret", "hf=aptops-hf")
@@ -216,7 +216,7 @@ def test_backup_pipeline_compiles_with_secrets_and_no_cache(tmp_path):
 
 @pytest.mark.slow
 def test_backup_pipeline_runs_locally_with_env_credentials(s3, tiny_llama, tmp_path, monkeypatch):
-    from tests.e2e.test_cli import aptops
+    from tests.cli import aptops
 
     server, creds, _ = s3
     env = {"AWS_ACCESS_KEY_ID": creds["aws_access_key_id"], "AWS_SECRET_ACCESS_KEY": creds["aws_secret_access_key"],

@@ -104,7 +104,7 @@ def test_http_sink_serves_metrics():
 @pytest.mark.integration
 def test_cli_stage_pushes_to_gateway_and_prometheus_scrapes_it(pushgateway, prometheus, tmp_path):
     """The real entry point: `aptops data clean` with APTOPS_PUSHGATEWAY_URL set, read back from Prometheus."""
-    from tests.e2e.test_cli import aptops
+    from tests.cli import aptops
 
     src = tmp_path / "in.txt"
     src.write_text("one https://a.io\ntwo\nthree\n")
