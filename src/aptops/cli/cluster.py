@@ -1,0 +1,286 @@
+"""The commands about the whole system rather than one stage: ``stages``, ``compile``, ``run``, ``register``,
+``submit``, ``doctor``."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from rich.markup import escape
+from rich.table import Table
+
+from aptops.cli.common import (
+    CachePvcOpt,
+    ConfigOpt,
+    CpuSelectorOpt,
+    GpuResourceOpt,
+    GpuSelectorOpt,
+    GpuTolerationOpt,
+    RegistryOpt,
+    SecretsOpt,
+    TagOpt,
+    _print_run_summary,
+    app,
+    console,
+    err,
+)
+from aptops.core.config import parse_overrides
+from aptops.core.errors import ConfigError, MissingDependencyError, PipelineError
+from aptops.stages import STAGES
+
+
+@app.command()
+def stages() -> None:
+    """List the stages: old adapter name, category, priority, image, node pool and how many old functions it keeps."""
+    table = Table(title="aptops stages")
+    for col in ("stage", "old adapter", "category", "priority", "image", "pool", "old functions"):
+        table.add_column(col)
+    for s in STAGES:
+        table.add_row(s.name, s.adapter, s.category, str(s.priority), s.image, s.pool, str(len(s.functions)))
+    console.print(table)
+
+
+def _cluster_settings(
+    image_registry: str | None, image_tag: str | None, gpu_node_selector: list[str] | None,
+    gpu_toleration: list[str] | None, cpu_node_selector: list[str] | None, gpu_resource: str | None,
+    secret: list[str] | None = None, cache_pvc: str | None = None,
+) -> Any:
+    from aptops_pipelines.cluster import ClusterSettings, Toleration, parse_selector
+
+    kwargs: dict[str, Any] = {}
+    if image_registry is not None:
+        kwargs["image_registry"] = image_registry
+    if image_tag is not None:
+        kwargs["image_tag"] = image_tag
+    if gpu_node_selector:
+        kwargs["gpu_node_selector"] = parse_selector(gpu_node_selector, field_name="gpu_node_selector")
+    if gpu_toleration:
+        kwargs["gpu_tolerations"] = tuple(Toleration.parse(t) for t in gpu_toleration)
+    if cpu_node_selector:
+        kwargs["cpu_node_selector"] = parse_selector(cpu_node_selector, field_name="cpu_node_selector")
+    if gpu_resource is not None:
+        kwargs["gpu_resource"] = gpu_resource
+    if secret:
+        kwargs["credential_secrets"] = parse_selector(secret, field_name="secret")
+    if cache_pvc:
+        kwargs["cache_pvc"] = cache_pvc
+    return ClusterSettings(**kwargs)
+
+
+def _kfp_modules() -> tuple[Any, Any]:
+    try:
+        import kfp
+    except ImportError as exc:
+        raise MissingDependencyError("this command needs kfp: pip install 'aptops[kfp]'") from exc
+    import aptops_pipelines
+
+    return kfp, aptops_pipelines
+
+
+@app.command("compile")
+def compile_(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the compiled YAML files.")] = Path("dist/pipelines"),
+    pipeline: Annotated[list[str] | None, typer.Option("--pipeline", "-p", help="Compile only these (repeatable).")] = None,
+    image_registry: RegistryOpt = None,
+    image_tag: TagOpt = None,
+    gpu_node_selector: GpuSelectorOpt = None,
+    gpu_toleration: GpuTolerationOpt = None,
+    cpu_node_selector: CpuSelectorOpt = None,
+    gpu_resource: GpuResourceOpt = None,
+    secret: SecretsOpt = None,
+    cache_pvc: CachePvcOpt = None,
+) -> None:
+    """Compile the pipelines to KFP YAML for a cluster, with images, node pools and secrets from the options."""
+    _, pipelines = _kfp_modules()
+    settings = _cluster_settings(image_registry, image_tag, gpu_node_selector, gpu_toleration,
+                                 cpu_node_selector, gpu_resource, secret, cache_pvc)
+    from kfp import compiler
+
+    names = pipeline or sorted(pipelines.PIPELINES)
+    out.mkdir(parents=True, exist_ok=True)
+    table = Table(title="compiled pipelines")
+    table.add_column("pipeline")
+    table.add_column("file")
+    for name in names:
+        func = pipelines.build_pipeline(name, settings)
+        path = out / f"{name}.yaml"
+        tmp = path.with_name(f".{name}.tmp.yaml")
+        compiler.Compiler().compile(func, str(tmp))
+        os.replace(tmp, path)
+        table.add_row(name, str(path))
+    console.print(table)
+
+
+def _load_params(config: Path | None, params: list[str] | None) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    if config is not None:
+        if not config.is_file():
+            raise ConfigError(f"config file {str(config)!r} does not exist", value=str(config))
+        loaded = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {str(config)!r} must hold a mapping of parameter: value")
+        values.update(loaded.get("params", loaded))
+    values.update(parse_overrides(params or []))
+    return values
+
+
+def _coerce_params(func: Any, values: dict[str, Any]) -> dict[str, Any]:
+    """Check names against the pipeline's inputs and convert strings to the declared types."""
+    inputs = func.component_spec.inputs or {}
+    out = {}
+    for key, value in values.items():
+        if key not in inputs:
+            raise ConfigError(
+                f"pipeline {func.name!r} has no parameter {key!r}: parameters are {', '.join(sorted(inputs))}",
+                field=key, value=value,
+            )
+        kind = inputs[key].type
+        try:
+            if kind == "Integer":
+                value = int(value)
+            elif kind == "Float":
+                value = float(value)
+            elif kind == "Boolean" and isinstance(value, str):
+                if value.lower() not in {"true", "false", "1", "0", "yes", "no"}:
+                    raise ValueError(value)
+                value = value.lower() in {"true", "1", "yes"}
+            elif kind == "String":
+                value = str(value)
+        except ValueError as exc:
+            raise ConfigError(f"parameter {key}={value!r} must be of type {kind}", field=key, value=value) from exc
+        out[key] = value
+    return out
+
+
+@app.command()
+def run(
+    pipeline: Annotated[str, typer.Argument(help="Pipeline name (data, ...).")],
+    local: Annotated[bool, typer.Option("--local/--no-local", help="Run on this machine with kfp.local.")] = True,
+    param: Annotated[list[str] | None, typer.Option("--param", "-p", help="Pipeline parameter k=v (repeatable).")] = None,
+    config: ConfigOpt = None,
+    runs_dir: Annotated[Path, typer.Option(help="Where local runs write their outputs.")] = Path("runs"),
+) -> None:
+    """Run a pipeline on this machine through kfp.local (SubprocessRunner in the current environment)."""
+    if not local:
+        raise ConfigError("only --local runs are done here; use 'aptops submit' to run on a cluster")
+    _, pipelines = _kfp_modules()
+    from aptops_pipelines.local import run_local
+
+    func = pipelines.build_pipeline(pipeline)
+    params = _coerce_params(func, _load_params(config, param))
+    run_dir = runs_dir / f"{pipeline}-{time.strftime('%Y%m%d-%H%M%S')}"
+    summary = run_local(func, params, run_dir)
+    _print_run_summary(pipeline, run_dir, summary)
+
+
+@app.command()
+def register(
+    host: Annotated[str, typer.Option(help="KFP API URL, e.g. http://ml-pipeline.kubeflow:8888.")],
+    pipeline: Annotated[list[str] | None, typer.Option("--pipeline", "-p", help="Only these (repeatable).")] = None,
+    namespace: Annotated[str | None, typer.Option(help="The KFP namespace (multi-user installs).")] = None,
+    image_registry: RegistryOpt = None,
+    image_tag: TagOpt = None,
+    gpu_node_selector: GpuSelectorOpt = None,
+    gpu_toleration: GpuTolerationOpt = None,
+    cpu_node_selector: CpuSelectorOpt = None,
+    gpu_resource: GpuResourceOpt = None,
+    secret: SecretsOpt = None,
+    cache_pvc: CachePvcOpt = None,
+) -> None:
+    """Compile the pipelines for a cluster and upload them to KFP as new versions (unchanged ones are skipped)."""
+    _kfp_modules()
+    settings = _cluster_settings(image_registry, image_tag, gpu_node_selector, gpu_toleration,
+                                 cpu_node_selector, gpu_resource, secret, cache_pvc)
+    from aptops_pipelines.register import register_pipelines
+
+    logging.getLogger().addHandler(logging.NullHandler())
+    warnings.filterwarnings("ignore", category=FutureWarning, module="kfp")
+    rows = register_pipelines(host, settings, names=pipeline, token=os.environ.get("KF_PIPELINES_TOKEN") or None,
+                              namespace=namespace)
+    table = Table(title=f"pipelines registered at {host}")
+    for col in ("pipeline", "version", "action"):
+        table.add_column(col)
+    for row in rows:
+        table.add_row(row["pipeline"], row["version"], row["action"])
+    console.print(table)
+
+
+@app.command()
+def doctor(
+    kfp_host: Annotated[str | None, typer.Option(help="Check this KFP API and the aptops pipelines in it.")] = None,
+    pipeline: Annotated[list[str] | None, typer.Option("--pipeline", "-p", help="Pipelines expected (default: all).")] = None,
+    namespace: Annotated[str | None, typer.Option(help="Check Secrets and the cache claim in this namespace.")] = None,
+    secret: Annotated[list[str] | None, typer.Option(help="A Secret that must exist (repeatable).")] = None,
+    pvc: Annotated[str | None, typer.Option(help="The cache PersistentVolumeClaim that must exist.")] = None,
+    gpu_node_selector: GpuSelectorOpt = None,
+    gpu_resource: Annotated[str, typer.Option(help="GPU resource name.")] = "nvidia.com/gpu",
+    in_cluster: Annotated[bool, typer.Option(help="Use the pod's ServiceAccount (inside a cluster).")] = False,
+    kubeconfig: Annotated[str | None, typer.Option(help="A kubeconfig file (default: $KUBECONFIG, ~/.kube/config).")] = None,
+) -> None:
+    """Preflight: the KFP API answers, pipelines are registered, Secrets / PVC exist, the GPU pool has GPUs."""
+    from aptops_pipelines.cluster import parse_selector
+    from aptops_pipelines.doctor import check_cluster, check_kfp, core_api
+
+    checks = []
+    if kfp_host:
+        _kfp_modules()
+        logging.getLogger().addHandler(logging.NullHandler())
+        checks += check_kfp(kfp_host, pipeline, token=os.environ.get("KF_PIPELINES_TOKEN") or None)
+    selector = parse_selector(gpu_node_selector, field_name="gpu_node_selector") if gpu_node_selector else None
+    if namespace or selector:
+        if (secret or pvc) and not namespace:
+            raise ConfigError("--secret and --pvc need --namespace", field="namespace")
+        try:
+            core = core_api(in_cluster=in_cluster, kubeconfig=kubeconfig)
+        except Exception as exc:  # kubernetes' config loaders raise several types
+            raise ConfigError(f"no Kubernetes credentials: {exc} (pass --kubeconfig, or --in-cluster in a pod)",
+                              field="kubeconfig") from None
+        checks += check_cluster(core, namespace or "default", secrets=secret or [], pvc=pvc,
+                                gpu_node_selector=selector, gpu_resource=gpu_resource)
+    if not checks:
+        raise ConfigError("nothing to check: give --kfp-host and/or --namespace / --gpu-node-selector", field="doctor")
+    table = Table(title="aptops doctor")
+    for col in ("check", "result", "detail"):
+        table.add_column(col, overflow="fold")
+    for c in checks:
+        table.add_row(c.name, "[green]ok[/]" if c.ok else "[red]FAIL[/]", escape(c.detail))
+    console.print(table)
+    failed = [c for c in checks if not c.ok]
+    if failed:
+        err.print(f"[red]{len(failed)} of {len(checks)} checks failed[/]")
+        raise typer.Exit(1)
+
+
+@app.command()
+def submit(
+    pipeline: Annotated[str, typer.Argument(help="Pipeline name.")],
+    host: Annotated[str, typer.Option(help="KFP API URL, e.g. http://ml-pipeline-ui.kubeflow:80.")],
+    experiment: Annotated[str, typer.Option(help="Experiment to run in.")] = "aptops",
+    param: Annotated[list[str] | None, typer.Option("--param", "-p", help="Pipeline parameter k=v.")] = None,
+    config: ConfigOpt = None,
+    image_registry: RegistryOpt = None,
+    image_tag: TagOpt = None,
+) -> None:
+    """Submit a pipeline run to a KFP API (token from KF_PIPELINES_TOKEN if set)."""
+    kfp, pipelines = _kfp_modules()
+    settings = _cluster_settings(image_registry, image_tag, None, None, None, None)
+    func = pipelines.build_pipeline(pipeline, settings)
+    params = _coerce_params(func, _load_params(config, param))
+    token = os.environ.get("KF_PIPELINES_TOKEN") or None
+    # kfp's client logs retries with full tracebacks on the root logger; the failure is reported below.
+    logging.getLogger().addHandler(logging.NullHandler())
+    warnings.filterwarnings("ignore", category=FutureWarning, module="kfp")
+    try:
+        client = kfp.Client(host=host, existing_token=token)
+        run_result = client.create_run_from_pipeline_func(
+            func, arguments=params, experiment_name=experiment, run_name=f"{pipeline}-{time.strftime('%Y%m%d-%H%M%S')}"
+        )
+    except Exception as exc:  # the KFP client raises many unrelated types
+        raise PipelineError(f"submitting {pipeline!r} to {host} failed: {type(exc).__name__}: {exc}") from exc
+    console.print(f"submitted run {run_result.run_id} of {pipeline} to {host}")

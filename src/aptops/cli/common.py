@@ -1,0 +1,105 @@
+"""What every ``aptops`` command shares: the root app, the consoles, the option types, running a stage
+function with metrics, and rendering results."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from aptops import __version__
+from aptops.core.logging import configure_logging
+
+log = logging.getLogger("aptops.cli")
+console = Console(stderr=False)
+err = Console(stderr=True)
+
+app = typer.Typer(
+    name="aptops",
+    help="Take a language model through its whole life: data, training, debugging, compression, GGUF "
+    "export, Hub publishing and backup, as Kubeflow pipelines that also run on one machine.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML file of settings.")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a setting: key=value (repeatable).")]
+
+
+# the cluster options `compile`, `register` (and the Helm chart's register Job) share
+RegistryOpt = Annotated[str | None, typer.Option(help="Registry/namespace of the stage images.")]
+TagOpt = Annotated[str | None, typer.Option(help="Tag of the stage images.")]
+GpuSelectorOpt = Annotated[list[str] | None, typer.Option(help="GPU pool node label k=v (repeatable).")]
+GpuTolerationOpt = Annotated[list[str] | None, typer.Option(help="GPU toleration key=value:Effect (repeatable).")]
+CpuSelectorOpt = Annotated[list[str] | None, typer.Option(help="CPU pool node label k=v (repeatable).")]
+GpuResourceOpt = Annotated[str | None, typer.Option(help="GPU resource name, e.g. nvidia.com/gpu.")]
+SecretsOpt = Annotated[list[str] | None, typer.Option(
+    help="provider=SecretName: a Kubernetes Secret whose keys become env vars (aws, oss, hf, modelscope).")]
+CachePvcOpt = Annotated[str | None, typer.Option(
+    help="A PVC mounted at /cache in every model-loading task (HF_HOME and the aptops cache live there).")]
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        console.print(f"aptops {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at DEBUG level.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version_callback, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    configure_logging("DEBUG" if verbose else "INFO")
+
+
+
+
+def _run_stage(stage: str, step: str, fn: Any, out: Path) -> Any:
+    """Run a stage function with metrics, as a component would: Pushgateway if configured, else a textfile."""
+    from aptops.core.runtime import run_component
+
+    run_id = os.environ.get("APTOPS_RUN_ID") or f"cli-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    return run_component(stage, fn, pipeline="cli", run_id=run_id, step=step,
+                         metrics_dir=out.parent / f"{out.name}.metrics")
+
+
+def _print_metrics(title: str, metrics: dict[str, float]) -> None:
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in metrics.items():
+        table.add_row(k, f"{v:,.4g}" if abs(v) < 1e6 and not float(v).is_integer() else f"{v:,.0f}")
+    console.print(table)
+
+
+def _print_run_summary(pipeline: str, run_dir: Path, summary: list[dict[str, Any]]) -> None:
+    console.print(f"[bold]run {pipeline}[/] finished; outputs under {run_dir}")
+    artifacts = Table(title=f"artifacts (under {run_dir})")
+    artifacts.add_column("task")
+    artifacts.add_column("output")
+    artifacts.add_column("path", overflow="fold")
+    numbers = Table(title="summary")
+    numbers.add_column("task")
+    numbers.add_column("metric")
+    numbers.add_column("value", justify="right")
+    for task in summary:
+        for name, path in task["artifacts"].items():
+            shown = Path(path)
+            with contextlib.suppress(ValueError):
+                shown = shown.relative_to(run_dir.resolve())
+            artifacts.add_row(task["task"], name, str(shown))
+        for k, v in task["metrics"].items():
+            numbers.add_row(task["task"], k, f"{v:,.4g}" if not float(v).is_integer() else f"{v:,.0f}")
+    console.print(artifacts)
+    console.print(numbers)

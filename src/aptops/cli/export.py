@@ -1,0 +1,66 @@
+"""``aptops export ...``: the export stage's commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from aptops.cli.common import (
+    ConfigOpt,
+    SetOpt,
+    _print_metrics,
+    _run_stage,
+    app,
+    console,
+)
+from aptops.core.config import load_config
+
+export_app = typer.Typer(help="The export stage: GGUF for llama.cpp and Ollama, verified against the source.",
+                         no_args_is_help=True)
+app.add_typer(export_app, name="export")
+
+
+@export_app.command("gguf")
+def export_gguf(
+    model: Annotated[Path, typer.Argument(help="A Hugging Face causal LM folder (Llama, Mistral, Qwen2, SmolLM).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The artifact folder: model-<TYPE>.gguf, verify.json.")],
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Convert to GGUF, quantize with llama.cpp (--set quantization=Q4_K_M), verify, apply the quant gate."""
+    from aptops.export import ExportConfig, export_to_gguf
+
+    cfg = load_config(ExportConfig, config, overrides=set_ or [])
+    result = _run_stage("export", "gguf", lambda: export_to_gguf(model, out, config=cfg), out)
+    _print_metrics(f"GGUF: {result.outputs['gguf']} (types: {result.details['tensor_types']})", result.metrics)
+
+
+@export_app.command("ollama")
+def export_ollama(
+    gguf: Annotated[Path, typer.Argument(help="A GGUF file, e.g. runs/gguf/model-Q8_0.gguf.")],
+    name: Annotated[str, typer.Option("--name", "-n", help="The Ollama model name, e.g. smollm2:135m.")],
+    tokenizer: Annotated[Path | None, typer.Option(help="The source model folder (its chat template).")] = None,
+    system: Annotated[str | None, typer.Option(help="A SYSTEM prompt.")] = None,
+    host: Annotated[str | None, typer.Option(help="Ollama's URL (default OLLAMA_HOST or 127.0.0.1:11434).")] = None,
+    prompt: Annotated[list[str] | None, typer.Option("--prompt", "-p", help="Smoke-test prompts (repeatable).")] = None,
+) -> None:
+    """Write a Modelfile from the chat template, register the GGUF in Ollama, and smoke-test it."""
+    from aptops.export import create_modelfile, register_to_ollama
+    from aptops.export import test_model as smoke
+
+    modelfile = create_modelfile(name, gguf, system_prompt=system, tokenizer_path=tokenizer)
+    info = register_to_ollama(modelfile, name, host=host)
+    report = smoke(name, prompt or ["Say hello in one sentence."], host=host)
+    table = Table(title=f"{name} in Ollama {info['version']} at {info['host']} (Modelfile: {modelfile})")
+    for col in ("prompt", "answer", "tokens/s", "stopped", "ok"):
+        table.add_column(col)
+    for r in report["results"]:
+        table.add_row(escape(r["prompt"]), escape(r["answer"][:120]), f"{r['tokens_per_second']:.1f}", str(r["stopped"]),
+                      str(not r["empty"] and not r["loops"]))
+    console.print(table)
+    if not report["passed"]:
+        raise typer.Exit(1)

@@ -1,0 +1,37 @@
+"""``aptops train ...``: the train stage's commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from aptops.cli.common import (
+    ConfigOpt,
+    SetOpt,
+    _print_metrics,
+    _run_stage,
+    app,
+)
+from aptops.core.config import load_config
+
+train_app = typer.Typer(help="The train stage: causal-LM fine-tuning with the Hugging Face Trainer.",
+                        no_args_is_help=True)
+app.add_typer(train_app, name="train")
+
+
+@train_app.command("run")
+def train_run(
+    model: Annotated[str, typer.Argument(help="A model folder or a Hub model id.")],
+    dataset: Annotated[str, typer.Argument(help="An aptops dataset folder, JSONL/Parquet/CSV/text, or a Hub dataset.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The trained model folder (checkpoints inside).")],
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Fine-tune a causal LM; resumes from <out>/checkpoints after an interruption (--set resume=never to not)."""
+    from aptops.train import TrainConfig, train_model
+
+    cfg = load_config(TrainConfig, config, overrides=set_ or [])
+    result = _run_stage("train", "train", lambda: train_model(model, dataset, out, cfg), out)
+    _print_metrics(f"trained model: {out} (report: {result.outputs.get('report')})", result.metrics)
