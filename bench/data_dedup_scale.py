@@ -67,7 +67,7 @@ def main() -> None:
         gen_s = time.perf_counter() - t0
         rss_before = peak_rss_mib()
         t1 = time.perf_counter()
-        result = dedup_dataset(work / "ds", work / "out", DedupConfig(threshold=0.8, tokenizer="word"))
+        result = dedup_dataset(work / "ds", output_dir=work / "out", config=DedupConfig(threshold=0.8, tokenizer="word"))
         dedup_s = time.perf_counter() - t1
         report = {
             "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()},

@@ -37,7 +37,7 @@ def clean_text(
 
     config = CleanConfig(strategy=strategy, code_language=code_language or None, text_column=text_column, input_format=input_format,
                          separator=separator or None, min_chars=min_chars, shard_rows=shard_rows)
-    result = run_component("data", lambda: clean_dataset(source, dataset.path, config), step="clean",
+    result = run_component("data", lambda: clean_dataset(source, output_dir=dataset.path, config=config), step="clean",
                            pipeline=pipeline, run_id=run_id, metrics=metrics)
     dataset.metadata.update({"rows": int(result.metrics["rows_out"]), "text_column": text_column})
 
@@ -59,7 +59,7 @@ def dataset_stats(
     from aptops.data import StatsConfig, dataset_stats
 
     config = StatsConfig(text_column=text_column)
-    result = run_component("data", lambda: dataset_stats(dataset.path, stats.path, config), step="stats",
+    result = run_component("data", lambda: dataset_stats(dataset.path, output_dir=stats.path, config=config), step="stats",
                            pipeline=pipeline, run_id=run_id, metrics=metrics)
     shutil.copyfile(result.outputs["report"], report.path)
 
@@ -189,7 +189,7 @@ def quality_check(
         languages=tuple(list_param(languages)), min_chars=min_chars,
         text_column=text_column,
     )
-    result = run_component("data", lambda: quality_dataset(dataset.path, scored.path, config), step="quality",
+    result = run_component("data", lambda: quality_dataset(dataset.path, output_dir=scored.path, config=config), step="quality",
                            pipeline=pipeline, run_id=run_id, metrics=metrics)
     shutil.copyfile(result.outputs["report"], report.path)
     scored.metadata.update({"rows": int(result.metrics["rows_out"])})
@@ -239,7 +239,7 @@ def balance_classes(
                            undersampler=undersampler, label_column=label_column, text_column=text_column)
 
     def work():
-        return balance_dataset_dir(dataset.path, balanced.path, config)
+        return balance_dataset_dir(dataset.path, output_dir=balanced.path, config=config)
 
     result = run_component("data", work, step="balance", pipeline=pipeline, run_id=run_id, metrics=metrics)
     balanced.metadata.update({"before": result.details["before"], "after": result.details["after"]})

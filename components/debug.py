@@ -37,7 +37,7 @@ def debug_model(
 
     config = DebugStageConfig(block_size=block_size, batch_size=batch_size, text_column=text_column, steps=steps,
                               learning_rate=learning_rate, max_batches=max_batches)
-    result = run_component("debug", lambda: run_debug(model.path, dataset.path, details.path, config),
+    result = run_component("debug", lambda: run_debug(model.path, dataset.path, output_dir=details.path, config=config),
                            step="debug", pipeline=pipeline, run_id=run_id, metrics=metrics)
     shutil.copyfile(result.outputs["html"], report.path)
     details.metadata["findings"] = len(result.details["findings"])

@@ -69,7 +69,7 @@ def train_multimodal_model(
         gradient_balance=gradient_balance, cache_features=cache_features, on_bad_input=on_bad_input,
         training_args=extra)
     result = run_component(
-        "multimodal", lambda: train_multimodal_model(train.path, model.path, config, eval_data=eval_data.path),
+        "multimodal", lambda: train_multimodal_model(train.path, output_dir=model.path, config=config, eval_data=eval_data.path),
         step="train", pipeline=pipeline, run_id=run_id, metrics=metrics)
     shutil.copyfile(result.outputs["report"], report.path)
     model.metadata.update({k: v for k, v in result.metrics.items() if k.startswith("eval_accuracy")})

@@ -56,7 +56,7 @@ def train_model(
                          early_stopping_patience=early_stopping_patience or None, debug=debug,
                          debug_interval=debug_interval, training_args=args | extra)
     os.environ.setdefault("APTOPS_RUN_ID", run_id or "local")
-    result = run_component("train", lambda: train(model.path, dataset.path, trained.path, config,
+    result = run_component("train", lambda: train(model.path, dataset.path, output_dir=trained.path, config=config,
                                                   heldout_dir=heldout.path),
                            step="train", pipeline=pipeline, run_id=run_id, metrics=metrics)
     shutil.copyfile(result.outputs["report"], report.path)
@@ -87,6 +87,6 @@ def evaluate_model(
     config = EvalConfig(block_size=block_size, text_column=text_column, max_blocks=max_blocks)
     with tempfile.TemporaryDirectory(prefix="aptops-eval-") as scratch:  # only the report is kept
         out = scratch + "/evaluation"
-        result = run_component("train", lambda: compare_models(base.path, trained.path, dataset.path, out, config),
+        result = run_component("train", lambda: compare_models(base.path, trained.path, dataset.path, output_dir=out, config=config),
                                step="evaluate", pipeline=pipeline, run_id=run_id, metrics=evaluation)
         shutil.copyfile(result.outputs["report"], report.path)

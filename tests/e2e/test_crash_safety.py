@@ -179,7 +179,7 @@ def test_training_killed_mid_epoch_resumes_from_its_last_whole_checkpoint(stage,
 
     raw = tmp_path / "raw.jsonl"
     raw.write_text("".join(json.dumps({"text": f"{i}: {t}"}) + "\n" for i, t in enumerate(CORPUS * 4)))
-    clean_dataset(raw, tmp_path / "clean", CleanConfig())
+    clean_dataset(raw, output_dir=tmp_path / "clean", config=CleanConfig())
     out = tmp_path / "trained"
     steps = 300  # a tiny model runs dozens of steps a second: enough that no run ends before its kill
     train = "training." if stage == "distill" else ""  # distill nests the train settings

@@ -130,7 +130,7 @@ def test_multimodal_training_on_cuda_with_the_debugger(tmp_path):
     config = MultimodalConfig(epochs=4, hidden_size=32, eval_fraction=0.25, debug=True, debug_interval=2,
                               training_args={"disable_tqdm": True, "bf16": True})
     out = tmp_path / "mm"
-    result = train_multimodal_model(manifest, out, config)
+    result = train_multimodal_model(manifest, output_dir=out, config=config)
     m = result.metrics
     assert is_complete(out) and m["debug_nan_events"] == 0 and math.isfinite(m["train_loss"])
     assert m["eval_accuracy"] >= 0.5

@@ -176,7 +176,7 @@ def test_aptops_dataset_artifact_and_save_to_disk(tmp_path):
 
     src = tmp_path / "raw.jsonl"
     src.write_text("".join(json.dumps({"text": f"Line number {i} of the corpus."}) + "\n" for i in range(30)))
-    clean_dataset(src, tmp_path / "clean", CleanConfig())
+    clean_dataset(src, output_dir=tmp_path / "clean", config=CleanConfig())
     ds = load_hf_dataset(tmp_path / "clean")
     assert len(ds) == 30 and "text" in ds.column_names
     (tmp_path / "clean" / "result.json").unlink()

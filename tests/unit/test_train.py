@@ -188,7 +188,7 @@ def test_cli_trains_on_a_data_artifact(tiny_llama, tmp_path):
 
     src = tmp_path / "raw.jsonl"
     src.write_text("".join(json.dumps({"text": t}) + "\n" for t in CORPUS))
-    clean_dataset(src, tmp_path / "clean", CleanConfig())
+    clean_dataset(src, output_dir=tmp_path / "clean", config=CleanConfig())
     out = tmp_path / "trained"
     proc = subprocess.run([sys.executable, "-m", "aptops.cli", "train", "run", str(tiny_llama), str(tmp_path / "clean"),
                            "--out", str(out), "--set", "block_size=32", "--set", "training_args.max_steps=2",

@@ -33,7 +33,7 @@ def data_clean(
     from aptops.data import CleanConfig, clean_dataset
 
     cfg = load_config(CleanConfig, config, overrides=set_ or [])
-    result = _run_stage("data", "clean", lambda: clean_dataset(source, out, cfg), out)
+    result = _run_stage("data", "clean", lambda: clean_dataset(source, output_dir=out, config=cfg), out)
     _print_metrics(f"cleaned dataset: {out}", result.metrics)
 
 
@@ -48,7 +48,7 @@ def data_stats(
     from aptops.data import StatsConfig, dataset_stats
 
     cfg = load_config(StatsConfig, config, overrides=set_ or [])
-    result = _run_stage("data", "stats", lambda: dataset_stats(dataset, out, cfg), out)
+    result = _run_stage("data", "stats", lambda: dataset_stats(dataset, output_dir=out, config=cfg), out)
     _print_metrics(f"report: {result.outputs['report']}", result.metrics)
 
 
@@ -63,7 +63,7 @@ def data_dedup(
     from aptops.data import DedupConfig, dedup_dataset
 
     cfg = load_config(DedupConfig, config, overrides=set_ or [])
-    result = _run_stage("data", "dedup", lambda: dedup_dataset(dataset, out, cfg), out)
+    result = _run_stage("data", "dedup", lambda: dedup_dataset(dataset, output_dir=out, config=cfg), out)
     _print_metrics(f"deduplicated dataset: {out}", result.metrics)
 
 
@@ -78,7 +78,7 @@ def data_quality(
     from aptops.data.quality import QualityConfig, quality_dataset
 
     cfg = load_config(QualityConfig, config, overrides=set_ or [])
-    result = _run_stage("data", "quality", lambda: quality_dataset(dataset, out, cfg), out)
+    result = _run_stage("data", "quality", lambda: quality_dataset(dataset, output_dir=out, config=cfg), out)
     _print_metrics(f"quality report: {result.outputs['report']}", result.metrics)
 
 
@@ -93,7 +93,7 @@ def data_balance(
     from aptops.data.balance import BalanceConfig, balance_dataset_dir
 
     cfg = load_config(BalanceConfig, config, overrides=set_ or [])
-    result = _run_stage("data", "balance", lambda: balance_dataset_dir(dataset, out, cfg), out)
+    result = _run_stage("data", "balance", lambda: balance_dataset_dir(dataset, output_dir=out, config=cfg), out)
     table = Table(title=f"balanced dataset: {out}")
     for col in ("class", "before", "after"):
         table.add_column(col)

@@ -36,7 +36,7 @@ def debug_run(
     from aptops.debug.stage import DebugStageConfig, debug_model
 
     cfg = load_config(DebugStageConfig, config, overrides=set_ or [])
-    result = _run_stage("debug", "debug", lambda: debug_model(model, dataset, out, cfg), out)
+    result = _run_stage("debug", "debug", lambda: debug_model(model, dataset, output_dir=out, config=cfg), out)
     table = Table(title=f"findings (report: {result.outputs['html']})")
     for col in ("severity", "problem", "where", "what to do"):
         table.add_column(col)

@@ -36,7 +36,7 @@ def multimodal_train(
 
     cfg = load_config(MultimodalConfig, config, overrides=set_ or [])
     result = _run_stage("multimodal", "train",
-                        lambda: train_multimodal_model(manifest, out, cfg, eval_data=eval_manifest), out)
+                        lambda: train_multimodal_model(manifest, output_dir=out, config=cfg, eval_data=eval_manifest), out)
     _print_metrics(f"multimodal model: {out} (report: {out / 'report.html'})",
                    {k: v for k, v in result.metrics.items()
                     if k.startswith(("eval_", "chance_")) or k in ("train_loss", "samples_per_second")})

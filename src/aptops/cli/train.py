@@ -33,5 +33,5 @@ def train_run(
     from aptops.train import TrainConfig, train_model
 
     cfg = load_config(TrainConfig, config, overrides=set_ or [])
-    result = _run_stage("train", "train", lambda: train_model(model, dataset, out, cfg), out)
+    result = _run_stage("train", "train", lambda: train_model(model, dataset, output_dir=out, config=cfg), out)
     _print_metrics(f"trained model: {out} (report: {result.outputs.get('report')})", result.metrics)

@@ -224,7 +224,7 @@ def _oversample(table: Any, texts: list[str], y: Any, config: BalanceConfig) -> 
 
 
 
-def balance_dataset_dir(dataset_dir: Any, output_dir: Any, config: BalanceConfig | None = None) -> Any:
+def balance_dataset_dir(dataset_dir: Any, *, output_dir: Any, config: BalanceConfig | None = None) -> Any:
     """Balance a dataset artifact into a new one (one shard, ``stats.json`` with the class counts).
 
     Returns:

@@ -99,13 +99,13 @@ def process_pipeline(raw_data: str | Path, output_dir: str | Path, config: Proce
                 log.info("step %s: complete from an earlier run, reused", step)
                 result = StageResult("data", metrics=read_json(target / "result.json")["metrics"])
             elif step == "clean":
-                result = clean_dataset(raw_data, target, config.clean)
+                result = clean_dataset(raw_data, output_dir=target, config=config.clean)
             elif step == "dedup":
-                result = dedup_dataset(current, target, config.dedup)
+                result = dedup_dataset(current, output_dir=target, config=config.dedup)
             elif step == "quality":
-                result = quality_dataset(current, target, config.quality)
+                result = quality_dataset(current, output_dir=target, config=config.quality)
             elif step == "balance":
-                result = balance_dataset_dir(current, target, config.balance)
+                result = balance_dataset_dir(current, output_dir=target, config=config.balance)
             else:
                 table = _augment_table(read_dataset(current), config.augment, config.clean.text_column, augment_text)
                 result = _write_table(table, target)

@@ -295,7 +295,7 @@ def check_quality(
     return QualityReport(rows=rows, summary=summary)
 
 
-def quality_dataset(dataset_dir: Any, output_dir: Any, config: QualityConfig | None = None) -> Any:
+def quality_dataset(dataset_dir: Any, *, output_dir: Any, config: QualityConfig | None = None) -> Any:
     """Add quality columns (``quality_score``, ``flags``, ``lang`` ...) to a dataset artifact, shard by shard.
 
     Memory holds one shard at a time; duplicate checks here look within a shard (the sharded dedup step

@@ -84,7 +84,7 @@ class StatsConfig:
         check_range("histogram_bins", self.histogram_bins, min_value=1, max_value=1000)
 
 
-def clean_dataset(source: str | Path, output_dir: str | Path, config: CleanConfig | None = None) -> StageResult:
+def clean_dataset(source: str | Path, *, output_dir: str | Path, config: CleanConfig | None = None) -> StageResult:
     """Clean every record of ``source`` into a dataset artifact at ``output_dir``.
 
     Args:
@@ -152,7 +152,7 @@ def clean_dataset(source: str | Path, output_dir: str | Path, config: CleanConfi
     return result
 
 
-def dataset_stats(dataset_dir: str | Path, output_dir: str | Path, config: StatsConfig | None = None) -> StageResult:
+def dataset_stats(dataset_dir: str | Path, *, output_dir: str | Path, config: StatsConfig | None = None) -> StageResult:
     """Describe a dataset artifact: row and length statistics, ``stats.json`` and ``report.html``.
 
     Args:
@@ -267,7 +267,7 @@ def _report_html(dataset: str, metrics: dict[str, float], hist: dict[str, list[f
     )
 
 
-def dedup_dataset(dataset_dir: str | Path, output_dir: str | Path, config: DedupConfig | None = None) -> StageResult:
+def dedup_dataset(dataset_dir: str | Path, *, output_dir: str | Path, config: DedupConfig | None = None) -> StageResult:
     """Remove exact and near duplicates across all shards of a dataset, with the three sharded steps run here.
 
     Args:

@@ -66,7 +66,7 @@ def _loaders(tokenized: Any, batch_size: int, max_batches: int) -> tuple[list[An
     return batches[n_val:], batches[:n_val]
 
 
-def debug_model(model: str | Path, dataset: Any, output_dir: str | Path,
+def debug_model(model: str | Path, dataset: Any, *, output_dir: str | Path,
                 config: DebugStageConfig | None = None) -> StageResult:
     """Profile, inspect and diagnose a causal LM on a dataset; write the report folder at ``output_dir``."""
     from aptops.lm import load_causal_lm, load_text_dataset, pack_for_clm

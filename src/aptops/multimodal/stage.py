@@ -191,7 +191,7 @@ def _split(rows: list[Row], fraction: float, seed: int) -> tuple[list[Row], list
     return train, held
 
 
-def train_multimodal_model(train: str | Path, output_dir: str | Path, config: MultimodalConfig | None = None, *,
+def train_multimodal_model(train: str | Path, *, output_dir: str | Path, config: MultimodalConfig | None = None,
                            eval_data: str | Path | None = None, bus: Any = None) -> StageResult:
     """Train a multimodal model on a manifest and write the model artifact.
 

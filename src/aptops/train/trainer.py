@@ -368,13 +368,14 @@ def _copy_parent_lineage(model_source: str, out: Path) -> None:
         shutil.copy2(parent, target)
 
 
-def train_model(model_path: str | Path, dataset: Any, output_dir: str | Path, config: TrainConfig, *,
+def train_model(model_path: str | Path, dataset: Any, *, output_dir: str | Path, config: TrainConfig | None = None,
                 heldout_dir: str | Path | None = None) -> StageResult:
     """The stage entry point of the CLI and the component: paths in, a model artifact out."""
-    return train_with_hf_trainer(str(model_path), None, dataset, output_dir, config, heldout_dir=heldout_dir)
+    return train_with_hf_trainer(str(model_path), None, dataset, output_dir, config or TrainConfig(),
+                                 heldout_dir=heldout_dir)
 
 
-def compare_models(base: Any, trained: str | Path, dataset: Any, output_dir: str | Path,
+def compare_models(base: Any, trained: str | Path, dataset: Any, *, output_dir: str | Path,
                    config: EvalConfig | None = None) -> StageResult:
     """Perplexity of the base and the trained model on the same held-out text, written as an artifact."""
     from aptops.core import report

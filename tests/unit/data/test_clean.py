@@ -79,7 +79,7 @@ def test_filter_rules_drop_whole_records(tmp_path):
     assert clean_text("a foo b", custom_rules=rules) == "a bar b"
     src = tmp_path / "in.txt"
     src.write_text("keep this foo\nlorem ipsum placeholder\nand this\n")
-    result = clean_dataset(src, tmp_path / "out", CleanConfig(custom_rules=(("(?i)lorem ipsum", None),)))
+    result = clean_dataset(src, output_dir=tmp_path / "out", config=CleanConfig(custom_rules=(("(?i)lorem ipsum", None),)))
     assert read_dataset(tmp_path / "out").column("text").to_pylist() == ["keep this foo", "and this"]
     assert result.metrics["filtered_by_rule"] == 1
 

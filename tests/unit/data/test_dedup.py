@@ -100,7 +100,7 @@ def test_sharded_dedup_matches_in_memory_and_crosses_shards(tmp_path):
     shards = [news[:50], news[50:100] + dupes[:8], news[100:] + dupes[8:] + [news[5]]]
     ds = _dataset(tmp_path / "ds", shards)
     config = DedupConfig(threshold=0.7, tokenizer="word")
-    result = dedup_dataset(ds, tmp_path / "out", config)
+    result = dedup_dataset(ds, output_dir=tmp_path / "out", config=config)
     flat = [t for shard in shards for t in shard]
     expected = find_near_duplicates(flat, config).remove
     assert result.metrics["duplicates_removed"] == len(expected) >= 16
@@ -114,8 +114,8 @@ def test_sharded_dedup_matches_in_memory_and_crosses_shards(tmp_path):
 def test_sharded_dedup_refuses_incomplete_dataset(tmp_path):
     (tmp_path / "ds").mkdir()
     with pytest.raises(FileNotFoundError, match="incomplete"):
-        dedup_dataset(tmp_path / "ds", tmp_path / "out")
+        dedup_dataset(tmp_path / "ds", output_dir=tmp_path / "out")
     ds = _dataset(tmp_path / "ds2", [["a b c"]])
     with pytest.raises(InvalidArtifactError, match="no column 'body'"):
-        dedup_dataset(ds, tmp_path / "out", DedupConfig(text_column="body"))
+        dedup_dataset(ds, output_dir=tmp_path / "out", config=DedupConfig(text_column="body"))
     assert not (tmp_path / "out").exists()

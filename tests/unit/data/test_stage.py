@@ -24,7 +24,7 @@ def test_jsonl_keeps_other_columns_and_drops_empty(tmp_path):
         {"text": "   \u200b ", "label": "b"},
         {"text": "Mail me: a@b.com", "label": "c"},
     ]) + "\n")
-    result = clean_dataset(src, tmp_path / "out")
+    result = clean_dataset(src, output_dir=tmp_path / "out")
     table = read_dataset(tmp_path / "out")
     assert table.column("text").to_pylist() == ["Hello world", "Mail me:"]
     assert table.column("label").to_pylist() == ["a", "c"]
@@ -44,7 +44,7 @@ def test_parquet_and_csv_with_custom_text_column(tmp_path, fmt):
         pq.write_table(table, src)
     else:
         src.write_text("body,id\n\"x\ty\",1\n\"a  b\",2\n")
-    clean_dataset(src, tmp_path / "out", CleanConfig(text_column="body"))
+    clean_dataset(src, output_dir=tmp_path / "out", config=CleanConfig(text_column="body"))
     assert read_dataset(tmp_path / "out").column("body").to_pylist() == ["x y", "a b"]
 
 
@@ -55,14 +55,14 @@ def test_text_records_with_separator_and_folder_input(tmp_path):
     (folder / "b.txt").write_text("third\n%\n")
     (folder / "a.dat").write_bytes(b"\x00\x00\x00\x02binary index")
     (folder / "a.u8").symlink_to(folder / "a")
-    clean_dataset(folder, tmp_path / "out", CleanConfig(separator="%"))
+    clean_dataset(folder, output_dir=tmp_path / "out", config=CleanConfig(separator="%"))
     assert _rows(tmp_path / "out") == ["first\nrecord", "second", "third"]
 
 
 def test_sharding(tmp_path):
     src = tmp_path / "in.txt"
     src.write_text("\n".join(f"line {i}" for i in range(25)))
-    result = clean_dataset(src, tmp_path / "out", CleanConfig(shard_rows=10))
+    result = clean_dataset(src, output_dir=tmp_path / "out", config=CleanConfig(shard_rows=10))
     assert result.details["shards"] == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
     assert len(_rows(tmp_path / "out")) == 25
 
@@ -70,8 +70,8 @@ def test_sharding(tmp_path):
 def test_stats_report(tmp_path):
     src = tmp_path / "in.txt"
     src.write_text("a\nbb bb\nccc ccc ccc\nbb bb\n")
-    clean_dataset(src, tmp_path / "ds")
-    result = dataset_stats(tmp_path / "ds", tmp_path / "stats", StatsConfig(histogram_bins=3))
+    clean_dataset(src, output_dir=tmp_path / "ds")
+    result = dataset_stats(tmp_path / "ds", output_dir=tmp_path / "stats", config=StatsConfig(histogram_bins=3))
     assert result.metrics["rows"] == 4
     assert result.metrics["words_total"] == 1 + 2 + 3 + 2
     assert result.metrics["unique_ratio"] == 0.75
@@ -101,7 +101,7 @@ def test_bad_inputs_fail_clearly_and_leave_nothing(tmp_path, content, name, kwar
         src.write_text(content)
     out = tmp_path / "out"
     with pytest.raises(error, match=message):
-        clean_dataset(src, out, CleanConfig(**kwargs))
+        clean_dataset(src, output_dir=out, config=CleanConfig(**kwargs))
     assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
 
@@ -117,7 +117,7 @@ def test_undecodable_parquet_names_and_values_fail_clearly(tmp_path, where, mess
     src.write_bytes(parquet_with_undecodable(where))  # pyarrow reads these without complaint
     out = tmp_path / "out"
     with pytest.raises(InvalidArtifactError, match=message) as err:
-        clean_dataset(src, out)
+        clean_dataset(src, output_dir=out)
     assert str(src) in str(err.value)
     assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
@@ -126,7 +126,7 @@ def test_undecodable_parquet_names_and_values_fail_clearly(tmp_path, where, mess
 def test_input_metadata_is_not_carried_into_the_dataset(tmp_path):
     table = pa.table({"text": ["alpha beta"]}).replace_schema_metadata({b"pandas": b"\xff not json", b"k": b"v"})
     pq.write_table(table, tmp_path / "in.parquet")
-    clean_dataset(tmp_path / "in.parquet", tmp_path / "out")
+    clean_dataset(tmp_path / "in.parquet", output_dir=tmp_path / "out")
     assert not any(k in (pq.read_schema(p).metadata or {}) for p in (tmp_path / "out").glob("part-*.parquet")
                    for k in (b"pandas", b"k"))
 
@@ -134,7 +134,7 @@ def test_input_metadata_is_not_carried_into_the_dataset(tmp_path):
 def test_stats_refuses_incomplete_dataset(tmp_path):
     (tmp_path / "ds").mkdir()
     with pytest.raises(ArtifactNotFoundError, match="incomplete"):
-        dataset_stats(tmp_path / "ds", tmp_path / "stats")
+        dataset_stats(tmp_path / "ds", output_dir=tmp_path / "stats")
 
 
 @pytest.mark.parametrize(
@@ -149,7 +149,7 @@ def test_stats_refuses_incomplete_dataset(tmp_path):
 def test_non_utf8_text_is_repaired(tmp_path, text, encoding, name):
     src = tmp_path / name
     src.write_bytes(text.encode(encoding))
-    clean_dataset(src, tmp_path / "out")
+    clean_dataset(src, output_dir=tmp_path / "out")
     got = _rows(tmp_path / "out")
     expected = [line for line in text.splitlines()] if not name.endswith(".jsonl") else ["中文评论内容很好"]
     assert got == expected
@@ -160,7 +160,7 @@ def test_hf_dataset_saved_to_disk(tmp_path):
     datasets.Dataset.from_dict({"text": ["hello  world", "second https://x.io row"], "label": [0, 1]}).save_to_disk(
         str(tmp_path / "hf")
     )
-    clean_dataset(tmp_path / "hf", tmp_path / "out")
+    clean_dataset(tmp_path / "hf", output_dir=tmp_path / "out")
     assert read_dataset(tmp_path / "out").to_pylist() == [{"text": "hello world", "label": 0}, {"text": "second row", "label": 1}]
 
 
@@ -171,14 +171,14 @@ def test_hf_dataset_with_a_broken_state_file_fails_clearly(tmp_path, state):
     (folder / "dataset_info.json").write_text("{}")
     (folder / "state.json").write_bytes(state)
     with pytest.raises(InvalidArtifactError, match=r"is not a datasets state file.*save_to_disk"):
-        clean_dataset(folder, tmp_path / "out")
+        clean_dataset(folder, output_dir=tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
 def test_empty_jsonl_is_a_clear_error(tmp_path):
     (tmp_path / "e.jsonl").write_text("")
     with pytest.raises(InvalidArtifactError, match="could not be read as jsonl"):
-        clean_dataset(tmp_path / "e.jsonl", tmp_path / "out")
+        clean_dataset(tmp_path / "e.jsonl", output_dir=tmp_path / "out")
 
 
 def test_length_histogram_is_log_spaced():

@@ -138,11 +138,17 @@ class Leaky:
 def test_growing_list_is_a_leak_and_names_the_type(tmp_path):
     kept: list[Leaky] = []
     with track_memory("cpu", interval=0.02, plot=tmp_path / "memory.png") as mem:
-        for _ in range(40):
-            kept.append(Leaky())  # plant: a list that keeps growing
-            seen = len(mem.history)
-            while len(mem.history) == seen:  # one sample per step, however busy the machine (CI ran it starved)
-                time.sleep(0.002)
+        # plant: a list that grows by one object every 25 ms of wall time. A starved process catches up after
+        # a stall, so memory stays a straight line in time however busy the machine is (a fixed count per
+        # loop step made the line bend when one step took a second, and the fit's r² fell under 0.8 on CI)
+        start = time.monotonic()
+        while len(kept) < 40:
+            due = min(40, int((time.monotonic() - start) / 0.025) + 1)
+            while len(kept) < due:
+                kept.append(Leaky())
+            time.sleep(0.005)
+        while len(mem.history) < 5:  # the tracker samples at least a few times, even on a starved machine
+            time.sleep(0.02)
     report = detect_memory_leaks(mem, leak_threshold=50 * 2**20)
     assert report.leaking, report
     assert report.growth_bytes > 100 * 2**20

@@ -104,7 +104,7 @@ def test_the_sample_task_is_learned_with_modalities_missing(sample_task, minilm,
     assert sum(r["image"] is None or r["audio"] is None or r["text"] is None for r in train) > 10
     config = MultimodalConfig(text_encoder=str(minilm), freeze=("text",), fusion="attention", hidden_size=64,
                               epochs=12, modality_lr={"audio": 5e-3}, training_args={"disable_tqdm": True})
-    result = train_multimodal_model(sample_task / "train.jsonl", tmp_path / "mm", config,
+    result = train_multimodal_model(sample_task / "train.jsonl", output_dir=tmp_path / "mm", config=config,
                                     eval_data=sample_task / "eval.jsonl")
     m = result.metrics
     chance = m["chance_accuracy"]
@@ -148,20 +148,20 @@ def test_embedding_task_learns_to_match_captions_and_photos(sample_task, minilm,
 
 def test_stage_refuses_bad_setups(sample_task, tmp_path):
     with pytest.raises(ConfigError, match="no text_encoder is set"):
-        train_multimodal_model(sample_task / "train.jsonl", tmp_path / "a", MultimodalConfig())
+        train_multimodal_model(sample_task / "train.jsonl", output_dir=tmp_path / "a", config=MultimodalConfig())
     with pytest.raises(ConfigError, match="fusion"):
         MultimodalConfig(fusion="sum")
     one = tmp_path / "one.jsonl"
     one.write_text(json.dumps({"image": str(sample_task / "images" / "eval-cat-000.png"), "label": "cat"}) + "\n")
     with pytest.raises(InvalidArtifactError, match="1 class"):
-        train_multimodal_model(one, tmp_path / "b", MultimodalConfig(eval_fraction=0))
+        train_multimodal_model(one, output_dir=tmp_path / "b", config=MultimodalConfig(eval_fraction=0))
     assert not (tmp_path / "b" / "result.json").exists()
 
 
 def test_stage_with_the_debugger_and_one_modality_left_out(sample_task, tmp_path):
     config = MultimodalConfig(modalities=("image",), epochs=1, hidden_size=32, debug=True, debug_interval=2,
                               training_args={"disable_tqdm": True})
-    result = train_multimodal_model(sample_task / "train.jsonl", tmp_path / "mm", config,
+    result = train_multimodal_model(sample_task / "train.jsonl", output_dir=tmp_path / "mm", config=config,
                                     eval_data=sample_task / "eval.jsonl")
     assert json.loads((tmp_path / "mm" / "multimodal_config.json").read_text())["modalities"] == ["image"]
     assert (tmp_path / "mm" / "debug" / "report.html").is_file() and "debug_report" in result.outputs
