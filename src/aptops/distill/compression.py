@@ -27,7 +27,6 @@ from aptops.core.artifacts import (
 )
 from aptops.core.config import check_range
 from aptops.core.deps import require
-from aptops.core.errors import InvalidArtifactError
 from aptops.lm import EvalConfig
 
 log = logging.getLogger(__name__)
@@ -105,7 +104,7 @@ def evaluate_compression(original_model: Any, distilled_model: Any, test_data: A
         top-1 agreement with the original, forward and generation speed and peak forward memory.
     """
     torch = require("torch", extra="distill", feature="evaluate_compression")
-    from aptops.lm import load_causal_lm, load_text_dataset, next_token_scores, pack_for_clm, perplexity
+    from aptops.lm import eval_blocks, load_causal_lm, load_text_dataset, next_token_scores, perplexity
 
     cfg = config or CompressionConfig()
     ev = cfg.evaluation
@@ -113,12 +112,7 @@ def evaluate_compression(original_model: Any, distilled_model: Any, test_data: A
     original, tok, original_source = load_causal_lm(original_model, tokenizer)
     compressed, _, compressed_source = load_causal_lm(distilled_model, tok if not isinstance(distilled_model, str | Path)
                                                       else None)
-    blocks = pack_for_clm(data, tok, block_size=ev.block_size, text_column=ev.text_column)
-    if ev.max_blocks:
-        blocks = blocks.select(range(min(len(blocks), ev.max_blocks)))
-    if len(blocks) == 0:
-        raise InvalidArtifactError(f"the test data yields no block of {ev.block_size} tokens; lower block_size or "
-                                   "add text")
+    blocks = eval_blocks(data, tok, ev, what="the test data")
     vocab = min(original.get_output_embeddings().weight.shape[0], compressed.get_output_embeddings().weight.shape[0],
                 len(tok))
     nll = {"original": 0.0, "compressed": 0.0}

@@ -12,10 +12,17 @@ from aptops.lm.arguments import training_arguments
 from aptops.lm.checkpoints import CHECKPOINTS, checkpoint_step, last_complete_checkpoint, resume_point
 from aptops.lm.loading import load_causal_lm, load_text_dataset
 from aptops.lm.packing import pack_for_clm
-from aptops.lm.scoring import EvalConfig, evaluate_perplexity, heldout_loss, next_token_scores, perplexity
+from aptops.lm.scoring import (
+    EvalConfig,
+    eval_blocks,
+    evaluate_perplexity,
+    heldout_loss,
+    next_token_scores,
+    perplexity,
+)
 
 __all__ = [
-    "CHECKPOINTS", "EvalConfig", "checkpoint_step", "evaluate_perplexity", "heldout_loss", "last_complete_checkpoint",
+    "CHECKPOINTS", "EvalConfig", "checkpoint_step", "eval_blocks", "evaluate_perplexity", "heldout_loss", "last_complete_checkpoint",
     "load_causal_lm", "load_text_dataset", "next_token_scores", "pack_for_clm", "perplexity", "resume_point",
     "training_arguments",
 ]

@@ -108,6 +108,23 @@ class EvalConfig:
         check_range("max_blocks", self.max_blocks, min_value=0)
 
 
+def eval_blocks(dataset: Any, tokenizer: Any, config: EvalConfig, *, what: str = "the dataset") -> Any:
+    """``dataset`` packed into full blocks of ``config.block_size`` tokens, at most ``config.max_blocks`` of them.
+
+    Raises:
+        InvalidArtifactError: no full block (``what`` names the text in the message).
+    """
+    from aptops.lm.packing import pack_for_clm
+
+    blocks = pack_for_clm(dataset, tokenizer, block_size=config.block_size, text_column=config.text_column)
+    if config.max_blocks:
+        blocks = blocks.select(range(min(len(blocks), config.max_blocks)))
+    if len(blocks) == 0:
+        raise InvalidArtifactError(f"{what} yields no block of {config.block_size} tokens to evaluate; "
+                                   "lower block_size or add text")
+    return blocks
+
+
 def evaluate_perplexity(model: Any, dataset: Any, config: EvalConfig | None = None, *, tokenizer: Any = None) -> dict[str, float]:
     """Token-level cross-entropy and perplexity of a causal LM on a dataset, packed into full blocks.
 
@@ -125,16 +142,9 @@ def evaluate_perplexity(model: Any, dataset: Any, config: EvalConfig | None = No
     """
     torch = require("torch", extra="train", feature="evaluation")
     from aptops.lm.loading import load_causal_lm, load_text_dataset
-    from aptops.lm.packing import pack_for_clm
 
     config = config or EvalConfig()
     model, tokenizer, _ = load_causal_lm(model, tokenizer)
-    data = load_text_dataset(dataset, config.text_column)
-    blocks = pack_for_clm(data, tokenizer, block_size=config.block_size, text_column=config.text_column)
-    if config.max_blocks:
-        blocks = blocks.select(range(min(len(blocks), config.max_blocks)))
-    if len(blocks) == 0:
-        raise InvalidArtifactError(f"the dataset yields no block of {config.block_size} tokens to evaluate; "
-                                   "lower block_size or add text")
+    blocks = eval_blocks(load_text_dataset(dataset, config.text_column), tokenizer, config)
     batches = (torch.tensor(blocks[i:i + config.batch_size]["input_ids"]) for i in range(0, len(blocks), config.batch_size))
     return {**heldout_loss(model, batches), "blocks": float(len(blocks))}
