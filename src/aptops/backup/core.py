@@ -162,10 +162,10 @@ class BackupResult(StageResult):
 
     def raise_for_failures(self) -> None:
         """Raise :class:`StorageError` naming every destination that failed, if any did."""
-        failed = [f"{d.destination}: {d.error}" for d in self.destinations if d.outcome != "success"]
+        failed = [d for d in self.destinations if d.outcome != "success"]
         if failed:
-            raise StorageError("backup failed at " + "; ".join(failed), uri=", ".join(
-                d.destination for d in self.destinations if d.outcome != "success"))
+            raise StorageError("backup failed at " + "; ".join(f"{d.destination}: {d.error}" for d in failed),
+                               uri=", ".join(d.destination for d in failed))
 
 
 def store_for(location: Location, config: BackupConfig, credentials: dict[str, str | None] | None = None) -> Any:
