@@ -51,23 +51,24 @@ def distill_model(teacher_model: Any, student_model: Any, train_data: Any, val_d
 
 
 def _from_flat(flat: Mapping[str, Any]) -> DistillConfig:
-    """Sort the old plugin's flat keys into ``objective`` / ``training`` / the top level."""
+    """Sort the old plugin's flat keys into the configs ``DistillConfig`` nests (``objective``, ``training``)
+    and its own top level; the nested configs are read from its type hints, not listed here."""
     import dataclasses
+    import typing
 
     from aptops.core.config import from_dict
-    from aptops.distill.distiller import StrategyConfig
-    from aptops.train.trainer import TrainConfig
 
-    nested: dict[str, Any] = {"objective": {}, "training": {}}
-    objective = {f.name for f in dataclasses.fields(StrategyConfig)}
-    training = {f.name for f in dataclasses.fields(TrainConfig)}
+    hints = typing.get_type_hints(DistillConfig)
+    owners = {section: {f.name for f in dataclasses.fields(hints[section])}
+              for section in (f.name for f in dataclasses.fields(DistillConfig)) if dataclasses.is_dataclass(hints[section])}
+    nested: dict[str, Any] = {section: {} for section in owners}
     for key, value in flat.items():
-        if key in ("objective", "training") and isinstance(value, Mapping):
+        if key in owners and isinstance(value, Mapping):
             nested[key].update(value)
-        elif key in objective:
-            nested["objective"][key] = value
-        elif key in training:
-            nested["training"][key] = value
-        else:
+            continue
+        section = next((s for s, names in owners.items() if key in names), None)
+        if section is None:
             nested[key] = value  # a top-level key, or an unknown one that from_dict names
+        else:
+            nested[section][key] = value
     return from_dict(DistillConfig, nested)
