@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -56,13 +56,13 @@ def distill_evaluate(
     from aptops.distill.compression import CompressionConfig, compression_metrics, evaluate_compression
 
     cfg = load_config(CompressionConfig, config, overrides=set_ or [])
-    result: dict[str, Any] = {}
 
     def run() -> StageResult:
-        result.update(evaluate_compression(original, compressed, dataset, out, cfg))
-        return StageResult("distill", outputs={"report": str(out / "report.html")}, metrics=compression_metrics(result))
+        report = evaluate_compression(original, compressed, dataset, out, cfg)
+        return StageResult("distill", outputs={"report": str(out / "report.html")}, metrics=compression_metrics(report),
+                           details=report)
 
-    _run_stage("distill", "evaluate", run, out)
+    result = _run_stage("distill", "evaluate", run, out).details
     table = Table(title=f"compression report: {out / 'report.html'}")
     for col in ("", "original", "compressed"):
         table.add_column(col)
