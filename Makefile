@@ -6,7 +6,6 @@ APTOPS := $(VENV)/bin/aptops
 STAMP := $(VENV)/.aptops-setup
 REGISTRY ?= aptops
 TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
-STAGES := $(notdir $(wildcard images/*))
 PYTEST_ARGS ?=
 
 .PHONY: setup demo test fuzz bench compile lint images clean help
@@ -18,7 +17,7 @@ help:
 	@echo "make bench    benchmarks against named peers (bench/), results in bench/results/"
 	@echo "make compile  compile every pipeline to dist/pipelines/*.yaml"
 	@echo "make lint     ruff"
-	@echo "make images   docker build every images/*/Dockerfile (REGISTRY=$(REGISTRY) TAG=$(TAG))"
+	@echo "make images   docker build one image per stage (REGISTRY=$(REGISTRY) TAG=$(TAG); ONLY=\"data hub\" for some)"
 	@echo "make clean    remove runs/, dist/ and caches (keeps .venv)"
 
 setup: $(STAMP)
@@ -71,11 +70,12 @@ compile: setup
 lint: setup
 	$(VENV)/bin/ruff check src components pipelines tests bench
 
+# One image per stage: the stage table (src/aptops/stages.py) gives each its Dockerfile (images/Dockerfile,
+# shared; images/export/Dockerfile) and build arguments; it needs only python3, no setup.
+ONLY ?=
 images:
-	@for stage in $(STAGES); do \
-	  echo "building $(REGISTRY)/aptops-$$stage:$(TAG)"; \
-	  docker build -f images/$$stage/Dockerfile -t $(REGISTRY)/aptops-$$stage:$(TAG) . || exit 1; \
-	done
+	@set -o pipefail; PYTHONPATH=src python3 -m aptops.stages images --registry $(REGISTRY) --tag $(TAG) \
+	  $(foreach s,$(ONLY),--stage $(s)) | while IFS= read -r cmd; do echo "$$cmd"; eval "$$cmd" || exit 1; done
 
 clean:
 	rm -rf runs dist .pytest_cache .ruff_cache

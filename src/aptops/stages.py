@@ -6,10 +6,21 @@ stage is named the same everywhere; the old plugins' adapters (``aptops.plugins`
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import argparse
+import shlex
+import sys
+from dataclasses import dataclass, field
 from typing import Literal
 
 Pool = Literal["cpu", "gpu"]
+
+#: The base image of each node pool's stage images: CUDA, cuDNN and a CUDA build of PyTorch on the GPU pool.
+BASE_IMAGES: dict[str, str] = {
+    "gpu": "pytorch/pytorch:2.8.0-cuda12.8-cudnn9-runtime",
+    "cpu": "python:3.11-slim",
+}
+#: The Dockerfile every stage image is built from unless its row names its own.
+SHARED_DOCKERFILE = "images/Dockerfile"
 
 
 @dataclass(frozen=True)
@@ -27,6 +38,8 @@ class Stage:
         functions: the public functions of the old plugin that the stage keeps, importable from ``module``.
         config: ``module:Class`` of the stage's config, whose fields are the keys the old plugin's config takes;
             ``None`` for a stage without one.
+        image_extras: pip extras its image carries beyond ``extra`` (train's debug switch needs ``debug``).
+        dockerfile: the Dockerfile its image is built from, relative to the repository root.
     """
 
     name: str
@@ -38,6 +51,8 @@ class Stage:
     extra: str
     functions: tuple[str, ...]
     config: str | None
+    image_extras: tuple[str, ...] = field(default=(), kw_only=True)
+    dockerfile: str = field(default=SHARED_DOCKERFILE, kw_only=True)
 
     @property
     def image(self) -> str:
@@ -48,6 +63,19 @@ class Stage:
     def module(self) -> str:
         return f"aptops.{self.name}"
 
+    @property
+    def build_args(self) -> dict[str, str]:
+        """The ``--build-arg`` values of its image (none for a stage with a Dockerfile of its own)."""
+        if self.dockerfile != SHARED_DOCKERFILE:
+            return {}
+        return {"BASE": BASE_IMAGES[self.pool], "STAGE": self.name,
+                "EXTRAS": ",".join((self.extra, *self.image_extras))}
+
+    def docker_build(self, *, registry: str, tag: str) -> list[str]:
+        """The ``docker build`` command line of its image, run from the repository root."""
+        args = [f"--build-arg={k}={v}" for k, v in self.build_args.items()]
+        return ["docker", "build", "-f", self.dockerfile, *args, "-t", f"{registry}/{self.image}:{tag}", "."]
+
 
 STAGES: tuple[Stage, ...] = (
     Stage("data", "data_processors", "Data Processors", "data", 100, "cpu", "data",
@@ -56,7 +84,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("hub", "huggingface_integration", "HuggingFace Integration", "integration", 700, "cpu", "hub",
           ("import_from_huggingface", "export_to_huggingface", "load_hf_dataset", "create_model_card"), None),
     Stage("train", "huggingface_integration", "HuggingFace Integration", "integration", 700, "gpu", "train",
-          ("train_with_hf_trainer",), "aptops.train.trainer:TrainConfig"),
+          ("train_with_hf_trainer",), "aptops.train.trainer:TrainConfig", image_extras=("debug",)),
     Stage("distill", "model_distillation", "Model Distillation", "training", 350, "gpu", "distill",
           ("response_distillation", "feature_distillation", "relation_distillation",
            "attention_distillation", "distill_model", "evaluate_compression"),
@@ -74,13 +102,14 @@ STAGES: tuple[Stage, ...] = (
            "generate_full_report"), "aptops.debug.callback:DebugConfig"),
     Stage("export", "ollama_export", "Ollama Export", "export", 900, "cpu", "export",
           ("export_to_gguf", "create_modelfile", "register_to_ollama", "test_model"),
-          "aptops.export.stage:ExportConfig"),
+          "aptops.export.stage:ExportConfig", dockerfile="images/export/Dockerfile"),
     Stage("backup", "cloud_storage", "Cloud Storage", "storage", 700, "cpu", "backup",
           ("backup_to_s3", "backup_to_oss", "backup_to_huggingface", "backup_to_modelscope", "backup_model",
            "restore_from_s3", "restore_from_oss", "restore_from_cloud"), "aptops.backup.core:BackupConfig"),
 )
 
 _BY_NAME = {s.name: s for s in STAGES}
+
 
 def get_stage(name: str) -> Stage:
     """Look a stage up by name.
@@ -92,3 +121,23 @@ def get_stage(name: str) -> Stage:
         return _BY_NAME[name]
     except KeyError:
         raise KeyError(f"unknown stage {name!r}: known stages are {', '.join(_BY_NAME)}") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python3 -m aptops.stages images``: print the ``docker build`` line of every stage image (for ``make
+    images``; needs nothing but the standard library, so it runs before any setup)."""
+    parser = argparse.ArgumentParser(prog="python3 -m aptops.stages")
+    sub = parser.add_subparsers(dest="command", required=True)
+    images = sub.add_parser("images", help="the docker build command of each stage image, one per line")
+    images.add_argument("--registry", default="aptops")
+    images.add_argument("--tag", required=True)
+    images.add_argument("--stage", action="append", choices=list(_BY_NAME), help="only these stages (repeatable)")
+    args = parser.parse_args(argv)
+    for stage in STAGES:
+        if not args.stage or stage.name in args.stage:
+            print(shlex.join(stage.docker_build(registry=args.registry, tag=args.tag)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -129,7 +129,7 @@ def test_dockerignore_keeps_the_build_context_small():
     root = Path(__file__).resolve().parents[2]
     lines = (root / ".dockerignore").read_text().splitlines()
     assert lines[lines.index("*")] == "*", "everything is excluded by default"
-    for dockerfile in root.glob("images/*/Dockerfile"):
+    for dockerfile in root.glob("images/**/Dockerfile"):
         for line in dockerfile.read_text().splitlines():
             if line.startswith("COPY ") and "--from=" not in line:  # a stage's files, not the context's
                 for src in line.split()[1:-1]:

