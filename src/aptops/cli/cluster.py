@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-import yaml
 from rich.markup import escape
 from rich.table import Table
 
@@ -30,7 +29,7 @@ from aptops.cli.common import (
     console,
     err,
 )
-from aptops.core.config import parse_overrides
+from aptops.core.config import parse_overrides, read_yaml_mapping
 from aptops.core.errors import ConfigError, MissingDependencyError, PipelineError
 from aptops.stages import STAGES
 
@@ -120,11 +119,7 @@ def compile_(
 def _load_params(config: Path | None, params: list[str] | None) -> dict[str, Any]:
     values: dict[str, Any] = {}
     if config is not None:
-        if not config.is_file():
-            raise ConfigError(f"config file {str(config)!r} does not exist", value=str(config))
-        loaded = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {str(config)!r} must hold a mapping of parameter: value")
+        loaded = read_yaml_mapping(config)
         values.update(loaded.get("params", loaded))
     values.update(parse_overrides(params or []))
     return values

@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-import yaml
 
 from aptops.cli.common import (
     _print_metrics,
@@ -14,6 +13,7 @@ from aptops.cli.common import (
     app,
     console,
 )
+from aptops.core.config import read_yaml_mapping
 
 hub_app = typer.Typer(help="The hub stage: models in and out of a Hugging Face Hub (HF_ENDPOINT, HF_TOKEN).",
                       no_args_is_help=True)
@@ -45,7 +45,7 @@ def hub_export(
     """Publish a model with its tokenizer and a model card filled from its lineage; HF_TOKEN must be allowed to write."""
     from aptops.hub import export_to_huggingface
 
-    card = yaml.safe_load(info.read_text(encoding="utf-8")) if info else None
+    card = read_yaml_mapping(info) if info else None
     url = export_to_huggingface(str(model), None, repo, private=private, commit_message=message,
                                 revision_tag=tag, model_info=card)
     console.print(f"published {model} as {repo}: commit {url}")
@@ -60,6 +60,6 @@ def hub_card(
     """Write README.md (a model card from the folder's lineage) into a model folder."""
     from aptops.hub import create_model_card
 
-    card = yaml.safe_load(info.read_text(encoding="utf-8")) if info else None
+    card = read_yaml_mapping(info) if info else None
     create_model_card(model, repo, card)
     console.print(f"model card written: {model / 'README.md'}")

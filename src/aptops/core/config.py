@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import reprlib
 import types
 import typing
 from collections.abc import Iterable, Mapping, Sequence
@@ -24,6 +25,106 @@ C = TypeVar("C")
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
+
+#: The most nodes a YAML document may expand to (aliases counted at every place they are used); a config
+#: holds tens, a generous one thousands. A "billion laughs" document is refused instead of built.
+MAX_YAML_NODES = 100_000
+#: The deepest nesting a YAML document may have.
+MAX_YAML_DEPTH = 64
+
+_SHOW = reprlib.Repr()
+_SHOW.maxstring, _SHOW.maxother, _SHOW.maxlevel = 120, 120, 3
+_SHOW.maxlist = _SHOW.maxtuple = _SHOW.maxdict = _SHOW.maxset = 8
+
+
+def show(value: object) -> str:
+    """``repr(value)`` cut to a line: an error message names a huge or deeply nested value without building it."""
+    return _SHOW.repr(value)
+
+
+def load_yaml(text: str, *, source: str, max_nodes: int = MAX_YAML_NODES, max_depth: int = MAX_YAML_DEPTH) -> Any:
+    """Parse one YAML document safely (``yaml.SafeLoader``) with bounded alias expansion and depth.
+
+    Anchors and aliases stay usable (``<<: *defaults``), but the document's size counted with every alias
+    expanded, and its nesting depth, must stay under the limits; the graph is measured before any Python
+    object is built, so a "billion laughs" document costs nothing.
+
+    Raises:
+        ConfigError: not valid YAML, or over a limit; the message names ``source`` and the limit.
+    """
+    loader = yaml.SafeLoader(text)
+    try:
+        try:
+            node = loader.get_single_node()
+        except RecursionError:
+            raise ConfigError(f"{source}: nested deeper than {max_depth} levels; flatten it", value=source) from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{source} is not valid YAML: {exc}", value=source) from None
+        if node is None:
+            return None
+        sizes: dict[int, int] = {}
+
+        def size(n: yaml.Node, depth: int) -> int:
+            if depth > max_depth:
+                raise ConfigError(f"{source}: nested deeper than {max_depth} levels; flatten it", value=source)
+            if id(n) in sizes:
+                return sizes[id(n)]
+            sizes[id(n)] = max_nodes + 1  # a node that contains itself expands without end
+            if isinstance(n, yaml.MappingNode):
+                total = 1 + sum(size(k, depth + 1) + size(v, depth + 1) for k, v in n.value)
+            elif isinstance(n, yaml.SequenceNode):
+                total = 1 + sum(size(v, depth + 1) for v in n.value)
+            else:
+                total = 1
+            if total > max_nodes:
+                raise ConfigError(f"{source}: expands to more than {max_nodes} values through its anchors and aliases "
+                                  "(a YAML bomb?); write the values out or use fewer aliases", value=source)
+            sizes[id(n)] = total
+            return total
+
+        size(node, 0)
+        try:
+            return loader.construct_document(node)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{source} is not valid YAML: {exc}", value=source) from None
+    finally:
+        loader.dispose()
+
+
+def with_overrides(config: C, overrides: Mapping[str, Any], *, prefix: str = "") -> C:
+    """``config`` with the fields named in a (nested) mapping replaced, coerced and validated as in
+    :func:`from_dict`; nested configs take nested mappings (``{"training": {"lora_r": 8}}``) or dotted keys
+    (``{"training.lora_r": 8}``).
+
+    Raises:
+        ConfigError: an unknown key (the message lists the known ones) or an invalid value.
+    """
+    if not dataclasses.is_dataclass(config) or isinstance(config, type):
+        raise TypeError(f"{config!r} is not a config instance")
+    nested: dict[str, Any] = {}
+    for key, value in overrides.items():
+        _set_dotted(nested, str(key), value)
+    if not nested:
+        return config
+    cls = type(config)
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls) if f.init}
+    changes: dict[str, Any] = {}
+    for name, value in nested.items():
+        if name not in fields:
+            raise ConfigError(f"unknown config key {prefix + name!r} for {cls.__name__}: known keys are "
+                              f"{', '.join(sorted(fields))}", field=prefix + name, value=show(value))
+        current = getattr(config, name)
+        if dataclasses.is_dataclass(current) and isinstance(value, Mapping):
+            changes[name] = with_overrides(current, value, prefix=f"{prefix}{name}.")
+        else:
+            changes[name] = _coerce(hints[name], value, prefix + name)
+    try:
+        return dataclasses.replace(config, **changes)
+    except ConfigError:
+        raise
+    except TypeError as exc:
+        raise ConfigError(f"{cls.__name__}: {exc}") from exc
 
 
 def check_range(
@@ -44,7 +145,7 @@ def check_range(
     hi = "+inf" if max_value is None else f"{max_value}"
     interval = f"{'[' if min_inclusive else '('}{lo}, {hi}{']' if max_inclusive else ')'}"
     raise ConfigError(
-        f"{field}={value!r} is out of range: allowed {interval}", field=field, value=value
+        f"{field}={show(value)} is out of range: allowed {interval}", field=field, value=value
     )
 
 
@@ -53,7 +154,7 @@ def check_choice(field: str, value: object, choices: Iterable[object]) -> None:
     allowed = list(choices)
     if value not in allowed:
         raise ConfigError(
-            f"{field}={value!r} is not supported: choose one of {', '.join(map(str, allowed))}",
+            f"{field}={show(value)} is not supported: choose one of {', '.join(map(str, allowed))}",
             field=field,
             value=value,
         )
@@ -98,7 +199,7 @@ def load_config(
     """
     data: dict[str, Any] = {}
     if path is not None:
-        data = _read_mapping(Path(path), section)
+        data = read_yaml_mapping(path, section)
     items = parse_overrides(list(overrides)) if not isinstance(overrides, Mapping) else dict(overrides)
     for key, raw in items.items():
         _set_dotted(data, key, raw)
@@ -117,7 +218,7 @@ def from_dict(cls: type[C], data: Mapping[str, Any], *, prefix: str = "") -> C:
         raise ConfigError(
             f"unknown config key {name!r} for {cls.__name__}: known keys are {', '.join(sorted(fields))}",
             field=name,
-            value=data[unknown[0]],
+            value=show(data[unknown[0]]),
         )
     kwargs = {
         name: _coerce(hints[name], value, f"{prefix}{name}") for name, value in data.items()
@@ -135,13 +236,20 @@ def to_dict(config: object) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(config), default=str))  # type: ignore[call-overload]
 
 
-def _read_mapping(path: Path, section: str | None) -> dict[str, Any]:
+def read_yaml_mapping(path: str | Path, section: str | None = None) -> dict[str, Any]:
+    """The mapping a YAML file holds (its ``section`` key if given), read with :func:`load_yaml`'s limits.
+
+    Raises:
+        ConfigError: the file is missing, not UTF-8, not valid YAML, over a limit, or not a mapping.
+    """
+    path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist: pass an existing YAML file", value=str(path))
     try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}", value=str(path)) from exc
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {str(path)!r} is not UTF-8 text: {exc}", value=str(path)) from exc
+    loaded = load_yaml(text, source=f"config file {str(path)!r}")
     if loaded is None:
         loaded = {}
     if section is not None and isinstance(loaded, dict):
@@ -180,7 +288,7 @@ def _coerce(tp: Any, value: Any, field: str) -> Any:
                 return _coerce(arg, value, field)
             except ConfigError as exc:
                 errors.append(str(exc))
-        raise ConfigError(errors[0] if errors else f"{field}: bad value {value!r}", field=field, value=value)
+        raise ConfigError(errors[0] if errors else f"{field}: bad value {show(value)}", field=field, value=value)
     if origin is typing.Literal:
         # Literal choices are checked by the dataclass itself; coerce to the choices' type.
         sample = args[0]
@@ -191,7 +299,7 @@ def _coerce(tp: Any, value: Any, field: str) -> Any:
         if isinstance(value, tp):
             return value
         if not isinstance(value, Mapping):
-            raise ConfigError(f"{field} must be a mapping, got {value!r}", field=field, value=value)
+            raise ConfigError(f"{field} must be a mapping, got {show(value)}", field=field, value=value)
         return from_dict(tp, value, prefix=f"{field}.")
     if origin in (tuple, list, Sequence) or tp in (tuple, list):
         if isinstance(value, str):
@@ -209,7 +317,7 @@ def _coerce(tp: Any, value: Any, field: str) -> Any:
         if isinstance(value, str):
             value = _parse_inline(value)
         if not isinstance(value, Mapping):
-            raise ConfigError(f"{field} must be a mapping, got {value!r}", field=field, value=value)
+            raise ConfigError(f"{field} must be a mapping, got {show(value)}", field=field, value=value)
         k_tp, v_tp = args if args else (Any, Any)
         return {_coerce(k_tp, k, field): _coerce(v_tp, v, f"{field}.{k}") for k, v in value.items()}
     if tp is Any:
@@ -219,29 +327,29 @@ def _coerce(tp: Any, value: Any, field: str) -> Any:
             return value
         if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
             return value.strip().lower() in _TRUE
-        raise ConfigError(f"{field} must be true or false, got {value!r}", field=field, value=value)
+        raise ConfigError(f"{field} must be true or false, got {show(value)}", field=field, value=value)
     if tp is int:
         if isinstance(value, bool):
-            raise ConfigError(f"{field} must be an integer, got {value!r}", field=field, value=value)
+            raise ConfigError(f"{field} must be an integer, got {show(value)}", field=field, value=value)
         try:
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError
             return int(value)
         except (TypeError, ValueError) as exc:
-            raise ConfigError(f"{field} must be an integer, got {value!r}", field=field, value=value) from exc
+            raise ConfigError(f"{field} must be an integer, got {show(value)}", field=field, value=value) from exc
     if tp is float:
         try:
             if isinstance(value, bool):
                 raise ValueError
             return float(value)
         except (TypeError, ValueError) as exc:
-            raise ConfigError(f"{field} must be a number, got {value!r}", field=field, value=value) from exc
+            raise ConfigError(f"{field} must be a number, got {show(value)}", field=field, value=value) from exc
     if tp is str:
         if isinstance(value, str):
             return value
         if isinstance(value, int | float) and not isinstance(value, bool):
             return str(value)
-        raise ConfigError(f"{field} must be a string, got {value!r}", field=field, value=value)
+        raise ConfigError(f"{field} must be a string, got {show(value)}", field=field, value=value)
     if tp is Path:
         return Path(value)
     return value
@@ -250,6 +358,6 @@ def _coerce(tp: Any, value: Any, field: str) -> Any:
 def _parse_inline(text: str) -> Any:
     """Parse an inline YAML value (``[a, b]``, ``{k: v}``) from an override."""
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
+        return load_yaml(text, source=f"the value {show(text)}")
+    except ConfigError:
         return text

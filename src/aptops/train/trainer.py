@@ -34,7 +34,7 @@ from aptops.core.artifacts import (
     write_json,
     write_lineage,
 )
-from aptops.core.config import check_range, to_dict
+from aptops.core.config import check_range, load_yaml, show, to_dict
 from aptops.core.deps import require
 from aptops.core.errors import ConfigError, InvalidArtifactError
 from aptops.core.logging import progress_disabled
@@ -129,7 +129,6 @@ def _scalar(text: str) -> Any:
     Words stay words: YAML 1.1 would turn ``save_strategy=no`` into ``False``, and ``report_to=none`` is
     a string to the Trainer.
     """
-    import yaml
 
     for cast in (int, float):
         try:
@@ -142,7 +141,7 @@ def _scalar(text: str) -> Any:
     if lowered in ("null", "~"):  # not "none": report_to="none" means no integration
         return None
     if text.strip().startswith(("[", "{")):
-        return yaml.safe_load(text)
+        return load_yaml(text, source=f"the value {show(text)}")
     return text
 
 

@@ -4,7 +4,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from aptops.core.config import check_choice, check_range, load_config, parse_overrides
+from aptops.core.config import check_choice, check_range, from_dict, load_config, parse_overrides
 from aptops.core.errors import ConfigError
 from aptops.data import CleanConfig
 
@@ -96,3 +96,58 @@ def test_check_helpers_exclusive_bounds():
         check_range("lr", 0.0, min_value=0.0, min_inclusive=False)
     with pytest.raises(ConfigError, match="choose one of a, b"):
         check_choice("x", "c", ["a", "b"])
+
+
+def _bomb(levels: int = 9) -> str:
+    """The "billion laughs" document: each level lists the one before nine times (9**9 values expanded)."""
+    names = [chr(ord("a") + i) for i in range(levels)]
+    lines = [f"{names[0]}: &{names[0]} [{', '.join(['lol'] * 9)}]"]
+    lines += [f"{n}: &{n} [{', '.join([f'*{p}'] * 9)}]" for p, n in zip(names, names[1:], strict=False)]
+    return "\n".join(lines) + f"\nmin_chars: *{names[-1]}\n"
+
+
+def test_a_yaml_bomb_is_refused_before_it_is_built(tmp_path):
+    """Issue 25: nine levels of anchors under min_chars grew to 1.7 GB while the error message formatted them."""
+    import resource
+
+    path = tmp_path / "bomb.yaml"
+    path.write_text(_bomb())
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(ConfigError, match=r"bomb.yaml'.*expands to more than 100000 values"):
+        load_config(CleanConfig, path)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 50 * 1024  # KiB: nothing was expanded
+
+
+def test_anchors_and_merge_keys_still_work_under_the_limits():
+    from aptops.core.config import load_yaml
+
+    text = "base: &b {x: 1, y: [1, 2]}\nother: {<<: *b, y: 3}\nagain: *b\n"
+    assert load_yaml(text, source="t") == {"base": {"x": 1, "y": [1, 2]}, "other": {"x": 1, "y": 3},
+                                           "again": {"x": 1, "y": [1, 2]}}
+    with pytest.raises(ConfigError, match="nested deeper than 64 levels"):
+        load_yaml("[" * 10_000 + "]" * 10_000, source="deep")
+    with pytest.raises(ConfigError, match="nested deeper than 5 levels"):
+        load_yaml("a: {b: {c: {d: {e: {f: {g: 1}}}}}}", source="deep", max_depth=5)
+    with pytest.raises(ConfigError, match="t is not valid YAML"):
+        load_yaml("a: [1, 2", source="t")
+
+
+def test_a_huge_value_is_shown_cut_in_the_error():
+    with pytest.raises(ConfigError) as info:
+        from_dict(CleanConfig, {"min_chars": [list(range(1000))] * 1000})
+    assert len(str(info.value)) < 400, str(info.value)
+    assert "min_chars must be an integer" in str(info.value)
+
+
+def test_with_overrides_replaces_nested_fields_and_validates():
+    from aptops.core.config import with_overrides
+    from aptops.prune import PruneConfig
+
+    base = PruneConfig(method="wanda")
+    cfg = with_overrides(base, {"training": {"lora_r": "8"}, "training.block_size": 64, "target_sparsity": 0.25})
+    assert (cfg.method, cfg.target_sparsity, cfg.training.lora_r, cfg.training.block_size) == ("wanda", 0.25, 8, 64)
+    assert cfg.training.resume == base.training.resume and with_overrides(base, {}) is base
+    with pytest.raises(ConfigError, match=r"unknown config key 'training.lora' for TrainConfig: known keys are .*lora_r"):
+        with_overrides(base, {"training": {"lora": 8}})
+    with pytest.raises(ConfigError, match="block_size=-3 is out of range"):
+        with_overrides(base, {"training.block_size": -3})
