@@ -20,6 +20,7 @@ def backup_model(
     metrics: Output[Metrics],
     max_retries: int = 4,
     pack_small_files_kb: int = 0,
+    overrides: str = "",
     pipeline: str = "backup",
     run_id: str = "",
 ):
@@ -29,12 +30,14 @@ def backup_model(
 
     from aptops.backup import BackupConfig
     from aptops.backup import backup_model as backup
-    from aptops.core.runtime import list_param, run_component
+    from aptops.core.runtime import apply_overrides, list_param, run_component
 
     targets = list_param(destinations)
+    config = BackupConfig(max_retries=max_retries, pack_small_files_kb=pack_small_files_kb)
+    config = apply_overrides(config, overrides)
 
     def work():
-        out = backup(model_path, targets, BackupConfig(max_retries=max_retries, pack_small_files_kb=pack_small_files_kb))
+        out = backup(model_path, targets, config)
         os.makedirs(result.path, exist_ok=True)
         with open(os.path.join(result.path, "backup.json"), "w", encoding="utf-8") as fh:
             json.dump({"manifest": out.manifest, "destinations": out.details["destinations"]}, fh, indent=2)
@@ -50,18 +53,21 @@ def backup_artifact(
     destinations: str,
     metrics: Output[Metrics],
     max_retries: int = 4,
+    overrides: str = "",
     pipeline: str = "deploy",
     run_id: str = "",
 ):
     """Back up a model artifact produced earlier in the pipeline (a GGUF folder, a trained model)."""
     from aptops.backup import BackupConfig
     from aptops.backup import backup_model as backup
-    from aptops.core.runtime import list_param, run_component
+    from aptops.core.runtime import apply_overrides, list_param, run_component
 
     targets = list_param(destinations)
+    config = BackupConfig(max_retries=max_retries)
+    config = apply_overrides(config, overrides)
 
     def work():
-        out = backup(model.path, targets, BackupConfig(max_retries=max_retries))
+        out = backup(model.path, targets, config)
         out.raise_for_failures()
         return out
 

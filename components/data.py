@@ -28,15 +28,17 @@ def clean_text(
     separator: str = "",
     min_chars: int = 1,
     shard_rows: int = 100000,
+    overrides: str = "",
     pipeline: str = "data",
     run_id: str = "",
 ):
     """Clean a text corpus (file or folder of JSONL/Parquet/CSV/text) into a Parquet dataset."""
-    from aptops.core.runtime import run_component
+    from aptops.core.runtime import apply_overrides, run_component
     from aptops.data import CleanConfig, clean_dataset
 
     config = CleanConfig(strategy=strategy, code_language=code_language or None, text_column=text_column, input_format=input_format,
                          separator=separator or None, min_chars=min_chars, shard_rows=shard_rows)
+    config = apply_overrides(config, overrides)
     result = run_component("data", lambda: clean_dataset(source, output_dir=dataset.path, config=config), step="clean",
                            pipeline=pipeline, run_id=run_id, metrics=metrics)
     dataset.metadata.update({"rows": int(result.metrics["rows_out"]), "text_column": text_column})
@@ -49,16 +51,18 @@ def dataset_stats(
     report: Output[HTML],
     metrics: Output[Metrics],
     text_column: str = "text",
+    overrides: str = "",
     pipeline: str = "data",
     run_id: str = "",
 ):
     """Describe a dataset: length statistics, stats.json and an HTML report with a histogram."""
     import shutil
 
-    from aptops.core.runtime import run_component
+    from aptops.core.runtime import apply_overrides, run_component
     from aptops.data import StatsConfig, dataset_stats
 
     config = StatsConfig(text_column=text_column)
+    config = apply_overrides(config, overrides)
     result = run_component("data", lambda: dataset_stats(dataset.path, output_dir=stats.path, config=config), step="stats",
                            pipeline=pipeline, run_id=run_id, metrics=metrics)
     shutil.copyfile(result.outputs["report"], report.path)
@@ -83,18 +87,20 @@ def minhash_signatures(
     num_perm: int = 128,
     seed: int = 1,
     text_column: str = "text",
+    overrides: str = "",
     pipeline: str = "data",
     run_id: str = "",
 ):
     """Dedup step 1 (one task per shard): shingle hashes and LSH band keys of every row."""
     import os
 
-    from aptops.core.runtime import run_component
+    from aptops.core.runtime import apply_overrides, run_component
     from aptops.data import DedupConfig
     from aptops.data.shards import shard_index, shard_signatures
 
     config = DedupConfig(threshold=threshold, ngram=ngram, tokenizer=tokenizer, num_perm=num_perm, seed=seed,
                          text_column=text_column)
+    config = apply_overrides(config, overrides)
     run_component("data", lambda: shard_signatures(os.path.join(dataset.path, shard), signatures.path, config,
                                                    shard_index=shard_index(shard)),
                   step=f"signatures-{shard_index(shard)}", pipeline=pipeline, run_id=run_id)
@@ -111,16 +117,18 @@ def find_duplicates(
     num_perm: int = 128,
     seed: int = 1,
     text_column: str = "text",
+    overrides: str = "",
     pipeline: str = "data",
     run_id: str = "",
 ):
     """Dedup step 2 (one task): LSH buckets over all shards, candidates verified by exact Jaccard."""
-    from aptops.core.runtime import run_component
+    from aptops.core.runtime import apply_overrides, run_component
     from aptops.data import DedupConfig
     from aptops.data.shards import cluster_duplicates
 
     config = DedupConfig(threshold=threshold, ngram=ngram, tokenizer=tokenizer, num_perm=num_perm, seed=seed,
                          text_column=text_column)
+    config = apply_overrides(config, overrides)
     run_component("data", lambda: cluster_duplicates([s.path for s in signatures], duplicates.path, config),
                   step="duplicates", pipeline=pipeline, run_id=run_id, metrics=metrics)
 
@@ -167,6 +175,7 @@ def quality_check(
     perplexity_model: str = "",
     max_perplexity: float = 1000.0,
     text_column: str = "text",
+    overrides: str = "",
     pipeline: str = "data",
     run_id: str = "",
 ):
@@ -177,7 +186,7 @@ def quality_check(
     """
     import shutil
 
-    from aptops.core.runtime import list_param, run_component
+    from aptops.core.runtime import apply_overrides, list_param, run_component
     from aptops.data.quality import QualityConfig, quality_dataset
 
     selected = list_param(checks)
@@ -189,6 +198,7 @@ def quality_check(
         languages=tuple(list_param(languages)), min_chars=min_chars,
         text_column=text_column,
     )
+    config = apply_overrides(config, overrides)
     result = run_component("data", lambda: quality_dataset(dataset.path, output_dir=scored.path, config=config), step="quality",
                            pipeline=pipeline, run_id=run_id, metrics=metrics)
     shutil.copyfile(result.outputs["report"], report.path)
@@ -200,18 +210,18 @@ def process_data(
     source: str,
     dataset: Output[Dataset],
     metrics: Output[Metrics],
-    config_yaml: str = "steps: [clean, dedup, quality]",
+    steps: str = "clean,dedup,quality",
+    overrides: str = "",
     pipeline: str = "data",
     run_id: str = "",
 ):
-    """clean -> dedup -> augment -> balance -> quality in one task, configured by a ProcessConfig YAML."""
-    import yaml
-
-    from aptops.core.config import from_dict
-    from aptops.core.runtime import run_component
+    """clean -> dedup -> augment -> balance -> quality in one task: the steps to run, each step's settings as
+    overrides (``"dedup: {threshold: 0.9}"``)."""
+    from aptops.core.runtime import apply_overrides, list_param, run_component
     from aptops.data.process import ProcessConfig, process_pipeline
 
-    config = from_dict(ProcessConfig, yaml.safe_load(config_yaml) or {})
+    config = ProcessConfig(steps=tuple(list_param(steps)))
+    config = apply_overrides(config, overrides)
     result = run_component("data", lambda: process_pipeline(source, dataset.path, config), step="process",
                            pipeline=pipeline, run_id=run_id, metrics=metrics)
     dataset.metadata.update({"rows": int(result.metrics["rows_out"])})
@@ -228,15 +238,17 @@ def balance_classes(
     undersampler: str = "random",
     label_column: str = "label",
     text_column: str = "text",
+    overrides: str = "",
     pipeline: str = "data",
     run_id: str = "",
 ):
     """Balance the classes of a labelled dataset; class counts before/after go to the metadata."""
-    from aptops.core.runtime import run_component
+    from aptops.core.runtime import apply_overrides, run_component
     from aptops.data.balance import BalanceConfig, balance_dataset_dir
 
     config = BalanceConfig(method=method, target_ratio=target_ratio, oversampler=oversampler,
                            undersampler=undersampler, label_column=label_column, text_column=text_column)
+    config = apply_overrides(config, overrides)
 
     def work():
         return balance_dataset_dir(dataset.path, output_dir=balanced.path, config=config)

@@ -24,6 +24,7 @@ def debug_model(
     steps: int = 20,
     learning_rate: float = 5e-5,
     max_batches: int = 8,
+    overrides: str = "",
     pipeline: str = "debug",
     run_id: str = "",
 ):
@@ -31,12 +32,13 @@ def debug_model(
     report the findings with fixes (HTML here; JSON and PDF in details)."""
     import shutil
 
-    from aptops.core.runtime import run_component
+    from aptops.core.runtime import apply_overrides, run_component
     from aptops.debug.stage import DebugStageConfig
     from aptops.debug.stage import debug_model as run_debug
 
     config = DebugStageConfig(block_size=block_size, batch_size=batch_size, text_column=text_column, steps=steps,
                               learning_rate=learning_rate, max_batches=max_batches)
+    config = apply_overrides(config, overrides)
     result = run_component("debug", lambda: run_debug(model.path, dataset.path, output_dir=details.path, config=config),
                            step="debug", pipeline=pipeline, run_id=run_id, metrics=metrics)
     shutil.copyfile(result.outputs["html"], report.path)

@@ -31,6 +31,7 @@ def distill_model(
     eval_fraction: float = 0.05,
     training_args: str = "{}",
     debug: bool = False,
+    overrides: str = "",
     pipeline: str = "compress",
     run_id: str = "",
 ):
@@ -41,7 +42,7 @@ def distill_model(
     import os
     import shutil
 
-    from aptops.core.runtime import json_param, publish_debug_report, run_component
+    from aptops.core.runtime import apply_overrides, json_param, publish_debug_report, run_component
     from aptops.distill import DistillConfig, StrategyConfig
     from aptops.distill import distill_model as distill
     from aptops.train import TrainConfig
@@ -54,6 +55,7 @@ def distill_model(
         training=TrainConfig(block_size=block_size, chat_prompt=chat_prompt, eval_fraction=eval_fraction, debug=debug,
                              training_args=args | extra),
         student_layer_stride=student_layer_stride)
+    config = apply_overrides(config, overrides)
     os.environ.setdefault("APTOPS_RUN_ID", run_id or "local")
     result = run_component("distill", lambda: distill(teacher.path, dataset.path, output_dir=student.path, config=config),
                            step="distill", pipeline=pipeline, run_id=run_id, metrics=metrics)
@@ -71,6 +73,7 @@ def evaluate_compression(
     metrics: Output[Metrics],
     block_size: int = 256,
     max_blocks: int = 64,
+    overrides: str = "",
     pipeline: str = "compress",
     run_id: str = "",
 ):
@@ -79,12 +82,13 @@ def evaluate_compression(
     import tempfile
 
     from aptops.core.artifacts import StageResult
-    from aptops.core.runtime import run_component
+    from aptops.core.runtime import apply_overrides, run_component
     from aptops.distill.compression import CompressionConfig, compression_metrics
     from aptops.distill.compression import evaluate_compression as evaluate
     from aptops.lm import EvalConfig
 
     config = CompressionConfig(evaluation=EvalConfig(block_size=block_size, batch_size=4, max_blocks=max_blocks))
+    config = apply_overrides(config, overrides)
     with tempfile.TemporaryDirectory() as tmp:
         def body():
             out = evaluate(original.path, compressed.path, dataset.path, f"{tmp}/report", config)

@@ -22,15 +22,17 @@ def export_gguf(
     max_perplexity_change: float = 0.5,
     vocab_type: str = "auto",
     fallback_type: str = "",
+    overrides: str = "",
     pipeline: str = "deploy",
     run_id: str = "",
 ):
     """Convert to GGUF, quantize with llama.cpp, read the types back, verify against the model, gate."""
-    from aptops.core.runtime import run_component
+    from aptops.core.runtime import apply_overrides, run_component
     from aptops.export import ExportConfig, GateConfig, export_to_gguf
 
     config = ExportConfig(quantization, on_fallback, True, GateConfig(min_top1_agreement, max_perplexity_change),
                           vocab_type=vocab_type, fallback_type=fallback_type)
+    config = apply_overrides(config, overrides)
     result = run_component("export", lambda: export_to_gguf(model.path, gguf.path, config=config), step="gguf",
                            pipeline=pipeline, run_id=run_id, metrics=metrics)
     gguf.metadata.update({"quantization": quantization, "file": result.outputs["gguf"].rsplit("/", 1)[-1]})

@@ -51,13 +51,14 @@ def train_multimodal_model(
     cache_features: bool = True,
     on_bad_input: str = "error",
     training_args: str = "{}",
+    overrides: str = "",
     pipeline: str = "multimodal",
     run_id: str = "",
 ):
     """Train a text + image + audio model (encoders, fusion, head) and report accuracy fused and per modality."""
     import shutil
 
-    from aptops.core.runtime import json_param, list_param, run_component
+    from aptops.core.runtime import apply_overrides, json_param, list_param, run_component
     from aptops.multimodal import MultimodalConfig, train_multimodal_model
 
     extra = json_param(training_args, "training_args")
@@ -68,6 +69,7 @@ def train_multimodal_model(
         epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, modality_dropout=modality_dropout,
         gradient_balance=gradient_balance, cache_features=cache_features, on_bad_input=on_bad_input,
         training_args=extra)
+    config = apply_overrides(config, overrides)
     result = run_component(
         "multimodal", lambda: train_multimodal_model(train.path, output_dir=model.path, config=config, eval_data=eval_data.path),
         step="train", pipeline=pipeline, run_id=run_id, metrics=metrics)

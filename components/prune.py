@@ -30,13 +30,14 @@ def prune_model(
     batch_size: int = 8,
     training_args: str = "{}",
     debug: bool = False,
+    overrides: str = "",
     pipeline: str = "compress",
     run_id: str = "",
 ):
     """Prune (magnitude, taylor, wanda, neuron, head, lottery), fine-tune with the masks fixed, report before/after."""
     import shutil
 
-    from aptops.core.runtime import json_param, run_component
+    from aptops.core.runtime import apply_overrides, json_param, run_component
     from aptops.prune import PruneConfig
     from aptops.prune import prune_model as prune
     from aptops.train import TrainConfig
@@ -47,6 +48,7 @@ def prune_model(
                          recovery_steps=recovery_steps,
                          training=TrainConfig(block_size=block_size, chat_prompt=chat_prompt, debug=debug, resume="never",
                                               training_args=args | extra))
+    config = apply_overrides(config, overrides)
     result = run_component("prune", lambda: prune(model.path, dataset.path, output_dir=pruned.path, config=config),
                            step="prune", pipeline=pipeline, run_id=run_id, metrics=metrics)
     shutil.copyfile(result.outputs["report"], report.path)

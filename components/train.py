@@ -34,6 +34,7 @@ def train_model(
     training_args: str = "{}",
     debug: bool = False,
     debug_interval: int = 10,
+    overrides: str = "",
     pipeline: str = "train",
     run_id: str = "",
 ):
@@ -45,7 +46,7 @@ def train_model(
     import os
     import shutil
 
-    from aptops.core.runtime import json_param, publish_debug_report, run_component
+    from aptops.core.runtime import apply_overrides, json_param, publish_debug_report, run_component
     from aptops.train import TrainConfig
     from aptops.train import train_model as train
 
@@ -55,6 +56,7 @@ def train_model(
     config = TrainConfig(block_size=block_size, text_column=text_column, chat_prompt=chat_prompt, eval_fraction=eval_fraction, lora_r=lora_r,
                          early_stopping_patience=early_stopping_patience or None, debug=debug,
                          debug_interval=debug_interval, training_args=args | extra)
+    config = apply_overrides(config, overrides)
     os.environ.setdefault("APTOPS_RUN_ID", run_id or "local")
     result = run_component("train", lambda: train(model.path, dataset.path, output_dir=trained.path, config=config,
                                                   heldout_dir=heldout.path),
@@ -74,6 +76,7 @@ def evaluate_model(
     block_size: int = 256,
     text_column: str = "text",
     max_blocks: int = 0,
+    overrides: str = "",
     pipeline: str = "train",
     run_id: str = "",
 ):
@@ -81,10 +84,11 @@ def evaluate_model(
     import shutil
     import tempfile
 
-    from aptops.core.runtime import run_component
+    from aptops.core.runtime import apply_overrides, run_component
     from aptops.train import EvalConfig, compare_models
 
     config = EvalConfig(block_size=block_size, text_column=text_column, max_blocks=max_blocks)
+    config = apply_overrides(config, overrides)
     with tempfile.TemporaryDirectory(prefix="aptops-eval-") as scratch:  # only the report is kept
         out = scratch + "/evaluation"
         result = run_component("train", lambda: compare_models(base.path, trained.path, dataset.path, output_dir=out, config=config),

@@ -74,7 +74,7 @@ def build(settings: ClusterSettings) -> Any:
         Args:
             model: the base model: a Hub model id or a model folder the tasks can read.
             source: the corpus (JSONL, Parquet, CSV or text).
-            data_steps: the data stage's ProcessConfig as YAML (steps, separator, quality settings).
+            data_steps: the data stage's ProcessConfig fields as YAML (steps, separator, quality settings).
             chat_prompt: train a chat model with each document as its answer to this user message (keeps
                 an instruct model answering); empty: plain text (base models, tokenizers without a template).
             block_size: tokens per training sequence.
@@ -99,7 +99,7 @@ def build(settings: ClusterSettings) -> Any:
         finished = outcome(pipeline="lifecycle", run_id=run_id)
         settings.apply(finished, "data", cache=False)
         with dsl.ExitHandler(finished, name="lifecycle"):
-            data = process(source=source, config_yaml=data_steps, pipeline="lifecycle", run_id=run_id)
+            data = process(source=source, overrides=data_steps, pipeline="lifecycle", run_id=run_id)
             settings.apply(data, "data")
             base = import_model(repo=model, pipeline="lifecycle", run_id=run_id)
             settings.apply(base, "hub")

@@ -74,7 +74,7 @@ def test_process_and_balance_components_run_under_kfp_local(tmp_path, monkeypatc
 
     @dsl.pipeline(name="process-then-balance")
     def flow(source: str):
-        processed = data.process_data(source=source, config_yaml="steps: [clean, dedup]\ndedup:\n  threshold: 0.9\n")
+        processed = data.process_data(source=source, steps="clean,dedup", overrides="dedup:\n  threshold: 0.9\n")
         data.balance_classes(dataset=processed.outputs["dataset"], method="undersample")
 
     flow(source=str(src))

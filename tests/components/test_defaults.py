@@ -92,3 +92,62 @@ def test_the_test_reads_configs_out_of_component_bodies():
     names = dict(COMPONENTS)
     assert "prune_model" in names and "distill_model" in names and len(names) >= 15
     assert re.findall(r"\b([A-Z]\w*Config)\(", inspect.getsource(names["prune_model"])) == ["PruneConfig", "TrainConfig"]
+
+
+@pytest.mark.parametrize(("name", "fn"), COMPONENTS, ids=[n for n, _ in COMPONENTS])
+def test_a_component_that_builds_a_config_takes_yaml_overrides(name, fn):
+    """One parameter surface: the flat parameters, then ``overrides`` (YAML of any config field) on top."""
+    source = inspect.getsource(fn)
+    if not re.search(r"\bconfig = [A-Z]\w*Config\(", source):
+        assert "overrides" not in inspect.signature(fn).parameters
+        return
+    param = inspect.signature(fn).parameters.get("overrides")
+    assert param is not None and param.annotation is str and param.default == "", name
+    assert "config = apply_overrides(config, overrides)" in source, f"{name} ignores its overrides"
+    assert source.index("config = apply_overrides(config, overrides)") < source.index("run_component(")
+
+
+class _Out:
+    """What the KFP executor hands a component body for an output artifact: a path and metadata."""
+
+    def __init__(self, path):
+        self.path = str(path)
+        self.metadata = {}
+        self.logged = {}
+
+    def log_metric(self, name, value):
+        self.logged[name] = value
+
+
+def test_overrides_reach_the_library_and_bad_ones_fail_before_work(tmp_path, monkeypatch):
+    from aptops.core.errors import ConfigError
+    from aptops_components.data import clean_text
+
+    monkeypatch.setenv("APTOPS_METRICS_DIR", str(tmp_path / "prom"))
+    src = tmp_path / "in.txt"
+    src.write_text("short\na line long enough to keep\n")
+    fn = clean_text.python_func
+    every = _Out(tmp_path / "all")
+    fn(source=str(src), dataset=every, metrics=_Out(tmp_path / "m1"))
+    assert every.metadata["rows"] == 2
+    kept = _Out(tmp_path / "kept")
+    fn(source=str(src), dataset=kept, metrics=_Out(tmp_path / "m2"), min_chars=1, overrides="min_chars: 10")
+    assert kept.metadata["rows"] == 1
+    for bad, message in (("min_char: 10", "unknown config key 'min_char' for CleanConfig"),
+                         ("[1, 2]", "the overrides parameter must be a YAML mapping of CleanConfig fields"),
+                         ("min_chars: [1", "the overrides parameter is not valid YAML")):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            fn(source=str(src), dataset=_Out(tmp_path / "bad"), metrics=_Out(tmp_path / "m3"), overrides=bad)
+        assert not (tmp_path / "bad").exists()
+
+
+def test_nested_overrides_reach_a_nested_config():
+    from aptops.core.runtime import apply_overrides
+    from aptops.distill import DistillConfig
+    from aptops.train import TrainConfig
+
+    base = DistillConfig(training=TrainConfig(training_args={"learning_rate": 1e-4, "max_steps": 5}))
+    cfg = apply_overrides(base, "objective: {temperature: 1.0, alpha: 0.8}\ntraining:\n  lora_r: 4\n"
+                                "  training_args: {warmup_ratio: 0.1}\n")
+    assert (cfg.objective.temperature, cfg.objective.alpha, cfg.training.lora_r) == (1.0, 0.8, 4)
+    assert cfg.training.training_args == {"learning_rate": 1e-4, "max_steps": 5, "warmup_ratio": 0.1}

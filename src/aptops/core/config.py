@@ -94,7 +94,7 @@ def load_yaml(text: str, *, source: str, max_nodes: int = MAX_YAML_NODES, max_de
 def with_overrides(config: C, overrides: Mapping[str, Any], *, prefix: str = "") -> C:
     """``config`` with the fields named in a (nested) mapping replaced, coerced and validated as in
     :func:`from_dict`; nested configs take nested mappings (``{"training": {"lora_r": 8}}``) or dotted keys
-    (``{"training.lora_r": 8}``).
+    (``{"training.lora_r": 8}``); a mapping-valued field (``training_args``) is merged key by key.
 
     Raises:
         ConfigError: an unknown key (the message lists the known ones) or an invalid value.
@@ -117,6 +117,8 @@ def with_overrides(config: C, overrides: Mapping[str, Any], *, prefix: str = "")
         current = getattr(config, name)
         if dataclasses.is_dataclass(current) and isinstance(value, Mapping):
             changes[name] = with_overrides(current, value, prefix=f"{prefix}{name}.")
+        elif isinstance(current, Mapping) and isinstance(value, Mapping):  # training_args: merged key by key
+            changes[name] = {**current, **_coerce(hints[name], value, prefix + name)}
         else:
             changes[name] = _coerce(hints[name], value, prefix + name)
     try:

@@ -10,13 +10,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from aptops.core.artifacts import StageResult
 from aptops.core.logging import configure_logging
 from aptops.core.metrics import sink_from_env, stage_run
 
 log = logging.getLogger(__name__)
+C = TypeVar("C")
 
 
 def run_component(
@@ -91,3 +92,29 @@ def json_param(text: str, field: str, default: Any = None) -> Any:
 def list_param(text: str) -> list[str]:
     """A component's comma-separated string parameter (``"s3://a, oss://b"``) as its non-empty, stripped items."""
     return [item.strip() for item in (text or "").split(",") if item.strip()]
+
+
+def apply_overrides(config: C, text: str, field: str = "overrides") -> C:
+    """``config`` with a component's YAML overrides parameter applied on top of its flat parameters.
+
+    ``text`` is a YAML mapping of the stage config's fields, nested configs as nested mappings or dotted keys
+    (``"training: {lora_r: 8}"``, ``"objective.temperature: 1.0"``); a mapping-valued field such as
+    ``training_args`` is merged key by key into what the flat parameters set. Empty text changes nothing.
+
+    Raises:
+        ConfigError: not YAML, not a mapping, an unknown key or an invalid value; the message names the parameter.
+    """
+    from collections.abc import Mapping
+
+    from aptops.core.config import load_yaml, show, with_overrides
+    from aptops.core.errors import ConfigError
+
+    if not (text or "").strip():
+        return config
+    data = load_yaml(text, source=f"the {field} parameter")
+    if data is None:
+        return config
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"the {field} parameter must be a YAML mapping of {type(config).__name__} fields "
+                          f"(for example 'training: {{lora_r: 8}}'), got {show(data)}", field=field, value=show(data))
+    return with_overrides(config, data)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import pytest
@@ -102,7 +103,7 @@ def _bomb(levels: int = 9) -> str:
     """The "billion laughs" document: each level lists the one before nine times (9**9 values expanded)."""
     names = [chr(ord("a") + i) for i in range(levels)]
     lines = [f"{names[0]}: &{names[0]} [{', '.join(['lol'] * 9)}]"]
-    lines += [f"{n}: &{n} [{', '.join([f'*{p}'] * 9)}]" for p, n in zip(names, names[1:], strict=False)]
+    lines += [f"{n}: &{n} [{', '.join([f'*{p}'] * 9)}]" for p, n in itertools.pairwise(names)]
     return "\n".join(lines) + f"\nmin_chars: *{names[-1]}\n"
 
 
