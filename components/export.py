@@ -30,10 +30,11 @@ def export_gguf(
     from aptops.core.runtime import apply_overrides, run_component
     from aptops.export import ExportConfig, GateConfig, export_to_gguf
 
-    config = ExportConfig(quantization, on_fallback, True, GateConfig(min_top1_agreement, max_perplexity_change),
+    config = ExportConfig(quantization=quantization, on_fallback=on_fallback,
+                          gate=GateConfig(min_top1_agreement=min_top1_agreement, max_perplexity_change=max_perplexity_change),
                           vocab_type=vocab_type, fallback_type=fallback_type)
     config = apply_overrides(config, overrides)
-    result = run_component("export", lambda: export_to_gguf(model.path, gguf.path, config=config), step="gguf",
+    result = run_component("export", lambda: export_to_gguf(model.path, output_dir=gguf.path, config=config), step="gguf",
                            pipeline=pipeline, run_id=run_id, metrics=metrics)
     gguf.metadata.update({"quantization": quantization, "file": result.outputs["gguf"].rsplit("/", 1)[-1]})
 

@@ -17,7 +17,7 @@ from tests.models import CORPUS
 
 
 def test_f16_export_matches_transformers_exactly(tiny_llama, tmp_path):
-    result = export_to_gguf(tiny_llama, tmp_path / "f16", "F16")
+    result = export_to_gguf(tiny_llama, output_dir=tmp_path / "f16", config=ExportConfig(quantization="F16"))
     report = json.loads((tmp_path / "f16" / "verify.json").read_text())
     check = report["verify"]
     assert check["top1_agreement"] == 1.0 and check["max_abs_logit_error"] < 1e-2
@@ -28,46 +28,59 @@ def test_f16_export_matches_transformers_exactly(tiny_llama, tmp_path):
 
 
 def test_quantized_types_are_read_back_and_fallbacks_reported(tiny_llama, tmp_path):
-    q8 = export_to_gguf(tiny_llama, tmp_path / "q8", "Q8_0")
+    q8 = export_to_gguf(tiny_llama, output_dir=tmp_path / "q8", config=ExportConfig(quantization="Q8_0"))
     assert q8.details["tensor_types"] == {"F32": 5, "Q8_0": 15} and q8.metrics["fallback_tensors"] == 0
     # the tiny model's rows (64, 128) are not multiples of 256: llama.cpp silently writes Q5_0/Q8_0
-    k = export_to_gguf(tiny_llama, tmp_path / "k", "Q4_K_M")
+    k = export_to_gguf(tiny_llama, output_dir=tmp_path / "k", config=ExportConfig(quantization="Q4_K_M"))
     assert "Q4_K" not in k.details["tensor_types"] and k.metrics["fallback_tensors"] == 15
     written = json.loads((tmp_path / "k" / "verify.json").read_text())["gguf"]
     assert set(written["fallbacks"].values()) <= {"Q5_0", "Q8_0"}
     with pytest.raises(InvalidArtifactError, match="fell back"):
-        export_to_gguf(tiny_llama, tmp_path / "strict", config=ExportConfig("Q4_K_M", on_fallback="error"))
+        export_to_gguf(tiny_llama, output_dir=tmp_path / "strict", config=ExportConfig(quantization="Q4_K_M", on_fallback="error"))
     assert not (tmp_path / "strict").exists()
     # choosing the fallback: those tensors take Q8_0 instead of llama.cpp's Q5_0, and error mode accepts them
-    chosen = export_to_gguf(tiny_llama, tmp_path / "chosen",
-                            config=ExportConfig("Q4_K_M", on_fallback="error", fallback_type="Q8_0"))
+    chosen = export_to_gguf(tiny_llama, output_dir=tmp_path / "chosen",
+                            config=ExportConfig(quantization="Q4_K_M", on_fallback="error", fallback_type="Q8_0"))
     assert chosen.details["tensor_types"] == {"F32": 5, "Q8_0": 15} and chosen.metrics["fallback_tensors"] == 15
     assert chosen.metrics["top1_agreement"] >= k.metrics["top1_agreement"]
     with pytest.raises(ConfigError, match="fallback_type='Q4_K' is not supported"):
-        ExportConfig("Q4_K_M", fallback_type="Q4_K")
+        ExportConfig(quantization="Q4_K_M", fallback_type="Q4_K")
 
 
 def test_the_quant_gate_stops_a_lossy_export(tiny_llama, tmp_path):
-    strict = ExportConfig("Q4_0", gate=GateConfig(max_perplexity_change=0.0))
+    strict = ExportConfig(quantization="Q4_0", gate=GateConfig(max_perplexity_change=0.0))
     with pytest.raises(InvalidArtifactError, match="quant gate"):
-        export_to_gguf(tiny_llama, tmp_path / "gated", config=strict)
+        export_to_gguf(tiny_llama, output_dir=tmp_path / "gated", config=strict)
     assert not (tmp_path / "gated").exists() and not list(tmp_path.glob(".*gguf*"))
 
 
-def test_bad_inputs(tiny_llama, tmp_path):
+def test_the_old_signature_is_a_wrapper_over_the_contract(tiny_llama, tmp_path):
+    from aptops.export import legacy
+    from aptops.plugins import get_adapter
+
+    old = get_adapter("ollama_export").get_legacy_plugin().export_to_gguf
+    assert old is legacy.export_to_gguf
+    result = old(str(tiny_llama), str(tmp_path / "old"), "q8_0")  # the old plugin's lower-case names
+    assert result.outputs["gguf"] == str(tmp_path / "old" / "model-Q8_0.gguf") and is_complete(tmp_path / "old")
     with pytest.raises(ConfigError, match="unknown quantization 'Q3_X'"):
-        export_to_gguf(tiny_llama, tmp_path / "a", "Q3_X")
+        old(tiny_llama, tmp_path / "x", "Q3_X")
+    assert not (tmp_path / "x").exists()
+
+
+def test_bad_inputs(tiny_llama, tmp_path):
+    with pytest.raises(ConfigError, match="quantization='Q3_X' is not supported: choose one of F32, F16"):
+        export_to_gguf(tiny_llama, output_dir=tmp_path / "a", config=ExportConfig(quantization="Q3_X"))
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "config.json").write_text("{}")
     with pytest.raises(InvalidArtifactError, match=r"no \*\.safetensors"):
-        export_to_gguf(empty, tmp_path / "b", "F16")
+        export_to_gguf(empty, output_dir=tmp_path / "b", config=ExportConfig(quantization="F16"))
     other = tmp_path / "gpt2"
     shutil.copytree(tiny_llama, other)
     cfg = json.loads((other / "config.json").read_text())
     (other / "config.json").write_text(json.dumps(cfg | {"architectures": ["GPTNeoXForCausalLM"]}))
     with pytest.raises(ConfigError, match=r"not supported for GGUF export; supported: .*LlamaForCausalLM"):
-        export_to_gguf(other, tmp_path / "c", "F16")
+        export_to_gguf(other, output_dir=tmp_path / "c", config=ExportConfig(quantization="F16"))
     with pytest.raises(ConfigError, match=r"no known llama\.cpp name"):
         pre_tokenizer_name({"pre_tokenizer": {"type": "Split", "pattern": {"Regex": "[a-z]+"}}})
     assert not any((tmp_path / n).exists() for n in "abc")
@@ -92,9 +105,9 @@ def test_cli_export_gguf(tiny_llama, tmp_path):
 
 @pytest.mark.slow
 def test_real_smollm2_f16_and_q8(smollm2, tmp_path):
-    f16 = json.loads((export_to_gguf(smollm2, tmp_path / "f16", "F16") and tmp_path / "f16" / "verify.json").read_text())
+    f16 = json.loads((export_to_gguf(smollm2, output_dir=tmp_path / "f16", config=ExportConfig(quantization="F16")) and tmp_path / "f16" / "verify.json").read_text())
     assert f16["verify"]["top1_agreement"] >= 0.99 and f16["verify"]["tokenizer_agreement"] == 1.0
-    q8 = export_to_gguf(smollm2, tmp_path / "q8", "Q8_0")
+    q8 = export_to_gguf(smollm2, output_dir=tmp_path / "q8", config=ExportConfig(quantization="Q8_0"))
     assert q8.metrics["top1_agreement"] >= 0.9 and q8.metrics["fallback_tensors"] == 0
 
 
@@ -128,7 +141,7 @@ def test_sentencepiece_export_tokenizes_and_predicts_like_transformers(spm_llama
     from transformers import AutoTokenizer
 
     folder = _spm_layout(spm_llama, tmp_path, layout)
-    result = export_to_gguf(folder, tmp_path / "out", "F16")
+    result = export_to_gguf(folder, output_dir=tmp_path / "out", config=ExportConfig(quantization="F16"))
     check = json.loads((tmp_path / "out" / "verify.json").read_text())["verify"]
     assert check["tokenizer_agreement"] == 1.0 and check["top1_agreement"] == 1.0
     path = result.outputs["gguf"]
@@ -151,25 +164,25 @@ def test_sentencepiece_export_tokenizes_and_predicts_like_transformers(spm_llama
 
 def test_vocab_type_mismatches_and_other_tokenizer_models_are_refused(spm_llama, tiny_llama, tmp_path):
     with pytest.raises(ConfigError, match=r"vocab_type='bpe' but the tokenizer .* is 'spm'"):
-        export_to_gguf(spm_llama, tmp_path / "a", "F16", vocab_type="bpe")
+        export_to_gguf(spm_llama, output_dir=tmp_path / "a", config=ExportConfig(quantization="F16", vocab_type="bpe"))
     with pytest.raises(ConfigError, match=r"vocab_type='spm' but the tokenizer .* is 'bpe'"):
-        export_to_gguf(tiny_llama, tmp_path / "b", "F16", vocab_type="spm")
+        export_to_gguf(tiny_llama, output_dir=tmp_path / "b", config=ExportConfig(quantization="F16", vocab_type="spm"))
     with pytest.raises(ConfigError, match="vocab_type='wordpiece' is not supported: choose one of auto, bpe, spm"):
-        export_to_gguf(tiny_llama, tmp_path / "c", "F16", vocab_type="wordpiece")
+        export_to_gguf(tiny_llama, output_dir=tmp_path / "c", config=ExportConfig(quantization="F16", vocab_type="wordpiece"))
     unigram = tmp_path / "unigram"
     shutil.copytree(spm_llama, unigram)
     tok = json.loads((unigram / "tokenizer.json").read_text())
     tok["model"] = {"type": "Unigram", "vocab": [["<unk>", 0.0]], "unk_id": 0}
     (unigram / "tokenizer.json").write_text(json.dumps(tok))
     with pytest.raises(ConfigError, match="tokenizer model 'Unigram'"):
-        export_to_gguf(unigram, tmp_path / "d", "F16")
+        export_to_gguf(unigram, output_dir=tmp_path / "d", config=ExportConfig(quantization="F16"))
     shrunk = tmp_path / "shrunk"  # what transformers builds when it cannot read a tokenizer.model: a few tokens
     shutil.copytree(tiny_llama, shrunk)
     tok = json.loads((shrunk / "tokenizer.json").read_text())
     tok["model"]["vocab"], tok["model"]["merges"] = {"a": 3, "b": 4, "ab": 5}, [["a", "b"]]
     (shrunk / "tokenizer.json").write_text(json.dumps(tok))
     with pytest.raises(InvalidArtifactError, match=r"has 6 tokens for a model with \d+ embeddings: the folder.s tokenizer does not belong"):
-        export_to_gguf(shrunk, tmp_path / "e", "F16")
+        export_to_gguf(shrunk, output_dir=tmp_path / "e", config=ExportConfig(quantization="F16"))
     assert not any((tmp_path / n).exists() for n in "abcde")
 
 
@@ -194,8 +207,8 @@ def test_every_quantization_of_a_trained_256_wide_model_keeps_its_types_and_agre
     held_out = " ".join(lee_news()[270:])[:6000]
     for q, floor in K_QUANT_FLOORS.items():
         # on_fallback=error: a single tensor of another type because of its shape fails the export
-        result = export_to_gguf(trained_llama, tmp_path / q, q, config=ExportConfig(
-            q, on_fallback="error", verify_text=held_out, gate=GateConfig(min_top1_agreement=floor,
+        result = export_to_gguf(trained_llama, output_dir=tmp_path / q, config=ExportConfig(
+            quantization=q, on_fallback="error", verify_text=held_out, gate=GateConfig(min_top1_agreement=floor,
                                                                           max_perplexity_change=0.05)))
         types = result.details["tensor_types"]
         assert QUANT_TYPES[q][1][0] in types and result.metrics["fallback_tensors"] == 0, (q, types)

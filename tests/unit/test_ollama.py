@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from aptops.core.errors import ConfigError, StorageError
-from aptops.export import create_modelfile, export_to_gguf, ollama, register_to_ollama
+from aptops.export import ExportConfig, create_modelfile, export_to_gguf, ollama, register_to_ollama
 from aptops.export.ollama import parse_modelfile, render_template
 from tests.models import write_tiny_gguf
 from tests.services.ollama_standin import OllamaStandIn
@@ -17,7 +17,7 @@ from tests.services.ollama_standin import OllamaStandIn
 @pytest.fixture(scope="module")
 def smollm2_q8(smollm2, tmp_path_factory):
     out = tmp_path_factory.mktemp("gguf") / "q8"
-    export_to_gguf(smollm2, out, "Q8_0")
+    export_to_gguf(smollm2, output_dir=out, config=ExportConfig(quantization="Q8_0"))
     return out / "model-Q8_0.gguf"
 
 

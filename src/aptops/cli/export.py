@@ -35,7 +35,7 @@ def export_gguf(
     from aptops.export import ExportConfig, export_to_gguf
 
     cfg = load_config(ExportConfig, config, overrides=set_ or [])
-    result = _run_stage("export", "gguf", lambda: export_to_gguf(model, out, config=cfg), out)
+    result = _run_stage("export", "gguf", lambda: export_to_gguf(model, output_dir=out, config=cfg), out)
     _print_metrics(f"GGUF: {result.outputs['gguf']} (types: {result.details['tensor_types']})", result.metrics)
 
 

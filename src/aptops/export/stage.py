@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from aptops.core.artifacts import StageResult, atomic_output, finish_artifact, write_json
 from aptops.core.config import check_choice
-from aptops.core.errors import ConfigError, InvalidArtifactError
+from aptops.core.errors import InvalidArtifactError
 from aptops.export.convert import (
     FALLBACK_TYPES,
     QUANT_TYPES,
@@ -33,7 +33,7 @@ from aptops.export.verify import GateConfig, verify_gguf
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ExportConfig:
     """How :func:`export_to_gguf` converts and checks.
 
@@ -66,29 +66,31 @@ class ExportConfig:
         check_choice("fallback_type", self.fallback_type, ("", *FALLBACK_TYPES))
 
 
-def export_to_gguf(model_path: str | Path, output_path: str | Path, quantization_type: str | None = None,
-                   vocab_type: str | None = None, *, config: ExportConfig | None = None) -> StageResult:
-    """Convert a Hugging Face causal LM folder to a verified GGUF artifact folder at ``output_path``.
+def export_to_gguf(model: str | Path, *, output_dir: str | Path, config: ExportConfig | None = None) -> StageResult:
+    """Convert a Hugging Face causal LM folder to a verified GGUF artifact folder.
 
-    ``quantization_type`` and ``vocab_type``, when given, override the config's (see :class:`ExportConfig`).
+    Args:
+        model: the model folder (safetensors, config.json, tokenizer).
+        output_dir: the artifact folder: ``model-<TYPE>.gguf``, ``verify.json``, ``result.json``.
+        config: the type, the check against the source model and its gate (see :class:`ExportConfig`).
+
+    Returns:
+        The result: ``outputs["gguf"]`` the file; metrics size and, verified, the logit errors and agreement.
+
+    Raises:
+        InvalidArtifactError: the GGUF failed the quant gate, or fell back with ``on_fallback=error``; nothing
+            is left at ``output_dir``.
     """
     config = config or ExportConfig()
-    if quantization_type is not None:
-        if quantization_type not in QUANT_TYPES:
-            raise ConfigError(f"unknown quantization {quantization_type!r}; use one of {list(QUANT_TYPES)}",
-                              field="quantization_type", value=quantization_type)
-        config = replace(config, quantization=quantization_type)
-    if vocab_type is not None:
-        config = replace(config, vocab_type=vocab_type)
     vocab_type = config.vocab_type
     q = config.quantization
-    with atomic_output(output_path) as tmp:
+    with atomic_output(output_dir) as tmp:
         name = f"model-{q}.gguf"
         if q in ("F16", "F32"):
-            convert_to_gguf(model_path, tmp / name, outtype=q, vocab_type=vocab_type)
+            convert_to_gguf(model, tmp / name, outtype=q, vocab_type=vocab_type)
         else:
             with tempfile.TemporaryDirectory(prefix="aptops-gguf-", dir=tmp.parent) as work:
-                f16 = convert_to_gguf(model_path, Path(work) / "model-F16.gguf", outtype="F16",
+                f16 = convert_to_gguf(model, Path(work) / "model-F16.gguf", outtype="F16",
                                       vocab_type=vocab_type)
                 quantize_gguf(f16, tmp / name, q, fallback_type=config.fallback_type)
         written = inspect_gguf(tmp / name, q)
@@ -102,7 +104,7 @@ def export_to_gguf(model_path: str | Path, output_path: str | Path, quantization
         report: dict[str, Any] = {"gguf": written.to_dict()}
         metrics = {"size_bytes": float(written.size_bytes), "fallback_tensors": float(len(written.fallbacks))}
         if config.verify:
-            check = verify_gguf(tmp / name, model_path, text=config.verify_text, gate=config.gate)
+            check = verify_gguf(tmp / name, model, text=config.verify_text, gate=config.gate)
             report["verify"] = check
             metrics.update({k: float(check[k]) for k in ("top1_agreement", "max_abs_logit_error",
                                                           "mean_abs_logit_error", "perplexity_delta",
@@ -113,7 +115,7 @@ def export_to_gguf(model_path: str | Path, output_path: str | Path, quantization
                                            "the thresholds are in gate.* (or pick a less lossy type)")
         else:
             write_json(tmp / "verify.json", report)
-        result = StageResult("export", outputs={"gguf": str(Path(output_path) / name)}, metrics=metrics,
+        result = StageResult("export", outputs={"gguf": str(Path(output_dir) / name)}, metrics=metrics,
                              details={"quantization": q, "tensor_types": written.tensor_types})
         finish_artifact(tmp, result, config)
     return result

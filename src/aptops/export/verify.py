@@ -33,7 +33,7 @@ DEFAULT_TEXT = (
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class GateConfig:
     """Thresholds of the quant gate: a GGUF beyond them fails verification.
 
