@@ -81,19 +81,15 @@ def evaluate_compression(
     import shutil
     import tempfile
 
-    from aptops.core.artifacts import StageResult
     from aptops.core.runtime import apply_overrides, run_component
-    from aptops.distill.compression import CompressionConfig, compression_metrics
+    from aptops.distill.compression import CompressionConfig
     from aptops.distill.compression import evaluate_compression as evaluate
     from aptops.lm import EvalConfig
 
     config = CompressionConfig(evaluation=EvalConfig(block_size=block_size, batch_size=4, max_blocks=max_blocks))
     config = apply_overrides(config, overrides)
-    with tempfile.TemporaryDirectory() as tmp:
-        def body():
-            out = evaluate(original.path, compressed.path, dataset.path, f"{tmp}/report", config)
-            return StageResult("distill", outputs={"report": f"{tmp}/report/report.html"},
-                               metrics=compression_metrics(out))
-
-        result = run_component("distill", body, step="evaluate", pipeline=pipeline, run_id=run_id, metrics=metrics)
+    with tempfile.TemporaryDirectory(prefix="aptops-compression-") as scratch:  # only the report is kept
+        result = run_component("distill", lambda: evaluate(original.path, compressed.path, dataset.path,
+                                                           output_dir=f"{scratch}/report", config=config),
+                               step="evaluate", pipeline=pipeline, run_id=run_id, metrics=metrics)
         shutil.copyfile(result.outputs["report"], report.path)

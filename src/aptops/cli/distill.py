@@ -52,17 +52,11 @@ def distill_evaluate(
     set_: SetOpt = None,
 ) -> None:
     """Parameters, size, perplexity, top-1 agreement, speed and memory of both models, side by side."""
-    from aptops.core.artifacts import StageResult
-    from aptops.distill.compression import CompressionConfig, compression_metrics, evaluate_compression
+    from aptops.distill.compression import CompressionConfig, evaluate_compression
 
     cfg = load_config(CompressionConfig, config, overrides=set_ or [])
-
-    def run() -> StageResult:
-        report = evaluate_compression(original, compressed, dataset, out, cfg)
-        return StageResult("distill", outputs={"report": str(out / "report.html")}, metrics=compression_metrics(report),
-                           details=report)
-
-    result = _run_stage("distill", "evaluate", run, out).details
+    result = _run_stage("distill", "evaluate", lambda: evaluate_compression(original, compressed, dataset, output_dir=out,
+                                                                            config=cfg), out).details
     table = Table(title=f"compression report: {out / 'report.html'}")
     for col in ("", "original", "compressed"):
         table.add_column(col)

@@ -2,8 +2,9 @@
 
 ``evaluate_compression`` scores both models on the same packed blocks in one pass (so perplexity and top-1
 agreement come from the same tokens), times a forward pass and greedy generation on this machine, and
-writes ``report.json`` and ``report.html`` (a table and a trade-off plot). When the compressed model is an
-aptops artifact, the numbers also go into its lineage (``aptops.json``), so the model card states them.
+writes ``report.json`` and ``report.html`` (a table and a trade-off plot) into its own artifact folder; it
+writes nothing else (the old plugin's ``evaluate_compression`` in :mod:`aptops.distill.legacy` also copied
+the numbers into the compressed model's lineage, and still does).
 """
 
 from __future__ import annotations
@@ -88,25 +89,36 @@ def _speed(torch: Any, model: Any, ids: Any, runs: int, new_tokens: int, pad_id:
     return out
 
 
-def evaluate_compression(original_model: Any, distilled_model: Any, test_data: Any, output_dir: str | Path | None = None,
-                         config: CompressionConfig | None = None, *, tokenizer: Any = None) -> dict[str, Any]:
-    """Compare a compressed model with its original on ``test_data``.
+def evaluate_compression(original: Any, compressed: Any, dataset: Any, *, output_dir: str | Path,
+                         config: CompressionConfig | None = None, tokenizer: Any = None) -> StageResult:
+    """Compare a compressed model with its original on held-out text.
 
     Args:
-        original_model / distilled_model: model folders, Hub ids or ``PreTrainedModel`` objects.
-        test_data: held-out text (anything the train stage reads).
-        output_dir: where ``report.json`` and ``report.html`` go (a complete folder or none); ``None``: no files.
+        original / compressed: model folders, Hub ids or ``PreTrainedModel`` objects.
+        dataset: held-out text (anything the train stage reads).
+        output_dir: the report artifact: ``report.json``, ``report.html``, ``result.json``.
         config: scoring and timing settings.
         tokenizer: the shared tokenizer (default: the original's).
 
     Returns:
-        ``{"original": {...}, "compressed": {...}, "ratios": {...}}`` with parameters, size on disk, perplexity,
-        top-1 agreement with the original, forward and generation speed and peak forward memory.
+        The result: ``outputs["report"]`` the HTML page; metrics ``original_*``, ``compressed_*`` and ``ratio_*``
+        (:func:`compression_metrics`); ``details`` the whole comparison (``{"original": {...}, "compressed":
+        {...}, "ratios": {...}}``: parameters, size on disk, perplexity, top-1 agreement with the original,
+        forward and generation speed, peak forward memory).
     """
+    config = config or CompressionConfig()
+    details = _compare(original, compressed, dataset, config, tokenizer)
+    result = StageResult("distill", outputs={"report": str(Path(output_dir) / "report.html")},
+                         metrics=compression_metrics(details), details=details)
+    _write_report(details, Path(output_dir), result, config)
+    return result
+
+
+def _compare(original_model: Any, distilled_model: Any, test_data: Any, cfg: CompressionConfig,
+             tokenizer: Any) -> dict[str, Any]:
     torch = require("torch", extra="distill", feature="evaluate_compression")
     from aptops.lm import eval_blocks, load_causal_lm, load_text_dataset, next_token_scores, perplexity
 
-    cfg = config or CompressionConfig()
     ev = cfg.evaluation
     data = load_text_dataset(test_data, ev.text_column)
     original, tok, original_source = load_causal_lm(original_model, tokenizer)
@@ -141,16 +153,15 @@ def evaluate_compression(original_model: Any, distilled_model: Any, test_data: A
               "perplexity": c["perplexity"] / o["perplexity"], "forward_speedup": o["forward_s"] / c["forward_s"]}
     if "generate_tokens_per_s" in c:
         ratios["generate_speedup"] = c["generate_tokens_per_s"] / o["generate_tokens_per_s"]
-    result = {"original": {"source": str(original_source), **o}, "compressed": {"source": str(compressed_source), **c},
-              "ratios": ratios, "tokens": count, "block_size": ev.block_size}
-    if output_dir is not None:
-        _write_report(result, Path(output_dir))
-    if isinstance(distilled_model, str | Path) and (Path(distilled_model) / LINEAGE_FILE).is_file():
-        _record_in_lineage(Path(distilled_model), result)
-    return result
+    return {"original": {"source": str(original_source), **o}, "compressed": {"source": str(compressed_source), **c},
+            "ratios": ratios, "tokens": count, "block_size": ev.block_size}
 
 
-def _record_in_lineage(folder: Path, result: dict[str, Any]) -> None:
+def record_in_lineage(folder: Path, result: Mapping[str, Any]) -> None:
+    """Copy a comparison's headline numbers into an aptops model folder's lineage (``aptops.json``), where the
+    model card reads them; a folder without one is left alone."""
+    if not (folder / LINEAGE_FILE).is_file():
+        return
     path = folder / LINEAGE_FILE
     lineage = read_json(path)
     c, r = result["compressed"], result["ratios"]
@@ -189,7 +200,7 @@ def _plot(result: dict[str, Any]) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _write_report(result: dict[str, Any], folder: Path) -> None:
+def _write_report(result: dict[str, Any], folder: Path, stage_result: StageResult, config: CompressionConfig) -> None:
     from aptops.core import report
 
     o, c = result["original"], result["compressed"]
@@ -206,5 +217,4 @@ def _write_report(result: dict[str, Any], folder: Path) -> None:
     with atomic_output(folder) as tmp:
         write_json(tmp / "report.json", result)
         (tmp / "report.html").write_text(html, encoding="utf-8")
-        finish_artifact(tmp, StageResult("distill", outputs={"report": str(folder / "report.html")},
-                                         metrics={f"compressed_{k}": float(v) for k, v in result["ratios"].items()}))
+        finish_artifact(tmp, stage_result, config)

@@ -2,8 +2,9 @@
 
 These are thin wrappers with the old signatures over the stage contract in :mod:`aptops.distill.stage`;
 new code calls :func:`aptops.distill.distill_model` (``teacher, dataset, *, output_dir, config``).
-The per-strategy functions (``response_distillation`` ...) and ``evaluate_compression`` kept their old
-signatures and are the same objects as the stage's.
+``evaluate_compression(original_model, distilled_model, test_data)`` returns the old plugin's dict over
+:func:`aptops.distill.compression.evaluate_compression`. The per-strategy functions (``response_distillation``
+...) kept their old signatures and are the same objects as the stage's.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from aptops.core.artifacts import StageResult
-from aptops.distill.compression import evaluate_compression
+from aptops.distill import compression
 from aptops.distill.stage import (
     DistillConfig,
     attention_distillation,
@@ -48,6 +49,22 @@ def distill_model(teacher_model: Any, student_model: Any, train_data: Any, val_d
     out = output_dir if output_dir is not None else tempfile.mkdtemp(prefix="aptops-distill-")
     return _distill_model(teacher_model, train_data, output_dir=out, config=cfg, student=student_model,
                           eval_dataset=val_data, **kwargs)
+
+
+def evaluate_compression(original_model: Any, distilled_model: Any, test_data: Any,
+                         output_dir: str | Path | None = None, config: compression.CompressionConfig | None = None, *,
+                         tokenizer: Any = None) -> dict[str, Any]:
+    """The old ``evaluate_compression(original_model, distilled_model, test_data)``: the comparison as a dict
+    (``{"original": {...}, "compressed": {...}, "ratios": {...}}``), the report written to ``output_dir`` when
+    given (nowhere otherwise), and, as the old plugin did, the headline numbers copied into the distilled model
+    folder's lineage when it is an aptops artifact."""
+    with tempfile.TemporaryDirectory(prefix="aptops-compression-") as scratch:
+        out = output_dir if output_dir is not None else Path(scratch) / "report"
+        result = compression.evaluate_compression(original_model, distilled_model, test_data, output_dir=out,
+                                                  config=config, tokenizer=tokenizer)
+    if isinstance(distilled_model, str | Path):
+        compression.record_in_lineage(Path(distilled_model), result.details)
+    return result.details
 
 
 def _from_flat(flat: Mapping[str, Any]) -> DistillConfig:

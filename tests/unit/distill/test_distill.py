@@ -182,14 +182,25 @@ def test_distill_model_writes_a_student_artifact(teacher_dir, tmp_path):
 
     assert AutoModelForCausalLM.from_pretrained(out).config.num_hidden_layers == 3
 
-    # the compression report, and its numbers in the student's lineage
+    # the compression report: its own artifact, nothing written into the models it compares
     report_dir = tmp_path / "compression"
-    comp = evaluate_compression(str(teacher_dir), str(out), datasets.Dataset.from_dict({"text": CORPUS}), report_dir,
-                                _cfg())
+    lineage_before = (out / "aptops.json").read_bytes()
+    result = evaluate_compression(str(teacher_dir), str(out), datasets.Dataset.from_dict({"text": CORPUS}),
+                                  output_dir=report_dir, config=_cfg())
+    comp = result.details
     assert comp["ratios"]["params"] < 1 and comp["compressed"]["params"] < comp["original"]["params"]
     assert 0 <= comp["compressed"]["top1_agreement"] <= 1 and comp["compressed"]["generate_tokens_per_s"] > 0
+    assert result.metrics["ratio_params"] == comp["ratios"]["params"]
+    assert result.metrics["compressed_top1_agreement"] == comp["compressed"]["top1_agreement"]
     assert is_complete(report_dir) and "data:image/png;base64," in (report_dir / "report.html").read_text()
-    assert read_json(out / "aptops.json")["metrics"]["compression_params_ratio"] == comp["ratios"]["params"]
+    assert read_json(report_dir / "report.json")["ratios"] == comp["ratios"]
+    assert (out / "aptops.json").read_bytes() == lineage_before
+    # the old plugin's function: a dict, no report unless asked, and the numbers in the student's lineage
+    from aptops.distill.legacy import evaluate_compression as old_evaluate
+
+    old = old_evaluate(str(teacher_dir), str(out), datasets.Dataset.from_dict({"text": CORPUS}), config=_cfg())
+    assert set(old) >= {"original", "compressed", "ratios"}
+    assert read_json(out / "aptops.json")["metrics"]["compression_params_ratio"] == old["ratios"]["params"]
 
 
 def _cfg():
