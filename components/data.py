@@ -222,7 +222,7 @@ def process_data(
 
     config = ProcessConfig(steps=tuple(list_param(steps)))
     config = apply_overrides(config, overrides)
-    result = run_component("data", lambda: process_pipeline(source, dataset.path, config), step="process",
+    result = run_component("data", lambda: process_pipeline(source, output_dir=dataset.path, config=config), step="process",
                            pipeline=pipeline, run_id=run_id, metrics=metrics)
     dataset.metadata.update({"rows": int(result.metrics["rows_out"])})
 

@@ -113,7 +113,7 @@ def data_process(
     from aptops.data.process import ProcessConfig, process_pipeline
 
     cfg = load_config(ProcessConfig, config, overrides=set_ or [])
-    result = _run_stage("data", "process", lambda: process_pipeline(source, out, cfg), out)
+    result = _run_stage("data", "process", lambda: process_pipeline(source, output_dir=out, config=cfg), out)
     table = Table(title=f"processed dataset: {out}")
     for col in ("step", "rows in", "rows out", "why"):
         table.add_column(col)

@@ -61,10 +61,11 @@ class ProcessConfig:
             check_choice("steps", step, STEPS)
 
 
-def process_pipeline(raw_data: str | Path, output_dir: str | Path, config: ProcessConfig | None = None) -> StageResult:
-    """Run the configured steps on ``raw_data`` (a file or folder the clean step can read).
+def process_pipeline(source: str | Path, *, output_dir: str | Path, config: ProcessConfig | None = None) -> StageResult:
+    """Run the configured steps on ``source`` (a file or folder the clean step can read) into ``output_dir``.
 
-    With ``resume``, a step whose artifact is already complete (``result.json``) is not run again.
+    Each step's artifact is kept beside it in ``.<output_dir name>.steps/`` (with ``process.log``); with
+    ``resume``, a step whose artifact is already complete (``result.json``) is not run again.
 
     Returns:
         A :class:`StageResult` with, per step, rows in and out (``<step>_rows_in`` ...).
@@ -99,7 +100,7 @@ def process_pipeline(raw_data: str | Path, output_dir: str | Path, config: Proce
                 log.info("step %s: complete from an earlier run, reused", step)
                 result = StageResult("data", metrics=read_json(target / "result.json")["metrics"])
             elif step == "clean":
-                result = clean_dataset(raw_data, output_dir=target, config=config.clean)
+                result = clean_dataset(source, output_dir=target, config=config.clean)
             elif step == "dedup":
                 result = dedup_dataset(current, output_dir=target, config=config.dedup)
             elif step == "quality":
@@ -120,7 +121,7 @@ def process_pipeline(raw_data: str | Path, output_dir: str | Path, config: Proce
                 (tmp / shard.name).write_bytes(shard.read_bytes())
             metrics = {f"{s['step']}_{k}": s[k] for s in steps for k in ("rows_in", "rows_out")}
             metrics["rows_out"] = steps[-1]["rows_out"]
-            write_json(tmp / "stats.json", {"stage": "data", "step": "process", "source": str(raw_data),
+            write_json(tmp / "stats.json", {"stage": "data", "step": "process", "source": str(source),
                                             "steps": steps, "intermediate": str(work)})
             handler.flush()
             (tmp / "process.log").write_text((work / "process.log").read_text(encoding="utf-8"), encoding="utf-8")

@@ -28,7 +28,7 @@ def test_full_process_counts_every_step(tmp_path):
         "augment.methods=[random_swap]", "balance.target_ratio=1.0", "quality.action=filter",
         "quality.checks=[length]", "quality.min_chars=10",
     ])
-    result = process_pipeline(_corpus(tmp_path), tmp_path / "out", cfg)
+    result = process_pipeline(_corpus(tmp_path), output_dir=tmp_path / "out", config=cfg)
     stats = json.loads((tmp_path / "out" / "stats.json").read_text())
     steps = {s["step"]: s for s in stats["steps"]}
     assert list(steps) == ["clean", "dedup", "augment", "balance", "quality"]
@@ -45,9 +45,25 @@ def test_full_process_counts_every_step(tmp_path):
 
 def test_resume_reuses_complete_steps(tmp_path):
     raw = _corpus(tmp_path)
-    process_pipeline(raw, tmp_path / "out", ProcessConfig(steps=("clean", "dedup")))
+    process_pipeline(raw, output_dir=tmp_path / "out", config=ProcessConfig(steps=("clean", "dedup")))
     raw.write_text('{"text": "different now", "label": "x"}\n')
-    again = process_pipeline(raw, tmp_path / "out", ProcessConfig(steps=("clean", "dedup")))
+    again = process_pipeline(raw, output_dir=tmp_path / "out", config=ProcessConfig(steps=("clean", "dedup")))
     assert again.metrics["clean_rows_out"] > 1  # the complete clean step was reused, not recomputed
-    fresh = process_pipeline(raw, tmp_path / "out2", ProcessConfig(steps=("clean", "dedup"), resume=False))
+    fresh = process_pipeline(raw, output_dir=tmp_path / "out2", config=ProcessConfig(steps=("clean", "dedup"), resume=False))
     assert fresh.metrics["rows_out"] == 1
+
+
+def test_the_old_signature_is_a_wrapper_over_the_contract(tmp_path, monkeypatch):
+    from aptops.data import legacy
+    from aptops.plugins import get_adapter
+
+    monkeypatch.chdir(tmp_path)  # nothing may land in the working folder
+    old = get_adapter("data_processors").get_legacy_plugin().process_pipeline
+    assert old is legacy.process_pipeline
+    raw = _corpus(tmp_path)
+    at = old(raw, tmp_path / "out", ProcessConfig(steps=("clean",)))
+    assert at.outputs["dataset"] == str(tmp_path / "out")
+    before = set(tmp_path.iterdir())
+    anywhere = old(raw)
+    assert Path(anywhere.outputs["dataset"]).is_dir() and set(tmp_path.iterdir()) == before
+    assert anywhere.metrics["rows_out"] == at.metrics["rows_out"] - 1  # dedup removed the exact duplicate
