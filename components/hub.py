@@ -19,14 +19,19 @@ def import_model(
     model: Output[Model],
     metrics: Output[Metrics],
     revision: str = "",
+    trust_remote_code: bool = False,
+    overrides: str = "",
     pipeline: str = "train",
     run_id: str = "",
 ):
-    """Fetch a model (Hub id, or a folder the task can read) into a model artifact: safetensors only."""
-    from aptops.core.runtime import run_component
-    from aptops.hub import fetch_model
+    """Fetch a model (Hub id, or a folder the task can read) into a model artifact: safetensors only, the
+    repo's own code dropped unless trust_remote_code."""
+    from aptops.core.runtime import apply_overrides, run_component
+    from aptops.hub import FetchConfig, fetch_model
 
-    result = run_component("hub", lambda: fetch_model(repo, model.path, revision=revision or None), step="import",
+    config = FetchConfig(revision=revision or None, trust_remote_code=trust_remote_code)
+    config = apply_overrides(config, overrides)
+    result = run_component("hub", lambda: fetch_model(repo, output_dir=model.path, config=config), step="import",
                            pipeline=pipeline, run_id=run_id, metrics=metrics)
     model.metadata.update({"source": repo, "commit": str(result.details.get("commit"))})
 
@@ -40,23 +45,20 @@ def export_model(
     commit_message: str = "",
     license: str = "apache-2.0",
     language: str = "",
+    overrides: str = "",
     pipeline: str = "train",
     run_id: str = "",
 ) -> str:
     """Publish a model with its tokenizer and a model card from its lineage; returns the commit URL."""
-    from aptops.core.artifacts import StageResult
-    from aptops.core.runtime import list_param, run_component
-    from aptops.hub import export_to_huggingface
+    from aptops.core.runtime import apply_overrides, list_param, run_component
+    from aptops.hub import PublishConfig, publish_model
 
     info = {"license": license}
     if language:
         info["language"] = list_param(language)
-    urls = []
-
-    def work():
-        urls.append(export_to_huggingface(model.path, None, repo, private=private, revision_tag=tag or None,
-                                          commit_message=commit_message or None, model_info=info))
-        return StageResult("hub", outputs={"commit": urls[0]}, metrics={"published": 1.0})
-
-    run_component("hub", work, step="export", pipeline=pipeline, run_id=run_id)
-    return urls[0]
+    config = PublishConfig(private=private, revision_tag=tag or None, commit_message=commit_message or None,
+                           model_info=info)
+    config = apply_overrides(config, overrides)
+    result = run_component("hub", lambda: publish_model(model.path, repo=repo, config=config), step="export",
+                           pipeline=pipeline, run_id=run_id)
+    return result.outputs["commit"]

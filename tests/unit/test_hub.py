@@ -17,11 +17,15 @@ from safetensors.torch import load_file
 from aptops.core.artifacts import write_lineage
 from aptops.core.errors import ArtifactNotFoundError, ConfigError, InvalidArtifactError, StorageError
 from aptops.hub import (
+    FetchConfig,
+    PublishConfig,
     create_model_card,
     export_to_huggingface,
+    fetch_model,
     import_from_huggingface,
     lineage_chain,
     load_hf_dataset,
+    publish_model,
 )
 from aptops.hub.card import PLACEHOLDER
 
@@ -56,6 +60,56 @@ def test_export_then_import_is_bit_identical(hub, model_dir, tmp_path):
 
     assert tokenizer(text).input_ids == AutoTokenizer.from_pretrained(model_dir)(text).input_ids
     assert model.config.num_hidden_layers == 2
+
+
+def test_publish_then_fetch_is_the_stage_contract(hub, model_dir, tmp_path):
+    repo = f"{hub.user}/contract"
+    published = publish_model(model_dir, repo=repo, config=PublishConfig(revision_tag="v1"), token=hub.token)
+    assert published.stage == "hub" and published.outputs["commit"].startswith(f"{hub.endpoint}/{repo}/commit/")
+    assert published.metrics["files"] >= 4 and published.metrics["bytes"] > (model_dir / "model.safetensors").stat().st_size
+    assert hub.state.repos[("model", repo)].private  # private unless asked otherwise
+    fetched = fetch_model(repo, output_dir=tmp_path / "in", config=FetchConfig(revision="v1"), token=hub.token)
+    assert fetched.outputs["model"] == str(tmp_path / "in") and fetched.details["commit"]
+    assert (tmp_path / "in" / "model.safetensors").read_bytes() == (model_dir / "model.safetensors").read_bytes()
+    assert not list(tmp_path.glob(".*"))  # nothing beside the artifact
+
+
+def _with_remote_code(folder):
+    (folder / "modeling_evil.py").write_text("import os\nos.system('touch /tmp/pwned')\n")
+    (folder / "configuration_evil.py").write_text("X = 1\n")
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["auto_map"] = {"AutoModelForCausalLM": "modeling_evil.EvilForCausalLM", "AutoConfig": "configuration_evil.X"}
+    (folder / "config.json").write_text(json.dumps(cfg))
+    tok = json.loads((folder / "tokenizer_config.json").read_text())
+    tok["auto_map"] = {"AutoTokenizer": ["tokenization_evil.EvilTokenizer", None]}
+    (folder / "tokenizer_config.json").write_text(json.dumps(tok))
+    return folder
+
+
+def test_import_drops_remote_code_unless_trusted(hub, model_dir, tmp_path, caplog):
+    """Issue 25: importing a local folder copied modeling_*.py and auto_map along, for the next tool to run."""
+    _with_remote_code(model_dir)
+    caplog.set_level(logging.WARNING)
+    result = fetch_model(model_dir, output_dir=tmp_path / "safe")
+    assert not list((tmp_path / "safe").glob("*.py"))
+    assert "auto_map" not in json.loads((tmp_path / "safe" / "config.json").read_text())
+    assert "auto_map" not in json.loads((tmp_path / "safe" / "tokenizer_config.json").read_text())
+    assert sorted(result.details["remote_code_dropped"]) == [
+        "config.json:auto_map", "configuration_evil.py", "modeling_evil.py", "tokenizer_config.json:auto_map"]
+    assert result.metrics["remote_code_dropped"] == 4 and "trust_remote_code" in caplog.text
+    from transformers import AutoModelForCausalLM
+
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "safe").config.num_hidden_layers == 2  # still loads
+    # from a Hub repo as well
+    repo = f"{hub.user}/with-code"
+    publish_model(model_dir, repo=repo, token=hub.token)
+    assert "modeling_evil.py" in hub.files(repo)
+    remote = fetch_model(repo, output_dir=tmp_path / "remote", token=hub.token)
+    assert "config.json:auto_map" in remote.details["remote_code_dropped"] and not list((tmp_path / "remote").glob("*.py"))
+    # asked for: kept as it was
+    kept = fetch_model(model_dir, output_dir=tmp_path / "kept", config=FetchConfig(trust_remote_code=True))
+    assert kept.details["remote_code_dropped"] == [] and (tmp_path / "kept" / "modeling_evil.py").is_file()
+    assert "auto_map" in json.loads((tmp_path / "kept" / "config.json").read_text())
 
 
 def test_private_repo_needs_a_token_and_the_token_never_leaks(hub, model_dir, tmp_path, caplog):

@@ -1,21 +1,27 @@
 """The hub stage: models and datasets in and out of a Hugging Face Hub, and honest model cards.
 
-``import_from_huggingface`` / ``export_to_huggingface`` move models (safetensors only, LFS for large
-files, a tagged revision on request), ``load_hf_dataset`` loads Hub datasets, local files and aptops
-dataset artifacts, and ``create_model_card`` writes a card from the numbers the stages recorded.
+``fetch_model`` brings a Hub model (or a local folder) in as an artifact (safetensors only, remote code
+dropped unless trusted), ``publish_model`` publishes one (LFS for large files, a tagged revision on request)
+with a card from the numbers the stages recorded (``create_model_card``); ``load_hf_dataset`` loads Hub
+datasets, local files and aptops dataset artifacts. ``import_from_huggingface`` / ``export_to_huggingface``
+are the old plugin's signatures (:mod:`aptops.hub.legacy`).
 """
 
 from aptops.hub.card import create_model_card, lineage_chain
 from aptops.hub.datasets import load_hf_dataset
+from aptops.hub.legacy import export_to_huggingface, import_from_huggingface
 from aptops.hub.models import (
+    FetchConfig,
+    PublishConfig,
     check_model_folder,
     download_model,
-    export_to_huggingface,
+    drop_remote_code,
     fetch_model,
-    import_from_huggingface,
+    publish_model,
 )
 
 __all__ = [
-    "check_model_folder", "create_model_card", "download_model", "export_to_huggingface",
-    "fetch_model", "import_from_huggingface", "lineage_chain", "load_hf_dataset",
+    "FetchConfig", "PublishConfig", "check_model_folder", "create_model_card", "download_model", "drop_remote_code",
+    "export_to_huggingface", "fetch_model", "import_from_huggingface", "lineage_chain", "load_hf_dataset",
+    "publish_model",
 ]
