@@ -3,27 +3,6 @@ import pytest
 kfp = pytest.importorskip("kfp")
 
 
-def test_data_components_use_the_data_image_and_no_kfp_install():
-    from aptops_components import data
-
-    for comp in (data.clean_text, data.dataset_stats):
-        container = comp.component_spec.implementation.container
-        assert container.image == "aptops/aptops-data:0.1.0"
-        # install_kfp_package=False: the command must not pip-install kfp at start
-        assert "pip install" not in " ".join(container.command)
-
-
-def test_components_compile(tmp_path):
-    from kfp import compiler
-
-    from aptops_components import data
-
-    for comp in (data.clean_text, data.dataset_stats):
-        path = tmp_path / f"{comp.name}.yaml"
-        compiler.Compiler().compile(comp, str(path))
-        assert "aptops.data" in path.read_text()
-
-
 def test_rebased_component_keeps_the_function(tmp_path):
     from aptops_components import data
     from aptops_pipelines.cluster import ClusterSettings
