@@ -95,6 +95,8 @@ class BackupConfig:
         reuse_hashes: take a file's SHA-256 from the last backup that hashed it while its device, inode,
             size, modification and change times are unchanged (:mod:`aptops.backup.hashcache`); False
             reads and hashes every byte every time.
+        follow_symlinks: back up what symbolic links to files inside the folder point at; off, every link is
+            skipped with a warning. A link that leaves the folder is never followed.
     """
 
     max_retries: int = 4
@@ -111,6 +113,7 @@ class BackupConfig:
     file_concurrency: int = 8
     part_size_mb: int = 8
     reuse_hashes: bool = True
+    follow_symlinks: bool = False
 
     def __post_init__(self) -> None:
         check_range("max_retries", self.max_retries, min_value=0, max_value=20)
@@ -338,7 +341,7 @@ def backup_model(
 def _backup_to_stores(model_path: str | Path, stores: Sequence[Any], config: BackupConfig) -> BackupResult:
     """List, pack (if asked) and hash the folder once, then back it up to every store in parallel."""
     folder = Path(model_path)
-    files = list_model_files(folder)
+    files = list_model_files(folder, follow_symlinks=config.follow_symlinks)
     with tempfile.TemporaryDirectory(prefix="aptops-pack-") as staging:
         members: list[dict[str, Any]] = []
         if config.pack_small_files_kb:
@@ -367,8 +370,13 @@ def restore_model(
     config: BackupConfig | None = None,
     model_id: str | None = None,
     credentials: dict[str, str | None] | None = None,
+    overwrite: bool = False,
 ) -> StageResult:
     """Restore a backup into ``output_dir``, trying sources in turn until one verifies.
+
+    ``output_dir`` must be new or empty: a folder that holds anything is refused before any download unless
+    ``overwrite``, which replaces it whole (atomically, once every file verified). Nothing but the restore's
+    own staging folder (``.<name>.restore-<id>`` beside it) is ever created or removed.
 
     Args:
         source: ``"auto"`` (probe ``config.locations`` and try the fastest healthy ones first), one location,
@@ -377,12 +385,14 @@ def restore_model(
         config: retries, endpoint, and the locations ``auto`` probes.
         model_id: a sub-path under each location (``None`` or ``""``: the locations name the backup itself).
         credentials: explicit credentials; otherwise the provider's standard chain.
+        overwrite: replace an ``output_dir`` that already holds files.
 
     Returns:
         A :class:`StageResult` naming the source used and the bytes restored.
 
     Raises:
-        ConfigError: no source, or ``auto`` without ``config.locations``.
+        ConfigError: no source, ``auto`` without ``config.locations``, or ``output_dir`` is the working folder
+            (or above it), or holds files and ``overwrite`` is off.
         StorageError: no source held a complete, uncorrupted backup (each source's reason is listed).
     """
     config = config or BackupConfig()
@@ -395,12 +405,12 @@ def restore_model(
         bases = [source] if isinstance(source, str) else list(source)
     if not bases:
         raise ConfigError("no source to restore from", field="source")
+    local_path = _restore_target(Path(output_dir), overwrite)
     locations = [parse_location(b).join(model_id) if model_id else parse_location(b) for b in bases]
     stores = [store_for(loc, config, credentials) for loc in locations]
     if source == "auto":
         stores = _fastest_first(stores)
     reasons = []
-    local_path = Path(output_dir)
     for store in stores:
         try:
             return _restore_one(store, local_path, config)
@@ -412,6 +422,33 @@ def restore_model(
             log.warning("restore from %s failed: %s; trying the next source", store.uri, _describe(exc, store))
     raise StorageError("no source could restore a verified copy: " + "; ".join(reasons),
                        uri=", ".join(s.uri for s in stores))
+
+
+def _restore_target(path: Path, overwrite: bool) -> Path:
+    """The absolute restore folder, once it is known not to hold anything a restore would destroy."""
+    target = path.expanduser().resolve()
+    here = Path.cwd().resolve()
+    if target == here or here.is_relative_to(target):
+        raise ConfigError(f"cannot restore into {str(path)!r}: it is the working folder (or holds it); restore into "
+                          "a new folder such as --out restored/", field="output_dir", value=str(path))
+    if target.exists() and not target.is_dir():
+        raise ConfigError(f"{str(path)!r} is a file, not a folder: restore into a new folder", field="output_dir",
+                          value=str(path))
+    if target.is_dir() and not overwrite and any(target.iterdir()):
+        held = sum(1 for _ in target.iterdir())
+        raise ConfigError(f"{str(path)!r} already holds {held} entr{'y' if held == 1 else 'ies'}; restore into a new "
+                          "or empty folder, or pass overwrite (--overwrite) to replace it with the backup",
+                          field="output_dir", value=str(path))
+    return target
+
+
+def _staging_leftovers(local_path: Path) -> list[Path]:
+    """Staging folders of earlier restores into ``local_path`` (``.<name>.restore-<16 hex>``), matched exactly:
+    a name with ``*`` or ``?`` in it is a name, not a pattern."""
+    prefix = f".{local_path.name}.restore-"
+    return [p for p in local_path.parent.iterdir()
+            if p.name.startswith(prefix) and len(p.name) == len(prefix) + 16
+            and all(c in "0123456789abcdef" for c in p.name[len(prefix):]) and p.is_dir() and not p.is_symlink()]
 
 
 def _fastest_first(stores: list[Any]) -> list[Any]:
@@ -503,7 +540,7 @@ def _restore_one(store: Any, local_path: Path, config: BackupConfig) -> StageRes
         log.warning("restore from %s interrupted; %s keeps what arrived, the next restore continues from it",
                     store.uri, tmp)
         raise
-    for stale in local_path.parent.glob(f".{local_path.name}.restore-*"):  # other versions' leftovers
+    for stale in _staging_leftovers(local_path):  # other versions' leftovers
         shutil.rmtree(stale, ignore_errors=True)
     archives = {e.archive for e in entries if e.archive is not None}
     restored = [e for e in entries if e.path not in archives]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import shutil
 import tarfile
@@ -22,6 +23,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from aptops.core.errors import ArtifactNotFoundError, InvalidArtifactError
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 ARCHIVE = ".aptops-small-files.tar"
@@ -55,17 +58,38 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def list_model_files(folder: str | Path) -> list[tuple[str, int]]:
-    """``(relative path, size)`` of every file to back up (hidden files and an old manifest excluded)."""
+def list_model_files(folder: str | Path, *, follow_symlinks: bool = False) -> list[tuple[str, int]]:
+    """``(relative path, size)`` of every file to back up (hidden files and an old manifest excluded).
+
+    Symbolic links are skipped with a warning, as rclone and restic do without their follow options: a link
+    could carry a file from anywhere on the machine into the backup. ``follow_symlinks`` backs up what a
+    link to a file *inside* the folder points at; a link that leaves the folder, or names a folder, is
+    skipped either way.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise ArtifactNotFoundError(f"model folder {str(folder)!r} does not exist", path=str(folder))
-    files = []
+    root = folder.resolve()
+    files, skipped = [], []
     for p in sorted(folder.rglob("*")):
         rel = p.relative_to(folder)
-        if not p.is_file() or rel.as_posix() == MANIFEST or any(part.startswith(".") for part in rel.parts):
+        if rel.as_posix() == MANIFEST or any(part.startswith(".") for part in rel.parts):
             continue
-        files.append((rel.as_posix(), p.stat().st_size))
+        if p.is_symlink():
+            target = Path(os.path.realpath(p))  # a loop resolves to a path that is not a file, no error
+            if follow_symlinks and target.is_relative_to(root) and target.is_file():
+                files.append((rel.as_posix(), target.stat().st_size))
+            else:
+                skipped.append(rel.as_posix())
+            continue
+        if p.is_file():
+            files.append((rel.as_posix(), p.stat().st_size))
+    if skipped:
+        log.warning("skipped %d symbolic link(s) (%s%s): %s", len(skipped), ", ".join(skipped[:5]),
+                    " ..." if len(skipped) > 5 else "",
+                    "they leave the folder or name a folder" if follow_symlinks
+                    else "links are not followed; copy the files in, or set follow_symlinks=true for links "
+                         "to files inside the folder")
     if not files:
         raise InvalidArtifactError(f"model folder {str(folder)!r} is empty: nothing to back up", path=str(folder))
     return files
@@ -117,6 +141,11 @@ def parse_manifest(data: bytes | str, *, source: str = "manifest") -> list[FileE
     for e in entries:
         if e.archive is not None and e.archive not in stored:
             raise InvalidArtifactError(f"{source}: {e.path!r} is in archive {e.archive!r}, which the manifest does not list")
+    folders = {str(parent) for e in entries for parent in PurePosixPath(e.path).parents if str(parent) != "."}
+    clash = sorted(folders & seen)
+    if clash:
+        raise InvalidArtifactError(f"{source}: {clash[0]!r} is listed as a file and as a folder of other entries; "
+                                   "refusing to restore")
     return entries
 
 

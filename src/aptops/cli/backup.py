@@ -52,7 +52,8 @@ def backup(
 def restore(
     source: Annotated[list[str], typer.Argument(
         help="Backup locations to try in order (s3://bucket/prefix), or 'auto' to probe --set locations=[...].")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="The folder to restore into (replaced only when verified).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="A new or empty folder to restore into (written only when verified).")],
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --out even if it holds files.")] = False,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -61,5 +62,6 @@ def restore(
 
     cfg = load_config(BackupConfig, config, overrides=set_ or [])
     result = _run_stage("backup", "restore",
-                        lambda: restore_model("auto" if source == ["auto"] else source, output_dir=out, config=cfg), out)
+                        lambda: restore_model("auto" if source == ["auto"] else source, output_dir=out, config=cfg,
+                                              overwrite=overwrite), out)
     _print_metrics(f"restored {out} from {result.outputs['source']}", result.metrics)
