@@ -71,7 +71,7 @@ def _small_first_in_parallel(items: Sequence[T], size: Callable[[T], int], work:
     return results
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class BackupConfig:
     """Retry and transfer settings.
 

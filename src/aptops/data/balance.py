@@ -24,7 +24,7 @@ OVERSAMPLERS = ("random", "smote", "augment")
 UNDERSAMPLERS = ("random", "tomek")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class BalanceConfig:
     """How to balance.
 

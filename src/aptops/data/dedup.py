@@ -36,7 +36,7 @@ _MASK32 = (1 << 32) - 1
 _WORD = re.compile(r"\w+", re.UNICODE)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DedupConfig:
     """Near-duplicate settings.
 

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 STEPS = ("clean", "dedup", "augment", "balance", "quality")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class AugmentStepConfig:
     """Augment every row ``num_augmented`` times (labels copied); off unless listed in ``steps``."""
 
@@ -44,7 +44,7 @@ class AugmentStepConfig:
     options: AugmentConfig = field(default_factory=AugmentConfig)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ProcessConfig:
     """Which steps run, in the fixed order clean, dedup, augment, balance, quality, and how."""
 

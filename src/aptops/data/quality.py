@@ -31,7 +31,7 @@ ACTIONS = ("flag", "filter")
 _WORD = re.compile(r"\w+", re.UNICODE)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class QualityConfig:
     """Which checks run and their thresholds.
 

@@ -28,7 +28,7 @@ from aptops.data.io import FORMATS, ShardWriter, read_batches
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class CleanConfig:
     """How :func:`clean_dataset` reads and cleans a corpus.
 
@@ -68,7 +68,7 @@ class CleanConfig:
             get_lexer(self.code_language)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class StatsConfig:
     """How :func:`dataset_stats` describes a dataset.
 

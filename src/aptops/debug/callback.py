@@ -33,7 +33,7 @@ from aptops.debug.nan import NanInfDetector
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DebugConfig:
     """What the training debugger watches.
 

@@ -27,7 +27,7 @@ from aptops.debug.nan import NanInfDetector
 Point = tuple[float, float]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DiagnoseConfig:
     """Settings of :func:`diagnose_training`.
 

@@ -23,7 +23,7 @@ from aptops.debug.visualize import generate_full_report
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DebugStageConfig:
     """Settings of :func:`debug_model`.
 

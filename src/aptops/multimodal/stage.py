@@ -60,7 +60,7 @@ TINY_ENCODERS: dict[str, dict[str, Any]] = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class MultimodalConfig:
     """How :func:`train_multimodal_model` builds and trains.
 
