@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import time
@@ -77,6 +78,10 @@ def create_modelfile(model_name: str, gguf_path: str | Path, template: str | Non
         raise ConfigError(f"model name {model_name!r}: Ollama names are lower-case letters, digits, '.', '_', '-' "
                           "with an optional ':tag'", field="model_name", value=model_name)
     gguf = Path(gguf_path)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", gguf.name):
+        # the name goes into the FROM line: a newline, a quote or a space would end it and start another directive
+        raise ConfigError(f"GGUF file name {gguf.name!r} cannot go into a Modelfile FROM line: use letters, digits, "
+                          "'.', '_', '+' and '-' only (rename the file)", field="gguf_path", value=gguf.name)
     read_gguf(gguf)  # exists and parses: Ollama would only say so at create time
     stops: tuple[str, ...] = ()
     if template is None:
@@ -119,6 +124,9 @@ def _check_parameter(name: str, value: Any) -> str:
     except (TypeError, ValueError):
         raise ConfigError(f"PARAMETER {name} must be a {kind.__name__}, got {value!r}", field=f"parameters.{name}",
                           value=value) from None
+    if not math.isfinite(number):
+        raise ConfigError(f"PARAMETER {name} must be a finite number, got {value!r}", field=f"parameters.{name}",
+                          value=value)
     if (low is not None and number < low) or (high is not None and number > high):
         raise ConfigError(f"PARAMETER {name}={number} is outside [{low}, {high if high is not None else '∞'}]",
                           field=f"parameters.{name}", value=value)

@@ -52,6 +52,29 @@ def test_modelfile_bad_inputs(smollm2, tiny_llama, tmp_path):
         create_modelfile("m", gguf, system_prompt='say """ hi', tokenizer_path=smollm2)
 
 
+def test_no_newline_or_non_number_reaches_a_modelfile_directive(smollm2, tmp_path):
+    """Issue 25: a GGUF name with a newline wrote 'ADAPTER evil.bin' into the Modelfile; temperature='nan'
+    wrote 'PARAMETER temperature nan'."""
+    evil_dir = tmp_path / "evil"
+    evil_dir.mkdir()
+    for name in ("model.gguf\nADAPTER evil.bin", 'model".gguf', "my model.gguf", "-model.gguf"):
+        evil = write_tiny_gguf(evil_dir / name)
+        with pytest.raises(ConfigError, match="cannot go into a Modelfile FROM line"):
+            create_modelfile("m", evil, tokenizer_path=smollm2)
+    assert not (evil_dir / "Modelfile").exists()
+    gguf = write_tiny_gguf(tmp_path / "model.gguf")
+    for value in ("nan", float("nan"), "inf", float("-inf")):
+        with pytest.raises(ConfigError, match="PARAMETER temperature must be a finite number"):
+            create_modelfile("m", gguf, parameters={"temperature": value}, tokenizer_path=smollm2)
+    with pytest.raises(ConfigError, match="PARAMETER num_ctx must be a int"):
+        create_modelfile("m", gguf, parameters={"num_ctx": "4096\nADAPTER evil.bin"}, tokenizer_path=smollm2)
+    path = create_modelfile("m", gguf, parameters={"temperature": "0.7", "stop": ["a\nADAPTER x"]},
+                            tokenizer_path=smollm2)
+    directives = [line.split(" ", 1)[0] for line in path.read_text().split("\n") if line and line[0].isupper()
+                  and not line.startswith(("<", "{"))]
+    assert "ADAPTER" not in directives and parse_modelfile(path)["parameters"]["stop"][0] == "a\nADAPTER x"
+
+
 def test_register_needs_a_running_ollama(tmp_path):
     gguf = write_tiny_gguf(tmp_path / "model.gguf")
     path = create_modelfile("m", gguf)
