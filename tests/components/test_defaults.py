@@ -148,6 +148,6 @@ def test_nested_overrides_reach_a_nested_config():
 
     base = DistillConfig(training=TrainConfig(training_args={"learning_rate": 1e-4, "max_steps": 5}))
     cfg = apply_overrides(base, "objective: {temperature: 1.0, alpha: 0.8}\ntraining:\n  lora_r: 4\n"
-                                "  training_args: {warmup_ratio: 0.1}\n")
+                                "  training_args: {warmup_steps: 10}\n")
     assert (cfg.objective.temperature, cfg.objective.alpha, cfg.training.lora_r) == (1.0, 0.8, 4)
-    assert cfg.training.training_args == {"learning_rate": 1e-4, "max_steps": 5, "warmup_ratio": 0.1}
+    assert cfg.training.training_args == {"learning_rate": 1e-4, "max_steps": 5, "warmup_steps": 10}

@@ -36,6 +36,14 @@ CASES: list[tuple[str, str, str]] = [
     ("train", "train run {tiny} {wrongcol} --out {out}", "no column 'text'"),
     ("train", "train run {tiny} {ok} --out {out} --set block_size=-3", r"block_size=-3 is out of range"),
     ("train", "train run {pickled} {ok} --out {out}", "safetensors|pickled"),
+    ("train", "train run {tiny} {ok} --out {out} --set training_args.per_device_train_batch_size=-1",
+     r"training_args.per_device_train_batch_size=-1 is out of range: allowed \[1, 65536\]"),
+    ("train", "train run {tiny} {ok} --out {out} --set training_args.learning_rate=nan",
+     "training_args.learning_rate=nan must be a finite number"),
+    ("train", "train run {tiny} {ok} --out {out} --set training_args.max_steps=1000000000000",
+     r"training_args.max_steps=1000000000000 is out of range"),
+    ("train", "train run {tiny} {ok} --out {out} --set training_args.lerning_rate=1e-4",
+     "training_args.lerning_rate is not a TrainingArguments field; did you mean 'learning_rate'"),
     ("debug", "debug run {notamodel} {ok} --out {out}", "not a Hugging Face model folder"),
     ("debug", "debug profile {notamodel}", "not a Hugging Face model folder"),
     ("debug", "debug profile {tiny} --seq-len 0", "must be positive whole numbers"),
@@ -43,9 +51,15 @@ CASES: list[tuple[str, str, str]] = [
     ("distill", "distill run {tiny} {ok} --out {out} --set objective.temperature=-1", "temperature=-1.0 is out of range"),
     ("distill", "distill run {tiny} {ok} --out {out} --set objective.strategies.teleport=1", "'teleport' is not supported"),
     ("distill", "distill evaluate {notamodel} {tiny} {ok} --out {out}", "not a Hugging Face model folder"),
+    ("distill", "distill run {tiny} {ok} --out {out} --set training.training_args.learning_rate=inf",
+     "training_args.learning_rate=inf must be a finite number"),
+    ("distill", "distill run {tiny} {ok} --out {out} --set training.training_args.gradient_accumulation_steps=0",
+     r"training_args.gradient_accumulation_steps=0 is out of range"),
     ("prune", "prune run {notamodel} {ok} --out {out}", "not a Hugging Face model folder"),
     ("prune", "prune run {tiny} {ok} --out {out} --set target_sparsity=1.5", "target_sparsity=1.5 is out of range"),
     ("prune", "prune run {tiny} {ok} --out {out} --set method=random", "'random' is not supported"),
+    ("prune", "prune run {tiny} {ok} --out {out} --set recovery_steps=5 --set training.training_args.warmup_steps=-5",
+     r"training_args.warmup_steps=-5 is out of range"),
     ("export", "export gguf {notamodel} --out {out}", "not a Hugging Face model folder"),
     ("export", "export gguf {tiny} --out {out} --set quantization=Q9_9", "'Q9_9' is not supported"),
     ("export", "export ollama {missing_gguf} --name x", "does not exist"),
@@ -55,6 +69,8 @@ CASES: list[tuple[str, str, str]] = [
      r"row 0 \(r0\): the image .*missing.png does not exist"),
     ("multimodal", "multimodal train {mm_missing_file} --out {out} --set fusion=sum", "'sum' is not supported"),
     ("multimodal", "multimodal predict {notamodel} --text hi", "not an aptops multimodal model"),
+    ("multimodal", "multimodal train {mm_missing_file} --out {out} --set training_args.per_device_train_batch_size=-1",
+     r"training_args.per_device_train_batch_size=-1 is out of range"),
     ("multimodal", "multimodal sample {out} --classes 20", "between 2 and 8"),
     ("backup", "backup {notamodel} --to ftp://host/x", "unsupported scheme 'ftp'"),
     ("backup", "backup {missing} --to s3://bucket/x", "does not exist"),
@@ -116,6 +132,8 @@ def test_bad_input_is_refused_clearly(stage, command, message, inputs, tmp_path)
     assert re.search(message, text), (message, text[-2000:])
     assert "Traceback" not in run.stderr, run.stderr[-3000:]
     assert not list(tmp_path.rglob("result.json")), "a refused run left a finished artifact behind"
+    if "training_args" in command:  # checked before any work: no output folder, no empty checkpoints/
+        assert not out.exists(), sorted(p.name for p in out.rglob("*"))
 
 
 def test_cases_per_stage():

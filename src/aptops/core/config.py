@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import reprlib
 import types
 import typing
@@ -138,7 +139,9 @@ def check_range(
     min_inclusive: bool = True,
     max_inclusive: bool = True,
 ) -> None:
-    """Raise :class:`ConfigError` unless ``value`` lies in the given range."""
+    """Raise :class:`ConfigError` unless ``value`` is a finite number in the given range."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{field}={value!r} must be a finite number", field=field, value=value)
     low_ok = min_value is None or (value >= min_value if min_inclusive else value > min_value)
     high_ok = max_value is None or (value <= max_value if max_inclusive else value < max_value)
     if low_ok and high_ok:

@@ -72,7 +72,7 @@ def publish_debug_report(result: StageResult, target: str | Path, pipeline: str)
 
 
 def json_param(text: str, field: str, default: Any = None) -> Any:
-    """A component's JSON string parameter (``training_args='{"warmup_ratio": 0.1}'``) as a value.
+    """A component's JSON string parameter (``training_args='{"warmup_steps": 10}'``) as a value.
 
     Raises:
         ConfigError: the text is not JSON; the message names the parameter.

@@ -8,7 +8,7 @@ another stage for them. Try it on a CPU::
     python -c "from aptops.lm import evaluate_perplexity; print(evaluate_perplexity('runs/train', 'runs/clean'))"
 """
 
-from aptops.lm.arguments import training_arguments
+from aptops.lm.arguments import check_training_args, parse_training_args, training_arguments
 from aptops.lm.checkpoints import CHECKPOINTS, checkpoint_step, last_complete_checkpoint, resume_point
 from aptops.lm.loading import load_causal_lm, load_text_dataset
 from aptops.lm.packing import pack_for_clm
@@ -22,7 +22,20 @@ from aptops.lm.scoring import (
 )
 
 __all__ = [
-    "CHECKPOINTS", "EvalConfig", "checkpoint_step", "eval_blocks", "evaluate_perplexity", "heldout_loss", "last_complete_checkpoint",
-    "load_causal_lm", "load_text_dataset", "next_token_scores", "pack_for_clm", "perplexity", "resume_point",
+    "CHECKPOINTS",
+    "EvalConfig",
+    "check_training_args",
+    "checkpoint_step",
+    "eval_blocks",
+    "evaluate_perplexity",
+    "heldout_loss",
+    "last_complete_checkpoint",
+    "load_causal_lm",
+    "load_text_dataset",
+    "next_token_scores",
+    "pack_for_clm",
+    "parse_training_args",
+    "perplexity",
+    "resume_point",
     "training_arguments",
 ]

@@ -6,13 +6,113 @@ model saves every epoch); the user's ``training_args`` override both.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from aptops.core.config import check_range, load_yaml, show
 from aptops.core.deps import require
 from aptops.core.errors import ConfigError
 from aptops.core.logging import progress_disabled
+
+# Sanity bounds of the TrainingArguments fields a typo or a bad value hurts most: (min, max), inclusive. A
+# value outside fails when the config is built, before any data or model is loaded (transformers checks
+# few of them, and only once a run is under way: a negative batch size surfaces in the DataLoader).
+_BOUNDS: dict[str, tuple[float, float]] = {
+    "per_device_train_batch_size": (1, 65_536), "per_device_eval_batch_size": (1, 65_536),
+    "gradient_accumulation_steps": (1, 65_536), "eval_accumulation_steps": (1, 65_536),
+    "num_train_epochs": (0, 100_000), "learning_rate": (0, 10), "weight_decay": (0, 10),
+    "warmup_steps": (0, 10_000_000), "max_grad_norm": (0, 1e6),
+    "adam_beta1": (0, 1), "adam_beta2": (0, 1), "adam_epsilon": (0, 1), "label_smoothing_factor": (0, 1),
+    "save_total_limit": (1, 100_000), "dataloader_num_workers": (0, 1024), "seed": (0, 2**32 - 1),
+    "data_seed": (0, 2**32 - 1),
+}
+#: A run longer than this many optimizer steps is a typo, not a plan (-1: set by epochs).
+MAX_STEPS = 10_000_000
+
+
+def parse_training_args(args: Mapping[str, Any], *, field: str = "training_args") -> dict[str, Any]:
+    """A config's ``training_args`` read and checked before any work: ``--set`` strings as the values they spell
+    (``1e-4`` a float), every name a ``TrainingArguments`` field (when transformers is installed here), every
+    value within :func:`check_training_args`' bounds.
+
+    Raises:
+        ConfigError: an unknown field (with the nearest known one) or a bad value.
+    """
+    parsed = {str(k): (_scalar(v) if isinstance(v, str) else v) for k, v in dict(args).items()}
+    known = _training_argument_fields()
+    for key in parsed:
+        if known is not None and key not in known:
+            import difflib
+
+            near = difflib.get_close_matches(key, known, n=1)
+            hint = f"; did you mean {near[0]!r}?" if near else " (see transformers.TrainingArguments)"
+            raise ConfigError(f"{field}.{key} is not a TrainingArguments field{hint}", field=f"{field}.{key}",
+                              value=show(parsed[key]))
+    check_training_args(parsed, field=field)
+    return parsed
+
+
+def _training_argument_fields() -> frozenset[str] | None:
+    """The fields of ``transformers.TrainingArguments``, or ``None`` where transformers is not installed (a
+    CPU image that only compiles or describes a config)."""
+    import importlib.util
+
+    if importlib.util.find_spec("transformers") is None:
+        return None
+    import dataclasses
+
+    import transformers
+
+    return frozenset(f.name for f in dataclasses.fields(transformers.TrainingArguments) if f.init)
+
+
+def _scalar(text: str) -> Any:
+    """A ``--set`` value as the type it spells: ``1e-3`` a float, ``true`` a bool, ``[a, b]`` a list.
+
+    Words stay words: YAML 1.1 would turn ``save_strategy=no`` into ``False``, and ``report_to=none`` is
+    a string to the Trainer.
+    """
+
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("null", "~"):  # not "none": report_to="none" means no integration
+        return None
+    if text.strip().startswith(("[", "{")):
+        return load_yaml(text, source=f"the value {show(text)}")
+    return text
+
+
+
+def check_training_args(args: Mapping[str, Any], *, field: str = "training_args") -> None:
+    """Refuse ``TrainingArguments`` values that cannot be meant: a number that is not finite anywhere, a size or
+    a rate out of its bounds, ``max_steps`` beyond :data:`MAX_STEPS`; and a steps field given as a fraction
+    (``logging_steps``, ``eval_steps``, ``save_steps`` in (0, 1) are ratios of the run) must be positive.
+
+    Raises:
+        ConfigError: naming the field, the value and what is allowed.
+    """
+    for key, value in args.items():
+        name = f"{field}.{key}"
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{name}={value!r} must be a finite number", field=name, value=value)
+        if key == "max_steps":
+            if value != -1:
+                check_range(name, value, min_value=1, max_value=MAX_STEPS)
+        elif key in ("logging_steps", "eval_steps", "save_steps"):
+            check_range(name, value, min_value=0, min_inclusive=False, max_value=MAX_STEPS)
+        elif key in _BOUNDS:
+            low, high = _BOUNDS[key]
+            check_range(name, value, min_value=low, max_value=high)
 
 
 def training_arguments(output_dir: str | Path, overrides: Mapping[str, Any] | None = None, *, seed: int = 42,

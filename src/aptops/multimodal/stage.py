@@ -36,6 +36,7 @@ from aptops.core.artifacts import (
 )
 from aptops.core.config import check_choice, check_range, to_dict
 from aptops.core.errors import ConfigError, InvalidArtifactError
+from aptops.lm.arguments import parse_training_args
 from aptops.multimodal.data import (
     BAD_INPUT_POLICIES,
     MultimodalCollator,
@@ -133,6 +134,7 @@ class MultimodalConfig:
         check_range("learning_rate", self.learning_rate, min_value=0.0)
         check_range("modality_dropout", self.modality_dropout, min_value=0.0, max_value=0.95)
         check_range("eval_fraction", self.eval_fraction, min_value=0.0, max_value=0.5)
+        object.__setattr__(self, "training_args", parse_training_args(self.training_args))
         bad = sorted((set(self.freeze) | set(self.modalities)) - set(MODALITIES))
         if bad:
             raise ConfigError(f"freeze / modalities name {', '.join(bad)}; use text, image, audio", field="freeze")

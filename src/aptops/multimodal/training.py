@@ -376,7 +376,7 @@ def train_multimodal(model: MultimodalModel, dataloader: torch.utils.data.DataLo
         cache_features: precompute the frozen encoders' outputs once (see :func:`cache_encoder_features`).
         bus: a plugin bus / console core that sees every Trainer event.
         callbacks: further ``TrainerCallback`` objects.
-        training_args: more ``TrainingArguments`` fields (``max_steps``, ``warmup_ratio`` ...).
+        training_args: more ``TrainingArguments`` fields (``max_steps``, ``warmup_steps`` ...).
         resume: a checkpoint folder to continue from, or ``"auto"`` (the newest in ``output_dir``).
         seed: the seed.
 

@@ -34,7 +34,7 @@ from aptops.core.artifacts import (
     write_json,
     write_lineage,
 )
-from aptops.core.config import check_range, load_yaml, show, to_dict
+from aptops.core.config import check_range, to_dict
 from aptops.core.deps import require
 from aptops.core.errors import ConfigError, InvalidArtifactError
 from aptops.core.logging import progress_disabled
@@ -46,6 +46,7 @@ from aptops.lm import (
     load_causal_lm,
     load_text_dataset,
     pack_for_clm,
+    parse_training_args,
     perplexity,
     resume_point,
     training_arguments,
@@ -114,35 +115,12 @@ class TrainConfig:
             raise ConfigError("text_column must not be empty", field="text_column", value=self.text_column)
         if not self.resume.strip():
             raise ConfigError("resume must be 'auto', 'never' or a checkpoint folder", field="resume")
-        # --set training_args.learning_rate=1e-4 arrives as a string: read it as YAML would.
-        parsed = {k: (_scalar(v) if isinstance(v, str) else v) for k, v in dict(self.training_args).items()}
+        parsed = parse_training_args(self.training_args)
         object.__setattr__(self, "training_args", parsed)
         reserved = {"output_dir"} & set(parsed)
         if reserved:
             raise ConfigError("training_args.output_dir is set by aptops (<out>/checkpoints); give the output "
                               "folder as the stage's output instead", field="training_args.output_dir")
-
-
-def _scalar(text: str) -> Any:
-    """A ``--set`` value as the type it spells: ``1e-3`` a float, ``true`` a bool, ``[a, b]`` a list.
-
-    Words stay words: YAML 1.1 would turn ``save_strategy=no`` into ``False``, and ``report_to=none`` is
-    a string to the Trainer.
-    """
-
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    lowered = text.strip().lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    if lowered in ("null", "~"):  # not "none": report_to="none" means no integration
-        return None
-    if text.strip().startswith(("[", "{")):
-        return load_yaml(text, source=f"the value {show(text)}")
-    return text
 
 
 def _apply_lora(model: Any, config: TrainConfig) -> Any:
@@ -219,13 +197,10 @@ def train_with_hf_trainer(model: Any, tokenizer: Any, dataset: Any, output_dir: 
     if progress_disabled():
         datasets.disable_progress_bars()
     out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileNotFoundError):
-        (out / RESULT_FILE).unlink()  # an earlier complete run is no longer what this folder holds
-
+    # Everything that can be checked without the model is checked first: the data, the split, the
+    # TrainingArguments (built, not only parsed); a bad value fails before a model loads or a folder is made.
     ds_source = dataset_source or (str(dataset) if isinstance(dataset, str | Path) else "in-memory dataset")
-    dataset = load_text_dataset(dataset, config.text_column)  # a bad dataset fails before a model is loaded
-    model, tokenizer, model_source = load_causal_lm(model, tokenizer)
+    dataset = load_text_dataset(dataset, config.text_column)
     streaming = isinstance(dataset, datasets.IterableDataset)
     if eval_dataset is not None:
         eval_dataset = load_text_dataset(eval_dataset, config.text_column)
@@ -249,6 +224,10 @@ def train_with_hf_trainer(model: Any, tokenizer: Any, dataset: Any, output_dir: 
     if streaming and args.max_steps <= 0:
         raise ConfigError("a streamed dataset has no length: set training_args.max_steps",
                           field="training_args.max_steps")
+    model, tokenizer, model_source = load_causal_lm(model, tokenizer)
+    out.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        (out / RESULT_FILE).unlink()  # an earlier complete run is no longer what this folder holds
     with args.main_process_first(desc="tokenising"):
         packing = {"block_size": config.block_size, "text_column": config.text_column,
                    "chat_prompt": config.chat_prompt, "packing": config.packing}

@@ -147,3 +147,26 @@ def test_a_checkpoint_cut_off_while_saving_is_skipped_and_removed(tmp_path):
     (tmp_path / "checkpoint-x").mkdir()  # not a checkpoint name
     assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-20")
     assert not (tmp_path / "checkpoint-30").exists() and (tmp_path / "checkpoint-x").exists()
+
+
+def test_training_args_are_read_and_bounded_before_any_work():
+    """Issue 25: per_device_train_batch_size=-1 and learning_rate=nan failed only after the model loaded;
+    max_steps=10**12 was accepted."""
+    import pytest
+
+    from aptops.core.errors import ConfigError
+    from aptops.lm import parse_training_args
+
+    assert parse_training_args({"learning_rate": "1e-4", "max_steps": "-1", "report_to": "none",
+                                "logging_steps": 0.1}) == {"learning_rate": 1e-4, "max_steps": -1,
+                                                           "report_to": "none", "logging_steps": 0.1}
+    for bad, message in (({"per_device_train_batch_size": -1}, r"per_device_train_batch_size=-1 is out of range"),
+                         ({"learning_rate": "nan"}, r"learning_rate=nan must be a finite number"),
+                         ({"max_grad_norm": float("inf")}, r"max_grad_norm=inf must be a finite number"),
+                         ({"max_steps": 10**12}, r"max_steps=1000000000000 is out of range"),
+                         ({"max_steps": 0}, r"max_steps=0 is out of range"),
+                         ({"eval_steps": 0}, r"eval_steps=0 is out of range"),
+                         ({"num_train_epochs": -2}, r"num_train_epochs=-2 is out of range"),
+                         ({"per_device_train_batch_sise": 4}, "did you mean 'per_device_train_batch_size'")):
+        with pytest.raises(ConfigError, match=message):
+            parse_training_args(bad)
