@@ -86,6 +86,13 @@ def _looks_binary(path: Path) -> bool:
         return b"\x00" in fh.read(8192)
 
 
+#: The deepest nesting of a JSON row (objects and lists) read by default: a text corpus nests a few levels; a
+#: row 10,000 levels deep drove pyarrow's reader to 7 GB and a segfault.
+MAX_DEPTH = 64
+#: The largest single field (a JSONL line, a CSV field, a text record) read by default, in MiB.
+MAX_FIELD_MB = 64
+
+
 def read_batches(
     source: str | Path,
     *,
@@ -93,6 +100,8 @@ def read_batches(
     input_format: str = "auto",
     separator: str | None = None,
     batch_rows: int = 10_000,
+    max_depth: int = MAX_DEPTH,
+    max_field_mb: int = MAX_FIELD_MB,
 ) -> Iterator[pa.Table]:
     """Yield tables of at most ``batch_rows`` rows with at least a string ``text_column``.
 
@@ -103,18 +112,22 @@ def read_batches(
         separator: for text files, a regex that matches a whole separator line between records
             (``%`` for fortune files); ``None`` means one record per non-empty line.
         batch_rows: the largest table yielded.
+        max_depth: the deepest nesting of objects and lists a JSON row may have.
+        max_field_mb: the largest JSONL line, CSV field or text record, in MiB.
 
     Raises:
         ArtifactNotFoundError: the input does not exist.
-        InvalidArtifactError: a file cannot be parsed, or lacks ``text_column``.
+        InvalidArtifactError: a file cannot be parsed, lacks ``text_column``, or is over a limit (the message
+            names the file, the row and the limit).
     """
     pa = _pa()
+    limits = (max_depth, max_field_mb * 1024 * 1024)
     if input_format not in FORMATS:
         raise ConfigError(f"input_format={input_format!r} is not supported: choose one of {', '.join(FORMATS)}",
                           field="input_format", value=input_format)
     for path in list_input_files(Path(source)):
         fmt = ("hf" if is_hf_dataset_dir(path) else detect_format(path)) if input_format == "auto" else input_format
-        table = _decodable(_read_file(path, fmt, text_column, separator), path)
+        table = _decodable(_read_file(path, fmt, text_column, separator, limits), path)
         if text_column not in table.column_names:
             raise InvalidArtifactError(
                 f"{str(path)!r} has no column {text_column!r} (columns: {', '.join(table.column_names) or 'none'}): "
@@ -130,8 +143,9 @@ def read_batches(
             yield table.slice(offset, batch_rows)
 
 
-def _read_file(path: Path, fmt: str, text_column: str, separator: str | None) -> pa.Table:
+def _read_file(path: Path, fmt: str, text_column: str, separator: str | None, limits: tuple[int, int]) -> pa.Table:
     pa = _pa()
+    max_depth, max_field = limits
     try:
         if fmt == "hf":
             return _read_hf_dataset(path)
@@ -140,12 +154,26 @@ def _read_file(path: Path, fmt: str, text_column: str, separator: str | None) ->
         raw = decode_bytes(path.read_bytes(), path)
         if fmt == "jsonl":
             json_mod = require("pyarrow.json", extra="data", feature="reading JSONL")
-            return json_mod.read_json(pa.BufferReader(raw.encode("utf-8")))
+            longest = _check_json_lines(raw, path, max_depth, max_field)
+            # a row must fit one block of pyarrow's reader: the blocks grow with the longest line
+            options = json_mod.ReadOptions(block_size=max(1 << 20, 2 * longest + 1024))
+            return json_mod.read_json(pa.BufferReader(raw.encode("utf-8")), read_options=options)
         if fmt == "csv":
             csv = require("pyarrow.csv", extra="data", feature="reading CSV")
             parse = csv.ParseOptions(delimiter="\t" if path.suffix.lower() == ".tsv" else ",", newlines_in_values=True)
-            return csv.read_csv(pa.BufferReader(raw.encode("utf-8")), parse_options=parse)
-        return pa.table({text_column: _text_records(raw, separator)})
+            data = raw.encode("utf-8")
+            # one block per file up to the field limit: a field (quoted newlines included) never straddles two
+            options = csv.ReadOptions(block_size=max(1 << 20, min(len(data) + 1, 2 * max_field + 1024)))
+            table = csv.read_csv(pa.BufferReader(data), parse_options=parse, read_options=options)
+            _check_field_sizes(table, path, max_field)
+            return table
+        records = _text_records(raw, separator)
+        for i, record in enumerate(records):
+            if len(record) > max_field:
+                raise InvalidArtifactError(f"{str(path)!r}: record {i} is {_mib(len(record))} long, over the "
+                                           f"{_mib(max_field)} field limit; raise max_field_mb if it is meant",
+                                           path=str(path))
+        return pa.table({text_column: records})
     except AptopsError:
         raise
     # ArrowInvalid; ArrowIOError (an OSError) for cut-off files; UnicodeError where a reader decodes a name
@@ -153,6 +181,55 @@ def _read_file(path: Path, fmt: str, text_column: str, separator: str | None) ->
         raise InvalidArtifactError(
             f"{str(path)!r} could not be read as {fmt}: {exc}; check the file or pass input_format=", path=str(path)
         ) from exc
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1024 * 1024):.1f} MiB"
+
+
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+
+
+def _check_json_lines(raw: str, path: Path, max_depth: int, max_field: int) -> int:
+    """Refuse a JSONL row longer than ``max_field`` or nested deeper than ``max_depth`` before pyarrow parses
+    it; returns the longest line's length. A line's depth is only worked out when it has more brackets than
+    ``max_depth`` (strings removed first), so ordinary rows cost one count."""
+    longest = 0
+    for i, line in enumerate(raw.split("\n")):
+        size = len(line)
+        longest = max(longest, size)
+        if size > max_field:
+            raise InvalidArtifactError(f"{str(path)!r}: row {i} is {_mib(size)} long, over the {_mib(max_field)} "
+                                       "line limit; raise max_field_mb if it is meant", path=str(path))
+        if line.count("{") + line.count("[") <= max_depth:
+            continue
+        brackets = _NOT_BRACKET.sub("", _JSON_STRING.sub("", line))
+        depth = deepest = 0
+        for ch in brackets:
+            depth += 1 if ch in "[{" else -1
+            if depth > deepest:
+                deepest = depth
+                if deepest > max_depth:
+                    raise InvalidArtifactError(f"{str(path)!r}: row {i} nests objects or lists deeper than "
+                                               f"{max_depth} levels; flatten it or raise max_depth",
+                                               path=str(path))
+    return longest
+
+
+def _check_field_sizes(table: pa.Table, path: Path, max_field: int) -> None:
+    pa = _pa()
+    pc = require("pyarrow.compute", extra="data", feature="reading CSV")
+    for name, column in zip(table.column_names, table.columns, strict=True):
+        if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)) or len(column) == 0:
+            continue
+        lengths = pc.binary_length(column)
+        biggest = pc.max(lengths).as_py() or 0
+        if biggest > max_field:
+            row = pc.index(lengths, biggest).as_py()
+            raise InvalidArtifactError(f"{str(path)!r}: row {row}, column {name!r} is {_mib(biggest)} long, over the "
+                                       f"{_mib(max_field)} field limit; raise max_field_mb if it is meant",
+                                       path=str(path))
 
 
 def _decodable(table: pa.Table, path: Path) -> pa.Table:

@@ -23,7 +23,7 @@ from aptops.core.errors import ConfigError, InvalidArtifactError
 from aptops.core.logging import progress
 from aptops.data.clean import STRATEGIES, clean_text_with_stats, compile_rules, summarize
 from aptops.data.dedup import DedupConfig
-from aptops.data.io import FORMATS, ShardWriter, read_batches
+from aptops.data.io import FORMATS, MAX_DEPTH, MAX_FIELD_MB, ShardWriter, read_batches
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,9 @@ class CleanConfig:
         custom_rules: extra ``[regex, replacement]`` pairs applied after the strategy, in order;
             ``[regex, null]`` is a filter that drops every record it matches.
         shard_rows: rows per output Parquet shard.
+        max_depth: the deepest nesting of objects and lists a JSON row may have (a row deeper is refused with
+            its number: a 10,000-level row once drove the JSON reader to 7 GB and a crash).
+        max_field_mb: the largest JSONL line, CSV field or text record, in MiB.
     """
 
     strategy: str = "basic"
@@ -53,9 +56,13 @@ class CleanConfig:
     min_chars: int = 1
     custom_rules: tuple[tuple[str, str | None], ...] = ()
     shard_rows: int = 100_000
+    max_depth: int = MAX_DEPTH
+    max_field_mb: int = MAX_FIELD_MB
 
     def __post_init__(self) -> None:
         check_choice("strategy", self.strategy, STRATEGIES)
+        check_range("max_depth", self.max_depth, min_value=1, max_value=10_000)
+        check_range("max_field_mb", self.max_field_mb, min_value=1, max_value=4096)
         check_choice("input_format", self.input_format, FORMATS)
         if not self.text_column.strip():
             raise ConfigError("text_column must not be empty", field="text_column", value=self.text_column)
@@ -103,7 +110,8 @@ def clean_dataset(source: str | Path, *, output_dir: str | Path, config: CleanCo
     pa = require("pyarrow", extra="data", feature="clean_dataset")
     rules = compile_rules(config.custom_rules)
     batches = read_batches(
-        source, text_column=config.text_column, input_format=config.input_format, separator=config.separator
+        source, text_column=config.text_column, input_format=config.input_format, separator=config.separator,
+        max_depth=config.max_depth, max_field_mb=config.max_field_mb,
     )
     rows_in = chars_in = chars_out = 0
     totals: dict[str, float] = {}

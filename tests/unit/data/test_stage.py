@@ -187,3 +187,45 @@ def test_length_histogram_is_log_spaced():
     hist = _histogram([1, 10, 100, 1000, 5], 3)
     assert [round(e) for e in hist["edges"]] == [1, 10, 100, 1000]
     assert hist["counts"] == [2.0, 1.0, 2.0]
+
+
+@pytest.mark.parametrize(("name", "content", "message"), [
+    ("deep.jsonl", '{"text": "fine"}\n{"text": "x", "meta": ' + '{"a": ' * 10_000 + "1" + "}" * 10_000 + "}\n",
+     r"row 1 nests objects or lists deeper than 64 levels"),
+    ("deeplist.jsonl", '{"text": ' + "[" * 10_000 + "]" * 10_000 + "}\n", r"row 0 nests objects or lists deeper than 64"),
+    ("shallowlist.jsonl", '{"text": [[[[1]]]]}\n', "column 'text' holds list<item: list<item: list<item: list<item: "
+                                                  "int64>>>>, not text"),
+])
+def test_deeply_nested_json_is_refused_by_its_row_before_the_reader_sees_it(tmp_path, name, content, message):
+    """Issue 25: one 10,000-level row drove `aptops data clean` to 6.97 GB and a segfault (exit 139)."""
+    src = tmp_path / name
+    src.write_text(content)
+    with pytest.raises(InvalidArtifactError, match=message):
+        clean_dataset(src, output_dir=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_brackets_inside_strings_do_not_count_as_nesting(tmp_path):
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps({"text": "[{" * 500 + ' \\" ]] "'}) + "\n")
+    assert clean_dataset(src, output_dir=tmp_path / "out").metrics["rows_out"] == 1
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "txt"])
+def test_a_field_larger_than_the_reader_block_is_read_and_one_over_the_limit_is_refused(tmp_path, fmt):
+    """Issue 25: a valid CSV with one 20 MB field was refused with "straddling object straddles two block
+    boundaries"; 3 MiB is enough to straddle pyarrow's 1 MiB blocks."""
+    big = "word " * (3 * 1024 * 1024 // 5)
+    src = tmp_path / f"in.{fmt}"
+    if fmt == "csv":
+        src.write_text(f'text,label\n"{big}\nmore",a\nsmall row,b\n')
+    elif fmt == "jsonl":
+        src.write_text(json.dumps({"text": big}) + "\n" + json.dumps({"text": "small row"}) + "\n")
+    else:
+        src.write_text(big + "\nsmall row\n")
+    result = clean_dataset(src, output_dir=tmp_path / "out")
+    assert result.metrics["rows_out"] == 2
+    assert max(len(t) for t in read_dataset(tmp_path / "out").column("text").to_pylist()) > 3_000_000
+    with pytest.raises(InvalidArtifactError, match=r"is 3.0 MiB long, over the 2.0 MiB .*limit; raise max_field_mb"):
+        clean_dataset(src, output_dir=tmp_path / "refused", config=CleanConfig(max_field_mb=2))
+    assert not (tmp_path / "refused").exists()
