@@ -2,7 +2,8 @@
 
 It speaks the subset of the OSS REST API that ``oss2`` uses for backup and restore — path-style requests
 to an IP endpoint, namespace-less XML, multipart upload with list-parts, ranged GET, ``x-oss-meta-*`` user
-metadata, listing a bucket by prefix (URL-encoded keys, markers, pages) — and checks what the real client sends: every request must carry a valid ``OSS`` v1 signature
+metadata, listing a bucket by prefix (URL-encoded keys, markers, pages), create-only-if-absent writes
+(``x-oss-forbid-overwrite``) — and checks what the real client sends: every request must carry a valid ``OSS`` v1 signature
 (HMAC-SHA1 over the canonical string), keys arrive URL-encoded UTF-8, and every object and part comes
 back with its ``x-oss-hash-crc64ecma`` so the client's CRC64 check runs for real.
 """
@@ -143,7 +144,12 @@ def _handler(state: OssState) -> type[BaseHTTPRequestHandler]:
                 up["parts"][int(params["partNumber"])] = {"data": data, "etag": etag, "crc": crc}
             else:
                 meta = {k.lower(): v for k, v in self.headers.items() if k.lower().startswith("x-oss-meta-")}
-                state.buckets[bucket][key] = {"data": data, "etag": etag, "crc": crc, "meta": meta, "mtime": time.time()}
+                with state.lock:  # x-oss-forbid-overwrite: create only if absent, checked and written at once
+                    if self.headers.get("x-oss-forbid-overwrite", "").lower() == "true" and key in state.buckets[bucket]:
+                        self._error(409, "FileAlreadyExists", "The object you specified already exists.")
+                        return
+                    state.buckets[bucket][key] = {"data": data, "etag": etag, "crc": crc, "meta": meta,
+                                                  "mtime": time.time()}
             self._send(200, headers={"ETag": etag, "x-oss-hash-crc64ecma": crc})
 
         def do_POST(self) -> None:

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from aptops.backup.hashcache import HashCache
+from aptops.backup.lease import acquire as acquire_lease
 from aptops.backup.manifest import (
     MANIFEST,
     extract_members,
@@ -97,6 +98,9 @@ class BackupConfig:
             reads and hashes every byte every time.
         follow_symlinks: back up what symbolic links to files inside the folder point at; off, every link is
             skipped with a warning. A link that leaves the folder is never followed.
+        lock_ttl_s: how long a backup's lease on an object-store destination (:mod:`aptops.backup.lease`)
+            holds without renewal: a second backup to the same place fails while it holds; one whose holder
+            died takes it over after this long.
     """
 
     max_retries: int = 4
@@ -114,6 +118,7 @@ class BackupConfig:
     part_size_mb: int = 8
     reuse_hashes: bool = True
     follow_symlinks: bool = False
+    lock_ttl_s: float = 300.0
 
     def __post_init__(self) -> None:
         check_range("max_retries", self.max_retries, min_value=0, max_value=20)
@@ -123,6 +128,7 @@ class BackupConfig:
         check_range("pack_small_files_kb", self.pack_small_files_kb, min_value=0, max_value=1024 * 1024)
         check_range("file_concurrency", self.file_concurrency, min_value=1, max_value=256)
         check_range("part_size_mb", self.part_size_mb, min_value=5, max_value=1024)  # S3: parts of 5 MiB-5 GiB
+        check_range("lock_ttl_s", self.lock_ttl_s, min_value=1.0, max_value=86_400.0)
 
 
 @dataclass
@@ -241,27 +247,12 @@ def _backup_one(folder: Path, files: list[tuple[str, int]], hashes: dict[str, Fu
             result.outcome = "success"
             result.seconds = time.monotonic() - start
             return result
-        old = _retry(lambda: store.read(MANIFEST), store, config, result, "manifest read")
-        old_sha = {e.path: e.sha256 for e in parse_manifest(old, source=f"{store.uri}/{MANIFEST}")} if old else {}
-        still_there = _still_there(store, config, result) if old_sha else None
-
-        def send(item: tuple[str, int]) -> bool:
-            path, size = item
-            sha = hashes[path].result()  # hashed in the background while earlier files upload
-            if old_sha.get(path) == sha and (still_there(path, size) if still_there is not None
-                                             else store.remote_sha256(path) == sha):
-                return False
-            _retry(lambda: store.upload(folder / path, path, sha), store, config, result, f"upload {path}")
-            return True
-
-        sent_flags = _small_first_in_parallel(files, lambda f: f[1], send, config.file_concurrency,
-                                              getattr(store, "large_files_at_once", 1), config.part_size_mb * MiB)
-        result.files_sent = sum(sent_flags)
-        result.files_skipped = len(files) - result.files_sent
-        result.bytes_sent = sum(size for (_, size), sent in zip(files, sent_flags, strict=True) if sent)
-        # the manifest goes last: it is the commit marker of the backup
-        data = json.dumps(_manifest(files, hashes, members), indent=2).encode()
-        _retry(lambda: store.write(MANIFEST, data), store, config, result, "manifest write")
+        lease = _retry(lambda: acquire_lease(store, ttl_s=config.lock_ttl_s), store, config, result, "lease")
+        try:
+            _backup_objects(folder, files, hashes, store, config, members, result, lease)
+        finally:
+            if lease is not None:
+                lease.release()
         result.outcome = "success"
     except Exception as exc:
         result.outcome = "failure"
@@ -269,6 +260,35 @@ def _backup_one(folder: Path, files: list[tuple[str, int]], hashes: dict[str, Fu
         log.error("backup to %s failed: %s", store.uri, result.error)
     result.seconds = time.monotonic() - start
     return result
+
+
+def _backup_objects(folder: Path, files: list[tuple[str, int]], hashes: dict[str, Future[str]], store: Any,
+                    config: BackupConfig, members: Sequence[dict[str, Any]], result: DestinationResult,
+                    lease: Any) -> None:
+    """Send what changed to an object store, then the manifest (the commit marker), under the backup's lease."""
+    old = _retry(lambda: store.read(MANIFEST), store, config, result, "manifest read")
+    old_sha = {e.path: e.sha256 for e in parse_manifest(old, source=f"{store.uri}/{MANIFEST}")} if old else {}
+    still_there = _still_there(store, config, result) if old_sha else None
+
+    def send(item: tuple[str, int]) -> bool:
+        path, size = item
+        sha = hashes[path].result()  # hashed in the background while earlier files upload
+        if old_sha.get(path) == sha and (still_there(path, size) if still_there is not None
+                                         else store.remote_sha256(path) == sha):
+            return False
+        _retry(lambda: store.upload(folder / path, path, sha), store, config, result, f"upload {path}")
+        return True
+
+    sent_flags = _small_first_in_parallel(files, lambda f: f[1], send, config.file_concurrency,
+                                          getattr(store, "large_files_at_once", 1), config.part_size_mb * MiB)
+    result.files_sent = sum(sent_flags)
+    result.files_skipped = len(files) - result.files_sent
+    result.bytes_sent = sum(size for (_, size), sent in zip(files, sent_flags, strict=True) if sent)
+    # the manifest goes last: it is the commit marker of the backup, written only while the lease is ours
+    data = json.dumps(_manifest(files, hashes, members), indent=2).encode()
+    if lease is not None:
+        lease.confirm()
+    _retry(lambda: store.write(MANIFEST, data), store, config, result, "manifest write")
 
 
 def _still_there(store: Any, config: BackupConfig, result: DestinationResult) -> Callable[[str, int], bool] | None:

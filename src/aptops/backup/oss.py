@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,46 @@ class OssStore:
 
     def write(self, path: str, data: bytes) -> None:
         self._bucket.put_object(self.key(path), data)
+
+    # conditional writes for the backup lease (aptops.backup.lease). OSS refuses to overwrite on request
+    # (x-oss-forbid-overwrite) but has no If-Match on writes: a replace or delete compares the ETag first, so
+    # two takers of one stale lease can race there for the time of one request.
+    def create_exclusive(self, path: str, data: bytes) -> str | None:
+        """Write ``path`` only if no object is there; its ETag, or None when one is."""
+        try:
+            return self._bucket.put_object(self.key(path), data, headers={"x-oss-forbid-overwrite": "true"}).etag
+        except self._oss2.exceptions.OssError as exc:
+            if getattr(exc, "code", None) == "FileAlreadyExists" or getattr(exc, "status", None) == 409:
+                return None
+            raise
+
+    def _etag(self, path: str) -> str | None:
+        try:
+            return self._bucket.head_object(self.key(path)).etag
+        except self._oss2.exceptions.NotFound:
+            return None
+
+    def replace_if(self, path: str, data: bytes, etag: str) -> str | None:
+        """Overwrite ``path`` if it still has ``etag`` (compared, then written); the new ETag, or None."""
+        if self._etag(path) != etag.strip('"'):
+            return None
+        return self._bucket.put_object(self.key(path), data).etag
+
+    def delete_if(self, path: str, etag: str) -> None:
+        """Delete ``path`` if it still has ``etag``."""
+        if self._etag(path) == etag.strip('"'):
+            self._bucket.delete_object(self.key(path))
+
+    def lease_state(self, path: str) -> tuple[str, float, bytes] | None:
+        """``(etag, age in seconds by the server's clock, content)`` of ``path``, or None if it is not there."""
+        from email.utils import parsedate_to_datetime
+
+        try:
+            got = self._bucket.get_object(self.key(path))
+        except self._oss2.exceptions.NoSuchKey:
+            return None
+        now = parsedate_to_datetime(got.headers["date"]).timestamp() if "date" in got.headers else time.time()
+        return got.etag, now - float(got.last_modified), got.read()
 
     def listing(self) -> dict[str, tuple[int, float]]:
         """``{path: (size, last modified, epoch seconds)}`` of every object under the prefix, a page per 100."""

@@ -249,6 +249,48 @@ class S3Store:
     def write(self, path: str, data: bytes) -> None:
         self._client.put_object(Bucket=self.bucket, Key=self.key(path), Body=data, ChecksumAlgorithm="SHA256")
 
+    # conditional writes for the backup lease (aptops.backup.lease): If-None-Match / If-Match, server-checked
+    _LOST = ("PreconditionFailed", "412", "ConditionalRequestConflict", "409", "NoSuchKey", "404")
+
+    def create_exclusive(self, path: str, data: bytes) -> str | None:
+        """Write ``path`` only if no object is there; its ETag, or None when one is."""
+        try:
+            return self._client.put_object(Bucket=self.bucket, Key=self.key(path), Body=data, IfNoneMatch="*")["ETag"]
+        except self._errors.ClientError as exc:
+            if self.error_code(exc) in self._LOST:
+                return None
+            raise
+
+    def replace_if(self, path: str, data: bytes, etag: str) -> str | None:
+        """Overwrite ``path`` only if it still has ``etag``; the new ETag, or None when it changed or went."""
+        try:
+            return self._client.put_object(Bucket=self.bucket, Key=self.key(path), Body=data, IfMatch=etag)["ETag"]
+        except self._errors.ClientError as exc:
+            if self.error_code(exc) in self._LOST:
+                return None
+            raise
+
+    def delete_if(self, path: str, etag: str) -> None:
+        """Delete ``path`` only if it still has ``etag``."""
+        try:
+            self._client.delete_object(Bucket=self.bucket, Key=self.key(path), IfMatch=etag)
+        except self._errors.ClientError as exc:
+            if self.error_code(exc) not in self._LOST:
+                raise
+
+    def lease_state(self, path: str) -> tuple[str, float, bytes] | None:
+        """``(etag, age in seconds by the server's clock, content)`` of ``path``, or None if it is not there."""
+        from email.utils import parsedate_to_datetime
+
+        try:
+            got = self._client.get_object(Bucket=self.bucket, Key=self.key(path))
+        except self._errors.ClientError as exc:
+            if self.error_code(exc) in ("NoSuchKey", "404"):
+                return None
+            raise
+        now = parsedate_to_datetime(got["ResponseMetadata"]["HTTPHeaders"]["date"]).timestamp()
+        return got["ETag"], now - got["LastModified"].timestamp(), got["Body"].read()
+
     def listing(self) -> dict[str, tuple[int, float]]:
         """``{path: (size, last modified, epoch seconds)}`` of every object under the prefix: one LIST request
         per 1,000 objects, where checking them one by one costs a HEAD each."""

@@ -485,7 +485,8 @@ def test_part_size_sets_the_parts_and_ranges(s3, tmp_path):
     for op in ("UploadPart", "PutObject", "GetObject"):
         store._client.meta.events.register(f"before-call.s3.{op}", lambda op=op, **_: calls.append(op))
     assert _backup_to_stores(model, [store], cfg).ok
-    assert calls.count("UploadPart") == 3 and calls.count("PutObject") == 2  # small.bin and the manifest
+    # small.bin and the manifest, and the lease taken and confirmed before the manifest
+    assert calls.count("UploadPart") == 3 and calls.count("PutObject") == 4
     calls.clear()
     from aptops.backup.core import _restore_one
 
