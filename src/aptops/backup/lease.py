@@ -7,7 +7,9 @@ SeaweedFS and MinIO honour; OSS ``x-oss-forbid-overwrite``); a second backup fin
 the holder. The holder renews it while it uploads (an ``If-Match`` replace), confirms it still holds it just
 before the manifest (the commit marker) is written, and deletes it at the end. A lease not renewed for
 ``ttl_s`` (its holder died) is taken over, again conditionally, so exactly one of several waiting backups
-wins it. Time is the server's: the lease's age is the store's clock now minus its last-modified time.
+wins it. Time is the server's: the lease's age is the store's clock now minus its last-modified time. As restic
+does with its locks, a lease written on this same host by a process that no longer runs is stale at once: a
+backup killed here does not hold up the next one for ``ttl_s``.
 
 Repo destinations (HF Hub, ModelScope) need no lease: each backup there is one commit with its own tag, so
 two backups are two versions and neither is lost.
@@ -107,11 +109,12 @@ def acquire(store: Any, *, ttl_s: float) -> Lease | None:
         if held is None:  # released between our create and our look: try again
             continue
         held_etag, age_s, raw = held
-        if age_s <= ttl_s:
-            try:
-                holder = json.loads(raw)
-            except (ValueError, UnicodeDecodeError):
-                holder = {}
+        try:
+            holder = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            holder = {}
+        dead_here = _died_here(holder)
+        if age_s <= ttl_s and not dead_here:
             raise StorageError(
                 f"another backup to {store.uri} is in progress (host {holder.get('host', '?')}, pid "
                 f"{holder.get('pid', '?')}, last renewed {age_s:.0f} s ago); wait for it to finish, or if it died, "
@@ -119,7 +122,23 @@ def acquire(store: Any, *, ttl_s: float) -> Lease | None:
                 uri=store.uri, provider=getattr(store, "provider", None))
         etag = store.replace_if(LEASE, data, held_etag)
         if etag is not None:
-            log.warning("took over the backup lease on %s: its holder had not renewed it for %.0f s", store.uri, age_s)
+            why = (f"its holder (pid {holder.get('pid')} on this host) is no longer running" if dead_here
+                   else f"its holder had not renewed it for {age_s:.0f} s")
+            log.warning("took over the backup lease on %s: %s", store.uri, why)
             return Lease(store, etag, body, ttl_s)
     raise StorageError(f"could not take the backup lease on {store.uri}: other backups keep racing for it",
                        uri=store.uri, provider=getattr(store, "provider", None))
+
+
+def _died_here(holder: dict[str, Any]) -> bool:
+    """The lease was written on this host by a process that is gone."""
+    pid = holder.get("pid")
+    if holder.get("host") != socket.gethostname() or not isinstance(pid, int) or pid <= 0 or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, someone else's
+        return False
+    return False

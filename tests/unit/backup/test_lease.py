@@ -110,3 +110,26 @@ def test_a_dead_holders_lease_is_taken_over_and_the_holder_cannot_commit(target,
         mine.confirm()
     mine.release()
     assert json.loads(store.read(LEASE)) == {"host": "thief"}  # the new holder's lease is left alone
+
+
+def test_a_lease_left_by_a_process_gone_from_this_host_is_taken_over_at_once(target, tiny_llama, caplog):
+    """A backup killed here must not hold up the next one for lock_ttl_s (restic checks its locks the same way)."""
+    import os
+    import socket
+    import subprocess
+
+    dest, creds, cfg = target
+    store = _store(dest, creds, cfg)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    body = {"host": socket.gethostname(), "pid": gone.pid, "started_at": time.time()}
+    assert store.create_exclusive(LEASE, json.dumps(body).encode()) is not None
+    caplog.set_level(logging.WARNING)
+    assert backup_model(tiny_llama, [dest], cfg, credentials=creds).ok  # lock_ttl_s=30 has not passed
+    assert f"its holder (pid {gone.pid} on this host) is no longer running" in caplog.text
+    # a live process's lease on this host, or any lease from another host, still holds
+    for holder in ({"host": socket.gethostname(), "pid": os.getppid()}, {"host": "elsewhere", "pid": gone.pid}):
+        assert store.create_exclusive(LEASE, json.dumps(holder).encode()) is not None
+        with pytest.raises(StorageError, match="is in progress"):
+            acquire(store, ttl_s=30)
+        store.delete_if(LEASE, store.lease_state(LEASE)[0])
