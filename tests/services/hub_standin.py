@@ -91,6 +91,7 @@ class HubState:
     tokens: dict[str, str]  # token -> user name
     multipart_threshold: int = 8 * 1024 * 1024
     chunk_size: int = 4 * 1024 * 1024
+    upload_bytes_per_s: float | None = None  # a slow link: request bodies arrive no faster than this
     repos: dict[tuple[str, str], Repo] = field(default_factory=dict)
     lfs: dict[str, bytes] = field(default_factory=dict)
     parts: dict[tuple[str, int], bytes] = field(default_factory=dict)
@@ -129,7 +130,19 @@ def _handler(state: HubState) -> type[BaseHTTPRequestHandler]:
 
         def _body(self) -> bytes:
             n = int(self.headers.get("Content-Length") or 0)
-            return self.rfile.read(n) if n else b""
+            if not n:
+                return b""
+            if not state.upload_bytes_per_s:
+                return self.rfile.read(n)
+            chunks, left = [], n
+            while left:
+                chunk = self.rfile.read(min(left, 1 << 20))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                left -= len(chunk)
+                time.sleep(len(chunk) / state.upload_bytes_per_s)
+            return b"".join(chunks)
 
         def _user(self) -> str | None:
             auth = self.headers.get("Authorization", "")
