@@ -33,6 +33,7 @@ from torch.nn import functional as F
 
 from aptops.core.deps import require
 from aptops.core.errors import ConfigError, InvalidArtifactError
+from aptops.lm.saving import for_inference
 from aptops.multimodal.encoders import (
     MODALITIES,
     ModalityEncoder,
@@ -426,7 +427,7 @@ class MultimodalModel(nn.Module):
         folder.mkdir(parents=True, exist_ok=True)
         for m, encoder in self.encoders.items():
             sub = folder / f"{m}_encoder"
-            encoder.model.save_pretrained(sub, safe_serialization=True)
+            for_inference(encoder.model).save_pretrained(sub, safe_serialization=True)
             processor = self.processors.get(m)
             if processor is not None and hasattr(processor, "save_pretrained"):
                 processor.save_pretrained(sub)

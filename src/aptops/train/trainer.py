@@ -51,6 +51,7 @@ from aptops.lm import (
     resume_point,
     training_arguments,
 )
+from aptops.lm.saving import for_inference
 
 log = logging.getLogger(__name__)
 
@@ -302,7 +303,7 @@ def train_with_hf_trainer(model: Any, tokenizer: Any, dataset: Any, output_dir: 
     if config.lora_r > 0 and config.merge_lora:
         final = final.merge_and_unload()
     if trainer.is_world_process_zero():
-        final.save_pretrained(out)
+        for_inference(final).save_pretrained(out)  # no use_cache=False or checkpointing left from training
         tokenizer.save_pretrained(out)
         _copy_parent_lineage(model_source, out)
         write_lineage(out, stage=stage, inputs={"model": model_source, "dataset": ds_source, **(lineage_inputs or {})},
