@@ -3,9 +3,6 @@ at start, and ships a body that imports its stage's library (not another stage's
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-
 import pytest
 import yaml
 
@@ -13,23 +10,13 @@ kfp = pytest.importorskip("kfp")
 
 import aptops_components  # noqa: E402
 from aptops.stages import get_stage  # noqa: E402
+from tests.components.catalog import all_components  # noqa: E402
 
 # components/<module>.py -> the stage whose image runs it (runs.py records a pipeline's outcome in the data image)
 _IMAGE_OF = {"runs": "data"}
 
 
-def _all_components() -> list[tuple[str, str, object]]:
-    found = []
-    for info in pkgutil.iter_modules(aptops_components.__path__):
-        module = importlib.import_module(f"aptops_components.{info.name}")
-        for name, obj in sorted(vars(module).items()):
-            fn = getattr(obj, "python_func", None)
-            if fn is not None and fn.__module__ == module.__name__:
-                found.append((info.name, name, obj))
-    return found
-
-
-COMPONENTS = _all_components()
+COMPONENTS = all_components()
 
 
 def test_every_component_module_is_covered():

@@ -7,14 +7,13 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
-import pkgutil
 import re
 import typing
 
 import pytest
 
-import aptops_components
 from aptops.stages import STAGES
+from tests.components.catalog import all_components
 
 # A component parameter cannot be None or a mapping in KFP: "" (or 0 where the field counts) stands for None,
 # and dicts / lists travel as JSON or comma-separated text that the body parses.
@@ -54,14 +53,7 @@ def _defaults(cls: type) -> dict[str, typing.Any]:
 
 
 def _components() -> list[tuple[str, typing.Any]]:
-    found = []
-    for info in pkgutil.iter_modules(aptops_components.__path__):
-        module = importlib.import_module(f"aptops_components.{info.name}")
-        for name, obj in sorted(vars(module).items()):
-            fn = getattr(obj, "python_func", None)
-            if fn is not None and fn.__module__ == module.__name__:
-                found.append((name, fn))
-    return found
+    return [(name, component.python_func) for _, name, component in all_components()]
 
 
 COMPONENTS = _components()
