@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 CORPUS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -13,8 +14,9 @@ CORPUS = [
 ] * 20
 
 
-def build_tiny_llama(folder: Path, *, vocab_size: int = 512, seed: int = 0) -> Path:
-    """Train a byte-level BPE tokenizer on a small corpus and save a random 2-layer Llama with it."""
+def build_tiny_llama(folder: Path, *, vocab_size: int = 512, seed: int = 0, **config: Any) -> Path:
+    """Train a byte-level BPE tokenizer on a small corpus and save a random 2-layer Llama with it; ``config``
+    overrides ``LlamaConfig`` fields (``rope_parameters=`` ...)."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -31,12 +33,13 @@ def build_tiny_llama(folder: Path, *, vocab_size: int = 512, seed: int = 0) -> P
         tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>", pad_token="<|endoftext|>",
     )
     torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(fast),
-        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=True,
-        bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id, pad_token_id=fast.pad_token_id,
-    )
+    fields = {
+        "vocab_size": len(fast), "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128,
+        "tie_word_embeddings": True, "bos_token_id": fast.bos_token_id, "eos_token_id": fast.eos_token_id,
+        "pad_token_id": fast.pad_token_id,
+    }
+    config = LlamaConfig(**(fields | config))
     model = LlamaForCausalLM(config)
     model.save_pretrained(folder)
     fast.save_pretrained(folder)

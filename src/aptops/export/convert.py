@@ -118,6 +118,44 @@ def vocab_kind(folder: Path, tok: dict[str, Any], vocab_type: str = "auto") -> s
     return found
 
 
+# rope scaling types llama.cpp reads for the llama family, by the name transformers gives them
+ROPE_TYPES = ("default", "linear", "llama3")
+
+
+def rope_settings(cfg: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
+    """``(rope_theta, scaling)`` of a HF config, whichever spelling it uses (``rope_parameters`` in transformers
+    5, ``rope_scaling`` + ``rope_theta`` before); ``scaling`` is ``None`` for plain rotary embeddings.
+
+    Raises:
+        ConfigError: a scaling type llama.cpp's llama family does not reproduce exactly (converted anyway it would
+            be a silently different model).
+    """
+    params = dict(cfg.get("rope_parameters") or {})
+    scaling = dict(cfg.get("rope_scaling") or {}) or {k: v for k, v in params.items() if k != "rope_theta"}
+    theta = float(params.get("rope_theta", cfg.get("rope_theta", 10000.0)))
+    kind = scaling.get("rope_type", scaling.get("type", "default")) if scaling else "default"
+    if kind not in ROPE_TYPES:
+        raise ConfigError(f"rope scaling {kind!r} is not supported for GGUF export (supported: "
+                          f"{', '.join(ROPE_TYPES)}); a conversion without it would answer differently",
+                          field="rope_scaling", value=kind)
+    return theta, (None if kind == "default" else dict(scaling, rope_type=kind))
+
+
+def llama3_rope_factors(theta: float, head_dim: int, scaling: dict[str, Any]) -> Any:
+    """The per-frequency divisors of Llama 3.1-style rope scaling, as the ``rope_freqs`` tensor llama.cpp reads:
+    high frequencies (wavelength under ``original / high_freq_factor``) keep theirs, low ones (over
+    ``original / low_freq_factor``) are divided by ``factor``, and the band between blends the two."""
+    np = require("numpy", extra="export", feature="writing GGUF")
+    factor = float(scaling["factor"])
+    low, high = float(scaling.get("low_freq_factor", 1.0)), float(scaling.get("high_freq_factor", 4.0))
+    original = float(scaling["original_max_position_embeddings"])
+    freqs = 1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    wavelen = 2 * np.pi / freqs
+    smooth = np.clip((original / wavelen - low) / (high - low), 0.0, 1.0)
+    divisor = 1.0 / (smooth + (1.0 - smooth) / factor)  # 1 where smooth is 1 (high), factor where 0 (low)
+    return divisor.astype(np.float32)
+
+
 def _permute(weights: Any, n_head: int) -> Any:
     """HF stores Q/K rows as two rotary halves per head; llama.cpp wants them interleaved."""
     rows = weights.shape[0]
@@ -172,7 +210,11 @@ def convert_to_gguf(model_path: str | Path, output_path: str | Path, *, outtype:
         writer.add_head_count(n_head)
         writer.add_head_count_kv(n_kv)
         writer.add_rope_dimension_count(head_dim)
-        writer.add_rope_freq_base(float(cfg.get("rope_theta", (cfg.get("rope_parameters") or {}).get("rope_theta", 10000.0))))
+        theta, scaling = rope_settings(cfg)
+        writer.add_rope_freq_base(theta)
+        if scaling is not None and scaling["rope_type"] == "linear":
+            writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+            writer.add_rope_scaling_factor(float(scaling["factor"]))
         writer.add_layer_norm_rms_eps(float(cfg.get("rms_norm_eps", 1e-6)))
         writer.add_key_length(head_dim)
         writer.add_value_length(head_dim)
@@ -187,6 +229,9 @@ def convert_to_gguf(model_path: str | Path, output_path: str | Path, *, outtype:
 
         names = gguf.get_tensor_name_map(_arch_enum(gguf, gguf_arch), n_layer)
         n_params = 0
+        if scaling is not None and scaling["rope_type"] == "llama3":
+            writer.add_tensor(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight",
+                              llama3_rope_factors(theta, head_dim, scaling))
         for file in weights:
             with safetensors.safe_open(str(file), framework="pt") as f:
                 for name in f.keys():  # noqa: SIM118 - safe_open is not a mapping

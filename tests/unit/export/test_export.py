@@ -216,3 +216,55 @@ def test_every_quantization_of_a_trained_256_wide_model_keeps_its_types_and_agre
         if q == "Q4_0":  # llama.cpp's own choice of more bits for the output matrix: reported, not a fallback
             assert report["gguf"]["upgraded"] == {"output.weight": "Q6_K"}
         assert report["verify"]["top1_agreement"] >= floor
+
+
+LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+
+
+def test_llama3_rope_factors_are_the_ones_transformers_divides_by():
+    import numpy as np
+    import torch
+    from transformers import LlamaConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    from aptops.export.convert import llama3_rope_factors
+
+    config = LlamaConfig(hidden_size=64, num_attention_heads=4, max_position_embeddings=512,
+                         rope_parameters=LLAMA3_ROPE)
+    scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](config, torch.device("cpu"))
+    plain = 1.0 / LLAMA3_ROPE["rope_theta"] ** (torch.arange(0, 16, 2, dtype=torch.float64) / 16)
+    np.testing.assert_allclose(llama3_rope_factors(10000.0, 16, LLAMA3_ROPE), (plain / scaled.double()).numpy(),
+                               rtol=1e-5)
+
+
+@pytest.mark.parametrize("rope", [LLAMA3_ROPE, {"rope_type": "linear", "rope_theta": 10000.0, "factor": 4.0}],
+                         ids=["llama3", "linear"])
+def test_scaled_rope_is_exported_as_llama_cpp_reads_it(rope, tmp_path):
+    """Issue 22: a Llama 3.1-style config was converted without its rope factors: the GGUF's next token agreed
+    with transformers on 7% of positions of this model (attention sharp enough to see positions)."""
+    import gguf
+
+    from tests.models import build_tiny_llama
+
+    model = build_tiny_llama(tmp_path / "model", max_position_embeddings=512, rope_parameters=rope,
+                             initializer_range=0.3)
+    result = export_to_gguf(model, output_dir=tmp_path / "f16", config=ExportConfig(quantization="F16"))
+    assert result.metrics["top1_agreement"] >= 0.98 and result.metrics["max_abs_logit_error"] < 0.5
+    reader = gguf.GGUFReader(result.outputs["gguf"])
+    names = {t.name for t in reader.tensors}
+    assert ("rope_freqs.weight" in names) == (rope["rope_type"] == "llama3")
+
+
+@pytest.mark.parametrize("kind", ["yarn", "dynamic", "longrope"])
+def test_rope_scaling_llama_cpp_would_not_reproduce_is_refused(kind, tiny_llama, tmp_path):
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_llama, folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["rope_parameters"] = {"rope_type": kind, "rope_theta": 10000.0, "factor": 2.0}
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ConfigError, match=f"rope scaling '{kind}' is not supported for GGUF export"):
+        export_to_gguf(folder, output_dir=tmp_path / "out", config=ExportConfig(quantization="F16"))
+    assert not (tmp_path / "out").exists()
