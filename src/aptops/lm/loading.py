@@ -30,6 +30,24 @@ def load_text_dataset(dataset: Any, text_column: str) -> Any:
     return dataset
 
 
+def check_model_source(model: Any) -> None:
+    """Fail now, before any data is read, if ``model`` names no loadable model: a local folder must hold
+    safetensors and a config, a Hub id must be ``namespace/name``. Objects pass; nothing is downloaded.
+
+    Raises:
+        ArtifactNotFoundError / InvalidArtifactError / ConfigError: what is wrong with the reference.
+    """
+    if not isinstance(model, str | Path):
+        return
+    from aptops.hub import client
+    from aptops.hub.models import _is_local, check_model_folder
+
+    if _is_local(model):
+        check_model_folder(model)
+    else:
+        client.check_repo_id(str(model), what="model repo")
+
+
 def load_causal_lm(model: Any, tokenizer: Any = None) -> tuple[Any, Any, str]:
     """A causal LM and its tokenizer from a folder / Hub id (safetensors only) or as given.
 

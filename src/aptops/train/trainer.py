@@ -41,6 +41,7 @@ from aptops.core.logging import progress_disabled
 from aptops.lm import (
     CHECKPOINTS,
     EvalConfig,
+    check_model_source,
     checkpoint_step,
     evaluate_perplexity,
     load_causal_lm,
@@ -200,6 +201,7 @@ def train_with_hf_trainer(model: Any, tokenizer: Any, dataset: Any, output_dir: 
     out = Path(output_dir)
     # Everything that can be checked without the model is checked first: the data, the split, the
     # TrainingArguments (built, not only parsed); a bad value fails before a model loads or a folder is made.
+    check_model_source(model)
     ds_source = dataset_source or (str(dataset) if isinstance(dataset, str | Path) else "in-memory dataset")
     dataset = load_text_dataset(dataset, config.text_column)
     streaming = isinstance(dataset, datasets.IterableDataset)
