@@ -104,7 +104,8 @@ def export_to_gguf(model: str | Path, *, output_dir: str | Path, config: ExportC
         report: dict[str, Any] = {"gguf": written.to_dict()}
         metrics = {"size_bytes": float(written.size_bytes), "fallback_tensors": float(len(written.fallbacks))}
         if config.verify:
-            check = verify_gguf(tmp / name, model, text=config.verify_text, gate=config.gate)
+            check = verify_gguf(tmp / name, model, text=config.verify_text, gate=config.gate,
+                                quantized=q not in ("F32", "F16", "BF16"))
             report["verify"] = check
             metrics.update({k: float(check[k]) for k in ("top1_agreement", "max_abs_logit_error",
                                                           "mean_abs_logit_error", "perplexity_delta",

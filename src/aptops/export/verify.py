@@ -37,21 +37,30 @@ DEFAULT_TEXT = (
 class GateConfig:
     """Thresholds of the quant gate: a GGUF beyond them fails verification.
 
+    A quantized GGUF is allowed its quantization error; an unquantized one (F32, F16, BF16) is a conversion
+    and must reproduce the model, so it answers to the much tighter ``exact_*`` thresholds: a wrong conversion
+    (a missing rope factor, a mis-permuted head) fails there however plausible its text looks.
+
     Attributes:
         min_top1_agreement: the least share of positions where both pick the same next token.
         max_perplexity_change: the largest relative perplexity change, ``|ppl_cpp - ppl_hf| / ppl_hf``
             (either way: a quantized model that scores "better" on one text is no closer to its source).
         min_tokenizer_agreement: the least share of identical token ids on the multilingual sample.
+        exact_min_top1_agreement / exact_max_perplexity_change: the same for an unquantized GGUF.
     """
 
     min_top1_agreement: float = 0.6
     max_perplexity_change: float = 0.5
     min_tokenizer_agreement: float = 1.0
+    exact_min_top1_agreement: float = 0.97
+    exact_max_perplexity_change: float = 0.02
 
     def __post_init__(self) -> None:
         check_range("min_top1_agreement", self.min_top1_agreement, min_value=0.0, max_value=1.0)
         check_range("max_perplexity_change", self.max_perplexity_change, min_value=0.0)
         check_range("min_tokenizer_agreement", self.min_tokenizer_agreement, min_value=0.0, max_value=1.0)
+        check_range("exact_min_top1_agreement", self.exact_min_top1_agreement, min_value=0.0, max_value=1.0)
+        check_range("exact_max_perplexity_change", self.exact_max_perplexity_change, min_value=0.0)
 
 
 def _log_softmax(np: Any, x: Any) -> Any:
@@ -60,8 +69,10 @@ def _log_softmax(np: Any, x: Any) -> Any:
 
 
 def verify_gguf(gguf_path: str | Path, model_path: str | Path, *, text: str | None = None,
-                gate: GateConfig | None = None, n_ctx: int = 512) -> dict[str, Any]:
-    """Compare ``gguf_path`` with the transformers model in ``model_path``; returns the figures and ``passed``."""
+                gate: GateConfig | None = None, n_ctx: int = 512, quantized: bool = True) -> dict[str, Any]:
+    """Compare ``gguf_path`` with the transformers model in ``model_path``; returns the figures and ``passed``.
+
+    ``quantized=False`` (an F32 / F16 / BF16 file) holds it to the gate's ``exact_*`` thresholds."""
     np = require("numpy", extra="export", feature="verifying GGUF")
     torch = require("torch", extra="export", feature="verifying GGUF")
     transformers = require("transformers", extra="export", feature="verifying GGUF")
@@ -113,11 +124,14 @@ def verify_gguf(gguf_path: str | Path, model_path: str | Path, *, text: str | No
         "tokenizer_tokens": {"transformers": len(sample_hf), "llama_cpp": len(sample_cpp)},
     }
     failures = []
-    if result["top1_agreement"] < gate.min_top1_agreement:
-        failures.append(f"top-1 agreement {result['top1_agreement']:.3f} < {gate.min_top1_agreement}")
+    least_top1 = gate.min_top1_agreement if quantized else gate.exact_min_top1_agreement
+    most_change = gate.max_perplexity_change if quantized else gate.exact_max_perplexity_change
+    kind = "" if quantized else " (unquantized: the conversion must reproduce the model)"
+    if result["top1_agreement"] < least_top1:
+        failures.append(f"top-1 agreement {result['top1_agreement']:.3f} < {least_top1}{kind}")
     change = abs(ppl_cpp - ppl_hf) / ppl_hf
-    if change > gate.max_perplexity_change:
-        failures.append(f"perplexity changed by {change:.2%} > {gate.max_perplexity_change:.2%}")
+    if change > most_change:
+        failures.append(f"perplexity changed by {change:.2%} > {most_change:.2%}{kind}")
     if tok_agree < gate.min_tokenizer_agreement:
         failures.append(f"tokenizer agreement {tok_agree:.3f} < {gate.min_tokenizer_agreement}")
     result["passed"] = not failures

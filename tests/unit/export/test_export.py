@@ -268,3 +268,20 @@ def test_rope_scaling_llama_cpp_would_not_reproduce_is_refused(kind, tiny_llama,
     with pytest.raises(ConfigError, match=f"rope scaling '{kind}' is not supported for GGUF export"):
         export_to_gguf(folder, output_dir=tmp_path / "out", config=ExportConfig(quantization="F16"))
     assert not (tmp_path / "out").exists()
+
+
+def test_an_unquantized_conversion_is_held_to_the_exact_gate(tmp_path, monkeypatch):
+    """Issue 22: an F16 conversion is checked by default and must reproduce the model; a subtly wrong one (rope
+    factors a little off: plausible text, 0.6 agreement would have passed it) fails with its numbers, and
+    nothing is left."""
+    from aptops.export import convert
+    from tests.models import build_tiny_llama
+
+    model = build_tiny_llama(tmp_path / "model", max_position_embeddings=512, rope_parameters=LLAMA3_ROPE,
+                             initializer_range=0.3)
+    right = convert.llama3_rope_factors
+    monkeypatch.setattr(convert, "llama3_rope_factors", lambda *a: right(*a) ** 0.99)  # a fault planted on purpose
+    with pytest.raises(InvalidArtifactError, match=r"top-1 agreement 0\.\d+ < 0\.97 \(unquantized: the conversion "
+                                                   r"must reproduce the model\)"):
+        export_to_gguf(model, output_dir=tmp_path / "f16", config=ExportConfig(quantization="F16"))
+    assert not (tmp_path / "f16").exists()
