@@ -53,7 +53,10 @@ def load_yaml(text: str, *, source: str, max_nodes: int = MAX_YAML_NODES, max_de
     Raises:
         ConfigError: not valid YAML, or over a limit; the message names ``source`` and the limit.
     """
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)  # its reader refuses control characters here already
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source} is not valid YAML: {exc}", value=source) from None
     try:
         try:
             node = loader.get_single_node()

@@ -152,3 +152,12 @@ def test_with_overrides_replaces_nested_fields_and_validates():
         with_overrides(base, {"training": {"lora": 8}})
     with pytest.raises(ConfigError, match="block_size=-3 is out of range"):
         with_overrides(base, {"training.block_size": -3})
+
+
+def test_control_characters_in_yaml_are_a_config_error():
+    """Found by the property test (a --set value '\\x08'): PyYAML's reader refuses it while the loader is made."""
+    from aptops.core.config import load_yaml
+
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_yaml("\x08", source="t")
+    assert load_config(Outer, overrides=["name=\x08"]).name == "\x08"  # an override value stays the text it was
