@@ -152,6 +152,10 @@ def start_seaweedfs(workdir: Path, *, access_key: str = "aptops-test", secret_ke
         f"-s3.port={ports['s3']}", f"-s3.port.grpc={free_port()}", f"-s3.config={config}",
         f"-admin.port={ports['admin']}", f"-admin.port.grpc={free_port()}", "-admin.ui=false",
         "-webdav=false", "-master.telemetry=false",
+        # every bucket is a collection that grows its own volumes; the auto-configured count (free disk / volume
+        # size) ran out after ~40 buckets in one test session ("No writable volumes and no free volumes left").
+        # Volumes are sparse files, so a high count costs only what is written.
+        "-volume.max=1000",
     ]
     (workdir / "data").mkdir(exist_ok=True)
     endpoint = f"http://127.0.0.1:{ports['s3']}"
