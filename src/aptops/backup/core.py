@@ -454,8 +454,8 @@ def _restore_target(path: Path, overwrite: bool) -> Path:
     if target.exists() and not target.is_dir():
         raise ConfigError(f"{str(path)!r} is a file, not a folder: restore into a new folder", field="output_dir",
                           value=str(path))
-    if target.is_dir() and not overwrite and any(target.iterdir()):
-        held = sum(1 for _ in target.iterdir())
+    held = sum(1 for _ in target.iterdir()) if target.is_dir() and not overwrite else 0
+    if held:
         raise ConfigError(f"{str(path)!r} already holds {held} entr{'y' if held == 1 else 'ies'}; restore into a new "
                           "or empty folder, or pass overwrite (--overwrite) to replace it with the backup",
                           field="output_dir", value=str(path))

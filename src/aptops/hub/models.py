@@ -125,6 +125,12 @@ def _copy_model_files(source: Path, target: Path, skip: tuple[str, ...] = ()) ->
             shutil.copy2(item, target / item.name)
 
 
+def _file_metrics(folder: Path) -> dict[str, float]:
+    """How many files a model folder holds and their bytes: what a hub step reports moving."""
+    files = [p for p in folder.iterdir() if p.is_file()]
+    return {"files": float(len(files)), "bytes": float(sum(p.stat().st_size for p in files))}
+
+
 def _stage_folder(model: Any, tokenizer: Any, target: Path) -> None:
     """Write ``model`` and ``tokenizer`` (objects or a folder path) into ``target`` as safetensors."""
     if isinstance(model, str | Path):
@@ -167,8 +173,7 @@ def publish_model(model: Any, *, repo: str, config: PublishConfig | None = None,
         _stage_folder(model, tokenizer, staged)
         check_model_folder(staged)
         create_model_card(staged, repo, config.model_info)
-        files = [p for p in staged.iterdir() if p.is_file()]
-        metrics = {"files": float(len(files)), "bytes": float(sum(p.stat().st_size for p in files))}
+        metrics = _file_metrics(staged)
         message = config.commit_message or f"Upload {repo.split('/')[-1]} with aptops"
         with client.translate_errors("publishing", repo, token):
             api.create_repo(repo, private=config.private, exist_ok=config.exist_ok, repo_type="model")
@@ -214,9 +219,7 @@ def fetch_model(repo: str | Path, *, output_dir: str | Path, config: FetchConfig
         if dropped:
             log.warning("dropped the model's own code (%s): aptops loads it with the transformers classes; pass "
                         "trust_remote_code=true to keep it", ", ".join(dropped))
-        files = [p for p in tmp.iterdir() if p.is_file()]
-        metrics = {"files": float(len(files)), "bytes": float(sum(p.stat().st_size for p in files)),
-                   "remote_code_dropped": float(len(dropped))}
+        metrics = _file_metrics(tmp) | {"remote_code_dropped": float(len(dropped))}
         if not (local and (tmp / LINEAGE_FILE).exists()):  # a local aptops folder keeps its own history
             write_lineage(tmp, stage="hub", inputs={"model": origin}, config=settings, metrics=metrics)
         result = StageResult("hub", outputs={"model": str(output_dir)}, metrics=metrics,

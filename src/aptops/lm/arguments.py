@@ -6,7 +6,7 @@ model saves every epoch); the user's ``training_args`` override both.
 
 from __future__ import annotations
 
-import math
+import functools
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -54,6 +54,7 @@ def parse_training_args(args: Mapping[str, Any], *, field: str = "training_args"
     return parsed
 
 
+@functools.cache
 def _training_argument_fields() -> frozenset[str] | None:
     """The fields of ``transformers.TrainingArguments``, or ``None`` where transformers is not installed (a
     CPU image that only compiles or describes a config)."""
@@ -103,15 +104,14 @@ def check_training_args(args: Mapping[str, Any], *, field: str = "training_args"
         name = f"{field}.{key}"
         if isinstance(value, bool) or not isinstance(value, int | float):
             continue
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(f"{name}={value!r} must be a finite number", field=name, value=value)
+        if key == "max_steps" and value == -1:
+            continue
         if key == "max_steps":
-            if value != -1:
-                check_range(name, value, min_value=1, max_value=MAX_STEPS)
+            check_range(name, value, min_value=1, max_value=MAX_STEPS)
         elif key in ("logging_steps", "eval_steps", "save_steps"):
             check_range(name, value, min_value=0, min_inclusive=False, max_value=MAX_STEPS)
-        elif key in _BOUNDS:
-            low, high = _BOUNDS[key]
+        else:  # every number must be finite (check_range refuses nan / inf), a bounded one within its bounds
+            low, high = _BOUNDS.get(key, (None, None))
             check_range(name, value, min_value=low, max_value=high)
 
 
