@@ -27,7 +27,7 @@ app.add_typer(distill_app, name="distill")
 def distill_run(
     teacher: Annotated[str, typer.Argument(help="The teacher: a causal LM folder or a Hub model id.")],
     dataset: Annotated[str, typer.Argument(help="An aptops dataset folder, JSONL/Parquet/CSV/text, or a Hub dataset.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="The student model folder (checkpoints inside).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The student model folder (checkpoints inside while it runs).")],
     student: Annotated[str | None, typer.Option(help="A student model (default: every 2nd teacher block).")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,

@@ -25,11 +25,11 @@ app.add_typer(train_app, name="train")
 def train_run(
     model: Annotated[str, typer.Argument(help="A model folder or a Hub model id.")],
     dataset: Annotated[str, typer.Argument(help="An aptops dataset folder, JSONL/Parquet/CSV/text, or a Hub dataset.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="The trained model folder (checkpoints inside).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The trained model folder (checkpoints inside while it runs).")],
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
-    """Fine-tune a causal LM; resumes from <out>/checkpoints after an interruption (--set resume=never to not)."""
+    """Fine-tune a causal LM; resumes from <out>/checkpoints (or $APTOPS_CHECKPOINT_DIR) after an interruption (--set resume=never to not)."""
     from aptops.train import TrainConfig, train_model
 
     cfg = load_config(TrainConfig, config, overrides=set_ or [])

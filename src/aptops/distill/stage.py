@@ -138,7 +138,7 @@ def distill_model(teacher: Any, dataset: Any, *, output_dir: str | Path, config:
     Args:
         teacher: a model folder, Hub id or ``PreTrainedModel``.
         dataset: the training text: anything the train stage takes (a dataset, an aptops data artifact, JSONL ...).
-        output_dir: the student artifact (checkpoints inside; resumed automatically).
+        output_dir: the student artifact (checkpoints inside while it runs; resumed automatically).
         config: the objective, the training settings and how a student is made.
         student: the same kinds as ``teacher``, or ``None`` to make one from the teacher (``create_student``
             with ``student_layer_stride`` and ``student_intermediate_size``).

@@ -9,7 +9,13 @@ another stage for them. Try it on a CPU::
 """
 
 from aptops.lm.arguments import check_training_args, parse_training_args, training_arguments
-from aptops.lm.checkpoints import CHECKPOINTS, checkpoint_step, last_complete_checkpoint, resume_point
+from aptops.lm.checkpoints import (
+    CHECKPOINTS,
+    checkpoint_folder,
+    checkpoint_step,
+    last_complete_checkpoint,
+    resume_point,
+)
 from aptops.lm.loading import check_model_source, load_causal_lm, load_text_dataset
 from aptops.lm.packing import pack_for_clm
 from aptops.lm.scoring import (
@@ -26,6 +32,7 @@ __all__ = [
     "EvalConfig",
     "check_model_source",
     "check_training_args",
+    "checkpoint_folder",
     "checkpoint_step",
     "eval_blocks",
     "evaluate_perplexity",

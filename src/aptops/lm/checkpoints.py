@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -10,7 +12,26 @@ from aptops.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-CHECKPOINTS = "checkpoints"  # the folder under a stage's output that holds checkpoint-N folders
+CHECKPOINTS = "checkpoints"  # the folder under a stage's output that holds checkpoint-N folders while it runs
+# a folder that outlives a pod (the cluster's cache volume): when set, checkpoints live under it, not in the output
+CHECKPOINT_ROOT_ENV = "APTOPS_CHECKPOINT_DIR"
+
+
+def checkpoint_folder(output_dir: str | Path, checkpoint_dir: str = "", *, stage: str = "train") -> Path:
+    """Where a run writing ``output_dir`` keeps its resumable ``checkpoint-N`` folders.
+
+    ``checkpoint_dir`` when given; else, when ``$APTOPS_CHECKPOINT_DIR`` is set (the cluster file's checkpoint
+    volume), a folder under it named after the stage and the output's absolute path, so a restarted pod of the
+    same task finds its checkpoints again and two tasks never share one; else ``<output_dir>/checkpoints``.
+    Model artifacts never keep them: the stage removes the folder once the model is written.
+    """
+    if checkpoint_dir:
+        return Path(checkpoint_dir)
+    root = os.environ.get(CHECKPOINT_ROOT_ENV, "")
+    if root:
+        key = hashlib.sha256(str(Path(output_dir).resolve()).encode()).hexdigest()[:16]
+        return Path(root) / f"{stage}-{key}"
+    return Path(output_dir) / CHECKPOINTS
 
 
 def checkpoint_step(path: str | Path) -> int:
@@ -38,11 +59,11 @@ def last_complete_checkpoint(folder: str | Path) -> str | None:
     return str(found[-1][1]) if found else None
 
 
-def resume_point(output_dir: str | Path, resume: str) -> str | None:
-    """The checkpoint a run in ``output_dir`` continues from.
+def resume_point(checkpoints: str | Path, resume: str) -> str | None:
+    """The checkpoint a run continues from.
 
     Args:
-        output_dir: the stage's output folder (checkpoints live in its ``checkpoints/``).
+        checkpoints: the run's checkpoint folder (:func:`checkpoint_folder`).
         resume: ``auto`` (the newest whole checkpoint, if any), ``never``, or a checkpoint folder.
 
     Raises:
@@ -55,4 +76,4 @@ def resume_point(output_dir: str | Path, resume: str) -> str | None:
             raise ConfigError(f"resume checkpoint {resume!r} does not exist; give a checkpoint folder, 'auto' or "
                               "'never'", field="resume", value=resume)
         return resume
-    return last_complete_checkpoint(Path(output_dir) / CHECKPOINTS)
+    return last_complete_checkpoint(checkpoints)

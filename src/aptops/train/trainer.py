@@ -7,8 +7,8 @@ Try it on a CPU with the tiny SmolLM2 copy the demo builds (or any causal LM fol
 
 What the wrapper adds to a plain ``Trainer`` (and nothing in the training step itself, so it costs no speed;
 ``bench/train_overhead.py`` measures it): tokenisation with packing into ``block_size`` blocks (documents
-joined by EOS, no padding wasted), a held-out split and perplexity, checkpoints under
-``<out>/checkpoints`` with automatic resume after a crash, early stopping, optional LoRA (peft), tokens/s,
+joined by EOS, no padding wasted), a held-out split and perplexity, checkpoints (under ``<out>/checkpoints``
+or a volume that outlives the pod) with automatic resume after a crash, removed once the model is written, early stopping, optional LoRA (peft), tokens/s,
 the plugin bus attached as a ``TrainerCallback`` (the debug stage watches through it), and an artifact:
 the final model as safetensors, ``metrics.json``, ``report.html`` with the loss curves, ``aptops.json``
 lineage and ``result.json`` written last. Under ``torchrun`` every process trains; only rank 0 writes.
@@ -39,9 +39,9 @@ from aptops.core.deps import require
 from aptops.core.errors import ConfigError, InvalidArtifactError
 from aptops.core.logging import progress_disabled
 from aptops.lm import (
-    CHECKPOINTS,
     EvalConfig,
     check_model_source,
+    checkpoint_folder,
     checkpoint_step,
     evaluate_perplexity,
     load_causal_lm,
@@ -77,8 +77,13 @@ class TrainConfig:
         lora_dropout: dropout on the LoRA path.
         lora_target_modules: module names to adapt; empty = every linear layer.
         merge_lora: fold the adapters into the weights before saving (a plain model comes out).
-        resume: ``auto`` (continue from the newest checkpoint in ``<out>/checkpoints`` if there is one),
+        resume: ``auto`` (continue from the newest whole checkpoint in the checkpoint folder if there is one),
             ``never``, or a checkpoint folder.
+        checkpoint_dir: where resumable checkpoints (weights plus optimizer state) are written while training;
+            empty: under ``$APTOPS_CHECKPOINT_DIR`` when set (the cluster's checkpoint volume, which outlives a
+            pod), else ``<out>/checkpoints``. They are removed once the model is written (the artifact keeps the
+            model, tokenizer, card, lineage and ``history.json``), unless ``keep_checkpoints``.
+        keep_checkpoints: keep the checkpoint folder after a successful run.
         seed: the seed for data splits and the Trainer.
         debug: attach the training debugger (gradients, activations, memory, NaN checks); its report goes
             to ``<out>/debug/report.html`` (also JSON and PDF) and its headline numbers into the metrics.
@@ -100,6 +105,8 @@ class TrainConfig:
     lora_target_modules: tuple[str, ...] = ()
     merge_lora: bool = True
     resume: str = "auto"
+    checkpoint_dir: str = ""
+    keep_checkpoints: bool = False
     seed: int = 42
     debug: bool = False
     debug_interval: int = 10
@@ -214,11 +221,12 @@ def train_with_hf_trainer(model: Any, tokenizer: Any, dataset: Any, output_dir: 
         split = dataset.train_test_split(test_size=config.eval_fraction, seed=config.seed)
         dataset, eval_dataset = split["train"], split["test"]
 
+    checkpoints = checkpoint_folder(out, config.checkpoint_dir, stage=stage)
     if isinstance(config.training_args, transformers.TrainingArguments):  # pragma: no cover - API convenience
         args = config.training_args
     else:
         args = training_arguments(
-            out / CHECKPOINTS, config.training_args, seed=config.seed, has_eval=eval_dataset is not None,
+            checkpoints, config.training_args, seed=config.seed, has_eval=eval_dataset is not None,
             streaming=streaming, early_stopping_patience=config.early_stopping_patience,
             recipe_defaults={"save_strategy": "steps", "save_steps": 200, "per_device_train_batch_size": 8,
                              "per_device_eval_batch_size": 8, "include_num_input_tokens_seen": True,
@@ -272,7 +280,7 @@ def train_with_hf_trainer(model: Any, tokenizer: Any, dataset: Any, output_dir: 
     trainer = (trainer_cls or transformers.Trainer)(
         model=model, args=args, train_dataset=train_tok, eval_dataset=eval_tok, processing_class=tokenizer,
         data_collator=collator, callbacks=cbs, **dict(trainer_kwargs or {}))
-    resume = resume_point(out, config.resume)
+    resume = resume_point(checkpoints, config.resume)
     if resume:
         log.info("resuming from %s", resume)
     started = time.perf_counter()
@@ -311,6 +319,7 @@ def train_with_hf_trainer(model: Any, tokenizer: Any, dataset: Any, output_dir: 
         write_lineage(out, stage=stage, inputs={"model": model_source, "dataset": ds_source, **(lineage_inputs or {})},
                       config=dict(lineage_config) if lineage_config is not None else to_dict(config), metrics=metrics)
         write_json(out / "metrics.json", metrics)
+        write_json(out / "history.json", trainer.state.log_history)  # the curves, without the checkpoints
         if heldout_dir is not None and eval_dataset is not None and not streaming:
             _write_heldout(eval_dataset, Path(heldout_dir), config.text_column)
         report = _report(out, trainer.state.log_history, metrics, stage)
@@ -323,6 +332,8 @@ def train_with_hf_trainer(model: Any, tokenizer: Any, dataset: Any, output_dir: 
         if bad:
             raise InvalidArtifactError(f"training diverged: {', '.join(bad)} is not finite; lower the learning "
                                        "rate or enable gradient clipping (training_args.max_grad_norm)")
+        if not config.keep_checkpoints:  # optimizer state is 2-3x the model: the artifact carries the model only
+            shutil.rmtree(checkpoints, ignore_errors=True)
         finish_artifact(out, result)
     else:
         result = StageResult(stage, outputs={"model": str(out)}, metrics=metrics)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -37,8 +38,7 @@ def _config(**args) -> TrainConfig:
 
 
 def _losses(out: Path) -> list[float]:
-    state = json.loads(next((out / "checkpoints").glob("checkpoint-*/trainer_state.json")).read_text())
-    return [h["loss"] for h in state["log_history"] if "loss" in h]
+    return [h["loss"] for h in json.loads((out / "history.json").read_text()) if "loss" in h]
 
 
 def test_two_steps_match_recorded_losses(tiny_llama, tmp_path):
@@ -48,6 +48,7 @@ def test_two_steps_match_recorded_losses(tiny_llama, tmp_path):
     assert result.metrics["global_step"] == 2 and result.metrics["tokens_seen"] == 2 * 4 * 32
     assert result.metrics["tokens_per_second"] > 0 and result.metrics["perplexity"] > 1
     assert is_complete(out) and (out / "model.safetensors").is_file()
+    assert not (out / "checkpoints").exists()  # the artifact is the model: optimizer state does not travel with it
     lineage = read_json(out / "aptops.json")
     assert lineage["stage"] == "train" and lineage["config"]["block_size"] == 32
     report = (out / "report.html").read_text()
@@ -73,11 +74,10 @@ def test_resumed_run_continues_from_the_checkpoint_step(tiny_llama, tmp_path):
     assert not is_complete(out)
     resumed = train_with_hf_trainer(str(tiny_llama), None, _dataset(), out, _config(max_steps=4))
     assert resumed.metrics["resumed_from_step"] == 2 and resumed.metrics["global_step"] == 4
-    history = json.loads((out / "checkpoints" / "checkpoint-4" / "trainer_state.json").read_text())["log_history"]
+    history = json.loads((out / "history.json").read_text())
     steps = [h["step"] for h in history if "loss" in h]
     assert steps == [1, 2, 3, 4]  # the first two come from the checkpoint, 3 and 4 from the resumed run
-    straight_losses = json.loads((tmp_path / "straight" / "checkpoints" / "checkpoint-4" / "trainer_state.json")
-                                 .read_text())["log_history"]
+    straight_losses = json.loads((tmp_path / "straight" / "history.json").read_text())
     assert [h["loss"] for h in history if "loss" in h] == pytest.approx(
         [h["loss"] for h in straight_losses if "loss" in h], abs=1e-4)
     assert resumed.metrics["eval_loss"] == pytest.approx(straight.metrics["eval_loss"], abs=1e-4)
@@ -200,3 +200,41 @@ def test_cli_trains_on_a_data_artifact(tiny_llama, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "aptops.cli", "train", "run", str(tiny_llama), str(tmp_path / "nope.jsonl"),
                           "--out", str(tmp_path / "x")], capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "does not exist" in " ".join(bad.stderr.split())
+
+
+def test_checkpoints_live_in_the_scratch_volume_and_leave_when_the_model_is_written(tiny_llama, tmp_path, monkeypatch):
+    """On a cluster the checkpoints go to a volume that outlives the pod ($APTOPS_CHECKPOINT_DIR, from the
+    cluster file), keyed by the output path so a restarted pod finds them; the artifact is the model alone, in
+    the dtype it was trained in."""
+    import torch
+    from transformers import AutoModelForCausalLM, TrainerCallback
+
+    bf16 = tmp_path / "bf16"
+    AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.bfloat16).save_pretrained(bf16)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (tiny_llama / name).is_file():
+            shutil.copy(tiny_llama / name, bf16 / name)
+    scratch = tmp_path / "scratch"
+    monkeypatch.setenv("APTOPS_CHECKPOINT_DIR", str(scratch))
+
+    class Crash(Exception):
+        pass
+
+    class CrashAfterFirstCheckpoint(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            raise Crash(f"killed after saving step {state.global_step}")
+
+    out = tmp_path / "run"
+    with pytest.raises(Crash):
+        train_with_hf_trainer(str(bf16), None, _dataset(), out, _config(max_steps=4),
+                              callbacks=[CrashAfterFirstCheckpoint()])
+    (folder,) = scratch.iterdir()
+    assert folder.name.startswith("train-") and (folder / "checkpoint-2" / "trainer_state.json").is_file()
+    assert not (out / "checkpoints").exists()
+    resumed = train_with_hf_trainer(str(bf16), None, _dataset(), out, _config(max_steps=4))
+    assert resumed.metrics["resumed_from_step"] == 2 and not folder.exists()
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == []  # no checkpoints, no optimizer state
+    from safetensors import safe_open
+
+    with safe_open(str(out / "model.safetensors"), "pt") as fh:
+        assert {fh.get_slice(k).get_dtype() for k in fh.keys()} == {"BF16"}  # noqa: SIM118 (safe_open is not iterable)
