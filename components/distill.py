@@ -45,6 +45,7 @@ def distill_model(
     from aptops.core.runtime import apply_overrides, json_param, publish_debug_report, run_component
     from aptops.distill import DistillConfig, StrategyConfig
     from aptops.distill import distill_model as distill
+    from aptops.lm.trainjob import run_distributed
     from aptops.train import TrainConfig
 
     weights = json_param(strategies, "strategies")
@@ -57,8 +58,11 @@ def distill_model(
         student_layer_stride=student_layer_stride)
     config = apply_overrides(config, overrides)
     os.environ.setdefault("APTOPS_RUN_ID", run_id or "local")
-    result = run_component("distill", lambda: distill(teacher.path, dataset.path, output_dir=student.path, config=config),
-                           step="distill", pipeline=pipeline, run_id=run_id, metrics=metrics)
+    result = run_component("distill", lambda: run_distributed(  # here, or as a Kubeflow Trainer job (cluster file)
+        "distill", ["distill", "run", teacher.path, dataset.path], inputs=[teacher.path, dataset.path],
+        output_dir=student.path, config=config,
+        local=lambda: distill(teacher.path, dataset.path, output_dir=student.path, config=config)),
+        step="distill", pipeline=pipeline, run_id=run_id, metrics=metrics)
     shutil.copyfile(result.outputs["report"], report.path)
     publish_debug_report(result, debug_report.path, pipeline)
     student.metadata.update({k: result.metrics[k] for k in ("perplexity", "eval_top1_agreement") if k in result.metrics})

@@ -59,6 +59,7 @@ def train_multimodal_model(
     import shutil
 
     from aptops.core.runtime import apply_overrides, json_param, list_param, run_component
+    from aptops.lm.trainjob import run_distributed
     from aptops.multimodal import MultimodalConfig, train_multimodal_model
 
     extra = json_param(training_args, "training_args")
@@ -70,8 +71,10 @@ def train_multimodal_model(
         gradient_balance=gradient_balance, cache_features=cache_features, on_bad_input=on_bad_input,
         training_args=extra)
     config = apply_overrides(config, overrides)
-    result = run_component(
-        "multimodal", lambda: train_multimodal_model(train.path, output_dir=model.path, config=config, eval_data=eval_data.path),
+    result = run_component("multimodal", lambda: run_distributed(  # here, or as a Kubeflow Trainer job (cluster file)
+        "multimodal", ["multimodal", "train", train.path, "--eval", eval_data.path], inputs=[train.path, eval_data.path],
+        output_dir=model.path, config=config,
+        local=lambda: train_multimodal_model(train.path, output_dir=model.path, config=config, eval_data=eval_data.path)),
         step="train", pipeline=pipeline, run_id=run_id, metrics=metrics)
     shutil.copyfile(result.outputs["report"], report.path)
     model.metadata.update({k: v for k, v in result.metrics.items() if k.startswith("eval_accuracy")})

@@ -38,6 +38,7 @@ def prune_model(
     import shutil
 
     from aptops.core.runtime import apply_overrides, json_param, run_component
+    from aptops.lm.trainjob import run_distributed
     from aptops.prune import PruneConfig
     from aptops.prune import prune_model as prune
     from aptops.train import TrainConfig
@@ -49,8 +50,10 @@ def prune_model(
                          training=TrainConfig(block_size=block_size, chat_prompt=chat_prompt, debug=debug, resume="never",
                                               training_args=args | extra))
     config = apply_overrides(config, overrides)
-    result = run_component("prune", lambda: prune(model.path, dataset.path, output_dir=pruned.path, config=config),
-                           step="prune", pipeline=pipeline, run_id=run_id, metrics=metrics)
+    result = run_component("prune", lambda: run_distributed(  # here, or as a Kubeflow Trainer job (cluster file)
+        "prune", ["prune", "run", model.path, dataset.path], inputs=[model.path, dataset.path], output_dir=pruned.path,
+        config=config, local=lambda: prune(model.path, dataset.path, output_dir=pruned.path, config=config)),
+        step="prune", pipeline=pipeline, run_id=run_id, metrics=metrics)
     shutil.copyfile(result.outputs["report"], report.path)
     pruned.metadata.update({k: result.metrics[k] for k in ("prune_sparsity", "prune_speedup", "perplexity")
                             if k in result.metrics})

@@ -47,6 +47,7 @@ def train_model(
     import shutil
 
     from aptops.core.runtime import apply_overrides, json_param, publish_debug_report, run_component
+    from aptops.lm.trainjob import run_distributed
     from aptops.train import TrainConfig
     from aptops.train import train_model as train
 
@@ -58,9 +59,11 @@ def train_model(
                          debug_interval=debug_interval, training_args=args | extra)
     config = apply_overrides(config, overrides)
     os.environ.setdefault("APTOPS_RUN_ID", run_id or "local")
-    result = run_component("train", lambda: train(model.path, dataset.path, output_dir=trained.path, config=config,
-                                                  heldout_dir=heldout.path),
-                           step="train", pipeline=pipeline, run_id=run_id, metrics=metrics)
+    result = run_component("train", lambda: run_distributed(  # here, or as a Kubeflow Trainer job (cluster file)
+        "train", ["train", "run", model.path, dataset.path], inputs=[model.path, dataset.path], output_dir=trained.path,
+        config=config, extra_outputs={"--heldout-out": heldout.path},
+        local=lambda: train(model.path, dataset.path, output_dir=trained.path, config=config, heldout_dir=heldout.path)),
+        step="train", pipeline=pipeline, run_id=run_id, metrics=metrics)
     shutil.copyfile(result.outputs["report"], report.path)
     publish_debug_report(result, debug_report.path, pipeline)
     trained.metadata.update({k: result.metrics[k] for k in ("perplexity", "eval_loss") if k in result.metrics})

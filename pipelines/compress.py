@@ -74,12 +74,12 @@ def build(settings: ClusterSettings) -> Any:
                           temperature=temperature, alpha=alpha, student_layer_stride=student_layer_stride,
                           block_size=block_size, learning_rate=learning_rate, max_steps=distill_steps,
                           batch_size=batch_size, training_args=training_args, pipeline="compress", run_id=run_id)
-        settings.apply(student, "distill")
+        settings.apply(student, "distill", trains=True)
         pruned = prune(model=student.outputs["student"], dataset=clean.outputs["dataset"], method=prune_method,
                        target_sparsity=target_sparsity, block_size=block_size, learning_rate=learning_rate,
                        max_steps=prune_steps, batch_size=batch_size, training_args=training_args,
                        pipeline="compress", run_id=run_id)
-        settings.apply(pruned, "prune")
+        settings.apply(pruned, "prune", trains=True)
         evaluated = evaluate(original=teacher.outputs["model"], compressed=pruned.outputs["pruned"],
                              dataset=clean.outputs["dataset"], block_size=block_size, pipeline="compress",
                              run_id=run_id)

@@ -106,17 +106,17 @@ def build(settings: ClusterSettings) -> Any:
             trained = train_model(model=base.outputs["model"], dataset=data.outputs["dataset"], block_size=block_size,
                                   learning_rate=learning_rate, max_steps=train_steps, batch_size=batch_size, chat_prompt=chat_prompt,
                                   eval_fraction=eval_fraction, training_args=training_args, debug=True, pipeline="lifecycle", run_id=run_id)
-            settings.apply(trained, "train")
+            settings.apply(trained, "train", trains=True)
             student = distill(teacher=trained.outputs["trained"], dataset=data.outputs["dataset"],
                               student_layer_stride=student_layer_stride, block_size=block_size,
                               learning_rate=learning_rate, max_steps=distill_steps, batch_size=batch_size, chat_prompt=chat_prompt,
                               eval_fraction=eval_fraction, training_args=training_args, pipeline="lifecycle", run_id=run_id)
-            settings.apply(student, "distill")
+            settings.apply(student, "distill", trains=True)
             pruned = prune(model=student.outputs["student"], dataset=data.outputs["dataset"], method=prune_method,
                            target_sparsity=target_sparsity, block_size=block_size, learning_rate=learning_rate,
                            max_steps=prune_steps, batch_size=batch_size, chat_prompt=chat_prompt, training_args=training_args,
                            pipeline="lifecycle", run_id=run_id)
-            settings.apply(pruned, "prune")
+            settings.apply(pruned, "prune", trains=True)
             evaluated = evaluate(original=trained.outputs["trained"], compressed=pruned.outputs["pruned"],
                                  dataset=trained.outputs["heldout"], block_size=block_size, pipeline="lifecycle",
                                  run_id=run_id)

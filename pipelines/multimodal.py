@@ -69,6 +69,6 @@ def build(settings: ClusterSettings) -> Any:
                               epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                               modality_dropout=modality_dropout, on_bad_input=on_bad_input,
                               training_args=training_args, pipeline="multimodal", run_id=run_id)
-        settings.apply(trained, "multimodal")
+        settings.apply(trained, "multimodal", trains=True)
 
     return multimodal

@@ -70,7 +70,7 @@ def build(settings: ClusterSettings) -> Any:
                               text_column=text_column, learning_rate=learning_rate, max_steps=max_steps,
                               num_train_epochs=num_train_epochs, batch_size=batch_size, lora_r=lora_r,
                               training_args=training_args, debug=debug, pipeline="train", run_id=run_id)
-        settings.apply(trained, "train")
+        settings.apply(trained, "train", trains=True)
         evaluated = evaluate_model(base=base.outputs["model"], trained=trained.outputs["trained"],
                                    dataset=trained.outputs["heldout"], block_size=block_size,
                                    text_column=text_column, pipeline="train", run_id=run_id)

@@ -1,5 +1,10 @@
 """Kubernetes placement comes from one place: ClusterSettings.apply, for CPU and GPU stages alike."""
 
+import dataclasses
+import json
+import textwrap
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -87,7 +92,92 @@ def test_model_stages_share_the_cache_volume_and_others_do_not(tmp_path):
     assert train["pvcMount"] == [{"constant": "aptops-cache", "mountPath": "/cache", "pvcNameParameter":
                                   {"runtimeValue": {"constant": "aptops-cache"}}}]
     env = {e["name"]: e["value"] for e in spec["deploymentSpec"]["executors"]["exec-fake-train"]["container"]["env"]}
-    assert env == {"HF_HOME": "/cache/huggingface", "APTOPS_CACHE_DIR": "/cache/aptops"}
+    assert env == {"HF_HOME": "/cache/huggingface", "APTOPS_CACHE_DIR": "/cache/aptops",
+                   "APTOPS_CHECKPOINT_DIR": "/cache/checkpoints"}  # a restarted training pod resumes from there
     assert "pvcMount" not in executors["exec-fake-backup"]
     with pytest.raises(ConfigError, match="not a valid Kubernetes name"):
         ClusterSettings(cache_pvc="Bad_Name")
+
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "cluster.yaml"
+
+
+def _write(tmp_path, text: str) -> Path:
+    path = tmp_path / "cluster.yaml"
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return path
+
+
+def test_the_example_cluster_file_compiles_every_task_with_requests_and_limits(tmp_path):
+    """Every executor of every pipeline compiled from the shipped cluster file has CPU and memory requests and
+    limits; the training tasks are TrainJob launchers on the CPU pool, the export task gets the file's numbers."""
+    from aptops_pipelines import PIPELINES, build_pipeline
+
+    settings = ClusterSettings.from_file(EXAMPLE)
+    for name in sorted(PIPELINES):
+        path = tmp_path / f"{name}.yaml"
+        compiler.Compiler().compile(build_pipeline(name, settings), str(path))
+        spec, platform = yaml.safe_load_all(path.read_text())
+        k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+        for executor, body in spec["deploymentSpec"]["executors"].items():
+            res = body["container"].get("resources", {})
+            assert {"resourceCpuRequest", "resourceCpuLimit", "resourceMemoryRequest", "resourceMemoryLimit"} <= set(res), \
+                (name, executor, res)
+            assert [s["secretName"] for s in k8s[executor]["imagePullSecret"]] == ["regcred"], (name, executor)
+            assert body["container"]["image"].startswith("registry.example.com/ml/aptops-")
+        if name == "lifecycle":
+            executors = spec["deploymentSpec"]["executors"]
+            train = executors["exec-train-model"]["container"]
+            assert "accelerator" not in train["resources"] and train["resources"]["resourceMemoryLimit"] == "4Gi"
+            env = {e["name"]: e["value"] for e in train["env"]}
+            launch = json.loads(env["APTOPS_TRAINJOB"])
+            assert launch["settings"]["num_nodes"] == 2 and launch["settings"]["gpus_per_node"] == 8
+            assert launch["requests"] == {"cpu": "8", "memory": "64Gi"} and launch["pvc"] == "aptops-cache"
+            assert "HF_TOKEN" not in json.dumps(env) or "valueFrom" not in json.dumps(env)  # names, never values
+            assert k8s["exec-train-model"]["nodeSelector"]["labels"] == {"aptops.io/pool": "cpu"}
+            export = executors["exec-export-gguf"]["container"]["resources"]
+            assert (export["resourceCpuRequest"], export["resourceMemoryLimit"]) == ("8", "64Gi")
+            evaluate = executors["exec-evaluate-compression"]["container"]  # not a training task: no launcher
+            assert "APTOPS_TRAINJOB" not in {e["name"] for e in evaluate.get("env", [])}
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("images: {regsitry: x}", r"unknown config key 'images.regsitry'.*did you mean 'registry'"),
+    ("trainjob: {nodes: 2}", r"unknown config key 'trainjob.nodes'.*did you mean 'num_nodes'"),
+    ("resources: {train: {limits: {memory: 16gb}}}", r"resources.train.limits.memory='16gb' is not a memory quantity"),
+    ("resources: {train: {requests: {cpu: two}}}", r"resources.train.requests.cpu='two' is not a CPU quantity"),
+    ("resources: {train: {gpus: -1}}", r"resources.train.gpus=-1 is out of range"),
+    ("resources: {train: {requests: {memory: 128Gi}}}", r"memory request 128Gi is above the limit 64Gi"),
+    ("resources: {trian: {gpus: 1}}", r"resources.trian: no such stage"),
+    ("trainjob: {enabled: true}", r"trainjob.enabled needs cache.pvc"),
+    ("trainjob: {gpus_per_node: -2}", r"trainjob.gpus_per_node"),
+    ("trainjob: {strategy: zero}", r"trainjob.strategy"),
+    ("images: {digests: {train: 'sha256:abc'}}", r"is not a digest"),
+    ("pools: {gpu: {tolerations: ['nvidia.com/gpu']}}", r"must look like key=value:Effect"),
+    ("[1, 2]", r"must hold a mapping"),
+])
+def test_a_bad_cluster_file_is_refused_naming_the_key(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message):
+        ClusterSettings.from_file(_write(tmp_path, text))
+
+
+def test_a_bad_cluster_file_fails_compile_before_anything_is_written(tmp_path):
+    import subprocess
+    import sys
+
+    path = _write(tmp_path, "resources: {train: {limits: {memory: 16gb}}}")
+    proc = subprocess.run([sys.executable, "-m", "aptops.cli", "compile", "--cluster", str(path), "--out",
+                           str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "16gb" in proc.stderr and "is not a memory quantity" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_flags_override_the_file_and_digests_pin_images():
+    base = ClusterSettings.from_file(EXAMPLE)
+    digest = "sha256:" + "ab" * 32
+    settings = dataclasses.replace(base.with_flags(image_tag="9.9", gpu_resource=None), image_digests={"train": digest})
+    assert settings.image("train") == f"registry.example.com/ml/aptops-train@{digest}"
+    assert settings.image("data") == "registry.example.com/ml/aptops-data:9.9"
+    assert settings.resources_for("train").gpus == 1 and settings.resources_for("data").gpus is None
+    # a stage the file leaves out keeps aptops' defaults, field by field
+    assert settings.resources_for("hub").limits.memory == "8Gi"

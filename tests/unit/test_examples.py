@@ -49,7 +49,7 @@ def _keys(node: dict, prefix: str = "", nested: frozenset[str] = frozenset()) ->
 
 
 def test_every_stage_with_a_config_ships_an_example():
-    assert {p.stem for p in EXAMPLES.glob("*.yaml")} == set(_example_classes())
+    assert {p.stem for p in EXAMPLES.glob("*.yaml")} - {"cluster"} == set(_example_classes())  # cluster: its own tests
     assert {s.name for s in STAGES if s.config} - {"hub"} <= set(_example_classes())
 
 

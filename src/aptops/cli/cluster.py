@@ -16,6 +16,7 @@ from rich.table import Table
 
 from aptops.cli.common import (
     CachePvcOpt,
+    ClusterOpt,
     ConfigOpt,
     CpuSelectorOpt,
     GpuResourceOpt,
@@ -48,28 +49,21 @@ def stages() -> None:
 def _cluster_settings(
     image_registry: str | None, image_tag: str | None, gpu_node_selector: list[str] | None,
     gpu_toleration: list[str] | None, cpu_node_selector: list[str] | None, gpu_resource: str | None,
-    secret: list[str] | None = None, cache_pvc: str | None = None,
+    secret: list[str] | None = None, cache_pvc: str | None = None, cluster: Path | None = None,
 ) -> Any:
+    """The cluster file's settings (or the defaults) with the flags that were given on top."""
     from aptops_pipelines.cluster import ClusterSettings, Toleration, parse_selector
 
-    kwargs: dict[str, Any] = {}
-    if image_registry is not None:
-        kwargs["image_registry"] = image_registry
-    if image_tag is not None:
-        kwargs["image_tag"] = image_tag
-    if gpu_node_selector:
-        kwargs["gpu_node_selector"] = parse_selector(gpu_node_selector, field_name="gpu_node_selector")
-    if gpu_toleration:
-        kwargs["gpu_tolerations"] = tuple(Toleration.parse(t) for t in gpu_toleration)
-    if cpu_node_selector:
-        kwargs["cpu_node_selector"] = parse_selector(cpu_node_selector, field_name="cpu_node_selector")
-    if gpu_resource is not None:
-        kwargs["gpu_resource"] = gpu_resource
-    if secret:
-        kwargs["credential_secrets"] = parse_selector(secret, field_name="secret")
-    if cache_pvc:
-        kwargs["cache_pvc"] = cache_pvc
-    return ClusterSettings(**kwargs)
+    base = ClusterSettings.from_file(cluster) if cluster is not None else ClusterSettings()
+    return base.with_flags(
+        image_registry=image_registry, image_tag=image_tag,
+        gpu_node_selector=parse_selector(gpu_node_selector, field_name="gpu_node_selector") if gpu_node_selector else None,
+        gpu_tolerations=tuple(Toleration.parse(t) for t in gpu_toleration) if gpu_toleration else None,
+        cpu_node_selector=parse_selector(cpu_node_selector, field_name="cpu_node_selector") if cpu_node_selector else None,
+        gpu_resource=gpu_resource,
+        credential_secrets={**base.credential_secrets, **parse_selector(secret, field_name="secret")} if secret else None,
+        cache_pvc=cache_pvc or None,
+    )
 
 
 def _kfp_modules() -> tuple[Any, Any]:
@@ -94,11 +88,12 @@ def compile_(
     gpu_resource: GpuResourceOpt = None,
     secret: SecretsOpt = None,
     cache_pvc: CachePvcOpt = None,
+    cluster: ClusterOpt = None,
 ) -> None:
-    """Compile the pipelines to KFP YAML for a cluster, with images, node pools and secrets from the options."""
+    """Compile the pipelines to KFP YAML for a cluster: the cluster file's settings, the options on top."""
     _, pipelines = _kfp_modules()
     settings = _cluster_settings(image_registry, image_tag, gpu_node_selector, gpu_toleration,
-                                 cpu_node_selector, gpu_resource, secret, cache_pvc)
+                                 cpu_node_selector, gpu_resource, secret, cache_pvc, cluster)
     from kfp import compiler
 
     names = pipeline or sorted(pipelines.PIPELINES)
@@ -187,11 +182,12 @@ def register(
     gpu_resource: GpuResourceOpt = None,
     secret: SecretsOpt = None,
     cache_pvc: CachePvcOpt = None,
+    cluster: ClusterOpt = None,
 ) -> None:
     """Compile the pipelines for a cluster and upload them to KFP as new versions (unchanged ones are skipped)."""
     _kfp_modules()
     settings = _cluster_settings(image_registry, image_tag, gpu_node_selector, gpu_toleration,
-                                 cpu_node_selector, gpu_resource, secret, cache_pvc)
+                                 cpu_node_selector, gpu_resource, secret, cache_pvc, cluster)
     from aptops_pipelines.register import register_pipelines
 
     logging.getLogger().addHandler(logging.NullHandler())
@@ -261,10 +257,11 @@ def submit(
     config: ConfigOpt = None,
     image_registry: RegistryOpt = None,
     image_tag: TagOpt = None,
+    cluster: ClusterOpt = None,
 ) -> None:
-    """Submit a pipeline run to a KFP API (token from KF_PIPELINES_TOKEN if set)."""
+    """Submit a pipeline run to a KFP API (token from KF_PIPELINES_TOKEN if set), as the cluster file's service account."""
     kfp, pipelines = _kfp_modules()
-    settings = _cluster_settings(image_registry, image_tag, None, None, None, None)
+    settings = _cluster_settings(image_registry, image_tag, None, None, None, None, cluster=cluster)
     func = pipelines.build_pipeline(pipeline, settings)
     params = _coerce_params(func, _load_params(config, param))
     token = os.environ.get("KF_PIPELINES_TOKEN") or None
@@ -274,7 +271,8 @@ def submit(
     try:
         client = kfp.Client(host=host, existing_token=token)
         run_result = client.create_run_from_pipeline_func(
-            func, arguments=params, experiment_name=experiment, run_name=f"{pipeline}-{time.strftime('%Y%m%d-%H%M%S')}"
+            func, arguments=params, experiment_name=experiment, run_name=f"{pipeline}-{time.strftime('%Y%m%d-%H%M%S')}",
+            service_account=settings.service_account or None,
         )
     except Exception as exc:  # the KFP client raises many unrelated types
         raise PipelineError(f"submitting {pipeline!r} to {host} failed: {type(exc).__name__}: {exc}") from exc

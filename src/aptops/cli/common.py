@@ -36,6 +36,8 @@ SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override 
 
 
 # the cluster options `compile`, `register` (and the Helm chart's register Job) share
+ClusterOpt = Annotated[Path | None, typer.Option(
+    "--cluster", help="The cluster file (images, pools, resources, secrets, cache, TrainJobs); options override it.")]
 RegistryOpt = Annotated[str | None, typer.Option(help="Registry/namespace of the stage images.")]
 TagOpt = Annotated[str | None, typer.Option(help="Tag of the stage images.")]
 GpuSelectorOpt = Annotated[list[str] | None, typer.Option(help="GPU pool node label k=v (repeatable).")]

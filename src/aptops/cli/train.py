@@ -26,6 +26,8 @@ def train_run(
     model: Annotated[str, typer.Argument(help="A model folder or a Hub model id.")],
     dataset: Annotated[str, typer.Argument(help="An aptops dataset folder, JSONL/Parquet/CSV/text, or a Hub dataset.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="The trained model folder (checkpoints inside while it runs).")],
+    heldout_out: Annotated[Path | None, typer.Option(
+        "--heldout-out", help="Also write the held-out documents here (a dataset folder for a later evaluation).")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -33,5 +35,6 @@ def train_run(
     from aptops.train import TrainConfig, train_model
 
     cfg = load_config(TrainConfig, config, overrides=set_ or [])
-    result = _run_stage("train", "train", lambda: train_model(model, dataset, output_dir=out, config=cfg), out)
+    result = _run_stage("train", "train", lambda: train_model(model, dataset, output_dir=out, config=cfg,
+                                                                      heldout_dir=heldout_out), out)
     _print_metrics(f"trained model: {out} (report: {result.outputs.get('report')})", result.metrics)

@@ -116,8 +116,8 @@ def with_overrides(config: C, overrides: Mapping[str, Any], *, prefix: str = "")
     changes: dict[str, Any] = {}
     for name, value in nested.items():
         if name not in fields:
-            raise ConfigError(f"unknown config key {prefix + name!r} for {cls.__name__}: known keys are "
-                              f"{', '.join(sorted(fields))}", field=prefix + name, value=show(value))
+            raise ConfigError(f"unknown config key {prefix + name!r} for {cls.__name__}{_did_you_mean(name, fields)}: "
+                              f"known keys are {', '.join(sorted(fields))}", field=prefix + name, value=show(value))
         current = getattr(config, name)
         if dataclasses.is_dataclass(current) and isinstance(value, Mapping):
             changes[name] = with_overrides(current, value, prefix=f"{prefix}{name}.")
@@ -224,7 +224,8 @@ def from_dict(cls: type[C], data: Mapping[str, Any], *, prefix: str = "") -> C:
     if unknown:
         name = f"{prefix}{unknown[0]}"
         raise ConfigError(
-            f"unknown config key {name!r} for {cls.__name__}: known keys are {', '.join(sorted(fields))}",
+            f"unknown config key {name!r} for {cls.__name__}{_did_you_mean(unknown[0], fields)}: known keys are "
+            f"{', '.join(sorted(fields))}",
             field=name,
             value=show(data[unknown[0]]),
         )
@@ -237,6 +238,13 @@ def from_dict(cls: type[C], data: Mapping[str, Any], *, prefix: str = "") -> C:
         raise
     except TypeError as exc:
         raise ConfigError(f"{cls.__name__}: {exc}") from exc
+
+
+def _did_you_mean(name: str, known: Iterable[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(str(name), list(known), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def to_dict(config: object) -> dict[str, Any]:

@@ -115,9 +115,41 @@ def check_training_args(args: Mapping[str, Any], *, field: str = "training_args"
             check_range(name, value, min_value=low, max_value=high)
 
 
+#: DeepSpeed ZeRO stage 3 with every size left to the Trainer ("auto": taken from TrainingArguments)
+ZERO3: dict[str, Any] = {
+    "zero_optimization": {"stage": 3, "overlap_comm": True, "contiguous_gradients": True,
+                          "stage3_gather_16bit_weights_on_model_save": True},
+    "bf16": {"enabled": "auto"}, "fp16": {"enabled": "auto"},
+    "train_micro_batch_size_per_gpu": "auto", "train_batch_size": "auto",
+    "gradient_accumulation_steps": "auto", "gradient_clipping": "auto",
+}
+
+
+def strategy_arguments(strategy: str) -> dict[str, Any]:
+    """The ``TrainingArguments`` that select a distributed strategy (the Trainer and accelerate do the sharding).
+
+    ``ddp``: nothing (torchrun plus the Trainer is DDP). ``fsdp``: FSDP2, parameters, gradients and optimizer
+    state sharded and resharded after each forward, each transformer block its own unit (the wrap policy reads
+    the block class from the model's ``_no_split_modules``), one full HF-compatible state dict on save. ``deepspeed``: ZeRO-3 (:data:`ZERO3`).
+
+    Raises:
+        ConfigError: an unknown strategy; MissingDependencyError: DeepSpeed is not installed.
+    """
+    if strategy == "ddp":
+        return {}
+    if strategy == "fsdp":
+        return {"fsdp": True,
+                "fsdp_config": {"version": 2, "reshard_after_forward": True, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+                                "state_dict_type": "FULL_STATE_DICT"}}
+    if strategy == "deepspeed":
+        require("deepspeed", extra="train", feature="DeepSpeed ZeRO-3 training (pip install deepspeed)")
+        return {"deepspeed": ZERO3}
+    raise ConfigError(f"strategy {strategy!r} is not one of ddp, fsdp, deepspeed", field="strategy", value=strategy)
+
+
 def training_arguments(output_dir: str | Path, overrides: Mapping[str, Any] | None = None, *, seed: int = 42,
                        has_eval: bool = False, streaming: bool = False, early_stopping_patience: int | None = None,
-                       recipe_defaults: Mapping[str, Any] | None = None) -> Any:
+                       recipe_defaults: Mapping[str, Any] | None = None, strategy: str = "ddp") -> Any:
     """``TrainingArguments`` for a run writing its checkpoints to ``output_dir``.
 
     Args:
@@ -129,6 +161,7 @@ def training_arguments(output_dir: str | Path, overrides: Mapping[str, Any] | No
         early_stopping_patience: when set, evaluation and saving share one schedule and the best model is
             loaded at the end (what ``EarlyStoppingCallback`` needs).
         recipe_defaults: the recipe's own defaults, between the shared ones and ``overrides``.
+        strategy: ``ddp``, ``fsdp`` or ``deepspeed`` (:func:`strategy_arguments`), under ``overrides``.
 
     Raises:
         ConfigError: a field ``TrainingArguments`` does not know, inconsistent values, or early stopping
@@ -139,7 +172,7 @@ def training_arguments(output_dir: str | Path, overrides: Mapping[str, Any] | No
     defaults: dict[str, Any] = {
         "report_to": "none", "logging_steps": 10, "save_total_limit": 2, "seed": seed, "data_seed": seed,
         "disable_tqdm": progress_disabled(), "eval_strategy": "epoch" if has_eval and not streaming else "no",
-        **dict(recipe_defaults or {}),
+        **dict(recipe_defaults or {}), **strategy_arguments(strategy),
     }
     if has_eval and streaming:
         defaults.update(eval_strategy="steps", eval_steps=200)

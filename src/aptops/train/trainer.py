@@ -24,7 +24,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from aptops.core.artifacts import (
     LINEAGE_FILE,
@@ -34,7 +34,7 @@ from aptops.core.artifacts import (
     write_json,
     write_lineage,
 )
-from aptops.core.config import check_range, to_dict
+from aptops.core.config import check_choice, check_range, to_dict
 from aptops.core.deps import require
 from aptops.core.errors import ConfigError, InvalidArtifactError
 from aptops.core.logging import progress_disabled
@@ -84,6 +84,9 @@ class TrainConfig:
             pod), else ``<out>/checkpoints``. They are removed once the model is written (the artifact keeps the
             model, tokenizer, card, lineage and ``history.json``), unless ``keep_checkpoints``.
         keep_checkpoints: keep the checkpoint folder after a successful run.
+        strategy: how a run under torchrun spreads over its GPUs: ``ddp`` (a copy of the model on each),
+            ``fsdp`` (parameters, gradients and optimizer state sharded, one unit per transformer block) or
+            ``deepspeed`` (ZeRO-3); one process trains the same way with any of them.
         seed: the seed for data splits and the Trainer.
         debug: attach the training debugger (gradients, activations, memory, NaN checks); its report goes
             to ``<out>/debug/report.html`` (also JSON and PDF) and its headline numbers into the metrics.
@@ -107,6 +110,7 @@ class TrainConfig:
     resume: str = "auto"
     checkpoint_dir: str = ""
     keep_checkpoints: bool = False
+    strategy: Literal["ddp", "fsdp", "deepspeed"] = "ddp"
     seed: int = 42
     debug: bool = False
     debug_interval: int = 10
@@ -118,6 +122,7 @@ class TrainConfig:
         check_range("lora_r", self.lora_r, min_value=0)
         check_range("debug_interval", self.debug_interval, min_value=1)
         check_range("lora_dropout", self.lora_dropout, min_value=0.0, max_value=1.0)
+        check_choice("strategy", self.strategy, ("ddp", "fsdp", "deepspeed"))
         if self.early_stopping_patience is not None:
             check_range("early_stopping_patience", self.early_stopping_patience, min_value=1)
         if not self.text_column.strip():
@@ -227,7 +232,7 @@ def train_with_hf_trainer(model: Any, tokenizer: Any, dataset: Any, output_dir: 
     else:
         args = training_arguments(
             checkpoints, config.training_args, seed=config.seed, has_eval=eval_dataset is not None,
-            streaming=streaming, early_stopping_patience=config.early_stopping_patience,
+            streaming=streaming, early_stopping_patience=config.early_stopping_patience, strategy=config.strategy,
             recipe_defaults={"save_strategy": "steps", "save_steps": 200, "per_device_train_batch_size": 8,
                              "per_device_eval_batch_size": 8, "include_num_input_tokens_seen": True,
                              # every weight of a causal LM takes part in the loss: skip DDP's extra graph walk
