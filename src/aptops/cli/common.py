@@ -77,6 +77,10 @@ def _run_stage(stage: str, step: str, fn: Any, out: Path) -> Any:
 
 
 def _print_metrics(title: str, metrics: dict[str, float]) -> None:
+    from aptops.core.runtime import is_main_process
+
+    if not is_main_process():  # torchrun: one table, from rank 0
+        return
     table = Table(title=title)
     table.add_column("metric")
     table.add_column("value", justify="right")

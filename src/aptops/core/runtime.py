@@ -45,6 +45,8 @@ def run_component(
         The stage's result.
     """
     configure_logging()
+    if not is_main_process():  # under torchrun every rank trains; rank 0 alone reports, as it alone writes
+        return fn()
     default_dir = Path(metrics_dir) if metrics_dir else Path(getattr(metrics, "path", ".")).parent / "prometheus"
     sink = sink_from_env(default_dir)
     with stage_run(pipeline=pipeline, run_id=run_id or "local", stage=stage, step=step, sink=sink) as sm:
@@ -54,6 +56,13 @@ def run_component(
         for name, value in result.metrics.items():
             metrics.log_metric(name, float(value))
     return result
+
+
+def is_main_process() -> bool:
+    """False in the processes torchrun starts besides global rank 0 (they train but write nothing)."""
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
 
 
 def publish_debug_report(result: StageResult, target: str | Path, pipeline: str) -> None:

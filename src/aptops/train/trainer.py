@@ -241,9 +241,10 @@ def train_with_hf_trainer(model: Any, tokenizer: Any, dataset: Any, output_dir: 
         raise ConfigError("a streamed dataset has no length: set training_args.max_steps",
                           field="training_args.max_steps")
     model, tokenizer, model_source = load_causal_lm(model, tokenizer)
-    out.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileNotFoundError):
-        (out / RESULT_FILE).unlink()  # an earlier complete run is no longer what this folder holds
+    if args.should_save:  # under torchrun rank 0 alone writes the artifact
+        out.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            (out / RESULT_FILE).unlink()  # an earlier complete run is no longer what this folder holds
     with args.main_process_first(desc="tokenising"):
         packing = {"block_size": config.block_size, "text_column": config.text_column,
                    "chat_prompt": config.chat_prompt, "packing": config.packing}

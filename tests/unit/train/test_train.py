@@ -1,13 +1,11 @@
-"""The train stage on a tiny Llama: recorded losses, resume, LoRA, early stopping, the bus, torchrun, bad input."""
+"""The train stage on a tiny Llama: recorded losses, resume, LoRA, early stopping, the bus, checkpoints, bad input (torchrun: test_distributed.py)."""
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -17,7 +15,6 @@ from aptops.core.errors import ConfigError, InvalidArtifactError
 from aptops.plugins.bus import PluginBus
 from aptops.train import TrainConfig, train_with_hf_trainer
 from tests.models import CORPUS
-from tests.services.servers import free_port
 
 # Losses of the first two optimizer steps of the tiny Llama (seed 0) on CORPUS with the settings of
 # ``_config`` below, recorded with torch 2.13.0 (CPU) and transformers 5.24. A change here means training
@@ -154,33 +151,6 @@ def test_streamed_dataset_trains_for_max_steps(tiny_llama, tmp_path):
                       training_args={"max_steps": 2, "per_device_train_batch_size": 2, "use_cpu": True})
     result = train_with_hf_trainer(str(tiny_llama), None, _dataset().to_iterable_dataset(), tmp_path / "s", cfg)
     assert result.metrics["global_step"] == 2 and "eval_loss" not in result.metrics
-
-
-@pytest.mark.slow
-def test_torchrun_two_cpu_processes_on_gloo(tiny_llama, tmp_path):
-    script = tmp_path / "ddp.py"
-    script.write_text(textwrap.dedent(f"""
-        import json, os
-        import datasets
-        from aptops.train import TrainConfig, train_with_hf_trainer
-        from tests.models import CORPUS
-        cfg = TrainConfig(block_size=32, eval_fraction=0.1, training_args={{
-            "max_steps": 2, "per_device_train_batch_size": 2, "use_cpu": True, "ddp_backend": "gloo"}})
-        result = train_with_hf_trainer({str(tiny_llama)!r}, None, datasets.Dataset.from_dict({{"text": CORPUS}}),
-                                       {str(tmp_path / "ddp")!r}, cfg)
-        with open(os.path.join({str(tmp_path)!r}, f"rank-{{os.environ['RANK']}}.json"), "w") as fh:
-            json.dump(result.metrics, fh)
-    """))
-    torchrun = Path(sys.executable).parent / "torchrun"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3]), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", str(free_port()), str(script)],
-                          capture_output=True, text=True, env=env, timeout=500)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    ranks = [read_json(tmp_path / f"rank-{r}.json") for r in (0, 1)]  # files: stdout lines interleave
-    assert all(m["world_size"] == 2 and m["tokens_seen"] == 256 for m in ranks)
-    # two processes of 2 sequences of 32 tokens per step, over 2 steps
-    assert read_json(tmp_path / "ddp" / "metrics.json")["tokens_seen"] == 2 * 2 * 2 * 32
-    assert is_complete(tmp_path / "ddp")
 
 
 def test_cli_trains_on_a_data_artifact(tiny_llama, tmp_path):
