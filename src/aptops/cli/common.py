@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from aptops import __version__
+from aptops.core.errors import ConfigError
 from aptops.core.logging import configure_logging
 
 log = logging.getLogger("aptops.cli")
@@ -38,6 +39,13 @@ SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override 
 # the cluster options `compile`, `register` (and the Helm chart's register Job) share
 ClusterOpt = Annotated[Path | None, typer.Option(
     "--cluster", help="The cluster file (images, pools, resources, secrets, cache, TrainJobs); options override it.")]
+NodesOpt = Annotated[int | None, typer.Option(
+    "--nodes", help="With --dry-run: the TrainJob's nodes (default: the cluster file's trainjob.num_nodes).")]
+GpusPerNodeOpt = Annotated[int | None, typer.Option(
+    "--gpus-per-node", help="With --dry-run: GPUs (torchrun processes) per node (default: the cluster file's).")]
+DryRunOpt = Annotated[bool, typer.Option(
+    "--dry-run", help="Print the Kubeflow Trainer TrainJob (and the ConfigMap with this config) as YAML for "
+                      "kubectl apply; train nothing. Paths are as the job's nodes see them.")]
 RegistryOpt = Annotated[str | None, typer.Option(help="Registry/namespace of the stage images.")]
 TagOpt = Annotated[str | None, typer.Option(help="Tag of the stage images.")]
 GpuSelectorOpt = Annotated[list[str] | None, typer.Option(help="GPU pool node label k=v (repeatable).")]
@@ -74,6 +82,41 @@ def _run_stage(stage: str, step: str, fn: Any, out: Path) -> Any:
     run_id = os.environ.get("APTOPS_RUN_ID") or f"cli-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     return run_component(stage, fn, pipeline="cli", run_id=run_id, step=step,
                          metrics_dir=out.parent / f"{out.name}.metrics")
+
+
+def _dry_run(stage: str, argv: list[str], out: Path, cfg: Any, *, dry_run: bool, cluster: Path | None,
+             nodes: int | None, gpus_per_node: int | None) -> bool:
+    """Print the stage's TrainJob for ``--dry-run`` and say so (True); False when this is a real run."""
+    if not dry_run:
+        if nodes is not None or gpus_per_node is not None or cluster is not None:
+            raise ConfigError("--nodes, --gpus-per-node and --cluster describe a TrainJob: add --dry-run to print it "
+                              "(then kubectl apply it), or run the pipeline on the cluster (aptops submit)",
+                              field="dry_run")
+        return False
+    import dataclasses
+
+    import yaml
+
+    from aptops.lm.trainjob import dry_run_manifests
+    from aptops_pipelines.cluster import ClusterSettings
+
+    settings = ClusterSettings.from_file(cluster) if cluster is not None else ClusterSettings()
+    job = dataclasses.replace(settings.trainjob,
+                              num_nodes=nodes if nodes is not None else settings.trainjob.num_nodes,
+                              gpus_per_node=gpus_per_node if gpus_per_node is not None else settings.trainjob.gpus_per_node)
+    launch = dataclasses.replace(settings, trainjob=job).trainjob_launch(stage)
+    if not launch.pvc:
+        err.print("[yellow]warning:[/] no cache.pvc (give --cluster with one): --out is written inside the node's "
+                  "pod and is lost with it")
+    docs = dry_run_manifests(launch, stage=stage, argv=argv, output_dir=str(out), config=cfg)
+
+    class Dumper(yaml.SafeDumper):  # the ConfigMap's JSON as a readable block, not one quoted line
+        pass
+
+    Dumper.add_representer(str, lambda d, v: d.represent_scalar(
+        "tag:yaml.org,2002:str", v, style="|" if "\n" in v else None))
+    typer.echo(yaml.dump_all(docs, Dumper=Dumper, sort_keys=False), nl=False)
+    return True
 
 
 def _print_metrics(title: str, metrics: dict[str, float]) -> None:

@@ -9,8 +9,13 @@ import typer
 from rich.table import Table
 
 from aptops.cli.common import (
+    ClusterOpt,
     ConfigOpt,
+    DryRunOpt,
+    GpusPerNodeOpt,
+    NodesOpt,
     SetOpt,
+    _dry_run,
     _print_metrics,
     _run_stage,
     app,
@@ -31,12 +36,19 @@ def distill_run(
     student: Annotated[str | None, typer.Option(help="A student model (default: every 2nd teacher block).")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
+    nodes: NodesOpt = None,
+    gpus_per_node: GpusPerNodeOpt = None,
+    dry_run: DryRunOpt = False,
+    cluster: ClusterOpt = None,
 ) -> None:
     """Distil the teacher into a student (--set "objective.strategies={response: 1.0, feature: 0.5}"
     --set objective.temperature=1 --set training.block_size=128 --set training.training_args.max_steps=50)."""
     from aptops.distill import DistillConfig, distill_model
 
     cfg = load_config(DistillConfig, config, overrides=set_ or [])
+    argv = ["distill", "run", teacher, dataset] + (["--student", student] if student else [])
+    if _dry_run("distill", argv, out, cfg, dry_run=dry_run, cluster=cluster, nodes=nodes, gpus_per_node=gpus_per_node):
+        return
     result = _run_stage("distill", "distill", lambda: distill_model(teacher, dataset, output_dir=out, config=cfg,
                                                                       student=student), out)
     _print_metrics(f"student: {out} (report: {result.outputs.get('report')})", result.metrics)

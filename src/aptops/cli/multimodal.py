@@ -9,8 +9,13 @@ from typing import Annotated
 import typer
 
 from aptops.cli.common import (
+    ClusterOpt,
     ConfigOpt,
+    DryRunOpt,
+    GpusPerNodeOpt,
+    NodesOpt,
     SetOpt,
+    _dry_run,
     _print_metrics,
     _run_stage,
     app,
@@ -30,11 +35,19 @@ def multimodal_train(
     eval_manifest: Annotated[str | None, typer.Option("--eval", help="An evaluation manifest (else a share is held out).")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
+    nodes: NodesOpt = None,
+    gpus_per_node: GpusPerNodeOpt = None,
+    dry_run: DryRunOpt = False,
+    cluster: ClusterOpt = None,
 ) -> None:
     """Train (--set text_encoder=FOLDER --set fusion=concat|add|attention --set freeze=[text] --set epochs=10)."""
     from aptops.multimodal import MultimodalConfig, train_multimodal_model
 
     cfg = load_config(MultimodalConfig, config, overrides=set_ or [])
+    argv = ["multimodal", "train", manifest] + (["--eval", eval_manifest] if eval_manifest else [])
+    if _dry_run("multimodal", argv, out, cfg, dry_run=dry_run, cluster=cluster, nodes=nodes,
+                gpus_per_node=gpus_per_node):
+        return
     result = _run_stage("multimodal", "train",
                         lambda: train_multimodal_model(manifest, output_dir=out, config=cfg, eval_data=eval_manifest), out)
     _print_metrics(f"multimodal model: {out} (report: {out / 'report.html'})",

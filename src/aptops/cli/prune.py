@@ -8,8 +8,13 @@ from typing import Annotated
 import typer
 
 from aptops.cli.common import (
+    ClusterOpt,
     ConfigOpt,
+    DryRunOpt,
+    GpusPerNodeOpt,
+    NodesOpt,
     SetOpt,
+    _dry_run,
     _print_metrics,
     _run_stage,
     app,
@@ -29,12 +34,19 @@ def prune_run(
     heldout: Annotated[str | None, typer.Option(help="Held-out text for the before/after perplexity.")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
+    nodes: NodesOpt = None,
+    gpus_per_node: GpusPerNodeOpt = None,
+    dry_run: DryRunOpt = False,
+    cluster: ClusterOpt = None,
 ) -> None:
     """Prune (--set method=wanda|magnitude|taylor|neuron|head|lottery --set target_sparsity=0.5), fine-tune
     (--set training.block_size=128 --set training.training_args.max_steps=50), report."""
     from aptops.prune import PruneConfig, prune_model
 
     cfg = load_config(PruneConfig, config, overrides=set_ or [])
+    argv = ["prune", "run", model, dataset] + (["--heldout", heldout] if heldout else [])
+    if _dry_run("prune", argv, out, cfg, dry_run=dry_run, cluster=cluster, nodes=nodes, gpus_per_node=gpus_per_node):
+        return
     result = _run_stage("prune", "prune", lambda: prune_model(model, dataset, output_dir=out, config=cfg,
                                                                   eval_dataset=heldout), out)
     _print_metrics(f"pruned model: {out} (report: {out / 'report.html'})",

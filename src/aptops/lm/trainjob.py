@@ -49,6 +49,8 @@ STRATEGIES = ("ddp", "fsdp", "deepspeed")
 TRAINING_STAGES = ("train", "distill", "prune", "multimodal")
 #: the replicated job and container of the torch runtimes that the patches address
 NODE = "node"
+#: where a dry run's ConfigMap (the stage config) is mounted in each node
+CONFIG_MOUNT = "/etc/aptops"
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
@@ -113,9 +115,6 @@ class TrainJobLaunch:
     secret_env: Mapping[str, tuple[str, str]] = field(default_factory=dict)  # variable -> (Secret, key)
 
     def __post_init__(self) -> None:
-        if not self.pvc:
-            raise ConfigError("a TrainJob needs the cache volume (cache.pvc in the cluster file): its nodes read the "
-                              "inputs and write the model and checkpoints there", field="cache.pvc")
         if not self.mount_path.startswith("/"):
             raise ConfigError("cache.mount_path must be an absolute path", field="cache.mount_path", value=self.mount_path)
 
@@ -153,11 +152,12 @@ def torchrun_command(argv: Sequence[str]) -> list[str]:
 
 
 def trainjob_manifest(launch: TrainJobLaunch, *, name: str, command: Sequence[str], stage: str,
-                      labels: Mapping[str, str] | None = None) -> dict[str, Any]:
+                      labels: Mapping[str, str] | None = None, config_map: str = "") -> dict[str, Any]:
     """The ``TrainJob`` for ``command`` on ``launch``'s runtime, nodes, GPUs, image and volume.
 
     Built through the ``kubeflow-trainer-api`` models (a field they do not know is an error here, not on the
-    cluster); returns the API dict, as created and as ``--dry-run`` prints it.
+    cluster); returns the API dict, as created and as ``--dry-run`` prints it. ``config_map``: also mount that
+    ConfigMap at :data:`CONFIG_MOUNT` (a dry run's stage config travels that way).
     """
     from kubeflow_trainer_api import models as m
 
@@ -171,10 +171,18 @@ def trainjob_manifest(launch: TrainJobLaunch, *, name: str, command: Sequence[st
     env = [{"name": k, "value": v} for k, v in sorted(launch.env.items())]
     env += [{"name": k, "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": True}}}
             for k, (secret, key) in sorted(launch.secret_env.items())]
-    pod_spec: dict[str, Any] = {
-        "volumes": [{"name": "aptops-cache", "persistentVolumeClaim": {"claimName": launch.pvc}}],
-        "containers": [{"name": NODE, "volumeMounts": [{"name": "aptops-cache", "mountPath": launch.mount_path}]}],
-    }
+    volumes: list[dict[str, Any]] = []
+    mounts: list[dict[str, Any]] = []
+    if launch.pvc:
+        volumes.append({"name": "aptops-cache", "persistentVolumeClaim": {"claimName": launch.pvc}})
+        mounts.append({"name": "aptops-cache", "mountPath": launch.mount_path})
+    if config_map:
+        volumes.append({"name": "aptops-config", "configMap": {"name": config_map}})
+        mounts.append({"name": "aptops-config", "mountPath": CONFIG_MOUNT, "readOnly": True})
+    pod_spec: dict[str, Any] = {}
+    if volumes:
+        pod_spec["volumes"] = volumes
+        pod_spec["containers"] = [{"name": NODE, "volumeMounts": mounts}]
     if launch.node_selector:
         pod_spec["nodeSelector"] = dict(launch.node_selector)
     if launch.tolerations:
@@ -199,14 +207,15 @@ def trainjob_manifest(launch: TrainJobLaunch, *, name: str, command: Sequence[st
                 "resourcesPerNode": {"requests": requests, "limits": limits},
                 **({"env": env} if env else {}),
             },
-            "runtimePatches": [{
-                "manager": "aptops.io/launcher",
-                "trainingRuntimeSpec": {"template": {"spec": {"replicatedJobs": [
-                    {"name": NODE, "template": {"spec": {"template": {"spec": pod_spec}}}}]}}},
-            }],
             "activeDeadlineSeconds": s.timeout_minutes * 60,
         },
     }
+    if pod_spec:
+        body["spec"]["runtimePatches"] = [{
+            "manager": "aptops.io/launcher",
+            "trainingRuntimeSpec": {"template": {"spec": {"replicatedJobs": [
+                {"name": NODE, "template": {"spec": {"template": {"spec": pod_spec}}}}]}}},
+        }]
     job = m.TrainerV1alpha1TrainJob.from_dict(body)
     out = job.to_dict()
     if out != body:  # a field the models dropped: the API would not take it either
@@ -242,6 +251,23 @@ def _diff(a: Any, b: Any, path: str = "") -> str:
     return "" if a == b else f"{path}: {a!r} became {b!r}"
 
 
+def dry_run_manifests(launch: TrainJobLaunch, *, stage: str, argv: Sequence[str], output_dir: str,
+                      config: Any) -> list[dict[str, Any]]:
+    """What ``aptops <stage> ... --dry-run`` prints for ``kubectl apply -f -``: a ConfigMap holding the stage
+    config (strategy set) and the TrainJob that mounts it and runs the stage's command on ``numNodes`` nodes.
+
+    Paths in ``argv`` and ``output_dir`` are as the nodes see them (on the cache volume, or Hub ids).
+    """
+    name = job_name(stage, f"{output_dir}|{' '.join(argv)}")
+    data = json.dumps(to_dict(strategy_config(config, launch.settings.strategy)), indent=1, sort_keys=True)
+    config_map = {"apiVersion": "v1", "kind": "ConfigMap",
+                  "metadata": {"name": f"{name}-config", **({"namespace": launch.namespace} if launch.namespace else {}),
+                               "labels": {"app.kubernetes.io/name": "aptops", "app.kubernetes.io/component": stage}},
+                  "data": {"config.json": data}}
+    command = torchrun_command([*argv, "--out", output_dir, "--config", f"{CONFIG_MOUNT}/config.json"])
+    return [config_map, trainjob_manifest(launch, name=name, command=command, stage=stage, config_map=f"{name}-config")]
+
+
 def strategy_config(config: Any, strategy: str) -> Any:
     """``config`` (a stage config with a training section) set to train with ``strategy``."""
     from aptops.core.config import with_overrides
@@ -270,17 +296,21 @@ class _Api:
 def _apis(launch: TrainJobLaunch) -> _Api:
     from kubernetes import client, config
 
-    try:
-        config.load_incluster_config()
-        in_cluster = True
-    except config.ConfigException:
-        config.load_kube_config()
-        in_cluster = False
     namespace = launch.namespace
-    if not namespace:
+    try:
+        config.load_incluster_config()  # a pipeline pod: its ServiceAccount, its namespace
         sa_ns = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
-        namespace = sa_ns.read_text().strip() if in_cluster and sa_ns.is_file() else "default"
-    return _Api(client.CustomObjectsApi(), client.CoreV1Api(), namespace)
+        namespace = namespace or (sa_ns.read_text().strip() if sa_ns.is_file() else "")
+    except config.ConfigException:
+        try:
+            kubeconfig = os.environ.get("KUBECONFIG") or None  # read now: the client reads it once, at import
+            config.load_kube_config(config_file=kubeconfig)
+            _, current = config.list_kube_config_contexts(config_file=kubeconfig)
+        except Exception as exc:  # kubernetes' loaders raise several types
+            raise PipelineError(f"no Kubernetes credentials to create the TrainJob: {exc} (in a pod the "
+                                "ServiceAccount is used; elsewhere $KUBECONFIG)") from None
+        namespace = namespace or current.get("context", {}).get("namespace", "")
+    return _Api(client.CustomObjectsApi(), client.CoreV1Api(), namespace or "default")
 
 
 def run_distributed(stage: str, argv: Sequence[str], *, inputs: Sequence[str | Path], output_dir: str | Path,
@@ -304,6 +334,9 @@ def run_distributed(stage: str, argv: Sequence[str], *, inputs: Sequence[str | P
     launch = launch_from_env(stage)
     if launch is None:
         return local()
+    if not launch.pvc:
+        raise ConfigError("a TrainJob needs the cache volume (cache.pvc in the cluster file): its nodes read the "
+                          "inputs and write the model and checkpoints there", field="cache.pvc")
     name = job_name(stage, str(Path(output_dir).resolve()))
     work = Path(launch.mount_path) / "aptops" / "trainjobs" / name
     staged = _stage_inputs(inputs, work / "inputs")
