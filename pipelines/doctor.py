@@ -109,6 +109,72 @@ def check_cluster(core: Any, namespace: str, *, secrets: Sequence[str] = (), pvc
     return checks
 
 
+TRAINJOB_VERBS = (("create", "trainjobs"), ("get", "trainjobs"), ("delete", "trainjobs"), ("list", "pods"),
+                  ("get", "pods/log"))
+
+
+def check_trainer(core: Any, namespace: str, runtime: str) -> list[Check]:
+    """Kubeflow Trainer is ready for aptops' TrainJobs: the ``trainjobs`` API is served, the named runtime exists
+    and is a torch runtime (read through the ``kubeflow`` SDK's ``TrainerClient``), and this identity may create,
+    read and delete TrainJobs and read their pods' logs in ``namespace`` (``SelfSubjectAccessReview``).
+
+    Args:
+        core: a ``kubernetes.client.CoreV1Api`` (its API client and credentials are reused).
+    """
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    api = core.api_client
+    checks = []
+    try:
+        resources = client.CustomObjectsApi(api).get_api_resources("trainer.kubeflow.org", "v1alpha1")
+        served = "trainjobs" in {r.name for r in resources.resources or []}
+    except ApiException as exc:
+        served = False
+        if exc.status not in (404, 503):
+            checks.append(Check("trainer api", False, f"cannot read the API ({exc.status} {exc.reason})"))
+            return checks
+    if not served:
+        return [Check("trainer api", False, "trainer.kubeflow.org/v1alpha1 trainjobs is not served: install Kubeflow "
+                                            "Trainer (v2) or set trainjob.enabled: false in the cluster file")]
+    checks.append(Check("trainer api", True, "trainer.kubeflow.org/v1alpha1 trainjobs is served"))
+    try:
+        from kubeflow.common.types import KubernetesBackendConfig
+        from kubeflow.trainer import TrainerClient
+
+        found = TrainerClient(KubernetesBackendConfig(namespace=namespace, client_configuration=api.configuration)
+                              ).get_runtime(runtime)
+        framework = found.trainer.framework
+        checks.append(Check(f"runtime {runtime}", framework == "torch",
+                            f"{found.kind.value}, framework {framework}" + (
+                                "" if framework == "torch" else ": aptops runs torchrun; use a torch runtime")))
+    except ImportError:
+        checks.append(Check(f"runtime {runtime}", False, "the kubeflow SDK is not installed: pip install 'aptops[cluster]'"))
+    except Exception as exc:  # the SDK wraps API errors in RuntimeError
+        checks.append(Check(f"runtime {runtime}", False, f"not found ({exc}): install the Trainer's runtimes or set "
+                                                         "trainjob.runtime to one of `kubectl get clustertrainingruntimes`"))
+    auth = client.AuthorizationV1Api(api)
+    denied = []
+    for verb, resource in TRAINJOB_VERBS:
+        group = "trainer.kubeflow.org" if resource == "trainjobs" else ""
+        res, _, sub = resource.partition("/")
+        review = client.V1SelfSubjectAccessReview(spec=client.V1SelfSubjectAccessReviewSpec(
+            resource_attributes=client.V1ResourceAttributes(namespace=namespace, verb=verb, group=group, resource=res,
+                                                            subresource=sub or None)))
+        try:
+            allowed = bool(auth.create_self_subject_access_review(review).status.allowed)
+        except ApiException as exc:
+            allowed = False
+            log.debug("access review failed: %s", exc)
+        if not allowed:
+            denied.append(f"{verb} {resource}")
+    checks.append(Check("trainjob permissions", not denied,
+                        f"may create, read and delete TrainJobs in {namespace}" if not denied else
+                        f"missing in {namespace}: {', '.join(denied)}; install the chart with trainjob.enabled=true "
+                        "(its Role grants exactly these) or bind an equivalent Role"))
+    return checks
+
+
 def core_api(*, in_cluster: bool = False, kubeconfig: str | None = None, context: str | None = None) -> Any:
     """A ``CoreV1Api`` from in-cluster credentials or a kubeconfig."""
     from kubernetes import client, config

@@ -51,3 +51,25 @@ def test_doctor_without_a_cluster_says_how_to_give_one(tmp_path):
     assert out.returncode != 0 and "--kubeconfig" in out.stderr
     out = aptops("doctor")
     assert out.returncode != 0 and "nothing to check" in out.stderr
+
+
+def test_doctor_checks_kubeflow_trainer_for_trainjobs(tmp_path):
+    from tests.services.trainer_api import TrainerApiStandIn
+
+    with TrainerApiStandIn(tmp_path) as api:
+        kc = str(api.kubeconfig(tmp_path / "kc"))
+        ready = aptops("doctor", "--namespace", "ml", "--trainjob-runtime", "torch-distributed", "--kubeconfig", kc)
+        missing = aptops("doctor", "--namespace", "ml", "--trainjob-runtime", "deepspeed-distributed",
+                         "--kubeconfig", kc)
+        api.state.allowed = {"create", "get", "list"}
+        denied = aptops("doctor", "--namespace", "ml", "--trainjob-runtime", "torch-distributed", "--kubeconfig", kc)
+        api.state.installed = False
+        absent = aptops("doctor", "--namespace", "ml", "--trainjob-runtime", "torch-distributed", "--kubeconfig", kc)
+        assert not api.state.created  # nothing was created: an access review is a question, not a change
+    assert ready.returncode == 0, ready.stdout + ready.stderr
+    text = " ".join(ready.stdout.split())
+    assert "trainjobs is served" in text and "ClusterTrainingRuntime, framework torch" in text
+    assert "may create, read and delete TrainJobs in ml" in text
+    assert missing.returncode == 1 and "trainjob.runtime" in " ".join(missing.stdout.split())
+    assert denied.returncode == 1 and "missing in ml: delete trainjobs" in " ".join(denied.stdout.split())
+    assert absent.returncode == 1 and "install Kubeflow Trainer" in " ".join(absent.stdout.split())

@@ -213,11 +213,23 @@ def doctor(
     gpu_resource: Annotated[str, typer.Option(help="GPU resource name.")] = "nvidia.com/gpu",
     in_cluster: Annotated[bool, typer.Option(help="Use the pod's ServiceAccount (inside a cluster).")] = False,
     kubeconfig: Annotated[str | None, typer.Option(help="A kubeconfig file (default: $KUBECONFIG, ~/.kube/config).")] = None,
+    trainjob_runtime: Annotated[str | None, typer.Option(
+        help="Check Kubeflow Trainer: the TrainJob API, this ClusterTrainingRuntime, the permissions.")] = None,
+    cluster: ClusterOpt = None,
 ) -> None:
-    """Preflight: the KFP API answers, pipelines are registered, Secrets / PVC exist, the GPU pool has GPUs."""
-    from aptops_pipelines.cluster import parse_selector
-    from aptops_pipelines.doctor import check_cluster, check_kfp, core_api
+    """Preflight: the KFP API answers, pipelines are registered, Secrets / PVC exist, the GPU pool has GPUs, and
+    Kubeflow Trainer is ready when the cluster file trains as TrainJobs (--cluster fills in what it names)."""
+    from aptops_pipelines.cluster import ClusterSettings, parse_selector
+    from aptops_pipelines.doctor import check_cluster, check_kfp, check_trainer, core_api
 
+    if cluster is not None:
+        settings = ClusterSettings.from_file(cluster)
+        secret = [*(secret or []), *sorted(set(settings.credential_secrets.values()))]
+        pvc = pvc or settings.cache_pvc or None
+        gpu_node_selector = gpu_node_selector or [f"{k}={v}" for k, v in settings.gpu_node_selector.items()] or None
+        gpu_resource = settings.gpu_resource
+        if settings.trainjob.enabled:
+            trainjob_runtime = trainjob_runtime or settings.trainjob.runtime
     checks = []
     if kfp_host:
         _kfp_modules()
@@ -234,6 +246,10 @@ def doctor(
                               field="kubeconfig") from None
         checks += check_cluster(core, namespace or "default", secrets=secret or [], pvc=pvc,
                                 gpu_node_selector=selector, gpu_resource=gpu_resource)
+        if trainjob_runtime:
+            checks += check_trainer(core, namespace or "default", trainjob_runtime)
+    elif trainjob_runtime:
+        raise ConfigError("checking Kubeflow Trainer needs --namespace", field="namespace")
     if not checks:
         raise ConfigError("nothing to check: give --kfp-host and/or --namespace / --gpu-node-selector", field="doctor")
     table = Table(title="aptops doctor")
