@@ -73,7 +73,7 @@ def test_every_workload_is_hardened(values):
             assert c["resources"]["requests"] and c["resources"]["limits"], name
 
 
-def test_full_scenario_wires_values_into_the_register_job():
+def test_full_scenario_wires_values_into_the_register_job(tmp_path):
     docs = render(CHART / "ci" / "full-values.yaml")
     kinds = sorted(d["kind"] for d in docs)
     assert "Secret" not in kinds  # credentials are references, never values
@@ -84,17 +84,40 @@ def test_full_scenario_wires_values_into_the_register_job():
                                   "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef")
     args = container["args"]
     assert args[0] == "register"
-    for expected in ("--gpu-node-selector=pool=gpu", "--gpu-toleration=nvidia.com/gpu=present:NoSchedule",
-                     "--secret=aws=s3-creds", "--secret=hf=hf-token",
-                     "--cache-pvc=rel-aptops-cache", "--pipeline=lifecycle", "--namespace=team-llm"):
+    for expected in ("--cluster=/etc/aptops/cluster.yaml", "--pipeline=lifecycle", "--namespace=team-llm"):
         assert expected in args, (expected, args)
+    # the values become one cluster file, the same one `aptops compile --cluster` reads, mounted into the Job
+    (cluster_map,) = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "rel-aptops-cluster"]
+    cluster_file = tmp_path / "cluster.yaml"
+    cluster_file.write_text(cluster_map["data"]["cluster.yaml"])
+    from aptops_pipelines.cluster import ClusterSettings, Toleration
+
+    settings = ClusterSettings.from_file(cluster_file)
+    assert settings.image("train") == "registry.example.com/ml/aptops-train:0.1.0"
+    assert settings.gpu_node_selector == {"pool": "gpu"} and settings.image_pull_secrets == ("regcred",)
+    assert settings.gpu_tolerations == (Toleration(key="nvidia.com/gpu", value="present", effect="NoSchedule"),)
+    assert settings.cpu_tolerations == (Toleration(key="dedicated", value="ml", effect="NoSchedule"),)
+    assert settings.credential_secrets == {"aws": "s3-creds", "oss": "oss-creds", "hf": "hf-token",
+                                           "modelscope": "modelscope-token"}
+    assert settings.cache_pvc == "rel-aptops-cache" and settings.service_account == "rel-aptops"
+    assert settings.resources_for("train").gpus == 2 and settings.resources_for("train").limits.memory == "96Gi"
+    assert settings.trainjob.enabled and settings.trainjob.num_nodes == 2 and settings.trainjob.strategy == "fsdp"
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    assert mounts["/etc/aptops"] == "cluster"
     env = {e["name"]: e for e in container["env"]}
     assert "KF_PIPELINES_TOKEN" not in env and env["KF_PIPELINES_SA_TOKEN_PATH"]["value"].endswith("/token")
     volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
     assert volumes["kfp-token"]["secret"]["secretName"] == "kfp-token"  # a file, not an environment variable
     (role,) = [d for d in docs if d["kind"] == "Role"]
-    verbs = {v for rule in role["rules"] for v in rule["verbs"]}
-    assert verbs == {"get"} and all(rule.get("resourceNames") for rule in role["rules"])
+    named = [rule for rule in role["rules"] if rule.get("resourceNames")]
+    assert {v for rule in named for v in rule["verbs"]} == {"get"}
+    # trainjob.enabled: exactly what a training task needs for its TrainJob, nothing else unnamed
+    assert [rule for rule in role["rules"] if not rule.get("resourceNames")] == [
+        {"apiGroups": ["trainer.kubeflow.org"], "resources": ["trainjobs"], "verbs": ["create", "get", "delete"]},
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
+        {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]}]
+    minimal = [d for d in render(CHART / "ci" / "minimal-values.yaml") if d["kind"] == "Role"]
+    assert all(rule.get("resourceNames") for d in minimal for rule in d["rules"])  # off: reads of named objects only
     (ollama,) = [d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-ollama")]
     limits = ollama["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
     assert limits["nvidia.com/gpu"] == 1

@@ -75,32 +75,41 @@ capabilities:
 {{- define "aptops.registerArgs" -}}
 - register
 - --host={{ .Values.kfp.host }}
-- --image-registry={{ .Values.image.registry }}
-- --image-tag={{ include "aptops.tag" . }}
+- --cluster=/etc/aptops/cluster.yaml
 {{- with .Values.kfp.namespace }}
 - --namespace={{ . }}
 {{- end }}
 {{- range .Values.kfp.pipelines }}
 - --pipeline={{ . }}
 {{- end }}
-{{- range $k, $v := .Values.nodePools.cpu.nodeSelector }}
-- --cpu-node-selector={{ $k }}={{ $v }}
-{{- end }}
-{{- range $k, $v := .Values.nodePools.gpu.nodeSelector }}
-- --gpu-node-selector={{ $k }}={{ $v }}
-{{- end }}
-{{- range .Values.nodePools.gpu.tolerations }}
-- --gpu-toleration={{ .key }}{{ if .value }}={{ .value }}{{ end }}:{{ .effect }}
-{{- end }}
-- --gpu-resource={{ .Values.nodePools.gpu.resource }}
-{{- range $provider, $secret := .Values.credentials }}
-{{- if $secret }}
-- --secret={{ $provider }}={{ $secret }}
-{{- end }}
-{{- end }}
-{{- with (include "aptops.cacheClaim" .) }}
-- --cache-pvc={{ . }}
-{{- end }}
+{{- end -}}
+
+{{/* Tolerations from values ({key, value, effect}) as the cluster file writes them (key=value:Effect). */}}
+{{- define "aptops.tolerationStrings" -}}
+{{- $out := list -}}
+{{- range . -}}
+{{- $out = append $out (printf "%s%s:%s" .key (ternary (printf "=%s" (.value | default "")) "" (not (empty .value))) .effect) -}}
+{{- end -}}
+{{- toJson $out -}}
+{{- end -}}
+
+{{/* The cluster file (aptops compile --cluster) these values describe: the register Job compiles with it. */}}
+{{- define "aptops.clusterFile" -}}
+{{- $creds := dict -}}
+{{- range $provider, $secret := .Values.credentials }}{{ if $secret }}{{ $_ := set $creds $provider $secret }}{{ end }}{{ end -}}
+{{- $file := dict
+  "images" (dict "registry" .Values.image.registry "tag" (include "aptops.tag" .) "pull_secrets" .Values.image.pullSecrets)
+  "service_account" (include "aptops.serviceAccountName" .)
+  "pools" (dict
+    "cpu" (dict "node_selector" .Values.nodePools.cpu.nodeSelector "tolerations" (include "aptops.tolerationStrings" (.Values.nodePools.cpu.tolerations | default list) | fromJsonArray))
+    "gpu" (dict "node_selector" .Values.nodePools.gpu.nodeSelector "tolerations" (include "aptops.tolerationStrings" .Values.nodePools.gpu.tolerations | fromJsonArray) "resource" .Values.nodePools.gpu.resource "count" (.Values.nodePools.gpu.count | int)))
+  "resources" .Values.stageResources
+  "credentials" $creds
+  "cache" (dict "pvc" (include "aptops.cacheClaim" .) "mount_path" "/cache")
+  "checkpoints" .Values.checkpoints
+  "trainjob" (dict "enabled" .Values.trainjob.enabled "runtime" .Values.trainjob.runtime "num_nodes" (.Values.trainjob.numNodes | int) "gpus_per_node" (.Values.trainjob.gpusPerNode | int) "strategy" .Values.trainjob.strategy "stages" .Values.trainjob.stages "keep" .Values.trainjob.keep "timeout_minutes" (.Values.trainjob.timeoutMinutes | int))
+-}}
+{{- toYaml $file -}}
 {{- end -}}
 
 {{/* A third-party image (`image`, `tag`, optional `digest`) by digest when one is given. */}}
