@@ -5,6 +5,7 @@
 # beside it.
 #   1. every test marked `gpu`: bf16 training with the debugger tracking GPU memory, resume, distillation,
 #      Wanda + masked fine-tuning, multimodal training, the Trainer bridge on CUDA;
+#      torchrun with DDP and FSDP2 on the GPUs present (what a Kubeflow Trainer node runs);
 #   2. the debug, distill and prune unit tests with CUDA visible (the default device paths).
 # Results: $OUT (default /tmp/aptops-gpu-check): gpu.txt, JUnit XML and logs.
 set -uo pipefail

@@ -136,3 +136,32 @@ def test_multimodal_training_on_cuda_with_the_debugger(tmp_path):
     assert m["eval_accuracy"] >= 0.5
     assert _debug_memory(out)["device"].startswith("cuda")
     assert read_json(out / "aptops.json")["stage"] == "multimodal"
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_the_distributed_strategies_train_on_the_gpus_present(tiny_llama, tmp_path, strategy):
+    """What a Kubeflow Trainer node runs (torchrun over the aptops CLI), one process per GPU present (up to 2),
+    with DDP and with FSDP2 (sharded, one unit per block): the run finishes, rank 0 writes one full model."""
+    import os
+    import subprocess
+    import sys
+
+    from transformers import AutoModelForCausalLM
+
+    gpus = min(torch.cuda.device_count(), 2)
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"text": t}) + "\n" for t in CORPUS * 4))
+    out = tmp_path / strategy
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(gpus),
+         "-m", "aptops.cli", "train", "run", str(tiny_llama), str(data), "--out", str(out),
+         "--set", f"strategy={strategy}", "--set", "block_size=32", "--set", "training_args.max_steps=6",
+         "--set", "training_args.per_device_train_batch_size=2", "--set", "training_args.bf16=true",
+         "--set", "training_args.save_steps=3"],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = read_json(out / "metrics.json")
+    assert is_complete(out) and metrics["world_size"] == gpus and math.isfinite(metrics["train_loss"])
+    source = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    trained = AutoModelForCausalLM.from_pretrained(out)  # a full state dict, not shards
+    assert {k: v.shape for k, v in trained.state_dict().items()} == {k: v.shape for k, v in source.state_dict().items()}
