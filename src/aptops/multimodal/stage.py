@@ -37,6 +37,7 @@ from aptops.core.artifacts import (
 from aptops.core.config import check_choice, check_range, to_dict
 from aptops.core.errors import ConfigError, InvalidArtifactError
 from aptops.lm.arguments import parse_training_args
+from aptops.lm.checkpoints import checkpoint_folder
 from aptops.multimodal.data import (
     BAD_INPUT_POLICIES,
     MultimodalCollator,
@@ -276,8 +277,9 @@ def train_multimodal_model(train: str | Path, *, output_dir: str | Path, config:
         debugger = TrainingDebugger(DebugConfig(log_interval=config.debug_interval, report_dir=str(out / "debug")))
         bus = bus or PluginBus()
         (bus.bus if isinstance(bus, ConsoleCore) else bus).subscribe(debugger)
+    checkpoints = checkpoint_folder(out, stage="multimodal")  # on the cluster's checkpoint volume when it has one
     run = train_multimodal(model, loader, config.epochs, loss_weights=config.loss_weights or None,
-                           eval_dataloader=eval_loader, output_dir=out / "checkpoints",
+                           eval_dataloader=eval_loader, output_dir=checkpoints,
                            learning_rate=config.learning_rate, modality_lr=config.modality_lr,
                            gradient_balance=config.gradient_balance, balance_alpha=config.balance_alpha,
                            modality_dropout=config.modality_dropout, cache_features=config.cache_features, bus=bus,
@@ -297,7 +299,7 @@ def train_multimodal_model(train: str | Path, *, output_dir: str | Path, config:
     for m in model.modalities:
         metrics[f"train_rows_with_{m}"] = float(sum(getattr(r, m) is not None for r in rows))
     model.save_pretrained(out)
-    shutil.rmtree(out / "checkpoints", ignore_errors=True)  # the final model is the folder itself
+    shutil.rmtree(checkpoints, ignore_errors=True)  # the final model is the folder itself
     write_json(out / "metrics.json", metrics)
     report = _report(out, run["history"], run["coefficients"], metrics, model.modalities)
     write_lineage(out, stage="multimodal", inputs={"train": str(train), "eval": str(eval_data or "held out"),

@@ -148,7 +148,7 @@ def test_with_overrides_replaces_nested_fields_and_validates():
     cfg = with_overrides(base, {"training": {"lora_r": "8"}, "training.block_size": 64, "target_sparsity": 0.25})
     assert (cfg.method, cfg.target_sparsity, cfg.training.lora_r, cfg.training.block_size) == ("wanda", 0.25, 8, 64)
     assert cfg.training.resume == base.training.resume and with_overrides(base, {}) is base
-    with pytest.raises(ConfigError, match=r"unknown config key 'training.lora' for TrainConfig: known keys are .*lora_r"):
+    with pytest.raises(ConfigError, match=r"unknown config key 'training.lora' for TrainConfig \(did you mean 'lora_r'\?\): known keys are .*lora_r"):
         with_overrides(base, {"training": {"lora": 8}})
     with pytest.raises(ConfigError, match="block_size=-3 is out of range"):
         with_overrides(base, {"training.block_size": -3})

@@ -38,6 +38,21 @@ def _losses(out: Path) -> list[float]:
     return [h["loss"] for h in json.loads((out / "history.json").read_text()) if "loss" in h]
 
 
+class Crash(Exception):
+    pass
+
+
+def _crash_after_first_checkpoint():
+    """A callback that stops training, as a kill would, right after the first checkpoint is written."""
+    from transformers import TrainerCallback
+
+    class CrashAfterFirstCheckpoint(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            raise Crash(f"killed after saving step {state.global_step}")
+
+    return CrashAfterFirstCheckpoint()
+
+
 def test_two_steps_match_recorded_losses(tiny_llama, tmp_path):
     out = tmp_path / "run"
     result = train_with_hf_trainer(str(tiny_llama), None, _dataset(), out, _config())
@@ -55,19 +70,10 @@ def test_two_steps_match_recorded_losses(tiny_llama, tmp_path):
 def test_resumed_run_continues_from_the_checkpoint_step(tiny_llama, tmp_path):
     straight = train_with_hf_trainer(str(tiny_llama), None, _dataset(), tmp_path / "straight",
                                      _config(max_steps=4))
-    from transformers import TrainerCallback
-
-    class Crash(Exception):
-        pass
-
-    class CrashAfterFirstCheckpoint(TrainerCallback):
-        def on_save(self, args, state, control, **kwargs):
-            raise Crash(f"killed after saving step {state.global_step}")
-
     out = tmp_path / "resumed"
     with pytest.raises(Crash, match="step 2"):
         train_with_hf_trainer(str(tiny_llama), None, _dataset(), out, _config(max_steps=4),
-                              callbacks=[CrashAfterFirstCheckpoint()])
+                              callbacks=[_crash_after_first_checkpoint()])
     assert not is_complete(out)
     resumed = train_with_hf_trainer(str(tiny_llama), None, _dataset(), out, _config(max_steps=4))
     assert resumed.metrics["resumed_from_step"] == 2 and resumed.metrics["global_step"] == 4
@@ -177,7 +183,7 @@ def test_checkpoints_live_in_the_scratch_volume_and_leave_when_the_model_is_writ
     cluster file), keyed by the output path so a restarted pod finds them; the artifact is the model alone, in
     the dtype it was trained in."""
     import torch
-    from transformers import AutoModelForCausalLM, TrainerCallback
+    from transformers import AutoModelForCausalLM
 
     bf16 = tmp_path / "bf16"
     AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.bfloat16).save_pretrained(bf16)
@@ -187,17 +193,10 @@ def test_checkpoints_live_in_the_scratch_volume_and_leave_when_the_model_is_writ
     scratch = tmp_path / "scratch"
     monkeypatch.setenv("APTOPS_CHECKPOINT_DIR", str(scratch))
 
-    class Crash(Exception):
-        pass
-
-    class CrashAfterFirstCheckpoint(TrainerCallback):
-        def on_save(self, args, state, control, **kwargs):
-            raise Crash(f"killed after saving step {state.global_step}")
-
     out = tmp_path / "run"
     with pytest.raises(Crash):
         train_with_hf_trainer(str(bf16), None, _dataset(), out, _config(max_steps=4),
-                              callbacks=[CrashAfterFirstCheckpoint()])
+                              callbacks=[_crash_after_first_checkpoint()])
     (folder,) = scratch.iterdir()
     assert folder.name.startswith("train-") and (folder / "checkpoint-2" / "trainer_state.json").is_file()
     assert not (out / "checkpoints").exists()
