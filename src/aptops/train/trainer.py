@@ -237,6 +237,11 @@ def train_with_hf_trainer(model: Any, tokenizer: Any, dataset: Any, output_dir: 
                              "per_device_eval_batch_size": 8, "include_num_input_tokens_seen": True,
                              # every weight of a causal LM takes part in the loss: skip DDP's extra graph walk
                              "ddp_find_unused_parameters": False})
+    if config.strategy != "ddp" and (args.use_cpu or args.device.type != "cuda"):
+        # accelerate shards only on GPUs: on a CPU it would quietly train as DDP under the strategy's name
+        raise ConfigError(f"strategy={config.strategy} shards the model across GPUs and this run has none "
+                          f"({args.device.type}); use strategy=ddp here, or run it on GPU nodes", field="strategy",
+                          value=config.strategy)
     if streaming and args.max_steps <= 0:
         raise ConfigError("a streamed dataset has no length: set training_args.max_steps",
                           field="training_args.max_steps")
@@ -286,6 +291,10 @@ def train_with_hf_trainer(model: Any, tokenizer: Any, dataset: Any, output_dir: 
     trainer = (trainer_cls or transformers.Trainer)(
         model=model, args=args, train_dataset=train_tok, eval_dataset=eval_tok, processing_class=tokenizer,
         data_collator=collator, callbacks=cbs, **dict(trainer_kwargs or {}))
+    engaged = {"ddp": True, "fsdp": trainer.is_fsdp_enabled, "deepspeed": trainer.is_deepspeed_enabled}[config.strategy]
+    if not engaged:
+        raise ConfigError(f"strategy={config.strategy} was asked for but the Trainer did not enable it "
+                          "(check training_args for settings that turn it off)", field="strategy")
     resume = resume_point(checkpoints, config.resume)
     if resume:
         log.info("resuming from %s", resume)

@@ -207,3 +207,15 @@ def test_checkpoints_live_in_the_scratch_volume_and_leave_when_the_model_is_writ
 
     with safe_open(str(out / "model.safetensors"), "pt") as fh:
         assert {fh.get_slice(k).get_dtype() for k in fh.keys()} == {"BF16"}  # noqa: SIM118 (safe_open is not iterable)
+
+
+@pytest.mark.parametrize("strategy", ["fsdp", "deepspeed"])
+def test_a_sharding_strategy_without_gpus_is_refused_not_trained_as_ddp(tiny_llama, tmp_path, strategy):
+    """accelerate shards only on GPUs; on a CPU it would train plain DDP under the strategy's name (measured: the
+    parameters stayed whole tensors). aptops refuses instead, before the model loads."""
+    from aptops.core.errors import MissingDependencyError
+
+    with pytest.raises((ConfigError, MissingDependencyError), match=r"GPUs and this run has none|deepspeed"):
+        train_with_hf_trainer(str(tiny_llama), None, _dataset(), tmp_path / "out",
+                              TrainConfig(block_size=32, strategy=strategy, training_args={"use_cpu": True}))
+    assert not (tmp_path / "out").exists()
