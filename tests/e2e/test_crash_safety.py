@@ -192,7 +192,7 @@ def test_training_killed_mid_epoch_resumes_from_its_last_whole_checkpoint(stage,
     raw.write_text("".join(json.dumps({"text": f"{i}: {t}"}) + "\n" for i, t in enumerate(CORPUS * 4)))
     clean_dataset(raw, output_dir=tmp_path / "clean", config=CleanConfig())
     out = tmp_path / "trained"
-    steps = 300  # a tiny model runs dozens of steps a second: enough that no run ends before its kill
+    steps = 800  # a tiny model runs ~100 steps a second on a free machine: enough that no run ends before its kill
     train = "training." if stage == "distill" else ""  # distill nests the train settings
     settings = ["block_size=16", "eval_fraction=0", f"training_args.max_steps={steps}", "training_args.save_steps=10",
                 "training_args.use_cpu=true", "training_args.per_device_train_batch_size=2",
