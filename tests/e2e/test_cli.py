@@ -110,8 +110,19 @@ def test_run_data_local_produces_cleaned_dataset(tmp_path, assets):
     assert "The café's déjà vu" in texts or "The café’s déjà vu" in texts
     reports = list(run_dir.rglob("report"))
     assert reports and "<svg" in reports[0].read_text()
-    assert "rows_out" in out.stdout and "artifacts" in out.stdout
+    assert "  ✓ clean-text " in out.stdout and "rows_out" in out.stdout and "executor_input" not in out.stdout
+    assert (run_dir / "report.html").is_file() and (run_dir / "logs" / "clean-text.log").is_file()
     assert (run_dir / "metrics" / "clean.prom").exists()
+
+
+def test_a_failed_task_shows_the_end_of_its_log_and_where_the_log_is(tmp_path):
+    out = aptops("run", "data", "--local", "--param", f"source={tmp_path / 'missing.txt'}", "--runs-dir", str(tmp_path),
+                 cwd=tmp_path)
+    assert out.returncode == 1
+    (log,) = tmp_path.glob("data-*/logs/clean-text.log")
+    assert "  ✗ clean-text " in out.stdout and str(log) in out.stdout
+    assert "missing.txt' does not exist" in out.stdout.splitlines()[-1]  # the error itself, last
+    assert str(log) in " ".join(out.stderr.split()) and "does not exist" in log.read_text()
 
 
 def test_run_reads_params_from_a_config_file(tmp_path):

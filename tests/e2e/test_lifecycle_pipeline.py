@@ -8,12 +8,51 @@ import uuid
 import pytest
 import yaml
 
+from tests.browser import screenshot, visible_text
 from tests.cli import aptops
 from tests.models import CORPUS
 from tests.services.ollama_standin import OllamaStandIn
 
 CANARIES = {"OSS_ACCESS_KEY_SECRET": "canary-oss-5f1e2d", "MODELSCOPE_API_TOKEN": "canary-ms-9b7c3a",
             "KF_PIPELINES_TOKEN": "canary-kfp-44e0aa", "OSS_ACCESS_KEY_ID": "canary-ossid-17c2"}
+
+
+TASKS = ("process-data", "import-model", "train-model", "distill-model", "prune-model", "evaluate-compression",
+         "export-gguf", "ollama-smoke-test", "export-model", "backup-artifact", "record-run-outcome")
+
+
+def _check_console_and_report(stdout: str, run_dir, tmp_path) -> None:
+    """A line per task, a short summary, no kfp.local noise; every task's log; a report a browser renders with
+    the run's own numbers in it."""
+    lines = stdout.splitlines()
+    for task in TASKS:
+        assert sum(x.startswith(f"  ✓ {task} ") for x in lines) == 1, (task, stdout)
+        assert (run_dir / "logs" / f"{task}.log").is_file(), task
+    assert len(lines) <= len(TASKS) + 25, stdout
+    for noise in ("executor_input", "KFP Executor", "Streamed logs", "Executing task", "WARNING"):
+        assert noise not in stdout, noise
+    shown = [x for x in lines if x.strip()]
+    assert len(shown) == len(set(shown)), stdout  # nothing twice
+    for figure in ("rows in", "held-out perplexity", "compression   params", "gguf          F16", "smoke test",
+                   f"report        {run_dir / 'report.html'}"):
+        assert figure in stdout, figure
+    # every log holds its task's own output, the executor input included (nothing is lost, only moved)
+    assert "executor_input" in (run_dir / "logs" / "train-model.log").read_text()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    metrics = {t["task"]: t["metrics"] for t in summary}
+    page = run_dir / "report.html"
+    screenshot(page, tmp_path, size="1200,6000")
+    seen = visible_text(page, tmp_path)
+    for heading in ("At a glance", "Where the time went", "Data", "Training and distillation", "Pruning",
+                    "Compression trade-off", "GGUF verification", "Smoke test", "Model card, as it would be published",
+                    "Stage reports"):
+        assert heading in seen, heading
+    ratio = metrics["evaluate-compression"]["ratio_params"]
+    assert f"params {ratio:.2f}x" in seen and f"{metrics['export-gguf']['top1_agreement']:.4g}" in seen
+    smoke = json.loads(next(run_dir.rglob("smoke_test.json")).read_text())
+    assert smoke["results"][0]["prompt"] in seen
+    for link in (run_dir / "reports").iterdir():
+        assert f"reports/{link.name}" in page.read_text()
 
 
 @pytest.mark.slow
@@ -46,8 +85,7 @@ def test_lifecycle_runs_every_stage_locally(tiny_llama, s3_server, hub, tmp_path
     # the exit handler ran and recorded the outcome
     prom = "".join(p.read_text() for p in (run_dir / "metrics").glob("*.prom"))
     assert 'aptops_pipeline_run_succeeded{' in prom and "} 1.0" in prom.split("aptops_pipeline_run_succeeded{")[1]
-    for figure in ("rows_out", "ratio_params", "top1_agreement", "perplexity"):
-        assert figure in out.stdout
+    _check_console_and_report(out.stdout, run_dir, tmp_path)
     card = hub.files(f"{hub.user}/lifecycle-model")["README.md"].decode()
     assert "perplexity" in card
     # no secret anywhere: output, every file of the run (logs, metrics, lineage, reports), the card, the YAML

@@ -25,7 +25,6 @@ from aptops.cli.common import (
     RegistryOpt,
     SecretsOpt,
     TagOpt,
-    _print_run_summary,
     app,
     console,
     err,
@@ -155,8 +154,11 @@ def run(
     param: Annotated[list[str] | None, typer.Option("--param", "-p", help="Pipeline parameter k=v (repeatable).")] = None,
     config: ConfigOpt = None,
     runs_dir: Annotated[Path, typer.Option(help="Where local runs write their outputs.")] = Path("runs"),
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show every task's whole output as it comes "
+                                          "(it always goes to runs/<run>/logs/<task>.log).")] = False,
 ) -> None:
-    """Run a pipeline on this machine through kfp.local (SubprocessRunner in the current environment)."""
+    """Run a pipeline on this machine through kfp.local (SubprocessRunner in the current environment): a line per
+    task, a short summary, and runs/<run>/report.html."""
     if not local:
         raise ConfigError("only --local runs are done here; use 'aptops submit' to run on a cluster")
     _, pipelines = _kfp_modules()
@@ -165,8 +167,14 @@ def run(
     func = pipelines.build_pipeline(pipeline)
     params = _coerce_params(func, _load_params(config, param))
     run_dir = runs_dir / f"{pipeline}-{time.strftime('%Y%m%d-%H%M%S')}"
-    summary = run_local(func, params, run_dir)
-    _print_run_summary(pipeline, run_dir, summary)
+    console.print(f"[bold]{pipeline}[/]: running on this machine; outputs under {run_dir}", highlight=False)
+    view = run_local(func, params, run_dir, verbose=verbose, name=pipeline)
+    from aptops_pipelines.run_report import summary_lines
+
+    lines = summary_lines(view)
+    console.print(f"\n[bold]{escape(lines[0])}[/]", highlight=False)
+    for line in lines[1:]:
+        console.print(escape(line), highlight=False, soft_wrap=True)
 
 
 @app.command()

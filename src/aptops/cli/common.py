@@ -3,7 +3,6 @@ function with metrics, and rendering results."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import time
@@ -132,23 +131,3 @@ def _print_metrics(title: str, metrics: dict[str, float]) -> None:
     console.print(table)
 
 
-def _print_run_summary(pipeline: str, run_dir: Path, summary: list[dict[str, Any]]) -> None:
-    console.print(f"[bold]run {pipeline}[/] finished; outputs under {run_dir}")
-    artifacts = Table(title=f"artifacts (under {run_dir})")
-    artifacts.add_column("task")
-    artifacts.add_column("output")
-    artifacts.add_column("path", overflow="fold")
-    numbers = Table(title="summary")
-    numbers.add_column("task")
-    numbers.add_column("metric")
-    numbers.add_column("value", justify="right")
-    for task in summary:
-        for name, path in task["artifacts"].items():
-            shown = Path(path)
-            with contextlib.suppress(ValueError):
-                shown = shown.relative_to(run_dir.resolve())
-            artifacts.add_row(task["task"], name, str(shown))
-        for k, v in task["metrics"].items():
-            numbers.add_row(task["task"], k, f"{v:,.4g}" if not float(v).is_integer() else f"{v:,.0f}")
-    console.print(artifacts)
-    console.print(numbers)

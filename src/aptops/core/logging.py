@@ -24,6 +24,11 @@ def configure_logging(level: int | str = "INFO") -> None:
     """Send aptops logs to stderr; meant for entry points only (CLI, component bodies)."""
     root = logging.getLogger("aptops")
     root.setLevel(level if isinstance(level, int) else level.upper())
+    # a host program that already prints the root logger to the console (KFP's executor does, to stdout) gets
+    # our records by propagation: a handler of our own would print every line twice
+    console = {id(sys.stdout), id(sys.stderr), id(sys.__stdout__), id(sys.__stderr__)}
+    if any(type(h) is logging.StreamHandler and id(h.stream) in console for h in logging.getLogger().handlers):
+        return
     if not any(getattr(h, "_aptops", False) for h in root.handlers):
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter(_FORMAT))
