@@ -110,8 +110,8 @@ def kl_divergence(student_logits: Any, teacher_logits: Any, temperature: float =
     return (cross + neg_entropy).reshape(shape)
 
 
-def response_loss(student_logits: Any, teacher_logits: Any, labels: Any | None = None, *, temperature: float = 2.0,
-                  alpha: float = 0.5, attention_mask: Any | None = None) -> dict[str, Any]:
+def response_loss(student_logits: Any, teacher_logits: Any, labels: Any | None = None, *, temperature: float = 1.0,
+                  alpha: float = 0.8, attention_mask: Any | None = None) -> dict[str, Any]:
     """``alpha · T² · KL(teacher_T || student_T) + (1 - alpha) · CE(student, labels)``.
 
     Args:
