@@ -26,17 +26,22 @@ def export_gguf(
     pipeline: str = "deploy",
     run_id: str = "",
 ):
-    """Convert to GGUF, quantize with llama.cpp, read the types back, verify against the model, gate."""
+    """Convert to GGUF, quantize with llama.cpp, read the types back, verify against the model, gate.
+
+    ``quantization`` may name several types, comma-separated (``Q8_0,Q4_K_M``): each is written and verified
+    side by side in the one output folder; the first is the artifact's main file."""
     from aptops.core.runtime import apply_overrides, run_component
     from aptops.export import ExportConfig, GateConfig, export_to_gguf
 
-    config = ExportConfig(quantization=quantization, on_fallback=on_fallback,
+    first, *also = [t.strip() for t in quantization.split(",") if t.strip()] or [""]
+    config = ExportConfig(quantization=first, also=tuple(also), on_fallback=on_fallback,
                           gate=GateConfig(min_top1_agreement=min_top1_agreement, max_perplexity_change=max_perplexity_change),
                           vocab_type=vocab_type, fallback_type=fallback_type)
     config = apply_overrides(config, overrides)
     result = run_component("export", lambda: export_to_gguf(model.path, output_dir=gguf.path, config=config), step="gguf",
                            pipeline=pipeline, run_id=run_id, metrics=metrics)
-    gguf.metadata.update({"quantization": quantization, "file": result.outputs["gguf"].rsplit("/", 1)[-1]})
+    gguf.metadata.update({"quantization": config.quantization, "types": ",".join(config.types),
+                          "file": result.outputs["gguf"].rsplit("/", 1)[-1]})
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
@@ -66,7 +71,9 @@ def ollama_smoke_test(
 
     def work():
         os.makedirs(served.path, exist_ok=True)
-        (name,) = [f for f in os.listdir(gguf.path) if f.endswith(".gguf")]
+        # several types side by side: the smallest is the one a user would run on a laptop
+        name = min((f for f in os.listdir(gguf.path) if f.endswith(".gguf")),
+                   key=lambda f: os.path.getsize(os.path.join(gguf.path, f)))
         target = os.path.join(served.path, name)
         try:
             os.link(os.path.join(gguf.path, name), target)

@@ -62,6 +62,7 @@ def build(settings: ClusterSettings) -> Any:
         target_sparsity: float = 0.25,
         prune_steps: int = 10,
         quantization: str = "Q8_0",
+        fallback_type: str = "",
         min_top1_agreement: float = 0.6,
         model_name: str = "aptops-model",
         ollama_host: str = "",
@@ -87,7 +88,10 @@ def build(settings: ClusterSettings) -> Any:
             prune_method: magnitude, taylor, wanda, neuron, head or lottery.
             target_sparsity: share of weights (unstructured) or units (neuron, head) removed.
             prune_steps: optimizer steps of fine-tuning after pruning.
-            quantization: F16, Q8_0, Q4_0, Q4_K_M, Q5_K_M or Q6_K.
+            quantization: F16, Q8_0, Q4_0, Q4_K_M, Q5_K_M or Q6_K; several side by side, comma-separated
+                (``Q8_0,Q4_K_M``): each verified, the smallest smoke-tested.
+            fallback_type: the least precision for weights whose rows are too narrow for a k-quant (Q5_0,
+                Q8_0 ...); empty: llama.cpp's choice.
             min_top1_agreement: the quant gate: least next-token agreement of the GGUF with its source.
             model_name: the Ollama model name.
             ollama_host: Ollama's URL; empty: the smoke test runs the GGUF with llama.cpp in the task.
@@ -121,7 +125,7 @@ def build(settings: ClusterSettings) -> Any:
                                  dataset=trained.outputs["heldout"], block_size=block_size, pipeline="lifecycle",
                                  run_id=run_id)
             settings.apply(evaluated, "distill")
-            gguf = export_gguf(model=pruned.outputs["pruned"], quantization=quantization,
+            gguf = export_gguf(model=pruned.outputs["pruned"], quantization=quantization, fallback_type=fallback_type,
                                min_top1_agreement=min_top1_agreement, pipeline="lifecycle", run_id=run_id)
             settings.apply(gguf, "export")
             served = smoke(gguf=gguf.outputs["gguf"], source=pruned.outputs["pruned"], model_name=model_name,

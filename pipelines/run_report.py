@@ -59,19 +59,23 @@ def _q(text: object, width: int = 60) -> str:
 
 
 def _gguf_rows(view: RunView) -> list[dict[str, Any]]:
-    """One row per exported GGUF: type, size, verification."""
+    """One row per exported GGUF type: type, size, verification (``verify-<TYPE>.json`` when several were
+    written side by side, else ``verify.json``)."""
     rows = []
     for task in view.tasks:
-        if not task["task"].startswith("export-gguf"):
+        folder = view.artifact(task["task"], "gguf") if task["task"].startswith("export-gguf") else None
+        if folder is None:
             continue
-        verified = view.read(task["task"], "gguf", "verify.json") or {}
-        gguf, check = verified.get("gguf", {}), verified.get("verify", {})
-        rows.append({"task": task["task"], "type": gguf.get("quantization", "?"),
-                     "size_bytes": gguf.get("size_bytes", task["metrics"].get("size_bytes")),
-                     "passed": check.get("passed"), "top1_agreement": check.get("top1_agreement"),
-                     "perplexity_delta": check.get("perplexity_delta"),
-                     "fallback_tensors": gguf.get("fallback_tensors")})
-    return rows
+        files = sorted(folder.glob("verify-*.json")) or [folder / "verify.json"]
+        for path in files:
+            verified = view.read(task["task"], "gguf", path.name) or {}
+            gguf, check = verified.get("gguf", {}), verified.get("verify", {})
+            rows.append({"task": task["task"], "type": gguf.get("quantization", "?"),
+                         "size_bytes": gguf.get("size_bytes"), "passed": check.get("passed"),
+                         "top1_agreement": check.get("top1_agreement"),
+                         "perplexity_delta": check.get("perplexity_delta"),
+                         "fallback_tensors": gguf.get("fallback_tensors")})
+    return sorted(rows, key=lambda r: -(r["size_bytes"] or 0))
 
 
 def _data_steps(view: RunView) -> list[dict[str, Any]]:

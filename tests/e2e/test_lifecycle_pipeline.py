@@ -33,7 +33,8 @@ def _check_console_and_report(stdout: str, run_dir, tmp_path) -> None:
         assert noise not in stdout, noise
     shown = [x for x in lines if x.strip()]
     assert len(shown) == len(set(shown)), stdout  # nothing twice
-    for figure in ("rows in", "held-out perplexity", "compression   params", "gguf          F16", "smoke test",
+    for figure in ("rows in", "held-out perplexity", "compression   params", "gguf          F16", "gguf          Q8_0",
+                   "smoke test",
                    f"report        {run_dir / 'report.html'}"):
         assert figure in stdout, figure
     # every log holds its task's own output, the executor input included (nothing is lost, only moved)
@@ -49,7 +50,9 @@ def _check_console_and_report(stdout: str, run_dir, tmp_path) -> None:
         assert heading in seen, heading
     ratio = metrics["evaluate-compression"]["ratio_params"]
     assert f"params {ratio:.2f}x" in seen and f"{metrics['export-gguf']['top1_agreement']:.4g}" in seen
-    smoke = json.loads(next(run_dir.rglob("smoke_test.json")).read_text())
+    served = next(run_dir.rglob("smoke_test.json")).parent
+    assert [p.name for p in served.glob("*.gguf")] == ["model-Q8_0.gguf"]  # the smaller of the two is smoke-tested
+    smoke = json.loads((served / "smoke_test.json").read_text())
     assert smoke["results"][0]["prompt"] in seen
     for link in (run_dir / "reports").iterdir():
         assert f"reports/{link.name}" in page.read_text()
@@ -66,7 +69,7 @@ def test_lifecycle_runs_every_stage_locally(tiny_llama, s3_server, hub, tmp_path
         out = aptops("run", "lifecycle", "--local", "--param", f"model={tiny_llama}", "--param", f"source={corpus}",
                      "--param", "data_steps={steps: [clean, quality]}", "--param", "chat_prompt=", "--param", "block_size=32", "--param", "eval_fraction=0.3",
                      "--param", "train_steps=2", "--param", "distill_steps=2", "--param", "prune_steps=2",
-                     "--param", "target_sparsity=0.5", "--param", "quantization=F16",
+                     "--param", "target_sparsity=0.5", "--param", "quantization=F16,Q8_0",
                      "--param", "min_top1_agreement=0.5", "--param", f"ollama_host={ollama.host}",
                      "--param", "model_name=tiny:f16", "--param", f"backup_destinations=s3://{bucket}/gguf",
                      "--param", f"hub_repo={hub.user}/lifecycle-model",

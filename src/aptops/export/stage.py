@@ -5,8 +5,10 @@ Try it on a CPU with the SmolLM2 folder the demo builds::
     aptops export gguf ~/.cache/aptops/models/smollm2-135m-instruct --out runs/gguf --set quantization=Q8_0
 
 The artifact folder holds ``model-<TYPE>.gguf``, ``verify.json`` (logit errors, top-1 agreement,
-perplexities, tokenizer agreement, tensor types and fallbacks) and ``result.json``. A GGUF that fails the
-quant gate, or whose tensors fell back while ``on_fallback=error``, leaves no complete artifact.
+perplexities, tokenizer agreement, tensor types and fallbacks) and ``result.json``. With ``also`` (``--set
+also=[Q4_K_M]``) more types are written beside the first from the same F16 conversion, each verified and gated
+the same way, each with its ``verify-<TYPE>.json``. A GGUF that fails the quant gate, or whose tensors fell back
+while ``on_fallback=error``, leaves no complete artifact.
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ class ExportConfig:
         fallback_type: the type for weights whose rows do not fit the requested type (k-quants need widths that
             are multiples of 256), at least: Q4_0, Q4_1, IQ4_NL, Q5_0, Q5_1, Q8_0 or F16; empty = llama.cpp's choice.
             They are still listed as fallbacks, but ``on_fallback=error`` accepts them.
+        also: more types written beside ``quantization`` in the same folder (side by side: Q8_0 and Q4_K_M),
+            each verified and gated; ``quantization`` stays the artifact's main file.
     """
 
     quantization: str = "Q8_0"
@@ -58,12 +62,21 @@ class ExportConfig:
     verify_text: str | None = None
     vocab_type: str = "auto"
     fallback_type: str = ""
+    also: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check_choice("quantization", self.quantization, list(QUANT_TYPES))
+        object.__setattr__(self, "also", tuple(dict.fromkeys(t for t in self.also if t != self.quantization)))
+        for extra in self.also:
+            check_choice("also", extra, list(QUANT_TYPES))
         check_choice("on_fallback", self.on_fallback, ("warn", "error"))
         check_choice("vocab_type", self.vocab_type, VOCAB_TYPES)
         check_choice("fallback_type", self.fallback_type, ("", *FALLBACK_TYPES))
+
+    @property
+    def types(self) -> tuple[str, ...]:
+        """Every type written, the main one first."""
+        return (self.quantization, *self.also)
 
 
 def export_to_gguf(model: str | Path, *, output_dir: str | Path, config: ExportConfig | None = None) -> StageResult:
@@ -82,41 +95,56 @@ def export_to_gguf(model: str | Path, *, output_dir: str | Path, config: ExportC
             is left at ``output_dir``.
     """
     config = config or ExportConfig()
-    vocab_type = config.vocab_type
-    q = config.quantization
-    with atomic_output(output_dir) as tmp:
-        name = f"model-{q}.gguf"
-        if q in ("F16", "F32"):
-            convert_to_gguf(model, tmp / name, outtype=q, vocab_type=vocab_type)
-        else:
-            with tempfile.TemporaryDirectory(prefix="aptops-gguf-", dir=tmp.parent) as work:
-                f16 = convert_to_gguf(model, Path(work) / "model-F16.gguf", outtype="F16",
-                                      vocab_type=vocab_type)
+    with atomic_output(output_dir) as tmp, tempfile.TemporaryDirectory(prefix="aptops-gguf-", dir=tmp.parent) as work:
+        f16: Path | None = None
+        results = []
+        for q in config.types:
+            name = f"model-{q}.gguf"
+            if q in ("F16", "F32"):
+                convert_to_gguf(model, tmp / name, outtype=q, vocab_type=config.vocab_type)
+            else:
+                if f16 is None:  # one conversion for every quantized type
+                    f16 = convert_to_gguf(model, Path(work) / "model-F16.gguf", outtype="F16",
+                                          vocab_type=config.vocab_type)
                 quantize_gguf(f16, tmp / name, q, fallback_type=config.fallback_type)
-        written = inspect_gguf(tmp / name, q)
-        if written.fallbacks:
-            chose = f"fallback_type={config.fallback_type}" if config.fallback_type else "llama.cpp fell back"
-            message = (f"{len(written.fallbacks)} tensors are not {q} ({chose}: their rows are too narrow): "
-                       + ", ".join(f"{k}={v}" for k, v in list(written.fallbacks.items())[:5]))
-            if config.on_fallback == "error" and not config.fallback_type:  # a chosen floor is an answer
-                raise InvalidArtifactError(message + "; choose another type or set on_fallback=warn")
-            log.warning(message)
-        report: dict[str, Any] = {"gguf": written.to_dict()}
-        metrics = {"size_bytes": float(written.size_bytes), "fallback_tensors": float(len(written.fallbacks))}
-        if config.verify:
-            check = verify_gguf(tmp / name, model, text=config.verify_text, gate=config.gate,
-                                quantized=q not in ("F32", "F16", "BF16"))
-            report["verify"] = check
-            metrics.update({k: float(check[k]) for k in ("top1_agreement", "max_abs_logit_error",
-                                                          "mean_abs_logit_error", "perplexity_delta",
-                                                          "tokenizer_agreement")})
-            write_json(tmp / "verify.json", report)
-            if not check["passed"]:
-                raise InvalidArtifactError(f"the {q} GGUF failed the quant gate: {'; '.join(check['failures'])}; "
-                                           "the thresholds are in gate.* (or pick a less lossy type)")
-        else:
-            write_json(tmp / "verify.json", report)
-        result = StageResult("export", outputs={"gguf": str(Path(output_dir) / name)}, metrics=metrics,
-                             details={"quantization": q, "tensor_types": written.tensor_types})
+            results.append((q, _check_one(tmp / name, model, q, config)))
+        (q, (report, metrics, written)), others = results[0], results[1:]
+        write_json(tmp / "verify.json", report)
+        for extra, (extra_report, extra_metrics, _) in others:  # each type's numbers, prefixed by its type
+            write_json(tmp / f"verify-{extra}.json", extra_report)
+            metrics.update({f"{extra}_{k}": v for k, v in extra_metrics.items()})
+        if others:
+            write_json(tmp / f"verify-{q}.json", report)
+        result = StageResult("export", outputs={"gguf": str(Path(output_dir) / f"model-{q}.gguf")}, metrics=metrics,
+                             details={"quantization": q, "tensor_types": written.tensor_types,
+                                      "also": {t: f"model-{t}.gguf" for t, _ in others}})
         finish_artifact(tmp, result, config)
     return result
+
+
+def _check_one(path: Path, model: str | Path, q: str, config: ExportConfig) -> tuple[dict[str, Any], dict[str, float], Any]:
+    """Read one written GGUF back, report its fallbacks, verify and gate it: ``(report, metrics, written)``.
+
+    Raises:
+        InvalidArtifactError: it fell back with ``on_fallback=error``, or failed the gate.
+    """
+    written = inspect_gguf(path, q)
+    if written.fallbacks:
+        chose = f"fallback_type={config.fallback_type}" if config.fallback_type else "llama.cpp fell back"
+        message = (f"{len(written.fallbacks)} tensors are not {q} ({chose}: their rows are too narrow): "
+                   + ", ".join(f"{k}={v}" for k, v in list(written.fallbacks.items())[:5]))
+        if config.on_fallback == "error" and not config.fallback_type:  # a chosen floor is an answer
+            raise InvalidArtifactError(message + "; choose another type or set on_fallback=warn")
+        log.warning(message)
+    report: dict[str, Any] = {"gguf": written.to_dict()}
+    metrics = {"size_bytes": float(written.size_bytes), "fallback_tensors": float(len(written.fallbacks))}
+    if config.verify:
+        check = verify_gguf(path, model, text=config.verify_text, gate=config.gate,
+                            quantized=q not in ("F32", "F16", "BF16"))
+        report["verify"] = check
+        metrics.update({k: float(check[k]) for k in ("top1_agreement", "max_abs_logit_error", "mean_abs_logit_error",
+                                                      "perplexity_delta", "tokenizer_agreement")})
+        if not check["passed"]:
+            raise InvalidArtifactError(f"the {q} GGUF failed the quant gate: {'; '.join(check['failures'])}; "
+                                       "the thresholds are in gate.* (or pick a less lossy type)")
+    return report, metrics, written

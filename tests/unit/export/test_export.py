@@ -54,6 +54,30 @@ def test_the_quant_gate_stops_a_lossy_export(tiny_llama, tmp_path):
     assert not (tmp_path / "gated").exists() and not list(tmp_path.glob(".*gguf*"))
 
 
+def test_types_side_by_side_are_each_written_verified_and_gated(tiny_llama, tmp_path):
+    both = export_to_gguf(tiny_llama, output_dir=tmp_path / "both",
+                          config=ExportConfig(quantization="Q8_0", also=("Q4_0", "Q8_0"), fallback_type="Q5_0"))
+    folder = tmp_path / "both"
+    assert sorted(p.name for p in folder.glob("*.gguf")) == ["model-Q4_0.gguf", "model-Q8_0.gguf"]
+    assert both.outputs["gguf"].endswith("model-Q8_0.gguf") and both.details["also"] == {"Q4_0": "model-Q4_0.gguf"}
+    q4 = json.loads((folder / "verify-Q4_0.json").read_text())
+    q8 = json.loads((folder / "verify-Q8_0.json").read_text())
+    assert q8 == json.loads((folder / "verify.json").read_text()) and q4["gguf"]["quantization"] == "Q4_0"
+    assert q4["verify"]["passed"] and both.metrics["Q4_0_top1_agreement"] == q4["verify"]["top1_agreement"]
+    assert both.metrics["Q4_0_size_bytes"] < both.metrics["size_bytes"]
+    # one type failing its gate fails the export: no artifact, not a folder with the types that passed
+    change = {name: abs(r["verify"]["perplexity_delta"]) / r["verify"]["perplexity_transformers"] for name, r in
+              (("Q8_0", q8), ("Q4_0", q4))}
+    assert change["Q8_0"] < change["Q4_0"]
+    between = GateConfig(max_perplexity_change=(change["Q8_0"] + change["Q4_0"]) / 2)  # Q8_0 passes, Q4_0 not
+    strict = ExportConfig(quantization="Q8_0", also=("Q4_0",), gate=between)
+    with pytest.raises(InvalidArtifactError, match="the Q4_0 GGUF failed the quant gate"):
+        export_to_gguf(tiny_llama, output_dir=tmp_path / "gated", config=strict)
+    assert not (tmp_path / "gated").exists()
+    with pytest.raises(ConfigError, match="also"):
+        ExportConfig(also=("Q3_X",))
+
+
 def test_the_old_signature_is_a_wrapper_over_the_contract(tiny_llama, tmp_path):
     from aptops.export import legacy
     from aptops.plugins import get_adapter
