@@ -243,7 +243,7 @@ HEADLINES: dict[str, tuple[str, ...]] = {
     "evaluate-model": ("perplexity_base", "perplexity_trained"),
     "distill-model": ("perplexity", "eval_top1_agreement", "total_params"),
     "prune-model": ("prune_params_after", "perplexity", "prune_speedup"),
-    "evaluate-compression": ("ratio_params", "ratio_perplexity", "ratio_generate_speedup"),
+    "evaluate-compression": ("ratio_params", "ratio_generate_speedup", "ratio_llama_cpp_generate_speedup"),
     "export-gguf": ("size_bytes", "top1_agreement", "perplexity_delta"),
     "ollama-smoke-test": ("tokens_per_second", "prompts"),
     "backup-artifact": ("files_sent", "bytes_sent"),

@@ -120,7 +120,8 @@ def summary_lines(view: RunView) -> list[str]:
         m = view.metrics("evaluate-compression")
         parts = [f"{label} {m[k]:.2f}x" for label, k in (
             ("params", "ratio_params"), ("size", "ratio_size"), ("perplexity", "ratio_perplexity"),
-            ("forward", "ratio_forward_speedup"), ("generation", "ratio_generate_speedup")) if k in m]
+            ("forward", "ratio_forward_speedup"), ("generation", "ratio_generate_speedup"),
+            ("llama.cpp generation", "ratio_llama_cpp_generate_speedup")) if k in m]
         lines.append("compression   " + ", ".join(parts) + " (compressed / trained; speeds: higher is faster)")
     for row in _gguf_rows(view):
         state = "verified" if row["passed"] else "NOT verified" if row["passed"] is False else "unchecked"

@@ -26,7 +26,7 @@ from aptops.core.artifacts import (
     read_json,
     write_json,
 )
-from aptops.core.config import check_range
+from aptops.core.config import check_choice, check_range
 from aptops.core.deps import require
 from aptops.lm import EvalConfig
 
@@ -40,17 +40,25 @@ class CompressionConfig:
     Attributes:
         evaluation: how the held-out text is scored (:class:`aptops.lm.EvalConfig`: block size, text column,
             batch size, how many blocks; ``--set evaluation.block_size=128``); 64 blocks of 4 by default.
-        latency_runs: timed forward passes (the median is reported).
+        latency_runs: timed forward passes of each model, the models taking turns (the median is reported).
         new_tokens: greedy tokens generated for the generation speed (0: skip).
+        generate_runs: timed generations of each model, taking turns (the median is reported).
+        gguf_type: also time generation by llama.cpp on each model exported to this GGUF type (what runs on a
+            laptop); empty: not measured. It needs the export extra (llama-cpp-python), and says so without it.
     """
 
     evaluation: EvalConfig = field(default_factory=lambda: EvalConfig(batch_size=4, max_blocks=64))
     latency_runs: int = 5
     new_tokens: int = 32
+    generate_runs: int = 3
+    gguf_type: str = "Q8_0"
 
     def __post_init__(self) -> None:
         check_range("latency_runs", self.latency_runs, min_value=1)
         check_range("new_tokens", self.new_tokens, min_value=0)
+        check_range("generate_runs", self.generate_runs, min_value=1)
+        if self.gguf_type:
+            check_choice("gguf_type", self.gguf_type, ("F16", "Q8_0", "Q4_0", "Q4_K_M", "Q5_K_M", "Q6_K"))
 
 
 def compression_metrics(result: Mapping[str, Any]) -> dict[str, float]:
@@ -67,26 +75,89 @@ def _disk_bytes(source: Any, model: Any) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
-def _speed(torch: Any, model: Any, ids: Any, runs: int, new_tokens: int, pad_id: int | None) -> dict[str, float]:
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2] if len(ordered) % 2 else (ordered[len(ordered) // 2 - 1] + ordered[len(ordered) // 2]) / 2
+
+
+def _speeds(torch: Any, models: Mapping[str, Any], ids: Any, cfg: CompressionConfig,
+            pad_id: int | None) -> dict[str, dict[str, float]]:
+    """Forward time, peak forward memory and greedy generation speed of each model on this machine.
+
+    The models take turns, round after round, and each figure is a median over the rounds: a background job
+    that slows one round slows both models in it, so the ratios hold on a busy machine too."""
     psutil = require("psutil", extra="debug", feature="memory measurement")
     from aptops.debug.memory import MemoryTracker
-    from aptops.debug.profiling import profile_section
 
     one = ids[:1]
+    prompt = one[:, : min(16, one.shape[1])]
+    out: dict[str, dict[str, float]] = {}
+    forward: dict[str, list[float]] = {name: [] for name in models}
+    generate: dict[str, list[float]] = {name: [] for name in models}
     with torch.inference_mode():
-        model(input_ids=one)  # warm-up, before the memory baseline
-        baseline = psutil.Process().memory_info().rss
-        with MemoryTracker(interval=0.005, track_objects=False) as mem:
-            forward_s = profile_section(lambda: model(input_ids=one), iterations=runs, warmup=0)["p50_s"]
-        out = {"forward_s": forward_s, "forward_tokens_per_s": one.shape[1] / forward_s,
-               "forward_peak_rss_delta_bytes": float(max(mem.peak - baseline, 0))}
-        if new_tokens:
-            prompt = one[:, : min(16, one.shape[1])]
-            t0 = time.perf_counter()
-            model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new_tokens,
-                           min_new_tokens=new_tokens, do_sample=False, pad_token_id=pad_id)
-            out["generate_tokens_per_s"] = new_tokens / (time.perf_counter() - t0)
+        for name, model in models.items():
+            model(input_ids=one.to(model.device))  # warm-up, before the memory baseline
+            baseline = psutil.Process().memory_info().rss
+            with MemoryTracker(interval=0.005, track_objects=False) as mem:
+                model(input_ids=one.to(model.device))
+            out[name] = {"forward_peak_rss_delta_bytes": float(max(mem.peak - baseline, 0))}
+        for _ in range(cfg.latency_runs):
+            for name, model in models.items():
+                t0 = time.perf_counter()
+                model(input_ids=one.to(model.device))
+                forward[name].append(time.perf_counter() - t0)
+        for _ in range(cfg.generate_runs if cfg.new_tokens else 0):
+            for name, model in models.items():
+                t0 = time.perf_counter()
+                model.generate(input_ids=prompt.to(model.device), attention_mask=torch.ones_like(prompt).to(model.device),
+                               max_new_tokens=cfg.new_tokens, min_new_tokens=cfg.new_tokens, do_sample=False,
+                               pad_token_id=pad_id)
+                generate[name].append(cfg.new_tokens / (time.perf_counter() - t0))
+    for name in models:
+        forward_s = _median(forward[name])
+        out[name] |= {"forward_s": forward_s, "forward_tokens_per_s": one.shape[1] / forward_s}
+        if generate[name]:
+            out[name]["generate_tokens_per_s"] = _median(generate[name])
     return out
+
+
+def _llama_cpp_speeds(sources: Mapping[str, Any], prompt: list[int], cfg: CompressionConfig) -> dict[str, Any]:
+    """Greedy generation speed of each model exported to ``cfg.gguf_type`` and run by llama.cpp (what a user runs
+    on a laptop), the models taking turns as in :func:`_speeds`; ``{"skipped": why}`` when it cannot run."""
+    import tempfile
+
+    from aptops.core.errors import MissingDependencyError
+
+    if not cfg.gguf_type or not cfg.new_tokens:
+        return {"skipped": "gguf_type is empty"}
+    if not all(isinstance(s, str | Path) and Path(s).is_dir() for s in sources.values()):
+        return {"skipped": "llama.cpp speed needs model folders, not objects"}
+    try:
+        llama_cpp = require("llama_cpp", extra="export", feature="llama.cpp generation speed")
+        from aptops.export.convert import convert_to_gguf, quantize_gguf
+    except MissingDependencyError as exc:
+        return {"skipped": str(exc)}
+    speeds: dict[str, list[float]] = {name: [] for name in sources}
+    with tempfile.TemporaryDirectory(prefix="aptops-speed-") as tmp:
+        paths = {}
+        for name, source in sources.items():
+            f16 = convert_to_gguf(source, Path(tmp) / f"{name}-F16.gguf", outtype="F16")
+            paths[name] = f16 if cfg.gguf_type == "F16" else quantize_gguf(
+                f16, Path(tmp) / f"{name}-{cfg.gguf_type}.gguf", cfg.gguf_type)
+        llms = {name: llama_cpp.Llama(model_path=str(path), n_ctx=len(prompt) + cfg.new_tokens + 8, verbose=False,
+                                      seed=0) for name, path in paths.items()}
+        try:
+            for _ in range(cfg.generate_runs):
+                for name, llm in llms.items():
+                    t0 = time.perf_counter()
+                    for count, _token in enumerate(llm.generate(prompt, temp=0.0, reset=True), 1):
+                        if count == cfg.new_tokens:  # EOS does not stop it: every model makes the same count
+                            break
+                    speeds[name].append(cfg.new_tokens / (time.perf_counter() - t0))
+        finally:
+            for llm in llms.values():
+                llm.close()
+    return {name: {"llama_cpp_generate_tokens_per_s": _median(v)} for name, v in speeds.items()}
 
 
 def evaluate_compression(original: Any, compressed: Any, dataset: Any, *, output_dir: str | Path,
@@ -140,21 +211,27 @@ def _compare(original_model: Any, distilled_model: Any, test_data: Any, cfg: Com
         agree += float((so.top1.cpu() == sc.top1.cpu()).sum())
         count += so.nll.numel()
     sample = torch.tensor(blocks[:1]["input_ids"])
+    speeds = _speeds(torch, {"original": original, "compressed": compressed}, sample, cfg, tok.pad_token_id)
+    gguf = _llama_cpp_speeds({"original": original_model, "compressed": distilled_model},
+                             [int(t) for t in sample[0, :16]], cfg)
     rows: dict[str, dict[str, float]] = {}
     for name, model, source in (("original", original, original_model), ("compressed", compressed, distilled_model)):
         loss = nll[name] / count
         rows[name] = {"params": float(sum(p.numel() for p in model.parameters())),
                       "size_bytes": float(_disk_bytes(source, model)), "loss": loss,
-                      "perplexity": perplexity(loss),
-                      **_speed(torch, model, sample.to(model.device), cfg.latency_runs, cfg.new_tokens, tok.pad_token_id)}
+                      "perplexity": perplexity(loss), **speeds[name], **gguf.get(name, {})}
     rows["compressed"]["top1_agreement"] = agree / count
     o, c = rows["original"], rows["compressed"]
     ratios = {"params": c["params"] / o["params"], "size": c["size_bytes"] / max(o["size_bytes"], 1.0),
               "perplexity": c["perplexity"] / o["perplexity"], "forward_speedup": o["forward_s"] / c["forward_s"]}
     if "generate_tokens_per_s" in c:
         ratios["generate_speedup"] = c["generate_tokens_per_s"] / o["generate_tokens_per_s"]
+    if "llama_cpp_generate_tokens_per_s" in c:
+        ratios["llama_cpp_generate_speedup"] = (c["llama_cpp_generate_tokens_per_s"]
+                                                / o["llama_cpp_generate_tokens_per_s"])
     return {"original": {"source": str(original_source), **o}, "compressed": {"source": str(compressed_source), **c},
-            "ratios": ratios, "tokens": count, "block_size": ev.block_size}
+            "ratios": ratios, "tokens": count, "block_size": ev.block_size,
+            "llama_cpp": {"gguf_type": cfg.gguf_type, **({"skipped": gguf["skipped"]} if "skipped" in gguf else {})}}
 
 
 def record_in_lineage(folder: Path, result: Mapping[str, Any]) -> None:
@@ -205,14 +282,16 @@ def _write_report(result: dict[str, Any], folder: Path, stage_result: StageResul
 
     o, c = result["original"], result["compressed"]
     keys = ["params", "size_bytes", "perplexity", "loss", "forward_tokens_per_s", "generate_tokens_per_s",
-            "forward_peak_rss_delta_bytes"]
+            "llama_cpp_generate_tokens_per_s", "forward_peak_rss_delta_bytes"]
     rows = [(k, o.get(k, ""), c.get(k, "")) for k in keys if k in o]
     rows.append(("top1_agreement with the original", "", c["top1_agreement"]))
     html = report.page("aptops compression", [
         ("Original vs compressed", report.table(rows, header=["", "original", "compressed"])),
         ("Ratios", report.table(result["ratios"])),
         ("Trade-off", f"<img alt='compression trade-off' style='max-width:100%' src='data:image/png;base64,{_plot(result)}'>"),
-        ("Sources", report.table({"original": o["source"], "compressed": c["source"], "tokens scored": result["tokens"]})),
+        ("Sources", report.table({"original": o["source"], "compressed": c["source"], "tokens scored": result["tokens"],
+                                  "llama.cpp speed": result["llama_cpp"].get("skipped")
+                                  or f"both models as {result['llama_cpp']['gguf_type']} GGUF"})),
     ])
     with atomic_output(folder) as tmp:
         write_json(tmp / "report.json", result)

@@ -191,6 +191,10 @@ def test_distill_model_writes_a_student_artifact(teacher_dir, tmp_path):
     comp = result.details
     assert comp["ratios"]["params"] < 1 and comp["compressed"]["params"] < comp["original"]["params"]
     assert 0 <= comp["compressed"]["top1_agreement"] <= 1 and comp["compressed"]["generate_tokens_per_s"] > 0
+    # what a user runs on a laptop: both models exported to the GGUF type and timed in llama.cpp
+    assert "skipped" not in comp["llama_cpp"] and comp["llama_cpp"]["gguf_type"] == "Q8_0"
+    assert comp["ratios"]["llama_cpp_generate_speedup"] == pytest.approx(
+        comp["compressed"]["llama_cpp_generate_tokens_per_s"] / comp["original"]["llama_cpp_generate_tokens_per_s"])
     assert result.metrics["ratio_params"] == comp["ratios"]["params"]
     assert result.metrics["compressed_top1_agreement"] == comp["compressed"]["top1_agreement"]
     assert is_complete(report_dir) and "data:image/png;base64," in (report_dir / "report.html").read_text()
@@ -208,7 +212,8 @@ def _cfg():
     from aptops.distill.compression import CompressionConfig
     from aptops.lm import EvalConfig
 
-    return CompressionConfig(evaluation=EvalConfig(block_size=32, max_blocks=8), latency_runs=2, new_tokens=4)
+    return CompressionConfig(evaluation=EvalConfig(block_size=32, max_blocks=8), latency_runs=2, new_tokens=4,
+                             generate_runs=1)
 
 
 def test_distill_refuses_a_student_with_another_tokenizer(teacher_dir, tmp_path):
