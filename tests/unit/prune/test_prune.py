@@ -228,6 +228,32 @@ def test_prune_model_writes_artifact_report_and_lineage(tiny_llama, tmp_path, me
     lineage = read_json(out / "aptops.json")
     assert lineage["stage"] == "prune" and "prune_sparsity" in lineage["metrics"]
     assert "Before and after" in (out / "report.html").read_text()
+    # the speedup compares the unpruned model and the final one timed in turns, not two runs minutes apart
+    assert summary["speed"]["method"] == "paired"
+    assert summary["speedup"] == pytest.approx(summary["speed"]["before_s"] / summary["speed"]["after_s"])
     from transformers import AutoModelForCausalLM
 
     AutoModelForCausalLM.from_pretrained(out)
+
+
+def test_paired_latency_times_both_models_in_turns():
+    import torch
+
+    from aptops.prune.stage import paired_latency
+
+    calls = []
+
+    class Slow(torch.nn.Module):
+        def __init__(self, name, seconds):
+            super().__init__()
+            self.name, self.seconds, self.w = name, seconds, torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, input_ids):
+            import time
+
+            calls.append(self.name)
+            time.sleep(self.seconds)
+
+    times = paired_latency({"a": Slow("a", 0.02), "b": Slow("b", 0.01)}, torch.zeros(1, 4, dtype=torch.long), rounds=3)
+    assert calls == ["a", "b"] * 4  # a warm-up each, then turns
+    assert times["a"] > times["b"] >= 0.01
