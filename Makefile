@@ -33,7 +33,7 @@ demo: setup
 	@# usable chat model), prune 25% of the MLP neurons, measure, export to GGUF Q8_0, smoke-test with llama.cpp
 	APTOPS_NO_PROGRESS=$${APTOPS_NO_PROGRESS:-0} $(APTOPS) run lifecycle --local \
 	  --param model="$$($(PY) -c 'from aptops.core.assets import smollm2_hf_folder; print(smollm2_hf_folder())')" \
-	  --param student_layer_stride=1 --param distill_steps=10
+	  --param student_layers=24 --param distill_steps=20 --param quantization=Q8_0,Q4_K_M --param fallback_type=Q5_0
 	@# text + image + audio: packaged photos and spoken recordings with captions; MiniLM (frozen) + small ViT and Wav2Vec2
 	$(APTOPS) multimodal sample runs/multimodal-sample
 	APTOPS_NO_PROGRESS=$${APTOPS_NO_PROGRESS:-0} $(APTOPS) run multimodal --local \

@@ -23,6 +23,7 @@ def distill_model(
     temperature: float = 1.0,
     alpha: float = 0.8,
     student_layer_stride: int = 2,
+    student_layers: int = 0,
     block_size: int = 256,
     chat_prompt: str = "",
     learning_rate: float = 5e-5,
@@ -55,7 +56,7 @@ def distill_model(
         objective=StrategyConfig(strategies=weights, temperature=temperature, alpha=alpha),
         training=TrainConfig(block_size=block_size, chat_prompt=chat_prompt, eval_fraction=eval_fraction, debug=debug,
                              training_args=args | extra),
-        student_layer_stride=student_layer_stride)
+        student_layer_stride=student_layer_stride, student_layers=student_layers)
     config = apply_overrides(config, overrides)
     os.environ.setdefault("APTOPS_RUN_ID", run_id or "local")
     result = run_component("distill", lambda: run_distributed(  # here, or as a Kubeflow Trainer job (cluster file)

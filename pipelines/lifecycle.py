@@ -58,6 +58,7 @@ def build(settings: ClusterSettings) -> Any:
         train_steps: int = 20,
         distill_steps: int = 20,
         student_layer_stride: int = 2,
+        student_layers: int = 0,
         prune_method: str = "neuron",
         target_sparsity: float = 0.25,
         prune_steps: int = 10,
@@ -85,6 +86,7 @@ def build(settings: ClusterSettings) -> Any:
             train_steps: optimizer steps of fine-tuning.
             distill_steps: optimizer steps of distillation.
             student_layer_stride: the student keeps every k-th block of the trained model.
+            student_layers: ... or this many blocks, evenly spread (0: the stride decides).
             prune_method: magnitude, taylor, wanda, neuron, head or lottery.
             target_sparsity: share of weights (unstructured) or units (neuron, head) removed.
             prune_steps: optimizer steps of fine-tuning after pruning.
@@ -112,7 +114,8 @@ def build(settings: ClusterSettings) -> Any:
                                   eval_fraction=eval_fraction, training_args=training_args, debug=True, pipeline="lifecycle", run_id=run_id)
             settings.apply(trained, "train", trains=True)
             student = distill(teacher=trained.outputs["trained"], dataset=data.outputs["dataset"],
-                              student_layer_stride=student_layer_stride, block_size=block_size,
+                              student_layer_stride=student_layer_stride, student_layers=student_layers,
+                              block_size=block_size,
                               learning_rate=learning_rate, max_steps=distill_steps, batch_size=batch_size, chat_prompt=chat_prompt,
                               eval_fraction=eval_fraction, training_args=training_args, pipeline="lifecycle", run_id=run_id)
             settings.apply(student, "distill", trains=True)

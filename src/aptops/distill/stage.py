@@ -49,17 +49,35 @@ class DistillConfig:
             prompt, held-out share, LoRA, early stopping, resume, the debugger, ``training_args``
             (``--set training.block_size=128``).
         student_layer_stride: when the student is made from the teacher, keep every k-th block.
+        student_layers: ... or keep this many blocks, spread evenly from the first to the last (24 of
+            SmolLM2's 30: 0, 1, 3, 4, 5 ... 29); 0: use the stride.
         student_intermediate_size: ... and narrow the MLP to this many channels (0: keep).
     """
 
     objective: StrategyConfig = field(default_factory=StrategyConfig)
     training: TrainConfig = field(default_factory=TrainConfig)
     student_layer_stride: int = 2
+    student_layers: int = 0
     student_intermediate_size: int = 0
 
     def __post_init__(self) -> None:
         check_range("student_layer_stride", self.student_layer_stride, min_value=1)
+        if self.student_layers == 1 or self.student_layers < 0:
+            raise ConfigError(f"student_layers={self.student_layers} must be 0 (use the stride) or at least 2 "
+                              "(the first and the last block)", field="student_layers", value=self.student_layers)
         check_range("student_intermediate_size", self.student_intermediate_size, min_value=0)
+
+
+def spread_layers(total: int, keep: int) -> list[int]:
+    """``keep`` block indices out of ``total``, evenly spread, the first and the last included.
+
+    Raises:
+        ConfigError: ``keep`` is more than the model has.
+    """
+    if keep > total:
+        raise ConfigError(f"student_layers={keep} is more than the teacher's {total} blocks", field="student_layers",
+                          value=keep)
+    return [round(i * (total - 1) / (keep - 1)) for i in range(keep)]
 
 
 class DistillationTrainer(transformers.Trainer):
@@ -154,6 +172,8 @@ def distill_model(teacher: Any, dataset: Any, *, output_dir: str | Path, config:
     teacher_lm, teacher_tok, teacher_source = load_causal_lm(teacher, tokenizer)
     if student is None:
         student_lm = create_student(teacher_lm, layer_stride=cfg.student_layer_stride,
+                                    keep_layers=spread_layers(teacher_lm.config.num_hidden_layers, cfg.student_layers)
+                                    if cfg.student_layers else None,
                                     intermediate_size=cfg.student_intermediate_size or None)
         student_tok, student_source = teacher_tok, f"create_student({teacher_source})"
     else:

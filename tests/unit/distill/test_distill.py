@@ -144,6 +144,20 @@ def test_bad_config_fails_before_any_work(kwargs, message):
         from_dict(DistillConfig, {"objective": kwargs})
 
 
+def test_a_student_of_n_blocks_spreads_them_from_first_to_last(teacher_dir, tmp_path):
+    from aptops.distill.stage import spread_layers
+
+    assert spread_layers(30, 24)[:5] == [0, 1, 3, 4, 5] and spread_layers(30, 24)[-1] == 29
+    assert spread_layers(30, 2) == [0, 29] and spread_layers(4, 4) == [0, 1, 2, 3]
+    for bad in (1, -2):
+        with pytest.raises(ConfigError, match="student_layers"):
+            DistillConfig(student_layers=bad)
+    with pytest.raises(ConfigError, match="more than the teacher's 4 blocks"):
+        distill_model(str(teacher_dir), str(_jsonl(tmp_path)), output_dir=tmp_path / "never",
+                      config=DistillConfig(student_layers=5, training=TrainConfig(block_size=16)))
+    assert not (tmp_path / "never").exists()
+
+
 def test_distill_config_nests_the_objective_and_the_training_config():
     from aptops.core.config import load_config, to_dict
 
