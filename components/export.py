@@ -53,12 +53,15 @@ def ollama_smoke_test(
     model_name: str = "aptops-model",
     system_prompt: str = "",
     prompts: str = "Say hello in one sentence.|Name three colours.",
+    first_prompt: str = "",
     max_tokens: int = 64,
     ollama_host: str = "",
     pipeline: str = "deploy",
     run_id: str = "",
 ):
-    """Write a Modelfile; register in Ollama and smoke-test there, or (no host) smoke-test with llama.cpp."""
+    """Write a Modelfile; register in Ollama and smoke-test there, or (no host) smoke-test with llama.cpp.
+
+    first_prompt goes before prompts (the lifecycle asks what the model was trained to answer first)."""
     import json
     import os
     import shutil
@@ -81,7 +84,7 @@ def ollama_smoke_test(
             shutil.copy2(os.path.join(gguf.path, name), target)
         modelfile = create_modelfile(model_name, target, system_prompt=system_prompt or None,
                                      tokenizer_path=source.path, parameters={"repeat_penalty": 1.3})
-        asked = [p for p in prompts.split("|") if p.strip()]
+        asked = [p for p in [first_prompt, *prompts.split("|")] if p.strip()]  # first: what it was trained for
         if ollama_host:
             register_to_ollama(modelfile, model_name, host=ollama_host)
             report = smoke(model_name, asked, max_tokens, host=ollama_host)

@@ -132,6 +132,7 @@ def build(settings: ClusterSettings) -> Any:
                                min_top1_agreement=min_top1_agreement, pipeline="lifecycle", run_id=run_id)
             settings.apply(gguf, "export")
             served = smoke(gguf=gguf.outputs["gguf"], source=pruned.outputs["pruned"], model_name=model_name,
+                           first_prompt=chat_prompt,
                            ollama_host=ollama_host, pipeline="lifecycle", run_id=run_id)
             settings.apply(served, "export", cache=False)
             with dsl.If(hub_repo != "", name="publish"):

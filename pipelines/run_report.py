@@ -113,16 +113,19 @@ def summary_lines(view: RunView) -> list[str]:
     if view.has("prune-model"):
         m = view.metrics("prune-model")
         lines.append(f"pruning       {fmt_metric('params', m.get('prune_params_before', 0))} → "
-                     f"{fmt_metric('params', m.get('prune_params_after', 0))} params, perplexity "
-                     f"{fmt_metric('p', m.get('prune_perplexity_before', float('nan')))} → "
-                     f"{fmt_metric('p', m.get('prune_perplexity_after', float('nan')))}")
+                     f"{fmt_metric('params', m.get('prune_params_after', 0))} params, held-out perplexity "
+                     f"{fmt_metric('p', m.get('perplexity', float('nan')))} after {int(m.get('global_step', 0))} "
+                     f"recovery steps, forward {m.get('prune_speedup', float('nan')):.2f}x as fast")
     if view.has("evaluate-compression"):
         m = view.metrics("evaluate-compression")
-        parts = [f"{label} {m[k]:.2f}x" for label, k in (
-            ("params", "ratio_params"), ("size", "ratio_size"), ("perplexity", "ratio_perplexity"),
+        size = [f"{label} {m[k]:.2f}x" for label, k in (
+            ("params", "ratio_params"), ("size", "ratio_size"), ("perplexity", "ratio_perplexity")) if k in m]
+        speed = [f"{label} {m[k]:.2f}x" for label, k in (
             ("forward", "ratio_forward_speedup"), ("generation", "ratio_generate_speedup"),
             ("llama.cpp generation", "ratio_llama_cpp_generate_speedup")) if k in m]
-        lines.append("compression   " + ", ".join(parts) + " (compressed / trained; speeds: higher is faster)")
+        lines.append("compression   " + ", ".join(size) + " (compressed / trained, on the held-out text)")
+        if speed:
+            lines.append("speed         " + ", ".join(speed) + " (compressed / trained: above 1 is faster)")
     for row in _gguf_rows(view):
         state = "verified" if row["passed"] else "NOT verified" if row["passed"] is False else "unchecked"
         agree = f", top-1 agreement {row['top1_agreement']:.2f}" if row["top1_agreement"] is not None else ""
@@ -143,7 +146,7 @@ def summary_lines(view: RunView) -> list[str]:
         shown = ", ".join(f"{k.replace('_', ' ')} {fmt_metric(k, m[k])}" for k in
                           ("eval_accuracy", "chance_accuracy", "eval_loss") if k in m)
         lines.append(f"multimodal    {shown}")
-    told = {"process-data", "train-model", "evaluate-model", "distill-model", "prune-model", "evaluate-compression",
+    told = {"process-data", "import-model", "train-model", "evaluate-model", "distill-model", "prune-model", "evaluate-compression",
             "ollama-smoke-test", "backup-artifact", "backup-model", "train-multimodal-model", "record-run-outcome"}
     for task in view.tasks:  # every other task that measured something: its headline numbers
         name = task["task"]

@@ -33,7 +33,8 @@ def _check_console_and_report(stdout: str, run_dir, tmp_path) -> None:
         assert noise not in stdout, noise
     shown = [x for x in lines if x.strip()]
     assert len(shown) == len(set(shown)), stdout  # nothing twice
-    for figure in ("rows in", "held-out perplexity", "compression   params", "gguf          F16", "gguf          Q8_0",
+    for figure in ("rows in", "held-out perplexity", "compression   params", "speed         forward",
+                   "llama.cpp generation", "gguf          F16", "gguf          Q8_0",
                    "smoke test",
                    f"report        {run_dir / 'report.html'}"):
         assert figure in stdout, figure
