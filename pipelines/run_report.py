@@ -147,7 +147,8 @@ def summary_lines(view: RunView) -> list[str]:
                           ("eval_accuracy", "chance_accuracy", "eval_loss") if k in m)
         lines.append(f"multimodal    {shown}")
     told = {"process-data", "import-model", "train-model", "evaluate-model", "distill-model", "prune-model", "evaluate-compression",
-            "ollama-smoke-test", "backup-artifact", "backup-model", "train-multimodal-model", "record-run-outcome"}
+            "ollama-smoke-test", "backup-artifact", "backup-model", "train-multimodal-model", "record-run-outcome",
+            "(fan-out)"}
     for task in view.tasks:  # every other task that measured something: its headline numbers
         name = task["task"]
         if name in told or name.startswith("export-gguf") or not task["metrics"]:
