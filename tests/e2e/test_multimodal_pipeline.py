@@ -27,7 +27,11 @@ def test_multimodal_pipeline_runs_locally(tmp_path):
     (prepared,) = [p for p in run_dir.rglob("prepare-multimodal-data/dataset")]
     rows = [json.loads(line) for line in (prepared / "manifest.jsonl").read_text().splitlines()]
     assert len(rows) == 24 and all((prepared / r["image"]).is_file() for r in rows)  # self-contained copy
-    assert "eval_accuracy_image_only" in out.stdout
+    # the console says it briefly; every metric stays in summary.json and the run report
+    assert "  ✓ train-multimodal-model " in out.stdout and "multimodal    eval accuracy" in out.stdout
+    summary = {t["task"]: t["metrics"] for t in json.loads((run_dir / "summary.json").read_text())}
+    assert "eval_accuracy_image_only" in summary["train-multimodal-model"]
+    assert "eval_accuracy_image_only" in (run_dir / "report.html").read_text()
 
 
 def test_multimodal_pipeline_trains_on_the_gpu_pool_and_prepares_on_the_cpu_pool(tmp_path):
