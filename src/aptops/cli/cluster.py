@@ -167,7 +167,8 @@ def run(
     func = pipelines.build_pipeline(pipeline)
     params = _coerce_params(func, _load_params(config, param))
     run_dir = runs_dir / f"{pipeline}-{time.strftime('%Y%m%d-%H%M%S')}"
-    console.print(f"[bold]{pipeline}[/]: running on this machine; outputs under {run_dir}", highlight=False)
+    console.print(f"[bold]{pipeline}[/]: running on this machine; outputs under {run_dir}", highlight=False,
+                  soft_wrap=True)
     view = run_local(func, params, run_dir, verbose=verbose, name=pipeline)
     from aptops_pipelines.run_report import summary_lines
 
