@@ -10,9 +10,9 @@ the numbers into the compressed model's lineage, and still does).
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import logging
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,25 +75,17 @@ def _disk_bytes(source: Any, model: Any) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
-def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    return ordered[len(ordered) // 2] if len(ordered) % 2 else (ordered[len(ordered) // 2 - 1] + ordered[len(ordered) // 2]) / 2
-
-
 def _speeds(torch: Any, models: Mapping[str, Any], ids: Any, cfg: CompressionConfig,
             pad_id: int | None) -> dict[str, dict[str, float]]:
-    """Forward time, peak forward memory and greedy generation speed of each model on this machine.
-
-    The models take turns, round after round, and each figure is a median over the rounds: a background job
-    that slows one round slows both models in it, so the ratios hold on a busy machine too."""
+    """Forward time, peak forward memory and greedy generation speed of each model on this machine, the models
+    taking turns (:func:`~aptops.debug.profiling.profile_in_turns`), so the ratios hold on a busy machine too."""
     psutil = require("psutil", extra="debug", feature="memory measurement")
     from aptops.debug.memory import MemoryTracker
+    from aptops.debug.profiling import profile_in_turns
 
     one = ids[:1]
     prompt = one[:, : min(16, one.shape[1])]
     out: dict[str, dict[str, float]] = {}
-    forward: dict[str, list[float]] = {name: [] for name in models}
-    generate: dict[str, list[float]] = {name: [] for name in models}
     with torch.inference_mode():
         for name, model in models.items():
             model(input_ids=one.to(model.device))  # warm-up, before the memory baseline
@@ -101,23 +93,18 @@ def _speeds(torch: Any, models: Mapping[str, Any], ids: Any, cfg: CompressionCon
             with MemoryTracker(interval=0.005, track_objects=False) as mem:
                 model(input_ids=one.to(model.device))
             out[name] = {"forward_peak_rss_delta_bytes": float(max(mem.peak - baseline, 0))}
-        for _ in range(cfg.latency_runs):
-            for name, model in models.items():
-                t0 = time.perf_counter()
-                model(input_ids=one.to(model.device))
-                forward[name].append(time.perf_counter() - t0)
-        for _ in range(cfg.generate_runs if cfg.new_tokens else 0):
-            for name, model in models.items():
-                t0 = time.perf_counter()
-                model.generate(input_ids=prompt.to(model.device), attention_mask=torch.ones_like(prompt).to(model.device),
-                               max_new_tokens=cfg.new_tokens, min_new_tokens=cfg.new_tokens, do_sample=False,
-                               pad_token_id=pad_id)
-                generate[name].append(cfg.new_tokens / (time.perf_counter() - t0))
-    for name in models:
-        forward_s = _median(forward[name])
-        out[name] |= {"forward_s": forward_s, "forward_tokens_per_s": one.shape[1] / forward_s}
-        if generate[name]:
-            out[name]["generate_tokens_per_s"] = _median(generate[name])
+        forward = profile_in_turns({name: functools.partial(model, input_ids=one.to(model.device))
+                                    for name, model in models.items()}, iterations=cfg.latency_runs, warmup=0)
+        for name in models:
+            forward_s = forward[name]["p50_s"]
+            out[name] |= {"forward_s": forward_s, "forward_tokens_per_s": one.shape[1] / forward_s}
+        if cfg.new_tokens:
+            generate = profile_in_turns({name: functools.partial(
+                model.generate, input_ids=prompt.to(model.device), attention_mask=torch.ones_like(prompt).to(model.device),
+                max_new_tokens=cfg.new_tokens, min_new_tokens=cfg.new_tokens, do_sample=False, pad_token_id=pad_id)
+                for name, model in models.items()}, iterations=cfg.generate_runs, warmup=0)
+            for name in models:
+                out[name]["generate_tokens_per_s"] = cfg.new_tokens / generate[name]["p50_s"]
     return out
 
 
@@ -137,7 +124,13 @@ def _llama_cpp_speeds(sources: Mapping[str, Any], prompt: list[int], cfg: Compre
         from aptops.export.convert import convert_to_gguf, quantize_gguf
     except MissingDependencyError as exc:
         return {"skipped": str(exc)}
-    speeds: dict[str, list[float]] = {name: [] for name in sources}
+    from aptops.debug.profiling import profile_in_turns
+
+    def greedy(llm: Any) -> None:
+        for count, _token in enumerate(llm.generate(prompt, temp=0.0, reset=True), 1):
+            if count == cfg.new_tokens:  # EOS does not stop it: every model makes the same count
+                break
+
     with tempfile.TemporaryDirectory(prefix="aptops-speed-") as tmp:
         paths = {}
         for name, source in sources.items():
@@ -147,17 +140,12 @@ def _llama_cpp_speeds(sources: Mapping[str, Any], prompt: list[int], cfg: Compre
         llms = {name: llama_cpp.Llama(model_path=str(path), n_ctx=len(prompt) + cfg.new_tokens + 8, verbose=False,
                                       seed=0) for name, path in paths.items()}
         try:
-            for _ in range(cfg.generate_runs):
-                for name, llm in llms.items():
-                    t0 = time.perf_counter()
-                    for count, _token in enumerate(llm.generate(prompt, temp=0.0, reset=True), 1):
-                        if count == cfg.new_tokens:  # EOS does not stop it: every model makes the same count
-                            break
-                    speeds[name].append(cfg.new_tokens / (time.perf_counter() - t0))
+            timed = profile_in_turns({name: functools.partial(greedy, llm) for name, llm in llms.items()},
+                                     iterations=cfg.generate_runs, warmup=0)
         finally:
             for llm in llms.values():
                 llm.close()
-    return {name: {"llama_cpp_generate_tokens_per_s": _median(v)} for name, v in speeds.items()}
+    return {name: {"llama_cpp_generate_tokens_per_s": cfg.new_tokens / t["p50_s"]} for name, t in timed.items()}
 
 
 def evaluate_compression(original: Any, compressed: Any, dataset: Any, *, output_dir: str | Path,

@@ -10,9 +10,9 @@ between steps), fine-tune, measure again, and write the model with a report and 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +22,7 @@ from aptops.core.artifacts import LINEAGE_FILE, StageResult, read_json, write_js
 from aptops.core.config import check_choice, check_range, to_dict
 from aptops.core.deps import require
 from aptops.core.errors import ConfigError
-from aptops.debug.profiling import profile_section
+from aptops.debug.profiling import profile_in_turns, profile_section
 from aptops.prune.structured import structured_pruning
 from aptops.prune.unstructured import (
     apply_masks,
@@ -246,23 +246,17 @@ def _perplexity_and_latency(model: Any, batches: list[dict[str, Any]]) -> dict[s
 
 
 def paired_latency(models: Mapping[str, Any], ids: Any, rounds: int = 7) -> dict[str, float]:
-    """Median forward time of each model on ``ids``, the models taking turns round after round.
-
-    Separate measurements minutes apart (before pruning, after fine-tuning) differ by more than a 25% neuron cut
-    saves on a shared CPU: measured on SmolLM2-135M, the same model's 5-run median moved between 0.28 and 0.34 s
-    from one round to the next. Taking turns puts both models under the same conditions."""
-    times: dict[str, list[float]] = {name: [] for name in models}
+    """Median forward time of each model on ``ids``, the models taking turns round after round
+    (:func:`~aptops.debug.profiling.profile_in_turns`): measured minutes apart (before pruning, after
+    fine-tuning), the same model's time moved by more than a 25% neuron cut saves on a shared CPU."""
+    calls = {}
+    for name, model in models.items():
+        model.eval()
+        x = ids.to(next(model.parameters()).device)
+        calls[name] = functools.partial(model, input_ids=x)
     with torch.inference_mode():
-        for model in models.values():
-            model.eval()
-            model(input_ids=ids.to(next(model.parameters()).device))  # warm-up
-        for _ in range(rounds):
-            for name, model in models.items():
-                x = ids.to(next(model.parameters()).device)
-                started = time.perf_counter()
-                model(input_ids=x)
-                times[name].append(time.perf_counter() - started)
-    return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+        summaries = profile_in_turns(calls, iterations=rounds, warmup=1)
+    return {name: summary["p50_s"] for name, summary in summaries.items()}
 
 
 def prune_model(model: Any, dataset: Any, *, output_dir: str | Path, config: PruneConfig | None = None,
