@@ -153,9 +153,9 @@ class RunConsole(io.TextIOBase):
         self._clear_live()
         if status == "SUCCESS":
             shown = "  ".join(f"{k} {fmt_metric(k, v)}" for k, v in self.numbers(name).items())
-            self._emit(f"  ✓ {name:<26} {_duration(record.seconds):>7}  {shown}".rstrip())
+            self._emit(f"  ✓ {name:<26} {fmt_duration(record.seconds):>7}  {shown}".rstrip())
             return
-        self._emit(f"  ✗ {name:<26} {_duration(record.seconds):>7}  {status.lower()}: the end of its log "
+        self._emit(f"  ✗ {name:<26} {fmt_duration(record.seconds):>7}  {status.lower()}: the end of its log "
                    f"({record.log}):")
         for tail_line in record.tail:
             self._emit(f"      {tail_line}")
@@ -175,7 +175,7 @@ class RunConsole(io.TextIOBase):
         if progress is not None and now - self._last_draw < 0.2 and progress[0] != progress[1]:
             return
         self._last_draw = now
-        elapsed = _duration(now - self._current.started)
+        elapsed = fmt_duration(now - self._current.started)
         bar = ""
         if progress is not None and progress[1]:
             done, total = progress
@@ -199,7 +199,7 @@ class RunConsole(io.TextIOBase):
         self._log(self.logs_dir / "run.log", text)
 
 
-def _duration(seconds: float) -> str:
+def fmt_duration(seconds: float) -> str:
     seconds = max(0.0, seconds)
     if seconds < 60:
         return f"{seconds:.1f}s"
@@ -207,10 +207,22 @@ def _duration(seconds: float) -> str:
     return f"{minutes}m{rest:02d}s"
 
 
-def _fmt(value: float) -> str:
+def fmt_number(value: float) -> str:
     if float(value).is_integer() and abs(value) < 1e15:
         return f"{int(value):,}"
     return f"{value:.3g}"
+
+
+def recorded_metrics(executor_output: Path) -> dict[str, float]:
+    """What a task logged to its Metrics outputs, as kfp.local recorded it in ``executor_output.json`` (output
+    artifacts whose metadata is all numbers; a model's metadata with its strings is not a metric)."""
+    out: dict[str, float] = {}
+    for outputs in json.loads(executor_output.read_text(encoding="utf-8")).get("artifacts", {}).values():
+        for artifact in outputs.get("artifacts", []):
+            meta = artifact.get("metadata") or {}
+            if meta and all(isinstance(v, int | float) and not isinstance(v, bool) for v in meta.values()):
+                out.update(meta)
+    return out
 
 
 def task_metrics(run_dir: Path, task: str) -> dict[str, float]:
@@ -218,14 +230,9 @@ def task_metrics(run_dir: Path, task: str) -> dict[str, float]:
     out: dict[str, float] = {}
     for path in sorted((run_dir / "artifacts").glob(f"*/{task}/executor_output.json")):
         try:
-            recorded = json.loads(path.read_text(encoding="utf-8"))
+            out.update(recorded_metrics(path))
         except (OSError, ValueError):
             continue
-        for outputs in recorded.get("artifacts", {}).values():
-            for artifact in outputs.get("artifacts", []):
-                meta = artifact.get("metadata") or {}
-                out.update({k: float(v) for k, v in meta.items()
-                            if isinstance(v, int | float) and not isinstance(v, bool)})
     return out
 
 
@@ -261,4 +268,4 @@ def fmt_metric(name: str, value: float) -> str:
         return f"{value:.2f}x"
     if name.endswith("params") or name.endswith("params_after"):
         return f"{value / 1e6:,.1f}M" if value >= 1e6 else f"{int(value):,}"
-    return _fmt(value)
+    return fmt_number(value)

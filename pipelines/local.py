@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from aptops.core.errors import PipelineError
+from aptops_pipelines.console import recorded_metrics
 
 log = logging.getLogger(__name__)
 
@@ -113,12 +114,7 @@ def collect_results(run_dir: Path) -> list[dict[str, Any]]:
             continue
         entry = tasks.setdefault(task, {"task": task, "artifacts": {}, "metrics": {}})
         if output == "executor_output.json":
-            # what the task logged to its Metrics outputs, as KFP recorded it
-            for outputs in json.loads(path.read_text(encoding="utf-8")).get("artifacts", {}).values():
-                for artifact in outputs.get("artifacts", []):
-                    meta = artifact.get("metadata") or {}
-                    if meta and all(isinstance(v, int | float) and not isinstance(v, bool) for v in meta.values()):
-                        entry["metrics"].update(meta)
+            entry["metrics"].update(recorded_metrics(path))
             continue
         entry["artifacts"][output] = str(path)
         result = path / "result.json"

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from aptops.core import report
-from aptops_pipelines.console import HEADLINES, _duration, fmt_metric, headline
+from aptops_pipelines.console import HEADLINES, fmt_duration, fmt_metric, fmt_number, headline
 
 
 @dataclass
@@ -102,19 +102,19 @@ def summary_lines(view: RunView) -> list[str]:
     if view.has("train-model"):
         m = view.metrics("train-model")
         base = view.metrics("evaluate-model").get("perplexity_base")
-        lines.append(f"training      held-out perplexity {fmt_metric('p', m.get('perplexity', float('nan')))}"
-                     + (f" (base model {fmt_metric('p', base)})" if base else "")
+        lines.append(f"training      held-out perplexity {fmt_number(m.get('perplexity', float('nan')))}"
+                     + (f" (base model {fmt_number(base)})" if base else "")
                      + f" after {int(m.get('global_step', 0))} steps")
     if view.has("distill-model"):
         m = view.metrics("distill-model")
         lines.append(f"distillation  student {fmt_metric('params', m.get('total_params', 0))} params, perplexity "
-                     f"{fmt_metric('p', m.get('perplexity', float('nan')))}, agrees with the teacher on "
+                     f"{fmt_number(m.get('perplexity', float('nan')))}, agrees with the teacher on "
                      f"{m.get('eval_top1_agreement', float('nan')):.0%} of next tokens")
     if view.has("prune-model"):
         m = view.metrics("prune-model")
         lines.append(f"pruning       {fmt_metric('params', m.get('prune_params_before', 0))} → "
                      f"{fmt_metric('params', m.get('prune_params_after', 0))} params, held-out perplexity "
-                     f"{fmt_metric('p', m.get('perplexity', float('nan')))} after {int(m.get('global_step', 0))} "
+                     f"{fmt_number(m.get('perplexity', float('nan')))} after {int(m.get('global_step', 0))} "
                      f"recovery steps, forward {m.get('prune_speedup', float('nan')):.2f}x as fast")
     if view.has("evaluate-compression"):
         m = view.metrics("evaluate-compression")
@@ -156,7 +156,7 @@ def summary_lines(view: RunView) -> list[str]:
         shown = headline(task["metrics"], HEADLINES.get(name) or tuple(task["metrics"]))
         lines.append(f"{name:<13} " + ", ".join(f"{k} {fmt_metric(k, v)}" for k, v in shown.items()))
     ran = len(view.timings) or len([t for t in view.tasks if t["task"] != "(fan-out)"])
-    head = f"{view.pipeline}: {ran} tasks finished in {_duration(view.seconds)}"
+    head = f"{view.pipeline}: {ran} tasks finished in {fmt_duration(view.seconds)}"
     tail = [f"report        {view.run_dir / 'report.html'}", f"logs          {view.run_dir / 'logs'}/"]
     return [head, *["  " + line for line in lines], *["  " + line for line in tail]]
 
@@ -222,8 +222,11 @@ def _stage_reports(view: RunView) -> list[tuple[str, str]]:
     for task in view.tasks:
         for name, path in task["artifacts"].items():
             page = Path(path)  # the HTML outputs a component declares are files; model folders are not linked
-            if not page.is_file() or not page.read_bytes()[:200].lower().lstrip().startswith((b"<!doctype", b"<html")):
+            if not page.is_file():
                 continue
+            with page.open("rb") as fh:  # the first bytes say whether it is a page; the copy reads the rest
+                if not fh.read(200).lower().lstrip().startswith((b"<!doctype", b"<html")):
+                    continue
             target.mkdir(exist_ok=True)
             dest = target / f"{task['task']}.{name}.html"
             shutil.copyfile(page, dest)
@@ -233,10 +236,9 @@ def _stage_reports(view: RunView) -> list[tuple[str, str]]:
 
 def write_report(view: RunView) -> Path:
     """Write ``report.html`` for the run and return its path."""
-    glance = "<ul>" + "".join(f"<li><code>{html.escape(line.strip())}</code></li>"
-                              for line in summary_lines(view)[1:-2]) + "</ul>"
-    sections: list[tuple[str, str]] = [("At a glance", f"<p id='headline'>{html.escape(summary_lines(view)[0])}</p>"
-                                                       + glance)]
+    lines = summary_lines(view)
+    glance = "<ul>" + "".join(f"<li><code>{html.escape(line.strip())}</code></li>" for line in lines[1:-2]) + "</ul>"
+    sections: list[tuple[str, str]] = [("At a glance", f"<p id='headline'>{html.escape(lines[0])}</p>" + glance)]
     if view.timings:
         sections.append(("Where the time went", bar_chart(dict(sorted(view.timings.items(), key=lambda kv: -kv[1])),
                                                           title="Task durations", unit="s")))
