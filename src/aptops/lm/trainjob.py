@@ -366,10 +366,10 @@ def run_distributed(stage: str, argv: Sequence[str], *, inputs: Sequence[str | P
     if not (out / RESULT_FILE).is_file():
         raise PipelineError(f"TrainJob {name} finished but wrote no complete model to {out} (no {RESULT_FILE}); "
                             f"read its logs: {_logs_hint(api.namespace, name)}")
-    _copy_into(out, Path(output_dir))
+    shutil.copytree(out, Path(output_dir), dirs_exist_ok=True)
     for opt, path in extra.items():
         if path.is_dir():
-            _copy_into(path, Path(extra_outputs[opt]))  # type: ignore[index]
+            shutil.copytree(path, Path(extra_outputs[opt]), dirs_exist_ok=True)  # type: ignore[index]
     data = read_json(Path(output_dir) / RESULT_FILE)
     shutil.rmtree(work, ignore_errors=True)  # inputs and the copy of the model; checkpoints went with success
     outputs = {k: str(v).replace(str(out), str(output_dir)) for k, v in data.get("outputs", {}).items()}
@@ -397,14 +397,6 @@ def _stage_inputs(inputs: Sequence[str | Path], folder: Path) -> dict[str, str]:
     return staged
 
 
-def _copy_into(src: Path, dest: Path) -> None:
-    dest.mkdir(parents=True, exist_ok=True)
-    for item in src.iterdir():
-        target = dest / item.name
-        if item.is_dir():
-            shutil.copytree(item, target, dirs_exist_ok=True)
-        else:
-            shutil.copy2(item, target)
 
 
 def _create_or_attach(api: _Api, manifest: Mapping[str, Any]) -> None:
