@@ -13,8 +13,10 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import re
+import struct
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,15 +25,10 @@ from typing import Any
 from aptops.core.config import check_choice
 from aptops.core.deps import require
 from aptops.core.errors import ArtifactNotFoundError, ConfigError, InvalidArtifactError
+from aptops.core.logging import progress
 
 log = logging.getLogger(__name__)
 
-# HF architecture -> (gguf arch name, permute Q/K for llama.cpp's rotary layout)
-ARCHITECTURES: dict[str, tuple[str, bool]] = {
-    "LlamaForCausalLM": ("llama", True),
-    "MistralForCausalLM": ("llama", True),
-    "Qwen2ForCausalLM": ("qwen2", False),
-}
 # llama.cpp's quantization types by name (the LLAMA_FTYPE_* values) and the tensor types they aim for.
 QUANT_TYPES: dict[str, tuple[int, tuple[str, ...]]] = {
     "F32": (0, ("F32",)),
@@ -118,143 +115,282 @@ def vocab_kind(folder: Path, tok: dict[str, Any], vocab_type: str = "auto") -> s
     return found
 
 
-# rope scaling types llama.cpp reads for the llama family, by the name transformers gives them
-ROPE_TYPES = ("default", "linear", "llama3")
+# safetensors dtypes the converter reads, as numpy reads their bytes (BF16 as its raw 16 bits)
+_SAFETENSORS_DTYPES = {"F32": "<f4", "F16": "<f2", "BF16": "<u2"}
+_EXPERT = re.compile(r"^(?P<prefix>.+\.experts)\.(?P<index>\d+)\.(?P<proj>\w+)\.weight$")
+_FUSED_EXPERTS = re.compile(r"^(?P<prefix>.+\.experts)\.(?P<proj>gate_up_proj|down_proj)(?:\.weight)?$")
+OUTTYPES = ("F32", "F16", "BF16")
 
 
-def rope_settings(cfg: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
-    """``(rope_theta, scaling)`` of a HF config, whichever spelling it uses (``rope_parameters`` in transformers
-    5, ``rope_scaling`` + ``rope_theta`` before); ``scaling`` is ``None`` for plain rotary embeddings.
+@dataclass(frozen=True)
+class SourceTensor:
+    """Where one tensor's bytes are in a safetensors file (read with plain reads, nothing kept mapped)."""
 
-    Raises:
-        ConfigError: a scaling type llama.cpp's llama family does not reproduce exactly (converted anyway it would
-            be a silently different model).
-    """
-    params = dict(cfg.get("rope_parameters") or {})
-    scaling = dict(cfg.get("rope_scaling") or {}) or {k: v for k, v in params.items() if k != "rope_theta"}
-    theta = float(params.get("rope_theta", cfg.get("rope_theta", 10000.0)))
-    kind = scaling.get("rope_type", scaling.get("type", "default")) if scaling else "default"
-    if kind not in ROPE_TYPES:
-        raise ConfigError(f"rope scaling {kind!r} is not supported for GGUF export (supported: "
-                          f"{', '.join(ROPE_TYPES)}); a conversion without it would answer differently",
-                          field="rope_scaling", value=kind)
-    return theta, (None if kind == "default" else dict(scaling, rope_type=kind))
+    file: Path
+    offset: int
+    dtype: str
+    shape: tuple[int, ...]
+
+    def read(self) -> Any:
+        np = require("numpy", extra="export", feature="writing GGUF")
+        count = math.prod(self.shape)
+        with self.file.open("rb") as f:
+            f.seek(self.offset)
+            data = np.fromfile(f, dtype=_SAFETENSORS_DTYPES[self.dtype], count=count)
+        if data.size != count:
+            raise InvalidArtifactError(f"{self.file.name} ends inside a tensor: the file is truncated; download or "
+                                       "save the model again", path=str(self.file))
+        return data.reshape(self.shape)
 
 
-def llama3_rope_factors(theta: float, head_dim: int, scaling: dict[str, Any]) -> Any:
-    """The per-frequency divisors of Llama 3.1-style rope scaling, as the ``rope_freqs`` tensor llama.cpp reads:
-    high frequencies (wavelength under ``original / high_freq_factor``) keep theirs, low ones (over
-    ``original / low_freq_factor``) are divided by ``factor``, and the band between blends the two."""
+def safetensors_index(folder: Path) -> dict[str, SourceTensor]:
+    """Every tensor of a model folder's safetensors files, from their headers alone.
+
+    The files are the ones ``model.safetensors.index.json`` names, or every ``*.safetensors`` but a LoRA
+    adapter's. A folder with only pickled weights, a missing shard or a quantized checkpoint is refused here,
+    before anything is written."""
+    index_file = folder / "model.safetensors.index.json"
+    if index_file.is_file():
+        names = sorted(set(json.loads(index_file.read_text(encoding="utf-8"))["weight_map"].values()))
+        missing = [n for n in names if not (folder / n).is_file()]
+        if missing:
+            raise ArtifactNotFoundError(f"{str(folder)!r} lacks shards its index names: {missing[:3]}; the download "
+                                        "or copy is incomplete", path=str(folder))
+        files = [folder / n for n in names]
+    else:
+        files = sorted(f for f in folder.glob("*.safetensors") if f.name != "adapter_model.safetensors")
+    if not files:
+        pickled = sorted(f.name for f in folder.glob("*.bin")) + sorted(f.name for f in folder.glob("*.pt"))
+        hint = (f" (it has pickled weights: {', '.join(pickled[:3])}; load and save them with "
+                "model.save_pretrained(folder, safe_serialization=True), which writes safetensors)" if pickled else "")
+        raise InvalidArtifactError(f"{str(folder)!r} has no safetensors weights{hint}", path=str(folder))
+    tensors: dict[str, SourceTensor] = {}
+    for file in files:
+        with file.open("rb") as f:
+            try:
+                (size,) = struct.unpack("<Q", f.read(8))
+                header = json.loads(f.read(size))
+            except (struct.error, ValueError) as exc:
+                raise InvalidArtifactError(f"{file.name} is not a safetensors file ({exc})", path=str(file)) from None
+        for name, meta in header.items():
+            if name == "__metadata__":
+                continue
+            if meta["dtype"] not in _SAFETENSORS_DTYPES:
+                raise InvalidArtifactError(
+                    f"tensor {name!r} in {file.name} is {meta['dtype']}: GGUF export reads F32, F16 and BF16 weights; "
+                    "a quantized checkpoint (GPTQ, AWQ, bitsandbytes, FP8) must be dequantized and saved first",
+                    path=str(file))
+            tensors[name] = SourceTensor(file, 8 + size + meta["data_offsets"][0], meta["dtype"], tuple(meta["shape"]))
+    return tensors
+
+
+def _encode(gguf: Any, data: Any, dtype: str, outtype: str, shift: float = 0.0) -> Any:
+    """One source tensor in the GGUF's type: BF16 bits stay bits for BF16, anything else goes through F32."""
     np = require("numpy", extra="export", feature="writing GGUF")
-    factor = float(scaling["factor"])
-    low, high = float(scaling.get("low_freq_factor", 1.0)), float(scaling.get("high_freq_factor", 4.0))
-    original = float(scaling["original_max_position_embeddings"])
-    freqs = 1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
-    wavelen = 2 * np.pi / freqs
-    smooth = np.clip((original / wavelen - low) / (high - low), 0.0, 1.0)
-    divisor = 1.0 / (smooth + (1.0 - smooth) / factor)  # 1 where smooth is 1 (high), factor where 0 (low)
-    return divisor.astype(np.float32)
+    if outtype == "BF16" and dtype == "BF16" and not shift:
+        return data
+    f32 = (data.astype(np.uint32) << 16).view(np.float32) if dtype == "BF16" else data.astype(np.float32, copy=False)
+    if shift:
+        f32 = f32 + np.float32(shift)
+    if outtype == "BF16":
+        return gguf.quants.quantize(f32, gguf.GGMLQuantizationType.BF16).view(np.uint16)
+    return f32.astype(np.float16) if outtype == "F16" else f32
 
 
-def _permute(weights: Any, n_head: int) -> Any:
-    """HF stores Q/K rows as two rotary halves per head; llama.cpp wants them interleaved."""
-    rows = weights.shape[0]
-    return (weights.reshape(n_head, 2, rows // n_head // 2, *weights.shape[1:])
-            .swapaxes(1, 2).reshape(weights.shape))
+@dataclass
+class _Planned:
+    """One GGUF tensor: its name, shape and type, and how to make it from its sources when it is written."""
+
+    name: str
+    shape: tuple[int, ...]
+    outtype: str
+    make: Any  # () -> np.ndarray in the GGUF's type
+
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * (4 if self.outtype == "F32" else 2)
+
+
+def _plan(gguf: Any, tensors: dict[str, SourceTensor], arch: Any, cfg: dict[str, Any], names: Any, outtype: str,
+          extra: list[tuple[str, Any]]) -> list[_Planned]:
+    """Every tensor of the GGUF, in order, without reading any weight."""
+    np = require("numpy", extra="export", feature="writing GGUF")
+    n_head = cfg["num_attention_heads"]
+    n_kv = cfg.get("num_key_value_heads") or n_head
+    tied = bool(cfg.get("tie_word_embeddings"))
+    f32_kinds = {gguf.MODEL_TENSOR.FFN_GATE_INP, gguf.MODEL_TENSOR.FFN_GATE_INP_SHEXP}
+    f32_names = {gguf.TENSOR_NAMES[k] for k in f32_kinds}
+
+    def kind_for(new: str, ndim: int) -> str:
+        base = new.split(".", 2)[-2] if new.startswith("blk.") else new.rsplit(".", 1)[0]
+        return "F32" if ndim <= 1 or new.endswith("_norm.weight") or base in f32_names else outtype
+
+    def gguf_name(hf: str) -> str:
+        new = names.get_name(hf, try_suffixes=(".weight", ".bias"))
+        if new is None:
+            raise InvalidArtifactError(f"tensor {hf!r} has no GGUF name for {arch.gguf}; the checkpoint does not look "
+                                       f"like a plain {cfg['architectures'][0]}")
+        return new
+
+    def single(hf: str, src: SourceTensor, heads: int = 0) -> _Planned:
+        new = gguf_name(hf)
+        kind = kind_for(new, len(src.shape))
+        shift = arch.norm_shift if hf.endswith("norm.weight") else 0.0
+
+        def make() -> Any:
+            data = _encode(gguf, src.read(), src.dtype, kind, shift)
+            return _permute(data, heads) if heads else data
+        return _Planned(new, src.shape, kind, make)
+
+    def stacked(hf: str, parts: list[SourceTensor], rows: slice | None = None) -> _Planned:
+        new = gguf_name(hf)
+        kind = kind_for(new, 3)
+        first = parts[0].shape
+        shape = (len(parts), *first) if rows is None else (first[0], rows.stop - rows.start, first[2])
+
+        def make() -> Any:
+            out = None
+            for i, part in enumerate(parts):
+                data = _encode(gguf, part.read(), part.dtype, kind)
+                if rows is not None:  # one fused 3-D source, sliced
+                    return np.ascontiguousarray(data[:, rows, :])
+                if out is None:
+                    out = np.empty(shape, dtype=data.dtype)
+                out[i] = data
+            return out
+        return _Planned(new, shape, kind, make)
+
+    plan = [_Planned(name, data.shape, "F32", lambda data=data: data) for name, data in extra]
+    groups: dict[tuple[str, str], dict[int, SourceTensor]] = {}
+    for hf, src in tensors.items():
+        if hf.endswith("rotary_emb.inv_freq") or (tied and hf == "lm_head.weight"):
+            continue
+        expert = _EXPERT.match(hf) if arch.experts else None
+        fused = _FUSED_EXPERTS.match(hf) if arch.experts and len(src.shape) == 3 else None
+        if expert:
+            groups.setdefault((expert["prefix"], expert["proj"]), {})[int(expert["index"])] = src
+        elif fused and fused["proj"] == "gate_up_proj":
+            half = src.shape[1] // 2
+            plan.append(stacked(f"{fused['prefix']}.gate_proj.weight", [src], slice(0, half)))
+            plan.append(stacked(f"{fused['prefix']}.up_proj.weight", [src], slice(half, 2 * half)))
+        elif fused:
+            plan.append(_Planned(gguf_name(f"{fused['prefix']}.down_proj.weight"), src.shape, outtype,
+                                 lambda src=src: _encode(gguf, src.read(), src.dtype, outtype)))
+        else:
+            heads = (n_head if hf.endswith("q_proj.weight") else n_kv if hf.endswith("k_proj.weight") else 0)
+            plan.append(single(hf, src, heads if arch.permute_qk else 0))
+    if arch.experts:
+        plan += _stack_experts(groups, cfg, stacked)
+    if tied and arch.output_required and "embed_tokens" in " ".join(tensors):
+        embed = next(hf for hf in tensors if hf.endswith("embed_tokens.weight"))
+        out = single(embed, tensors[embed])
+        plan.append(_Planned(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.OUTPUT] + ".weight", out.shape, out.outtype, out.make))
+    return plan
+
+
+def _stack_experts(groups: dict[tuple[str, str], dict[int, SourceTensor]], cfg: dict[str, Any], stacked: Any
+                   ) -> list[_Planned]:
+    """One 3-D tensor per layer and projection from the per-expert ones, refused when any expert is missing."""
+    from aptops.export.architectures import config_value
+
+    n_expert = int(config_value(cfg, "num_local_experts", "num_experts") or 0)
+    layers = {int(m[1]) for prefix, _ in groups if (m := re.search(r"layers\.(\d+)\.", prefix))}
+    projs = {proj for _, proj in groups}
+    plan = []
+    if groups and len(layers) != cfg["num_hidden_layers"]:
+        absent = sorted(set(range(cfg["num_hidden_layers"])) - layers)
+        raise InvalidArtifactError(f"the config has {n_expert} experts per layer but layers {absent[:5]} have none in "
+                                   "the checkpoint: a shard is missing or the config does not belong to these weights")
+    for (prefix, proj), experts in sorted(groups.items()):
+        if sorted(experts) != list(range(n_expert)):
+            missing = sorted(set(range(n_expert)) - set(experts))
+            raise InvalidArtifactError(f"{prefix}.*.{proj}: the config has {n_expert} experts, the checkpoint "
+                                       f"{len(experts)} (missing {missing[:5] or 'none'}, extra "
+                                       f"{sorted(set(experts) - set(range(n_expert)))[:5] or 'none'}); a shard is "
+                                       "missing or the config does not belong to these weights")
+        plan.append(stacked(f"{prefix}.{proj}.weight", [experts[i] for i in range(n_expert)]))
+    if groups and any(len([1 for (_, p) in groups if p == proj]) != len(layers) for proj in projs):
+        raise InvalidArtifactError(f"expert projections {sorted(projs)} are not in every layer")
+    return plan
 
 
 def convert_to_gguf(model_path: str | Path, output_path: str | Path, *, outtype: str = "F16",
                     vocab_type: str = "auto") -> Path:
-    """Write ``model_path`` (a HF causal LM folder with safetensors) as an F16 or F32 GGUF file.
+    """Write ``model_path`` (a HF causal LM folder with safetensors) as an F32, F16 or BF16 GGUF file.
+
+    Tensors are read one at a time from the safetensors files and written as they are made, so memory holds
+    about the largest tensor (an expert stack for MoE models), whatever the model's size; BF16 weights stay
+    BF16 bits for ``outtype="BF16"`` and pass through F32 one tensor at a time otherwise. The architecture is
+    a row of :data:`aptops.export.architectures.ARCHITECTURES`; any other is refused with the list.
 
     ``vocab_type``: ``bpe`` (byte-level BPE, llama.cpp's ``gpt2`` tokenizer), ``spm`` (SentencePiece BPE,
     llama.cpp's ``llama`` tokenizer: Llama 2, Mistral v0.1, TinyLlama ...) or ``auto`` (read off the folder).
     """
     gguf = require("gguf", extra="export", feature="writing GGUF")
-    np = require("numpy", extra="export", feature="writing GGUF")
-    safetensors = require("safetensors", extra="export", feature="reading safetensors")
+    from aptops.export.architectures import arch_for, rope_dimensions, rope_settings, write_keys, write_rope
     from aptops.hub.models import check_model_folder
 
-    if outtype not in ("F16", "F32"):
-        raise ConfigError(f"outtype {outtype!r}: the converter writes F16 or F32; quantize afterwards",
+    if outtype not in OUTTYPES:
+        raise ConfigError(f"outtype {outtype!r}: the converter writes {', '.join(OUTTYPES)}; quantize afterwards",
                           field="outtype", value=outtype)
     folder = check_model_folder(model_path)
-    weights = sorted(folder.glob("*.safetensors"))
     cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    arch_name = (cfg.get("architectures") or ["?"])[0]
-    if arch_name not in ARCHITECTURES:
-        raise ConfigError(f"architecture {arch_name!r} is not supported for GGUF export; supported: "
-                          f"{sorted(ARCHITECTURES)}", field="architecture", value=arch_name)
-    gguf_arch, permute = ARCHITECTURES[arch_name]
+    _, arch = arch_for(cfg)
+    tensors = safetensors_index(folder)
     tok_file = folder / "tokenizer.json"
     tok = json.loads(tok_file.read_text(encoding="utf-8")) if tok_file.is_file() else {}
     kind = vocab_kind(folder, tok, vocab_type)
     pre = pre_tokenizer_name(tok) if kind == "bpe" else "default"
 
     n_layer, n_head = cfg["num_hidden_layers"], cfg["num_attention_heads"]
-    n_kv = cfg.get("num_key_value_heads", n_head)
     hidden = cfg["hidden_size"]
     head_dim = cfg.get("head_dim") or hidden // n_head
     vocab_size = cfg["vocab_size"]
-    tied = bool(cfg.get("tie_word_embeddings"))
+    theta, scaling, swa_theta = rope_settings(cfg, arch.rope_types)
+    rope_dims = rope_dimensions(cfg, head_dim)
     out = Path(output_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    writer = gguf.GGUFWriter(str(tmp), gguf.MODEL_ARCH_NAMES[_arch_enum(gguf, gguf_arch)])
+    arch_enum = _arch_enum(gguf, arch.gguf)
+    writer = gguf.GGUFWriter(str(tmp), arch.gguf)
     try:
-        writer.add_name((cfg.get("_name_or_path") and Path(str(cfg["_name_or_path"])).name) or folder.name)
         writer.add_context_length(cfg.get("max_position_embeddings", 2048))
         writer.add_embedding_length(hidden)
         writer.add_block_count(n_layer)
         writer.add_feed_forward_length(cfg["intermediate_size"])
         writer.add_head_count(n_head)
-        writer.add_head_count_kv(n_kv)
-        writer.add_rope_dimension_count(head_dim)
-        theta, scaling = rope_settings(cfg)
+        writer.add_head_count_kv(cfg.get("num_key_value_heads") or n_head)
+        writer.add_rope_dimension_count(rope_dims)
         writer.add_rope_freq_base(theta)
-        if scaling is not None and scaling["rope_type"] == "linear":
-            writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
-            writer.add_rope_scaling_factor(float(scaling["factor"]))
+        if swa_theta is not None:
+            writer.add_rope_freq_base_swa(swa_theta)
+        extra = write_rope(gguf, writer, cfg, scaling, rope_dims, theta)
         writer.add_layer_norm_rms_eps(float(cfg.get("rms_norm_eps", 1e-6)))
         writer.add_key_length(head_dim)
         writer.add_value_length(head_dim)
+        write_keys(writer, arch, cfg)
         writer.add_vocab_size(vocab_size)
-        writer.add_type(gguf.GGUFType.MODEL)
         writer.add_file_type(QUANT_TYPES[outtype][0])
-        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         if kind == "bpe":
             _add_vocab(gguf, writer, folder, tok, vocab_size, pre)
         else:
             _add_spm_vocab(gguf, writer, folder, tok, vocab_size)
 
-        names = gguf.get_tensor_name_map(_arch_enum(gguf, gguf_arch), n_layer)
-        n_params = 0
-        if scaling is not None and scaling["rope_type"] == "llama3":
-            writer.add_tensor(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight",
-                              llama3_rope_factors(theta, head_dim, scaling))
-        for file in weights:
-            with safetensors.safe_open(str(file), framework="pt") as f:
-                for name in f.keys():  # noqa: SIM118 - safe_open is not a mapping
-                    if name.endswith("rotary_emb.inv_freq") or (tied and name == "lm_head.weight"):
-                        continue
-                    data = f.get_tensor(name).float().numpy()
-                    if permute and name.endswith("q_proj.weight"):
-                        data = _permute(data, n_head)
-                    elif permute and name.endswith("k_proj.weight"):
-                        data = _permute(data, n_kv)
-                    new = names.get_name(name, try_suffixes=(".weight", ".bias"))
-                    if new is None:
-                        raise InvalidArtifactError(f"tensor {name!r} has no GGUF name for {gguf_arch}; the "
-                                                   "checkpoint does not look like a plain " + arch_name)
-                    # norms and biases stay F32 (llama.cpp computes them in F32); matrices take outtype
-                    if outtype == "F16" and data.ndim >= 2:
-                        data = data.astype(np.float16)
-                    writer.add_tensor(new, np.ascontiguousarray(data))
-                    n_params += data.size
-        writer.add_size_label(gguf.size_label(n_params, 0, 0, 0))
+        plan = _plan(gguf, tensors, arch, cfg, gguf.get_tensor_name_map(arch_enum, n_layer), outtype, extra)
+        for t in plan:
+            raw = gguf.GGMLQuantizationType[t.outtype]
+            writer.add_tensor_info(t.name, t.shape, {"F32": "float32", "F16": "float16", "BF16": "uint16"}[t.outtype],
+                                   t.nbytes(), raw_dtype=raw)
+        _add_model_metadata(gguf, writer, folder)
+        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
-        writer.write_tensors_to_file(progress=False)
+        writer.write_ti_data_to_file()
+        for t in progress(plan, desc="gguf conversion", unit="tensor", log_every=max(len(plan) // 10, 1), logger=log):
+            data = t.make()
+            if data.shape != t.shape:
+                raise InvalidArtifactError(f"{t.name}: made {data.shape}, planned {t.shape}")
+            writer.write_tensor_data(np_contiguous(data))
+            del data
         writer.close()
         os.replace(tmp, out)
     except BaseException:
@@ -263,6 +399,29 @@ def convert_to_gguf(model_path: str | Path, output_path: str | Path, *, outtype:
         tmp.unlink(missing_ok=True)
         raise
     return out
+
+
+def np_contiguous(data: Any) -> Any:
+    return data if data.flags["C_CONTIGUOUS"] else data.copy(order="C")
+
+
+def _add_model_metadata(gguf: Any, writer: Any, folder: Path) -> None:
+    """``general.*`` as llama.cpp's converter writes them: name, basename, finetune, size label, license, base
+    models ... read by ``gguf.Metadata`` from the folder's config and model card."""
+    total, shared, expert, n_expert = writer.get_total_parameter_count()
+    meta = gguf.Metadata.load(None, folder, None, total)
+    if meta.name is None:
+        meta.name = folder.name
+    if meta.size_label is None and total > 0:
+        meta.size_label = gguf.size_label(total, shared, expert, n_expert)
+    writer.add_type(gguf.GGUFType.MODEL)
+    meta.set_gguf_meta_model(writer)
+
+def _permute(weights: Any, n_head: int) -> Any:
+    """HF stores Q/K rows as two rotary halves per head; llama.cpp wants them interleaved."""
+    rows = weights.shape[0]
+    return (weights.reshape(n_head, 2, rows // n_head // 2, *weights.shape[1:])
+            .swapaxes(1, 2).reshape(weights.shape))
 
 
 def _arch_enum(gguf: Any, name: str) -> Any:

@@ -252,7 +252,7 @@ def test_llama3_rope_factors_are_the_ones_transformers_divides_by():
     from transformers import LlamaConfig
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-    from aptops.export.convert import llama3_rope_factors
+    from aptops.export.architectures import llama3_rope_factors
 
     config = LlamaConfig(hidden_size=64, num_attention_heads=4, max_position_embeddings=512,
                          rope_parameters=LLAMA3_ROPE)
@@ -262,8 +262,10 @@ def test_llama3_rope_factors_are_the_ones_transformers_divides_by():
                                rtol=1e-5)
 
 
-@pytest.mark.parametrize("rope", [LLAMA3_ROPE, {"rope_type": "linear", "rope_theta": 10000.0, "factor": 4.0}],
-                         ids=["llama3", "linear"])
+@pytest.mark.parametrize("rope", [LLAMA3_ROPE, {"rope_type": "linear", "rope_theta": 10000.0, "factor": 4.0},
+                                  {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
+                                   "original_max_position_embeddings": 64}],
+                         ids=["llama3", "linear", "yarn"])
 def test_scaled_rope_is_exported_as_llama_cpp_reads_it(rope, tmp_path):
     """Issue 22: a Llama 3.1-style config was converted without its rope factors: the GGUF's next token agreed
     with transformers on 7% of positions of this model (attention sharp enough to see positions)."""
@@ -280,7 +282,7 @@ def test_scaled_rope_is_exported_as_llama_cpp_reads_it(rope, tmp_path):
     assert ("rope_freqs.weight" in names) == (rope["rope_type"] == "llama3")
 
 
-@pytest.mark.parametrize("kind", ["yarn", "dynamic", "longrope"])
+@pytest.mark.parametrize("kind", ["dynamic", "longrope"])
 def test_rope_scaling_llama_cpp_would_not_reproduce_is_refused(kind, tiny_llama, tmp_path):
     import shutil
 
@@ -289,7 +291,7 @@ def test_rope_scaling_llama_cpp_would_not_reproduce_is_refused(kind, tiny_llama,
     cfg = json.loads((folder / "config.json").read_text())
     cfg["rope_parameters"] = {"rope_type": kind, "rope_theta": 10000.0, "factor": 2.0}
     (folder / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ConfigError, match=f"rope scaling '{kind}' is not supported for GGUF export"):
+    with pytest.raises(ConfigError, match=f"rope scaling '{kind}' is not supported for GGUF export of this architecture"):
         export_to_gguf(folder, output_dir=tmp_path / "out", config=ExportConfig(quantization="F16"))
     assert not (tmp_path / "out").exists()
 
@@ -298,13 +300,13 @@ def test_an_unquantized_conversion_is_held_to_the_exact_gate(tmp_path, monkeypat
     """Issue 22: an F16 conversion is checked by default and must reproduce the model; a subtly wrong one (rope
     factors a little off: plausible text, 0.6 agreement would have passed it) fails with its numbers, and
     nothing is left."""
-    from aptops.export import convert
+    from aptops.export import architectures
     from tests.models import build_tiny_llama
 
     model = build_tiny_llama(tmp_path / "model", max_position_embeddings=512, rope_parameters=LLAMA3_ROPE,
                              initializer_range=0.3)
-    right = convert.llama3_rope_factors
-    monkeypatch.setattr(convert, "llama3_rope_factors", lambda *a: right(*a) ** 0.99)  # a fault planted on purpose
+    right = architectures.llama3_rope_factors
+    monkeypatch.setattr(architectures, "llama3_rope_factors", lambda *a: right(*a) ** 0.99)  # a fault planted on purpose
     with pytest.raises(InvalidArtifactError, match=r"top-1 agreement 0\.\d+ < 0\.97 \(unquantized: the conversion "
                                                    r"must reproduce the model\)"):
         export_to_gguf(model, output_dir=tmp_path / "f16", config=ExportConfig(quantization="F16"))
