@@ -17,32 +17,53 @@ CORPUS = [
 def build_tiny_llama(folder: Path, *, vocab_size: int = 512, seed: int = 0, **config: Any) -> Path:
     """Train a byte-level BPE tokenizer on a small corpus and save a random 2-layer Llama with it; ``config``
     overrides ``LlamaConfig`` fields (``rope_parameters=`` ...)."""
+    return build_tiny_causal_lm(folder, "llama", vocab_size=vocab_size, seed=seed, **config)
+
+
+def build_tiny_causal_lm(folder: Path, model_type: str = "llama", *, tokenizer_from: Path | None = None,
+                         vocab_size: int = 512, seed: int = 0, **config: Any) -> Path:
+    """A random 2-block causal LM of any transformers ``model_type`` (``gemma2``, ``qwen3_moe`` ...), 64 wide with
+    4 heads of 16, saved with a tokenizer: a byte-level BPE trained here on :data:`CORPUS`, or the one in
+    ``tokenizer_from`` (a SentencePiece folder, say); ``config`` overrides the config's fields."""
+    import shutil
+
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.BPE(unk_token=None))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
-    )
-    tok.train_from_iterator(CORPUS, trainer=trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>", pad_token="<|endoftext|>",
-    )
+    folder.mkdir(parents=True, exist_ok=True)
+    if tokenizer_from is not None:
+        for name in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json"):
+            if (tokenizer_from / name).is_file():
+                shutil.copy(tokenizer_from / name, folder / name)
+        fast = AutoTokenizer.from_pretrained(folder)
+    else:
+        tok = Tokenizer(models.BPE(unk_token=None))
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+        )
+        tok.train_from_iterator(CORPUS, trainer=trainer)
+        fast = PreTrainedTokenizerFast(
+            tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+        )
+        fast.save_pretrained(folder)
     torch.manual_seed(seed)
     fields = {
         "vocab_size": len(fast), "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
         "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128,
         "tie_word_embeddings": True, "bos_token_id": fast.bos_token_id, "eos_token_id": fast.eos_token_id,
-        "pad_token_id": fast.pad_token_id,
+        "pad_token_id": fast.pad_token_id if fast.pad_token_id is not None else fast.eos_token_id,
     }
-    config = LlamaConfig(**(fields | config))
-    model = LlamaForCausalLM(config)
+    if model_type != "llama":
+        fields["head_dim"] = 16
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **(fields | config)))
     model.save_pretrained(folder)
-    fast.save_pretrained(folder)
+    # saved again as transformers reads it beside this config: a model type can bring its tokenizer class's own
+    # split rules (Qwen2's digits one by one), and the folder should say what the model really sees
+    AutoTokenizer.from_pretrained(folder).save_pretrained(folder)
     return folder
 
 

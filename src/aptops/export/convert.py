@@ -147,8 +147,7 @@ def safetensors_index(folder: Path) -> dict[str, SourceTensor]:
     """Every tensor of a model folder's safetensors files, from their headers alone.
 
     The files are the ones ``model.safetensors.index.json`` names, or every ``*.safetensors`` but a LoRA
-    adapter's. A folder with only pickled weights, a missing shard or a quantized checkpoint is refused here,
-    before anything is written."""
+    adapter's. A missing shard or a quantized checkpoint is refused here, before anything is written."""
     index_file = folder / "model.safetensors.index.json"
     if index_file.is_file():
         names = sorted(set(json.loads(index_file.read_text(encoding="utf-8"))["weight_map"].values()))
@@ -160,10 +159,8 @@ def safetensors_index(folder: Path) -> dict[str, SourceTensor]:
     else:
         files = sorted(f for f in folder.glob("*.safetensors") if f.name != "adapter_model.safetensors")
     if not files:
-        pickled = sorted(f.name for f in folder.glob("*.bin")) + sorted(f.name for f in folder.glob("*.pt"))
-        hint = (f" (it has pickled weights: {', '.join(pickled[:3])}; load and save them with "
-                "model.save_pretrained(folder, safe_serialization=True), which writes safetensors)" if pickled else "")
-        raise InvalidArtifactError(f"{str(folder)!r} has no safetensors weights{hint}", path=str(folder))
+        raise InvalidArtifactError(f"{str(folder)!r} has no model weights, only a LoRA adapter: export the adapter "
+                                   "folder itself (aptops export gguf ADAPTER) and its base is merged in", path=str(folder))
     tensors: dict[str, SourceTensor] = {}
     for file in files:
         with file.open("rb") as f:

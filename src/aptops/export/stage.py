@@ -143,7 +143,7 @@ def _check_one(path: Path, model: str | Path, q: str, config: ExportConfig) -> t
                             quantized=q not in ("F32", "F16", "BF16"))
         report["verify"] = check
         metrics.update({k: float(check[k]) for k in ("top1_agreement", "max_abs_logit_error", "mean_abs_logit_error",
-                                                      "perplexity_delta", "tokenizer_agreement")})
+                                                      "perplexity_delta", "tokenizer_agreement", "min_logit_cosine")})
         if not check["passed"]:
             raise InvalidArtifactError(f"the {q} GGUF failed the quant gate: {'; '.join(check['failures'])}; "
                                        "the thresholds are in gate.* (or pick a less lossy type)")

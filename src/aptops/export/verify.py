@@ -110,6 +110,7 @@ def verify_gguf(gguf_path: str | Path, model_path: str | Path, *, text: str | No
     lp_hf = _log_softmax(np, hf[:-1])[np.arange(len(targets)), targets]
     lp_cpp = _log_softmax(np, cpp[:-1])[np.arange(len(targets)), targets]
     ppl_hf, ppl_cpp = math.exp(-float(lp_hf.mean())), math.exp(-float(lp_cpp.mean()))
+    cosine = (hf * cpp).sum(-1) / (np.linalg.norm(hf, axis=-1) * np.linalg.norm(cpp, axis=-1) + 1e-12)
     same = sum(a == b for a, b in zip(sample_hf, sample_cpp, strict=False))
     tok_agree = same / max(len(sample_hf), len(sample_cpp))
     result = {
@@ -117,6 +118,8 @@ def verify_gguf(gguf_path: str | Path, model_path: str | Path, *, text: str | No
         "max_abs_logit_error": float(diff.max()),
         "mean_abs_logit_error": float(diff.mean()),
         "top1_agreement": float((hf.argmax(-1) == cpp.argmax(-1)).mean()),
+        "min_logit_cosine": float(cosine.min()),
+        "mean_logit_cosine": float(cosine.mean()),
         "perplexity_transformers": ppl_hf,
         "perplexity_llama_cpp": ppl_cpp,
         "perplexity_delta": ppl_cpp - ppl_hf,

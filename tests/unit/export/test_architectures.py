@@ -1,0 +1,144 @@
+"""Every architecture of the converter's table, exact against transformers when llama.cpp runs it.
+
+Each model is random, 2 blocks, 64 wide, built from its transformers config with a real tokenizer (a byte-level
+BPE trained on the test corpus, or SentencePiece); its weights are drawn wide (``initializer_range=0.3``) so the
+next token is a clear choice and top-1 agreement means something. Each is exported as F32, F16 and Q8_0 in one
+call (each file verified and gated by the export itself) and llama.cpp's logits are compared with transformers'
+on the same token ids.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from aptops.core.errors import ConfigError, InvalidArtifactError
+from aptops.export import ExportConfig, export_to_gguf
+from tests.models import build_tiny_causal_lm
+
+LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+MOE = {"num_experts_per_tok": 2, "moe_intermediate_size": 32}
+# name -> (transformers model_type, config fields, tokenizer family)
+CASES = {
+    "llama-3.1": ("llama", {"rope_parameters": LLAMA3_ROPE, "max_position_embeddings": 512}, "bpe"),
+    "mistral-nemo": ("mistral", {"head_dim": 32, "tie_word_embeddings": False}, "spm"),  # head_dim != hidden/heads
+    "qwen2.5": ("qwen2", {}, "bpe"),
+    "qwen3": ("qwen3", {"tie_word_embeddings": False}, "bpe"),
+    "gemma-2": ("gemma2", {"query_pre_attn_scalar": 16, "sliding_window": 16}, "spm"),
+    "gemma-3": ("gemma3_text", {"query_pre_attn_scalar": 16, "sliding_window": 16,
+                                "layer_types": ["sliding_attention", "full_attention"],
+                                "rope_parameters": {"full_attention": {"rope_type": "linear", "factor": 8.0,
+                                                                       "rope_theta": 1000000.0},
+                                                    "sliding_attention": {"rope_type": "default",
+                                                                          "rope_theta": 10000.0}}}, "bpe"),
+    # llama.cpp sets Phi-3 token attributes by general.name, which would need Phi-3's own special tokens
+    "p-3.5": ("phi3", {"partial_rotary_factor": 0.5, "tie_word_embeddings": False}, "bpe"),
+    "mixtral": ("mixtral", {"num_local_experts": 4, "num_experts_per_tok": 2, "tie_word_embeddings": False}, "bpe"),
+    "qwen2-moe": ("qwen2_moe", {"num_experts": 4, "shared_expert_intermediate_size": 48, **MOE}, "bpe"),
+    "qwen3-moe": ("qwen3_moe", {"num_experts": 4, "norm_topk_prob": True, **MOE}, "spm"),
+}
+
+
+@pytest.fixture(scope="module")
+def spm_tokenizer(tmp_path_factory):
+    from tests.models import build_tiny_spm_llama
+
+    return build_tiny_spm_llama(tmp_path_factory.mktemp("spm"))
+
+
+def _build(name, tmp_path, spm_tokenizer, **overrides):
+    model_type, fields, family = CASES[name]
+    return build_tiny_causal_lm(tmp_path / f"{name}-instruct", model_type, tokenizer_from=spm_tokenizer if family == "spm" else None,
+                                **({"initializer_range": 0.3} | fields | overrides))
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_architecture_is_exported_exactly(name, tmp_path, spm_tokenizer):
+    import gguf
+
+    model = _build(name, tmp_path, spm_tokenizer)
+    result = export_to_gguf(model, output_dir=tmp_path / "gguf", config=ExportConfig(quantization="F32",
+                                                                                       also=("F16", "Q8_0")))
+    m = result.metrics
+    assert m["min_logit_cosine"] >= 0.999 and m["top1_agreement"] >= 0.95, m  # F32: the conversion itself
+    assert m["F16_top1_agreement"] >= 0.95 and m["Q8_0_top1_agreement"] >= 0.8, m
+    assert m["tokenizer_agreement"] == 1.0
+    reader = gguf.GGUFReader(tmp_path / "gguf" / "model-F32.gguf")
+    fields = {k: f.contents() for k, f in reader.fields.items() if not k.startswith(("GGUF.", "tokenizer.ggml."))}
+    cfg = json.loads((model / "config.json").read_text())
+    # general.* as llama.cpp's converter names a model: from the folder "<name>-instruct"
+    assert (fields["general.basename"], fields["general.finetune"]) == (name, "instruct")
+    assert fields["general.size_label"]
+    template = json.loads((model / "tokenizer_config.json").read_text()).get("chat_template")
+    assert reader.fields["tokenizer.chat_template"].contents() == template if template else True
+    arch = fields["general.architecture"]
+    if cfg.get("num_experts") or cfg.get("num_local_experts"):  # experts stacked as llama.cpp reads them
+        exps = {t.name: list(t.shape) for t in reader.tensors if "_exps" in t.name}
+        assert exps["blk.1.ffn_gate_exps.weight"] == [64, MOE["moe_intermediate_size"] if "moe" in arch else 128, 4]
+        assert fields[f"{arch}.expert_count"] == 4 and fields[f"{arch}.expert_used_count"] == 2
+
+
+def test_phi3_long_context_rope_factors(tmp_path, spm_tokenizer):
+    """Phi-3.5's longrope: both factor tensors and the attention factor, short factors in use below 4096."""
+    import gguf
+
+    factors = {"long_factor": [1.0 + i / 4 for i in range(4)], "short_factor": [1.0 + i / 8 for i in range(4)]}
+    model = _build("p-3.5", tmp_path, spm_tokenizer, max_position_embeddings=16384,
+                   original_max_position_embeddings=4096,
+                   rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0, "partial_rotary_factor": 0.5,
+                                    **factors})
+    result = export_to_gguf(model, output_dir=tmp_path / "gguf", config=ExportConfig(quantization="F32"))
+    assert result.metrics["min_logit_cosine"] >= 0.999 and result.metrics["top1_agreement"] >= 0.95
+    names = {t.name for t in gguf.GGUFReader(result.outputs["gguf"]).tensors}
+    assert {"rope_factors_long.weight", "rope_factors_short.weight"} <= names
+
+
+def test_bf16_weights_stay_bf16_and_convert_exactly(tmp_path):
+    """A BF16 checkpoint: BF16 GGUF tensors bit for bit the source's, and F16 made one tensor at a time."""
+    import gguf
+    import numpy as np
+    import torch
+    from safetensors import safe_open
+
+    model = build_tiny_causal_lm(tmp_path / "bf16", "qwen3", initializer_range=0.3, dtype="bfloat16")
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(model, dtype=torch.bfloat16).save_pretrained(model)
+    result = export_to_gguf(model, output_dir=tmp_path / "gguf", config=ExportConfig(quantization="BF16",
+                                                                                       also=("F16",)))
+    assert result.metrics["top1_agreement"] >= 0.95 and result.metrics["F16_top1_agreement"] >= 0.95
+    reader = gguf.GGUFReader(result.outputs["gguf"])
+    tensor = next(t for t in reader.tensors if t.name == "blk.0.ffn_down.weight")
+    assert tensor.tensor_type == gguf.GGMLQuantizationType.BF16
+    with safe_open(str(model / "model.safetensors"), "pt") as f:
+        source = f.get_tensor("model.layers.0.mlp.down_proj.weight")
+    assert np.array_equal(np.asarray(tensor.data).view(np.uint16), source.view(torch.int16).numpy().view(np.uint16))
+
+
+def test_architectures_llama_cpp_would_run_differently_are_refused(tmp_path, spm_tokenizer):
+    """Bad input: a MoE checkpoint missing an expert, a config llama.cpp would compute differently: each a clear
+    error naming what is wrong, and no artifact."""
+    moe = _build("mixtral", tmp_path, spm_tokenizer)
+    broken = tmp_path / "broken-moe"
+    shutil.copytree(moe, broken)
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(broken / "model.safetensors")
+    del weights["model.layers.1.block_sparse_moe.experts.3.w2.weight"]
+    save_file(weights, broken / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(InvalidArtifactError, match=r"experts\.\*\.w2: the config has 4 experts, the checkpoint 3 "
+                                                   r"\(missing \[3\]"):
+        export_to_gguf(broken, output_dir=tmp_path / "a", config=ExportConfig(quantization="F16"))
+
+    qwen3moe = _build("qwen3-moe", tmp_path, spm_tokenizer, norm_topk_prob=False)
+    with pytest.raises(ConfigError, match=r"norm_topk_prob=False: llama.cpp's qwen3moe assumes norm_topk_prob=True"):
+        export_to_gguf(qwen3moe, output_dir=tmp_path / "b", config=ExportConfig(quantization="F16"))
+
+    gemma = _build("gemma-2", tmp_path, spm_tokenizer, query_pre_attn_scalar=256)
+    with pytest.raises(ConfigError, match=r"query_pre_attn_scalar=256: llama.cpp's gemma2 scales queries by "
+                                          r"1/sqrt\(16\)"):
+        export_to_gguf(gemma, output_dir=tmp_path / "c", config=ExportConfig(quantization="F16"))
+    assert not any((tmp_path / n).exists() for n in "abc")
