@@ -22,6 +22,7 @@ def export_gguf(
     max_perplexity_change: float = 0.5,
     vocab_type: str = "auto",
     fallback_type: str = "",
+    base_model: str = "",
     overrides: str = "",
     pipeline: str = "deploy",
     run_id: str = "",
@@ -29,14 +30,16 @@ def export_gguf(
     """Convert to GGUF, quantize with llama.cpp, read the types back, verify against the model, gate.
 
     ``quantization`` may name several types, comma-separated (``Q8_0,Q4_K_M``): each is written and verified
-    side by side in the one output folder; the first is the artifact's main file."""
+    side by side in the one output folder; the first is the artifact's main file. A LoRA adapter artifact
+    (training with ``merge_lora: false``) is merged into its base first: the one its ``adapter_config.json``
+    names, or ``base_model`` (a Hub id, or a path the export pod can read)."""
     from aptops.core.runtime import apply_overrides, run_component
     from aptops.export import ExportConfig, GateConfig, export_to_gguf
 
     first, *also = [t.strip() for t in quantization.split(",") if t.strip()] or [""]
     config = ExportConfig(quantization=first, also=tuple(also), on_fallback=on_fallback,
                           gate=GateConfig(min_top1_agreement=min_top1_agreement, max_perplexity_change=max_perplexity_change),
-                          vocab_type=vocab_type, fallback_type=fallback_type)
+                          vocab_type=vocab_type, fallback_type=fallback_type, base_model=base_model)
     config = apply_overrides(config, overrides)
     result = run_component("export", lambda: export_to_gguf(model.path, output_dir=gguf.path, config=config), step="gguf",
                            pipeline=pipeline, run_id=run_id, metrics=metrics)

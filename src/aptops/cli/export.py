@@ -26,7 +26,7 @@ app.add_typer(export_app, name="export")
 
 @export_app.command("gguf")
 def export_gguf(
-    model: Annotated[Path, typer.Argument(help="A Hugging Face causal LM folder (Llama, Mistral, Qwen2, SmolLM).")],
+    model: Annotated[Path, typer.Argument(help="A Hugging Face causal LM folder (Llama, Mistral, Qwen, Gemma, Phi-3, Mixtral ...) or a LoRA adapter folder (merged into its base; --set base_model=... if it moved).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="The artifact folder: model-<TYPE>.gguf, verify.json.")],
     config: ConfigOpt = None,
     set_: SetOpt = None,

@@ -30,6 +30,7 @@ from aptops.export.convert import (
     inspect_gguf,
     quantize_gguf,
 )
+from aptops.export.lora import is_adapter, merge_adapter
 from aptops.export.verify import GateConfig, verify_gguf
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,8 @@ class ExportConfig:
             They are still listed as fallbacks, but ``on_fallback=error`` accepts them.
         also: more types written beside ``quantization`` in the same folder (side by side: Q8_0 and Q4_K_M),
             each verified and gated; ``quantization`` stays the artifact's main file.
+        base_model: for a LoRA adapter folder, where its base model is (a folder or Hub id), when not where
+            ``adapter_config.json`` says; the adapter is merged into it before conversion.
     """
 
     quantization: str = "Q8_0"
@@ -63,6 +66,7 @@ class ExportConfig:
     vocab_type: str = "auto"
     fallback_type: str = ""
     also: tuple[str, ...] = ()
+    base_model: str = ""
 
     def __post_init__(self) -> None:
         check_choice("quantization", self.quantization, list(QUANT_TYPES))
@@ -83,7 +87,8 @@ def export_to_gguf(model: str | Path, *, output_dir: str | Path, config: ExportC
     """Convert a Hugging Face causal LM folder to a verified GGUF artifact folder.
 
     Args:
-        model: the model folder (safetensors, config.json, tokenizer).
+        model: the model folder (safetensors, config.json, tokenizer), or a LoRA adapter folder: merged into its
+            base first (see ``ExportConfig.base_model``), and the merged model is what the GGUF is checked against.
         output_dir: the artifact folder: ``model-<TYPE>.gguf``, ``verify.json``, ``result.json``.
         config: the type, the check against the source model and its gate (see :class:`ExportConfig`).
 
@@ -96,6 +101,8 @@ def export_to_gguf(model: str | Path, *, output_dir: str | Path, config: ExportC
     """
     config = config or ExportConfig()
     with atomic_output(output_dir) as tmp, tempfile.TemporaryDirectory(prefix="aptops-gguf-", dir=tmp.parent) as work:
+        if is_adapter(model):
+            model = merge_adapter(model, Path(work) / Path(model).resolve().name, base_model=config.base_model)
         f16: Path | None = None
         results = []
         for q in config.types:
