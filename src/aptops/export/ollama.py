@@ -1,7 +1,7 @@
 """Ollama: a Modelfile from the tokenizer's chat template, registration over the HTTP API, smoke tests.
 
 ``create_modelfile`` maps the chat template of the model's tokenizer to Ollama's Go template for the
-known formats (ChatML, Llama 3, Mistral, Zephyr), takes the stop tokens from the same format, and
+known formats (ChatML: Qwen and SmolLM, Llama 3, Phi-3, Gemma, Mistral and Mixtral, Zephyr), takes the stop tokens from the same format, and
 validates every PARAMETER. ``register_to_ollama`` talks to the server at ``OLLAMA_HOST``: uploads the GGUF
 as a blob (the server checks its sha256), creates the model, and confirms it with ``show``.
 ``test_model`` sends prompts through Ollama, or straight through llama.cpp when no server is given, and
@@ -39,10 +39,20 @@ CHAT_FORMATS: dict[str, tuple[str, str, tuple[str, ...]]] = {
                "{{ if .Prompt }}<|start_header_id|>user<|end_header_id|>\n\n{{ .Prompt }}<|eot_id|>{{ end }}"
                "<|start_header_id|>assistant<|end_header_id|>\n\n",
                ("<|eot_id|>", "<|start_header_id|>")),
+    # Phi-3 / 3.5 (before zephyr: both have <|assistant|>, Phi-3 ends turns with <|end|>)
+    "phi3": ("<|end|>",
+             "{{ if .System }}<|system|>\n{{ .System }}<|end|>\n{{ end }}{{ if .Prompt }}<|user|>\n{{ .Prompt }}<|end|>\n"
+             "{{ end }}<|assistant|>\n",
+             ("<|end|>", "<|user|>", "<|assistant|>")),
     "zephyr": ("<|assistant|>",
                "{{ if .System }}<|system|>\n{{ .System }}</s>\n{{ end }}{{ if .Prompt }}<|user|>\n{{ .Prompt }}</s>\n"
                "{{ end }}<|assistant|>\n",
                ("</s>", "<|user|>")),
+    # Gemma 2 / 3: no system turn, the system text opens the first user turn
+    "gemma": ("<start_of_turn>",
+              "<start_of_turn>user\n{{ if .System }}{{ .System }}\n\n{{ end }}{{ .Prompt }}<end_of_turn>\n"
+              "<start_of_turn>model\n",
+              ("<end_of_turn>", "<start_of_turn>")),
     "mistral": ("[INST]", "[INST] {{ if .System }}{{ .System }}\n\n{{ end }}{{ .Prompt }} [/INST]", ("[INST]", "</s>")),
 }
 PARAMETERS: dict[str, tuple[type, float | None, float | None]] = {

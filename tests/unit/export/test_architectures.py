@@ -15,7 +15,8 @@ import shutil
 import pytest
 
 from aptops.core.errors import ConfigError, InvalidArtifactError
-from aptops.export import ExportConfig, export_to_gguf
+from aptops.export import ExportConfig, create_modelfile, export_to_gguf
+from aptops.export.ollama import CHAT_FORMATS, parse_modelfile
 from tests.models import build_tiny_causal_lm
 
 LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
@@ -42,6 +43,25 @@ CASES = {
 }
 
 
+# each family's chat template (shortened to the turn markers): it must reach the GGUF and the Modelfile
+TEMPLATES = {
+    "chatml": "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endfor %}"
+              "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}",
+    "llama3": "{% for m in messages %}{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>\n\n' + m['content'] + "
+              "'<|eot_id|>' }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant"
+              "<|end_header_id|>\n\n' }}{% endif %}",
+    "mistral": "{% for m in messages %}{% if m['role'] == 'user' %}{{ '[INST] ' + m['content'] + ' [/INST]' }}{% else %}"
+               "{{ m['content'] + eos_token }}{% endif %}{% endfor %}",
+    "gemma": "{% for m in messages %}{{ '<start_of_turn>' + ('model' if m['role'] == 'assistant' else m['role']) + "
+             "'\n' + m['content'] + '<end_of_turn>\n' }}{% endfor %}{% if add_generation_prompt %}"
+             "{{ '<start_of_turn>model\n' }}{% endif %}",
+    "phi3": "{% for m in messages %}{{ '<|' + m['role'] + '|>\n' + m['content'] + '<|end|>\n' }}{% endfor %}"
+            "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}",
+}
+FORMAT = {"llama-3.1": "llama3", "mistral-nemo": "mistral", "mixtral": "mistral", "gemma-2": "gemma", "gemma-3": "gemma",
+          "p-3.5": "phi3"}
+
+
 @pytest.fixture(scope="module")
 def spm_tokenizer(tmp_path_factory):
     from tests.models import build_tiny_spm_llama
@@ -51,8 +71,11 @@ def spm_tokenizer(tmp_path_factory):
 
 def _build(name, tmp_path, spm_tokenizer, **overrides):
     model_type, fields, family = CASES[name]
-    return build_tiny_causal_lm(tmp_path / f"{name}-instruct", model_type, tokenizer_from=spm_tokenizer if family == "spm" else None,
-                                **({"initializer_range": 0.3} | fields | overrides))
+    folder = build_tiny_causal_lm(tmp_path / f"{name}-instruct", model_type,
+                                  tokenizer_from=spm_tokenizer if family == "spm" else None,
+                                  **({"initializer_range": 0.3} | fields | overrides))
+    (folder / "chat_template.jinja").write_text(TEMPLATES[FORMAT.get(name, "chatml")], encoding="utf-8")
+    return folder
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -72,8 +95,9 @@ def test_architecture_is_exported_exactly(name, tmp_path, spm_tokenizer):
     # general.* as llama.cpp's converter names a model: from the folder "<name>-instruct"
     assert (fields["general.basename"], fields["general.finetune"]) == (name, "instruct")
     assert fields["general.size_label"]
-    template = json.loads((model / "tokenizer_config.json").read_text()).get("chat_template")
-    assert reader.fields["tokenizer.chat_template"].contents() == template if template else True
+    assert fields["tokenizer.chat_template"] == (model / "chat_template.jinja").read_text()
+    modelfile = parse_modelfile(create_modelfile("m", tmp_path / "gguf" / "model-Q8_0.gguf", tokenizer_path=model))
+    assert CHAT_FORMATS[FORMAT.get(name, "chatml")][1] == modelfile["template"]
     arch = fields["general.architecture"]
     if cfg.get("num_experts") or cfg.get("num_local_experts"):  # experts stacked as llama.cpp reads them
         exps = {t.name: list(t.shape) for t in reader.tensors if "_exps" in t.name}

@@ -106,3 +106,42 @@ def test_smoke_test_in_process_with_llama_cpp(smollm2, smollm2_q8):
     report = ollama.test_model("smollm2:q8", ["Name three colours."], max_tokens=40, gguf_path=smollm2_q8,
                                modelfile_path=path)
     assert report["passed"] and not report["results"][0]["empty"]
+
+
+# chat templates as the model families ship them in tokenizer_config.json (BOS left to the tokenizer)
+FAMILY_TEMPLATES = {
+    "gemma": (
+        "{%- if messages[0]['role'] == 'system' -%}{%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}"
+        "{%- set loop_messages = messages[1:] -%}{%- else -%}{%- set first_user_prefix = '' -%}"
+        "{%- set loop_messages = messages -%}{%- endif -%}{%- for message in loop_messages -%}"
+        "{%- if message['role'] == 'assistant' -%}{%- set role = 'model' -%}{%- else -%}"
+        "{%- set role = message['role'] -%}{%- endif -%}{{ '<start_of_turn>' + role + '\n' + "
+        "(first_user_prefix if loop.first else '') + message['content'] | trim + '<end_of_turn>\n' }}"
+        "{%- endfor -%}{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}"),
+    "phi3": (
+        "{% for message in messages %}{% if message['role'] == 'system' and message['content'] %}"
+        "{{'<|system|>\n' + message['content'] + '<|end|>\n'}}{% elif message['role'] == 'user' %}"
+        "{{'<|user|>\n' + message['content'] + '<|end|>\n'}}{% elif message['role'] == 'assistant' %}"
+        "{{'<|assistant|>\n' + message['content'] + '<|end|>\n'}}{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ eos_token }}{% endif %}"),
+}
+
+
+@pytest.mark.parametrize("family", list(FAMILY_TEMPLATES))
+def test_modelfile_renders_what_the_families_template_renders(family, tiny_llama, tmp_path):
+    """Issue 22: the Ollama template written for Gemma and Phi-3 gives the same prompt text as the model's own chat
+    template through transformers, with and without a system prompt."""
+    from transformers import AutoTokenizer
+
+    folder = tmp_path / family
+    shutil.copytree(tiny_llama, folder)
+    cfg = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps(cfg | {"chat_template": FAMILY_TEMPLATES[family]}))
+    (folder / "chat_template.jinja").unlink(missing_ok=True)
+    tok = AutoTokenizer.from_pretrained(folder)
+    spec = parse_modelfile(create_modelfile("m", write_tiny_gguf(tmp_path / "model.gguf"), tokenizer_path=folder))
+    for system in (None, "Answer briefly."):
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": "Hi"}]
+        expected = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        assert render_template(spec["template"], "Hi", system) == expected
+    assert spec["parameters"]["stop"][0] == {"gemma": "<end_of_turn>", "phi3": "<|end|>"}[family]
