@@ -31,7 +31,7 @@ from aptops.export.convert import (
     quantize_gguf,
 )
 from aptops.export.lora import is_adapter, merge_adapter
-from aptops.export.verify import GateConfig, verify_gguf
+from aptops.export.verify import GateConfig, verify_gguf, verify_plan
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,9 @@ class ExportConfig:
         verify: compare the GGUF with the source model and apply the gate.
         gate: the quant gate's thresholds.
         verify_text: the held-out text for the comparison (default: a built-in paragraph).
+        verify_max_memory_gb: the memory the check may take (0: 90% of what is available). The reference is
+            computed in F32; when that does not fit, in the checkpoint's own 16-bit type; when neither fits, the
+            check is skipped with a warning and the artifact says it is unverified (``verified: false``).
         vocab_type: ``auto`` (read off the tokenizer), ``bpe`` (byte-level BPE: GPT-2, Llama 3, Qwen2, SmolLM)
             or ``spm`` (SentencePiece: Llama 2, Mistral v0.1 ...).
         fallback_type: the type for weights whose rows do not fit the requested type (k-quants need widths that
@@ -63,6 +66,7 @@ class ExportConfig:
     verify: bool = True
     gate: GateConfig = field(default_factory=GateConfig)
     verify_text: str | None = None
+    verify_max_memory_gb: float = 0.0
     vocab_type: str = "auto"
     fallback_type: str = ""
     also: tuple[str, ...] = ()
@@ -107,7 +111,7 @@ def export_to_gguf(model: str | Path, *, output_dir: str | Path, config: ExportC
         results = []
         for q in config.types:
             name = f"model-{q}.gguf"
-            if q in ("F16", "F32"):
+            if q in ("F16", "F32", "BF16"):  # written by the converter itself, not quantized
                 convert_to_gguf(model, tmp / name, outtype=q, vocab_type=config.vocab_type)
             else:
                 if f16 is None:  # one conversion for every quantized type
@@ -145,10 +149,22 @@ def _check_one(path: Path, model: str | Path, q: str, config: ExportConfig) -> t
         log.warning(message)
     report: dict[str, Any] = {"gguf": written.to_dict()}
     metrics = {"size_bytes": float(written.size_bytes), "fallback_tensors": float(len(written.fallbacks))}
-    if config.verify:
+    plan = verify_plan(model, path, config.verify_max_memory_gb) if config.verify else None
+    if plan is not None and plan["dtype"] is None:
+        log.warning("the %s GGUF is NOT verified: checking it against transformers would take %.1f GB (%.1f GB in 16 "
+                    "bits) and the budget is %.1f GB; raise verify_max_memory_gb or verify on a larger machine", q,
+                    plan["cost_bytes"]["float32"] / 2**30, min(plan["cost_bytes"].values()) / 2**30,
+                    plan["budget_bytes"] / 2**30)
+        report["verify"] = {"skipped": "over the memory budget", **plan}
+        metrics["verified"] = 0.0
+    elif plan is not None:
+        if plan["dtype"] != "float32":
+            log.warning("verifying against transformers in %s (F32 would take %.1f GB of the %.1f GB budget)",
+                        plan["dtype"], plan["cost_bytes"]["float32"] / 2**30, plan["budget_bytes"] / 2**30)
         check = verify_gguf(path, model, text=config.verify_text, gate=config.gate,
-                            quantized=q not in ("F32", "F16", "BF16"))
-        report["verify"] = check
+                            quantized=q not in ("F32", "F16", "BF16"), dtype=plan["dtype"])
+        report["verify"] = check | {"memory": plan}
+        metrics["verified"] = 1.0
         metrics.update({k: float(check[k]) for k in ("top1_agreement", "max_abs_logit_error", "mean_abs_logit_error",
                                                       "perplexity_delta", "tokenizer_agreement", "min_logit_cosine")})
         if not check["passed"]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,24 +64,92 @@ class GateConfig:
         check_range("exact_max_perplexity_change", self.exact_max_perplexity_change, min_value=0.0)
 
 
+def available_memory_bytes() -> int:
+    """Memory the kernel says a new allocation can get without swapping (``MemAvailable``); 0 if unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def verify_plan(model_path: str | Path, gguf_path: str | Path, max_memory_gb: float = 0.0) -> dict[str, Any]:
+    """How the check against transformers can run within a memory budget, and what each way costs.
+
+    ``dtype`` ``float32``: the model loaded in F32. When that does not fit, the checkpoint's own 16-bit type
+    (``bfloat16``/``float16``): the blocks are kept in 16 bits and each is raised to F32 only while it runs
+    (embeddings, final norm and head in F32), so the reference is still computed in F32 on the very same
+    weights. ``None``: not even that fits. The cost is the weights in memory plus the GGUF llama.cpp maps;
+    ``max_memory_gb`` 0 means 90% of the memory available now."""
+    from aptops.export.convert import safetensors_index
+
+    tensors = safetensors_index(Path(model_path))
+    sizes = {name: math.prod(t.shape) for name, t in tensors.items()}
+    params = sum(sizes.values())
+    per_block: dict[str, int] = {}
+    for name, size in sizes.items():
+        block = re.search(r"\.layers\.(\d+)\.", name)
+        per_block[block[1] if block else ""] = per_block.get(block[1] if block else "", 0) + size
+    outside = per_block.pop("", 0)
+    largest = max(tensors.values(), key=lambda t: math.prod(t.shape))
+    own = {"BF16": "bfloat16", "F16": "float16"}.get(largest.dtype, "float32")
+    mapped = Path(gguf_path).stat().st_size
+    budget = max_memory_gb * 2**30 if max_memory_gb > 0 else 0.9 * available_memory_bytes()
+    costs = {"float32": params * 4 + mapped}
+    if own != "float32":
+        costs[own] = (params - outside) * 2 + outside * 4 + max(per_block.values(), default=0) * 4 + mapped
+    dtype = next((d for d, cost in costs.items() if not budget or cost <= budget), None)
+    return {"dtype": dtype, "parameters": params, "budget_bytes": int(budget), "cost_bytes": costs}
+
+
+def _blocks_in_float32(torch: Any, model: Any, dtype: Any) -> None:
+    """Keep ``model``'s decoder blocks in ``dtype`` and raise each to F32 while it runs; everything else in F32."""
+    blocks = next(m for m in model.modules() if isinstance(m, torch.nn.ModuleList)
+                  and len(m) == model.config.num_hidden_layers)
+    def raise_(module: Any, args: Any) -> None:
+        module.float()
+
+    def lower(module: Any, args: Any, out: Any) -> None:
+        module.to(dtype)
+
+    kept = set()
+    for block in blocks:
+        kept.update(id(p) for p in block.parameters())
+        block.register_forward_pre_hook(raise_)
+        block.register_forward_hook(lower)
+    for module in model.modules():  # embeddings, norms, head and buffers (rotary frequencies) in F32
+        for param in module.parameters(recurse=False):
+            if id(param) not in kept:
+                param.data = param.data.float()
+        for name, buf in module.named_buffers(recurse=False):
+            if buf.is_floating_point():
+                module._buffers[name] = buf.float()
+
+
 def _log_softmax(np: Any, x: Any) -> Any:
     m = x.max(axis=-1, keepdims=True)
     return x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
 
 
 def verify_gguf(gguf_path: str | Path, model_path: str | Path, *, text: str | None = None,
-                gate: GateConfig | None = None, n_ctx: int = 512, quantized: bool = True) -> dict[str, Any]:
+                gate: GateConfig | None = None, n_ctx: int = 512, quantized: bool = True,
+                dtype: str = "float32") -> dict[str, Any]:
     """Compare ``gguf_path`` with the transformers model in ``model_path``; returns the figures and ``passed``.
 
-    ``quantized=False`` (an F32 / F16 / BF16 file) holds it to the gate's ``exact_*`` thresholds."""
+    ``quantized=False`` (an F32 / F16 / BF16 file) holds it to the gate's ``exact_*`` thresholds. ``dtype`` is
+    the one transformers computes the reference in (F32 unless memory forbids: see :func:`verify_plan`)."""
     np = require("numpy", extra="export", feature="verifying GGUF")
     torch = require("torch", extra="export", feature="verifying GGUF")
     transformers = require("transformers", extra="export", feature="verifying GGUF")
     llama_cpp = require("llama_cpp", extra="export", feature="verifying GGUF")
     gate = gate or GateConfig()
     tokenizer = transformers.AutoTokenizer.from_pretrained(model_path)
-    model = transformers.AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32,
+    model = transformers.AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype),
                                                               use_safetensors=True)
+    if dtype != "float32":
+        _blocks_in_float32(torch, model, getattr(torch, dtype))
     model.eval()
     if len(tokenizer) < model.config.vocab_size // 2:
         hint = (" transformers could not read tokenizer.model: sentencepiece >= 0.2.3 needs protobuf 7 (kfp keeps "
@@ -115,6 +184,7 @@ def verify_gguf(gguf_path: str | Path, model_path: str | Path, *, text: str | No
     tok_agree = same / max(len(sample_hf), len(sample_cpp))
     result = {
         "tokens": len(ids),
+        "reference_dtype": dtype,
         "max_abs_logit_error": float(diff.max()),
         "mean_abs_logit_error": float(diff.mean()),
         "top1_agreement": float((hf.argmax(-1) == cpp.argmax(-1)).mean()),

@@ -311,3 +311,33 @@ def test_an_unquantized_conversion_is_held_to_the_exact_gate(tmp_path, monkeypat
                                                    r"must reproduce the model\)"):
         export_to_gguf(model, output_dir=tmp_path / "f16", config=ExportConfig(quantization="F16"))
     assert not (tmp_path / "f16").exists()
+
+
+def test_verification_fits_a_memory_budget(tmp_path):
+    """Issue 22: the check against transformers says what it costs; under a budget too small for F32 the blocks stay
+    BF16 and each is raised to F32 only while it runs (the same exact gate still holds), and under one too small for
+    that it is skipped with a warning and the artifact says so (verified 0) instead of running out of memory."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tests.models import build_tiny_causal_lm
+
+    model = build_tiny_causal_lm(tmp_path / "bf16", "qwen3", initializer_range=0.3, num_hidden_layers=4,
+                                 intermediate_size=512)  # most weights in the blocks, as in a real model
+    AutoModelForCausalLM.from_pretrained(model, dtype=torch.bfloat16).save_pretrained(model)
+    full = export_to_gguf(model, output_dir=tmp_path / "a", config=ExportConfig(quantization="BF16"))
+    memory = json.loads((tmp_path / "a" / "verify.json").read_text())["verify"]["memory"]
+    assert memory["dtype"] == "float32" and full.metrics["verified"] == 1.0
+    assert memory["cost_bytes"]["float32"] > memory["cost_bytes"]["bfloat16"] > 0
+    between = (memory["cost_bytes"]["float32"] + memory["cost_bytes"]["bfloat16"]) / 2 / 2**30
+    half = export_to_gguf(model, output_dir=tmp_path / "b", config=ExportConfig(quantization="BF16",
+                                                                                 verify_max_memory_gb=between))
+    check = json.loads((tmp_path / "b" / "verify.json").read_text())["verify"]
+    assert check["reference_dtype"] == "bfloat16" and check["passed"]  # held to the exact gate
+    assert half.metrics["top1_agreement"] == full.metrics["top1_agreement"]
+    assert abs(half.metrics["max_abs_logit_error"] - full.metrics["max_abs_logit_error"]) < 1e-3
+    skipped = export_to_gguf(model, output_dir=tmp_path / "c", config=ExportConfig(quantization="BF16",
+                                                                                    verify_max_memory_gb=1e-6))
+    report = json.loads((tmp_path / "c" / "verify.json").read_text())["verify"]
+    assert report["skipped"] == "over the memory budget" and report["dtype"] is None
+    assert skipped.metrics["verified"] == 0.0 and "top1_agreement" not in skipped.metrics
