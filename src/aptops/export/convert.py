@@ -131,16 +131,20 @@ class SourceTensor:
     dtype: str
     shape: tuple[int, ...]
 
-    def read(self) -> Any:
+    def read(self, rows: tuple[int, int] | None = None) -> Any:
+        """The tensor, or rows ``[start, stop)`` of its first dimension, as numpy (BF16 as uint16 bits)."""
         np = require("numpy", extra="export", feature="writing GGUF")
-        count = math.prod(self.shape)
+        start, stop = rows or (0, self.shape[0] if self.shape else 1)
+        row = math.prod(self.shape[1:])
+        count = (stop - start) * row
+        dtype = np.dtype(_SAFETENSORS_DTYPES[self.dtype])
         with self.file.open("rb") as f:
-            f.seek(self.offset)
-            data = np.fromfile(f, dtype=_SAFETENSORS_DTYPES[self.dtype], count=count)
+            f.seek(self.offset + start * row * dtype.itemsize)
+            data = np.fromfile(f, dtype=dtype, count=count)
         if data.size != count:
             raise InvalidArtifactError(f"{self.file.name} ends inside a tensor: the file is truncated; download or "
                                        "save the model again", path=str(self.file))
-        return data.reshape(self.shape)
+        return data.reshape((stop - start, *self.shape[1:]) if self.shape else ())
 
 
 def safetensors_index(folder: Path) -> dict[str, SourceTensor]:
@@ -179,6 +183,22 @@ def safetensors_index(folder: Path) -> dict[str, SourceTensor]:
                     path=str(file))
             tensors[name] = SourceTensor(file, 8 + size + meta["data_offsets"][0], meta["dtype"], tuple(meta["shape"]))
     return tensors
+
+
+_CHUNK = 1 << 22  # values converted at a time: a large tensor never exists in F32 all at once
+
+
+def _encode_source(gguf: Any, src: SourceTensor, outtype: str, shift: float = 0.0) -> Any:
+    """``src`` read and converted to ``outtype`` a band of rows at a time (the result is the one full copy)."""
+    np = require("numpy", extra="export", feature="writing GGUF")
+    if len(src.shape) < 2 or math.prod(src.shape) <= _CHUNK:
+        return _encode(gguf, src.read(), src.dtype, outtype, shift)
+    out = np.empty(src.shape, dtype={"F32": np.float32, "F16": np.float16, "BF16": np.uint16}[outtype])
+    step = max(_CHUNK // math.prod(src.shape[1:]), 1)
+    for start in range(0, src.shape[0], step):
+        stop = min(start + step, src.shape[0])
+        out[start:stop] = _encode(gguf, src.read((start, stop)), src.dtype, outtype, shift)
+    return out
 
 
 def _encode(gguf: Any, data: Any, dtype: str, outtype: str, shift: float = 0.0) -> Any:
@@ -234,7 +254,7 @@ def _plan(gguf: Any, tensors: dict[str, SourceTensor], arch: Any, cfg: dict[str,
         shift = arch.norm_shift if hf.endswith("norm.weight") else 0.0
 
         def make() -> Any:
-            data = _encode(gguf, src.read(), src.dtype, kind, shift)
+            data = _encode_source(gguf, src, kind, shift)
             return _permute(data, heads) if heads else data
         return _Planned(new, src.shape, kind, make)
 
@@ -247,7 +267,7 @@ def _plan(gguf: Any, tensors: dict[str, SourceTensor], arch: Any, cfg: dict[str,
         def make() -> Any:
             out = None
             for i, part in enumerate(parts):
-                data = _encode(gguf, part.read(), part.dtype, kind)
+                data = _encode_source(gguf, part, kind)
                 if rows is not None:  # one fused 3-D source, sliced
                     return np.ascontiguousarray(data[:, rows, :])
                 if out is None:
@@ -271,7 +291,7 @@ def _plan(gguf: Any, tensors: dict[str, SourceTensor], arch: Any, cfg: dict[str,
             plan.append(stacked(f"{fused['prefix']}.up_proj.weight", [src], slice(half, 2 * half)))
         elif fused:
             plan.append(_Planned(gguf_name(f"{fused['prefix']}.down_proj.weight"), src.shape, outtype,
-                                 lambda src=src: _encode(gguf, src.read(), src.dtype, outtype)))
+                                 lambda src=src: _encode_source(gguf, src, outtype)))
         else:
             heads = (n_head if hf.endswith("q_proj.weight") else n_kv if hf.endswith("k_proj.weight") else 0)
             plan.append(single(hf, src, heads if arch.permute_qk else 0))
@@ -453,15 +473,20 @@ def _add_vocab(gguf: Any, writer: Any, folder: Path, tok: dict[str, Any], vocab_
 
 
 def _add_bos_flag(writer: Any, special: Any, folder: Path) -> None:
-    """``add_bos_token`` as transformers' tokenizer of the folder behaves, when tokenizer_config does not say.
+    """``add_bos_token`` as the folder's tokenizer behaves, when tokenizer_config does not say.
 
-    The post-processor of a tokenizer.json, or the class defaults of a converted tokenizer.model, decide it;
-    asking transformers itself is the one answer that holds for both."""
+    The post-processor of a ``tokenizer.json`` decides it (read with ``tokenizers``, without loading
+    transformers and torch into the converter); for a lone ``tokenizer.model`` the class defaults of the
+    tokenizer transformers converts it to decide, so transformers is asked."""
     if "bos" in special.add_special_token:
         return
     bos = special.special_token_ids.get("bos")
-    transformers = require("transformers", extra="export", feature="reading the tokenizer")
-    ids = transformers.AutoTokenizer.from_pretrained(folder)("a").input_ids
+    if (folder / "tokenizer.json").is_file():
+        tokenizers = require("tokenizers", extra="export", feature="reading the tokenizer")
+        ids = tokenizers.Tokenizer.from_file(str(folder / "tokenizer.json")).encode("a").ids
+    else:
+        transformers = require("transformers", extra="export", feature="reading the tokenizer")
+        ids = transformers.AutoTokenizer.from_pretrained(folder)("a").input_ids
     writer.add_add_bos_token(bos is not None and ids[:1] == [bos])
 
 
