@@ -1,7 +1,8 @@
 """Every architecture of aptops' GGUF converter against llama.cpp's own ``convert_hf_to_gguf.py``, same models.
 
 For each architecture of the converter's table, the tiny random model the tests use (2 blocks, 64 wide, weights
-drawn wide so the next token is a clear choice, a real BPE or SentencePiece tokenizer) is converted to F32 by
+drawn wide so the next token is a clear choice; SmolLM2's real BPE tokenizer, or a SentencePiece one trained
+here) is converted to F32 by
 aptops and by the reference converter of the llama.cpp version aptops quantizes with (the llama-cpp-python
 0.3.36 sdist, a comparator only); llama.cpp runs both files on the same token ids and their logits are
 compared with transformers': least cosine over positions and top-1 agreement. A reference conversion that
@@ -26,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def main() -> None:
     from bench.gguf_export import reference_converter
 
+    from aptops.core.assets import smollm2_hf_folder
     from aptops.export import convert_to_gguf
     from aptops.export.verify import verify_gguf
     from tests.models import build_tiny_spm_llama
@@ -36,7 +38,9 @@ def main() -> None:
     spm = build_tiny_spm_llama(work / "spm")
     rows = {}
     for name in CASES:
-        model = _build(name, work, spm)
+        # SmolLM2's real tokenizer for the BPE family (the reference converter only takes BPE tokenizers whose
+        # splitting it recognises); Phi-3 with SentencePiece (the reference insists on tokenizer.model)
+        model = _build(name, work, spm, smollm2_hf_folder(), family="spm" if name.startswith("p-") else None)
         row = {}
         for who in ("aptops", "llama.cpp"):
             out = work / f"{name}-{who}.gguf"

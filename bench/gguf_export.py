@@ -55,7 +55,7 @@ def reference_converter() -> Path:
 
 # runs a script and, at its exit, writes its own peak RSS (VmHWM: this process image only; getrusage's
 # ru_maxrss would carry the bench's own footprint over the fork into the child)
-_PEAK = """import atexit, runpy, sys
+_PEAK = """import atexit, os, runpy, sys
 out = sys.argv[1]
 def peak():
     with open('/proc/self/status') as f:
@@ -64,6 +64,7 @@ def peak():
         f.write(kib)
 atexit.register(peak)
 sys.argv = sys.argv[2:]
+sys.path.insert(0, os.path.dirname(os.path.abspath(sys.argv[0])))  # as `python script.py` does
 runpy.run_path(sys.argv[0], run_name='__main__')
 """
 _OURS = """import sys

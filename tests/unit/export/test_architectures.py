@@ -69,10 +69,12 @@ def spm_tokenizer(tmp_path_factory):
     return build_tiny_spm_llama(tmp_path_factory.mktemp("spm"))
 
 
-def _build(name, tmp_path, spm_tokenizer, **overrides):
-    model_type, fields, family = CASES[name]
+def _build(name, tmp_path, spm_tokenizer, bpe_tokenizer=None, family=None, **overrides):
+    """The case's model in ``tmp_path/<name>-instruct``; the BPE family's tokenizer is trained here unless
+    ``bpe_tokenizer`` names a folder to take it from; ``family`` overrides the case's tokenizer family."""
+    model_type, fields, default_family = CASES[name]
     folder = build_tiny_causal_lm(tmp_path / f"{name}-instruct", model_type,
-                                  tokenizer_from=spm_tokenizer if family == "spm" else None,
+                                  tokenizer_from=spm_tokenizer if (family or default_family) == "spm" else bpe_tokenizer,
                                   **({"initializer_range": 0.3} | fields | overrides))
     (folder / "chat_template.jinja").write_text(TEMPLATES[FORMAT.get(name, "chatml")], encoding="utf-8")
     return folder
