@@ -145,8 +145,8 @@ def test_bf16_weights_stay_bf16_and_convert_exactly(tmp_path):
 
 
 def test_architectures_llama_cpp_would_run_differently_are_refused(tmp_path, spm_tokenizer):
-    """Bad input: a MoE checkpoint missing an expert, a config llama.cpp would compute differently: each a clear
-    error naming what is wrong, and no artifact."""
+    """Bad input: a MoE checkpoint missing an expert, a config llama.cpp would compute differently, pickled weights:
+    each a clear error naming what is wrong, and no artifact."""
     moe = _build("mixtral", tmp_path, spm_tokenizer)
     broken = tmp_path / "broken-moe"
     shutil.copytree(moe, broken)
@@ -167,4 +167,11 @@ def test_architectures_llama_cpp_would_run_differently_are_refused(tmp_path, spm
     with pytest.raises(ConfigError, match=r"query_pre_attn_scalar=256: llama.cpp's gemma2 scales queries by "
                                           r"1/sqrt\(16\)"):
         export_to_gguf(gemma, output_dir=tmp_path / "c", config=ExportConfig(quantization="F16"))
-    assert not any((tmp_path / n).exists() for n in "abc")
+
+    pickled = tmp_path / "pickled"  # weights only as pytorch_model.bin: refused before anything is read
+    shutil.copytree(moe, pickled)
+    (pickled / "model.safetensors").rename(pickled / "pytorch_model.bin")
+    with pytest.raises(InvalidArtifactError, match=r"no \*\.safetensors weights\. It has pickled weights "
+                                                   r"\(pytorch_model\.bin\).*save_pretrained"):
+        export_to_gguf(pickled, output_dir=tmp_path / "d", config=ExportConfig(quantization="F16"))
+    assert not any((tmp_path / n).exists() for n in "abcd")
