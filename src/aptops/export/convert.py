@@ -234,11 +234,12 @@ def _plan(gguf: Any, tensors: dict[str, SourceTensor], arch: Any, cfg: dict[str,
     n_head = cfg["num_attention_heads"]
     n_kv = cfg.get("num_key_value_heads") or n_head
     tied = bool(cfg.get("tie_word_embeddings"))
-    f32_kinds = {gguf.MODEL_TENSOR.FFN_GATE_INP, gguf.MODEL_TENSOR.FFN_GATE_INP_SHEXP}
-    f32_names = {gguf.TENSOR_NAMES[k] for k in f32_kinds}
+    # the MoE routers stay F32, as llama.cpp's converter and quantizer keep them
+    f32_names = {gguf.TENSOR_NAMES[k].removeprefix("blk.{bid}.")
+                 for k in (gguf.MODEL_TENSOR.FFN_GATE_INP, gguf.MODEL_TENSOR.FFN_GATE_INP_SHEXP)}
 
     def kind_for(new: str, ndim: int) -> str:
-        base = new.split(".", 2)[-2] if new.startswith("blk.") else new.rsplit(".", 1)[0]
+        base = re.sub(r"^blk\.\d+\.", "", new).rsplit(".", 1)[0]
         return "F32" if ndim <= 1 or new.endswith("_norm.weight") or base in f32_names else outtype
 
     def gguf_name(hf: str) -> str:
@@ -297,8 +298,8 @@ def _plan(gguf: Any, tensors: dict[str, SourceTensor], arch: Any, cfg: dict[str,
             plan.append(single(hf, src, heads if arch.permute_qk else 0))
     if arch.experts:
         plan += _stack_experts(groups, cfg, stacked)
-    if tied and arch.output_required and "embed_tokens" in " ".join(tensors):
-        embed = next(hf for hf in tensors if hf.endswith("embed_tokens.weight"))
+    embed = next((hf for hf in tensors if hf.endswith("embed_tokens.weight")), None)
+    if tied and arch.output_required and embed is not None:  # llama.cpp wants its own output matrix
         out = single(embed, tensors[embed])
         plan.append(_Planned(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.OUTPUT] + ".weight", out.shape, out.outtype, out.make))
     return plan

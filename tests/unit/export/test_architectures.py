@@ -105,6 +105,8 @@ def test_architecture_is_exported_exactly(name, tmp_path, spm_tokenizer):
         exps = {t.name: list(t.shape) for t in reader.tensors if "_exps" in t.name}
         assert exps["blk.1.ffn_gate_exps.weight"] == [64, MOE["moe_intermediate_size"] if "moe" in arch else 128, 4]
         assert fields[f"{arch}.expert_count"] == 4 and fields[f"{arch}.expert_used_count"] == 2
+        f16 = {t.name: t.tensor_type.name for t in gguf.GGUFReader(tmp_path / "gguf" / "model-F16.gguf").tensors}
+        assert f16["blk.0.ffn_gate_inp.weight"] == "F32" and f16["blk.0.ffn_up_exps.weight"] == "F16"  # routers F32
 
 
 def test_phi3_long_context_rope_factors(tmp_path, spm_tokenizer):
