@@ -65,12 +65,26 @@ def merge_adapter(adapter: str | Path, into: str | Path, *, base_model: str = ""
     base = resolve_base(adapter, base_model)
     out = Path(into)
     log.info("merging the LoRA adapter %s into its base %s", adapter, base)
+    weights = adapter / "adapter_model.safetensors"
+    if not weights.is_file():
+        pickled = " (it has a pickled adapter_model.bin, which aptops does not load: save the adapter with "
+        raise InvalidArtifactError(f"{str(adapter)!r} has no adapter_model.safetensors" + (
+            pickled + "safe_serialization=True)" if (adapter / "adapter_model.bin").is_file() else ""), path=str(adapter))
     model = transformers.AutoModelForCausalLM.from_pretrained(base, dtype="auto", use_safetensors=True)
-    try:
-        model = peft.PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    safetensors = require("safetensors.torch", extra="export", feature="merging a LoRA adapter")
+    try:  # the adapter's weights read as safetensors only (PEFT's own loader would take a pickle too)
+        model = peft.get_peft_model(model, peft.LoraConfig.from_pretrained(adapter))
+        loaded = peft.set_peft_model_state_dict(model, safetensors.load_file(str(weights)))
     except (ValueError, RuntimeError, KeyError) as exc:
         raise InvalidArtifactError(f"the adapter in {str(adapter)!r} does not fit the base {str(base)!r} ({exc}); "
                                    "pass the base it was trained on with --set base_model=...", path=str(adapter)) from None
+    missing = [k for k in loaded.missing_keys if "lora_" in k]
+    if loaded.unexpected_keys or missing:
+        raise InvalidArtifactError(f"the adapter in {str(adapter)!r} does not fit the base {str(base)!r}: "
+                                   f"{len(loaded.unexpected_keys)} of its tensors have no place in the base "
+                                   f"({loaded.unexpected_keys[:2]}), {len(missing)} adapter weights are missing; pass "
+                                   "the base it was trained on with --set base_model=...", path=str(adapter))
+    model = model.merge_and_unload()
     with torch.no_grad():
         model.save_pretrained(out)
     for name in TOKENIZER_FILES:
