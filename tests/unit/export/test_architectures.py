@@ -177,3 +177,18 @@ def test_architectures_llama_cpp_would_run_differently_are_refused(tmp_path, spm
                                                    r"\(pytorch_model\.bin\).*save_pretrained"):
         export_to_gguf(pickled, output_dir=tmp_path / "d", config=ExportConfig(quantization="F16"))
     assert not any((tmp_path / n).exists() for n in "abcd")
+
+
+def test_fused_expert_layout_is_split_as_llama_cpp_reads_it(tmp_path, spm_tokenizer):
+    """A MoE checkpoint written in transformers' in-memory layout (``experts.gate_up_proj`` [experts, 2 x ff, hidden],
+    ``experts.down_proj``), as a raw ``state_dict`` save gives it, exports as exactly as the per-expert one."""
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM
+
+    model = _build("qwen3-moe", tmp_path, spm_tokenizer)
+    state = {k: v.contiguous() for k, v in AutoModelForCausalLM.from_pretrained(model).state_dict().items()
+             if k != "lm_head.weight"}  # tied: the head is the embedding
+    assert "model.layers.0.mlp.experts.gate_up_proj" in state
+    save_file(state, model / "model.safetensors", metadata={"format": "pt"})
+    result = export_to_gguf(model, output_dir=tmp_path / "gguf", config=ExportConfig(quantization="F32"))
+    assert result.metrics["min_logit_cosine"] >= 0.999 and result.metrics["top1_agreement"] >= 0.95
