@@ -1,7 +1,10 @@
 """Hugging Face causal LM folder → GGUF, written with the ``gguf`` package, quantized by llama.cpp.
 
-The conversion itself is aptops' (tensor names through ``gguf.TensorNameMap``, metadata keys through
-``gguf.GGUFWriter``, merges and special tokens through ``gguf.SpecialVocab``); quantization is llama.cpp's
+The conversion itself is aptops' (which architectures and how: the table in :mod:`aptops.export.architectures`;
+tensor names through ``gguf.TensorNameMap``, metadata keys through ``gguf.GGUFWriter`` and ``gguf.Metadata``,
+merges and special tokens through ``gguf.SpecialVocab``). It streams: every tensor is planned from the
+safetensors headers, then read, converted and written one at a time, so memory stays near the largest tensor's
+output copy whatever the model's size (``bench/gguf_export.py``). Quantization is llama.cpp's
 own ``llama_model_quantize`` through ``llama-cpp-python``. What llama.cpp actually wrote is then read back
 with ``gguf.GGUFReader``: llama.cpp silently falls back to other types when a row width does not suit the
 requested one (k-quants need multiples of 256, every block type multiples of 32), and the file header
