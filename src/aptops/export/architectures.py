@@ -194,13 +194,19 @@ def write_rope(gguf: Any, writer: Any, cfg: dict[str, Any], scaling: dict[str, A
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         writer.add_rope_scaling_factor(float(factor))
     elif kind == "yarn":
+        # llama.cpp's dense families read the factor and the original context only: the ramp's betas are its
+        # defaults (32 / 1, transformers' too), and the attention scale is its own 0.1 ln(factor) + 1 times
+        # rope.scaling.attn_factor
+        fixed = {"beta_fast": 32.0, "beta_slow": 1.0, "truncate": True, "mscale": None, "mscale_all_dim": None}
+        odd = {k: scaling[k] for k, v in fixed.items() if scaling.get(k) is not None and scaling[k] != v}
+        if odd:
+            raise ConfigError(f"yarn rope scaling with {odd}: llama.cpp uses beta_fast 32, beta_slow 1, truncation and "
+                              "no mscale for this architecture, so the GGUF would answer differently; it is not "
+                              "exported", field="rope_scaling", value=str(odd))
         writer.add_rope_scaling_type(gguf.RopeScalingType.YARN)
         writer.add_rope_scaling_factor(float(factor))
-        for name, method in (("beta_fast", "add_rope_scaling_yarn_beta_fast"),
-                             ("beta_slow", "add_rope_scaling_yarn_beta_slow"),
-                             ("extrapolation_factor", "add_rope_scaling_yarn_ext_factor")):
-            if scaling.get(name) is not None:
-                getattr(writer, method)(float(scaling[name]))
+        if scaling.get("attention_factor") is not None and float(factor) > 1:
+            writer.add_rope_scaling_attn_factors(float(scaling["attention_factor"]) / (0.1 * math.log(factor) + 1))
     elif kind == "llama3":
         return [("rope_freqs.weight", llama3_rope_factors(theta, rope_dims, scaling))]
     elif kind == "longrope":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -264,8 +265,10 @@ def test_llama3_rope_factors_are_the_ones_transformers_divides_by():
 
 @pytest.mark.parametrize("rope", [LLAMA3_ROPE, {"rope_type": "linear", "rope_theta": 10000.0, "factor": 4.0},
                                   {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
-                                   "original_max_position_embeddings": 64}],
-                         ids=["llama3", "linear", "yarn"])
+                                   "original_max_position_embeddings": 64},
+                                  {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
+                                   "original_max_position_embeddings": 64, "attention_factor": 1.3}],
+                         ids=["llama3", "linear", "yarn", "yarn-attention-factor"])
 def test_scaled_rope_is_exported_as_llama_cpp_reads_it(rope, tmp_path):
     """Issue 22: a Llama 3.1-style config was converted without its rope factors: the GGUF's next token agreed
     with transformers on 7% of positions of this model (attention sharp enough to see positions)."""
@@ -282,7 +285,7 @@ def test_scaled_rope_is_exported_as_llama_cpp_reads_it(rope, tmp_path):
     assert ("rope_freqs.weight" in names) == (rope["rope_type"] == "llama3")
 
 
-@pytest.mark.parametrize("kind", ["dynamic", "longrope"])
+@pytest.mark.parametrize("kind", ["dynamic", "longrope", "yarn"])
 def test_rope_scaling_llama_cpp_would_not_reproduce_is_refused(kind, tiny_llama, tmp_path):
     import shutil
 
@@ -290,8 +293,12 @@ def test_rope_scaling_llama_cpp_would_not_reproduce_is_refused(kind, tiny_llama,
     shutil.copytree(tiny_llama, folder)
     cfg = json.loads((folder / "config.json").read_text())
     cfg["rope_parameters"] = {"rope_type": kind, "rope_theta": 10000.0, "factor": 2.0}
+    if kind == "yarn":  # llama.cpp's llama reads no yarn betas: measured, 16/2 gave a logit cosine of -0.34
+        cfg["rope_parameters"] |= {"beta_fast": 16, "beta_slow": 2}
     (folder / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ConfigError, match=f"rope scaling '{kind}' is not supported for GGUF export of this architecture"):
+    message = ("yarn rope scaling with {'beta_fast': 16, 'beta_slow': 2}: llama.cpp uses beta_fast 32" if kind == "yarn"
+               else f"rope scaling '{kind}' is not supported for GGUF export of this architecture")
+    with pytest.raises(ConfigError, match=re.escape(message)):
         export_to_gguf(folder, output_dir=tmp_path / "out", config=ExportConfig(quantization="F16"))
     assert not (tmp_path / "out").exists()
 
