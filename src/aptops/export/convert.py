@@ -122,7 +122,9 @@ def vocab_kind(folder: Path, tok: dict[str, Any], vocab_type: str = "auto") -> s
 _SAFETENSORS_DTYPES = {"F32": "<f4", "F16": "<f2", "BF16": "<u2"}
 _EXPERT = re.compile(r"^(?P<prefix>.+\.experts)\.(?P<index>\d+)\.(?P<proj>\w+)\.weight$")
 _FUSED_EXPERTS = re.compile(r"^(?P<prefix>.+\.experts)\.(?P<proj>gate_up_proj|down_proj)(?:\.weight)?$")
-OUTTYPES = ("F32", "F16", "BF16")
+# the converter's output types, as numpy holds them (BF16 as its raw 16 bits)
+OUTTYPE_NUMPY = {"F32": "float32", "F16": "float16", "BF16": "uint16"}
+OUTTYPES = tuple(OUTTYPE_NUMPY)
 
 
 @dataclass(frozen=True)
@@ -196,7 +198,7 @@ def _encode_source(gguf: Any, src: SourceTensor, outtype: str, shift: float = 0.
     np = require("numpy", extra="export", feature="writing GGUF")
     if len(src.shape) < 2 or math.prod(src.shape) <= _CHUNK:
         return _encode(gguf, src.read(), src.dtype, outtype, shift)
-    out = np.empty(src.shape, dtype={"F32": np.float32, "F16": np.float16, "BF16": np.uint16}[outtype])
+    out = np.empty(src.shape, dtype=OUTTYPE_NUMPY[outtype])
     step = max(_CHUNK // math.prod(src.shape[1:]), 1)
     for start in range(0, src.shape[0], step):
         stop = min(start + step, src.shape[0])
@@ -227,7 +229,8 @@ class _Planned:
     make: Any  # () -> np.ndarray in the GGUF's type
 
     def nbytes(self) -> int:
-        return math.prod(self.shape) * (4 if self.outtype == "F32" else 2)
+        np = require("numpy", extra="export", feature="writing GGUF")
+        return math.prod(self.shape) * np.dtype(OUTTYPE_NUMPY[self.outtype]).itemsize
 
 
 def _plan(gguf: Any, tensors: dict[str, SourceTensor], arch: Any, cfg: dict[str, Any], names: Any, outtype: str,
@@ -262,23 +265,23 @@ def _plan(gguf: Any, tensors: dict[str, SourceTensor], arch: Any, cfg: dict[str,
             return _permute(data, heads) if heads else data
         return _Planned(new, src.shape, kind, make)
 
-    def stacked(hf: str, parts: list[SourceTensor], rows: slice | None = None) -> _Planned:
+    def stacked(hf: str, parts: list[SourceTensor]) -> _Planned:
         new = gguf_name(hf)
         kind = kind_for(new, 3)
-        first = parts[0].shape
-        shape = (len(parts), *first) if rows is None else (first[0], rows.stop - rows.start, first[2])
+        shape = (len(parts), *parts[0].shape)
 
         def make() -> Any:
-            out = None
+            out = np.empty(shape, dtype=OUTTYPE_NUMPY[kind])
             for i, part in enumerate(parts):
-                data = _encode_source(gguf, part, kind)
-                if rows is not None:  # one fused 3-D source, sliced
-                    return np.ascontiguousarray(data[:, rows, :])
-                if out is None:
-                    out = np.empty(shape, dtype=data.dtype)
-                out[i] = data
+                out[i] = _encode_source(gguf, part, kind)
             return out
         return _Planned(new, shape, kind, make)
+
+    def sliced(hf: str, src: SourceTensor, rows: slice) -> _Planned:  # half of a fused [experts, 2 x ff, hidden]
+        new = gguf_name(hf)
+        kind = kind_for(new, 3)
+        return _Planned(new, (src.shape[0], rows.stop - rows.start, src.shape[2]), kind,
+                        lambda: np.ascontiguousarray(_encode_source(gguf, src, kind)[:, rows, :]))
 
     plan = [_Planned(name, data.shape, "F32", lambda data=data: data) for name, data in extra]
     groups: dict[tuple[str, str], dict[int, SourceTensor]] = {}
@@ -291,11 +294,10 @@ def _plan(gguf: Any, tensors: dict[str, SourceTensor], arch: Any, cfg: dict[str,
             groups.setdefault((expert["prefix"], expert["proj"]), {})[int(expert["index"])] = src
         elif fused and fused["proj"] == "gate_up_proj":
             half = src.shape[1] // 2
-            plan.append(stacked(f"{fused['prefix']}.gate_proj.weight", [src], slice(0, half)))
-            plan.append(stacked(f"{fused['prefix']}.up_proj.weight", [src], slice(half, 2 * half)))
+            plan.append(sliced(f"{fused['prefix']}.gate_proj.weight", src, slice(0, half)))
+            plan.append(sliced(f"{fused['prefix']}.up_proj.weight", src, slice(half, 2 * half)))
         elif fused:
-            plan.append(_Planned(gguf_name(f"{fused['prefix']}.down_proj.weight"), src.shape, outtype,
-                                 lambda src=src: _encode_source(gguf, src, outtype)))
+            plan.append(single(f"{fused['prefix']}.down_proj.weight", src))
         else:
             heads = (n_head if hf.endswith("q_proj.weight") else n_kv if hf.endswith("k_proj.weight") else 0)
             plan.append(single(hf, src, heads if arch.permute_qk else 0))
@@ -347,6 +349,7 @@ def convert_to_gguf(model_path: str | Path, output_path: str | Path, *, outtype:
     llama.cpp's ``llama`` tokenizer: Llama 2, Mistral v0.1, TinyLlama ...) or ``auto`` (read off the folder).
     """
     gguf = require("gguf", extra="export", feature="writing GGUF")
+    np = require("numpy", extra="export", feature="writing GGUF")
     from aptops.export.architectures import arch_for, rope_dimensions, rope_settings, write_keys, write_rope
     from aptops.hub.models import check_model_folder
 
@@ -399,8 +402,7 @@ def convert_to_gguf(model_path: str | Path, output_path: str | Path, *, outtype:
         plan = _plan(gguf, tensors, arch, cfg, gguf.get_tensor_name_map(arch_enum, n_layer), outtype, extra)
         for t in plan:
             raw = gguf.GGMLQuantizationType[t.outtype]
-            writer.add_tensor_info(t.name, t.shape, {"F32": "float32", "F16": "float16", "BF16": "uint16"}[t.outtype],
-                                   t.nbytes(), raw_dtype=raw)
+            writer.add_tensor_info(t.name, t.shape, OUTTYPE_NUMPY[t.outtype], t.nbytes(), raw_dtype=raw)
         _add_model_metadata(gguf, writer, folder)
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         writer.write_header_to_file()
@@ -410,8 +412,8 @@ def convert_to_gguf(model_path: str | Path, output_path: str | Path, *, outtype:
             data = t.make()
             if data.shape != t.shape:
                 raise InvalidArtifactError(f"{t.name}: made {data.shape}, planned {t.shape}")
-            writer.write_tensor_data(np_contiguous(data))
-            del data
+            writer.write_tensor_data(np.ascontiguousarray(data))
+            del data  # freed before the next tensor is made
         writer.close()
         os.replace(tmp, out)
     except BaseException:
@@ -420,10 +422,6 @@ def convert_to_gguf(model_path: str | Path, output_path: str | Path, *, outtype:
         tmp.unlink(missing_ok=True)
         raise
     return out
-
-
-def np_contiguous(data: Any) -> Any:
-    return data if data.flags["C_CONTIGUOUS"] else data.copy(order="C")
 
 
 def _add_model_metadata(gguf: Any, writer: Any, folder: Path) -> None:
@@ -437,6 +435,7 @@ def _add_model_metadata(gguf: Any, writer: Any, folder: Path) -> None:
         meta.size_label = gguf.size_label(total, shared, expert, n_expert)
     writer.add_type(gguf.GGUFType.MODEL)
     meta.set_gguf_meta_model(writer)
+
 
 def _permute(weights: Any, n_head: int) -> Any:
     """HF stores Q/K rows as two rotary halves per head; llama.cpp wants them interleaved."""

@@ -58,18 +58,17 @@ def resolve_base(adapter: Path, base_model: str = "") -> Path:
 def merge_adapter(adapter: str | Path, into: str | Path, *, base_model: str = "") -> Path:
     """Load the base in its own dtype, apply the adapter, fold it into the weights and save the whole model
     (safetensors, the adapter's tokenizer and card when it has them, else the base's) at ``into``."""
-    torch = require("torch", extra="export", feature="merging a LoRA adapter")
     transformers = require("transformers", extra="export", feature="merging a LoRA adapter")
     peft = require("peft", extra="export", feature="merging a LoRA adapter")
     adapter = Path(adapter)
-    base = resolve_base(adapter, base_model)
-    out = Path(into)
-    log.info("merging the LoRA adapter %s into its base %s", adapter, base)
     weights = adapter / "adapter_model.safetensors"
-    if not weights.is_file():
+    if not weights.is_file():  # before the base is looked for (and perhaps downloaded)
         pickled = " (it has a pickled adapter_model.bin, which aptops does not load: save the adapter with "
         raise InvalidArtifactError(f"{str(adapter)!r} has no adapter_model.safetensors" + (
             pickled + "safe_serialization=True)" if (adapter / "adapter_model.bin").is_file() else ""), path=str(adapter))
+    base = resolve_base(adapter, base_model)
+    out = Path(into)
+    log.info("merging the LoRA adapter %s into its base %s", adapter, base)
     model = transformers.AutoModelForCausalLM.from_pretrained(base, dtype="auto", use_safetensors=True)
     safetensors = require("safetensors.torch", extra="export", feature="merging a LoRA adapter")
     try:  # the adapter's weights read as safetensors only (PEFT's own loader would take a pickle too)
@@ -84,9 +83,7 @@ def merge_adapter(adapter: str | Path, into: str | Path, *, base_model: str = ""
                                    f"{len(loaded.unexpected_keys)} of its tensors have no place in the base "
                                    f"({loaded.unexpected_keys[:2]}), {len(missing)} adapter weights are missing; pass "
                                    "the base it was trained on with --set base_model=...", path=str(adapter))
-    model = model.merge_and_unload()
-    with torch.no_grad():
-        model.save_pretrained(out)
+    model.merge_and_unload().save_pretrained(out)
     for name in TOKENIZER_FILES:
         source = adapter / name if (adapter / name).is_file() else base / name
         if source.is_file():

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,10 +89,10 @@ def verify_plan(model_path: str | Path, gguf_path: str | Path, max_memory_gb: fl
     tensors = safetensors_index(Path(model_path))
     sizes = {name: math.prod(t.shape) for name, t in tensors.items()}
     params = sum(sizes.values())
-    per_block: dict[str, int] = {}
+    per_block: Counter[str] = Counter()  # parameters per decoder block; "" for the rest
     for name, size in sizes.items():
         block = re.search(r"\.layers\.(\d+)\.", name)
-        per_block[block[1] if block else ""] = per_block.get(block[1] if block else "", 0) + size
+        per_block[block[1] if block else ""] += size
     outside = per_block.pop("", 0)
     largest = max(tensors.values(), key=lambda t: math.prod(t.shape))
     own = {"BF16": "bfloat16", "F16": "float16"}.get(largest.dtype, "float32")
@@ -108,6 +109,7 @@ def _blocks_in_float32(torch: Any, model: Any, dtype: Any) -> None:
     """Keep ``model``'s decoder blocks in ``dtype`` and raise each to F32 while it runs; everything else in F32."""
     blocks = next(m for m in model.modules() if isinstance(m, torch.nn.ModuleList)
                   and len(m) == model.config.num_hidden_layers)
+
     def raise_(module: Any, args: Any) -> None:
         module.float()
 

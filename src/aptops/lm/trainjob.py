@@ -397,8 +397,6 @@ def _stage_inputs(inputs: Sequence[str | Path], folder: Path) -> dict[str, str]:
     return staged
 
 
-
-
 def _create_or_attach(api: _Api, manifest: Mapping[str, Any]) -> None:
     from kubernetes.client.exceptions import ApiException
 
