@@ -36,7 +36,7 @@ demo: setup
 	  --param model="$$($(PY) -c 'from aptops.core.assets import smollm2_hf_folder; print(smollm2_hf_folder())')" \
 	  --param student_layers=24 --param distill_steps=20 --param quantization=Q8_0,Q4_K_M --param fallback_type=Q5_0
 	@# text + image + audio: packaged photos and spoken recordings with captions; MiniLM (frozen) + small ViT and Wav2Vec2
-	$(APTOPS) multimodal sample runs/multimodal-sample
+	$(APTOPS) multimodal sample runs/multimodal-sample --overwrite
 	APTOPS_NO_PROGRESS=$${APTOPS_NO_PROGRESS:-0} $(APTOPS) run multimodal --local \
 	  --param train_manifest=runs/multimodal-sample/train.jsonl --param eval_manifest=runs/multimodal-sample/eval.jsonl \
 	  --param text_encoder="$$($(PY) -c 'from aptops.core.assets import minilm_folder; print(minilm_folder())')" \

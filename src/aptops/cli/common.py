@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -32,6 +33,9 @@ app = typer.Typer(
 
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML file of settings.")]
+OverwriteOpt = Annotated[bool, typer.Option(
+    "--overwrite", help="Replace --out when it holds an aptops artifact of this stage (once the new one is complete); "
+                        "a folder of other files is never replaced.")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a setting: key=value (repeatable).")]
 
 
@@ -74,13 +78,26 @@ def _root(
 
 
 
-def _run_stage(stage: str, step: str, fn: Any, out: Path) -> Any:
-    """Run a stage function with metrics, as a component would: Pushgateway if configured, else a textfile."""
+def _run_stage(stage: str, step: str, fn: Any, out: Path, *, inputs: Sequence[str | Path | None] | None = None,
+               overwrite: bool = False) -> Any:
+    """Run a stage function with metrics, as a component would: Pushgateway if configured, else a textfile.
+
+    With ``inputs`` (the command writes ``out``), ``out`` is checked before any work: a folder of the user's
+    files, an input, or (without ``overwrite``) an existing artifact is refused; every output the stage writes
+    then follows the same rule.
+    """
+    from aptops.core.artifacts import check_output, output_policy
     from aptops.core.runtime import run_component
 
     run_id = os.environ.get("APTOPS_RUN_ID") or f"cli-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-    return run_component(stage, fn, pipeline="cli", run_id=run_id, step=step,
-                         metrics_dir=out.parent / f"{out.name}.metrics")
+    if inputs is None:  # the command reads `out` (publish, backup): nothing of it is written
+        return run_component(stage, fn, pipeline="cli", run_id=run_id, step=step,
+                             metrics_dir=out.parent / f"{out.name}.metrics")
+    paths = [str(i) for i in inputs if i is not None]
+    check_output(out, overwrite=overwrite, kind=stage, inputs=paths, resume=True)
+    with output_policy(overwrite=overwrite, inputs=paths):
+        return run_component(stage, fn, pipeline="cli", run_id=run_id, step=step,
+                             metrics_dir=out.parent / f"{out.name}.metrics")
 
 
 def _dry_run(stage: str, argv: list[str], out: Path, cfg: Any, *, dry_run: bool, cluster: Path | None,

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from aptops.cli.common import (
     ConfigOpt,
+    OverwriteOpt,
     SetOpt,
     _print_metrics,
     _run_stage,
@@ -26,6 +27,7 @@ app.add_typer(data_app, name="data")
 def data_clean(
     source: Annotated[str, typer.Argument(help="A file or folder of JSONL, Parquet, CSV or text files.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Where the cleaned dataset folder is written.")],
+    overwrite: OverwriteOpt = False,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -33,7 +35,7 @@ def data_clean(
     from aptops.data import CleanConfig, clean_dataset
 
     cfg = load_config(CleanConfig, config, overrides=set_ or [])
-    result = _run_stage("data", "clean", lambda: clean_dataset(source, output_dir=out, config=cfg), out)
+    result = _run_stage("data", "clean", lambda: clean_dataset(source, output_dir=out, config=cfg), out, inputs=[source], overwrite=overwrite)
     _print_metrics(f"cleaned dataset: {out}", result.metrics)
 
 
@@ -41,6 +43,7 @@ def data_clean(
 def data_stats(
     dataset: Annotated[Path, typer.Argument(help="A dataset folder written by 'aptops data clean'.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Where the report folder is written.")],
+    overwrite: OverwriteOpt = False,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -48,7 +51,7 @@ def data_stats(
     from aptops.data import StatsConfig, dataset_stats
 
     cfg = load_config(StatsConfig, config, overrides=set_ or [])
-    result = _run_stage("data", "stats", lambda: dataset_stats(dataset, output_dir=out, config=cfg), out)
+    result = _run_stage("data", "stats", lambda: dataset_stats(dataset, output_dir=out, config=cfg), out, inputs=[dataset], overwrite=overwrite)
     _print_metrics(f"report: {result.outputs['report']}", result.metrics)
 
 
@@ -56,6 +59,7 @@ def data_stats(
 def data_dedup(
     dataset: Annotated[Path, typer.Argument(help="A dataset folder (Parquet shards) written by 'aptops data clean'.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Where the deduplicated dataset folder is written.")],
+    overwrite: OverwriteOpt = False,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -63,7 +67,7 @@ def data_dedup(
     from aptops.data import DedupConfig, dedup_dataset
 
     cfg = load_config(DedupConfig, config, overrides=set_ or [])
-    result = _run_stage("data", "dedup", lambda: dedup_dataset(dataset, output_dir=out, config=cfg), out)
+    result = _run_stage("data", "dedup", lambda: dedup_dataset(dataset, output_dir=out, config=cfg), out, inputs=[dataset], overwrite=overwrite)
     _print_metrics(f"deduplicated dataset: {out}", result.metrics)
 
 
@@ -71,6 +75,7 @@ def data_dedup(
 def data_quality(
     dataset: Annotated[Path, typer.Argument(help="A dataset folder (Parquet shards).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Where the scored (or filtered) dataset is written.")],
+    overwrite: OverwriteOpt = False,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -78,7 +83,7 @@ def data_quality(
     from aptops.data.quality import QualityConfig, quality_dataset
 
     cfg = load_config(QualityConfig, config, overrides=set_ or [])
-    result = _run_stage("data", "quality", lambda: quality_dataset(dataset, output_dir=out, config=cfg), out)
+    result = _run_stage("data", "quality", lambda: quality_dataset(dataset, output_dir=out, config=cfg), out, inputs=[dataset], overwrite=overwrite)
     _print_metrics(f"quality report: {result.outputs['report']}", result.metrics)
 
 
@@ -86,6 +91,7 @@ def data_quality(
 def data_balance(
     dataset: Annotated[Path, typer.Argument(help="A labelled dataset folder (Parquet shards).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Where the balanced dataset is written.")],
+    overwrite: OverwriteOpt = False,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -93,7 +99,7 @@ def data_balance(
     from aptops.data.balance import BalanceConfig, balance_dataset_dir
 
     cfg = load_config(BalanceConfig, config, overrides=set_ or [])
-    result = _run_stage("data", "balance", lambda: balance_dataset_dir(dataset, output_dir=out, config=cfg), out)
+    result = _run_stage("data", "balance", lambda: balance_dataset_dir(dataset, output_dir=out, config=cfg), out, inputs=[dataset], overwrite=overwrite)
     table = Table(title=f"balanced dataset: {out}")
     for col in ("class", "before", "after"):
         table.add_column(col)
@@ -106,6 +112,7 @@ def data_balance(
 def data_process(
     source: Annotated[str, typer.Argument(help="A file or folder of JSONL, Parquet, CSV or text files.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Where the processed dataset is written.")],
+    overwrite: OverwriteOpt = False,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -113,7 +120,7 @@ def data_process(
     from aptops.data.process import ProcessConfig, process_pipeline
 
     cfg = load_config(ProcessConfig, config, overrides=set_ or [])
-    result = _run_stage("data", "process", lambda: process_pipeline(source, output_dir=out, config=cfg), out)
+    result = _run_stage("data", "process", lambda: process_pipeline(source, output_dir=out, config=cfg), out, inputs=[source], overwrite=overwrite)
     table = Table(title=f"processed dataset: {out}")
     for col in ("step", "rows in", "rows out", "why"):
         table.add_column(col)

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from aptops.cli.common import (
     ConfigOpt,
+    OverwriteOpt,
     SetOpt,
     _print_metrics,
     _run_stage,
@@ -29,6 +30,7 @@ def debug_run(
     model: Annotated[str, typer.Argument(help="A causal LM folder or a Hub model id.")],
     dataset: Annotated[str, typer.Argument(help="An aptops dataset folder, JSONL/Parquet/CSV/text, or a Hub dataset.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="The report folder: report.html, report.json, report.pdf.")],
+    overwrite: OverwriteOpt = False,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -36,7 +38,7 @@ def debug_run(
     from aptops.debug.stage import DebugStageConfig, debug_model
 
     cfg = load_config(DebugStageConfig, config, overrides=set_ or [])
-    result = _run_stage("debug", "debug", lambda: debug_model(model, dataset, output_dir=out, config=cfg), out)
+    result = _run_stage("debug", "debug", lambda: debug_model(model, dataset, output_dir=out, config=cfg), out, inputs=[model, dataset], overwrite=overwrite)
     table = Table(title=f"findings (report: {result.outputs['html']})")
     for col in ("severity", "problem", "where", "what to do"):
         table.add_column(col)

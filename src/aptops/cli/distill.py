@@ -14,6 +14,7 @@ from aptops.cli.common import (
     DryRunOpt,
     GpusPerNodeOpt,
     NodesOpt,
+    OverwriteOpt,
     SetOpt,
     _dry_run,
     _print_metrics,
@@ -33,6 +34,7 @@ def distill_run(
     teacher: Annotated[str, typer.Argument(help="The teacher: a causal LM folder or a Hub model id.")],
     dataset: Annotated[str, typer.Argument(help="An aptops dataset folder, JSONL/Parquet/CSV/text, or a Hub dataset.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="The student model folder (checkpoints inside while it runs).")],
+    overwrite: OverwriteOpt = False,
     student: Annotated[str | None, typer.Option(help="A student model (default: every 2nd teacher block).")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -50,7 +52,7 @@ def distill_run(
     if _dry_run("distill", argv, out, cfg, dry_run=dry_run, cluster=cluster, nodes=nodes, gpus_per_node=gpus_per_node):
         return
     result = _run_stage("distill", "distill", lambda: distill_model(teacher, dataset, output_dir=out, config=cfg,
-                                                                      student=student), out)
+                                                                      student=student), out, inputs=[teacher, dataset], overwrite=overwrite)
     _print_metrics(f"student: {out} (report: {result.outputs.get('report')})", result.metrics)
 
 
@@ -60,6 +62,7 @@ def distill_evaluate(
     compressed: Annotated[str, typer.Argument(help="The compressed (distilled or pruned) model folder.")],
     dataset: Annotated[str, typer.Argument(help="Held-out text the models were not trained on.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="The report folder: report.json, report.html.")],
+    overwrite: OverwriteOpt = False,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -68,7 +71,7 @@ def distill_evaluate(
 
     cfg = load_config(CompressionConfig, config, overrides=set_ or [])
     result = _run_stage("distill", "evaluate", lambda: evaluate_compression(original, compressed, dataset, output_dir=out,
-                                                                            config=cfg), out).details
+                                                                            config=cfg), out, inputs=[original, compressed, dataset], overwrite=overwrite).details
     table = Table(title=f"compression report: {out / 'report.html'}")
     for col in ("", "original", "compressed"):
         table.add_column(col)

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from aptops.cli.common import (
     ConfigOpt,
+    OverwriteOpt,
     SetOpt,
     _print_metrics,
     _run_stage,
@@ -28,6 +29,7 @@ app.add_typer(export_app, name="export")
 def export_gguf(
     model: Annotated[Path, typer.Argument(help="A Hugging Face causal LM folder (Llama, Mistral, Qwen, Gemma, Phi-3, Mixtral ...) or a LoRA adapter folder (merged into its base; --set base_model=... if it moved).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="The artifact folder: model-<TYPE>.gguf, verify.json.")],
+    overwrite: OverwriteOpt = False,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -35,7 +37,7 @@ def export_gguf(
     from aptops.export import ExportConfig, export_to_gguf
 
     cfg = load_config(ExportConfig, config, overrides=set_ or [])
-    result = _run_stage("export", "gguf", lambda: export_to_gguf(model, output_dir=out, config=cfg), out)
+    result = _run_stage("export", "gguf", lambda: export_to_gguf(model, output_dir=out, config=cfg), out, inputs=[model], overwrite=overwrite)
     _print_metrics(f"GGUF: {result.outputs['gguf']} (types: {result.details['tensor_types']})", result.metrics)
 
 

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from aptops.cli.common import (
+    OverwriteOpt,
     _print_metrics,
     _run_stage,
     app,
@@ -24,6 +25,7 @@ app.add_typer(hub_app, name="hub")
 def hub_import(
     repo: Annotated[str, typer.Argument(help="The Hub model repo, e.g. HuggingFaceTB/SmolLM2-135M-Instruct.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="The model folder to write (replaced when complete).")],
+    overwrite: OverwriteOpt = False,
     revision: Annotated[str | None, typer.Option("--revision", "-r", help="A branch, tag or commit.")] = None,
     trust_remote_code: Annotated[bool, typer.Option(
         "--trust-remote-code", help="Keep the repo's own modelling code (*.py, auto_map); dropped by default.")] = False,
@@ -32,7 +34,7 @@ def hub_import(
     from aptops.hub import FetchConfig, fetch_model
 
     cfg = FetchConfig(revision=revision, trust_remote_code=trust_remote_code)
-    result = _run_stage("hub", "import", lambda: fetch_model(repo, output_dir=out, config=cfg), out)
+    result = _run_stage("hub", "import", lambda: fetch_model(repo, output_dir=out, config=cfg), out, inputs=[], overwrite=overwrite)
     _print_metrics(f"model {repo}@{result.details['commit']}: {out}", result.metrics)
     if result.details["remote_code_dropped"]:
         console.print(f"dropped the model's own code ({', '.join(result.details['remote_code_dropped'])}); "

@@ -14,6 +14,7 @@ from aptops.cli.common import (
     DryRunOpt,
     GpusPerNodeOpt,
     NodesOpt,
+    OverwriteOpt,
     SetOpt,
     _dry_run,
     _print_metrics,
@@ -32,6 +33,7 @@ app.add_typer(multimodal_app, name="multimodal")
 def multimodal_train(
     manifest: Annotated[str, typer.Argument(help="A JSONL / Parquet manifest: text, image, audio, label (start, end).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="The model folder (report.html, metrics.json inside).")],
+    overwrite: OverwriteOpt = False,
     eval_manifest: Annotated[str | None, typer.Option("--eval", help="An evaluation manifest (else a share is held out).")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -49,7 +51,8 @@ def multimodal_train(
                 gpus_per_node=gpus_per_node):
         return
     result = _run_stage("multimodal", "train",
-                        lambda: train_multimodal_model(manifest, output_dir=out, config=cfg, eval_data=eval_manifest), out)
+                        lambda: train_multimodal_model(manifest, output_dir=out, config=cfg, eval_data=eval_manifest), out,
+                        inputs=[manifest, eval_manifest], overwrite=overwrite)
     _print_metrics(f"multimodal model: {out} (report: {out / 'report.html'})",
                    {k: v for k, v in result.metrics.items()
                     if k.startswith(("eval_", "chance_")) or k in ("train_loss", "samples_per_second")})
@@ -82,9 +85,12 @@ def multimodal_sample(
     classes: Annotated[int, typer.Option(help="Classes (2-8): photo + spoken recording + captions each.")] = 6,
     missing: Annotated[float, typer.Option(help="Share of training rows that lose one modality.")] = 0.0,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Build the sample task from packaged photos (scikit-image) and recordings (alsa-utils)."""
+    from aptops.core.artifacts import output_policy
     from aptops.multimodal.samples import build_sample_task
 
-    folder = build_sample_task(out, classes=classes, missing=missing, seed=seed)
+    with output_policy(overwrite=overwrite):
+        folder = build_sample_task(out, classes=classes, missing=missing, seed=seed)
     console.print(f"sample task: {folder / 'train.jsonl'} and {folder / 'eval.jsonl'}")

@@ -13,6 +13,7 @@ from aptops.cli.common import (
     DryRunOpt,
     GpusPerNodeOpt,
     NodesOpt,
+    OverwriteOpt,
     SetOpt,
     _dry_run,
     _print_metrics,
@@ -31,6 +32,7 @@ def prune_run(
     model: Annotated[str, typer.Argument(help="A causal LM folder or a Hub model id.")],
     dataset: Annotated[str, typer.Argument(help="Text for calibration and fine-tuning (dataset folder, JSONL ...).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="The pruned model folder (report.html, prune.json inside).")],
+    overwrite: OverwriteOpt = False,
     heldout: Annotated[str | None, typer.Option(help="Held-out text for the before/after perplexity.")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -48,6 +50,6 @@ def prune_run(
     if _dry_run("prune", argv, out, cfg, dry_run=dry_run, cluster=cluster, nodes=nodes, gpus_per_node=gpus_per_node):
         return
     result = _run_stage("prune", "prune", lambda: prune_model(model, dataset, output_dir=out, config=cfg,
-                                                                  eval_dataset=heldout), out)
+                                                                  eval_dataset=heldout), out, inputs=[model, dataset], overwrite=overwrite)
     _print_metrics(f"pruned model: {out} (report: {out / 'report.html'})",
                    {k: v for k, v in result.metrics.items() if k.startswith("prune_") or k == "global_step"})

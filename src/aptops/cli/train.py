@@ -13,6 +13,7 @@ from aptops.cli.common import (
     DryRunOpt,
     GpusPerNodeOpt,
     NodesOpt,
+    OverwriteOpt,
     SetOpt,
     _dry_run,
     _print_metrics,
@@ -31,6 +32,7 @@ def train_run(
     model: Annotated[str, typer.Argument(help="A model folder or a Hub model id.")],
     dataset: Annotated[str, typer.Argument(help="An aptops dataset folder, JSONL/Parquet/CSV/text, or a Hub dataset.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="The trained model folder (checkpoints inside while it runs).")],
+    overwrite: OverwriteOpt = False,
     heldout_out: Annotated[Path | None, typer.Option(
         "--heldout-out", help="Also write the held-out documents here (a dataset folder for a later evaluation).")] = None,
     config: ConfigOpt = None,
@@ -48,5 +50,5 @@ def train_run(
     if _dry_run("train", argv, out, cfg, dry_run=dry_run, cluster=cluster, nodes=nodes, gpus_per_node=gpus_per_node):
         return
     result = _run_stage("train", "train", lambda: train_model(model, dataset, output_dir=out, config=cfg,
-                                                                      heldout_dir=heldout_out), out)
+                                                                      heldout_dir=heldout_out), out, inputs=[model, dataset], overwrite=overwrite)
     _print_metrics(f"trained model: {out} (report: {result.outputs.get('report')})", result.metrics)

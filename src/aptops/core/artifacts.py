@@ -4,12 +4,18 @@ A stage writes into a hidden temporary folder beside the destination and renames
 after ``config.json`` and, last, ``result.json`` are written. ``result.json`` is the completeness
 marker: a folder without it is a crashed write and is never read as an artifact.
 
+An output never destroys what aptops did not make: :func:`check_output` accepts a new path, an empty folder,
+or (with ``--overwrite``) an aptops artifact of the same kind, and refuses anything else, any input of the
+run, and a second process writing the same place.
+
 Try it: ``python -c "from aptops.core.artifacts import atomic_output; ..."`` (see tests/unit/core).
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import fcntl
 import json
 import logging
 import os
@@ -18,19 +24,22 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from aptops.core.errors import ArtifactNotFoundError, InvalidArtifactError
+from aptops.core.errors import ArtifactNotFoundError, InvalidArtifactError, OutputExistsError
 
 log = logging.getLogger(__name__)
 
 RESULT_FILE = "result.json"
 CONFIG_FILE = "config.json"
 LINEAGE_FILE = "aptops.json"
+# written when a stage starts writing a folder in place (training: checkpoints live inside), removed by
+# finish_artifact: the folder is aptops' own unfinished work, which a rerun of the same stage may resume
+IN_PROGRESS_FILE = ".aptops-in-progress.json"
 
 
 def write_json(path: str | Path, data: Any) -> Path:
@@ -86,36 +95,211 @@ class StageResult:
         return {"stage": self.stage, "outputs": self.outputs, "metrics": self.metrics, "details": self.details}
 
 
+@dataclass(frozen=True)
+class OutputPolicy:
+    """What an entry point allows its outputs to do: replace an existing aptops artifact (``--overwrite``), and
+    which input paths must never be written over or into."""
+
+    overwrite: bool = False
+    inputs: tuple[str, ...] = ()
+
+
+# Set by an entry point (the CLI's ``--overwrite``) around one stage call, so every output that stage writes,
+# however deep, follows the user's word without an ``overwrite`` argument threaded through each function.
+_POLICY: contextvars.ContextVar[OutputPolicy | None] = contextvars.ContextVar("aptops_output_policy", default=None)
+
+
 @contextlib.contextmanager
-def atomic_output(final_dir: str | Path, *, overwrite: bool = True) -> Iterator[Path]:
+def output_policy(*, overwrite: bool = False, inputs: Iterable[str | Path] = ()) -> Iterator[OutputPolicy]:
+    """Within the block, outputs may replace aptops artifacts when ``overwrite``, and never touch ``inputs``."""
+    policy = OutputPolicy(overwrite=overwrite, inputs=tuple(str(i) for i in inputs))
+    token = _POLICY.set(policy)
+    try:
+        yield policy
+    finally:
+        _POLICY.reset(token)
+
+
+def _local_inputs(inputs: Iterable[str]) -> list[Path]:
+    out = []
+    for item in inputs:
+        if not item or "://" in item:
+            continue
+        path = Path(item)
+        if path.exists() or path.is_symlink():
+            out.append(path.resolve())
+    return out
+
+
+def check_output(final_dir: str | Path, *, overwrite: bool | None = None, kind: str | None = None,
+                 inputs: Iterable[str | Path] | None = None, resume: bool = False) -> Path:
+    """Refuse an output location that would destroy what aptops did not make; return it otherwise.
+
+    Allowed: a path that does not exist, an empty folder, or (with ``overwrite``) a complete aptops artifact, of
+    ``kind`` when given (the ``stage`` its ``result.json`` names). Refused: a file, a folder holding anything else,
+    a folder that is, contains or lies inside one of ``inputs``.
+
+    Args:
+        final_dir: the output location.
+        overwrite: replace an existing aptops artifact; ``None`` takes the surrounding :func:`output_policy`.
+        kind: the stage about to write, to refuse replacing another stage's artifact.
+        inputs: paths the run reads; ``None`` takes the surrounding :func:`output_policy`.
+        resume: accept, without ``overwrite``, an unfinished folder of ``kind`` (an interrupted training run).
+
+    Returns:
+        ``final_dir`` as a ``Path``.
+
+    Raises:
+        OutputExistsError: the location may not be written, with what is there and what to do.
+    """
+    policy = _POLICY.get() or OutputPolicy()
+    overwrite = policy.overwrite if overwrite is None else overwrite
+    final = Path(final_dir)
+    where = str(final)
+    target = final.resolve()
+    for path in _local_inputs(policy.inputs if inputs is None else (str(i) for i in inputs)):
+        if path == target or target in path.parents or path in target.parents:
+            relation = ("is" if path == target else "contains" if target in path.parents else "lies inside")
+            raise OutputExistsError(f"output {where!r} {relation} the input {str(path)!r}: writing it would destroy "
+                                    "what the run reads; choose an --out outside every input", path=where)
+    if not (final.exists() or final.is_symlink()):
+        return final
+    if final.is_symlink() or not final.is_dir():
+        what = "a symbolic link" if final.is_symlink() else "a file"
+        raise OutputExistsError(f"output {where!r} is {what}, not an aptops artifact folder: nothing was written; "
+                                "choose a new or empty folder for --out", path=where)
+    entries = sorted(p.name for p in final.iterdir())
+    if not entries:
+        return final
+    existing = _artifact_stage(final)
+    if existing is None and resume and kind is not None and _in_progress_stage(final) == kind:
+        return final
+    if existing is None:
+        existing = _in_progress_stage(final)
+    if existing is None:
+        shown = ", ".join(repr(e) for e in entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
+        raise OutputExistsError(f"output {where!r} holds files aptops did not make ({shown}); nothing was written "
+                                "and nothing removed: choose a new or empty folder for --out", path=where)
+    if kind is not None and existing != kind:
+        raise OutputExistsError(f"output {where!r} holds an aptops {existing!r} artifact, not a {kind!r} one; "
+                                "--overwrite replaces only the same kind: choose another folder", path=where)
+    if not overwrite:
+        raise OutputExistsError(f"output {where!r} already holds an aptops {existing!r} artifact; pass --overwrite "
+                                "(overwrite=True) to replace it once the new one is complete, or choose another folder",
+                                path=where)
+    return final
+
+
+def _artifact_stage(folder: Path) -> str | None:
+    """The stage named by ``folder``'s ``result.json``, ``""`` when it names none, ``None`` when it is no artifact."""
+    try:
+        data = json.loads((folder / RESULT_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    return str(data.get("stage") or "")
+
+
+def _in_progress_stage(folder: Path) -> str | None:
+    try:
+        data = json.loads((folder / IN_PROGRESS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return str(data.get("stage") or "") if isinstance(data, dict) else None
+
+
+@contextlib.contextmanager
+def writing_in_place(folder: str | Path, *, stage: str, inputs: Iterable[str | Path] | None = None) -> Iterator[Path]:
+    """Hold ``folder`` for a stage that writes into it as it goes (training, whose checkpoints live inside).
+
+    The folder must be new, empty, an unfinished folder of the same ``stage`` (resumed), or, with
+    ``overwrite``, a complete artifact of that stage; anything else is refused before any work. Within the
+    block the folder is locked against a second writer and marked unfinished until :func:`finish_artifact`.
+
+    Raises:
+        OutputExistsError: see :func:`check_output`.
+    """
+    final = check_output(folder, kind=stage, inputs=inputs, resume=True)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with output_lock(final):
+        check_output(final, kind=stage, inputs=inputs, resume=True)
+        final.mkdir(exist_ok=True)
+        write_json(final / IN_PROGRESS_FILE, {"stage": stage, "pid": os.getpid(), "started_at": time.time()})
+        with contextlib.suppress(FileNotFoundError):
+            (final / RESULT_FILE).unlink()  # an earlier complete run is no longer what this folder holds
+        yield final
+
+
+@contextlib.contextmanager
+def output_lock(final: str | Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``final`` (a lock file beside it), failing at once when another process holds it."""
+    final = Path(final)
+    lock = final.parent / f".{final.name}.lock"
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise OutputExistsError(f"output {str(final)!r} is being written by another process now (it holds "
+                                    f"{str(lock)!r}); wait for it to finish or choose another --out",
+                                    path=str(final)) from None
+        try:  # the file we locked may have been removed by its last holder: then lock the new one
+            if os.fstat(fd).st_ino == os.stat(lock).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock)
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_output(final_dir: str | Path, *, overwrite: bool | None = None) -> Iterator[Path]:
     """Yield a temporary folder that becomes ``final_dir`` only if the block finishes.
 
     The temporary folder sits beside ``final_dir`` (same filesystem, so the rename is atomic). On an
-    exception it is removed and ``final_dir`` is left as it was. With ``overwrite``, an existing
-    ``final_dir`` is replaced; without it, an existing complete artifact raises ``FileExistsError``.
+    exception it is removed and ``final_dir`` is left as it was. ``final_dir`` is checked by
+    :func:`check_output` before and again after the block: only a new path, an empty folder, or with
+    ``overwrite`` an aptops artifact of the kind being written is replaced; anything else is left untouched.
+    One process at a time writes a given ``final_dir``.
 
     Args:
         final_dir: where the artifact should end up.
-        overwrite: replace an existing folder at ``final_dir``.
+        overwrite: replace an existing aptops artifact at ``final_dir``; ``None`` takes the surrounding
+            :func:`output_policy` (off unless an entry point turned it on).
 
     Yields:
         The temporary folder to write into.
+
+    Raises:
+        OutputExistsError: ``final_dir`` may not be written (see :func:`check_output`), or another process is
+            writing it.
     """
     final = Path(final_dir)
+    check_output(final, overwrite=overwrite)
     final.parent.mkdir(parents=True, exist_ok=True)
-    if final.exists() and not overwrite and is_complete(final):
-        raise FileExistsError(f"{str(final)!r} already holds a complete artifact; pass overwrite=True to replace it")
-    tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    _swap_into_place(tmp, final)
+    with output_lock(final):
+        tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        try:
+            yield tmp
+            # what is there now (it may have changed while this ran), and is the new artifact of the same kind?
+            check_output(final, overwrite=overwrite, kind=_artifact_stage(tmp) or None)
+            _swap_into_place(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
 
 def _swap_into_place(tmp: Path, final: Path) -> None:
+    """Rename ``tmp`` to ``final``; an existing ``final`` (already checked replaceable) is moved aside first and
+    removed only once the new one is in place."""
     old = None
     if final.exists() or final.is_symlink():
         old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
@@ -135,6 +319,8 @@ def finish_artifact(folder: str | Path, result: StageResult, config: Any = None)
         write_json(folder / CONFIG_FILE, _config_dict(config))
     payload = result.to_dict() | {"finished_at": time.time(), "aptops_version": _version("aptops")}
     write_json(folder / RESULT_FILE, payload)
+    with contextlib.suppress(FileNotFoundError):
+        (folder / IN_PROGRESS_FILE).unlink()
     return result
 
 

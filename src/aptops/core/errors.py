@@ -50,6 +50,15 @@ class InvalidArtifactError(AptopsError, ValueError):
         self.path = path
 
 
+class OutputExistsError(AptopsError, FileExistsError):
+    """An output location holds something aptops must not replace (a user's files, another kind of artifact,
+    an input of the same run), or another process is writing it now."""
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
 class StorageError(AptopsError, OSError):
     """A storage backend failed; carries the URI and the provider (never the credentials)."""
 

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aptops.core.artifacts import RESULT_FILE, StageResult, read_json
+from aptops.core.artifacts import RESULT_FILE, StageResult, atomic_output, read_json
 from aptops.core.config import check_choice, check_range, to_dict
 from aptops.core.errors import ConfigError, PipelineError
 
@@ -366,7 +366,8 @@ def run_distributed(stage: str, argv: Sequence[str], *, inputs: Sequence[str | P
     if not (out / RESULT_FILE).is_file():
         raise PipelineError(f"TrainJob {name} finished but wrote no complete model to {out} (no {RESULT_FILE}); "
                             f"read its logs: {_logs_hint(api.namespace, name)}")
-    shutil.copytree(out, Path(output_dir), dirs_exist_ok=True)
+    with atomic_output(output_dir) as tmp:  # never over what is there unless it may be replaced
+        shutil.copytree(out, tmp, dirs_exist_ok=True)
     for opt, path in extra.items():
         if path.is_dir():
             shutil.copytree(path, Path(extra_outputs[opt]), dirs_exist_ok=True)  # type: ignore[index]

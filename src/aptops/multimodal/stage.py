@@ -15,7 +15,6 @@ with its files into one self-contained folder, the form the pipeline passes betw
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import random
@@ -27,12 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from aptops.core.artifacts import (
-    RESULT_FILE,
     StageResult,
     atomic_output,
+    check_output,
     finish_artifact,
     write_json,
     write_lineage,
+    writing_in_place,
 )
 from aptops.core.config import check_choice, check_range, to_dict
 from aptops.core.errors import ConfigError, InvalidArtifactError
@@ -85,6 +85,8 @@ class MultimodalConfig:
         balance_alpha: OGM's strength.
         balance_batches: draw rows so every (label, modalities present) group is equally represented.
         on_bad_input: ``error`` or ``mask`` for unreadable / missing files and silent audio.
+        media_roots: folders beyond the manifest's own whose files its rows may name (none by default: a
+            row naming a file outside the manifest's folder is refused).
         eval_fraction: held out of the training manifest when no eval manifest is given.
         max_text_length / max_audio_seconds: input limits.
         seed: the seed.
@@ -115,6 +117,7 @@ class MultimodalConfig:
     balance_alpha: float = 0.5
     balance_batches: bool = True
     on_bad_input: str = "error"
+    media_roots: tuple[str, ...] = ()
     eval_fraction: float = 0.2
     max_text_length: int = 64
     max_audio_seconds: float = 10.0
@@ -212,10 +215,10 @@ def train_multimodal_model(train: str | Path, *, output_dir: str | Path, config:
     from aptops.multimodal.training import train_multimodal
 
     config = config or MultimodalConfig()
-    out = Path(output_dir)
-    rows = load_manifest(train)
+    out = check_output(output_dir, kind="multimodal", resume=True)
+    rows = load_manifest(train, media_roots=config.media_roots)
     if eval_data is not None:
-        eval_rows = load_manifest(eval_data)
+        eval_rows = load_manifest(eval_data, media_roots=config.media_roots)
     elif config.eval_fraction > 0:
         rows, eval_rows = _split(rows, config.eval_fraction, config.seed)
     else:
@@ -266,53 +269,51 @@ def train_multimodal_model(train: str | Path, *, output_dir: str | Path, config:
     eval_loader = (torch.utils.data.DataLoader(dataset(eval_rows), batch_size=config.batch_size, shuffle=False,
                                                collate_fn=collator) if eval_rows else None)
 
-    out.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileNotFoundError):
-        (out / RESULT_FILE).unlink()
-    debugger = None
-    if config.debug:
-        from aptops.debug.callback import DebugConfig, TrainingDebugger
-        from aptops.plugins.bus import ConsoleCore, PluginBus
+    with writing_in_place(out, stage="multimodal"):  # locked and marked unfinished until result.json
+        debugger = None
+        if config.debug:
+            from aptops.debug.callback import DebugConfig, TrainingDebugger
+            from aptops.plugins.bus import ConsoleCore, PluginBus
 
-        debugger = TrainingDebugger(DebugConfig(log_interval=config.debug_interval, report_dir=str(out / "debug")))
-        bus = bus or PluginBus()
-        (bus.bus if isinstance(bus, ConsoleCore) else bus).subscribe(debugger)
-    checkpoints = checkpoint_folder(out, stage="multimodal")  # on the cluster's checkpoint volume when it has one
-    run = train_multimodal(model, loader, config.epochs, loss_weights=config.loss_weights or None,
-                           eval_dataloader=eval_loader, output_dir=checkpoints,
-                           learning_rate=config.learning_rate, modality_lr=config.modality_lr,
-                           gradient_balance=config.gradient_balance, balance_alpha=config.balance_alpha,
-                           modality_dropout=config.modality_dropout, cache_features=config.cache_features, bus=bus,
-                           training_args={"logging_steps": 5} | dict(config.training_args), resume="auto",
-                           seed=config.seed)
-    metrics = dict(run["metrics"])
-    metrics.update({
-        "total_params": float(sum(p.numel() for p in model.parameters())),
-        "trainable_params": float(sum(p.numel() for p in model.parameters() if p.requires_grad)),
-        "train_rows": float(len(rows)), "eval_rows": float(len(eval_rows)),
-        "masked_inputs": float(sum(train_ds.masked.values())),
-    })
-    if labels:
-        metrics["chance_accuracy"] = 1.0 / len(labels)
-    if debugger is not None:
-        metrics.update(debugger.summary())
-    for m in model.modalities:
-        metrics[f"train_rows_with_{m}"] = float(sum(getattr(r, m) is not None for r in rows))
-    model.save_pretrained(out)
-    shutil.rmtree(checkpoints, ignore_errors=True)  # the final model is the folder itself
-    write_json(out / "metrics.json", metrics)
-    report = _report(out, run["history"], run["coefficients"], metrics, model.modalities)
-    write_lineage(out, stage="multimodal", inputs={"train": str(train), "eval": str(eval_data or "held out"),
-                                                   **{f"{m}_encoder": json.dumps(s) if isinstance(s, dict) else str(s)
-                                                      for m, s in specs.items()}},
-                  config=to_dict(config), metrics=metrics)
-    outputs = {"model": str(out), "report": str(report)}
-    if debugger is not None and debugger.report:
-        outputs["debug_report"] = debugger.report["html"]
-    return finish_artifact(out, StageResult("multimodal", outputs=outputs,
-                                            metrics=metrics,
-                                            details={"modalities": model.modalities, "fusion": config.fusion,
-                                                     "labels": labels, "frozen": list(freeze)}))
+            debugger = TrainingDebugger(DebugConfig(log_interval=config.debug_interval, report_dir=str(out / "debug")))
+            bus = bus or PluginBus()
+            (bus.bus if isinstance(bus, ConsoleCore) else bus).subscribe(debugger)
+        checkpoints = checkpoint_folder(out, stage="multimodal")  # on the cluster's checkpoint volume when it has one
+        run = train_multimodal(model, loader, config.epochs, loss_weights=config.loss_weights or None,
+                               eval_dataloader=eval_loader, output_dir=checkpoints,
+                               learning_rate=config.learning_rate, modality_lr=config.modality_lr,
+                               gradient_balance=config.gradient_balance, balance_alpha=config.balance_alpha,
+                               modality_dropout=config.modality_dropout, cache_features=config.cache_features, bus=bus,
+                               training_args={"logging_steps": 5} | dict(config.training_args), resume="auto",
+                               seed=config.seed)
+        metrics = dict(run["metrics"])
+        metrics.update({
+            "total_params": float(sum(p.numel() for p in model.parameters())),
+            "trainable_params": float(sum(p.numel() for p in model.parameters() if p.requires_grad)),
+            "train_rows": float(len(rows)), "eval_rows": float(len(eval_rows)),
+            "masked_inputs": float(sum(train_ds.masked.values())),
+        })
+        if labels:
+            metrics["chance_accuracy"] = 1.0 / len(labels)
+        if debugger is not None:
+            metrics.update(debugger.summary())
+        for m in model.modalities:
+            metrics[f"train_rows_with_{m}"] = float(sum(getattr(r, m) is not None for r in rows))
+        model.save_pretrained(out)
+        shutil.rmtree(checkpoints, ignore_errors=True)  # the final model is the folder itself
+        write_json(out / "metrics.json", metrics)
+        report = _report(out, run["history"], run["coefficients"], metrics, model.modalities)
+        write_lineage(out, stage="multimodal", inputs={"train": str(train), "eval": str(eval_data or "held out"),
+                                                       **{f"{m}_encoder": json.dumps(s) if isinstance(s, dict) else str(s)
+                                                          for m, s in specs.items()}},
+                      config=to_dict(config), metrics=metrics)
+        outputs = {"model": str(out), "report": str(report)}
+        if debugger is not None and debugger.report:
+            outputs["debug_report"] = debugger.report["html"]
+        return finish_artifact(out, StageResult("multimodal", outputs=outputs,
+                                                metrics=metrics,
+                                                details={"modalities": model.modalities, "fusion": config.fusion,
+                                                         "labels": labels, "frozen": list(freeze)}))
 
 
 def _report(out: Path, history: Sequence[Mapping[str, Any]], coefficients: Sequence[Mapping[str, float]],
@@ -348,17 +349,18 @@ def _report(out: Path, history: Sequence[Mapping[str, Any]], coefficients: Seque
 
 
 def prepare_multimodal_data(manifest: str | Path, output_dir: str | Path, *, on_bad_input: str = "error",
-                            sampling_rate: int = 16000) -> StageResult:
+                            sampling_rate: int = 16000, media_roots: Sequence[str | Path] = ()) -> StageResult:
     """Check a manifest's rows (every image and audio segment decodes) and copy it into one self-contained folder.
 
     The output holds ``manifest.jsonl`` (paths relative to it) and the files under ``files/``; rows whose
     media fail are errors, or with ``on_bad_input="mask"`` keep their other modalities (a row left with
-    none is dropped). Metrics count rows, modalities and labels.
+    none is dropped). Media outside the manifest's folder (or ``media_roots``) are refused, never copied.
+    Metrics count rows, modalities and labels.
     """
     from aptops.multimodal.data import load_audio, load_image
 
     check_choice("on_bad_input", on_bad_input, BAD_INPUT_POLICIES)
-    rows = load_manifest(manifest)
+    rows = load_manifest(manifest, media_roots=media_roots)
     out = Path(output_dir)
     counts: Counter[str] = Counter()
     with atomic_output(out) as tmp:

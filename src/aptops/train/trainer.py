@@ -28,11 +28,12 @@ from typing import Any, Literal
 
 from aptops.core.artifacts import (
     LINEAGE_FILE,
-    RESULT_FILE,
     StageResult,
+    check_output,
     finish_artifact,
     write_json,
     write_lineage,
+    writing_in_place,
 )
 from aptops.core.config import check_choice, check_range, to_dict
 from aptops.core.deps import require
@@ -210,7 +211,7 @@ def train_with_hf_trainer(model: Any, tokenizer: Any, dataset: Any, output_dir: 
         training_args=dict(training_args or {}))
     if progress_disabled():
         datasets.disable_progress_bars()
-    out = Path(output_dir)
+    out = check_output(output_dir, kind=stage, resume=True)
     # Everything that can be checked without the model is checked first: the data, the split, the
     # TrainingArguments (built, not only parsed); a bad value fails before a model loads or a folder is made.
     check_model_source(model)
@@ -246,115 +247,113 @@ def train_with_hf_trainer(model: Any, tokenizer: Any, dataset: Any, output_dir: 
         raise ConfigError("a streamed dataset has no length: set training_args.max_steps",
                           field="training_args.max_steps")
     model, tokenizer, model_source = load_causal_lm(model, tokenizer)
-    if args.should_save:  # under torchrun rank 0 alone writes the artifact
-        out.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            (out / RESULT_FILE).unlink()  # an earlier complete run is no longer what this folder holds
-    with args.main_process_first(desc="tokenising"):
-        packing = {"block_size": config.block_size, "text_column": config.text_column,
-                   "chat_prompt": config.chat_prompt, "packing": config.packing}
-        train_tok = pack_for_clm(dataset, tokenizer, **packing)
-        eval_tok = pack_for_clm(eval_dataset, tokenizer, **packing) if eval_dataset is not None else None
-    if not streaming and len(train_tok) == 0:
-        raise InvalidArtifactError(
-            f"the dataset yields no training block of {config.block_size} tokens; lower block_size or add text")
-    if eval_tok is not None and not streaming and len(eval_tok) == 0:
-        raise InvalidArtifactError(
-            f"the held-out split yields no block of {config.block_size} tokens; raise eval_fraction or lower block_size")
+    # under torchrun rank 0 alone writes the artifact: it holds the folder (locked, marked unfinished) to the end
+    with writing_in_place(out, stage=stage) if args.should_save else contextlib.nullcontext():
+        with args.main_process_first(desc="tokenising"):
+            packing = {"block_size": config.block_size, "text_column": config.text_column,
+                       "chat_prompt": config.chat_prompt, "packing": config.packing}
+            train_tok = pack_for_clm(dataset, tokenizer, **packing)
+            eval_tok = pack_for_clm(eval_dataset, tokenizer, **packing) if eval_dataset is not None else None
+        if not streaming and len(train_tok) == 0:
+            raise InvalidArtifactError(
+                f"the dataset yields no training block of {config.block_size} tokens; lower block_size or add text")
+        if eval_tok is not None and not streaming and len(eval_tok) == 0:
+            raise InvalidArtifactError(
+                f"the held-out split yields no block of {config.block_size} tokens; raise eval_fraction or lower block_size")
 
-    total_params = sum(p.numel() for p in model.parameters())
-    if config.lora_r > 0:
-        model = _apply_lora(model, config)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        total_params = sum(p.numel() for p in model.parameters())
+        if config.lora_r > 0:
+            model = _apply_lora(model, config)
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
-    collator = (transformers.default_data_collator if config.packing
-                else transformers.DataCollatorForLanguageModeling(tokenizer, mlm=False))
-    cbs: list[Any] = list(callbacks)
-    debugger = None
-    if config.debug:
-        from aptops.debug.callback import DebugConfig, TrainingDebugger
+        collator = (transformers.default_data_collator if config.packing
+                    else transformers.DataCollatorForLanguageModeling(tokenizer, mlm=False))
+        cbs: list[Any] = list(callbacks)
+        debugger = None
+        if config.debug:
+            from aptops.debug.callback import DebugConfig, TrainingDebugger
 
-        debugger = TrainingDebugger(DebugConfig(log_interval=config.debug_interval, report_dir=str(out / "debug")))
-        if bus is None:
-            from aptops.plugins.bus import PluginBus
+            debugger = TrainingDebugger(DebugConfig(log_interval=config.debug_interval, report_dir=str(out / "debug")))
+            if bus is None:
+                from aptops.plugins.bus import PluginBus
 
-            bus = PluginBus()
-        from aptops.plugins.bus import ConsoleCore
+                bus = PluginBus()
+            from aptops.plugins.bus import ConsoleCore
 
-        (bus.bus if isinstance(bus, ConsoleCore) else bus).subscribe(debugger)
-    if bus is not None:
-        from aptops.plugins.hf import BusCallback
+            (bus.bus if isinstance(bus, ConsoleCore) else bus).subscribe(debugger)
+        if bus is not None:
+            from aptops.plugins.hf import BusCallback
 
-        cbs.append(BusCallback(bus))
-    if config.early_stopping_patience is not None:
-        cbs.append(transformers.EarlyStoppingCallback(config.early_stopping_patience, config.early_stopping_threshold))
-    trainer = (trainer_cls or transformers.Trainer)(
-        model=model, args=args, train_dataset=train_tok, eval_dataset=eval_tok, processing_class=tokenizer,
-        data_collator=collator, callbacks=cbs, **dict(trainer_kwargs or {}))
-    engaged = {"ddp": True, "fsdp": trainer.is_fsdp_enabled, "deepspeed": trainer.is_deepspeed_enabled}[config.strategy]
-    if not engaged:
-        raise ConfigError(f"strategy={config.strategy} was asked for but the Trainer did not enable it "
-                          "(check training_args for settings that turn it off)", field="strategy")
-    resume = resume_point(checkpoints, config.resume)
-    if resume:
-        log.info("resuming from %s", resume)
-    started = time.perf_counter()
-    train_out = trainer.train(resume_from_checkpoint=resume)
-    wall = time.perf_counter() - started
+            cbs.append(BusCallback(bus))
+        if config.early_stopping_patience is not None:
+            cbs.append(transformers.EarlyStoppingCallback(config.early_stopping_patience, config.early_stopping_threshold))
+        trainer = (trainer_cls or transformers.Trainer)(
+            model=model, args=args, train_dataset=train_tok, eval_dataset=eval_tok, processing_class=tokenizer,
+            data_collator=collator, callbacks=cbs, **dict(trainer_kwargs or {}))
+        engaged = {"ddp": True, "fsdp": trainer.is_fsdp_enabled, "deepspeed": trainer.is_deepspeed_enabled}[config.strategy]
+        if not engaged:
+            raise ConfigError(f"strategy={config.strategy} was asked for but the Trainer did not enable it "
+                              "(check training_args for settings that turn it off)", field="strategy")
+        resume = resume_point(checkpoints, config.resume)
+        if resume:
+            log.info("resuming from %s", resume)
+        started = time.perf_counter()
+        train_out = trainer.train(resume_from_checkpoint=resume)
+        wall = time.perf_counter() - started
 
-    metrics: dict[str, float] = {
-        "train_loss": float(train_out.training_loss), "global_step": float(trainer.state.global_step),
-        "train_runtime_s": float(train_out.metrics.get("train_runtime", wall)),
-        "total_params": float(total_params), "trainable_params": float(trainable),
-        "world_size": float(args.world_size),
-    }
-    tokens = float(trainer.state.num_input_tokens_seen or 0)
-    if tokens:
-        metrics["tokens_seen"] = tokens
-        metrics["tokens_per_second"] = tokens / max(metrics["train_runtime_s"], 1e-9)
-    if debugger is not None:
-        metrics.update(debugger.summary())
-    if resume:
-        metrics["resumed_from_step"] = float(checkpoint_step(resume))
-    if eval_tok is not None:
-        ev = trainer.evaluate()
-        metrics.update({k: float(v) for k, v in ev.items() if k.startswith("eval_") and isinstance(v, int | float)
-                        and not k.endswith(("_runtime", "_per_second"))})
-        metrics["eval_loss"] = float(ev["eval_loss"])
-        metrics["perplexity"] = perplexity(metrics["eval_loss"])
-    bad = [k for k in ("train_loss", "eval_loss") if k in metrics and not math.isfinite(metrics[k])]
+        metrics: dict[str, float] = {
+            "train_loss": float(train_out.training_loss), "global_step": float(trainer.state.global_step),
+            "train_runtime_s": float(train_out.metrics.get("train_runtime", wall)),
+            "total_params": float(total_params), "trainable_params": float(trainable),
+            "world_size": float(args.world_size),
+        }
+        tokens = float(trainer.state.num_input_tokens_seen or 0)
+        if tokens:
+            metrics["tokens_seen"] = tokens
+            metrics["tokens_per_second"] = tokens / max(metrics["train_runtime_s"], 1e-9)
+        if debugger is not None:
+            metrics.update(debugger.summary())
+        if resume:
+            metrics["resumed_from_step"] = float(checkpoint_step(resume))
+        if eval_tok is not None:
+            ev = trainer.evaluate()
+            metrics.update({k: float(v) for k, v in ev.items() if k.startswith("eval_") and isinstance(v, int | float)
+                            and not k.endswith(("_runtime", "_per_second"))})
+            metrics["eval_loss"] = float(ev["eval_loss"])
+            metrics["perplexity"] = perplexity(metrics["eval_loss"])
+        bad = [k for k in ("train_loss", "eval_loss") if k in metrics and not math.isfinite(metrics[k])]
 
-    final = trainer.model
-    if config.lora_r > 0 and config.merge_lora:
-        final = final.merge_and_unload()
-    if trainer.is_world_process_zero():
-        for_inference(final).save_pretrained(out)  # no use_cache=False or checkpointing left from training
-        tokenizer.save_pretrained(out)
-        _copy_parent_lineage(model_source, out)
-        write_lineage(out, stage=stage, inputs={"model": model_source, "dataset": ds_source, **(lineage_inputs or {})},
-                      config=dict(lineage_config) if lineage_config is not None else to_dict(config), metrics=metrics)
-        write_json(out / "metrics.json", metrics)
-        write_json(out / "history.json", trainer.state.log_history)  # the curves, without the checkpoints
-        if heldout_dir is not None and eval_dataset is not None and not streaming:
-            _write_heldout(eval_dataset, Path(heldout_dir), config.text_column)
-        report = _report(out, trainer.state.log_history, metrics, stage)
-        outputs = {"model": str(out), "report": str(report)}
-        if debugger is not None and debugger.report:
-            outputs["debug_report"] = debugger.report["html"]
-        result = StageResult(stage, outputs=outputs, metrics=metrics,
-                             details={"resumed_from": resume, "lora": config.lora_r > 0,
-                                      "adapter_only": config.lora_r > 0 and not config.merge_lora})
-        if bad:
-            raise InvalidArtifactError(f"training diverged: {', '.join(bad)} is not finite; lower the learning "
-                                       "rate or enable gradient clipping (training_args.max_grad_norm)")
-        if not config.keep_checkpoints:  # optimizer state is 2-3x the model: the artifact carries the model only
-            shutil.rmtree(checkpoints, ignore_errors=True)
-        finish_artifact(out, result)
-    else:
-        result = StageResult(stage, outputs={"model": str(out)}, metrics=metrics)
-    if args.world_size > 1:
-        trainer.accelerator.wait_for_everyone()
-    return result
+        final = trainer.model
+        if config.lora_r > 0 and config.merge_lora:
+            final = final.merge_and_unload()
+        if trainer.is_world_process_zero():
+            for_inference(final).save_pretrained(out)  # no use_cache=False or checkpointing left from training
+            tokenizer.save_pretrained(out)
+            _copy_parent_lineage(model_source, out)
+            write_lineage(out, stage=stage, inputs={"model": model_source, "dataset": ds_source, **(lineage_inputs or {})},
+                          config=dict(lineage_config) if lineage_config is not None else to_dict(config), metrics=metrics)
+            write_json(out / "metrics.json", metrics)
+            write_json(out / "history.json", trainer.state.log_history)  # the curves, without the checkpoints
+            if heldout_dir is not None and eval_dataset is not None and not streaming:
+                _write_heldout(eval_dataset, Path(heldout_dir), config.text_column)
+            report = _report(out, trainer.state.log_history, metrics, stage)
+            outputs = {"model": str(out), "report": str(report)}
+            if debugger is not None and debugger.report:
+                outputs["debug_report"] = debugger.report["html"]
+            result = StageResult(stage, outputs=outputs, metrics=metrics,
+                                 details={"resumed_from": resume, "lora": config.lora_r > 0,
+                                          "adapter_only": config.lora_r > 0 and not config.merge_lora})
+            if bad:
+                raise InvalidArtifactError(f"training diverged: {', '.join(bad)} is not finite; lower the learning "
+                                           "rate or enable gradient clipping (training_args.max_grad_norm)")
+            if not config.keep_checkpoints:  # optimizer state is 2-3x the model: the artifact carries the model only
+                shutil.rmtree(checkpoints, ignore_errors=True)
+            finish_artifact(out, result)
+        else:
+            result = StageResult(stage, outputs={"model": str(out)}, metrics=metrics)
+        if args.world_size > 1:
+            trainer.accelerator.wait_for_everyone()
+        return result
 
 
 def _write_heldout(dataset: Any, folder: Path, text_column: str) -> None:

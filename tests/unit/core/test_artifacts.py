@@ -34,7 +34,7 @@ def test_crash_leaves_previous_artifact_and_no_temp(tmp_path):
     with atomic_output(final) as tmp:
         (tmp / "v").write_text("1")
         finish_artifact(tmp, StageResult("data"))
-    with pytest.raises(RuntimeError), atomic_output(final) as tmp:
+    with pytest.raises(RuntimeError), atomic_output(final, overwrite=True) as tmp:
         (tmp / "v").write_text("2")
         raise RuntimeError("killed mid-write")
     assert (final / "v").read_text() == "1"
