@@ -142,6 +142,21 @@ def _handler(state: OssState) -> type[BaseHTTPRequestHandler]:
                     self._error(404, "NoSuchUpload", params["uploadId"])
                     return
                 up["parts"][int(params["partNumber"])] = {"data": data, "etag": etag, "crc": crc}
+            elif self.headers.get("x-oss-copy-source"):  # CopyObject: /bucket/key (URL-quoted), same region
+                src_bucket, _, src_key = unquote(self.headers["x-oss-copy-source"]).lstrip("/").partition("/")
+                with state.lock:
+                    source = state.buckets.get(src_bucket, {}).get(src_key)
+                    if source is None:
+                        self._error(404, "NoSuchKey", src_key)
+                        return
+                    replace = self.headers.get("x-oss-metadata-directive", "COPY").upper() == "REPLACE"
+                    meta = ({k.lower(): v for k, v in self.headers.items() if k.lower().startswith("x-oss-meta-")}
+                            if replace else dict(source["meta"]))
+                    state.buckets[bucket][key] = {**source, "meta": meta, "mtime": time.time()}
+                    etag = source["etag"]
+                body = _xml("CopyObjectResult", {"ETag": etag, "LastModified": "now"})
+                self._send(200, body, {"ETag": etag, "Content-Type": "application/xml"})
+                return
             else:
                 meta = {k.lower(): v for k, v in self.headers.items() if k.lower().startswith("x-oss-meta-")}
                 with state.lock:  # x-oss-forbid-overwrite: create only if absent, checked and written at once

@@ -12,6 +12,7 @@ import re
 import socket
 import threading
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 _REQUEST_LINE = re.compile(rb"(GET|PUT|POST|DELETE|HEAD) (\S+) HTTP/1\.[01]\r\n")
@@ -34,6 +35,7 @@ class FaultyProxy:
     target_port: int
     rules: list[DropRule] = field(default_factory=list)
     seen: Counter = field(default_factory=Counter)
+    on_request: Callable[[str], None] | None = None  # called with each request line before it is forwarded
 
     def __post_init__(self) -> None:
         self._server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -85,6 +87,8 @@ class FaultyProxy:
                         if rule is not None:
                             self._reset(src, dst)
                             return
+                        if self.on_request is not None:
+                            self.on_request(line)
                 dst.sendall(data)
         except OSError:
             pass

@@ -35,6 +35,7 @@ from aptops.backup.hashcache import HashCache
 from aptops.backup.lease import acquire as acquire_lease
 from aptops.backup.manifest import (
     MANIFEST,
+    content_key,
     extract_members,
     list_model_files,
     manifest_of,
@@ -232,7 +233,8 @@ def _retry(fn: Callable[[], T], store: Any, config: BackupConfig, result: Destin
 
 
 def _backup_one(folder: Path, files: list[tuple[str, int]], hashes: dict[str, Future[str]], store: Any,
-                config: BackupConfig, members: Sequence[dict[str, Any]] = ()) -> DestinationResult:
+                config: BackupConfig, members: Sequence[dict[str, Any]] = (),
+                signatures: dict[str, tuple[int, ...]] | None = None) -> DestinationResult:
     result = DestinationResult(destination=store.uri)
     start = time.monotonic()
     try:
@@ -243,13 +245,15 @@ def _backup_one(folder: Path, files: list[tuple[str, int]], hashes: dict[str, Fu
             message = f"aptops backup of {folder.name} ({len(files)} files)"
             sent = _retry(lambda: store.commit_backup(folder, entries, data, message), store, config, result,
                           "commit")
+            for path, _ in files:  # the commit's files were read after they were hashed
+                _unchanged_since_hashed(folder, path, signatures)
             result.files_sent, result.bytes_sent, result.files_skipped = sent
             result.outcome = "success"
             result.seconds = time.monotonic() - start
             return result
         lease = _retry(lambda: acquire_lease(store, ttl_s=config.lock_ttl_s), store, config, result, "lease")
         try:
-            _backup_objects(folder, files, hashes, store, config, members, result, lease)
+            _backup_objects(folder, files, hashes, store, config, members, result, lease, signatures)
         finally:
             if lease is not None:
                 lease.release()
@@ -264,19 +268,36 @@ def _backup_one(folder: Path, files: list[tuple[str, int]], hashes: dict[str, Fu
 
 def _backup_objects(folder: Path, files: list[tuple[str, int]], hashes: dict[str, Future[str]], store: Any,
                     config: BackupConfig, members: Sequence[dict[str, Any]], result: DestinationResult,
-                    lease: Any) -> None:
-    """Send what changed to an object store, then the manifest (the commit marker), under the backup's lease."""
+                    lease: Any, signatures: dict[str, tuple[int, ...]] | None = None) -> None:
+    """Send what changed to an object store, then the manifest (the commit marker), under the backup's lease.
+
+    Nothing the current manifest points at is written before the new manifest is committed: a changed file goes
+    to its content-addressed key, so a backup killed at any moment leaves the last one restorable. Once the new
+    manifest is committed, changed files are copied to their own paths (the prefix reads as the model folder
+    again), a second manifest says so, and objects no manifest points at any more are removed.
+    """
     old = _retry(lambda: store.read(MANIFEST), store, config, result, "manifest read")
-    old_sha = {e.path: e.sha256 for e in parse_manifest(old, source=f"{store.uri}/{MANIFEST}")} if old else {}
-    still_there = _still_there(store, config, result) if old_sha else None
+    previous = [e for e in parse_manifest(old, source=f"{store.uri}/{MANIFEST}") if e.archive is None] if old else []
+    old_at = {e.path: e for e in previous}
+    referenced = {e.key for e in previous}  # what the committed backup reads: never written before the commit
+    still_there = _still_there(store, config, result) if previous else None
+    keys: dict[str, str] = {}
+    lock = threading.Lock()
 
     def send(item: tuple[str, int]) -> bool:
         path, size = item
         sha = hashes[path].result()  # hashed in the background while earlier files upload
-        if old_sha.get(path) == sha and (still_there(path, size) if still_there is not None
-                                         else store.remote_sha256(path) == sha):
+        before = old_at.get(path)
+        if before is not None and before.sha256 == sha and (
+                still_there(before.key, size) if still_there is not None else store.remote_sha256(before.key) == sha):
+            with lock:
+                keys[path] = before.key
             return False
-        _retry(lambda: store.upload(folder / path, path, sha), store, config, result, f"upload {path}")
+        key = path if path not in referenced else content_key(sha)
+        _retry(lambda: store.upload(folder / path, key, sha), store, config, result, f"upload {path}")
+        _unchanged_since_hashed(folder, path, signatures)
+        with lock:
+            keys[path] = key
         return True
 
     sent_flags = _small_first_in_parallel(files, lambda f: f[1], send, config.file_concurrency,
@@ -284,11 +305,63 @@ def _backup_objects(folder: Path, files: list[tuple[str, int]], hashes: dict[str
     result.files_sent = sum(sent_flags)
     result.files_skipped = len(files) - result.files_sent
     result.bytes_sent = sum(size for (_, size), sent in zip(files, sent_flags, strict=True) if sent)
+    for path, _ in files:  # a file rewritten after it was hashed would be committed under the wrong hash
+        _unchanged_since_hashed(folder, path, signatures)
     # the manifest goes last: it is the commit marker of the backup, written only while the lease is ours
-    data = json.dumps(_manifest(files, hashes, members), indent=2).encode()
+    data = json.dumps(_manifest(files, hashes, members, keys), indent=2).encode()
     if lease is not None:
         lease.confirm()
     _retry(lambda: store.write(MANIFEST, data), store, config, result, "manifest write")
+    committed = set(keys.values())
+    try:
+        moved = {p: k for p, k in keys.items() if k != p}
+        if moved:
+            sizes = dict(files)
+            for path, key in sorted(moved.items()):
+                _retry(lambda p=path, k=key: _put_at_path(store, folder, p, k, sizes[p], hashes[p].result(), signatures),
+                       store, config, result, f"copy {path}")
+            plain = json.dumps(_manifest(files, hashes, members), indent=2).encode()
+            if lease is not None:
+                lease.confirm()
+            _retry(lambda: store.write(MANIFEST, plain), store, config, result, "manifest write")
+            committed = {p for p, _ in files}
+        stale = sorted((referenced | set(keys.values())) - committed - {MANIFEST})
+        for key in stale:
+            _retry(lambda k=key: store.delete(k), store, config, result, f"delete {key}")
+        if stale:
+            log.info("%s: removed %d object(s) no manifest points at any more", store.uri, len(stale))
+    except Exception as exc:  # the new backup is committed and restorable: tidying up is for the next run
+        log.warning("%s: the backup is committed, but putting changed files back at their paths or removing old "
+                    "objects failed (%s); the next backup finishes it", store.uri, _describe(exc, store))
+
+
+def _put_at_path(store: Any, folder: Path, path: str, key: str, size: int, sha: str,
+                 signatures: dict[str, tuple[int, ...]] | None) -> None:
+    """Put the bytes stored at ``key`` at ``path`` too: a copy on the server where the store can, else sent again."""
+    if hasattr(store, "copy") and store.copy(key, path, size=size, sha256=sha):
+        return
+    store.upload(folder / path, path, sha)
+    _unchanged_since_hashed(folder, path, signatures)
+
+
+def file_signature(path: Path) -> tuple[int, ...]:
+    """What changes whenever a file's bytes are written or the file replaced: size, modification time, inode.
+    (Not the change time: the repo stores hard-link the files they send, which changes it and nothing else.)"""
+    st = path.stat()
+    return (st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+def _unchanged_since_hashed(folder: Path, path: str, signatures: dict[str, tuple[int, ...]] | None) -> None:
+    if signatures is None or path not in signatures:
+        return
+    try:
+        now = file_signature(folder / path)
+    except FileNotFoundError:
+        now = None
+    if now != signatures[path]:
+        raise StorageError(f"{path!r} changed while it was being backed up (it was written to after it was hashed); "
+                           "this backup did not commit and the previous one is intact: back up again once nothing "
+                           "writes into the folder", uri=str(folder / path))
 
 
 def _still_there(store: Any, config: BackupConfig, result: DestinationResult) -> Callable[[str, int], bool] | None:
@@ -315,9 +388,16 @@ _CREDENTIAL_CODES = frozenset({"InvalidAccessKeyId", "SignatureDoesNotMatch", "A
 
 
 def _manifest(files: list[tuple[str, int]], hashes: dict[str, Future[str]],
-              members: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
-    """The manifest: every uploaded object, then every file packed into an archive (with its archive)."""
-    return manifest_of([{"path": p, "size": n, "sha256": hashes[p].result()} for p, n in files] + list(members))
+              members: Sequence[dict[str, Any]] = (), keys: dict[str, str] | None = None) -> dict[str, Any]:
+    """The manifest: every uploaded object (with the key it is stored under when that is not its path), then
+    every file packed into an archive (with its archive)."""
+    entries = []
+    for p, n in files:
+        entry: dict[str, Any] = {"path": p, "size": n, "sha256": hashes[p].result()}
+        if keys is not None and keys.get(p, p) != p:
+            entry["object"] = keys[p]
+        entries.append(entry)
+    return manifest_of(entries + list(members))
 
 
 def _describe(exc: BaseException, store: Any) -> str:
@@ -374,9 +454,12 @@ def _backup_to_stores(model_path: str | Path, stores: Sequence[Any], config: Bac
             cache = stack.enter_context(HashCache()) if config.reuse_hashes else None
             digest = cache.sha256 if cache is not None else sha256_file
             hasher = stack.enter_context(ThreadPoolExecutor(max_workers=1))  # shut down before the cache closes
+            # taken before hashing: a file whose signature differs after it was sent was written meanwhile
+            signatures = {rel: file_signature(folder / rel) for rel, _ in files}
             hashes = {rel: hasher.submit(digest, folder / rel) for rel, _ in files}
             with ThreadPoolExecutor(max_workers=min(config.parallel_destinations, len(stores))) as pool:
-                results = list(pool.map(lambda s: _backup_one(folder, files, hashes, s, config, members), stores))
+                results = list(pool.map(lambda s: _backup_one(folder, files, hashes, s, config, members, signatures),
+                                        stores))
             manifest = _manifest(files, hashes, members)
             if cache is not None and cache.hits:
                 log.info("%d of %d files unchanged since they were last hashed: SHA-256 reused", cache.hits, len(files))
@@ -525,7 +608,7 @@ def _restore_one(store: Any, local_path: Path, config: BackupConfig) -> StageRes
                 partial = target.with_name(target.name + ".ranges").exists()
                 if target.is_file() and not partial and _matches(target, e.size, e.sha256):
                     return None  # left by an interrupted run, and still correct
-                got = _retry(lambda: store.download(e.path, target), store, config, scratch, f"download {e.path}")
+                got = _retry(lambda: store.download(e.key, target), store, config, scratch, f"download {e.path}")
                 if isinstance(got, str):  # the store hashed the bytes as they arrived
                     return _done(got == e.sha256 and target.stat().st_size == e.size)
                 return verifier.submit(_matches, target, e.size, e.sha256)
@@ -537,7 +620,7 @@ def _restore_one(store: Any, local_path: Path, config: BackupConfig) -> StageRes
             for e, ok in zip(direct, checks, strict=True):
                 if ok is not None and not ok.result():
                     (tmp / e.path).unlink(missing_ok=True)
-                    raise InvalidArtifactError(f"{store.uri}/{e.path} does not match its manifest (corrupt object)")
+                    raise InvalidArtifactError(f"{store.uri}/{e.key} does not match its manifest (corrupt object)")
         for archive in sorted({e.archive for e in entries if e.archive is not None}):
             packed = [e for e in entries if e.archive == archive]
             extract_members(tmp / archive, tmp, packed)

@@ -114,11 +114,14 @@ def acquire(store: Any, *, ttl_s: float) -> Lease | None:
         except (ValueError, UnicodeDecodeError):
             holder = {}
         dead_here = _died_here(holder)
-        if age_s <= ttl_s and not dead_here:
+        # the holder renews every third of ITS ttl: whether it stopped is judged by its ttl, never ours (a
+        # newcomer with a short lock_ttl_s must not take over a live lease renewed on a longer period)
+        held_ttl = _holder_ttl(holder, ttl_s)
+        if age_s <= held_ttl and not dead_here:
             raise StorageError(
                 f"another backup to {store.uri} is in progress (host {holder.get('host', '?')}, pid "
                 f"{holder.get('pid', '?')}, last renewed {age_s:.0f} s ago); wait for it to finish, or if it died, "
-                f"run again after its lease expires ({ttl_s - age_s:.0f} s, lock_ttl_s={ttl_s:.0f})",
+                f"run again after its lease expires ({held_ttl - age_s:.0f} s, its lock_ttl_s={held_ttl:.0f})",
                 uri=store.uri, provider=getattr(store, "provider", None))
         etag = store.replace_if(LEASE, data, held_etag)
         if etag is not None:
@@ -128,6 +131,15 @@ def acquire(store: Any, *, ttl_s: float) -> Lease | None:
             return Lease(store, etag, body, ttl_s)
     raise StorageError(f"could not take the backup lease on {store.uri}: other backups keep racing for it",
                        uri=store.uri, provider=getattr(store, "provider", None))
+
+
+def _holder_ttl(holder: dict[str, Any], default_s: float) -> float:
+    """The TTL the holder recorded in its lease; a lease without a readable one is judged by the longer of ours
+    and an hour, so a damaged or foreign lease is never taken over early."""
+    ttl = holder.get("ttl_s")
+    if isinstance(ttl, int | float) and not isinstance(ttl, bool) and 0 < ttl < float("inf"):
+        return float(ttl)
+    return max(default_s, 3600.0)
 
 
 def _died_here(holder: dict[str, Any]) -> bool:

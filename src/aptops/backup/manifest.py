@@ -6,6 +6,10 @@ duplicate entries are refused before any byte is downloaded.
 Folders of many small files can travel as one tar archive (``pack_small_files``): the manifest then lists
 every packed file with ``"archive"`` naming the tar it is in, and restore extracts exactly those
 members — regular files only, each checked against its entry — and nothing else.
+
+An entry may name the ``"object"`` its bytes are stored under when that is not its path: a backup that
+changes a file sends it under a content-addressed key (``.aptops-objects/<sha256>``) first, so the objects
+the current manifest points at are never overwritten before the new manifest is committed.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 ARCHIVE = ".aptops-small-files.tar"
+OBJECTS = ".aptops-objects"  # content-addressed keys of files sent while an older manifest points at their path
 VERSION_TAG_PREFIX = "backup-"  # hidden: never collides with a model file, never backed up as one
 _CHUNK = 8 * 1024 * 1024
 
@@ -38,6 +43,12 @@ class FileEntry:
     size: int
     sha256: str
     archive: str | None = None  # the tar this file travels in, if it was packed
+    object: str | None = None  # where its bytes are stored, when not at its path
+
+    @property
+    def key(self) -> str:
+        """The object holding this file's bytes, relative to the backup's location."""
+        return self.object or self.path
 
 
 def version_tag(existing: set[str]) -> str:
@@ -95,6 +106,11 @@ def list_model_files(folder: str | Path, *, follow_symlinks: bool = False) -> li
     return files
 
 
+def content_key(sha256: str) -> str:
+    """The content-addressed object key of a file's bytes."""
+    return f"{OBJECTS}/{sha256}"
+
+
 def manifest_of(entries: list[dict[str, Any]]) -> dict[str, Any]:
     return {"version": 1, "created_at": time.time(), "total_bytes": sum(f["size"] for f in entries), "files": entries}
 
@@ -136,7 +152,10 @@ def parse_manifest(data: bytes | str, *, source: str = "manifest") -> list[FileE
         archive = f.get("archive")
         if archive is not None and (not isinstance(archive, str) or not safe_relative_path(archive)):
             raise InvalidArtifactError(f"{source}: entry {path!r} names an unsafe archive {archive!r}")
-        entries.append(FileEntry(path, f["size"], sha, archive))
+        obj = f.get("object")
+        if obj is not None and (not isinstance(obj, str) or not safe_relative_path(obj) or archive is not None):
+            raise InvalidArtifactError(f"{source}: entry {path!r} names an unsafe object {obj!r}")
+        entries.append(FileEntry(path, f["size"], sha, archive, obj))
     stored = {e.path for e in entries if e.archive is None}
     for e in entries:
         if e.archive is not None and e.archive not in stored:

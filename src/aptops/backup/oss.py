@@ -107,6 +107,18 @@ class OssStore:
     def write(self, path: str, data: bytes) -> None:
         self._bucket.put_object(self.key(path), data)
 
+    def copy(self, source: str, path: str, *, size: int, sha256: str) -> bool:
+        """Copy the object at ``source`` to ``path`` on the server (CopyObject, up to 1 GiB); False above that,
+        for the caller to send the file again."""
+        if size > 1024**3:
+            return False
+        self._bucket.copy_object(self.bucket, self.key(source), self.key(path),
+                                 headers={"x-oss-metadata-directive": "REPLACE", "x-oss-meta-sha256": sha256})
+        return True
+
+    def delete(self, path: str) -> None:
+        self._bucket.delete_object(self.key(path))
+
     # conditional writes for the backup lease (aptops.backup.lease). OSS refuses to overwrite on request
     # (x-oss-forbid-overwrite) but has no If-Match on writes: a replace or delete compares the ETag first, so
     # two takers of one stale lease can race there for the time of one request.

@@ -249,6 +249,19 @@ class S3Store:
     def write(self, path: str, data: bytes) -> None:
         self._client.put_object(Bucket=self.bucket, Key=self.key(path), Body=data, ChecksumAlgorithm="SHA256")
 
+    def copy(self, source: str, path: str, *, size: int, sha256: str) -> bool:
+        """Copy the object at ``source`` to ``path`` on the server (CopyObject, up to 5 GiB); False above that,
+        for the caller to send the file again."""
+        if size > 5 * 1024**3:
+            return False
+        self._client.copy_object(Bucket=self.bucket, Key=self.key(path),
+                                 CopySource={"Bucket": self.bucket, "Key": self.key(source)},
+                                 Metadata={"sha256": sha256}, MetadataDirective="REPLACE")
+        return True
+
+    def delete(self, path: str) -> None:
+        self._client.delete_object(Bucket=self.bucket, Key=self.key(path))
+
     # conditional writes for the backup lease (aptops.backup.lease): If-None-Match / If-Match, server-checked
     _LOST = ("PreconditionFailed", "412", "ConditionalRequestConflict", "409", "NoSuchKey", "404")
 

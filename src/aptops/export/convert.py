@@ -14,20 +14,20 @@ still names the requested type, so aptops counts the tensor types itself and rep
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
 import re
-import struct
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aptops.core.artifacts import read_json
 from aptops.core.config import check_choice
 from aptops.core.deps import require
 from aptops.core.errors import ArtifactNotFoundError, ConfigError, InvalidArtifactError
+from aptops.core.formats import check_gguf_bounds, safetensors_header
 from aptops.core.logging import progress
 
 log = logging.getLogger(__name__)
@@ -159,7 +159,13 @@ def safetensors_index(folder: Path) -> dict[str, SourceTensor]:
     adapter's. A missing shard or a quantized checkpoint is refused here, before anything is written."""
     index_file = folder / "model.safetensors.index.json"
     if index_file.is_file():
-        names = sorted(set(json.loads(index_file.read_text(encoding="utf-8"))["weight_map"].values()))
+        index = read_json(index_file)
+        weight_map = index.get("weight_map") if isinstance(index, dict) else None
+        if not isinstance(weight_map, dict) or not all(
+                isinstance(v, str) and v == Path(v).name and v not in ("", ".", "..") for v in weight_map.values()):
+            raise InvalidArtifactError(f"{index_file.name} has no weight_map of tensor -> shard file names in the "
+                                       "folder; save or download the model again", path=str(index_file))
+        names = sorted(set(weight_map.values()))
         missing = [n for n in names if not (folder / n).is_file()]
         if missing:
             raise ArtifactNotFoundError(f"{str(folder)!r} lacks shards its index names: {missing[:3]}; the download "
@@ -172,22 +178,44 @@ def safetensors_index(folder: Path) -> dict[str, SourceTensor]:
                                    "folder itself (aptops export gguf ADAPTER) and its base is merged in", path=str(folder))
     tensors: dict[str, SourceTensor] = {}
     for file in files:
-        with file.open("rb") as f:
-            try:
-                (size,) = struct.unpack("<Q", f.read(8))
-                header = json.loads(f.read(size))
-            except (struct.error, ValueError) as exc:
-                raise InvalidArtifactError(f"{file.name} is not a safetensors file ({exc})", path=str(file)) from None
-        for name, meta in header.items():
-            if name == "__metadata__":
-                continue
-            if meta["dtype"] not in _SAFETENSORS_DTYPES:
+        # every claim of the header (length, offsets, shapes, dtypes) checked against the file before a byte of
+        # a tensor is read: a damaged or hostile header is refused here, never converted from the wrong bytes
+        for name, meta in safetensors_header(file).items():
+            if meta.dtype not in _SAFETENSORS_DTYPES:
                 raise InvalidArtifactError(
-                    f"tensor {name!r} in {file.name} is {meta['dtype']}: GGUF export reads F32, F16 and BF16 weights; "
+                    f"tensor {name!r} in {file.name} is {meta.dtype}: GGUF export reads F32, F16 and BF16 weights; "
                     "a quantized checkpoint (GPTQ, AWQ, bitsandbytes, FP8) must be dequantized and saved first",
                     path=str(file))
-            tensors[name] = SourceTensor(file, 8 + size + meta["data_offsets"][0], meta["dtype"], tuple(meta["shape"]))
+            tensors[name] = SourceTensor(file, meta.offset, meta.dtype, meta.shape)
     return tensors
+
+
+_LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+
+
+def check_sizes(cfg: dict[str, Any], tensors: dict[str, SourceTensor], folder: Path) -> None:
+    """The sizes config.json claims, checked against the weights before anything is allocated by them: a
+    ``num_hidden_layers`` or ``vocab_size`` the tensors do not have is a damaged or foreign config, not a
+    model to build a million-block name map or a 20-million-token vocabulary for.
+
+    Raises:
+        InvalidArtifactError: a size that is not a positive integer or disagrees with the weights.
+    """
+    where = str(folder / "config.json")
+    for key in ("num_hidden_layers", "num_attention_heads", "hidden_size", "vocab_size", "intermediate_size"):
+        value = cfg.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise InvalidArtifactError(f"{where!r}: {key}={value!r} is not a positive integer", path=where)
+    blocks = {int(m.group(1)) for name in tensors if (m := _LAYER.search(name))}
+    if blocks != set(range(cfg["num_hidden_layers"])):
+        held = f"blocks 0-{max(blocks)}" if blocks and blocks == set(range(max(blocks) + 1)) else f"{len(blocks)} blocks"
+        raise InvalidArtifactError(f"{where!r} says num_hidden_layers={cfg['num_hidden_layers']} but the weights hold "
+                                   f"{held}: the config does not belong to these weights", path=where)
+    embed = next((t for name, t in tensors.items() if name.endswith("embed_tokens.weight")), None)
+    if embed is not None and tuple(embed.shape) != (cfg["vocab_size"], cfg["hidden_size"]):
+        raise InvalidArtifactError(f"{where!r} says vocab_size={cfg['vocab_size']}, hidden_size={cfg['hidden_size']} "
+                                   f"but the embedding is {tuple(embed.shape)}: the config does not belong to these "
+                                   "weights", path=where)
 
 
 _CHUNK = 1 << 22  # values converted at a time: a large tensor never exists in F32 all at once
@@ -357,11 +385,16 @@ def convert_to_gguf(model_path: str | Path, output_path: str | Path, *, outtype:
         raise ConfigError(f"outtype {outtype!r}: the converter writes {', '.join(OUTTYPES)}; quantize afterwards",
                           field="outtype", value=outtype)
     folder = check_model_folder(model_path)
-    cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    cfg = read_json(folder / "config.json")
+    if not isinstance(cfg, dict):
+        raise InvalidArtifactError(f"{str(folder / 'config.json')!r} is not a JSON object", path=str(folder))
     _, arch = arch_for(cfg)
     tensors = safetensors_index(folder)
+    check_sizes(cfg, tensors, folder)
     tok_file = folder / "tokenizer.json"
-    tok = json.loads(tok_file.read_text(encoding="utf-8")) if tok_file.is_file() else {}
+    tok = read_json(tok_file) if tok_file.is_file() else {}
+    if not isinstance(tok, dict):
+        raise InvalidArtifactError(f"{str(tok_file)!r} is not a JSON object: not a tokenizer", path=str(tok_file))
     kind = vocab_kind(folder, tok, vocab_type)
     pre = pre_tokenizer_name(tok) if kind == "bpe" else "default"
 
@@ -652,6 +685,7 @@ def read_gguf(path: str | Path) -> Any:
     file = Path(path)
     if not file.is_file():
         raise ArtifactNotFoundError(f"GGUF file {str(file)!r} does not exist", path=str(file))
+    check_gguf_bounds(file)  # every count and length it claims fits the file: the reader allocates by them
     try:
         return gguf.GGUFReader(str(file))
     except Exception as exc:  # the reader parses untrusted bytes: any failure means the file is not usable

@@ -7,11 +7,11 @@ writes: ``adapter_config.json`` names the base (``base_model_name_or_path``, a l
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from pathlib import Path
 
+from aptops.core.artifacts import read_json
 from aptops.core.deps import require
 from aptops.core.errors import ArtifactNotFoundError, InvalidArtifactError
 
@@ -34,7 +34,10 @@ def resolve_base(adapter: Path, base_model: str = "") -> Path:
     """
     from aptops.hub.models import check_model_folder, download_model
 
-    cfg = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
+    cfg = read_json(adapter / "adapter_config.json")  # not JSON: an error naming the file
+    if not isinstance(cfg, dict):
+        raise InvalidArtifactError(f"{str(adapter / 'adapter_config.json')!r} is not a JSON object: not a PEFT "
+                                   "adapter config", path=str(adapter))
     if cfg.get("peft_type", "LORA") != "LORA":
         raise InvalidArtifactError(f"{str(adapter)!r} is a {cfg['peft_type']} adapter; GGUF export merges LoRA adapters",
                                    path=str(adapter))

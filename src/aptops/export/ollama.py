@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from aptops.core.artifacts import read_json
 from aptops.core.deps import require
 from aptops.core.errors import ConfigError, InvalidArtifactError, StorageError
 from aptops.export.convert import read_gguf
@@ -69,7 +70,8 @@ def chat_format(tokenizer_path: str | Path) -> str | None:
     if (folder / "chat_template.jinja").is_file():
         template = (folder / "chat_template.jinja").read_text(encoding="utf-8")
     elif (folder / "tokenizer_config.json").is_file():
-        template = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8")).get("chat_template") or ""
+        data = read_json(folder / "tokenizer_config.json")  # not JSON: an error naming the file
+        template = (data.get("chat_template") if isinstance(data, dict) else "") or ""
     if not template:
         return None
     for name, (marker, _, _) in CHAT_FORMATS.items():

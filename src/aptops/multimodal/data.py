@@ -41,6 +41,10 @@ log = logging.getLogger(__name__)
 BAD_INPUT_POLICIES = ("error", "mask")
 SILENCE_PEAK = 1e-4  # a clip whose loudest sample is below this (full scale 1.0) carries no sound
 MIN_SAMPLE_RATE = 4000  # below this a "speech" wav is mislabelled or broken
+MAX_SAMPLE_RATE = 768_000  # the highest rate audio interfaces record; above it a header is damaged or hostile
+MAX_CHANNELS = 64
+MAX_AUDIO_SAMPLES = 1 << 28  # 1 GiB of float32 decoded at once, at most (about 46 min of 48 kHz stereo)
+MAX_IMAGE_PIXELS = 1 << 26  # 67 MP: above any camera's frame; encoders read 224-1024 px a side
 
 
 @dataclass
@@ -93,14 +97,22 @@ def read_manifest(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-def load_manifest(path: str | Path) -> list[Row]:
+def load_manifest(path: str | Path, *, media_roots: Sequence[str | Path] = ()) -> list[Row]:
     """A manifest as :class:`Row` objects with paths resolved against its folder; checks the row shapes.
 
+    Media must stay inside the manifest's folder, links followed: a row naming ``../``, an absolute path or a
+    link that leaves it would let a manifest copy any readable file into a dataset that is then shared.
+
+    Args:
+        path: the manifest file, or a folder holding ``manifest.jsonl``.
+        media_roots: further folders whose files rows may name (an explicit allow-list).
+
     Raises:
-        InvalidArtifactError: no rows, a row with no modality, a bad segment.
+        InvalidArtifactError: no rows, a row with no modality, a bad segment, media outside the allowed folders.
     """
     path = Path(path)
     base = path if path.is_dir() else path.parent
+    roots = [base.resolve(), *(Path(r).resolve() for r in media_roots)]
     raw = read_manifest(path)
     if not raw:
         raise InvalidArtifactError(f"the manifest {path} has no rows", path=str(path))
@@ -111,7 +123,14 @@ def load_manifest(path: str | Path) -> list[Row]:
         for m in ("image", "audio"):
             if not _blank(r.get(m)):
                 p = Path(str(r[m]))
-                setattr(row, m, p if p.is_absolute() else base / p)
+                full = p if p.is_absolute() else base / p
+                real = full.resolve()
+                if not any(real == root or root in real.parents for root in roots):
+                    raise InvalidArtifactError(
+                        f"{name}: the {m} {str(p)!r} lies outside the manifest's folder {str(base)!r}"
+                        + (" (through a link)" if not p.is_absolute() and ".." not in p.parts else "")
+                        + "; copy the file inside it, or allow its folder with media_roots=[...]", path=str(path))
+                setattr(row, m, full)
         for key in ("start", "end"):
             if not _blank(r.get(key)):
                 try:
@@ -153,10 +172,18 @@ def load_image(source: Any, row: str = "image") -> Any:
     if not path.is_file():
         raise InvalidArtifactError(f"{row}: the image {path} does not exist", path=str(path))
     try:
-        with image_mod.open(path) as img:
+        with image_mod.open(path) as img:  # the header only: nothing is decoded yet
+            width, height = img.size
+            if width * height > MAX_IMAGE_PIXELS:
+                raise InvalidArtifactError(
+                    f"{row}: the image {path} claims {width}x{height} pixels, more than {MAX_IMAGE_PIXELS:,} (a "
+                    "decompression bomb or a scan far larger than any encoder reads); downscale it or drop it",
+                    path=str(path))
             img.load()
             return img.convert("RGB")
-    except (OSError, SyntaxError, ValueError) as exc:
+    except InvalidArtifactError:
+        raise
+    except (OSError, SyntaxError, ValueError, image_mod.DecompressionBombError) as exc:
         raise InvalidArtifactError(f"{row}: the image {path} cannot be read ({exc}); replace or drop the file",
                                    path=str(path)) from None
 
@@ -190,14 +217,29 @@ def load_audio(source: Any, target_rate: int, *, start: float | None = None, end
         try:
             info = sf.info(str(path))
             rate = int(info.samplerate)
+            # the header is untrusted: a rate or length checked before a sample is decoded (a 2^31 Hz header
+            # would otherwise be resampled from gigabytes)
+            if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+                raise InvalidArtifactError(f"{label} is sampled at {rate} Hz, outside {MIN_SAMPLE_RATE}-"
+                                           f"{MAX_SAMPLE_RATE} Hz: not usable audio (check the file's header or how "
+                                           "it was recorded)", path=str(path))
+            if not 1 <= info.channels <= MAX_CHANNELS:
+                raise InvalidArtifactError(f"{label} claims {info.channels} channels (at most {MAX_CHANNELS} are "
+                                           "read); mix it down or drop the row", path=str(path))
             first = round((start or 0.0) * rate)
             last = round(end * rate) if end is not None else -1
             if first > info.frames or (end is not None and last > info.frames + rate // 100):
                 raise InvalidArtifactError(f"{label} lasts {info.frames / rate:.2f} s but the row asks for "
                                            f"{start or 0.0:.2f}-{end if end is not None else 'end'} s",
                                            path=str(path))
-            wave, rate = sf.read(str(path), start=first, stop=None if last < 0 else min(last, info.frames),
-                                 dtype="float32", always_2d=True)
+            stop = info.frames if last < 0 else min(last, info.frames)
+            if max_seconds is not None:  # what is cut off anyway is never decoded
+                stop = min(stop, first + int(max_seconds * rate))
+            if (stop - first) * info.channels > MAX_AUDIO_SAMPLES:
+                raise InvalidArtifactError(f"{label} asks for {(stop - first) / rate:.0f} s of audio, more than "
+                                           f"{MAX_AUDIO_SAMPLES // rate // max(info.channels, 1)} s are read at once: "
+                                           "cut it into segments (start/end) or set max_audio_seconds", path=str(path))
+            wave, rate = sf.read(str(path), start=first, stop=stop, dtype="float32", always_2d=True)
         except (RuntimeError, sf.LibsndfileError) as exc:
             raise InvalidArtifactError(f"{label} cannot be decoded ({exc}); convert it to WAV/FLAC or drop it",
                                        path=str(path)) from None
@@ -207,6 +249,9 @@ def load_audio(source: Any, target_rate: int, *, start: float | None = None, end
         wave = wave.mean(axis=-1 if wave.shape[-1] <= 8 else 0)
     if rate < MIN_SAMPLE_RATE:
         raise InvalidArtifactError(f"{label} is sampled at {rate} Hz, below {MIN_SAMPLE_RATE} Hz: not usable audio "
+                                   "(check the file's header or how it was recorded)")
+    if rate > MAX_SAMPLE_RATE:
+        raise InvalidArtifactError(f"{label} is sampled at {rate} Hz, above {MAX_SAMPLE_RATE} Hz: not usable audio "
                                    "(check the file's header or how it was recorded)")
     if start is not None or end is not None:
         wave = wave[int((start or 0.0) * rate): None if end is None else int(end * rate)]

@@ -95,8 +95,8 @@ def test_of_backups_racing_for_a_destination_exactly_one_wins(target):
 def test_a_dead_holders_lease_is_taken_over_and_the_holder_cannot_commit(target, tiny_llama, tmp_path, caplog):
     dest, creds, cfg = target
     store = _store(dest, creds, cfg)
-    # a holder that died: its lease is there, never renewed
-    assert store.create_exclusive(LEASE, json.dumps({"host": "gone", "pid": 1}).encode()) is not None
+    # a holder that died: its lease (renewed every third of its 1 s) is there, never renewed
+    assert store.create_exclusive(LEASE, json.dumps({"host": "gone", "pid": 1, "ttl_s": 1.0}).encode()) is not None
     stale = BackupConfig(**{**cfg.__dict__, "lock_ttl_s": 1.0})
     time.sleep(2.5)  # by the server's clock, older than lock_ttl_s
     caplog.set_level(logging.WARNING)
@@ -110,6 +110,28 @@ def test_a_dead_holders_lease_is_taken_over_and_the_holder_cannot_commit(target,
         mine.confirm()
     mine.release()
     assert json.loads(store.read(LEASE)) == {"host": "thief"}  # the new holder's lease is left alone
+
+
+def test_a_live_lease_is_judged_by_its_holders_ttl_not_the_newcomers(target, tiny_llama, tmp_path):
+    """Issue 32: a second backup with a short lock_ttl_s took over a live lease renewed on the holder's longer
+    period, and both exited 0 (manifest of one, objects of the other)."""
+    dest, creds, cfg = target
+    store = _store(dest, creds, cfg)
+    holder = acquire(store, ttl_s=30)  # renews every 10 s
+    try:
+        time.sleep(2.5)  # older than the newcomer's 1 s, far younger than the holder's 30 s
+        hasty = BackupConfig(**{**cfg.__dict__, "lock_ttl_s": 1.0})
+        (res,) = backup_model(tiny_llama, [dest], hasty, credentials=creds).destinations
+        assert res.outcome == "failure" and res.files_sent == 0
+        assert "is in progress" in res.error and "its lock_ttl_s=30" in res.error
+        holder.confirm()  # still ours: the holder may commit
+    finally:
+        holder.release()
+    # a lease whose TTL cannot be read is never taken early
+    assert store.create_exclusive(LEASE, b'{"host": "elsewhere", "ttl_s": "soon"}') is not None
+    time.sleep(1.5)
+    with pytest.raises(StorageError, match="is in progress"):
+        acquire(store, ttl_s=1.0)
 
 
 def test_a_lease_left_by_a_process_gone_from_this_host_is_taken_over_at_once(target, tiny_llama, caplog):

@@ -138,3 +138,65 @@ def test_balanced_sampler_evens_out_labels_and_modality_mixes():
     assert all(abs(n / len(draws) - 1 / 3) < 0.03 for n in groups.values()), groups
     plain = Counter(dataset.rows[i].label for i in torch.randperm(100).tolist())
     assert plain[0] == 80  # without balancing, 4:1
+
+
+def test_media_outside_the_manifest_folder_are_refused_naming_the_row(tmp_path, media):
+    secret = tmp_path / "secret.png"
+    Image.new("RGB", (8, 8)).save(secret)
+    inner = tmp_path / "task"
+    inner.mkdir()
+    (inner / "red.png").write_bytes((tmp_path / "red.png").read_bytes())
+    (inner / "link.png").symlink_to(secret)
+    cases = [({"image": "../secret.png"}, "the image '../secret.png' lies outside"),
+             ({"image": str(secret)}, "the image .* lies outside the manifest's folder"),
+             ({"image": "link.png"}, r"the image 'link.png' lies outside .* \(through a link\)"),
+             ({"audio": "../" + media["audio"]}, "the audio '../a.wav' lies outside")]
+    for row, message in cases:
+        path = _manifest(inner, [{"text": "ok", "image": "red.png", "label": 0}, {**row, "label": 1}])
+        with pytest.raises(InvalidArtifactError, match=r"m.jsonl row 1: " + message):
+            load_manifest(path)
+    # an explicit allow-list lets a shared media folder in; the manifest's own files are always allowed
+    path = _manifest(inner, [{"image": "red.png", "label": 0}, {"image": str(secret), "label": 1}])
+    assert load_manifest(path, media_roots=[tmp_path])[1].image == secret
+
+
+def _png_header_claiming(path, width, height):
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def _wav_header_claiming(path, rate, seconds=1.0, channels=1):
+    import struct
+
+    frames = int(min(seconds * 8000, 8000))
+    data = (np.sin(np.arange(frames * channels) / 5) * 8000).astype("<i2").tobytes()
+    header = struct.pack("<4sI4s4sIHHIIHH4sI", b"RIFF", 36 + len(data), b"WAVE", b"fmt ", 16, 1, channels, rate,
+                         rate * 2 * channels, 2 * channels, 16, b"data", len(data))
+    path.write_bytes(header + data)
+    return path
+
+
+def test_decompression_bombs_and_absurd_audio_headers_are_refused_before_decoding(tmp_path):
+    from aptops.multimodal.data import load_image
+
+    bomb = _png_header_claiming(tmp_path / "bomb.png", 10000, 10000)  # 100 megapixels in 100 bytes
+    with pytest.raises(InvalidArtifactError, match=r"m.jsonl row 3: the image .* claims 10000x10000 pixels"):
+        load_image(bomb, "m.jsonl row 3")
+    huge = _png_header_claiming(tmp_path / "huge.png", 60000, 60000)  # past Pillow's own bomb limit
+    with pytest.raises(InvalidArtifactError, match=r"huge.png cannot be read \(Image size"):
+        load_image(huge, "m.jsonl row 3")
+    fast = _wav_header_claiming(tmp_path / "fast.wav", 2**31 - 1)
+    with pytest.raises(InvalidArtifactError, match=r"Hz|cannot be decoded"):
+        load_audio(fast, 16000, row="m.jsonl row 4")
+    # masked like any other unreadable file, not a traceback
+    rows = load_manifest(_manifest(tmp_path, [{"text": "kept", "image": "bomb.png", "audio": "fast.wav", "label": 0}]))
+    item = MultimodalDataset(rows, on_bad_input="mask")[0]
+    assert item["text"] == "kept" and item.get("image") is None and item.get("audio") is None

@@ -154,7 +154,8 @@ def test_stage_refuses_bad_setups(sample_task, tmp_path):
     one = tmp_path / "one.jsonl"
     one.write_text(json.dumps({"image": str(sample_task / "images" / "eval-cat-000.png"), "label": "cat"}) + "\n")
     with pytest.raises(InvalidArtifactError, match="1 class"):
-        train_multimodal_model(one, output_dir=tmp_path / "b", config=MultimodalConfig(eval_fraction=0))
+        train_multimodal_model(one, output_dir=tmp_path / "b",
+                               config=MultimodalConfig(eval_fraction=0, media_roots=(str(sample_task),)))
     assert not (tmp_path / "b" / "result.json").exists()
 
 

@@ -1,0 +1,70 @@
+"""Issue 32: small, damaged or hostile model folders are refused before export allocates by their claims, with
+the file and the claim named, and nothing left beside --out (they hung at 3-7 GB, or converted wrong bytes)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+
+import pytest
+
+from aptops.core.errors import InvalidArtifactError
+from aptops.export import ExportConfig, export_to_gguf
+
+
+@pytest.fixture
+def model(tiny_llama, tmp_path):
+    return shutil.copytree(tiny_llama, tmp_path / "model")
+
+
+def _set(model, **values):
+    cfg = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**cfg, **values}))
+
+
+def _export(model, tmp_path, **config):
+    with pytest.raises(InvalidArtifactError) as info:
+        export_to_gguf(model, output_dir=tmp_path / "out", config=ExportConfig(**config))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no output, no temp file, no lock
+    return str(info.value)
+
+
+@pytest.mark.timeout(120)
+def test_sizes_in_config_json_are_checked_against_the_weights(model, tmp_path):
+    _set(model, num_hidden_layers=1_000_000)
+    assert "num_hidden_layers=1000000 but the weights hold blocks 0-1" in _export(model, tmp_path)
+    _set(model, num_hidden_layers=2, vocab_size=20_000_000)
+    assert "vocab_size=20000000" in _export(model, tmp_path) and "the embedding is" in _export(model, tmp_path)
+    _set(model, vocab_size="many")
+    assert "vocab_size='many' is not a positive integer" in _export(model, tmp_path)
+
+
+def _rewrite_header(path, change):
+    data = path.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = change(json.loads(data[8:8 + n]))
+    raw = json.dumps(header, separators=(",", ":")).encode().ljust(n)  # same length: the tensors' bytes stay where they were
+    assert len(raw) == n
+    path.write_bytes(data[:8] + raw + data[8 + n:])
+
+
+def test_overlapping_offsets_are_refused_even_without_verification(model, tmp_path):
+    def overlap(header):
+        names = sorted((k for k in header if k != "__metadata__"), key=lambda k: header[k]["data_offsets"][0])
+        a, b = header[names[0]], header[names[1]]
+        size = b["data_offsets"][1] - b["data_offsets"][0]
+        b["data_offsets"] = [a["data_offsets"][0], a["data_offsets"][0] + size]  # b read from a's bytes
+        return header
+
+    _rewrite_header(model / "model.safetensors", overlap)
+    message = _export(model, tmp_path, verify=False)
+    assert "model.safetensors is not a valid safetensors file" in message and "overlap" in message
+
+
+@pytest.mark.parametrize("name", ["config.json", "tokenizer.json", "adapter_config.json"])
+def test_config_files_that_are_not_json_are_named(model, tmp_path, name):
+    (model / name).write_text("{not json")
+    if name == "adapter_config.json":  # a LoRA adapter folder: weights of its own, a damaged config
+        shutil.copy(model / "model.safetensors", model / "adapter_model.safetensors")
+    assert f"{name}' is not valid JSON" in _export(model, tmp_path)
