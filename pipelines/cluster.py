@@ -72,14 +72,14 @@ class Toleration:
         return out
 
     def __post_init__(self) -> None:
-        if not _LABEL_KEY.match(self.key):
+        if not _LABEL_KEY.fullmatch(self.key):
             raise ConfigError(f"toleration key {self.key!r} is not a valid Kubernetes key", field="toleration", value=self.key)
         if self.effect not in _EFFECTS:
             raise ConfigError(
                 f"toleration effect {self.effect!r} must be one of {', '.join(_EFFECTS)}",
                 field="toleration", value=self.effect,
             )
-        if self.value is not None and not _LABEL_VALUE.match(self.value):
+        if self.value is not None and not _LABEL_VALUE.fullmatch(self.value):
             raise ConfigError(f"toleration value {self.value!r} is not a valid label value", field="toleration", value=self.value)
 
 
@@ -88,13 +88,26 @@ def parse_selector(pairs: Sequence[str] | Mapping[str, str], *, field_name: str)
     items = pairs.items() if isinstance(pairs, Mapping) else [_split_pair(p, field_name) for p in pairs]
     out = {}
     for key, value in items:
-        if not _LABEL_KEY.match(key) or not _LABEL_VALUE.match(value):
+        if not _LABEL_KEY.fullmatch(key) or not _LABEL_VALUE.fullmatch(value):
             raise ConfigError(
                 f"{field_name} {key}={value} is not a valid Kubernetes label (key: [prefix/]name, value: "
                 "up to 63 letters, digits, '-', '_', '.')", field=field_name, value=f"{key}={value}",
             )
         out[key] = value
     return out
+
+
+def _bounded(value: Any, where: str, key: str = "") -> None:
+    """Refuse a string longer than any cluster setting needs (it would be copied into every task's YAML)."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _bounded(v, where, f"{key}.{k}" if key else str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _bounded(v, where, f"{key}[{i}]")
+    elif isinstance(value, str) and len(value) > MAX_VALUE:
+        raise ConfigError(f"{where}: {key} holds {len(value):,} characters; no cluster setting needs more than "
+                          f"{MAX_VALUE:,}", field=key, value=value[:40])
 
 
 def _split_pair(text: str, field_name: str) -> tuple[str, str]:
@@ -115,6 +128,9 @@ _MEMORY_UNITS = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10
                  "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
 _DIGEST = re.compile(r"^sha256:[a-f0-9]{64}$")
 _K8S_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+_PATH = re.compile(r"/[A-Za-z0-9._/+@=,:-]*")  # a container path as a volume mount takes it
+MAX_PATH = 1024
+MAX_VALUE = 4096  # longest string any key of a cluster file holds
 
 
 def cpu_cores(text: str, *, field_name: str = "cpu") -> float:
@@ -123,7 +139,7 @@ def cpu_cores(text: str, *, field_name: str = "cpu") -> float:
     Raises:
         ConfigError: not a CPU quantity; the message names the key and shows the forms allowed.
     """
-    if not _CPU.match(str(text)):
+    if not _CPU.fullmatch(str(text)):
         raise ConfigError(f"{field_name}={text!r} is not a CPU quantity: write cores ('2', '0.5') or millicores "
                           "('500m')", field=field_name, value=text)
     text = str(text)
@@ -136,7 +152,7 @@ def memory_bytes(text: str, *, field_name: str = "memory") -> int:
     Raises:
         ConfigError: not a memory quantity (``16gb`` is not one); the message names the key and the units.
     """
-    if not _MEMORY.match(str(text)):
+    if not _MEMORY.fullmatch(str(text)):
         raise ConfigError(f"{field_name}={text!r} is not a memory quantity: write an integer with one of the units "
                           "Ki, Mi, Gi, Ti (powers of 1024) or K, M, G, T (powers of 1000), e.g. '16Gi'",
                           field=field_name, value=text)
@@ -315,7 +331,7 @@ class ClusterSettings:
     trainjob: TrainJobSettings = field(default_factory=TrainJobSettings)
 
     def __post_init__(self) -> None:
-        if self.cache_pvc and not _K8S_NAME.match(self.cache_pvc):
+        if self.cache_pvc and not _K8S_NAME.fullmatch(self.cache_pvc):
             raise ConfigError(f"cache_pvc {self.cache_pvc!r} is not a valid Kubernetes name", field="cache_pvc",
                               value=self.cache_pvc)
         if not self.cache_mount_path.startswith("/"):
@@ -324,35 +340,40 @@ class ClusterSettings:
         if self.checkpoint_dir and not self.checkpoint_dir.startswith("/"):
             raise ConfigError("checkpoints must be an absolute path on the cache volume", field="checkpoints",
                               value=self.checkpoint_dir)
+        for name, path in (("cache.mount_path", self.cache_mount_path), ("checkpoints", self.checkpoint_dir)):
+            if len(path) > MAX_PATH or not _PATH.fullmatch(path or "/"):
+                raise ConfigError(f"{name} must be a path of at most {MAX_PATH} printable characters (no spaces, "
+                                  f"quotes or control characters); got {len(path)} characters starting {path[:40]!r}",
+                                  field=name, value=path[:40])
         for provider, secret in self.credential_secrets.items():
             if provider not in CREDENTIAL_ENV:
                 raise ConfigError(
                     f"credential secret for unknown provider {provider!r}: use one of {', '.join(CREDENTIAL_ENV)}",
                     field="credential_secrets", value=provider,
                 )
-            if not _K8S_NAME.match(secret):
+            if not _K8S_NAME.fullmatch(secret):
                 raise ConfigError(f"secret name {secret!r} is not a valid Kubernetes name", field="credential_secrets",
                                   value=secret)
         for name in (*self.image_pull_secrets, self.service_account):
-            if name and not _K8S_NAME.match(name):
+            if name and not _K8S_NAME.fullmatch(name):
                 raise ConfigError(f"{name!r} is not a valid Kubernetes name (pull secret / service account)",
                                   field="images.pull_secrets", value=name)
-        if self.image_registry and not _REGISTRY.match(self.image_registry):
+        if self.image_registry and not _REGISTRY.fullmatch(self.image_registry):
             raise ConfigError(
                 f"image_registry={self.image_registry!r} is not a valid registry/namespace (lower-case host[:port]/path)",
                 field="image_registry", value=self.image_registry,
             )
-        if not _TAG.match(self.image_tag):
+        if not _TAG.fullmatch(self.image_tag):
             raise ConfigError(f"image_tag={self.image_tag!r} is not a valid image tag", field="image_tag", value=self.image_tag)
         stages = {s.name for s in STAGES}
         for stage, digest in self.image_digests.items():
             if stage not in stages:
                 raise ConfigError(f"images.digests.{stage}: no such stage; stages are {', '.join(sorted(stages))}",
                                   field=f"images.digests.{stage}", value=stage)
-            if not _DIGEST.match(digest):
+            if not _DIGEST.fullmatch(digest):
                 raise ConfigError(f"images.digests.{stage}={digest!r} is not a digest (sha256: and 64 hex digits)",
                                   field=f"images.digests.{stage}", value=digest)
-        if not _LABEL_KEY.match(self.gpu_resource) or "/" not in self.gpu_resource:
+        if not _LABEL_KEY.fullmatch(self.gpu_resource) or "/" not in self.gpu_resource:
             raise ConfigError(
                 f"gpu_resource={self.gpu_resource!r} must be an extended resource name such as nvidia.com/gpu",
                 field="gpu_resource", value=self.gpu_resource,
@@ -380,6 +401,7 @@ class ClusterSettings:
                 quantity or name is malformed, a count is out of range.
         """
         data = read_yaml_mapping(path)
+        _bounded(data, f"cluster file {str(path)!r}")
         try:
             f = from_dict(ClusterFile, data)
         except ConfigError as exc:

@@ -155,6 +155,17 @@ def test_the_example_cluster_file_compiles_every_task_with_requests_and_limits(t
     ("images: {digests: {train: 'sha256:abc'}}", r"is not a digest"),
     ("pools: {gpu: {tolerations: ['nvidia.com/gpu']}}", r"must look like key=value:Effect"),
     ("[1, 2]", r"must hold a mapping"),
+    # issue 32: a trailing newline passed every name check and reached the YAML as an invalid name
+    ('images: {tag: "v1\\n"}', r"is not a valid image tag"),
+    ('credentials: {aws: "aws-creds\\n"}', r"is not a valid Kubernetes name"),
+    ('cache: {pvc: "models\\n"}', r"is not a valid Kubernetes name"),
+    ('pools: {gpu: {node_selector: {pool: "gpu\\n"}}}', r"is not a valid Kubernetes label"),
+    ('images: {registry: "reg.example.com/ml\\n"}', r"is not a valid registry"),
+    # a second `credentials:` silently dropped the first (the AWS Secret)
+    ("credentials: {aws: aws-creds}\ncache: {pvc: c}\ncredentials: {hf: hf-token}", r"'credentials' appears twice"),
+    ("cache: {pvc: models, mount_path: /cache/has space}", r"cache.mount_path must be a path"),
+    ("cache: {pvc: models, mount_path: /" + "a" * 2000 + "}", r"cache.mount_path must be a path of at most 1024"),
+    ("service_account: " + "a" * 10_000, r"service_account holds 10,000 characters"),
 ])
 def test_a_bad_cluster_file_is_refused_naming_the_key(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message):

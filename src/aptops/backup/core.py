@@ -45,7 +45,7 @@ from aptops.backup.manifest import (
 )
 from aptops.core.artifacts import StageResult
 from aptops.core.config import check_choice, check_range
-from aptops.core.errors import ConfigError, InvalidArtifactError, StorageError
+from aptops.core.errors import ConfigError, DiskFullError, InvalidArtifactError, StorageError, is_disk_full
 from aptops.core.locations import Location, parse_location
 
 log = logging.getLogger(__name__)
@@ -517,6 +517,8 @@ def restore_model(
     for store in stores:
         try:
             return _restore_one(store, local_path, config)
+        except DiskFullError:
+            raise  # the same disk for every source: trying the next would fill it again
         except (StorageError, InvalidArtifactError) as exc:
             reasons.append(f"{store.uri}: {exc}")
             log.warning("restore from %s failed: %s; trying the next source", store.uri, exc)
@@ -639,6 +641,17 @@ def _restore_one(store: Any, local_path: Path, config: BackupConfig) -> StageRes
     except InvalidArtifactError:
         shutil.rmtree(tmp, ignore_errors=True)  # this source is bad: nothing of it is worth keeping
         raise
+    except OSError as exc:
+        if not is_disk_full(exc):
+            log.warning("restore from %s interrupted; %s keeps what arrived, the next restore continues from it",
+                        store.uri, tmp)
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)  # give the space back: a full disk helps nobody
+        total = sum(e.size for e in entries if e.archive is None)
+        free = shutil.disk_usage(local_path.parent).free
+        raise DiskFullError(f"the disk holding {str(local_path)!r} is full: this backup needs {total:,} bytes and "
+                            f"{free:,} are free; the partial restore was removed: free space or restore elsewhere "
+                            "(--out)", uri=store.uri) from None
     except BaseException:
         log.warning("restore from %s interrupted; %s keeps what arrived, the next restore continues from it",
                     store.uri, tmp)

@@ -17,7 +17,7 @@ from rich.markup import escape
 
 from aptops.cli import backup, cluster, data, debug, distill, export, hub, multimodal, prune, train  # noqa: F401
 from aptops.cli.common import app, err
-from aptops.core.errors import AptopsError, ConfigError
+from aptops.core.errors import AptopsError, ConfigError, is_disk_full
 
 __all__ = ["app", "main"]
 
@@ -31,4 +31,11 @@ def main() -> None:
         sys.exit(2)
     except AptopsError as exc:
         err.print(f"[red]error:[/] {escape(str(exc))}")
+        sys.exit(1)
+    except OSError as exc:
+        if not is_disk_full(exc):
+            raise
+        where = f" writing {exc.filename!r}" if exc.filename else ""
+        err.print(f"[red]error:[/] the disk is full{escape(where)}: what was half-written was removed; free space "
+                  "there, or write to another disk (--out), and run again")
         sys.exit(1)

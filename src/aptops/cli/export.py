@@ -49,13 +49,26 @@ def export_ollama(
     system: Annotated[str | None, typer.Option(help="A SYSTEM prompt.")] = None,
     host: Annotated[str | None, typer.Option(help="Ollama's URL (default OLLAMA_HOST or 127.0.0.1:11434).")] = None,
     prompt: Annotated[list[str] | None, typer.Option("--prompt", "-p", help="Smoke-test prompts (repeatable).")] = None,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Write a Modelfile from the chat template, register the GGUF in Ollama, and smoke-test it."""
+    import os
+
     from aptops.export import create_modelfile, register_to_ollama
     from aptops.export import test_model as smoke
+    from aptops.export.ollama import check_modelfile_target
 
-    modelfile = create_modelfile(name, gguf, system_prompt=system, tokenizer_path=tokenizer)
-    info = register_to_ollama(modelfile, name, host=host)
+    modelfile = gguf.with_name("Modelfile")
+    # written beside it as a hidden draft and put in place only once Ollama took it: a failed registration
+    # leaves whatever Modelfile was there as it was
+    draft = create_modelfile(name, gguf, system_prompt=system, tokenizer_path=tokenizer,
+                             output_path=gguf.with_name(f".Modelfile.draft-{os.getpid()}"))
+    try:
+        check_modelfile_target(modelfile, draft.read_text(encoding="utf-8"), overwrite=overwrite)
+        info = register_to_ollama(draft, name, host=host)
+        os.replace(draft, modelfile)
+    finally:
+        draft.unlink(missing_ok=True)
     report = smoke(name, prompt or ["Say hello in one sentence."], host=host)
     table = Table(title=f"{name} in Ollama {info['version']} at {info['host']} (Modelfile: {modelfile})")
     for col in ("prompt", "answer", "tokens/s", "stopped", "ok"):

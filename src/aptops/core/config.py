@@ -44,7 +44,8 @@ def show(value: object) -> str:
 
 
 def load_yaml(text: str, *, source: str, max_nodes: int = MAX_YAML_NODES, max_depth: int = MAX_YAML_DEPTH) -> Any:
-    """Parse one YAML document safely (``yaml.SafeLoader``) with bounded alias expansion and depth.
+    """Parse one YAML document safely (``yaml.SafeLoader``) with bounded alias expansion and depth, refusing a
+    key given twice in one mapping.
 
     Anchors and aliases stay usable (``<<: *defaults``), but the document's size counted with every alias
     expanded, and its nesting depth, must stay under the limits; the graph is measured before any Python
@@ -75,6 +76,11 @@ def load_yaml(text: str, *, source: str, max_nodes: int = MAX_YAML_NODES, max_de
                 return sizes[id(n)]
             sizes[id(n)] = max_nodes + 1  # a node that contains itself expands without end
             if isinstance(n, yaml.MappingNode):
+                keys = [k.value for k, _ in n.value if isinstance(k, yaml.ScalarNode) and k.value != "<<"]
+                twice = next((k for i, k in enumerate(keys) if k in keys[:i]), None)
+                if twice is not None:  # YAML keeps the last silently: a second `credentials:` drops the first
+                    raise ConfigError(f"{source}: the key {twice!r} appears twice in one mapping (line "
+                                      f"{n.start_mark.line + 1}); keep one", value=source)
                 total = 1 + sum(size(k, depth + 1) + size(v, depth + 1) for k, v in n.value)
             elif isinstance(n, yaml.SequenceNode):
                 total = 1 + sum(size(v, depth + 1) for v in n.value)

@@ -68,6 +68,17 @@ class StorageError(AptopsError, OSError):
         self.provider = provider
 
 
+class DiskFullError(StorageError):
+    """A local disk ran out of space (or quota) while aptops wrote to it; what was half-written is removed."""
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True for the ``OSError`` a write raises when its disk or quota is full."""
+    import errno
+
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
 class MissingDependencyError(AptopsError, ImportError):
     """An optional dependency of one stage is not installed; the message names the extra to install."""
 

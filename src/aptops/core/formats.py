@@ -200,3 +200,33 @@ def _gguf_value(cur: _Cursor, kind: int, what: str, *, nested: bool) -> None:
             raise cur.bad(f"{what} is an array of type {item} (nested arrays or an unknown type)")
     else:
         raise cur.bad(f"{what} has the unknown type {kind}")
+
+
+# --- model folders -----------------------------------------------------------------------------------------------
+
+MODEL_JSON_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+                    "special_tokens_map.json", "adapter_config.json", "preprocessor_config.json",
+                    "processor_config.json", "model.safetensors.index.json")
+
+
+def check_model_files(folder: str | Path) -> Path:
+    """Parse what a Hugging Face folder's loaders would parse, so a damaged file is named here instead of
+    surfacing as a traceback from deep inside transformers: every JSON file it uses must be a JSON object, every
+    safetensors header must hold (see :func:`safetensors_header`).
+
+    Raises:
+        InvalidArtifactError: the file and what is wrong with it.
+    """
+    from aptops.core.artifacts import read_json
+
+    folder = Path(folder)
+    for name in MODEL_JSON_FILES:
+        path = folder / name
+        if path.is_file():
+            data = read_json(path)
+            if not isinstance(data, dict):
+                raise InvalidArtifactError(f"{str(path)!r} holds a JSON {type(data).__name__}, not an object: the file "
+                                           "is damaged; save or download the model again", path=str(path))
+    for path in sorted(folder.glob("*.safetensors")):
+        safetensors_header(path)
+    return folder

@@ -156,7 +156,7 @@ def _parse_bucket(scheme: str, text: str, bucket: str, path: str) -> Location:
     rule = _S3_BUCKET if scheme == "s3" else _OSS_BUCKET
     if not bucket:
         raise LocationError(f"location {text!r} has no bucket: write {scheme}://bucket/prefix", uri=text)
-    if not rule.match(bucket) or (scheme == "s3" and ".." in bucket):
+    if not rule.fullmatch(bucket) or (scheme == "s3" and ".." in bucket):
         allowed = (
             "3-63 lower-case letters, digits, dots or hyphens"
             if scheme == "s3"
@@ -190,7 +190,7 @@ def _parse_repo(scheme: str, text: str, rest: str) -> Location:
         if not revision:
             raise LocationError(f"location {text!r} has an empty revision after '@'", uri=text)
     for part, label in ((org, "organisation"), (name, "repo name")):
-        if not _REPO_PART.match(part):
+        if not _REPO_PART.fullmatch(part):
             raise LocationError(
                 f"location {text!r}: {part!r} is not a valid {label} (letters, digits, '-', '_', '.', "
                 "at most 96 characters, no '--' or '..')",

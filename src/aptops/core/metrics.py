@@ -180,7 +180,7 @@ class StageMetrics:
 
     def _metric_name(self, name: str) -> str:
         full = f"aptops_{self.stage}_{name}"
-        if not _NAME.match(full):
+        if not _NAME.fullmatch(full):
             raise ConfigError(f"metric name {name!r} is not a valid Prometheus name", field="metric", value=name)
         return full
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from aptops.core.artifacts import read_json
 from aptops.core.deps import require
-from aptops.core.errors import ConfigError, InvalidArtifactError, StorageError
+from aptops.core.errors import ConfigError, InvalidArtifactError, OutputExistsError, StorageError
 from aptops.export.convert import read_gguf
 
 log = logging.getLogger(__name__)
@@ -84,8 +84,18 @@ def chat_format(tokenizer_path: str | Path) -> str | None:
 
 def create_modelfile(model_name: str, gguf_path: str | Path, template: str | None = None,
                      system_prompt: str | None = None, parameters: Mapping[str, Any] | None = None, *,
-                     tokenizer_path: str | Path | None = None, output_path: str | Path | None = None) -> Path:
-    """Write an Ollama Modelfile beside the GGUF (or at ``output_path``) and return its path."""
+                     tokenizer_path: str | Path | None = None, output_path: str | Path | None = None,
+                     overwrite: bool = False) -> Path:
+    """Write an Ollama Modelfile beside the GGUF (or at ``output_path``) and return its path.
+
+    The file is written whole or not at all (a temp file renamed into place). An existing file of other content
+    is replaced only with ``overwrite``, and a link or folder at that path never: its target is not ours to
+    change.
+
+    Raises:
+        ConfigError: a name, template or parameter Ollama would refuse.
+        OutputExistsError: something else is at the path (see above).
+    """
     if not re.fullmatch(r"[a-z0-9][a-z0-9._-]*(:[A-Za-z0-9._-]+)?", model_name):
         raise ConfigError(f"model name {model_name!r}: Ollama names are lower-case letters, digits, '.', '_', '-' "
                           "with an optional ':tag'", field="model_name", value=model_name)
@@ -112,9 +122,32 @@ def create_modelfile(model_name: str, gguf_path: str | Path, template: str | Non
         lines.append(f"PARAMETER {name} {_check_parameter(name, value)}")
     lines += [f"PARAMETER stop {json.dumps(s)}" for s in stops]
     path = Path(output_path) if output_path else gguf.with_name("Modelfile")
-    # newline="": a template's own line endings (\r\n in some chat formats) are written as they are
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8", newline="")
+    text = "\n".join(lines) + "\n"
+    check_modelfile_target(path, text, overwrite=overwrite)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        # newline="": a template's own line endings (\r\n in some chat formats) are written as they are
+        tmp.write_text(text, encoding="utf-8", newline="")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
+
+
+def check_modelfile_target(path: str | Path, text: str, *, overwrite: bool = False) -> None:
+    """Raise unless a Modelfile holding ``text`` may be written at ``path``: nothing there, the same text, or
+    (with ``overwrite``) another Modelfile; never a link or a folder.
+
+    Raises:
+        OutputExistsError: what is there and what to do.
+    """
+    path = Path(path)
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        raise OutputExistsError(f"{str(path)!r} is a link or a folder, not a Modelfile aptops may write; remove it "
+                                "or choose another output_path", path=str(path))
+    if path.is_file() and not overwrite and path.read_text(encoding="utf-8", errors="replace") != text:
+        raise OutputExistsError(f"{str(path)!r} already holds another Modelfile; pass overwrite (--overwrite) to "
+                                "replace it, or choose another output_path", path=str(path))
 
 
 def _triple_safe(text: str, what: str) -> str:

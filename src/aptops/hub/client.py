@@ -21,6 +21,33 @@ _hub_errors = require("huggingface_hub.errors", extra="hub", feature="talking to
 _hub_utils = require("huggingface_hub.utils", extra="hub", feature="talking to the Hugging Face Hub")
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
+# huggingface_hub's client waits forever by default: a Hub (or mirror) that accepts the connection and never
+# answers would hang a stage with no word. Every request now gives up after this long without a byte (a
+# download that keeps receiving is not cut); HF_HUB_DOWNLOAD_TIMEOUT changes it.
+NETWORK_TIMEOUT_S = 60.0
+
+
+def _client_with_timeouts() -> Any:
+    from huggingface_hub.utils import _http
+
+    client = _http.default_client_factory()
+    try:
+        seconds = float(os.environ.get("HF_HUB_DOWNLOAD_TIMEOUT") or NETWORK_TIMEOUT_S)
+    except ValueError:
+        seconds = NETWORK_TIMEOUT_S
+
+    def bound(request: Any) -> None:
+        # the client's API calls pass timeout=None per request, which beats a client default: the request's
+        # own timeouts are bounded here, after it is built and before it is sent
+        given = request.extensions.get("timeout") or {}
+        request.extensions["timeout"] = {k: given.get(k) if given.get(k) is not None else seconds
+                                         for k in ("connect", "read", "write", "pool")}
+
+    client.event_hooks["request"] = [*client.event_hooks["request"], bound]
+    return client
+
+
+_hub.set_client_factory(_client_with_timeouts)
 
 
 def endpoint() -> str:

@@ -29,6 +29,7 @@ from aptops.core.artifacts import (
 )
 from aptops.core.deps import require
 from aptops.core.errors import ArtifactNotFoundError, ConfigError, InvalidArtifactError
+from aptops.core.formats import check_model_files
 from aptops.hub import client
 from aptops.hub.card import create_model_card
 
@@ -94,7 +95,7 @@ def check_model_folder(folder: str | Path) -> Path:
         hint = (f" It has pickled weights ({', '.join(pickled)}), which aptops does not load: convert them with "
                 "model.save_pretrained(dir) (safetensors)." if pickled else "")
         raise InvalidArtifactError(f"{str(path)!r} has no *.safetensors weights.{hint}", path=str(path))
-    return path
+    return check_model_files(path)  # a damaged config, tokenizer or header named here, not deep in a loader
 
 
 def download_model(repo_name: str, local_dir: str | Path | None = None, *, revision: str | None = None,

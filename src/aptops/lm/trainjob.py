@@ -82,7 +82,7 @@ class TrainJobSettings:
     poll_seconds: float = 10.0
 
     def __post_init__(self) -> None:
-        if not _NAME.match(self.runtime):
+        if not _NAME.fullmatch(self.runtime):
             raise ConfigError(f"trainjob.runtime {self.runtime!r} is not a valid Kubernetes name", field="trainjob.runtime",
                               value=self.runtime)
         check_range("trainjob.num_nodes", self.num_nodes, min_value=1, max_value=1024)
@@ -162,7 +162,7 @@ def trainjob_manifest(launch: TrainJobLaunch, *, name: str, command: Sequence[st
     from kubeflow_trainer_api import models as m
 
     s = launch.settings
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise ConfigError(f"TrainJob name {name!r} is not a valid Kubernetes name", field="name", value=name)
     requests = dict(launch.requests)
     limits = dict(launch.limits)

@@ -200,3 +200,25 @@ def test_cli_train_refuses_a_folder_of_user_files_before_loading_anything(tmp_pa
     assert proc.returncode != 0
     assert "aptops did not make" in proc.stderr + proc.stdout
     assert sorted(p.name for p in projects.iterdir()) == ["thesis"]
+
+
+def test_two_commands_writing_one_output_at_once_one_wins_the_other_says_why(tmp_path):
+    """Issue 32: two exports into one --out both exited 0 and one artifact was lost; a concurrent `data clean`
+    died with a raw ENOTEMPTY and left its output in a hidden temp folder."""
+    import subprocess
+
+    from tests.cli import APTOPS
+
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": f"line {i} " + "word " * (i % 50)}) + "\n" for i in range(3000)))
+    out = tmp_path / "clean"
+    env = {**os.environ, "COLUMNS": "200"}
+    procs = [subprocess.Popen([APTOPS, "data", "clean", str(corpus), "--out", str(out)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+    results = [(p.wait(timeout=600), p.stderr.read()) for p in procs]
+    codes = sorted(code for code, _ in results)
+    assert codes[0] == 0 and codes[1] != 0, results
+    loser = next(err for code, err in results if code != 0)
+    assert "Traceback" not in loser and ("being written by another process" in loser or "--overwrite" in loser)
+    assert is_complete(out)
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".metrics")) == ["clean", "corpus.jsonl"]

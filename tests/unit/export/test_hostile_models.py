@@ -68,3 +68,33 @@ def test_config_files_that_are_not_json_are_named(model, tmp_path, name):
     if name == "adapter_config.json":  # a LoRA adapter folder: weights of its own, a damaged config
         shutil.copy(model / "model.safetensors", model / "adapter_model.safetensors")
     assert f"{name}' is not valid JSON" in _export(model, tmp_path)
+
+
+def test_an_adapter_whose_base_is_on_a_hub_that_never_answers_fails_in_bounded_time(model, tmp_path):
+    """Issue 32: a LoRA adapter naming a Hub id on an endpoint that accepts and never answers hung past 300 s."""
+    import socket
+    import threading
+    import time
+
+    from tests.cli import aptops
+
+    stalled = socket.socket()
+    stalled.bind(("127.0.0.1", 0))
+    stalled.listen(16)
+    held = []
+    threading.Thread(target=lambda: [held.append(stalled.accept()) for _ in range(16)], daemon=True).start()
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA",
+                                                             "base_model_name_or_path": "some-org/some-base"}))
+    shutil.copy(model / "model.safetensors", adapter / "adapter_model.safetensors")
+    start = time.monotonic()
+    proc = aptops("export", "gguf", str(adapter), "--out", str(tmp_path / "out"),
+                  env={"HF_ENDPOINT": f"http://127.0.0.1:{stalled.getsockname()[1]}", "HF_HUB_DOWNLOAD_TIMEOUT": "2",
+                       "HF_HUB_OFFLINE": "0"})
+    took = time.monotonic() - start
+    stalled.close()
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "some-org/some-base" in proc.stderr and "cannot be found" in proc.stderr
+    assert took < 90, took
+    assert not (tmp_path / "out").exists()

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from aptops.core.errors import ConfigError, StorageError
+from aptops.core.errors import ConfigError, OutputExistsError, StorageError
 from aptops.export import ExportConfig, create_modelfile, export_to_gguf, ollama, register_to_ollama
 from aptops.export.ollama import parse_modelfile, render_template
 from tests.models import write_tiny_gguf
@@ -145,3 +145,27 @@ def test_modelfile_renders_what_the_families_template_renders(family, tiny_llama
         expected = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         assert render_template(spec["template"], "Hi", system) == expected
     assert spec["parameters"]["stop"][0] == {"gemma": "<end_of_turn>", "phi3": "<|end|>"}[family]
+
+
+def test_export_ollama_leaves_an_existing_modelfile_alone_when_registration_fails(tmp_path):
+    """Issue 32: `export ollama` rewrote an existing Modelfile (through a symlink too) before Ollama refused."""
+    from tests.cli import aptops
+
+    gguf = write_tiny_gguf(tmp_path / "model.gguf")
+    mine = tmp_path / "Modelfile"
+    mine.write_text("FROM ./model.gguf\nPARAMETER temperature 0.1\n")  # a user's own, hand-tuned
+    refused = aptops("export", "ollama", str(gguf), "--name", "m", "--host", "http://127.0.0.1:9")
+    assert refused.returncode != 0 and "already holds another Modelfile" in refused.stderr
+    proc = aptops("export", "ollama", str(gguf), "--name", "m", "--host", "http://127.0.0.1:9", "--overwrite")
+    assert proc.returncode != 0 and "not reachable" in proc.stderr + proc.stdout
+    assert mine.read_text() == "FROM ./model.gguf\nPARAMETER temperature 0.1\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["Modelfile", "model.gguf"]  # no draft left
+    with pytest.raises(OutputExistsError, match="already holds another Modelfile"):
+        create_modelfile("m", gguf, output_path=mine)
+    target = tmp_path / "precious.txt"
+    target.write_text("not a Modelfile")
+    mine.unlink()
+    mine.symlink_to(target)
+    with pytest.raises(OutputExistsError, match="is a link or a folder"):
+        create_modelfile("m", gguf, overwrite=True)
+    assert target.read_text() == "not a Modelfile"
