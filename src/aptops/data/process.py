@@ -19,6 +19,7 @@ from aptops.core.artifacts import (
     atomic_output,
     finish_artifact,
     is_complete,
+    output_policy,
     read_json,
     write_json,
 )
@@ -96,20 +97,22 @@ def process_pipeline(source: str | Path, *, output_dir: str | Path, config: Proc
             ordered = ["clean", *ordered]  # raw input is always read through the cleaner (it parses formats)
         for n, step in enumerate(ordered, start=1):
             target = work / f"{n:02d}-{step}"
-            if config.resume and is_complete(target):
-                log.info("step %s: complete from an earlier run, reused", step)
-                result = StageResult("data", metrics=read_json(target / "result.json")["metrics"])
-            elif step == "clean":
-                result = clean_dataset(source, output_dir=target, config=config.clean)
-            elif step == "dedup":
-                result = dedup_dataset(current, output_dir=target, config=config.dedup)
-            elif step == "quality":
-                result = quality_dataset(current, output_dir=target, config=config.quality)
-            elif step == "balance":
-                result = balance_dataset_dir(current, output_dir=target, config=config.balance)
-            else:
-                table = _augment_table(read_dataset(current), config.augment, config.clean.text_column, augment_text)
-                result = _write_table(table, target)
+            # the steps' folders are this stage's own scratch: a step recomputed replaces its earlier output
+            with output_policy(overwrite=True):
+                if config.resume and is_complete(target):
+                    log.info("step %s: complete from an earlier run, reused", step)
+                    result = StageResult("data", metrics=read_json(target / "result.json")["metrics"])
+                elif step == "clean":
+                    result = clean_dataset(source, output_dir=target, config=config.clean)
+                elif step == "dedup":
+                    result = dedup_dataset(current, output_dir=target, config=config.dedup)
+                elif step == "quality":
+                    result = quality_dataset(current, output_dir=target, config=config.quality)
+                elif step == "balance":
+                    result = balance_dataset_dir(current, output_dir=target, config=config.balance)
+                else:
+                    table = _augment_table(read_dataset(current), config.augment, config.clean.text_column, augment_text)
+                    result = _write_table(table, target)
             rows_in = rows_out if current is not None else result.metrics.get("rows_in", 0.0)
             rows_out = float(dataset_rows(target))
             steps.append({"step": step, "rows_in": rows_in, "rows_out": rows_out, "removed": max(0.0, rows_in - rows_out),

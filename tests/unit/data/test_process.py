@@ -3,6 +3,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
+from aptops.core.artifacts import output_policy
 from aptops.core.config import load_config
 from aptops.data import ProcessConfig, process_pipeline
 from aptops.data.io import read_dataset
@@ -47,7 +50,10 @@ def test_resume_reuses_complete_steps(tmp_path):
     raw = _corpus(tmp_path)
     process_pipeline(raw, output_dir=tmp_path / "out", config=ProcessConfig(steps=("clean", "dedup")))
     raw.write_text('{"text": "different now", "label": "x"}\n')
-    again = process_pipeline(raw, output_dir=tmp_path / "out", config=ProcessConfig(steps=("clean", "dedup")))
+    with pytest.raises(FileExistsError, match="--overwrite"):  # a finished output is replaced only when asked
+        process_pipeline(raw, output_dir=tmp_path / "out", config=ProcessConfig(steps=("clean", "dedup")))
+    with output_policy(overwrite=True):
+        again = process_pipeline(raw, output_dir=tmp_path / "out", config=ProcessConfig(steps=("clean", "dedup")))
     assert again.metrics["clean_rows_out"] > 1  # the complete clean step was reused, not recomputed
     fresh = process_pipeline(raw, output_dir=tmp_path / "out2", config=ProcessConfig(steps=("clean", "dedup"), resume=False))
     assert fresh.metrics["rows_out"] == 1
