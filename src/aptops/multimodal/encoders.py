@@ -24,6 +24,7 @@ from torch import nn
 
 from aptops.core.deps import require
 from aptops.core.errors import ConfigError
+from aptops.core.formats import check_model_files
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,8 @@ def load_encoder(modality: str, spec: Any) -> Any:
     source = str(spec)
     if isinstance(spec, Path) and not spec.exists():
         raise ConfigError(f"the {modality} encoder folder {spec} does not exist", field=f"{modality}_encoder")
+    if Path(source).is_dir():  # its config, tokenizer and weight headers named when damaged, not deep in a loader
+        check_model_files(source)
     try:
         config = transformers.AutoConfig.from_pretrained(source)
     except (OSError, ValueError) as exc:

@@ -200,3 +200,15 @@ def test_decompression_bombs_and_absurd_audio_headers_are_refused_before_decodin
     rows = load_manifest(_manifest(tmp_path, [{"text": "kept", "image": "bomb.png", "audio": "fast.wav", "label": 0}]))
     item = MultimodalDataset(rows, on_bad_input="mask")[0]
     assert item["text"] == "kept" and item.get("image") is None and item.get("audio") is None
+
+
+@pytest.mark.parametrize("name", ["config.json", "tokenizer.json", "tokenizer_config.json"])
+def test_an_encoder_folder_with_a_damaged_file_is_named_not_a_traceback(minilm, tmp_path, name):
+    import shutil
+
+    from aptops.multimodal.encoders import load_encoder
+
+    folder = shutil.copytree(minilm, tmp_path / "encoder")
+    (folder / name).write_text('{"truncated": ')
+    with pytest.raises(InvalidArtifactError, match=f"{name}' is not valid JSON"):
+        load_encoder("text", folder)
