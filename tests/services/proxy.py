@@ -35,7 +35,8 @@ class FaultyProxy:
     target_port: int
     rules: list[DropRule] = field(default_factory=list)
     seen: Counter = field(default_factory=Counter)
-    on_request: Callable[[str], None] | None = None  # called with each request line before it is forwarded
+    # called with each request line before it is forwarded; returning False drops the request instead
+    on_request: Callable[[str], bool | None] | None = None
 
     def __post_init__(self) -> None:
         self._server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -87,8 +88,9 @@ class FaultyProxy:
                         if rule is not None:
                             self._reset(src, dst)
                             return
-                        if self.on_request is not None:
-                            self.on_request(line)
+                        if self.on_request is not None and self.on_request(line) is False:
+                            self._reset(src, dst)  # the hook said: this request never reaches the server
+                            return
                 dst.sendall(data)
         except OSError:
             pass

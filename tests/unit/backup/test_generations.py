@@ -154,3 +154,49 @@ def test_a_changed_file_is_never_written_over_what_the_committed_manifest_reads(
     assert not any(w.split(" ")[1].split("?")[0] in old_paths for w in writes), writes
     assert any(_at(dest, "generation_config.json") in w for w in writes)  # a new path goes where it belongs
     assert any(_at(dest, OBJECTS) in w for w in writes)
+
+
+_KILLED_BACKUP = """
+import sys
+from aptops.backup import BackupConfig, backup_model
+dest, endpoint, key, secret, folder = sys.argv[1:6]
+backup_model(folder, [dest], BackupConfig(endpoint_url=endpoint, max_retries=0),
+             credentials={"aws_access_key_id": key, "aws_secret_access_key": secret})
+"""
+
+
+def test_a_backup_killed_with_sigkill_just_before_its_commit_leaves_the_last_one_restorable(s3_server, model, tmp_path):
+    """The process itself dies (SIGKILL) with every changed object sent and the manifest not yet written."""
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    creds = {"aws_access_key_id": s3_server.access_key, "aws_secret_access_key": s3_server.secret_key}
+    cfg = BackupConfig(endpoint_url=s3_server.endpoint, backoff_s=0.01)
+    dest = f"s3://kill-{uuid.uuid4().hex[:8]}/m"
+    assert backup_model(model, [dest], cfg, credentials=creds).ok
+    first = _tree(model)
+    _update(model)
+    committing, release = threading.Event(), threading.Event()
+
+    def hold_the_commit(line: str) -> bool:  # the manifest PUT waits here until the process is killed, then
+        if line.startswith("PUT ") and _at(dest, MANIFEST) in line:  # never reaches the server
+            committing.set()
+            release.wait(60)
+            return False
+        return True
+
+    host, port = s3_server.endpoint.split("//")[1].split(":")
+    with FaultyProxy(host, int(port), on_request=hold_the_commit) as proxy:
+        child = subprocess.Popen([sys.executable, "-c", _KILLED_BACKUP, dest, proxy.url, s3_server.access_key,
+                                  s3_server.secret_key, str(model)])
+        try:
+            assert committing.wait(120), "the backup never reached its commit"
+            child.send_signal(signal.SIGKILL)
+            child.wait(30)
+        finally:
+            release.set()
+    assert child.returncode == -signal.SIGKILL
+    restore_model(dest, output_dir=tmp_path / "r", config=cfg, credentials=creds)
+    assert _tree(tmp_path / "r") == first
