@@ -40,7 +40,7 @@ class HfStore:
     provider: str = "hf"
 
     def __post_init__(self) -> None:
-        from aptops.hub import client
+        from aptops.core import hub_client as client
 
         self._hub = require("huggingface_hub", extra="backup", feature="Hugging Face Hub backup")
         self._errors = require("huggingface_hub.errors", extra="backup", feature="Hugging Face Hub backup")
@@ -131,8 +131,8 @@ class HfStore:
 
 def list_backups(location: str, token: str | None = None) -> list[dict[str, str]]:
     """The backup versions (tags) of a Hub backup location, oldest first: ``[{"tag", "commit"}]``."""
+    from aptops.core import hub_client as client
     from aptops.core.locations import parse_location
-    from aptops.hub import client
 
     loc = parse_location(location)
     if loc.scheme != "hf":

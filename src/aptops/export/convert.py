@@ -379,7 +379,7 @@ def convert_to_gguf(model_path: str | Path, output_path: str | Path, *, outtype:
     gguf = require("gguf", extra="export", feature="writing GGUF")
     np = require("numpy", extra="export", feature="writing GGUF")
     from aptops.export.architectures import arch_for, rope_dimensions, rope_settings, write_keys, write_rope
-    from aptops.hub.models import check_model_folder
+    from aptops.lm.loading import check_model_folder
 
     if outtype not in OUTTYPES:
         raise ConfigError(f"outtype {outtype!r}: the converter writes {', '.join(OUTTYPES)}; quantize afterwards",

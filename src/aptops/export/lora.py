@@ -32,7 +32,7 @@ def resolve_base(adapter: Path, base_model: str = "") -> Path:
     Raises:
         ArtifactNotFoundError: the base is neither a folder here nor a model the Hub client can fetch.
     """
-    from aptops.hub.models import check_model_folder, download_model
+    from aptops.lm.loading import check_model_folder, download_model
 
     cfg = read_json(adapter / "adapter_config.json")  # not JSON: an error naming the file
     if not isinstance(cfg, dict):

@@ -8,17 +8,10 @@ are the old plugin's signatures (:mod:`aptops.hub.legacy`).
 """
 
 from aptops.hub.card import create_model_card, lineage_chain
-from aptops.hub.datasets import load_hf_dataset
 from aptops.hub.legacy import export_to_huggingface, import_from_huggingface
-from aptops.hub.models import (
-    FetchConfig,
-    PublishConfig,
-    check_model_folder,
-    download_model,
-    drop_remote_code,
-    fetch_model,
-    publish_model,
-)
+from aptops.hub.models import FetchConfig, PublishConfig, drop_remote_code, fetch_model, publish_model
+from aptops.lm.datasets import load_hf_dataset  # the toolkit's loaders, part of the hub stage's public API
+from aptops.lm.loading import check_model_folder, download_model
 
 __all__ = [
     "FetchConfig", "PublishConfig", "check_model_folder", "create_model_card", "download_model", "drop_remote_code",

@@ -16,8 +16,9 @@ from typing import Any
 from aptops.core.deps import require
 from aptops.core.errors import ConfigError, InvalidArtifactError
 from aptops.hub.card import create_model_card
-from aptops.hub.datasets import load_hf_dataset
-from aptops.hub.models import PublishConfig, download_model, publish_model
+from aptops.hub.models import PublishConfig, publish_model
+from aptops.lm.datasets import load_hf_dataset
+from aptops.lm.loading import download_model
 
 __all__ = ["create_model_card", "export_to_huggingface", "import_from_huggingface", "load_hf_dataset"]
 

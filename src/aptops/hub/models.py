@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aptops.core import hub_client as client
 from aptops.core.artifacts import (
     LINEAGE_FILE,
     RESULT_FILE,
@@ -28,16 +29,12 @@ from aptops.core.artifacts import (
     write_lineage,
 )
 from aptops.core.deps import require
-from aptops.core.errors import ArtifactNotFoundError, ConfigError, InvalidArtifactError
-from aptops.core.formats import check_model_files
-from aptops.hub import client
+from aptops.core.errors import ConfigError, InvalidArtifactError
 from aptops.hub.card import create_model_card
+from aptops.lm.loading import PICKLED_SUFFIXES, check_model_folder, download_model, is_local_model
 
 log = logging.getLogger(__name__)
 
-PICKLED_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")  # weights that run code when loaded: never copied
-# What a model snapshot needs; pickled and framework-foreign weights are left on the Hub.
-MODEL_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "*.tiktoken", "README.md"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -76,45 +73,6 @@ class PublishConfig:
     def __post_init__(self) -> None:
         if self.revision_tag is not None and not self.revision_tag.strip():
             raise ConfigError("revision_tag is empty; give a tag name such as v1 or leave it out", field="revision_tag")
-
-
-def _is_local(name: str | Path) -> bool:
-    return isinstance(name, Path) or Path(name).expanduser().is_dir() or str(name).startswith(("/", "./", "../", "~"))
-
-
-def check_model_folder(folder: str | Path) -> Path:
-    """Return ``folder`` if it holds a loadable safetensors model, else raise an error that says what is missing."""
-    path = Path(folder).expanduser()
-    if not path.is_dir():
-        raise ArtifactNotFoundError(f"model folder {str(path)!r} does not exist", path=str(path))
-    if not (path / "config.json").is_file():
-        raise InvalidArtifactError(f"{str(path)!r} has no config.json: not a Hugging Face model folder "
-                                   "(save one with model.save_pretrained(dir))", path=str(path))
-    if not any(path.glob("*.safetensors")):
-        pickled = sorted(p.name for p in path.glob("*.bin"))
-        hint = (f" It has pickled weights ({', '.join(pickled)}), which aptops does not load: convert them with "
-                "model.save_pretrained(dir) (safetensors)." if pickled else "")
-        raise InvalidArtifactError(f"{str(path)!r} has no *.safetensors weights.{hint}", path=str(path))
-    return check_model_files(path)  # a damaged config, tokenizer or header named here, not deep in a loader
-
-
-def download_model(repo_name: str, local_dir: str | Path | None = None, *, revision: str | None = None,
-                   token: str | None = None) -> Path:
-    """Snapshot a Hub model repo (safetensors, configs, tokenizer) and return the local folder.
-
-    With ``HF_HUB_OFFLINE=1`` only the local cache is used. ``local_dir`` gets a plain copy of the files;
-    without it they stay in the Hugging Face cache.
-    """
-    if _is_local(repo_name):
-        return check_model_folder(repo_name)
-    client.check_repo_id(repo_name, what="model repo")
-    hub = require("huggingface_hub", extra="hub", feature="downloading from the Hub")
-    with client.translate_errors("downloading", repo_name, token):
-        folder = hub.snapshot_download(
-            repo_name, revision=revision, local_dir=str(local_dir) if local_dir else None, token=token,
-            endpoint=client.endpoint(), allow_patterns=MODEL_PATTERNS, local_files_only=client.offline(),
-        )
-    return check_model_folder(folder)
 
 
 def _copy_model_files(source: Path, target: Path, skip: tuple[str, ...] = ()) -> None:
@@ -198,7 +156,7 @@ def fetch_model(repo: str | Path, *, output_dir: str | Path, config: FetchConfig
     """
     config = config or FetchConfig()
     hub = require("huggingface_hub", extra="hub", feature="downloading from the Hub")
-    local = _is_local(repo)
+    local = is_local_model(repo)
     if not local:
         client.check_repo_id(str(repo), what="model repo")
     with atomic_output(output_dir) as tmp:

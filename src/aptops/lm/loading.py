@@ -1,4 +1,5 @@
-"""Causal LMs, tokenizers and text datasets, loaded the one way every stage loads them."""
+"""Causal LMs, tokenizers and text datasets, loaded the one way every stage loads them: a local folder is checked
+(safetensors only, every config and header parsed), a Hub id is snapshotted through :mod:`aptops.core.hub_client`."""
 
 from __future__ import annotations
 
@@ -6,11 +7,58 @@ from pathlib import Path
 from typing import Any
 
 from aptops.core.deps import require
-from aptops.core.errors import ConfigError
+from aptops.core.errors import ArtifactNotFoundError, ConfigError, InvalidArtifactError
+from aptops.core.formats import check_model_files
+
+PICKLED_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")  # weights that run code when loaded: never copied
+# What a model snapshot needs; pickled and framework-foreign weights are left on the Hub.
+MODEL_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "*.tiktoken", "README.md"]
+
+
+def is_local_model(name: str | Path) -> bool:
+    """True when ``name`` is a local folder (or written as a path), not a Hub id."""
+    return isinstance(name, Path) or Path(name).expanduser().is_dir() or str(name).startswith(("/", "./", "../", "~"))
+
+
+def check_model_folder(folder: str | Path) -> Path:
+    """Return ``folder`` if it holds a loadable safetensors model, else raise an error that says what is missing."""
+    path = Path(folder).expanduser()
+    if not path.is_dir():
+        raise ArtifactNotFoundError(f"model folder {str(path)!r} does not exist", path=str(path))
+    if not (path / "config.json").is_file():
+        raise InvalidArtifactError(f"{str(path)!r} has no config.json: not a Hugging Face model folder "
+                                   "(save one with model.save_pretrained(dir))", path=str(path))
+    if not any(path.glob("*.safetensors")):
+        pickled = sorted(p.name for p in path.glob("*.bin"))
+        hint = (f" It has pickled weights ({', '.join(pickled)}), which aptops does not load: convert them with "
+                "model.save_pretrained(dir) (safetensors)." if pickled else "")
+        raise InvalidArtifactError(f"{str(path)!r} has no *.safetensors weights.{hint}", path=str(path))
+    return check_model_files(path)  # a damaged config, tokenizer or header named here, not deep in a loader
+
+
+def download_model(repo_name: str, local_dir: str | Path | None = None, *, revision: str | None = None,
+                   token: str | None = None) -> Path:
+    """Snapshot a Hub model repo (safetensors, configs, tokenizer) and return the local folder.
+
+    With ``HF_HUB_OFFLINE=1`` only the local cache is used. ``local_dir`` gets a plain copy of the files;
+    without it they stay in the Hugging Face cache.
+    """
+    if is_local_model(repo_name):
+        return check_model_folder(repo_name)
+    from aptops.core import hub_client as client  # huggingface_hub only where a Hub is asked
+
+    client.check_repo_id(repo_name, what="model repo")
+    hub = require("huggingface_hub", extra="hub", feature="downloading from the Hub")
+    with client.translate_errors("downloading", repo_name, token):
+        folder = hub.snapshot_download(
+            repo_name, revision=revision, local_dir=str(local_dir) if local_dir else None, token=token,
+            endpoint=client.endpoint(), allow_patterns=MODEL_PATTERNS, local_files_only=client.offline(),
+        )
+    return check_model_folder(folder)
 
 
 def load_text_dataset(dataset: Any, text_column: str) -> Any:
-    """A dataset from anything :func:`aptops.hub.load_hf_dataset` takes, checked for its text column.
+    """A dataset from anything :func:`aptops.lm.datasets.load_hf_dataset` takes, checked for its text column.
 
     Args:
         dataset: a ``datasets.Dataset`` / ``IterableDataset``, or a path or Hub id for ``load_hf_dataset``.
@@ -20,7 +68,7 @@ def load_text_dataset(dataset: Any, text_column: str) -> Any:
         ConfigError: the dataset has no ``text_column``.
     """
     if isinstance(dataset, str | Path):
-        from aptops.hub.datasets import load_hf_dataset
+        from aptops.lm.datasets import load_hf_dataset
 
         dataset = load_hf_dataset(dataset)
     columns = getattr(dataset, "column_names", None)
@@ -39,12 +87,11 @@ def check_model_source(model: Any) -> None:
     """
     if not isinstance(model, str | Path):
         return
-    from aptops.hub import client
-    from aptops.hub.models import _is_local, check_model_folder
-
-    if _is_local(model):
+    if is_local_model(model):
         check_model_folder(model)
     else:
+        from aptops.core import hub_client as client
+
         client.check_repo_id(str(model), what="model repo")
 
 
@@ -64,8 +111,6 @@ def load_causal_lm(model: Any, tokenizer: Any = None) -> tuple[Any, Any, str]:
     transformers = require("transformers", extra="train", feature="loading a causal LM")
     source = "in-memory model"
     if isinstance(model, str | Path):
-        from aptops.hub.models import download_model
-
         source = str(model)
         folder = download_model(str(model))
         model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype="auto", use_safetensors=True)

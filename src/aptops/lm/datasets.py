@@ -12,10 +12,10 @@ import re
 from pathlib import Path
 from typing import Any
 
+from aptops.core import hub_client as client
 from aptops.core.artifacts import RESULT_FILE, require_complete
 from aptops.core.deps import require
 from aptops.core.errors import ArtifactNotFoundError, ConfigError, InvalidArtifactError
-from aptops.hub import client
 
 BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".pq": "parquet", ".csv": "csv",
             ".txt": "text", ".text": "text"}
