@@ -82,12 +82,12 @@ def test_killed_stage_never_leaves_a_complete_looking_partial_and_reruns(case, t
     if case == "data-clean":
         source = _corpus(tmp_path / "corpus.jsonl")
         out = tmp_path / "clean"
-        args = ["data", "clean", str(source), "--out", str(out)]
+        args = ["data", "clean", str(source), "--out", str(out), "--overwrite"]  # a kill may land after the swap
         verify = ["data", "stats", str(out), "--out", str(tmp_path / "stats")]
     elif case == "export-gguf":  # convert, quantize, verify against transformers: killed anywhere in between
         out = tmp_path / "gguf"
         args = ["export", "gguf", str(request.getfixturevalue("tiny_llama")), "--out", str(out), "--set",
-                "quantization=Q8_0"]
+                "quantization=Q8_0", "--overwrite"]
         verify = None
     elif case == "prune":  # calibrate, prune, fine-tune with masks, measure: restarted whole after a kill
         text = tmp_path / "text.jsonl"
@@ -95,7 +95,7 @@ def test_killed_stage_never_leaves_a_complete_looking_partial_and_reruns(case, t
         out = tmp_path / "pruned"
         args = ["prune", "run", str(request.getfixturevalue("tiny_llama")), str(text), "--out", str(out), "--set",
                 "training.block_size=16", "--set", "training.training_args.max_steps=30",
-                "--set", "training.training_args.use_cpu=true"]
+                "--set", "training.training_args.use_cpu=true", "--overwrite"]
         verify = None
     else:
         model = _model_folder(tmp_path / "model")
@@ -123,7 +123,8 @@ def test_killed_stage_never_leaves_a_complete_looking_partial_and_reruns(case, t
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=60)
         seen.append(_check_after_kill(out, model))
-        # the next run (over whatever the kill left) finishes and is whole
+        # the next run (over whatever the kill left: with --overwrite, a finished artifact of its own kind too)
+        # finishes and is whole
         again = _run(args, tmp_path)
         assert again.wait(timeout=600) == 0, again.stderr.read().decode()[-2000:]
         assert finished()

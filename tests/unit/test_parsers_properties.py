@@ -92,6 +92,7 @@ ROW = st.fixed_dictionaries({}, optional={
 
 @SETTINGS
 @given(st.lists(st.one_of(ROW.map(json.dumps), st.text(max_size=30)), max_size=6))
+@example(lines=['{"image": "\\u0000"}'])  # a NUL byte in a media path: Path.resolve raised a raw ValueError
 def test_manifests_load_or_name_the_bad_row(tmp_path_factory, lines):
     from aptops.multimodal.data import load_manifest
 

@@ -124,7 +124,11 @@ def load_manifest(path: str | Path, *, media_roots: Sequence[str | Path] = ()) -
             if not _blank(r.get(m)):
                 p = Path(str(r[m]))
                 full = p if p.is_absolute() else base / p
-                real = full.resolve()
+                try:
+                    real = full.resolve()
+                except (OSError, ValueError) as exc:  # a NUL byte, a name too long, a link loop
+                    raise InvalidArtifactError(f"{name}: the {m} {str(p)!r} is not a usable path ({exc})",
+                                               path=str(path)) from None
                 if not any(real == root or root in real.parents for root in roots):
                     raise InvalidArtifactError(
                         f"{name}: the {m} {str(p)!r} lies outside the manifest's folder {str(base)!r}"

@@ -102,7 +102,8 @@ def test_register_and_smoke_test_through_ollama(smollm2, smollm2_q8, tmp_path):
 
 @pytest.mark.slow
 def test_smoke_test_in_process_with_llama_cpp(smollm2, smollm2_q8):
-    path = create_modelfile("smollm2:q8", smollm2_q8, tokenizer_path=smollm2)
+    # the module's GGUF folder already holds the Modelfile the registration test wrote, with other parameters
+    path = create_modelfile("smollm2:q8", smollm2_q8, tokenizer_path=smollm2, overwrite=True)
     report = ollama.test_model("smollm2:q8", ["Name three colours."], max_tokens=40, gguf_path=smollm2_q8,
                                modelfile_path=path)
     assert report["passed"] and not report["results"][0]["empty"]
