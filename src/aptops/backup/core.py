@@ -295,7 +295,6 @@ def _backup_objects(folder: Path, files: list[tuple[str, int]], hashes: dict[str
             return False
         key = path if path not in referenced else content_key(sha)
         _retry(lambda: store.upload(folder / path, key, sha), store, config, result, f"upload {path}")
-        _unchanged_since_hashed(folder, path, signatures)
         with lock:
             keys[path] = key
         return True

@@ -3,6 +3,7 @@ function with metrics, and rendering results."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -90,12 +91,12 @@ def _run_stage(stage: str, step: str, fn: Any, out: Path, *, inputs: Sequence[st
     from aptops.core.runtime import run_component
 
     run_id = os.environ.get("APTOPS_RUN_ID") or f"cli-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-    if inputs is None:  # the command reads `out` (publish, backup): nothing of it is written
-        return run_component(stage, fn, pipeline="cli", run_id=run_id, step=step,
-                             metrics_dir=out.parent / f"{out.name}.metrics")
-    paths = [str(i) for i in inputs if i is not None]
-    check_output(out, overwrite=overwrite, kind=stage, inputs=paths, resume=True)
-    with output_policy(overwrite=overwrite, inputs=paths):
+    scope: Any = contextlib.nullcontext()  # no inputs: the command reads `out` (publish, backup), writes none of it
+    if inputs is not None:
+        paths = [str(i) for i in inputs if i is not None]
+        check_output(out, overwrite=overwrite, kind=stage, inputs=paths, resume=True)
+        scope = output_policy(overwrite=overwrite, inputs=paths)
+    with scope:
         return run_component(stage, fn, pipeline="cli", run_id=run_id, step=step,
                              metrics_dir=out.parent / f"{out.name}.metrics")
 

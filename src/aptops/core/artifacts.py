@@ -72,6 +72,15 @@ def read_json(path: str | Path) -> Any:
         raise InvalidArtifactError(f"{str(path)!r} is not valid JSON: {exc}", path=str(path)) from exc
 
 
+def read_json_object(path: str | Path) -> dict[str, Any]:
+    """Read a JSON file that must hold an object (a config), with errors that name the file."""
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise InvalidArtifactError(f"{str(path)!r} holds a JSON {type(data).__name__}, not an object: the file is "
+                                   "damaged or not what its name says; save or download it again", path=str(path))
+    return data
+
+
 def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
@@ -171,11 +180,11 @@ def check_output(final_dir: str | Path, *, overwrite: bool | None = None, kind: 
     entries = sorted(p.name for p in final.iterdir())
     if not entries:
         return final
-    existing = _artifact_stage(final)
-    if existing is None and resume and kind is not None and _in_progress_stage(final) == kind:
-        return final
+    existing = _stage_named_in(final / RESULT_FILE)
     if existing is None:
-        existing = _in_progress_stage(final)
+        existing = _stage_named_in(final / IN_PROGRESS_FILE)
+        if resume and existing is not None and existing == kind:
+            return final  # this stage's own unfinished folder: resumed
     if existing is None:
         shown = ", ".join(repr(e) for e in entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
         raise OutputExistsError(f"output {where!r} holds files aptops did not make ({shown}); nothing was written "
@@ -190,20 +199,11 @@ def check_output(final_dir: str | Path, *, overwrite: bool | None = None, kind: 
     return final
 
 
-def _artifact_stage(folder: Path) -> str | None:
-    """The stage named by ``folder``'s ``result.json``, ``""`` when it names none, ``None`` when it is no artifact."""
+def _stage_named_in(marker: Path) -> str | None:
+    """The stage a marker (``result.json`` or the unfinished marker) names, ``""`` when it names none, ``None``
+    when there is no readable marker."""
     try:
-        data = json.loads((folder / RESULT_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(data, dict):
-        return None
-    return str(data.get("stage") or "")
-
-
-def _in_progress_stage(folder: Path) -> str | None:
-    try:
-        data = json.loads((folder / IN_PROGRESS_FILE).read_text(encoding="utf-8"))
+        data = json.loads(marker.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     return str(data.get("stage") or "") if isinstance(data, dict) else None
@@ -220,7 +220,7 @@ def writing_in_place(folder: str | Path, *, stage: str, inputs: Iterable[str | P
     Raises:
         OutputExistsError: see :func:`check_output`.
     """
-    final = check_output(folder, kind=stage, inputs=inputs, resume=True)
+    final = Path(folder)
     final.parent.mkdir(parents=True, exist_ok=True)
     with output_lock(final):
         check_output(final, kind=stage, inputs=inputs, resume=True)
@@ -290,7 +290,7 @@ def atomic_output(final_dir: str | Path, *, overwrite: bool | None = None) -> It
         try:
             yield tmp
             # what is there now (it may have changed while this ran), and is the new artifact of the same kind?
-            check_output(final, overwrite=overwrite, kind=_artifact_stage(tmp) or None)
+            check_output(final, overwrite=overwrite, kind=_stage_named_in(tmp / RESULT_FILE) or None)
             _swap_into_place(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -219,16 +219,12 @@ def check_model_files(folder: str | Path) -> Path:
     Raises:
         InvalidArtifactError: the file and what is wrong with it.
     """
-    from aptops.core.artifacts import read_json
+    from aptops.core.artifacts import read_json_object
 
     folder = Path(folder)
     for name in MODEL_JSON_FILES:
-        path = folder / name
-        if path.is_file():
-            data = read_json(path)
-            if not isinstance(data, dict):
-                raise InvalidArtifactError(f"{str(path)!r} holds a JSON {type(data).__name__}, not an object: the file "
-                                           "is damaged; save or download the model again", path=str(path))
+        if (folder / name).is_file():
+            read_json_object(folder / name)
     for path in sorted(folder.glob("*.safetensors")):
         safetensors_header(path)
     return folder

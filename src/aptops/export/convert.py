@@ -385,16 +385,12 @@ def convert_to_gguf(model_path: str | Path, output_path: str | Path, *, outtype:
         raise ConfigError(f"outtype {outtype!r}: the converter writes {', '.join(OUTTYPES)}; quantize afterwards",
                           field="outtype", value=outtype)
     folder = check_model_folder(model_path)
-    cfg = read_json(folder / "config.json")
-    if not isinstance(cfg, dict):
-        raise InvalidArtifactError(f"{str(folder / 'config.json')!r} is not a JSON object", path=str(folder))
+    cfg = read_json(folder / "config.json")  # a JSON object: check_model_folder parsed it
     _, arch = arch_for(cfg)
     tensors = safetensors_index(folder)
     check_sizes(cfg, tensors, folder)
     tok_file = folder / "tokenizer.json"
     tok = read_json(tok_file) if tok_file.is_file() else {}
-    if not isinstance(tok, dict):
-        raise InvalidArtifactError(f"{str(tok_file)!r} is not a JSON object: not a tokenizer", path=str(tok_file))
     kind = vocab_kind(folder, tok, vocab_type)
     pre = pre_tokenizer_name(tok) if kind == "bpe" else "default"
 

@@ -11,7 +11,7 @@ import logging
 import shutil
 from pathlib import Path
 
-from aptops.core.artifacts import read_json
+from aptops.core.artifacts import read_json_object
 from aptops.core.deps import require
 from aptops.core.errors import ArtifactNotFoundError, InvalidArtifactError
 
@@ -34,10 +34,7 @@ def resolve_base(adapter: Path, base_model: str = "") -> Path:
     """
     from aptops.lm.loading import check_model_folder, download_model
 
-    cfg = read_json(adapter / "adapter_config.json")  # not JSON: an error naming the file
-    if not isinstance(cfg, dict):
-        raise InvalidArtifactError(f"{str(adapter / 'adapter_config.json')!r} is not a JSON object: not a PEFT "
-                                   "adapter config", path=str(adapter))
+    cfg = read_json_object(adapter / "adapter_config.json")  # not a JSON object: an error naming the file
     if cfg.get("peft_type", "LORA") != "LORA":
         raise InvalidArtifactError(f"{str(adapter)!r} is a {cfg['peft_type']} adapter; GGUF export merges LoRA adapters",
                                    path=str(adapter))

@@ -105,14 +105,20 @@ def _hold(folder: str, ready, release) -> None:  # pragma: no cover - runs in a 
         finish_artifact(tmp, StageResult("data"))
 
 
-def test_a_second_writer_of_the_same_output_fails_clearly(tmp_path):
-    out = tmp_path / "out"
+def _first_writer(out: Path):
+    """A child process inside ``atomic_output(out)``, waiting there until its ``release`` event is set."""
     ctx = multiprocessing.get_context("spawn")
     ready, release = ctx.Event(), ctx.Event()
     first = ctx.Process(target=_hold, args=(str(out), ready, release))
     first.start()
+    assert ready.wait(120)
+    return first, release
+
+
+def test_a_second_writer_of_the_same_output_fails_clearly(tmp_path):
+    out = tmp_path / "out"
+    first, release = _first_writer(out)
     try:
-        assert ready.wait(120)
         with pytest.raises(OutputExistsError, match="being written by another process"), \
                 atomic_output(out) as tmp:
             (tmp / "v").write_text("second")
@@ -127,11 +133,7 @@ def test_a_second_writer_of_the_same_output_fails_clearly(tmp_path):
 
 def test_a_writer_killed_while_holding_the_lock_does_not_block_the_next(tmp_path):
     out = tmp_path / "out"
-    ctx = multiprocessing.get_context("spawn")
-    ready, release = ctx.Event(), ctx.Event()
-    first = ctx.Process(target=_hold, args=(str(out), ready, release))
-    first.start()
-    assert ready.wait(120)
+    first, _ = _first_writer(out)
     first.kill()
     first.join(60)
     _artifact(out, content="after the kill")  # the kernel dropped the dead writer's lock
