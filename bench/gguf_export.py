@@ -212,7 +212,7 @@ def main() -> None:
             f.unlink()
         result = side_by_side(large, work, args.large_rounds, "llama-1b")
         comparison = compare(work / "llama-1b-ours.gguf", work / "llama-1b-ref.gguf")
-        from aptops.export.convert import safetensors_index
+        from aptops.lm.gguf import safetensors_index
 
         params = sum(math.prod(t.shape) for t in safetensors_index(large).values())
         report["synthetic_1b_bf16"] = {"parameters": params, "source": "BF16 safetensors, 3 shards",

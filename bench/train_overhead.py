@@ -36,8 +36,8 @@ def main() -> None:
     import torch
     import transformers
 
+    from aptops.core.bus import PluginBus
     from aptops.lm import pack_for_clm
-    from aptops.plugins.bus import PluginBus
     from aptops.train import TrainConfig, train_with_hf_trainer
 
     work = Path(tempfile.mkdtemp(prefix="aptops-bench-train-"))

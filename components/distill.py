@@ -87,9 +87,9 @@ def evaluate_compression(
     import tempfile
 
     from aptops.core.runtime import apply_overrides, run_component
-    from aptops.distill.compression import CompressionConfig
-    from aptops.distill.compression import evaluate_compression as evaluate
     from aptops.lm import EvalConfig
+    from aptops.lm.compare import CompressionConfig
+    from aptops.lm.compare import evaluate_compression as evaluate
 
     config = CompressionConfig(evaluation=EvalConfig(block_size=block_size, batch_size=4, max_blocks=max_blocks))
     config = apply_overrides(config, overrides)

@@ -84,7 +84,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("hub", "huggingface_integration", "HuggingFace Integration", "integration", 700, "cpu", "hub",
           ("import_from_huggingface", "export_to_huggingface", "load_hf_dataset", "create_model_card"), None),
     Stage("train", "huggingface_integration", "HuggingFace Integration", "integration", 700, "gpu", "train",
-          ("train_with_hf_trainer",), "aptops.train.trainer:TrainConfig", image_extras=("debug",)),
+          ("train_with_hf_trainer",), "aptops.lm.training:TrainConfig", image_extras=("debug",)),
     Stage("distill", "model_distillation", "Model Distillation", "training", 350, "gpu", "distill",
           ("response_distillation", "feature_distillation", "relation_distillation",
            "attention_distillation", "distill_model", "evaluate_compression"),

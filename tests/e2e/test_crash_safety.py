@@ -131,7 +131,7 @@ def test_killed_stage_never_leaves_a_complete_looking_partial_and_reruns(case, t
     if verify:
         assert subprocess.run([APTOPS, *verify], capture_output=True, cwd=tmp_path).returncode == 0
     if case == "export-gguf":
-        from aptops.export.convert import read_gguf
+        from aptops.lm.gguf import read_gguf
 
         assert read_gguf(out / "model-Q8_0.gguf").tensors and (out / "verify.json").is_file()
     print(f"\n{case}: {KILLS} kills, states after the kill: {seen}")

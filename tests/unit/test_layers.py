@@ -1,5 +1,6 @@
-"""The layers of DESIGN.md hold: stage packages never import each other in a cycle, and the shared
-toolkits below them (``aptops.core``, ``aptops.lm``) never import a stage that imports them back."""
+"""The layers of DESIGN.md hold: the stages are siblings over one toolkit. A stage package imports only the shared
+layers below it (``aptops.lm``, ``aptops.core`` and the stage table ``aptops.stages``), never another stage, the
+legacy plugins or the CLI; the toolkit imports no stage; nothing draws a cycle. The graph is printed (``-s``)."""
 
 from __future__ import annotations
 
@@ -10,13 +11,16 @@ import aptops
 from aptops.stages import STAGES
 
 SRC = Path(aptops.__file__).parent
-PACKAGES = sorted({s.name for s in STAGES} | {"lm", "core"})
+STAGE_PACKAGES = sorted(s.name for s in STAGES)
+SHARED = {"lm", "core", "stages"}  # stages: the stage table module, aptops/stages.py
+PACKAGES = sorted({*STAGE_PACKAGES, "lm", "core", "plugins", "cli", "stages"})
 
 
 def _imports(package: str) -> set[str]:
     """The aptops packages that any module of ``package`` imports (at the top or inside a function)."""
     found: set[str] = set()
-    for path in (SRC / package).rglob("*.py"):
+    files = [SRC / f"{package}.py"] if (SRC / f"{package}.py").is_file() else (SRC / package).rglob("*.py")
+    for path in files:
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             names = ([a.name for a in node.names] if isinstance(node, ast.Import)
                      else [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
@@ -46,13 +50,26 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
-def test_the_package_import_graph_has_no_cycle():
+def test_the_stages_are_siblings_over_one_toolkit():
     graph = {p: _imports(p) for p in PACKAGES}
+    print("\n".join(f"{p} -> {', '.join(sorted(graph[p])) or '-'}" for p in PACKAGES))
     assert _cycle(graph) is None, " -> ".join(_cycle(graph) or [])
     assert graph["core"] == set(), graph["core"]
+    assert graph["stages"] == set(), graph["stages"]  # the table needs only the standard library (make images)
     assert graph["lm"] <= {"core"}, graph["lm"]  # Hub ids and datasets are read through core.hub_client
-    for stage in ("export", "backup"):  # model loading and the Hub client are below the stages, not in hub
-        assert "hub" not in graph[stage], (stage, graph[stage])
+    for stage in STAGE_PACKAGES:
+        assert graph[stage] <= SHARED, f"stage {stage} imports {sorted(graph[stage] - SHARED)}: only lm, core, stages"
+    assert graph["plugins"] <= SHARED, graph["plugins"]  # the legacy adapters import stages lazily, by module name
+    users = [p for p in PACKAGES if "cli" in graph[p] or "plugins" in graph[p]]
+    assert users in ([], ["cli"]), users  # nothing below the CLI imports it or the legacy plugins
+
+
+def test_the_import_finder_sees_imports_inside_functions(tmp_path, monkeypatch):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "m.py").write_text("def f():\n    from aptops.b.x import y\n    import aptops.c\n")
+    monkeypatch.setattr(f"{__name__}.SRC", tmp_path)
+    monkeypatch.setattr(f"{__name__}.PACKAGES", ["a", "b", "c"])
+    assert _imports("a") == {"b", "c"}
 
 
 def test_the_cycle_finder_finds_a_planted_cycle():

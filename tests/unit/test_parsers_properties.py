@@ -208,7 +208,7 @@ def test_damaged_data_files_read_or_fail_clearly(fmt, tmp_path_factory):
 
 def test_damaged_gguf_files_read_or_fail_clearly(tmp_path_factory):
     from aptops.core.errors import InvalidArtifactError
-    from aptops.export.convert import read_gguf
+    from aptops.lm.gguf import read_gguf
     from tests.models import write_tiny_gguf
 
     folder = tmp_path_factory.mktemp("gguf")

@@ -67,7 +67,7 @@ def distill_evaluate(
     set_: SetOpt = None,
 ) -> None:
     """Parameters, size, perplexity, top-1 agreement, speed and memory of both models, side by side."""
-    from aptops.distill.compression import CompressionConfig, evaluate_compression
+    from aptops.lm.compare import CompressionConfig, evaluate_compression
 
     cfg = load_config(CompressionConfig, config, overrides=set_ or [])
     result = _run_stage("distill", "evaluate", lambda: evaluate_compression(original, compressed, dataset, output_dir=out,

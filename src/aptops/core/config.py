@@ -139,6 +139,14 @@ def with_overrides(config: C, overrides: Mapping[str, Any], *, prefix: str = "")
         raise ConfigError(f"{cls.__name__}: {exc}") from exc
 
 
+def check_interval(name: str, value: int) -> None:
+    """Intervals count steps or batches: a whole number of at least 1."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{name}={value!r} must be a whole number of steps (1 = every step)", field=name,
+                          value=value)
+    check_range(name, value, min_value=1)
+
+
 def check_range(
     field: str,
     value: float,

@@ -1,6 +1,6 @@
 """The debugger as one plugin on the bus, attachable to any Hugging Face ``Trainer``.
 
-``TrainingDebugger`` subscribes to Trainer events (through :class:`~aptops.plugins.hf.BusCallback`):
+``TrainingDebugger`` subscribes to Trainer events (through :class:`~aptops.lm.callbacks.BusCallback`):
 gradient statistics before each recorded optimizer step, update-to-weight ratios after it, activation
 statistics on recorded steps only (hooks are idle otherwise), memory sampled in the background, NaN/Inf
 loss checks on every log, training health pushed to Prometheus, and at the end the findings and the
@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aptops.core.config import check_range
+from aptops.core.config import check_interval, check_range
 from aptops.core.deps import require
 from aptops.debug.activations import ActivationMonitor, detect_dead_neurons, detect_saturated_neurons
 from aptops.debug.diagnose import diagnose_history
-from aptops.debug.findings import Finding, check_interval, sort_findings
+from aptops.debug.findings import Finding, sort_findings
 from aptops.debug.gradients import GradientMonitor, detect_gradient_anomalies
 from aptops.debug.memory import MemoryTracker, detect_memory_leaks, gpu_snapshot
 from aptops.debug.nan import NanInfDetector
@@ -300,13 +300,20 @@ def debug_callback(config: DebugConfig | None = None, *, bus: Any = None, **kwar
         bus: an existing ``PluginBus`` to join (the debugger is subscribed to it).
         kwargs: passed to :class:`TrainingDebugger` (``pipeline``, ``run_id``, ``sink``).
     """
-    from aptops.plugins.bus import PluginBus
-    from aptops.plugins.hf import BusCallback
+    from aptops.core.bus import PluginBus
+    from aptops.lm.callbacks import BusCallback
 
     debugger = TrainingDebugger(config, **kwargs)
     bus = bus if bus is not None else PluginBus()
     bus.subscribe(debugger)
     return BusCallback(bus), debugger
+
+
+def watcher(*, interval: int = 10, report_dir: str | Path | None = None, **kwargs: Any) -> TrainingDebugger:
+    """The ``debug`` watcher training runs load by name (entry-point group ``aptops.watchers``): a
+    :class:`TrainingDebugger` recording every ``interval`` optimizer steps, its report written to ``report_dir``."""
+    return TrainingDebugger(DebugConfig(log_interval=interval, report_dir=str(report_dir) if report_dir else None),
+                            **kwargs)
 
 
 def report_dir_for(output_dir: str | Path) -> str:

@@ -16,11 +16,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from aptops.core.config import check_range
+from aptops.core.config import check_interval, check_range
 from aptops.core.deps import require
 from aptops.core.errors import ConfigError
 from aptops.debug.activations import run_model
-from aptops.debug.findings import Finding, check_interval, sort_findings
+from aptops.debug.findings import Finding, sort_findings
 from aptops.debug.gradients import GradientMonitor, detect_gradient_anomalies
 from aptops.debug.nan import NanInfDetector
 

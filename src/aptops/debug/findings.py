@@ -8,7 +8,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from aptops.core.config import check_range
 from aptops.core.errors import ConfigError
 
 SEVERITIES = ("critical", "warning", "info")
@@ -43,14 +42,6 @@ class Finding:
 def sort_findings(findings: Iterable[Finding]) -> list[Finding]:
     """Critical first, then warnings, then the rest; stable within a severity."""
     return sorted(findings, key=lambda f: SEVERITIES.index(f.severity) if f.severity in SEVERITIES else 99)
-
-
-def check_interval(name: str, value: int) -> None:
-    """Intervals count steps or batches: a whole number of at least 1."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{name}={value!r} must be a whole number of steps (1 = every step)", field=name,
-                          value=value)
-    check_range(name, value, min_value=1)
 
 
 def select_names(available: Sequence[str], patterns: Sequence[str] | str | None, *, what: str) -> list[str]:

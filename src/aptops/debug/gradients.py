@@ -16,9 +16,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from aptops.core.config import check_range
+from aptops.core.config import check_interval, check_range
 from aptops.core.deps import require
-from aptops.debug.findings import Finding, check_interval, select_names
+from aptops.debug.findings import Finding, select_names
 
 _DEPTH = re.compile(r"\.(\d+)\.")
 

@@ -1,7 +1,6 @@
 """The distill stage: response, feature, relation and attention distillation, combined in one Trainer loop,
 students made from their teachers, and the compression report."""
 
-from aptops.distill.compression import CompressionConfig, compression_metrics, evaluate_compression
 from aptops.distill.distiller import Distiller, StrategyConfig, run_distillation
 from aptops.distill.losses import attention_loss, feature_loss, relation_loss, response_loss
 from aptops.distill.stage import (
@@ -14,6 +13,7 @@ from aptops.distill.stage import (
     response_distillation,
 )
 from aptops.distill.student import aligned_vocab, check_tokenizers, create_student
+from aptops.lm.compare import CompressionConfig, compression_metrics, evaluate_compression
 
 __all__ = [
     "CompressionConfig", "DistillConfig", "DistillationTrainer", "Distiller", "StrategyConfig", "aligned_vocab", "attention_distillation",

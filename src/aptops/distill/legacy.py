@@ -3,7 +3,7 @@
 These are thin wrappers with the old signatures over the stage contract in :mod:`aptops.distill.stage`;
 new code calls :func:`aptops.distill.distill_model` (``teacher, dataset, *, output_dir, config``).
 ``evaluate_compression(original_model, distilled_model, test_data)`` returns the old plugin's dict over
-:func:`aptops.distill.compression.evaluate_compression`. The per-strategy functions (``response_distillation``
+:func:`aptops.lm.compare.evaluate_compression`. The per-strategy functions (``response_distillation``
 ...) kept their old signatures and are the same objects as the stage's.
 """
 
@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from aptops.core.artifacts import StageResult
-from aptops.distill import compression
 from aptops.distill.stage import (
     DistillConfig,
     attention_distillation,
@@ -24,6 +23,7 @@ from aptops.distill.stage import (
     response_distillation,
 )
 from aptops.distill.stage import distill_model as _distill_model
+from aptops.lm import compare as compression
 
 __all__ = [
     "attention_distillation", "distill_model", "evaluate_compression", "feature_distillation",

@@ -1,7 +1,7 @@
 """The distill stage: the full loop as a ``Trainer`` subclass, the legacy per-strategy functions, and the
 stage entry point that writes the student as a model artifact.
 
-``distill_model`` goes through :func:`aptops.train.train_with_hf_trainer` with a
+``distill_model`` goes through :func:`aptops.lm.training.run_trainer` with a
 :class:`DistillationTrainer`, so checkpoints, automatic resume, LR schedules, early stopping, the plugin
 bus and the debugger come with it. Validation reports the student's own loss (hence perplexity), its
 top-1 agreement with the teacher and the KL divergence to the teacher.
@@ -31,7 +31,7 @@ from aptops.distill.distiller import (
 from aptops.distill.losses import kl_divergence, prediction_positions
 from aptops.distill.student import aligned_vocab, check_tokenizers, create_student
 from aptops.lm import load_causal_lm, load_text_dataset
-from aptops.train.trainer import TrainConfig, train_with_hf_trainer
+from aptops.lm.training import TrainConfig, run_trainer
 
 log = logging.getLogger(__name__)
 torch = require("torch", extra="distill", feature="distillation")
@@ -45,7 +45,7 @@ class DistillConfig:
     Attributes:
         objective: the distillation objective (:class:`~aptops.distill.distiller.StrategyConfig`): strategies and
             their weights, temperature, alpha, layer and head mappings (``--set objective.temperature=1``).
-        training: how the student is trained (:class:`aptops.train.TrainConfig`): block size, text column, chat
+        training: how the student is trained (:class:`aptops.lm.training.TrainConfig`): block size, text column, chat
             prompt, held-out share, LoRA, early stopping, resume, the debugger, ``training_args``
             (``--set training.block_size=128``).
         student_layer_stride: when the student is made from the teacher, keep every k-th block.
@@ -182,8 +182,8 @@ def distill_model(teacher: Any, dataset: Any, *, output_dir: str | Path, config:
         check_tokenizers(teacher_tok, student_tok)
     vocab = aligned_vocab(teacher_lm, student_lm, teacher_tok)
     Distiller(cfg.objective, teacher_lm, student_lm, vocab=vocab)  # layer mappings checked before any data work
-    return train_with_hf_trainer(
-        student_lm, teacher_tok, dataset, output_dir, cfg.training, eval_dataset=eval_dataset, bus=bus,
+    return run_trainer(
+        student_lm, teacher_tok, dataset, eval_dataset, output_dir=output_dir, config=cfg.training, bus=bus,
         callbacks=list(callbacks), stage="distill", trainer_cls=DistillationTrainer,
         trainer_kwargs={"teacher": teacher_lm, "objective": cfg.objective, "vocab": vocab},
         lineage_inputs={"teacher": teacher_source, "student": student_source}, lineage_config=to_dict(cfg))

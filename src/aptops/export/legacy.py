@@ -13,10 +13,10 @@ from pathlib import Path
 
 from aptops.core.artifacts import StageResult
 from aptops.core.errors import ConfigError
-from aptops.export.convert import QUANT_TYPES
 from aptops.export.ollama import create_modelfile, register_to_ollama, test_model
 from aptops.export.stage import ExportConfig
 from aptops.export.stage import export_to_gguf as _export_to_gguf
+from aptops.lm.gguf import QUANT_TYPES
 
 __all__ = ["create_modelfile", "export_to_gguf", "register_to_ollama", "test_model"]
 

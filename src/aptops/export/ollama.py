@@ -24,7 +24,7 @@ from typing import Any
 from aptops.core.artifacts import read_json
 from aptops.core.deps import require
 from aptops.core.errors import ConfigError, InvalidArtifactError, OutputExistsError, StorageError
-from aptops.export.convert import read_gguf
+from aptops.lm.gguf import read_gguf
 
 log = logging.getLogger(__name__)
 DEFAULT_HOST = "http://127.0.0.1:11434"

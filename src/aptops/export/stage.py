@@ -22,7 +22,9 @@ from typing import Any
 from aptops.core.artifacts import StageResult, atomic_output, finish_artifact, write_json
 from aptops.core.config import check_choice
 from aptops.core.errors import InvalidArtifactError
-from aptops.export.convert import (
+from aptops.export.lora import is_adapter, merge_adapter
+from aptops.export.verify import GateConfig, verify_gguf, verify_plan
+from aptops.lm.gguf import (
     FALLBACK_TYPES,
     QUANT_TYPES,
     VOCAB_TYPES,
@@ -30,8 +32,6 @@ from aptops.export.convert import (
     inspect_gguf,
     quantize_gguf,
 )
-from aptops.export.lora import is_adapter, merge_adapter
-from aptops.export.verify import GateConfig, verify_gguf, verify_plan
 
 log = logging.getLogger(__name__)
 

@@ -84,7 +84,7 @@ def verify_plan(model_path: str | Path, gguf_path: str | Path, max_memory_gb: fl
     (embeddings, final norm and head in F32), so the reference is still computed in F32 on the very same
     weights. ``None``: not even that fits. The cost is the weights in memory plus the GGUF llama.cpp maps;
     ``max_memory_gb`` 0 means 90% of the memory available now."""
-    from aptops.export.convert import safetensors_index
+    from aptops.lm.gguf import safetensors_index
 
     tensors = safetensors_index(Path(model_path))
     sizes = {name: math.prod(t.shape) for name, t in tensors.items()}

@@ -38,6 +38,7 @@ from aptops.core.config import check_choice, check_range, to_dict
 from aptops.core.errors import ConfigError, InvalidArtifactError
 from aptops.lm.arguments import parse_training_args
 from aptops.lm.checkpoints import checkpoint_folder
+from aptops.lm.training import attach_debugger
 from aptops.multimodal.data import (
     BAD_INPUT_POLICIES,
     MultimodalCollator,
@@ -270,14 +271,7 @@ def train_multimodal_model(train: str | Path, *, output_dir: str | Path, config:
                                                collate_fn=collator) if eval_rows else None)
 
     with writing_in_place(out, stage="multimodal"):  # locked and marked unfinished until result.json
-        debugger = None
-        if config.debug:
-            from aptops.debug.callback import DebugConfig, TrainingDebugger
-            from aptops.plugins.bus import ConsoleCore, PluginBus
-
-            debugger = TrainingDebugger(DebugConfig(log_interval=config.debug_interval, report_dir=str(out / "debug")))
-            bus = bus or PluginBus()
-            (bus.bus if isinstance(bus, ConsoleCore) else bus).subscribe(debugger)
+        bus, debugger = attach_debugger(bus, out, debug=config.debug, interval=config.debug_interval)
         checkpoints = checkpoint_folder(out, stage="multimodal")  # on the cluster's checkpoint volume when it has one
         run = train_multimodal(model, loader, config.epochs, loss_weights=config.loss_weights or None,
                                eval_dataloader=eval_loader, output_dir=checkpoints,

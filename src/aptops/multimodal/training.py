@@ -414,7 +414,7 @@ def train_multimodal(model: MultimodalModel, dataloader: torch.utils.data.DataLo
         "dataloader_num_workers": 0, "label_names": ["labels"]})
     cbs = list(callbacks)
     if bus is not None:
-        from aptops.plugins.hf import BusCallback
+        from aptops.lm.callbacks import BusCallback
 
         cbs.append(BusCallback(bus))
     trainer = MultimodalTrainer(

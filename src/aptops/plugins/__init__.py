@@ -2,10 +2,10 @@
 
 ``get_adapter(name, config)`` / ``get_all_legacy_adapters()`` return objects with the old plugin
 methods; ``ConsoleCore`` and ``PluginBus`` deliver events in priority order; ``BusCallback``
-(``aptops.plugins.hf``) bridges Hugging Face Trainer events onto the bus.
+(``aptops.lm.callbacks``) bridges Hugging Face Trainer events onto the bus.
 """
 
-from aptops.plugins.bus import EVENTS, ConsoleCore, Delivery, PluginBus
+from aptops.core.bus import EVENTS, ConsoleCore, Delivery, PluginBus
 from aptops.plugins.legacy import (
     Adapter,
     AdapterSpec,

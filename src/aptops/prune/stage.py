@@ -1,6 +1,6 @@
 """Fine-tuning with fixed masks, lottery tickets, and the automated prune stage with its report.
 
-``fine_tune_after_pruning`` trains through :func:`aptops.train.train_with_hf_trainer` with a callback that
+``fine_tune_after_pruning`` trains through :func:`aptops.lm.training.run_trainer` with a callback that
 keeps every pruned weight at zero (gradients masked before the optimizer step, weights re-masked after it),
 so checkpoints, resume, LR schedules, early stopping and the debugger come with it. ``prune_model`` runs
 the whole flow: measure, prune (gradually for unstructured methods: a cubic schedule with short recovery
@@ -22,7 +22,8 @@ from aptops.core.artifacts import LINEAGE_FILE, StageResult, read_json, write_js
 from aptops.core.config import check_choice, check_range, to_dict
 from aptops.core.deps import require
 from aptops.core.errors import ConfigError
-from aptops.debug.profiling import profile_in_turns, profile_section
+from aptops.lm.measure import profile_in_turns, profile_section
+from aptops.lm.training import TrainConfig, run_trainer
 from aptops.prune.structured import structured_pruning
 from aptops.prune.unstructured import (
     apply_masks,
@@ -34,7 +35,6 @@ from aptops.prune.unstructured import (
     wanda_pruning,
     weight_masks,
 )
-from aptops.train.trainer import TrainConfig
 
 log = logging.getLogger(__name__)
 torch = require("torch", extra="prune", feature="pruning")
@@ -87,7 +87,7 @@ class PruneConfig:
         lottery_rounds: lottery-ticket rounds (each prunes ``1 - (1 - target)^(1/rounds)`` of what is left).
         lottery_steps: training steps per lottery round.
         rewind_step: the lottery's early weights are taken after this many steps.
-        training: the fine-tuning after pruning and the data it reads (:class:`aptops.train.TrainConfig`: block size,
+        training: the fine-tuning after pruning and the data it reads (:class:`aptops.lm.training.TrainConfig`: block size,
             text column, chat prompt, held-out share, the debugger, ``training_args`` ...; ``--set
             training.block_size=128``). It does not resume from checkpoints unless ``training.resume`` says so:
             a checkpoint of an earlier run holds other masks.
@@ -220,16 +220,14 @@ def fine_tune_after_pruning(pruned_model: Any, train_data: Any, val_data: Any = 
         epochs: passes over ``train_data`` (``training_args.max_steps`` in ``config`` wins when set).
     """
     from aptops.lm import load_causal_lm
-    from aptops.train import train_with_hf_trainer
 
     cfg = config or PruneConfig()
     model, tok, _ = load_causal_lm(pruned_model, tokenizer)
     masks = dict(masks) if masks is not None else weight_masks(model)
     args = {"num_train_epochs": epochs} | dict(cfg.training.training_args)
     train_cfg = dataclasses.replace(cfg.training, training_args=args)
-    return train_with_hf_trainer(model, tok, train_data, output_dir, train_cfg, eval_dataset=val_data,
-                                 callbacks=[MaskCallback(masks), *callbacks], stage="prune",
-                                 lineage_config=to_dict(cfg))
+    return run_trainer(model, tok, train_data, val_data, output_dir=output_dir, config=train_cfg,
+                       callbacks=[MaskCallback(masks), *callbacks], stage="prune", lineage_config=to_dict(cfg))
 
 
 def _perplexity_and_latency(model: Any, batches: list[dict[str, Any]]) -> dict[str, float]:
@@ -247,7 +245,7 @@ def _perplexity_and_latency(model: Any, batches: list[dict[str, Any]]) -> dict[s
 
 def paired_latency(models: Mapping[str, Any], ids: Any, rounds: int = 7) -> dict[str, float]:
     """Median forward time of each model on ``ids``, the models taking turns round after round
-    (:func:`~aptops.debug.profiling.profile_in_turns`): measured minutes apart (before pruning, after
+    (:func:`~aptops.lm.measure.profile_in_turns`): measured minutes apart (before pruning, after
     fine-tuning), the same model's time moved by more than a 25% neuron cut saves on a shared CPU."""
     calls = {}
     for name, model in models.items():

@@ -13,7 +13,7 @@ import pytest
 
 from aptops.core.errors import InvalidArtifactError
 from aptops.core.formats import check_gguf_bounds, safetensors_header
-from aptops.export.convert import read_gguf
+from aptops.lm.gguf import read_gguf
 from tests.models import write_tiny_gguf
 
 

@@ -8,9 +8,9 @@ import urllib.parse
 import urllib.request
 
 from aptops.core.artifacts import is_complete
+from aptops.core.bus import PluginBus
 from aptops.debug import DebugConfig, debug_callback
 from aptops.debug.callback import TrainingDebugger
-from aptops.plugins.bus import PluginBus
 from aptops.train import TrainConfig, train_with_hf_trainer
 from tests.browser import needs_chromium, screenshot
 from tests.models import CORPUS

@@ -223,8 +223,8 @@ def test_distill_model_writes_a_student_artifact(teacher_dir, tmp_path):
 
 
 def _cfg():
-    from aptops.distill.compression import CompressionConfig
     from aptops.lm import EvalConfig
+    from aptops.lm.compare import CompressionConfig
 
     return CompressionConfig(evaluation=EvalConfig(block_size=32, max_blocks=8), latency_runs=2, new_tokens=4,
                              generate_runs=1)

@@ -13,7 +13,7 @@ import pytest
 from aptops.core.artifacts import is_complete
 from aptops.core.errors import ConfigError, InvalidArtifactError
 from aptops.export import ExportConfig, GateConfig, export_to_gguf, pre_tokenizer_name
-from aptops.export.convert import QUANT_TYPES
+from aptops.lm.gguf import QUANT_TYPES
 from tests.models import CORPUS
 
 
@@ -253,7 +253,7 @@ def test_llama3_rope_factors_are_the_ones_transformers_divides_by():
     from transformers import LlamaConfig
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-    from aptops.export.architectures import llama3_rope_factors
+    from aptops.lm.gguf_architectures import llama3_rope_factors
 
     config = LlamaConfig(hidden_size=64, num_attention_heads=4, max_position_embeddings=512,
                          rope_parameters=LLAMA3_ROPE)
@@ -307,7 +307,7 @@ def test_an_unquantized_conversion_is_held_to_the_exact_gate(tmp_path, monkeypat
     """Issue 22: an F16 conversion is checked by default and must reproduce the model; a subtly wrong one (rope
     factors a little off: plausible text, 0.6 agreement would have passed it) fails with its numbers, and
     nothing is left."""
-    from aptops.export import architectures
+    from aptops.lm import gguf_architectures as architectures
     from tests.models import build_tiny_llama
 
     model = build_tiny_llama(tmp_path / "model", max_position_embeddings=512, rope_parameters=LLAMA3_ROPE,

@@ -43,7 +43,7 @@ def test_raising_subscriber_is_isolated_and_logged(caplog):
     bus.subscribe(Recorder("first", 100, log))
     bus.subscribe(Exploding("bad", 200, log))
     bus.subscribe(Recorder("last", 900, log))
-    with caplog.at_level(logging.ERROR, logger="aptops.plugins.bus"):
+    with caplog.at_level(logging.ERROR, logger="aptops.core.bus"):
         deliveries = bus.emit("on_batch_start", step=1)
     assert [n for n, _ in log] == ["first", "last"]
     assert [(d.plugin, d.ok) for d in deliveries] == [("first", True), ("bad", False), ("last", True)]

@@ -27,8 +27,8 @@ class Broken:
 def test_trainer_events_reach_bus_in_order_and_a_broken_plugin_never_stops_training(tiny_llama, tmp_path, device):
     from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
 
+    from aptops.lm.callbacks import BusCallback
     from aptops.plugins import ConsoleCore
-    from aptops.plugins.hf import BusCallback
 
     tok = AutoTokenizer.from_pretrained(tiny_llama)
     model = AutoModelForCausalLM.from_pretrained(tiny_llama)

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from aptops.core.artifacts import is_complete, read_json
+from aptops.core.bus import PluginBus
 from aptops.core.errors import ConfigError, InvalidArtifactError
-from aptops.plugins.bus import PluginBus
 from aptops.train import TrainConfig, train_with_hf_trainer
 from tests.models import CORPUS
 

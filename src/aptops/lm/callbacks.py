@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from aptops.core.bus import ConsoleCore, PluginBus
 from aptops.core.deps import require
-from aptops.plugins.bus import ConsoleCore, PluginBus
 
 _transformers = require("transformers", extra="train", feature="BusCallback")
 

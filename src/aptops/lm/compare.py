@@ -1,10 +1,13 @@
-"""What compression bought and cost: size, speed, memory, perplexity and agreement, original vs compressed.
+"""Two models side by side, for every stage that compares models: held-out perplexity before and after training
+(:func:`compare_models`), and what compression bought and cost (:func:`evaluate_compression`: size, speed, memory,
+perplexity and agreement, original vs compressed).
 
 ``evaluate_compression`` scores both models on the same packed blocks in one pass (so perplexity and top-1
 agreement come from the same tokens), times a forward pass and greedy generation on this machine, and
 writes ``report.json`` and ``report.html`` (a table and a trade-off plot) into its own artifact folder; it
 writes nothing else (the old plugin's ``evaluate_compression`` in :mod:`aptops.distill.legacy` also copied
-the numbers into the compressed model's lineage, and still does).
+the numbers into the compressed model's lineage, and still does). The distill stage's ``evaluate`` step and the train
+stage's ``evaluate`` step run these.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ from aptops.core.artifacts import (
 )
 from aptops.core.config import check_choice, check_range
 from aptops.core.deps import require
-from aptops.lm import EvalConfig
+from aptops.lm.measure import peak_memory, profile_in_turns
+from aptops.lm.scoring import EvalConfig, evaluate_perplexity
 
 log = logging.getLogger(__name__)
 
@@ -78,21 +82,15 @@ def _disk_bytes(source: Any, model: Any) -> int:
 def _speeds(torch: Any, models: Mapping[str, Any], ids: Any, cfg: CompressionConfig,
             pad_id: int | None) -> dict[str, dict[str, float]]:
     """Forward time, peak forward memory and greedy generation speed of each model on this machine, the models
-    taking turns (:func:`~aptops.debug.profiling.profile_in_turns`), so the ratios hold on a busy machine too."""
-    psutil = require("psutil", extra="debug", feature="memory measurement")
-    from aptops.debug.memory import MemoryTracker
-    from aptops.debug.profiling import profile_in_turns
-
+    taking turns (:func:`~aptops.lm.measure.profile_in_turns`), so the ratios hold on a busy machine too."""
     one = ids[:1]
     prompt = one[:, : min(16, one.shape[1])]
     out: dict[str, dict[str, float]] = {}
     with torch.inference_mode():
         for name, model in models.items():
             model(input_ids=one.to(model.device))  # warm-up, before the memory baseline
-            baseline = psutil.Process().memory_info().rss
-            with MemoryTracker(interval=0.005, track_objects=False) as mem:
-                model(input_ids=one.to(model.device))
-            out[name] = {"forward_peak_rss_delta_bytes": float(max(mem.peak - baseline, 0))}
+            peak = peak_memory(functools.partial(model, input_ids=one.to(model.device)))
+            out[name] = {"forward_peak_rss_delta_bytes": float(peak)}
         forward = profile_in_turns({name: functools.partial(model, input_ids=one.to(model.device))
                                     for name, model in models.items()}, iterations=cfg.latency_runs, warmup=0)
         for name in models:
@@ -121,10 +119,9 @@ def _llama_cpp_speeds(sources: Mapping[str, Any], prompt: list[int], cfg: Compre
         return {"skipped": "llama.cpp speed needs model folders, not objects"}
     try:
         llama_cpp = require("llama_cpp", extra="export", feature="llama.cpp generation speed")
-        from aptops.export.convert import convert_to_gguf, quantize_gguf
+        from aptops.lm.gguf import convert_to_gguf, quantize_gguf
     except MissingDependencyError as exc:
         return {"skipped": str(exc)}
-    from aptops.debug.profiling import profile_in_turns
 
     def greedy(llm: Any) -> None:
         for count, _token in enumerate(llm.generate(prompt, temp=0.0, reset=True), 1):
@@ -149,7 +146,8 @@ def _llama_cpp_speeds(sources: Mapping[str, Any], prompt: list[int], cfg: Compre
 
 
 def evaluate_compression(original: Any, compressed: Any, dataset: Any, *, output_dir: str | Path,
-                         config: CompressionConfig | None = None, tokenizer: Any = None) -> StageResult:
+                         config: CompressionConfig | None = None, tokenizer: Any = None,
+                         stage: str = "distill") -> StageResult:
     """Compare a compressed model with its original on held-out text.
 
     Args:
@@ -158,6 +156,7 @@ def evaluate_compression(original: Any, compressed: Any, dataset: Any, *, output
         output_dir: the report artifact: ``report.json``, ``report.html``, ``result.json``.
         config: scoring and timing settings.
         tokenizer: the shared tokenizer (default: the original's).
+        stage: the stage the report artifact is named for.
 
     Returns:
         The result: ``outputs["report"]`` the HTML page; metrics ``original_*``, ``compressed_*`` and ``ratio_*``
@@ -167,7 +166,7 @@ def evaluate_compression(original: Any, compressed: Any, dataset: Any, *, output
     """
     config = config or CompressionConfig()
     details = _compare(original, compressed, dataset, config, tokenizer)
-    result = StageResult("distill", outputs={"report": str(Path(output_dir) / "report.html")},
+    result = StageResult(stage, outputs={"report": str(Path(output_dir) / "report.html")},
                          metrics=compression_metrics(details), details=details)
     _write_report(details, Path(output_dir), result, config)
     return result
@@ -176,7 +175,8 @@ def evaluate_compression(original: Any, compressed: Any, dataset: Any, *, output
 def _compare(original_model: Any, distilled_model: Any, test_data: Any, cfg: CompressionConfig,
              tokenizer: Any) -> dict[str, Any]:
     torch = require("torch", extra="distill", feature="evaluate_compression")
-    from aptops.lm import eval_blocks, load_causal_lm, load_text_dataset, next_token_scores, perplexity
+    from aptops.lm.loading import load_causal_lm, load_text_dataset
+    from aptops.lm.scoring import eval_blocks, next_token_scores, perplexity
 
     ev = cfg.evaluation
     data = load_text_dataset(test_data, ev.text_column)
@@ -285,3 +285,29 @@ def _write_report(result: dict[str, Any], folder: Path, stage_result: StageResul
         write_json(tmp / "report.json", result)
         (tmp / "report.html").write_text(html, encoding="utf-8")
         finish_artifact(tmp, stage_result, config)
+
+
+def compare_models(base: Any, trained: str | Path, dataset: Any, *, output_dir: str | Path,
+                   config: EvalConfig | None = None, stage: str = "train") -> StageResult:
+    """Perplexity of the base and the trained model on the same held-out text, written as an artifact."""
+    from aptops.core import report
+
+    config = config or EvalConfig()
+    before = evaluate_perplexity(str(base), dataset, config)
+    after = evaluate_perplexity(str(trained), dataset, config)
+    metrics = {"perplexity_base": before["perplexity"], "perplexity_trained": after["perplexity"],
+               "loss_base": before["loss"], "loss_trained": after["loss"], "eval_tokens": after["tokens"],
+               "perplexity_ratio": after["perplexity"] / before["perplexity"]}
+    with atomic_output(output_dir) as tmp:
+        write_json(tmp / "evaluation.json", metrics)
+        rows = [("base", str(base), before["loss"], before["perplexity"]),
+                ("trained", str(trained), after["loss"], after["perplexity"])]
+        html = report.page("aptops evaluate", [
+            ("Held-out perplexity", report.table(rows, header=["model", "path", "loss", "perplexity"])),
+            ("Settings", report.table({"block_size": config.block_size, "tokens": int(after["tokens"])})),
+        ])
+        (tmp / "report.html").write_text(html, encoding="utf-8")
+        result = StageResult(stage, outputs={"evaluation": str(output_dir), "report": str(Path(output_dir) / "report.html")},
+                             metrics=metrics)
+        finish_artifact(tmp, result)
+    return result

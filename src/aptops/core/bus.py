@@ -1,4 +1,5 @@
-"""The plugin bus: events delivered to subscribers in priority order, a raising subscriber isolated.
+"""The event bus every training stage shares: events delivered to subscribers in priority order, a raising
+subscriber isolated; and the watchers that installed packages offer to training runs.
 
 ``ConsoleCore`` keeps the old APT toolkit's entry points working::
 
@@ -11,18 +12,26 @@
 
 A subscriber is any object with ``on_<event>`` methods (or a generic ``on_event(name, **payload)``).
 Lower priority numbers run first (100 data ... 900 export), registration order breaks ties.
+
+A *watcher* is a subscriber a package offers to every training run under the ``aptops.watchers`` entry-point
+group (the debug stage offers ``debug``: gradients, activations, memory, NaNs). A training loop asks for one by
+name with :func:`load_watcher`, so no stage imports the package that watches it.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from aptops.core.errors import PluginError
+from aptops.core.errors import ConfigError, PluginError
 
 log = logging.getLogger(__name__)
+
+#: The entry-point group under which packages offer training watchers (``debug = "aptops.debug.callback:watcher"``).
+WATCHER_GROUP = "aptops.watchers"
 
 EVENTS: tuple[str, ...] = (
     "on_start", "on_init_end", "on_train_begin", "on_train_end", "on_epoch_begin", "on_epoch_end",
@@ -189,3 +198,33 @@ class ConsoleCore:
             return
         self.bus.emit("on_shutdown")
         self._started = False
+
+
+@runtime_checkable
+class Watcher(Protocol):
+    """What a training loop needs of a watcher beyond the bus events: its headline numbers and its report."""
+
+    name: str
+    priority: int
+    report: dict[str, str] | None
+
+    def summary(self) -> dict[str, float]: ...
+
+
+def load_watcher(name: str, **settings: Any) -> Watcher:
+    """The watcher an installed package offers as ``name`` (entry-point group ``aptops.watchers``), made with
+    ``settings`` (``interval``, ``report_dir``).
+
+    Raises:
+        ConfigError: no installed package offers it (the message says which extra to install).
+    """
+    found = importlib.metadata.entry_points(group=WATCHER_GROUP, name=name)
+    if not found:
+        offered = sorted(ep.name for ep in importlib.metadata.entry_points(group=WATCHER_GROUP))
+        raise ConfigError(f"no training watcher named {name!r} is installed (installed: {', '.join(offered) or 'none'}); "
+                          f"install aptops[{name}] (or set {name}=false)", field=name)
+    factory = next(iter(found)).load()
+    watcher = factory(**settings)
+    if not isinstance(watcher, Watcher):
+        raise PluginError(f"the {name!r} watcher ({next(iter(found)).value}) lacks name, priority, report or summary()")
+    return watcher

@@ -3,7 +3,7 @@
 One row per architecture (:data:`ARCHITECTURES`): llama.cpp's name for it, whether Q/K rows are permuted to
 llama.cpp's rotary layout, the shift Gemma's norms need, the config fields written as GGUF keys, the
 config values llama.cpp assumes rather than reads (a config that differs is refused: converted, it would
-answer differently), and how experts are stored. The converter (:mod:`aptops.export.convert`) reads rows; it
+answer differently), and how experts are stored. The converter (:mod:`aptops.lm.gguf`) reads rows; it
 has no branch per architecture. What each row says was learnt from llama.cpp's own loader and converter of
 the version the quantizer is built from; every conversion is still checked against transformers.
 """

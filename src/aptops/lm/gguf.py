@@ -1,6 +1,6 @@
 """Hugging Face causal LM folder → GGUF, written with the ``gguf`` package, quantized by llama.cpp.
 
-The conversion itself is aptops' (which architectures and how: the table in :mod:`aptops.export.architectures`;
+The conversion itself is aptops' (which architectures and how: the table in :mod:`aptops.lm.gguf_architectures`;
 tensor names through ``gguf.TensorNameMap``, metadata keys through ``gguf.GGUFWriter`` and ``gguf.Metadata``,
 merges and special tokens through ``gguf.SpecialVocab``). It streams: every tensor is planned from the
 safetensors headers, then read, converted and written one at a time, so memory stays near the largest tensor's
@@ -341,7 +341,7 @@ def _plan(gguf: Any, tensors: dict[str, SourceTensor], arch: Any, cfg: dict[str,
 def _stack_experts(groups: dict[tuple[str, str], dict[int, SourceTensor]], cfg: dict[str, Any], stacked: Any
                    ) -> list[_Planned]:
     """One 3-D tensor per layer and projection from the per-expert ones, refused when any expert is missing."""
-    from aptops.export.architectures import config_value
+    from aptops.lm.gguf_architectures import config_value
 
     n_expert = int(config_value(cfg, "num_local_experts", "num_experts") or 0)
     layers = {int(m[1]) for prefix, _ in groups if (m := re.search(r"layers\.(\d+)\.", prefix))}
@@ -371,14 +371,14 @@ def convert_to_gguf(model_path: str | Path, output_path: str | Path, *, outtype:
     Tensors are read one at a time from the safetensors files and written as they are made, so memory holds
     about the largest tensor (an expert stack for MoE models), whatever the model's size; BF16 weights stay
     BF16 bits for ``outtype="BF16"`` and pass through F32 one tensor at a time otherwise. The architecture is
-    a row of :data:`aptops.export.architectures.ARCHITECTURES`; any other is refused with the list.
+    a row of :data:`aptops.lm.gguf_architectures.ARCHITECTURES`; any other is refused with the list.
 
     ``vocab_type``: ``bpe`` (byte-level BPE, llama.cpp's ``gpt2`` tokenizer), ``spm`` (SentencePiece BPE,
     llama.cpp's ``llama`` tokenizer: Llama 2, Mistral v0.1, TinyLlama ...) or ``auto`` (read off the folder).
     """
     gguf = require("gguf", extra="export", feature="writing GGUF")
     np = require("numpy", extra="export", feature="writing GGUF")
-    from aptops.export.architectures import arch_for, rope_dimensions, rope_settings, write_keys, write_rope
+    from aptops.lm.gguf_architectures import arch_for, rope_dimensions, rope_settings, write_keys, write_rope
     from aptops.lm.loading import check_model_folder
 
     if outtype not in OUTTYPES:
