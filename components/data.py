@@ -8,67 +8,52 @@ compiler.Compiler().compile(clean_text, '/tmp/clean.yaml')"``.
 
 from typing import List  # kfp reads typing.List in artifact annotations
 
-from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Output
 
-from aptops_components import stage_image
+from aptops_components import stage_component
 
-IMAGE = stage_image("data")
+component = stage_component("data")
 
 
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
+@stage_component("data", config="aptops.data:CleanConfig", tuned=(
+    "strategy", "code_language", "text_column", "input_format", "separator", "min_chars", "shard_rows"))
 def clean_text(
     source: str,
     dataset: Output[Dataset],
     metrics: Output[Metrics],
-    strategy: str = "basic",
-    code_language: str = "",
-    text_column: str = "text",
-    input_format: str = "auto",
-    separator: str = "",
-    min_chars: int = 1,
-    shard_rows: int = 100000,
-    overrides: str = "",
-    pipeline: str = "data",
-    run_id: str = "",
+    **tuned,
 ):
     """Clean a text corpus (file or folder of JSONL/Parquet/CSV/text) into a Parquet dataset."""
-    from aptops.core.runtime import apply_overrides, run_component
+    params = dict(locals())
+    from aptops.core.runtime import config_from_params, run_step
     from aptops.data import CleanConfig, clean_dataset
 
-    config = CleanConfig(strategy=strategy, code_language=code_language or None, text_column=text_column, input_format=input_format,
-                         separator=separator or None, min_chars=min_chars, shard_rows=shard_rows)
-    config = apply_overrides(config, overrides)
-    result = run_component("data", lambda: clean_dataset(source, output_dir=dataset.path, config=config), step="clean",
-                           pipeline=pipeline, run_id=run_id, metrics=metrics)
-    dataset.metadata.update({"rows": int(result.metrics["rows_out"]), "text_column": text_column})
+    config = config_from_params(CleanConfig, params)
+    result = run_step("data", "clean", lambda: clean_dataset(source, output_dir=dataset.path, config=config), params)
+    dataset.metadata.update({"rows": int(result.metrics["rows_out"]), "text_column": config.text_column})
 
 
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
+@stage_component("data", config="aptops.data:StatsConfig", tuned=("text_column",))
 def dataset_stats(
     dataset: Input[Dataset],
     stats: Output[Artifact],
     report: Output[HTML],
     metrics: Output[Metrics],
-    text_column: str = "text",
-    overrides: str = "",
-    pipeline: str = "data",
-    run_id: str = "",
+    **tuned,
 ):
     """Describe a dataset: length statistics, stats.json and an HTML report with a histogram."""
+    params = dict(locals())
     import shutil
 
-    from aptops.core.runtime import apply_overrides, run_component
+    from aptops.core.runtime import config_from_params, run_step
     from aptops.data import StatsConfig, dataset_stats
 
-    config = StatsConfig(text_column=text_column)
-    config = apply_overrides(config, overrides)
-    result = run_component("data", lambda: dataset_stats(dataset.path, output_dir=stats.path, config=config), step="stats",
-                           pipeline=pipeline, run_id=run_id, metrics=metrics)
+    config = config_from_params(StatsConfig, params)
+    result = run_step("data", "stats", lambda: dataset_stats(dataset.path, output_dir=stats.path, config=config), params)
     shutil.copyfile(result.outputs["report"], report.path)
 
 
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
+@component
 def list_shards(dataset: Input[Dataset]) -> list:
     """The shard file names of a dataset, for a ParallelFor fan-out."""
     from aptops.data.shards import dataset_shards
@@ -76,64 +61,48 @@ def list_shards(dataset: Input[Dataset]) -> list:
     return dataset_shards(dataset.path)
 
 
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
+@stage_component("data", config="aptops.data:DedupConfig", tuned=(
+    "threshold", "ngram", "tokenizer", "num_perm", "seed", "text_column"))
 def minhash_signatures(
     dataset: Input[Dataset],
     shard: str,
     signatures: Output[Artifact],
-    threshold: float = 0.7,
-    ngram: int = 5,
-    tokenizer: str = "auto",
-    num_perm: int = 128,
-    seed: int = 1,
-    text_column: str = "text",
-    overrides: str = "",
-    pipeline: str = "data",
-    run_id: str = "",
+    **tuned,
 ):
     """Dedup step 1 (one task per shard): shingle hashes and LSH band keys of every row."""
+    params = dict(locals())
     import os
 
-    from aptops.core.runtime import apply_overrides, run_component
+    from aptops.core.runtime import config_from_params, run_step
     from aptops.data import DedupConfig
     from aptops.data.shards import shard_index, shard_signatures
 
-    config = DedupConfig(threshold=threshold, ngram=ngram, tokenizer=tokenizer, num_perm=num_perm, seed=seed,
-                         text_column=text_column)
-    config = apply_overrides(config, overrides)
-    run_component("data", lambda: shard_signatures(os.path.join(dataset.path, shard), signatures.path, config,
-                                                   shard_index=shard_index(shard)),
-                  step=f"signatures-{shard_index(shard)}", pipeline=pipeline, run_id=run_id)
+    config = config_from_params(DedupConfig, params)
+    index = shard_index(shard)
+    run_step("data", f"signatures-{index}", lambda: shard_signatures(
+        os.path.join(dataset.path, shard), signatures.path, config, shard_index=index), params)
 
 
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
+@stage_component("data", config="aptops.data:DedupConfig", tuned=(
+    "threshold", "ngram", "tokenizer", "num_perm", "seed", "text_column"))
 def find_duplicates(
     signatures: Input[List[Artifact]],
     duplicates: Output[Artifact],
     metrics: Output[Metrics],
-    threshold: float = 0.7,
-    ngram: int = 5,
-    tokenizer: str = "auto",
-    num_perm: int = 128,
-    seed: int = 1,
-    text_column: str = "text",
-    overrides: str = "",
-    pipeline: str = "data",
-    run_id: str = "",
+    **tuned,
 ):
     """Dedup step 2 (one task): LSH buckets over all shards, candidates verified by exact Jaccard."""
-    from aptops.core.runtime import apply_overrides, run_component
+    params = dict(locals())
+    from aptops.core.runtime import config_from_params, run_step
     from aptops.data import DedupConfig
     from aptops.data.shards import cluster_duplicates
 
-    config = DedupConfig(threshold=threshold, ngram=ngram, tokenizer=tokenizer, num_perm=num_perm, seed=seed,
-                         text_column=text_column)
-    config = apply_overrides(config, overrides)
-    run_component("data", lambda: cluster_duplicates([s.path for s in signatures], duplicates.path, config),
-                  step="duplicates", pipeline=pipeline, run_id=run_id, metrics=metrics)
+    config = config_from_params(DedupConfig, params)
+    run_step("data", "duplicates", lambda: cluster_duplicates([s.path for s in signatures], duplicates.path, config),
+             params)
 
 
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
+@component
 def filter_duplicates(
     dataset: Input[Dataset],
     shard: str,
@@ -150,7 +119,7 @@ def filter_duplicates(
     filtered.metadata.update({"shard": shard, "rows": int(result.metrics["rows_out"])})
 
 
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
+@component
 def merge_shards(shards: Input[List[Dataset]], dataset: Output[Dataset], metrics: Output[Metrics]):
     """Fan-in: gather the filtered shards into one dataset artifact."""
     from aptops.data.shards import merge_shards as merge
@@ -161,97 +130,71 @@ def merge_shards(shards: Input[List[Dataset]], dataset: Output[Dataset], metrics
     dataset.metadata.update({"rows": int(result.metrics["rows"])})
 
 
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
+@stage_component("data", config="aptops.data.quality:QualityConfig", tuned=(
+    "checks", "threshold", "action", "languages", "min_chars", "perplexity_model", "max_perplexity",
+    "text_column"),
+    # after the pipeline's sharded dedup, near duplicates are gone across every shard: not checked again per shard
+    defaults={"checks": "exact_duplicates,length,language,heuristics"})
 def quality_check(
     dataset: Input[Dataset],
     scored: Output[Dataset],
     report: Output[HTML],
     metrics: Output[Metrics],
-    checks: str = "exact_duplicates,length,language,heuristics",
-    threshold: float = 0.75,
-    action: str = "flag",
-    languages: str = "",
-    min_chars: int = 20,
-    perplexity_model: str = "",
-    max_perplexity: float = 1000.0,
-    text_column: str = "text",
-    overrides: str = "",
-    pipeline: str = "data",
-    run_id: str = "",
+    **tuned,
 ):
     """Score and flag every row (and drop flagged rows with action=filter); an HTML report for the UI.
 
     ``perplexity_model`` (a causal LM folder the task can read, e.g. on the model-cache PVC) adds the
     perplexity check.
     """
+    params = dict(locals())
     import shutil
 
-    from aptops.core.runtime import apply_overrides, list_param, run_component
-    from aptops.data.quality import QualityConfig, quality_dataset
+    from aptops.core.runtime import config_from_params, run_step
+    from aptops.data.quality import QualityConfig, score_quality
 
-    selected = list_param(checks)
-    if perplexity_model and "perplexity" not in selected:
-        selected.append("perplexity")
-    config = QualityConfig(
-        checks=tuple(selected), threshold=threshold, action=action,
-        perplexity_model=perplexity_model or None, max_perplexity=max_perplexity,
-        languages=tuple(list_param(languages)), min_chars=min_chars,
-        text_column=text_column,
-    )
-    config = apply_overrides(config, overrides)
-    result = run_component("data", lambda: quality_dataset(dataset.path, output_dir=scored.path, config=config), step="quality",
-                           pipeline=pipeline, run_id=run_id, metrics=metrics)
+    if params["perplexity_model"] and "perplexity" not in params["checks"]:  # naming a model asks for its check
+        params["checks"] += ",perplexity"
+    config = config_from_params(QualityConfig, params)
+    result = run_step("data", "quality", lambda: score_quality(dataset.path, output_dir=scored.path, config=config),
+                      params)
     shutil.copyfile(result.outputs["report"], report.path)
     scored.metadata.update({"rows": int(result.metrics["rows_out"])})
 
 
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
+@stage_component("data", config="aptops.data.process:ProcessConfig", tuned=("steps",))
 def process_data(
     source: str,
     dataset: Output[Dataset],
     metrics: Output[Metrics],
-    steps: str = "clean,dedup,quality",
-    overrides: str = "",
-    pipeline: str = "data",
-    run_id: str = "",
+    **tuned,
 ):
     """clean -> dedup -> augment -> balance -> quality in one task: the steps to run, each step's settings as
     overrides (``"dedup: {threshold: 0.9}"``)."""
-    from aptops.core.runtime import apply_overrides, list_param, run_component
+    params = dict(locals())
+    from aptops.core.runtime import config_from_params, run_step
     from aptops.data.process import ProcessConfig, process_pipeline
 
-    config = ProcessConfig(steps=tuple(list_param(steps)))
-    config = apply_overrides(config, overrides)
-    result = run_component("data", lambda: process_pipeline(source, output_dir=dataset.path, config=config), step="process",
-                           pipeline=pipeline, run_id=run_id, metrics=metrics)
+    config = config_from_params(ProcessConfig, params)
+    result = run_step("data", "process", lambda: process_pipeline(source, output_dir=dataset.path, config=config),
+                      params)
     dataset.metadata.update({"rows": int(result.metrics["rows_out"])})
 
 
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
+@stage_component("data", config="aptops.data.balance:BalanceConfig", tuned=(
+    "method", "target_ratio", "oversampler", "undersampler", "label_column", "text_column"))
 def balance_classes(
     dataset: Input[Dataset],
     balanced: Output[Dataset],
     metrics: Output[Metrics],
-    method: str = "oversample",
-    target_ratio: float = 1.0,
-    oversampler: str = "random",
-    undersampler: str = "random",
-    label_column: str = "label",
-    text_column: str = "text",
-    overrides: str = "",
-    pipeline: str = "data",
-    run_id: str = "",
+    **tuned,
 ):
     """Balance the classes of a labelled dataset; class counts before/after go to the metadata."""
-    from aptops.core.runtime import apply_overrides, run_component
-    from aptops.data.balance import BalanceConfig, balance_dataset_dir
+    params = dict(locals())
+    from aptops.core.runtime import config_from_params, run_step
+    from aptops.data.balance import BalanceConfig
+    from aptops.data.balance import balance_classes as balance
 
-    config = BalanceConfig(method=method, target_ratio=target_ratio, oversampler=oversampler,
-                           undersampler=undersampler, label_column=label_column, text_column=text_column)
-    config = apply_overrides(config, overrides)
-
-    def work():
-        return balance_dataset_dir(dataset.path, output_dir=balanced.path, config=config)
-
-    result = run_component("data", work, step="balance", pipeline=pipeline, run_id=run_id, metrics=metrics)
+    config = config_from_params(BalanceConfig, params)
+    result = run_step("data", "balance", lambda: balance(dataset.path, output_dir=balanced.path, config=config), params)
     balanced.metadata.update({"before": result.details["before"], "after": result.details["after"]})

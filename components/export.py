@@ -3,29 +3,21 @@
 No ``from __future__ import annotations`` here: kfp reads the real annotation objects.
 """
 
-from kfp import dsl
 from kfp.dsl import Artifact, Input, Metrics, Model, Output
 
-from aptops_components import stage_image
+from aptops_components import stage_component
 
-IMAGE = stage_image("export")
+component = stage_component("export")
 
 
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
+@stage_component("export", pipeline="deploy", config="aptops.export:ExportConfig", tuned=(
+    "quantization", "on_fallback", "min_top1_agreement", "max_perplexity_change", "vocab_type", "fallback_type",
+    "base_model"))
 def export_gguf(
     model: Input[Model],
     gguf: Output[Model],
     metrics: Output[Metrics],
-    quantization: str = "Q8_0",
-    on_fallback: str = "warn",
-    min_top1_agreement: float = 0.6,
-    max_perplexity_change: float = 0.5,
-    vocab_type: str = "auto",
-    fallback_type: str = "",
-    base_model: str = "",
-    overrides: str = "",
-    pipeline: str = "deploy",
-    run_id: str = "",
+    **tuned,
 ):
     """Convert to GGUF, quantize with llama.cpp, read the types back, verify against the model, gate.
 
@@ -33,21 +25,18 @@ def export_gguf(
     side by side in the one output folder; the first is the artifact's main file. A LoRA adapter artifact
     (training with ``merge_lora: false``) is merged into its base first: the one its ``adapter_config.json``
     names, or ``base_model`` (a Hub id, or a path the export pod can read)."""
-    from aptops.core.runtime import apply_overrides, run_component
-    from aptops.export import ExportConfig, GateConfig, export_to_gguf
+    params = dict(locals())
+    from aptops.core.runtime import config_from_params, list_param, run_step
+    from aptops.export import ExportConfig, export_to_gguf
 
-    first, *also = [t.strip() for t in quantization.split(",") if t.strip()] or [""]
-    config = ExportConfig(quantization=first, also=tuple(also), on_fallback=on_fallback,
-                          gate=GateConfig(min_top1_agreement=min_top1_agreement, max_perplexity_change=max_perplexity_change),
-                          vocab_type=vocab_type, fallback_type=fallback_type, base_model=base_model)
-    config = apply_overrides(config, overrides)
-    result = run_component("export", lambda: export_to_gguf(model.path, output_dir=gguf.path, config=config), step="gguf",
-                           pipeline=pipeline, run_id=run_id, metrics=metrics)
+    first, *also = list_param(params["quantization"]) or [""]  # several types: the first is the main file
+    config = config_from_params(ExportConfig, {**params, "quantization": first, "also": ",".join(also)})
+    result = run_step("export", "gguf", lambda: export_to_gguf(model.path, output_dir=gguf.path, config=config), params)
     gguf.metadata.update({"quantization": config.quantization, "types": ",".join(config.types),
                           "file": result.outputs["gguf"].rsplit("/", 1)[-1]})
 
 
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
+@component
 def ollama_smoke_test(
     gguf: Input[Model],
     source: Input[Model],
@@ -65,13 +54,14 @@ def ollama_smoke_test(
     """Write a Modelfile; register in Ollama and smoke-test there, or (no host) smoke-test with llama.cpp.
 
     first_prompt goes before prompts (the lifecycle asks what the model was trained to answer first)."""
+    params = dict(locals())
     import json
     import os
     import shutil
 
     from aptops.core.artifacts import StageResult
     from aptops.core.errors import InvalidArtifactError
-    from aptops.core.runtime import run_component
+    from aptops.core.runtime import run_step
     from aptops.export import create_modelfile, register_to_ollama
     from aptops.export import test_model as smoke
 
@@ -101,4 +91,4 @@ def ollama_smoke_test(
                                               "prompts": float(len(asked)),
                                               "stopped": float(sum(r["stopped"] for r in report["results"]))})
 
-    run_component("export", work, step="ollama", pipeline=pipeline, run_id=run_id, metrics=metrics)
+    run_step("export", "ollama", work, params)

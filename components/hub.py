@@ -5,60 +5,45 @@ The Hub token is never a parameter: it reaches the task as ``HF_TOKEN`` from a K
 No ``from __future__ import annotations`` here: kfp reads the real annotation objects.
 """
 
-from kfp import dsl
 from kfp.dsl import Input, Metrics, Model, Output
 
-from aptops_components import stage_image
-
-IMAGE = stage_image("hub")
+from aptops_components import stage_component
 
 
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
+@stage_component("hub", pipeline="train", config="aptops.hub:FetchConfig",
+                 tuned=("revision", "trust_remote_code"))
 def import_model(
     repo: str,
     model: Output[Model],
     metrics: Output[Metrics],
-    revision: str = "",
-    trust_remote_code: bool = False,
-    overrides: str = "",
-    pipeline: str = "train",
-    run_id: str = "",
+    **tuned,
 ):
     """Fetch a model (Hub id, or a folder the task can read) into a model artifact: safetensors only, the
     repo's own code dropped unless trust_remote_code."""
-    from aptops.core.runtime import apply_overrides, run_component
+    params = dict(locals())
+    from aptops.core.runtime import config_from_params, run_step
     from aptops.hub import FetchConfig, fetch_model
 
-    config = FetchConfig(revision=revision or None, trust_remote_code=trust_remote_code)
-    config = apply_overrides(config, overrides)
-    result = run_component("hub", lambda: fetch_model(repo, output_dir=model.path, config=config), step="import",
-                           pipeline=pipeline, run_id=run_id, metrics=metrics)
+    config = config_from_params(FetchConfig, params)
+    result = run_step("hub", "import", lambda: fetch_model(repo, output_dir=model.path, config=config), params)
     model.metadata.update({"source": repo, "commit": str(result.details.get("commit"))})
 
 
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
+@stage_component("hub", pipeline="train", config="aptops.hub:PublishConfig",
+                 tuned=("private", "tag", "commit_message"), paths={"tag": "revision_tag"})
 def export_model(
     model: Input[Model],
     repo: str,
-    private: bool = True,
-    tag: str = "",
-    commit_message: str = "",
     license: str = "apache-2.0",
     language: str = "",
-    overrides: str = "",
-    pipeline: str = "train",
-    run_id: str = "",
+    **tuned,
 ) -> str:
     """Publish a model with its tokenizer and a model card from its lineage; returns the commit URL."""
-    from aptops.core.runtime import apply_overrides, list_param, run_component
+    params = dict(locals())
+    from aptops.core.runtime import config_from_params, list_param, run_step
     from aptops.hub import PublishConfig, publish_model
 
-    info = {"license": license}
-    if language:
-        info["language"] = list_param(language)
-    config = PublishConfig(private=private, revision_tag=tag or None, commit_message=commit_message or None,
-                           model_info=info)
-    config = apply_overrides(config, overrides)
-    result = run_component("hub", lambda: publish_model(model.path, repo=repo, config=config), step="export",
-                           pipeline=pipeline, run_id=run_id)
+    card = {"license": license, **({"language": list_param(language)} if language else {})}
+    config = config_from_params(PublishConfig, {**params, "model_info": card}, paths={"tag": "revision_tag"})
+    result = run_step("hub", "export", lambda: publish_model(model.path, repo=repo, config=config), params)
     return result.outputs["commit"]

@@ -3,15 +3,14 @@
 No ``from __future__ import annotations`` here: kfp reads the real annotation objects.
 """
 
-from kfp import dsl
 from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
 
-from aptops_components import stage_image
+from aptops_components import stage_component
 
-IMAGE = stage_image("multimodal")
+component = stage_component("multimodal")
 
 
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
+@component
 def prepare_multimodal_data(
     manifest: str,
     dataset: Output[Dataset],
@@ -21,60 +20,42 @@ def prepare_multimodal_data(
     run_id: str = "",
 ):
     """Check every row of a manifest (images and audio segments decode) and copy it with its files into one artifact."""
-    from aptops.core.runtime import run_component
+    params = dict(locals())
+    from aptops.core.runtime import run_step
     from aptops.multimodal import prepare_multimodal_data as prepare
 
-    result = run_component("multimodal", lambda: prepare(manifest, dataset.path, on_bad_input=on_bad_input),
-                           step="prepare", pipeline=pipeline, run_id=run_id, metrics=metrics)
+    result = run_step("multimodal", "prepare", lambda: prepare(manifest, dataset.path, on_bad_input=on_bad_input),
+                      params)
     dataset.metadata.update({k: result.metrics[k] for k in ("rows", "labels", "files") if k in result.metrics})
 
 
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
+@stage_component("multimodal", config="aptops.multimodal:MultimodalConfig", tuned=(
+    "text_encoder", "image_encoder", "audio_encoder", "modalities", "fusion", "freeze", "hidden_size", "epochs",
+    "batch_size", "learning_rate", "modality_dropout", "gradient_balance", "cache_features", "on_bad_input",
+    "training_args"),
+    # a pipeline needs encoders to run at all: real ones, the pretrained text encoder frozen
+    defaults={"text_encoder": "sentence-transformers/all-MiniLM-L6-v2", "image_encoder": "tiny",
+              "audio_encoder": "tiny", "freeze": "text"})
 def train_multimodal_model(
     train: Input[Dataset],
     eval_data: Input[Dataset],
     model: Output[Model],
     report: Output[HTML],
     metrics: Output[Metrics],
-    text_encoder: str = "sentence-transformers/all-MiniLM-L6-v2",
-    image_encoder: str = "tiny",
-    audio_encoder: str = "tiny",
-    modalities: str = "",
-    fusion: str = "concat",
-    freeze: str = "text",
-    hidden_size: int = 128,
-    epochs: float = 10.0,
-    batch_size: int = 16,
-    learning_rate: float = 2e-3,
-    modality_dropout: float = 0.3,
-    gradient_balance: str = "ogm",
-    cache_features: bool = True,
-    on_bad_input: str = "error",
-    training_args: str = "{}",
-    overrides: str = "",
-    pipeline: str = "multimodal",
-    run_id: str = "",
+    **tuned,
 ):
     """Train a text + image + audio model (encoders, fusion, head) and report accuracy fused and per modality."""
+    params = dict(locals())
     import shutil
 
-    from aptops.core.runtime import apply_overrides, json_param, list_param, run_component
-    from aptops.lm.trainjob import run_distributed
+    from aptops.core.runtime import config_from_params
+    from aptops.lm.trainjob import run_training_step
     from aptops.multimodal import MultimodalConfig, train_multimodal_model
 
-    extra = json_param(training_args, "training_args")
-
-    config = MultimodalConfig(
-        modalities=tuple(list_param(modalities)), text_encoder=text_encoder or None, image_encoder=image_encoder or None,
-        audio_encoder=audio_encoder or None, fusion=fusion, freeze=tuple(list_param(freeze)), hidden_size=hidden_size,
-        epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, modality_dropout=modality_dropout,
-        gradient_balance=gradient_balance, cache_features=cache_features, on_bad_input=on_bad_input,
-        training_args=extra)
-    config = apply_overrides(config, overrides)
-    result = run_component("multimodal", lambda: run_distributed(  # here, or as a Kubeflow Trainer job (cluster file)
-        "multimodal", ["multimodal", "train", train.path, "--eval", eval_data.path], inputs=[train.path, eval_data.path],
-        output_dir=model.path, config=config,
-        local=lambda: train_multimodal_model(train.path, output_dir=model.path, config=config, eval_data=eval_data.path)),
-        step="train", pipeline=pipeline, run_id=run_id, metrics=metrics)
+    config = config_from_params(MultimodalConfig, params)
+    result = run_training_step(  # here, or as a Kubeflow Trainer job (the cluster file)
+        "multimodal", ["multimodal", "train", train.path, "--eval", eval_data.path], output_dir=model.path,
+        config=config, params=params,
+        local=lambda: train_multimodal_model(train.path, output_dir=model.path, config=config, eval_data=eval_data.path))
     shutil.copyfile(result.outputs["report"], report.path)
     model.metadata.update({k: v for k, v in result.metrics.items() if k.startswith("eval_accuracy")})

@@ -3,57 +3,36 @@
 No ``from __future__ import annotations`` here: kfp reads the real annotation objects.
 """
 
-from kfp import dsl
 from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
 
-from aptops_components import stage_image
-
-IMAGE = stage_image("prune")
+from aptops_components import stage_component
 
 
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
+@stage_component("prune", pipeline="compress", config="aptops.prune:PruneConfig", tuned=(
+    "method", "target_sparsity", "n_m", "schedule_steps", "recovery_steps", "block_size", "chat_prompt",
+    "learning_rate", "max_steps", "batch_size", "training_args", "debug"),
+    defaults={"max_steps": 100})  # a pipeline's recovery is short unless asked
 def prune_model(
     model: Input[Model],
     dataset: Input[Dataset],
     pruned: Output[Model],
     report: Output[HTML],
     metrics: Output[Metrics],
-    method: str = "magnitude",
-    target_sparsity: float = 0.5,
-    n_m: str = "",
-    schedule_steps: int = 1,
-    recovery_steps: int = 0,
-    block_size: int = 256,
-    chat_prompt: str = "",
-    learning_rate: float = 5e-5,
-    max_steps: int = 100,
-    batch_size: int = 8,
-    training_args: str = "{}",
-    debug: bool = False,
-    overrides: str = "",
-    pipeline: str = "compress",
-    run_id: str = "",
+    **tuned,
 ):
     """Prune (magnitude, taylor, wanda, neuron, head, lottery), fine-tune with the masks fixed, report before/after."""
+    params = dict(locals())
     import shutil
 
-    from aptops.core.runtime import apply_overrides, json_param, run_component
-    from aptops.lm.trainjob import run_distributed
+    from aptops.core.runtime import TRAINING_ARG_PARAMS, config_from_params
+    from aptops.lm.trainjob import run_training_step
     from aptops.prune import PruneConfig
     from aptops.prune import prune_model as prune
-    from aptops.train import TrainConfig
 
-    extra = json_param(training_args, "training_args")
-    args = {"learning_rate": learning_rate, "max_steps": max_steps, "per_device_train_batch_size": batch_size}
-    config = PruneConfig(method=method, target_sparsity=target_sparsity, n_m=n_m, schedule_steps=schedule_steps,
-                         recovery_steps=recovery_steps,
-                         training=TrainConfig(block_size=block_size, chat_prompt=chat_prompt, debug=debug, resume="never",
-                                              training_args=args | extra))
-    config = apply_overrides(config, overrides)
-    result = run_component("prune", lambda: run_distributed(  # here, or as a Kubeflow Trainer job (cluster file)
-        "prune", ["prune", "run", model.path, dataset.path], inputs=[model.path, dataset.path], output_dir=pruned.path,
-        config=config, local=lambda: prune(model.path, dataset.path, output_dir=pruned.path, config=config)),
-        step="prune", pipeline=pipeline, run_id=run_id, metrics=metrics)
+    config = config_from_params(PruneConfig, params, paths=TRAINING_ARG_PARAMS)
+    result = run_training_step(  # here, or as a Kubeflow Trainer job (the cluster file)
+        "prune", ["prune", "run", model.path, dataset.path], output_dir=pruned.path, config=config, params=params,
+        step="prune", local=lambda: prune(model.path, dataset.path, output_dir=pruned.path, config=config))
     shutil.copyfile(result.outputs["report"], report.path)
     pruned.metadata.update({k: result.metrics[k] for k in ("prune_sparsity", "prune_speedup", "perplexity")
                             if k in result.metrics})

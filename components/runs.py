@@ -5,12 +5,12 @@ No ``from __future__ import annotations`` here: kfp reads the real annotation ob
 
 from kfp import dsl
 
-from aptops_components import stage_image
+from aptops_components import stage_component
 
-IMAGE = stage_image("data")
+component = stage_component("data")
 
 
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
+@component
 def record_run_outcome(
     status: dsl.PipelineTaskFinalStatus,
     pipeline: str = "lifecycle",

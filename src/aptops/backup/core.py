@@ -170,12 +170,13 @@ class BackupResult(StageResult):
     def ok(self) -> bool:
         return all(d.outcome == "success" for d in self.destinations)
 
-    def raise_for_failures(self) -> None:
-        """Raise :class:`StorageError` naming every destination that failed, if any did."""
+    def raise_for_failures(self) -> BackupResult:
+        """Raise :class:`StorageError` naming every destination that failed, if any did; else return the result."""
         failed = [d for d in self.destinations if d.outcome != "success"]
         if failed:
             raise StorageError("backup failed at " + "; ".join(f"{d.destination}: {d.error}" for d in failed),
                                uri=", ".join(d.destination for d in failed))
+        return self
 
 
 def store_for(location: Location, config: BackupConfig, credentials: dict[str, str | None] | None = None) -> Any:

@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -28,6 +30,7 @@ from aptops.cli.common import (
     app,
     console,
     err,
+    print_table,
 )
 from aptops.core.config import parse_overrides, read_yaml_mapping
 from aptops.core.errors import ConfigError, MissingDependencyError, PipelineError
@@ -37,12 +40,29 @@ from aptops.stages import STAGES
 @app.command()
 def stages() -> None:
     """List the stages: old adapter name, category, priority, image, node pool and how many old functions it keeps."""
-    table = Table(title="aptops stages")
-    for col in ("stage", "old adapter", "category", "priority", "image", "pool", "old functions"):
-        table.add_column(col)
-    for s in STAGES:
-        table.add_row(s.name, s.adapter, s.category, str(s.priority), s.image, s.pool, str(len(s.functions)))
-    console.print(table)
+    print_table("aptops stages", ("stage", "old adapter", "category", "priority", "image", "pool", "old functions"),
+                [(s.name, s.adapter, s.category, str(s.priority), s.image, s.pool, str(len(s.functions))) for s in STAGES])
+
+
+# the placement options of every command that compiles pipelines for a cluster, in their order on --help
+_PLACEMENT = (("image_registry", RegistryOpt), ("image_tag", TagOpt), ("gpu_node_selector", GpuSelectorOpt),
+              ("gpu_toleration", GpuTolerationOpt), ("cpu_node_selector", CpuSelectorOpt),
+              ("gpu_resource", GpuResourceOpt), ("secret", SecretsOpt), ("cache_pvc", CachePvcOpt),
+              ("cluster", ClusterOpt))
+
+
+def placement_options(fn: Callable[..., None]) -> Callable[..., None]:
+    """``fn(..., settings)`` as a command that also takes the placement options (images, node pools, secrets,
+    cache, the cluster file); they reach ``fn`` as one ``ClusterSettings``."""
+    own = [p for p in inspect.signature(fn, eval_str=True).parameters.values() if p.name != "settings"]
+
+    def command(**kw: Any) -> None:
+        fn(settings=_cluster_settings(**{name: kw.pop(name) for name, _ in _PLACEMENT}), **kw)
+
+    command.__signature__ = inspect.Signature([  # type: ignore[attr-defined]
+        *own, *(inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, annotation=a, default=None) for n, a in _PLACEMENT)])
+    command.__name__, command.__doc__ = fn.__name__, fn.__doc__
+    return command
 
 
 def _cluster_settings(
@@ -76,38 +96,27 @@ def _kfp_modules() -> tuple[Any, Any]:
 
 
 @app.command("compile")
+@placement_options
 def compile_(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the compiled YAML files.")] = Path("dist/pipelines"),
     pipeline: Annotated[list[str] | None, typer.Option("--pipeline", "-p", help="Compile only these (repeatable).")] = None,
-    image_registry: RegistryOpt = None,
-    image_tag: TagOpt = None,
-    gpu_node_selector: GpuSelectorOpt = None,
-    gpu_toleration: GpuTolerationOpt = None,
-    cpu_node_selector: CpuSelectorOpt = None,
-    gpu_resource: GpuResourceOpt = None,
-    secret: SecretsOpt = None,
-    cache_pvc: CachePvcOpt = None,
-    cluster: ClusterOpt = None,
+    settings: Any = None,
 ) -> None:
     """Compile the pipelines to KFP YAML for a cluster: the cluster file's settings, the options on top."""
     _, pipelines = _kfp_modules()
-    settings = _cluster_settings(image_registry, image_tag, gpu_node_selector, gpu_toleration,
-                                 cpu_node_selector, gpu_resource, secret, cache_pvc, cluster)
     from kfp import compiler
 
     names = pipeline or sorted(pipelines.PIPELINES)
     out.mkdir(parents=True, exist_ok=True)
-    table = Table(title="compiled pipelines")
-    table.add_column("pipeline")
-    table.add_column("file")
+    rows = []
     for name in names:
         func = pipelines.build_pipeline(name, settings)
         path = out / f"{name}.yaml"
         tmp = path.with_name(f".{name}.tmp.yaml")
         compiler.Compiler().compile(func, str(tmp))
         os.replace(tmp, path)
-        table.add_row(name, str(path))
-    console.print(table)
+        rows.append((name, str(path)))
+    print_table("compiled pipelines", ("pipeline", "file"), rows)
 
 
 def _load_params(config: Path | None, params: list[str] | None) -> dict[str, Any]:
@@ -179,36 +188,23 @@ def run(
 
 
 @app.command()
+@placement_options
 def register(
     host: Annotated[str, typer.Option(help="KFP API URL, e.g. http://ml-pipeline.kubeflow:8888.")],
     pipeline: Annotated[list[str] | None, typer.Option("--pipeline", "-p", help="Only these (repeatable).")] = None,
     namespace: Annotated[str | None, typer.Option(help="The KFP namespace (multi-user installs).")] = None,
-    image_registry: RegistryOpt = None,
-    image_tag: TagOpt = None,
-    gpu_node_selector: GpuSelectorOpt = None,
-    gpu_toleration: GpuTolerationOpt = None,
-    cpu_node_selector: CpuSelectorOpt = None,
-    gpu_resource: GpuResourceOpt = None,
-    secret: SecretsOpt = None,
-    cache_pvc: CachePvcOpt = None,
-    cluster: ClusterOpt = None,
+    settings: Any = None,
 ) -> None:
     """Compile the pipelines for a cluster and upload them to KFP as new versions (unchanged ones are skipped)."""
     _kfp_modules()
-    settings = _cluster_settings(image_registry, image_tag, gpu_node_selector, gpu_toleration,
-                                 cpu_node_selector, gpu_resource, secret, cache_pvc, cluster)
     from aptops_pipelines.register import register_pipelines
 
     logging.getLogger().addHandler(logging.NullHandler())
     warnings.filterwarnings("ignore", category=FutureWarning, module="kfp")
     rows = register_pipelines(host, settings, names=pipeline, token=os.environ.get("KF_PIPELINES_TOKEN") or None,
                               namespace=namespace)
-    table = Table(title=f"pipelines registered at {host}")
-    for col in ("pipeline", "version", "action"):
-        table.add_column(col)
-    for row in rows:
-        table.add_row(row["pipeline"], row["version"], row["action"])
-    console.print(table)
+    print_table(f"pipelines registered at {host}", ("pipeline", "version", "action"),
+                [(row["pipeline"], row["version"], row["action"]) for row in rows])
 
 
 @app.command()
@@ -274,19 +270,17 @@ def doctor(
 
 
 @app.command()
+@placement_options
 def submit(
     pipeline: Annotated[str, typer.Argument(help="Pipeline name.")],
     host: Annotated[str, typer.Option(help="KFP API URL, e.g. http://ml-pipeline-ui.kubeflow:80.")],
     experiment: Annotated[str, typer.Option(help="Experiment to run in.")] = "aptops",
     param: Annotated[list[str] | None, typer.Option("--param", "-p", help="Pipeline parameter k=v.")] = None,
     config: ConfigOpt = None,
-    image_registry: RegistryOpt = None,
-    image_tag: TagOpt = None,
-    cluster: ClusterOpt = None,
+    settings: Any = None,
 ) -> None:
     """Submit a pipeline run to a KFP API (token from KF_PIPELINES_TOKEN if set), as the cluster file's service account."""
     kfp, pipelines = _kfp_modules()
-    settings = _cluster_settings(image_registry, image_tag, None, None, None, None, cluster=cluster)
     func = pipelines.build_pipeline(pipeline, settings)
     params = _coerce_params(func, _load_params(config, param))
     token = os.environ.get("KF_PIPELINES_TOKEN") or None

@@ -4,10 +4,13 @@ function with metrics, and rendering results."""
 from __future__ import annotations
 
 import contextlib
+import importlib
+import inspect
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from aptops import __version__
+from aptops.core.config import load_config
 from aptops.core.errors import ConfigError
 from aptops.core.logging import configure_logging
 
@@ -32,6 +36,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+
+#: The help of a dataset argument, the same for every stage that reads text.
+DATASET_HELP = "An aptops dataset folder, JSONL/Parquet/CSV/text, or a Hub dataset."
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML file of settings.")]
 OverwriteOpt = Annotated[bool, typer.Option(
@@ -136,6 +143,16 @@ def _dry_run(stage: str, argv: list[str], out: Path, cfg: Any, *, dry_run: bool,
     return True
 
 
+def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """A titled table of text rows on the console."""
+    table = Table(title=title)
+    for col in columns:
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+
 def _print_metrics(title: str, metrics: dict[str, float]) -> None:
     from aptops.core.runtime import is_main_process
 
@@ -149,3 +166,108 @@ def _print_metrics(title: str, metrics: dict[str, float]) -> None:
     console.print(table)
 
 
+def _load(ref: str) -> Any:
+    """``module:attribute``, imported when the command runs (so ``aptops --help`` loads no stage)."""
+    module, _, attr = ref.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+@dataclass(frozen=True)
+class In:
+    """A positional input of a stage command: a path or an id the stage function takes first, in order."""
+
+    name: str
+    help: str
+    type: Any = str
+
+
+@dataclass(frozen=True)
+class Opt:
+    """An optional ``--flag VALUE`` a stage command passes to its function as ``keyword``.
+
+    ``reads``: the stage reads it (a path --out may not be or lie in); otherwise it is a second output.
+    """
+
+    flag: str
+    keyword: str
+    help: str
+    type: Any = str
+    reads: bool = True
+
+    @property
+    def name(self) -> str:
+        return self.flag.lstrip("-").replace("-", "_")
+
+
+def _parameter(name: str, annotation: Any, default: Any = inspect.Parameter.empty) -> inspect.Parameter:
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default)
+
+
+def metrics_table(title: str, keep: Callable[[str], bool] = lambda _: True) -> Callable[[Any, Path], None]:
+    """Show a stage result as its metrics table; ``title`` may name ``{out}``, ``{report}`` and the result's
+    outputs and details (``{gguf}``, ``{tensor_types}``); ``keep`` picks the metrics to show."""
+    def show(result: Any, out: Path) -> None:
+        names = {"out": out, "report": out / "report.html", **result.outputs, **result.details}
+        _print_metrics(title.format(**names), {k: v for k, v in result.metrics.items() if keep(k)})
+    return show
+
+
+@dataclass(frozen=True)
+class StageCommand:
+    """One command :func:`stage_command` made: its stage, name, function and config class."""
+
+    stage: str
+    name: str
+    run: str
+    config: str
+
+
+#: Every stage command, in the order they were made (the parameter test reads it).
+STAGE_COMMANDS: list[StageCommand] = []
+
+
+def stage_command(group: typer.Typer, name: str, *, stage: str, run: str, config: str, inputs: Sequence[In],
+                  out: str, doc: str, options: Sequence[Opt] = (), step: str | None = None, trainjob: bool = False,
+                  show: Callable[[Any, Path], None] | None = None) -> Callable[..., None]:
+    """Add ``aptops <group> <name>``: a command that runs one stage function as every stage command does.
+
+    The command takes ``inputs`` as arguments, ``--out``, ``--overwrite``, ``options``, ``--config`` and ``--set``
+    (every field of the ``config`` class by its own dotted name, validated by the class), and with ``trainjob``
+    the TrainJob options (``--dry-run`` prints the job instead). It loads the config, checks --out, runs
+    ``run(*inputs, output_dir=out, config=cfg, **options)`` with metrics, and shows the result (``show``; default:
+    the metrics table).
+
+    Args:
+        run / config: ``module:function`` and ``module:ConfigClass``, imported when the command runs.
+        out: the help of ``--out``; ``doc`` the command's help; ``step`` its metrics' step name (default ``name``).
+    """
+    params = [_parameter(i.name, Annotated[i.type, typer.Argument(help=i.help)]) for i in inputs]
+    params += [_parameter("out", Annotated[Path, typer.Option("--out", "-o", help=out)]),
+               _parameter("overwrite", OverwriteOpt, False)]
+    params += [_parameter(o.name, Annotated[o.type | None, typer.Option(o.flag, help=o.help)], None) for o in options]
+    params += [_parameter("config", ConfigOpt, None), _parameter("set_", SetOpt, None)]
+    if trainjob:
+        params += [_parameter("nodes", NodesOpt, None), _parameter("gpus_per_node", GpusPerNodeOpt, None),
+                   _parameter("dry_run", DryRunOpt, False), _parameter("cluster", ClusterOpt, None)]
+
+    def command(**kw: Any) -> None:
+        cfg = load_config(_load(config), kw["config"], overrides=kw["set_"] or [])
+        out_dir: Path = kw["out"]
+        args = [kw[i.name] for i in inputs]
+        given = [o for o in options if kw[o.name] is not None]
+        if trainjob:
+            argv = [stage, name, *map(str, args), *(x for o in given for x in (o.flag, str(kw[o.name])))]
+            if _dry_run(stage, argv, out_dir, cfg, dry_run=kw["dry_run"], cluster=kw["cluster"], nodes=kw["nodes"],
+                        gpus_per_node=kw["gpus_per_node"]):
+                return
+        fn = _load(run)
+        result = _run_stage(stage, step or name, lambda: fn(*args, output_dir=out_dir, config=cfg,
+                                                                **{o.keyword: kw[o.name] for o in given}),
+                            out_dir, inputs=[*args, *(kw[o.name] for o in given if o.reads)], overwrite=kw["overwrite"])
+        (show or metrics_table(f"{stage} {name}: {{out}}"))(result, out_dir)
+
+    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    command.__name__ = f"{stage}_{name}"
+    group.command(name, help=doc)(command)
+    STAGE_COMMANDS.append(StageCommand(stage, name, run, config))
+    return command

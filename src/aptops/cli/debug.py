@@ -3,49 +3,31 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
-from aptops.cli.common import (
-    ConfigOpt,
-    OverwriteOpt,
-    SetOpt,
-    _print_metrics,
-    _run_stage,
-    app,
-    console,
-)
-from aptops.core.config import load_config
+from aptops.cli.common import DATASET_HELP, In, _print_metrics, app, print_table, stage_command
 
 debug_app = typer.Typer(help="The debug stage: profile a model, diagnose its training, report what is wrong.",
                         no_args_is_help=True)
 app.add_typer(debug_app, name="debug")
 
 
-@debug_app.command("run")
-def debug_run(
-    model: Annotated[str, typer.Argument(help="A causal LM folder or a Hub model id.")],
-    dataset: Annotated[str, typer.Argument(help="An aptops dataset folder, JSONL/Parquet/CSV/text, or a Hub dataset.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="The report folder: report.html, report.json, report.pdf.")],
-    overwrite: OverwriteOpt = False,
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-) -> None:
-    """Profile the model, inspect its activations on the data, run a short diagnostic training, report findings."""
-    from aptops.debug.stage import DebugStageConfig, debug_model
-
-    cfg = load_config(DebugStageConfig, config, overrides=set_ or [])
-    result = _run_stage("debug", "debug", lambda: debug_model(model, dataset, output_dir=out, config=cfg), out, inputs=[model, dataset], overwrite=overwrite)
-    table = Table(title=f"findings (report: {result.outputs['html']})")
-    for col in ("severity", "problem", "where", "what to do"):
-        table.add_column(col)
-    for f in result.details["findings"]:
-        table.add_row(f["severity"], f["kind"], escape(f["where"] or ""), escape(f["suggestion"]))
-    console.print(table)
+def _show_findings(result: Any, out: Path) -> None:
+    print_table(f"findings (report: {result.outputs['html']})", ("severity", "problem", "where", "what to do"),
+           [(f["severity"], f["kind"], escape(f["where"] or ""), escape(f["suggestion"]))
+            for f in result.details["findings"]])
     _print_metrics("debug", result.metrics)
+
+
+stage_command(
+    debug_app, "run", stage="debug", step="debug", run="aptops.debug.stage:debug_model",
+    config="aptops.debug.stage:DebugStageConfig",
+    inputs=[In("model", "A causal LM folder or a Hub model id."), In("dataset", DATASET_HELP)],
+    out="The report folder: report.html, report.json, report.pdf.", show=_show_findings,
+    doc="Profile the model, inspect its activations on the data, run a short diagnostic training, report findings.")
 
 
 @debug_app.command("profile")
@@ -61,10 +43,8 @@ def debug_profile(
 
     lm, _, _ = load_causal_lm(model)
     prof = profile_model(lm, (seq_len,), batch_size, top=top)
-    table = Table(title=f"{model}: {prof['latency_s'] * 1e3:.1f} ms per forward pass of {batch_size}x{seq_len} tokens")
-    for col in ("layer", "type", "ms", "params", "GFLOPs"):
-        table.add_column(col)
-    for r in prof["layers"]:
-        table.add_row(escape(r["name"]), r["type"], f"{r['latency_s'] * 1e3:.3f}", f"{r['params']:,}", f"{r['flops'] / 1e9:.3f}")
-    console.print(table)
+    print_table(f"{model}: {prof['latency_s'] * 1e3:.1f} ms per forward pass of {batch_size}x{seq_len} tokens",
+           ("layer", "type", "ms", "params", "GFLOPs"),
+           [(escape(r["name"]), r["type"], f"{r['latency_s'] * 1e3:.3f}", f"{r['params']:,}", f"{r['flops'] / 1e9:.3f}")
+            for r in prof["layers"]])
     _print_metrics("totals", {k: float(v) for k, v in prof.items() if isinstance(v, int | float)})

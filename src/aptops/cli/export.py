@@ -7,38 +7,20 @@ from typing import Annotated
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
-from aptops.cli.common import (
-    ConfigOpt,
-    OverwriteOpt,
-    SetOpt,
-    _print_metrics,
-    _run_stage,
-    app,
-    console,
-)
-from aptops.core.config import load_config
+from aptops.cli.common import In, OverwriteOpt, app, metrics_table, print_table, stage_command
 
 export_app = typer.Typer(help="The export stage: GGUF for llama.cpp and Ollama, verified against the source.",
                          no_args_is_help=True)
 app.add_typer(export_app, name="export")
 
 
-@export_app.command("gguf")
-def export_gguf(
-    model: Annotated[Path, typer.Argument(help="A Hugging Face causal LM folder (Llama, Mistral, Qwen, Gemma, Phi-3, Mixtral ...) or a LoRA adapter folder (merged into its base; --set base_model=... if it moved).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="The artifact folder: model-<TYPE>.gguf, verify.json.")],
-    overwrite: OverwriteOpt = False,
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-) -> None:
-    """Convert to GGUF, quantize with llama.cpp (--set quantization=Q4_K_M), verify, apply the quant gate."""
-    from aptops.export import ExportConfig, export_to_gguf
-
-    cfg = load_config(ExportConfig, config, overrides=set_ or [])
-    result = _run_stage("export", "gguf", lambda: export_to_gguf(model, output_dir=out, config=cfg), out, inputs=[model], overwrite=overwrite)
-    _print_metrics(f"GGUF: {result.outputs['gguf']} (types: {result.details['tensor_types']})", result.metrics)
+stage_command(
+    export_app, "gguf", stage="export", run="aptops.export:export_to_gguf", config="aptops.export:ExportConfig",
+    inputs=[In("model", "A Hugging Face causal LM folder (Llama, Mistral, Qwen, Gemma, Phi-3, Mixtral ...) or a LoRA "
+               "adapter folder (merged into its base; --set base_model=... if it moved).", Path)],
+    out="The artifact folder: model-<TYPE>.gguf, verify.json.", show=metrics_table("GGUF: {gguf} (types: {tensor_types})"),
+    doc="Convert to GGUF, quantize with llama.cpp (--set quantization=Q4_K_M), verify, apply the quant gate.")
 
 
 @export_app.command("ollama")
@@ -70,12 +52,9 @@ def export_ollama(
     finally:
         draft.unlink(missing_ok=True)
     report = smoke(name, prompt or ["Say hello in one sentence."], host=host)
-    table = Table(title=f"{name} in Ollama {info['version']} at {info['host']} (Modelfile: {modelfile})")
-    for col in ("prompt", "answer", "tokens/s", "stopped", "ok"):
-        table.add_column(col)
-    for r in report["results"]:
-        table.add_row(escape(r["prompt"]), escape(r["answer"][:120]), f"{r['tokens_per_second']:.1f}", str(r["stopped"]),
-                      str(not r["empty"] and not r["loops"]))
-    console.print(table)
+    print_table(f"{name} in Ollama {info['version']} at {info['host']} (Modelfile: {modelfile})",
+                ("prompt", "answer", "tokens/s", "stopped", "ok"),
+                [(escape(r["prompt"]), escape(r["answer"][:120]), f"{r['tokens_per_second']:.1f}", str(r["stopped"]),
+                  str(not r["empty"] and not r["loops"])) for r in report["results"]])
     if not report["passed"]:
         raise typer.Exit(1)

@@ -8,54 +8,22 @@ from typing import Annotated
 
 import typer
 
-from aptops.cli.common import (
-    ClusterOpt,
-    ConfigOpt,
-    DryRunOpt,
-    GpusPerNodeOpt,
-    NodesOpt,
-    OverwriteOpt,
-    SetOpt,
-    _dry_run,
-    _print_metrics,
-    _run_stage,
-    app,
-    console,
-)
-from aptops.core.config import load_config
+from aptops.cli.common import In, Opt, OverwriteOpt, app, console, metrics_table, stage_command
 
 multimodal_app = typer.Typer(help="The multimodal stage: text + image + audio encoders, fusion, joint training.",
                               no_args_is_help=True)
 app.add_typer(multimodal_app, name="multimodal")
 
 
-@multimodal_app.command("train")
-def multimodal_train(
-    manifest: Annotated[str, typer.Argument(help="A JSONL / Parquet manifest: text, image, audio, label (start, end).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="The model folder (report.html, metrics.json inside).")],
-    overwrite: OverwriteOpt = False,
-    eval_manifest: Annotated[str | None, typer.Option("--eval", help="An evaluation manifest (else a share is held out).")] = None,
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-    nodes: NodesOpt = None,
-    gpus_per_node: GpusPerNodeOpt = None,
-    dry_run: DryRunOpt = False,
-    cluster: ClusterOpt = None,
-) -> None:
-    """Train (--set text_encoder=FOLDER --set fusion=concat|add|attention --set freeze=[text] --set epochs=10)."""
-    from aptops.multimodal import MultimodalConfig, train_multimodal_model
-
-    cfg = load_config(MultimodalConfig, config, overrides=set_ or [])
-    argv = ["multimodal", "train", manifest] + (["--eval", eval_manifest] if eval_manifest else [])
-    if _dry_run("multimodal", argv, out, cfg, dry_run=dry_run, cluster=cluster, nodes=nodes,
-                gpus_per_node=gpus_per_node):
-        return
-    result = _run_stage("multimodal", "train",
-                        lambda: train_multimodal_model(manifest, output_dir=out, config=cfg, eval_data=eval_manifest), out,
-                        inputs=[manifest, eval_manifest], overwrite=overwrite)
-    _print_metrics(f"multimodal model: {out} (report: {out / 'report.html'})",
-                   {k: v for k, v in result.metrics.items()
-                    if k.startswith(("eval_", "chance_")) or k in ("train_loss", "samples_per_second")})
+stage_command(
+    multimodal_app, "train", stage="multimodal", run="aptops.multimodal:train_multimodal_model",
+    config="aptops.multimodal:MultimodalConfig",
+    inputs=[In("manifest", "A JSONL / Parquet manifest: text, image, audio, label (start, end).")],
+    options=[Opt("--eval", "eval_data", "An evaluation manifest (else a share is held out).")],
+    out="The model folder (report.html, metrics.json inside).", trainjob=True,
+    show=metrics_table("multimodal model: {out} (report: {out}/report.html)",
+                       lambda k: k.startswith(("eval_", "chance_")) or k in ("train_loss", "samples_per_second")),
+    doc="Train (--set text_encoder=FOLDER --set fusion=concat|add|attention --set freeze=[text] --set epochs=10).")
 
 
 @multimodal_app.command("predict")

@@ -228,8 +228,13 @@ def load_config(
     return from_dict(cls, data)
 
 
-def from_dict(cls: type[C], data: Mapping[str, Any], *, prefix: str = "") -> C:
-    """Coerce a mapping into the dataclass ``cls`` field by field (nested dataclasses included)."""
+def from_dict(cls: type[C], data: Mapping[str, Any], *, prefix: str = "", base: Any = None) -> C:
+    """Coerce a mapping into the dataclass ``cls`` field by field (nested dataclasses included).
+
+    Fields the mapping leaves out keep their defaults, a nested config's too: a parent whose default nests
+    ``TrainConfig(resume="never")`` keeps ``resume="never"`` when the mapping sets only ``training.block_size``.
+    ``base``: start from this instance instead of the defaults.
+    """
     if not dataclasses.is_dataclass(cls):
         raise TypeError(f"{cls!r} is not a dataclass")
     hints = typing.get_type_hints(cls)
@@ -243,15 +248,28 @@ def from_dict(cls: type[C], data: Mapping[str, Any], *, prefix: str = "") -> C:
             field=name,
             value=show(data[unknown[0]]),
         )
-    kwargs = {
-        name: _coerce(hints[name], value, f"{prefix}{name}") for name, value in data.items()
-    }
+    kwargs = {}
+    for name, value in data.items():
+        nested = _nested_base(base, fields[name]) if dataclasses.is_dataclass(hints[name]) else None
+        if nested is not None and isinstance(value, Mapping):
+            kwargs[name] = from_dict(hints[name], value, prefix=f"{prefix}{name}.", base=nested)
+        else:
+            kwargs[name] = _coerce(hints[name], value, f"{prefix}{name}")
     try:
-        return cls(**kwargs)
+        return dataclasses.replace(base, **kwargs) if base is not None else cls(**kwargs)
     except ConfigError:
         raise
     except TypeError as exc:
         raise ConfigError(f"{cls.__name__}: {exc}") from exc
+
+
+def _nested_base(base: Any, f: dataclasses.Field[Any]) -> Any:
+    """The instance a nested config field starts from: ``base``'s value, else the field's own default."""
+    if base is not None:
+        return getattr(base, f.name)
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None if f.default is dataclasses.MISSING else f.default
 
 
 def _did_you_mean(name: str, known: Iterable[str]) -> str:

@@ -8,7 +8,7 @@ then copy the result's numbers into the KFP ``Metrics`` artifact (duck-typed: an
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -127,3 +127,102 @@ def apply_overrides(config: C, text: str, field: str = "overrides") -> C:
         raise ConfigError(f"the {field} parameter must be a YAML mapping of {type(config).__name__} fields "
                           f"(for example 'training: {{lora_r: 8}}'), got {show(data)}", field=field, value=show(data))
     return with_overrides(config, data)
+
+
+#: Flat component parameters that set ``TrainingArguments``: name -> (path, type, the Trainer's default in aptops'
+#: recipes, description). ``tests/components/test_defaults.py`` checks the defaults against ``TrainingArguments``.
+TRAINING_ARGS: dict[str, tuple[str, type, Any, str]] = {
+    "learning_rate": ("training_args.learning_rate", float, 5e-5, "the peak learning rate."),
+    "max_steps": ("training_args.max_steps", int, -1, "optimizer steps (-1: num_train_epochs decides)."),
+    "num_train_epochs": ("training_args.num_train_epochs", float, 3.0, "passes over the data when max_steps is -1."),
+    "gradient_accumulation_steps": ("training_args.gradient_accumulation_steps", int, 1,
+                                    "batches whose gradients are summed before each optimizer step."),
+    "batch_size": ("training_args.per_device_train_batch_size", int, 8, "sequences per device per step."),
+}
+#: The same, as the ``paths`` of :func:`config_from_params`.
+TRAINING_ARG_PARAMS = {name: path for name, (path, *_rest) in TRAINING_ARGS.items()}
+
+
+def param_paths(cls: type, *, paths: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Which config field each flat parameter name sets: every field of ``cls`` by its own name, a nested config's
+    field by its own name too when no other field has it (``block_size`` -> ``training.block_size``), and the
+    dotted paths ``paths`` gives to names no field has (``batch_size`` -> ``training_args.per_device_train_batch_size``,
+    which in a config with nested training settings is ``training.training_args.per_device_train_batch_size``)."""
+    import dataclasses
+    import typing
+
+    found: dict[str, str] = {}
+    nested: dict[str, list[str]] = {}
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        found[f.name] = f.name
+        if dataclasses.is_dataclass(hints[f.name]):
+            for inner, path in param_paths(hints[f.name]).items():
+                nested.setdefault(inner, []).append(f"{f.name}.{path}")
+    found |= {name: options[0] for name, options in nested.items() if name not in found and len(options) == 1}
+    for name, path in (paths or {}).items():  # a name no field has; its first part is found as a field is
+        head, _, rest = path.partition(".")
+        found.setdefault(name, ".".join(filter(None, (found.get(head, head), rest))))
+    return found
+
+
+def _field_type(cls: type, path: str) -> Any:
+    import dataclasses
+    import typing
+
+    tp: Any = cls
+    for part in path.split("."):
+        if not dataclasses.is_dataclass(tp):
+            return Any  # inside a mapping field (training_args.learning_rate): the value as given
+        tp = typing.get_type_hints(tp)[part]
+    return tp
+
+
+def _from_kfp(tp: Any, value: Any, name: str) -> Any:
+    """A KFP parameter value in the field's terms: KFP has no None, sequences or mappings as simple parameters,
+    so "" (0 for a count) stands for None, comma-separated text for a tuple, JSON text for a mapping."""
+    import types
+    import typing
+
+    args = typing.get_args(tp)
+    optional = typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in args
+    if optional and (value == "" or (value == 0 and not isinstance(value, bool) and int in args)):
+        return None
+    origin = typing.get_origin(tp) or tp
+    if isinstance(value, str) and origin in (tuple, list):
+        return list_param(value)
+    if isinstance(value, str) and origin in (dict, Mapping):
+        return json_param(value, name)
+    return value
+
+
+def config_from_params(cls: type[C], params: Mapping[str, Any], *, paths: Mapping[str, str] | None = None) -> C:
+    """The stage config a component's parameters describe: ``cls()`` with each flat parameter set on the field of
+    its name (:func:`param_paths`), then the component's ``overrides`` YAML on top, validated by ``cls``.
+
+    Pass the component's ``locals()`` first thing in its body; parameters that name no field (artifacts,
+    ``pipeline``, ``run_id``) are left alone. Mapping-valued parameters (``training_args`` JSON) are merged after the
+    flat ones, so their keys win, as ``--set`` wins on the CLI.
+
+    Raises:
+        ConfigError: a parameter's value does not fit its field (the message names it).
+    """
+    from aptops.core.config import with_overrides
+
+    where = param_paths(cls, paths=paths)
+    scalars: dict[str, Any] = {}
+    mappings: dict[str, Any] = {}
+    for name, value in params.items():
+        if name in where and name != "overrides":
+            path = where[name]
+            converted = _from_kfp(_field_type(cls, path), value, name)
+            (mappings if isinstance(converted, Mapping) else scalars)[path] = converted
+    config = with_overrides(with_overrides(cls(), scalars), mappings)
+    return apply_overrides(config, params.get("overrides", ""))
+
+
+def run_step(stage: str, step: str, fn: Callable[[], StageResult], params: Mapping[str, Any]) -> StageResult:
+    """:func:`run_component` for a component body whose ``locals()`` (taken first) are ``params``: its ``pipeline``,
+    ``run_id`` and ``metrics`` output (when it has one) label and receive the numbers."""
+    return run_component(stage, fn, step=step, pipeline=params.get("pipeline", stage), run_id=params.get("run_id", ""),
+                         metrics=params.get("metrics"))

@@ -12,8 +12,9 @@ def __getattr__(name: str):  # the heavier steps load on first use
     lazy = {
         "augment_text": "aptops.data.augment", "AugmentConfig": "aptops.data.augment",
         "balance_dataset": "aptops.data.balance", "BalanceConfig": "aptops.data.balance",
+        "balance_classes": "aptops.data.balance",
         "check_quality": "aptops.data.quality", "QualityConfig": "aptops.data.quality",
-        "quality_dataset": "aptops.data.quality",
+        "score_quality": "aptops.data.quality",
         "process_pipeline": "aptops.data.process", "ProcessConfig": "aptops.data.process",
     }
     if name in lazy:
@@ -31,6 +32,7 @@ __all__ = [
     "QualityConfig",
     "StatsConfig",
     "augment_text",
+    "balance_classes",
     "balance_dataset",
     "check_quality",
     "clean_dataset",
@@ -40,5 +42,5 @@ __all__ = [
     "dedup_dataset",
     "find_near_duplicates",
     "process_pipeline",
-    "quality_dataset",
+    "score_quality",
 ]

@@ -224,7 +224,7 @@ def _oversample(table: Any, texts: list[str], y: Any, config: BalanceConfig) -> 
 
 
 
-def balance_dataset_dir(dataset_dir: Any, *, output_dir: Any, config: BalanceConfig | None = None) -> Any:
+def balance_classes(dataset_dir: Any, *, output_dir: Any, config: BalanceConfig | None = None) -> Any:
     """Balance a dataset artifact into a new one (one shard, ``stats.json`` with the class counts).
 
     Returns:
@@ -234,7 +234,7 @@ def balance_dataset_dir(dataset_dir: Any, *, output_dir: Any, config: BalanceCon
     from aptops.data.io import read_dataset
 
     config = config or BalanceConfig()
-    pq = require("pyarrow.parquet", extra="data", feature="balance_dataset_dir")
+    pq = require("pyarrow.parquet", extra="data", feature="balance_classes")
     result = balance_dataset(read_dataset(dataset_dir), config=config)
     with atomic_output(output_dir) as tmp:
         pq.write_table(result.table, tmp / "part-00000.parquet", compression="zstd")

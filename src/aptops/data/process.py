@@ -72,9 +72,9 @@ def process_pipeline(source: str | Path, *, output_dir: str | Path, config: Proc
         A :class:`StageResult` with, per step, rows in and out (``<step>_rows_in`` ...).
     """
     from aptops.data.augment import augment_text
-    from aptops.data.balance import balance_dataset_dir
+    from aptops.data.balance import balance_classes
     from aptops.data.io import dataset_rows, read_dataset
-    from aptops.data.quality import quality_dataset
+    from aptops.data.quality import score_quality
     from aptops.data.stage import clean_dataset, dedup_dataset
 
     config = config or ProcessConfig()
@@ -107,9 +107,9 @@ def process_pipeline(source: str | Path, *, output_dir: str | Path, config: Proc
                 elif step == "dedup":
                     result = dedup_dataset(current, output_dir=target, config=config.dedup)
                 elif step == "quality":
-                    result = quality_dataset(current, output_dir=target, config=config.quality)
+                    result = score_quality(current, output_dir=target, config=config.quality)
                 elif step == "balance":
-                    result = balance_dataset_dir(current, output_dir=target, config=config.balance)
+                    result = balance_classes(current, output_dir=target, config=config.balance)
                 else:
                     table = _augment_table(read_dataset(current), config.augment, config.clean.text_column, augment_text)
                     result = _write_table(table, target)

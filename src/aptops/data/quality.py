@@ -2,7 +2,7 @@
 
 Every row gets flags (why it is suspect) and a ``quality_score`` in [0, 1] (the share of quality
 heuristics it passes); :func:`check_quality` returns them with an aggregate report, and
-:func:`quality_dataset` writes them as columns of a dataset artifact (and drops flagged rows with
+:func:`score_quality` writes them as columns of a dataset artifact (and drops flagged rows with
 ``action="filter"``).
 
 Try it on a CPU: ``aptops data quality DATASET --out runs/quality --set languages=[en]``.
@@ -295,7 +295,7 @@ def check_quality(
     return QualityReport(rows=rows, summary=summary)
 
 
-def quality_dataset(dataset_dir: Any, *, output_dir: Any, config: QualityConfig | None = None) -> Any:
+def score_quality(dataset_dir: Any, *, output_dir: Any, config: QualityConfig | None = None) -> Any:
     """Add quality columns (``quality_score``, ``flags``, ``lang`` ...) to a dataset artifact, shard by shard.
 
     Memory holds one shard at a time; duplicate checks here look within a shard (the sharded dedup step
@@ -314,8 +314,8 @@ def quality_dataset(dataset_dir: Any, *, output_dir: Any, config: QualityConfig 
     from aptops.data.shards import dataset_shards
 
     config = config or QualityConfig()
-    pa = require("pyarrow", extra="data", feature="quality_dataset")
-    pq = require("pyarrow.parquet", extra="data", feature="quality_dataset")
+    pa = require("pyarrow", extra="data", feature="score_quality")
+    pq = require("pyarrow.parquet", extra="data", feature="score_quality")
     shards = dataset_shards(dataset_dir)
     scores: list[float] = []
     counts: Counter[str] = Counter()

@@ -514,3 +514,18 @@ def _delete(api: _Api, name: str) -> None:
     except ApiException as exc:
         if exc.status != 404:
             log.warning("could not delete TrainJob %s: %s %s", name, exc.status, exc.reason)
+
+
+def run_training_step(stage: str, argv: Sequence[str], *, output_dir: str | Path, config: Any,
+                      local: Callable[[], StageResult], params: Mapping[str, Any],
+                      extra_outputs: Mapping[str, str | Path] | None = None, step: str | None = None) -> StageResult:
+    """A training component's run with its metrics (:func:`aptops.core.runtime.run_step` over ``params``, the
+    component's ``locals()``): here, or as a Kubeflow Trainer job when the cluster file says so
+    (:func:`run_distributed`; the inputs it stages are ``argv``'s values after the command)."""
+    from aptops.core.runtime import run_step
+
+    os.environ.setdefault("APTOPS_RUN_ID", params.get("run_id") or "local")
+    inputs = [a for a in argv[2:] if not str(a).startswith("--")]
+    return run_step(stage, step or argv[1], lambda: run_distributed(
+        stage, argv, inputs=inputs, output_dir=output_dir, config=config, local=local, extra_outputs=extra_outputs),
+        params)

