@@ -31,7 +31,7 @@ def run_once(task: Path, frozen: tuple[str, ...], cache: bool, epochs: float, wo
 
     from aptops.core.assets import minilm_folder
     from aptops.multimodal import create_multimodal_dataloader, create_multimodal_model, train_multimodal
-    from aptops.multimodal.stage import TINY_ENCODERS
+    from aptops.multimodal.recipe import TINY_ENCODERS
 
     torch.manual_seed(0)
     model = create_multimodal_model(str(minilm_folder()), dict(TINY_ENCODERS["image"]), dict(TINY_ENCODERS["audio"]),

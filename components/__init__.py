@@ -3,7 +3,7 @@
 Every component is declared with its stage's :func:`stage_component` decorator: ``install_kfp_package=False``
 (the stage image carries kfp), ``base_image`` = the stage's image; the library import is inside the body (the
 body is shipped as source). The pipelines re-base them on the registry and tag chosen at compile time
-(``aptops_pipelines.cluster``).
+(``aptops.cluster.settings``).
 
 Parameters: flat ones for what pipeline users tune, each named after the config field it sets (or the
 ``TrainingArguments`` key, ``batch_size`` for the per-device batch), and one ``overrides`` parameter, a YAML mapping
@@ -27,18 +27,9 @@ import typing
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from aptops import __version__
-from aptops.stages import get_stage
+from aptops.stages import DEFAULT_REGISTRY, DEFAULT_TAG, stage_image
 
-DEFAULT_REGISTRY = "aptops"
-DEFAULT_TAG = __version__
-
-
-def stage_image(stage: str, *, registry: str = DEFAULT_REGISTRY, tag: str = DEFAULT_TAG) -> str:
-    """The image reference of a stage (``aptops/aptops-data:0.1.0``)."""
-    name = get_stage(stage).image
-    return f"{registry.rstrip('/')}/{name}:{tag}" if registry else f"{name}:{tag}"
-
+__all__ = ["DEFAULT_REGISTRY", "DEFAULT_TAG", "stage_component", "stage_image"]
 
 def stage_component(stage: str, *, config: str | None = None, tuned: Sequence[str] = (),
                     paths: Mapping[str, str] | None = None, defaults: Mapping[str, Any] | None = None,

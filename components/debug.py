@@ -8,7 +8,7 @@ from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Model, Output
 from aptops_components import stage_component
 
 
-@stage_component("debug", config="aptops.debug.stage:DebugStageConfig", tuned=(
+@stage_component("debug", config="aptops.debug.recipe:DebugStageConfig", tuned=(
     "block_size", "batch_size", "text_column", "steps", "learning_rate", "max_batches"))
 def debug_model(
     model: Input[Model],
@@ -24,8 +24,8 @@ def debug_model(
     import shutil
 
     from aptops.core.runtime import config_from_params, run_step
-    from aptops.debug.stage import DebugStageConfig
-    from aptops.debug.stage import debug_model as run_debug
+    from aptops.debug.recipe import DebugStageConfig
+    from aptops.debug.recipe import debug_model as run_debug
 
     config = config_from_params(DebugStageConfig, params)
     result = run_step("debug", "debug", lambda: run_debug(model.path, dataset.path, output_dir=details.path,

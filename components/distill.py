@@ -27,10 +27,10 @@ def distill_model(
     params = dict(locals())
     import shutil
 
+    from aptops.cluster.trainjob import run_training_step
     from aptops.core.runtime import TRAINING_ARG_PARAMS, config_from_params, publish_debug_report
     from aptops.distill import DistillConfig
     from aptops.distill import distill_model as distill
-    from aptops.lm.trainjob import run_training_step
 
     config = config_from_params(DistillConfig, params, paths=TRAINING_ARG_PARAMS)
     result = run_training_step(  # here, or as a Kubeflow Trainer job (the cluster file)

@@ -48,8 +48,8 @@ def train_multimodal_model(
     params = dict(locals())
     import shutil
 
+    from aptops.cluster.trainjob import run_training_step
     from aptops.core.runtime import config_from_params
-    from aptops.lm.trainjob import run_training_step
     from aptops.multimodal import MultimodalConfig, train_multimodal_model
 
     config = config_from_params(MultimodalConfig, params)

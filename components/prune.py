@@ -24,8 +24,8 @@ def prune_model(
     params = dict(locals())
     import shutil
 
+    from aptops.cluster.trainjob import run_training_step
     from aptops.core.runtime import TRAINING_ARG_PARAMS, config_from_params
-    from aptops.lm.trainjob import run_training_step
     from aptops.prune import PruneConfig
     from aptops.prune import prune_model as prune
 

@@ -30,8 +30,8 @@ def train_model(
     params = dict(locals())
     import shutil
 
+    from aptops.cluster.trainjob import run_training_step
     from aptops.core.runtime import TRAINING_ARG_PARAMS, config_from_params, publish_debug_report
-    from aptops.lm.trainjob import run_training_step
     from aptops.train import TrainConfig
     from aptops.train import train_model as train
 

@@ -1,4 +1,4 @@
-"""Pipeline definitions, built for a :class:`~aptops_pipelines.cluster.ClusterSettings`.
+"""Pipeline definitions, built for a :class:`~aptops.cluster.settings.ClusterSettings`.
 
 Each pipeline module exposes ``build(settings) -> pipeline``; :data:`PIPELINES` names them. The CLI
 compiles them (``aptops compile``), runs them on one machine (``aptops run NAME --local``) and submits
@@ -10,8 +10,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from aptops.cluster.settings import ClusterSettings
 from aptops.core.errors import PipelineError
-from aptops_pipelines.cluster import ClusterSettings
 
 # name -> module that defines build(settings); each stage issue adds its pipelines here.
 PIPELINES: dict[str, str] = {

@@ -8,8 +8,8 @@ from typing import Any
 
 from kfp import dsl
 
+from aptops.cluster.settings import ClusterSettings
 from aptops_components import backup as backup_components
-from aptops_pipelines.cluster import ClusterSettings
 
 
 def build(settings: ClusterSettings) -> Any:

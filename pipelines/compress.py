@@ -10,11 +10,11 @@ from typing import Any
 
 from kfp import dsl
 
+from aptops.cluster.settings import ClusterSettings
 from aptops_components import data as data_components
 from aptops_components import distill as distill_components
 from aptops_components import hub as hub_components
 from aptops_components import prune as prune_components
-from aptops_pipelines.cluster import ClusterSettings
 
 
 def build(settings: ClusterSettings) -> Any:

@@ -10,8 +10,8 @@ from typing import Any
 
 from kfp import dsl
 
+from aptops.cluster.settings import ClusterSettings
 from aptops_components import data as data_components
-from aptops_pipelines.cluster import ClusterSettings
 
 DEFAULT_SOURCE = "/usr/share/games/fortunes"
 

@@ -9,10 +9,10 @@ from typing import Any
 
 from kfp import dsl
 
+from aptops.cluster.settings import ClusterSettings
 from aptops_components import backup as backup_components
 from aptops_components import export as export_components
 from aptops_components import hub as hub_components
-from aptops_pipelines.cluster import ClusterSettings
 
 
 def build(settings: ClusterSettings) -> Any:

@@ -14,6 +14,7 @@ from typing import Any
 
 from kfp import dsl
 
+from aptops.cluster.settings import ClusterSettings
 from aptops_components import backup as backup_components
 from aptops_components import data as data_components
 from aptops_components import distill as distill_components
@@ -22,7 +23,6 @@ from aptops_components import hub as hub_components
 from aptops_components import prune as prune_components
 from aptops_components import runs as run_components
 from aptops_components import train as train_components
-from aptops_pipelines.cluster import ClusterSettings
 
 # fortunes are separated by "%" lines; flagged rows (exact duplicates, too short, junk) are dropped. One line
 # of flow YAML: kfp copies defaults into a comment header of the compiled file, where a newline breaks the YAML.

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from aptops import __version__
+from aptops.cluster.settings import ClusterSettings
 from aptops.core.errors import PipelineError
 from aptops_pipelines import PIPELINES, build_pipeline
-from aptops_pipelines.cluster import ClusterSettings
 
 log = logging.getLogger(__name__)
 

@@ -10,10 +10,10 @@ from typing import Any
 
 from kfp import dsl
 
+from aptops.cluster.settings import ClusterSettings
 from aptops_components import data as data_components
 from aptops_components import hub as hub_components
 from aptops_components import train as train_components
-from aptops_pipelines.cluster import ClusterSettings
 
 
 def build(settings: ClusterSettings) -> Any:

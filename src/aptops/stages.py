@@ -12,6 +12,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Literal
 
+from aptops import __version__
+
 Pool = Literal["cpu", "gpu"]
 
 #: The base image of each node pool's stage images: CUDA, cuDNN and a CUDA build of PyTorch on the GPU pool.
@@ -80,7 +82,7 @@ class Stage:
 STAGES: tuple[Stage, ...] = (
     Stage("data", "data_processors", "Data Processors", "data", 100, "cpu", "data",
           ("clean_text", "augment_text", "balance_dataset", "check_quality", "process_pipeline"),
-          "aptops.data.stage:CleanConfig"),
+          "aptops.data.recipe:CleanConfig"),
     Stage("hub", "huggingface_integration", "HuggingFace Integration", "integration", 700, "cpu", "hub",
           ("import_from_huggingface", "export_to_huggingface", "load_hf_dataset", "create_model_card"), None),
     Stage("train", "huggingface_integration", "HuggingFace Integration", "integration", 700, "gpu", "train",
@@ -88,13 +90,13 @@ STAGES: tuple[Stage, ...] = (
     Stage("distill", "model_distillation", "Model Distillation", "training", 350, "gpu", "distill",
           ("response_distillation", "feature_distillation", "relation_distillation",
            "attention_distillation", "distill_model", "evaluate_compression"),
-          "aptops.distill.stage:DistillConfig"),
+          "aptops.distill.recipe:DistillConfig"),
     Stage("prune", "model_pruning", "Model Pruning", "training", 350, "gpu", "prune",
           ("magnitude_pruning", "taylor_pruning", "structured_pruning", "lottery_ticket_pruning",
-           "fine_tune_after_pruning", "prune_model"), "aptops.prune.stage:PruneConfig"),
+           "fine_tune_after_pruning", "prune_model"), "aptops.prune.recipe:PruneConfig"),
     Stage("multimodal", "multimodal_training", "Multimodal Training", "training", 350, "gpu", "multimodal",
           ("create_multimodal_model", "create_multimodal_dataloader", "train_multimodal",
-           "inference_multimodal", "cross_modal_attention"), "aptops.multimodal.stage:MultimodalConfig"),
+           "inference_multimodal", "cross_modal_attention"), "aptops.multimodal.recipe:MultimodalConfig"),
     Stage("debug", "advanced_debugging", "Advanced Debugging", "debug", 800, "gpu", "debug",
           ("monitor_gradients", "detect_gradient_anomalies", "monitor_activations", "detect_dead_neurons",
            "detect_saturated_neurons", "track_memory", "detect_memory_leaks", "profile_section", "profile_model",
@@ -102,13 +104,23 @@ STAGES: tuple[Stage, ...] = (
            "generate_full_report"), "aptops.debug.callback:DebugConfig"),
     Stage("export", "ollama_export", "Ollama Export", "export", 900, "cpu", "export",
           ("export_to_gguf", "create_modelfile", "register_to_ollama", "test_model"),
-          "aptops.export.stage:ExportConfig", dockerfile="images/export/Dockerfile"),
+          "aptops.export.recipe:ExportConfig", dockerfile="images/export/Dockerfile"),
     Stage("backup", "cloud_storage", "Cloud Storage", "storage", 700, "cpu", "backup",
           ("backup_to_s3", "backup_to_oss", "backup_to_huggingface", "backup_to_modelscope", "backup_model",
-           "restore_from_s3", "restore_from_oss", "restore_from_cloud"), "aptops.backup.core:BackupConfig"),
+           "restore_from_s3", "restore_from_oss", "restore_from_cloud"), "aptops.backup.engine:BackupConfig"),
 )
 
 _BY_NAME = {s.name: s for s in STAGES}
+
+#: The registry and tag of the stage images unless a cluster file or ``aptops compile`` names others.
+DEFAULT_REGISTRY = "aptops"
+DEFAULT_TAG = __version__
+
+
+def stage_image(stage: str, *, registry: str = DEFAULT_REGISTRY, tag: str = DEFAULT_TAG) -> str:
+    """The image reference of a stage (``aptops/aptops-data:0.1.0``)."""
+    name = get_stage(stage).image
+    return f"{registry.rstrip('/')}/{name}:{tag}" if registry else f"{name}:{tag}"
 
 
 def get_stage(name: str) -> Stage:

@@ -12,8 +12,8 @@ kfp = pytest.importorskip("kfp")
 
 from kfp import compiler, dsl  # noqa: E402
 
+from aptops.cluster.settings import ClusterSettings, Toleration, parse_selector  # noqa: E402
 from aptops.core.errors import ConfigError  # noqa: E402
-from aptops_pipelines.cluster import ClusterSettings, Toleration, parse_selector  # noqa: E402
 
 
 @dsl.component(base_image="placeholder", install_kfp_package=False)

@@ -4,8 +4,8 @@ kfp = pytest.importorskip("kfp")
 
 
 def test_rebased_component_keeps_the_function(tmp_path):
+    from aptops.cluster.settings import ClusterSettings
     from aptops_components import data
-    from aptops_pipelines.cluster import ClusterSettings
 
     comp = ClusterSettings(image_registry="registry.example.com/ml", image_tag="v9").component(data.clean_text, "data")
     assert comp.component_spec.implementation.container.image == "registry.example.com/ml/aptops-data:v9"

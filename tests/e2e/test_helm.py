@@ -90,7 +90,7 @@ def test_full_scenario_wires_values_into_the_register_job(tmp_path):
     (cluster_map,) = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "rel-aptops-cluster"]
     cluster_file = tmp_path / "cluster.yaml"
     cluster_file.write_text(cluster_map["data"]["cluster.yaml"])
-    from aptops_pipelines.cluster import ClusterSettings, Toleration
+    from aptops.cluster.settings import ClusterSettings, Toleration
 
     settings = ClusterSettings.from_file(cluster_file)
     assert settings.image("train") == "registry.example.com/ml/aptops-train:0.1.0"

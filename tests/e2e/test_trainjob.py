@@ -24,7 +24,7 @@ from tests.services.trainer_api import TrainerApiStandIn
 pytest.importorskip("kubeflow_trainer_api")
 kfp = pytest.importorskip("kfp")
 
-from aptops_pipelines.cluster import ClusterSettings  # noqa: E402
+from aptops.cluster.settings import ClusterSettings  # noqa: E402
 
 
 class _Art:
@@ -171,8 +171,8 @@ def test_nodes_without_dry_run_are_refused(tiny_llama, tmp_path):
 
 @pytest.mark.parametrize("stage", ["distill", "prune", "multimodal"])
 def test_every_training_stage_carries_its_strategy_into_the_job(stage, tmp_path):
+    from aptops.cluster.trainjob import dry_run_manifests
     from aptops.distill import DistillConfig
-    from aptops.lm.trainjob import dry_run_manifests
     from aptops.multimodal import MultimodalConfig
     from aptops.prune import PruneConfig
 

@@ -13,7 +13,7 @@ from aptops.stages import STAGES
 SRC = Path(aptops.__file__).parent
 STAGE_PACKAGES = sorted(s.name for s in STAGES)
 SHARED = {"lm", "core", "stages"}  # stages: the stage table module, aptops/stages.py
-PACKAGES = sorted({*STAGE_PACKAGES, "lm", "core", "plugins", "cli", "stages"})
+PACKAGES = sorted({*STAGE_PACKAGES, "lm", "core", "cluster", "plugins", "cli", "stages"})
 
 
 def _imports(package: str) -> set[str]:
@@ -60,8 +60,9 @@ def test_the_stages_are_siblings_over_one_toolkit():
     for stage in STAGE_PACKAGES:
         assert graph[stage] <= SHARED, f"stage {stage} imports {sorted(graph[stage] - SHARED)}: only lm, core, stages"
     assert graph["plugins"] <= SHARED, graph["plugins"]  # the legacy adapters import stages lazily, by module name
-    users = [p for p in PACKAGES if "cli" in graph[p] or "plugins" in graph[p]]
-    assert users in ([], ["cli"]), users  # nothing below the CLI imports it or the legacy plugins
+    assert graph["cluster"] <= SHARED, graph["cluster"]  # Kubernetes: under the CLI, pipelines and components
+    users = [p for p in PACKAGES if {"cli", "plugins", "cluster"} & graph[p]]
+    assert users in ([], ["cli"]), users  # nothing below the CLI imports it, the legacy plugins or the cluster layer
 
 
 def test_the_import_finder_sees_imports_inside_functions(tmp_path, monkeypatch):

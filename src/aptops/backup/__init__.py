@@ -5,7 +5,7 @@ repos (one commit and one tag per backup) and ModelScope repos (files, then the 
 Try it on a CPU: ``aptops backup MODEL_DIR --to s3://bucket/prefix`` with ``AWS_ENDPOINT_URL`` set.
 """
 
-from aptops.backup.core import BackupConfig, BackupResult, DestinationResult, backup_model, restore_model
+from aptops.backup.engine import BackupConfig, BackupResult, DestinationResult, backup_model, restore_model
 from aptops.backup.hf import list_backups
 from aptops.backup.legacy import (
     backup_to_huggingface,

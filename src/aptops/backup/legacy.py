@@ -1,6 +1,6 @@
 """The old Cloud Storage plugin's API (``cloud_storage``), kept for its users.
 
-Thin wrappers with the old signatures over the stage contract in :mod:`aptops.backup.core`:
+Thin wrappers with the old signatures over the stage contract in :mod:`aptops.backup.engine`:
 ``backup_model(model, destinations, config)`` and ``restore_model(source, *, output_dir, config)``.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from aptops.backup.core import BackupConfig, BackupResult, _backup_to_stores, backup_model, restore_model
+from aptops.backup.engine import BackupConfig, BackupResult, _backup_to_stores, backup_model, restore_model
 from aptops.core.artifacts import StageResult
 
 __all__ = [

@@ -5,7 +5,7 @@
 as KFP YAML for a cluster; ``aptops submit`` sends one to a KFP API. The orchestrator (``kfp``) is
 imported only by the commands that need it.
 
-Each stage's commands live in ``aptops.cli.<stage>``, the whole-system ones in ``aptops.cli.cluster``, what
+Each stage's commands live in ``aptops.cli.<stage>``, the whole-system ones in ``aptops.cli.system``, what
 they share (options, metrics, rendering) in ``aptops.cli.common``.
 """
 
@@ -15,7 +15,7 @@ import sys
 
 from rich.markup import escape
 
-from aptops.cli import backup, cluster, data, debug, distill, export, hub, multimodal, prune, train  # noqa: F401
+from aptops.cli import backup, data, debug, distill, export, hub, multimodal, prune, system, train  # noqa: F401
 from aptops.cli.common import app, err
 from aptops.core.errors import AptopsError, ConfigError, is_disk_full
 

@@ -121,8 +121,8 @@ def _dry_run(stage: str, argv: list[str], out: Path, cfg: Any, *, dry_run: bool,
 
     import yaml
 
-    from aptops.lm.trainjob import dry_run_manifests
-    from aptops_pipelines.cluster import ClusterSettings
+    from aptops.cluster.settings import ClusterSettings
+    from aptops.cluster.trainjob import dry_run_manifests
 
     settings = ClusterSettings.from_file(cluster) if cluster is not None else ClusterSettings()
     job = dataclasses.replace(settings.trainjob,

@@ -23,8 +23,8 @@ def _show_findings(result: Any, out: Path) -> None:
 
 
 stage_command(
-    debug_app, "run", stage="debug", step="debug", run="aptops.debug.stage:debug_model",
-    config="aptops.debug.stage:DebugStageConfig",
+    debug_app, "run", stage="debug", step="debug", run="aptops.debug.recipe:debug_model",
+    config="aptops.debug.recipe:DebugStageConfig",
     inputs=[In("model", "A causal LM folder or a Hub model id."), In("dataset", DATASET_HELP)],
     out="The report folder: report.html, report.json, report.pdf.", show=_show_findings,
     doc="Profile the model, inspect its activations on the data, run a short diagnostic training, report findings.")

@@ -5,7 +5,7 @@ Try it on a CPU: ``aptops data clean INPUT --out runs/clean``.
 
 from aptops.data.clean import clean_text, clean_text_with_stats
 from aptops.data.dedup import DedupConfig, find_near_duplicates
-from aptops.data.stage import CleanConfig, StatsConfig, clean_dataset, dataset_stats, dedup_dataset
+from aptops.data.recipe import CleanConfig, StatsConfig, clean_dataset, dataset_stats, dedup_dataset
 
 
 def __getattr__(name: str):  # the heavier steps load on first use

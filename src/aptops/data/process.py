@@ -29,7 +29,7 @@ from aptops.data.augment import AugmentConfig
 from aptops.data.balance import BalanceConfig
 from aptops.data.dedup import DedupConfig
 from aptops.data.quality import QualityConfig
-from aptops.data.stage import CleanConfig
+from aptops.data.recipe import CleanConfig
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def process_pipeline(source: str | Path, *, output_dir: str | Path, config: Proc
     from aptops.data.balance import balance_classes
     from aptops.data.io import dataset_rows, read_dataset
     from aptops.data.quality import score_quality
-    from aptops.data.stage import clean_dataset, dedup_dataset
+    from aptops.data.recipe import clean_dataset, dedup_dataset
 
     config = config or ProcessConfig()
     output_dir = Path(output_dir)

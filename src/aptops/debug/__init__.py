@@ -18,7 +18,7 @@ from aptops.debug.gradients import GradientMonitor, detect_gradient_anomalies, m
 from aptops.debug.memory import MemoryTracker, detect_memory_leaks, gpu_snapshot, track_memory
 from aptops.debug.nan import NanInfDetector, NonFiniteError, detect_nan_inf
 from aptops.debug.profiling import profile_model, profile_section, transformer_flops
-from aptops.debug.stage import DebugStageConfig, debug_model
+from aptops.debug.recipe import DebugStageConfig, debug_model
 from aptops.debug.visualize import generate_full_report, visualize_activations, visualize_gradients
 
 __all__ = [

@@ -3,7 +3,7 @@ students made from their teachers, and the compression report."""
 
 from aptops.distill.distiller import Distiller, StrategyConfig, run_distillation
 from aptops.distill.losses import attention_loss, feature_loss, relation_loss, response_loss
-from aptops.distill.stage import (
+from aptops.distill.recipe import (
     DistillationTrainer,
     DistillConfig,
     attention_distillation,

@@ -1,6 +1,6 @@
 """The old Model Distillation plugin's API (``model_distillation``), kept for its users.
 
-These are thin wrappers with the old signatures over the stage contract in :mod:`aptops.distill.stage`;
+These are thin wrappers with the old signatures over the stage contract in :mod:`aptops.distill.recipe`;
 new code calls :func:`aptops.distill.distill_model` (``teacher, dataset, *, output_dir, config``).
 ``evaluate_compression(original_model, distilled_model, test_data)`` returns the old plugin's dict over
 :func:`aptops.lm.compare.evaluate_compression`. The per-strategy functions (``response_distillation``
@@ -15,14 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from aptops.core.artifacts import StageResult
-from aptops.distill.stage import (
+from aptops.distill.recipe import (
     DistillConfig,
     attention_distillation,
     feature_distillation,
     relation_distillation,
     response_distillation,
 )
-from aptops.distill.stage import distill_model as _distill_model
+from aptops.distill.recipe import distill_model as _distill_model
 from aptops.lm import compare as compression
 
 __all__ = [

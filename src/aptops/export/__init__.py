@@ -3,7 +3,7 @@ verified against the source model; an Ollama Modelfile from the chat template, r
 HTTP API, and smoke tests through Ollama or llama.cpp."""
 
 from aptops.export.ollama import create_modelfile, register_to_ollama, test_model
-from aptops.export.stage import ExportConfig, export_to_gguf
+from aptops.export.recipe import ExportConfig, export_to_gguf
 from aptops.export.verify import GateConfig, verify_gguf
 from aptops.lm.gguf import (
     QUANT_TYPES,

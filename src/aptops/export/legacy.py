@@ -1,7 +1,7 @@
 """The old Ollama Export plugin's API (``ollama_export``), kept for its users.
 
 ``export_to_gguf(model_path, output_path, quantization_type)`` is a thin wrapper with the old signature over
-the stage contract in :mod:`aptops.export.stage`; new code calls :func:`aptops.export.export_to_gguf`
+the stage contract in :mod:`aptops.export.recipe`; new code calls :func:`aptops.export.export_to_gguf`
 (``model, *, output_dir, config``). ``create_modelfile``, ``register_to_ollama`` and ``test_model`` kept their
 old signatures and are the same objects as the stage's.
 """
@@ -14,8 +14,8 @@ from pathlib import Path
 from aptops.core.artifacts import StageResult
 from aptops.core.errors import ConfigError
 from aptops.export.ollama import create_modelfile, register_to_ollama, test_model
-from aptops.export.stage import ExportConfig
-from aptops.export.stage import export_to_gguf as _export_to_gguf
+from aptops.export.recipe import ExportConfig
+from aptops.export.recipe import export_to_gguf as _export_to_gguf
 from aptops.lm.gguf import QUANT_TYPES
 
 __all__ = ["create_modelfile", "export_to_gguf", "register_to_ollama", "test_model"]

@@ -22,7 +22,7 @@ from aptops.multimodal.model import (
     create_multimodal_model,
     cross_modal_attention,
 )
-from aptops.multimodal.stage import MultimodalConfig, prepare_multimodal_data, train_multimodal_model
+from aptops.multimodal.recipe import MultimodalConfig, prepare_multimodal_data, train_multimodal_model
 from aptops.multimodal.training import (
     MultimodalTrainer,
     cache_encoder_features,

@@ -1,7 +1,7 @@
 """The prune stage: magnitude, Taylor and Wanda (unstructured, N:M), structured neurons / heads / filters
 that physically shrink the model, lottery tickets, fine-tuning with fixed masks, and ``prune_model``."""
 
-from aptops.prune.stage import (
+from aptops.prune.recipe import (
     MaskCallback,
     PruneConfig,
     cubic_schedule,

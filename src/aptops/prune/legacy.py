@@ -1,7 +1,7 @@
 """The old Model Pruning plugin's API (``model_pruning``), kept for its users.
 
 ``prune_model`` keeps the old signature as a thin wrapper over the stage contract in
-:mod:`aptops.prune.stage` (``model, dataset, *, output_dir, config``); the other functions kept their old
+:mod:`aptops.prune.recipe` (``model, dataset, *, output_dir, config``); the other functions kept their old
 signatures and are the same objects as the stage's.
 """
 
@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from aptops.core.artifacts import StageResult
-from aptops.prune.stage import PruneConfig, fine_tune_after_pruning, lottery_ticket_pruning
-from aptops.prune.stage import prune_model as _prune_model
+from aptops.prune.recipe import PruneConfig, fine_tune_after_pruning, lottery_ticket_pruning
+from aptops.prune.recipe import prune_model as _prune_model
 from aptops.prune.structured import structured_pruning
 from aptops.prune.unstructured import magnitude_pruning, taylor_pruning
 

@@ -8,7 +8,7 @@ from aptops.lm.compare import compare_models
 from aptops.lm.scoring import EvalConfig, evaluate_perplexity
 from aptops.lm.training import TrainConfig, run_trainer
 from aptops.train.legacy import train_with_hf_trainer
-from aptops.train.trainer import train_model
+from aptops.train.recipe import train_model
 
 __all__ = ["EvalConfig", "TrainConfig", "compare_models", "evaluate_perplexity", "run_trainer", "train_model",
            "train_with_hf_trainer"]

@@ -12,7 +12,7 @@ import uuid
 import pytest
 
 from aptops.backup import BackupConfig, backup_model, restore_model
-from aptops.backup.core import parse_location, store_for
+from aptops.backup.engine import parse_location, store_for
 from aptops.backup.manifest import MANIFEST, OBJECTS
 from tests.services.oss_standin import OssStandIn
 from tests.services.proxy import DropRule, FaultyProxy

@@ -13,7 +13,7 @@ import uuid
 import pytest
 
 from aptops.backup import BackupConfig, backup_model, restore_model
-from aptops.backup.core import parse_location, store_for
+from aptops.backup.engine import parse_location, store_for
 from aptops.backup.lease import LEASE, acquire
 from aptops.core.errors import StorageError
 from tests.services.oss_standin import OssStandIn

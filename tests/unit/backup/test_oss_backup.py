@@ -93,7 +93,7 @@ def test_oss_without_endpoint_or_credentials(tmp_path, monkeypatch):
 
 
 def test_oss_transfer_acceleration_endpoint(monkeypatch):
-    from aptops.backup.core import store_for
+    from aptops.backup.engine import store_for
     from aptops.core.locations import parse_location
 
     monkeypatch.setenv("OSS_ACCESS_KEY_ID", "id")

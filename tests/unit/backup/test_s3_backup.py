@@ -11,7 +11,7 @@ import uuid
 import pytest
 
 from aptops.backup import BackupConfig, backup_model, backup_to_s3, restore_from_cloud, restore_from_s3
-from aptops.backup.core import DestinationResult, _retry
+from aptops.backup.engine import DestinationResult, _retry
 from aptops.core.errors import ConfigError, InvalidArtifactError, LocationError, StorageError
 
 pytestmark = pytest.mark.integration
@@ -268,7 +268,7 @@ def test_auto_source_probes_locations_and_skips_unhealthy_ones(s3, tiny_llama, t
     from dataclasses import replace
 
     auto = replace(cfg, locations=(f"s3://{bucket}-empty/models", f"s3://{bucket}/good"))
-    with caplog.at_level(logging.INFO, logger="aptops.backup.core"):
+    with caplog.at_level(logging.INFO, logger="aptops.backup.engine"):
         result = restore_from_cloud("auto", "llama-tiny", tmp_path / "r", auto, credentials=creds)
     assert result.outputs["source"] == f"s3://{bucket}/good/llama-tiny"
     assert _tree(tmp_path / "r") == _tree(tiny_llama)
@@ -427,7 +427,7 @@ def test_unchanged_files_reuse_their_hash_and_a_changed_one_is_never_missed(s3, 
     first = backup_model(model, [dest], cfg, credentials=creds)
     assert first.ok and (tmp_path / "cache" / "file-hashes.sqlite3").is_file()
     caplog.clear()
-    with caplog.at_level("INFO", logger="aptops.backup.core"):
+    with caplog.at_level("INFO", logger="aptops.backup.engine"):
         second = backup_model(model, [f"{dest}-2"], cfg, credentials=creds)
     assert second.ok and second.manifest["files"] == first.manifest["files"]
     assert "2 of 2 files unchanged since they were last hashed" in caplog.text
@@ -457,7 +457,7 @@ def test_the_next_large_file_starts_while_the_last_parts_of_the_one_before_are_i
     for op in ("CreateMultipartUpload", "CompleteMultipartUpload"):
         store._client.meta.events.register(f"before-parameter-build.s3.{op}",
                                            lambda params, op=op, **_: events.append((op, params["Key"])))
-    from aptops.backup.core import _backup_to_stores
+    from aptops.backup.engine import _backup_to_stores
 
     result = _backup_to_stores(model, [store], cfg)
     assert result.ok, result.destinations
@@ -468,7 +468,7 @@ def test_the_next_large_file_starts_while_the_last_parts_of_the_one_before_are_i
 
 
 def test_part_size_sets_the_parts_and_ranges(s3, tmp_path):
-    from aptops.backup.core import _backup_to_stores, store_for
+    from aptops.backup.engine import _backup_to_stores, store_for
     from aptops.core.locations import parse_location
 
     server, creds, cfg = s3
@@ -488,7 +488,7 @@ def test_part_size_sets_the_parts_and_ranges(s3, tmp_path):
     # small.bin and the manifest, and the lease taken and confirmed before the manifest
     assert calls.count("UploadPart") == 3 and calls.count("PutObject") == 4
     calls.clear()
-    from aptops.backup.core import _restore_one
+    from aptops.backup.engine import _restore_one
 
     _restore_one(store, tmp_path / "back", cfg)
     assert calls.count("GetObject") == 1 + 1 + 3  # the manifest, small.bin, three ranges of w.bin
@@ -498,7 +498,7 @@ def test_part_size_sets_the_parts_and_ranges(s3, tmp_path):
 def test_unchanged_check_lists_once_and_catches_objects_changed_or_deleted_since(s3, tmp_path):
     """A re-backup asks one LIST instead of a HEAD per file; an object overwritten after the manifest (same
     size, other bytes) or deleted is sent again."""
-    from aptops.backup.core import _backup_to_stores, store_for
+    from aptops.backup.engine import _backup_to_stores, store_for
     from aptops.core.locations import parse_location
 
     server, creds, cfg = s3

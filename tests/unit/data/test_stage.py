@@ -182,7 +182,7 @@ def test_empty_jsonl_is_a_clear_error(tmp_path):
 
 
 def test_length_histogram_is_log_spaced():
-    from aptops.data.stage import _histogram
+    from aptops.data.recipe import _histogram
 
     hist = _histogram([1, 10, 100, 1000, 5], 3)
     assert [round(e) for e in hist["edges"]] == [1, 10, 100, 1000]

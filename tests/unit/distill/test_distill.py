@@ -145,7 +145,7 @@ def test_bad_config_fails_before_any_work(kwargs, message):
 
 
 def test_a_student_of_n_blocks_spreads_them_from_first_to_last(teacher_dir, tmp_path):
-    from aptops.distill.stage import spread_layers
+    from aptops.distill.recipe import spread_layers
 
     assert spread_layers(30, 24)[:5] == [0, 1, 3, 4, 5] and spread_layers(30, 24)[-1] == 29
     assert spread_layers(30, 2) == [0, 29] and spread_layers(4, 4) == [0, 1, 2, 3]

@@ -7,8 +7,8 @@ import pytest
 import soundfile as sf
 
 from aptops.core.assets import minilm_folder
+from aptops.multimodal.recipe import TINY_ENCODERS
 from aptops.multimodal.samples import build_sample_task
-from aptops.multimodal.stage import TINY_ENCODERS
 
 
 @pytest.fixture(scope="session")

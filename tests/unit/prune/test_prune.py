@@ -239,7 +239,7 @@ def test_prune_model_writes_artifact_report_and_lineage(tiny_llama, tmp_path, me
 def test_paired_latency_times_both_models_in_turns():
     import torch
 
-    from aptops.prune.stage import paired_latency
+    from aptops.prune.recipe import paired_latency
 
     calls = []
 

@@ -71,7 +71,7 @@ def _cluster_settings(
     secret: list[str] | None = None, cache_pvc: str | None = None, cluster: Path | None = None,
 ) -> Any:
     """The cluster file's settings (or the defaults) with the flags that were given on top."""
-    from aptops_pipelines.cluster import ClusterSettings, Toleration, parse_selector
+    from aptops.cluster.settings import ClusterSettings, Toleration, parse_selector
 
     base = ClusterSettings.from_file(cluster) if cluster is not None else ClusterSettings()
     return base.with_flags(
@@ -224,7 +224,7 @@ def doctor(
 ) -> None:
     """Preflight: the KFP API answers, pipelines are registered, Secrets / PVC exist, the GPU pool has GPUs, and
     Kubeflow Trainer is ready when the cluster file trains as TrainJobs (--cluster fills in what it names)."""
-    from aptops_pipelines.cluster import ClusterSettings, parse_selector
+    from aptops.cluster.settings import ClusterSettings, parse_selector
     from aptops_pipelines.doctor import check_cluster, check_kfp, check_trainer, core_api
 
     if cluster is not None:

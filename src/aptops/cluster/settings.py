@@ -17,11 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aptops.cluster.trainjob import TRAINJOB_ENV, TrainJobLaunch, TrainJobSettings
 from aptops.core.config import from_dict, read_yaml_mapping
 from aptops.core.errors import ConfigError
-from aptops.lm.trainjob import TRAINJOB_ENV, TrainJobLaunch, TrainJobSettings
-from aptops.stages import STAGES, get_stage
-from aptops_components import DEFAULT_REGISTRY, DEFAULT_TAG, stage_image
+from aptops.stages import DEFAULT_REGISTRY, DEFAULT_TAG, STAGES, get_stage, stage_image
 
 _EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 
