@@ -198,6 +198,70 @@ def perplexities(texts: Sequence[str], model_path: str, *, max_tokens: int = 256
     return out
 
 
+def _flag_duplicates(texts: list[str], rows: list[dict[str, Any]], config: QualityConfig) -> None:
+    """``exact_duplicate`` / ``near_duplicate`` flags and ``duplicate_of`` (the first of each group stays clean)."""
+    from aptops.data.dedup import DedupConfig, exact_hash, find_near_duplicates
+
+    hashes = [exact_hash(t) for t in texts]  # shared by both checks
+    if "exact_duplicates" in config.checks:
+        seen: dict[int, int] = {}
+        for i, h in enumerate(hashes):
+            if h in seen:
+                rows[i]["flags"].append("exact_duplicate")
+                rows[i]["duplicate_of"] = seen[h]
+            else:
+                seen[h] = i
+    if "near_duplicates" in config.checks:
+        found = find_near_duplicates(texts, DedupConfig(threshold=config.near_threshold), exact_hashes=hashes)
+        for root, members in found.clusters.items():
+            for m in members:
+                if m != root and "exact_duplicate" not in rows[m]["flags"]:
+                    rows[m]["flags"].append("near_duplicate")
+                    rows[m]["duplicate_of"] = root
+
+
+def _flag_length(texts: list[str], rows: list[dict[str, Any]], config: QualityConfig) -> None:
+    for i, t in enumerate(texts):
+        chars, words = len(t), word_count(t)
+        rows[i].update(chars=chars, words=words)
+        if chars < config.min_chars or words < config.min_words:
+            rows[i]["flags"].append("too_short")
+        if (config.max_chars is not None and chars > config.max_chars) or (
+            config.max_words is not None and words > config.max_words
+        ):
+            rows[i]["flags"].append("too_long")
+
+
+def _flag_language(texts: list[str], rows: list[dict[str, Any]], config: QualityConfig) -> None:
+    for i, langs in enumerate(detect_languages(texts)):
+        top, score = langs[0] if langs else ("", 0.0)
+        rows[i].update(lang=top, lang_score=score)
+        if score < config.min_language_score:
+            rows[i]["flags"].append("unknown_language")
+        elif config.languages and top not in config.languages:
+            rows[i]["flags"].append("wrong_language")
+        if (len(langs) > 1 and langs[1][1] >= config.mixed_language_score) or _mixed_scripts(texts[i]):
+            rows[i]["flags"].append("mixed_language")
+
+
+def _score_heuristics(texts: list[str], rows: list[dict[str, Any]], config: QualityConfig) -> None:
+    for i, t in enumerate(texts):
+        h = heuristics(t)
+        rows[i].update(h)
+        rows[i]["_passes"] = [
+            h["symbol_ratio"] <= config.max_symbol_ratio,
+            h["repetition"] <= config.max_repetition,
+            h["compression_ratio"] >= config.min_compression_ratio,
+            h["stopword_ratio"] >= config.min_stopword_ratio,
+        ]
+
+
+def _score_perplexity(texts: list[str], rows: list[dict[str, Any]], config: QualityConfig) -> None:
+    for i, ppl in enumerate(perplexities(texts, str(config.perplexity_model), max_tokens=config.perplexity_max_tokens)):
+        rows[i]["perplexity"] = ppl
+        rows[i].setdefault("_passes", []).append(ppl <= config.max_perplexity)
+
+
 def check_quality(
     dataset: Sequence[str] | Any, checks: Sequence[str] | None = None, threshold: float | None = None,
     *, config: QualityConfig | None = None,
@@ -228,61 +292,14 @@ def check_quality(
     texts = [t or "" for t in texts]
     rows: list[dict[str, Any]] = [{"flags": []} for _ in texts]
     if "exact_duplicates" in config.checks or "near_duplicates" in config.checks:
-        from aptops.data.dedup import DedupConfig, exact_hash, find_near_duplicates
-
-        hashes = [exact_hash(t) for t in texts]  # shared by both checks
-        if "exact_duplicates" in config.checks:
-            seen: dict[int, int] = {}
-            for i, h in enumerate(hashes):
-                if h in seen:
-                    rows[i]["flags"].append("exact_duplicate")
-                    rows[i]["duplicate_of"] = seen[h]
-                else:
-                    seen[h] = i
-        if "near_duplicates" in config.checks:
-            found = find_near_duplicates(texts, DedupConfig(threshold=config.near_threshold), exact_hashes=hashes)
-            for root, members in found.clusters.items():
-                for m in members:
-                    if m != root and "exact_duplicate" not in rows[m]["flags"]:
-                        rows[m]["flags"].append("near_duplicate")
-                        rows[m]["duplicate_of"] = root
-    if "length" in config.checks:
-        for i, t in enumerate(texts):
-            chars, words = len(t), word_count(t)
-            rows[i].update(chars=chars, words=words)
-            if chars < config.min_chars or words < config.min_words:
-                rows[i]["flags"].append("too_short")
-            if (config.max_chars is not None and chars > config.max_chars) or (
-                config.max_words is not None and words > config.max_words
-            ):
-                rows[i]["flags"].append("too_long")
-    if "language" in config.checks:
-        for i, langs in enumerate(detect_languages(texts)):
-            top, score = langs[0] if langs else ("", 0.0)
-            rows[i].update(lang=top, lang_score=score)
-            if score < config.min_language_score:
-                rows[i]["flags"].append("unknown_language")
-            elif config.languages and top not in config.languages:
-                rows[i]["flags"].append("wrong_language")
-            if (len(langs) > 1 and langs[1][1] >= config.mixed_language_score) or _mixed_scripts(texts[i]):
-                rows[i]["flags"].append("mixed_language")
+        _flag_duplicates(texts, rows, config)
     scored = []
-    if "heuristics" in config.checks:
-        for i, t in enumerate(texts):
-            h = heuristics(t)
-            rows[i].update(h)
-            rows[i]["_passes"] = [
-                h["symbol_ratio"] <= config.max_symbol_ratio,
-                h["repetition"] <= config.max_repetition,
-                h["compression_ratio"] >= config.min_compression_ratio,
-                h["stopword_ratio"] >= config.min_stopword_ratio,
-            ]
-        scored.append("heuristics")
-    if "perplexity" in config.checks:
-        for i, ppl in enumerate(perplexities(texts, str(config.perplexity_model), max_tokens=config.perplexity_max_tokens)):
-            rows[i]["perplexity"] = ppl
-            rows[i].setdefault("_passes", []).append(ppl <= config.max_perplexity)
-        scored.append("perplexity")
+    for name, check in (("length", _flag_length), ("language", _flag_language), ("heuristics", _score_heuristics),
+                        ("perplexity", _score_perplexity)):
+        if name in config.checks:
+            check(texts, rows, config)
+            if name in ("heuristics", "perplexity"):  # the checks that score a row (the others flag it)
+                scored.append(name)
     for row in rows:
         passes = row.pop("_passes", None)
         row["quality_score"] = sum(passes) / len(passes) if passes else 1.0

@@ -181,6 +181,48 @@ def _val_loss(model: Any, loader: Iterable[Any], max_batches: int, loss_fn: Any)
     return statistics.fmean(losses) if losses else math.nan
 
 
+def _locate_nonfinite(model: Any, batch: Any, loss_fn: Callable[..., Any] | None, step: int,
+                      value: float) -> tuple[str | None, Finding]:
+    """The module that first produces a NaN/Inf on ``batch`` (run again under :class:`NanInfDetector`), and the
+    critical finding that names it."""
+    torch = require("torch", extra="debug", feature="training diagnosis")
+    with NanInfDetector(model) as det, torch.no_grad():
+        compute_loss(model, batch, loss_fn)
+    where = f" first produced by module {det.first}" if det.first else ""
+    return det.first, Finding(
+        "nonfinite_loss", "critical", f"the loss is {value} at step {step}{where}",
+        "inspect that module's weights and inputs; lower the learning rate, clip gradients "
+        "(max_grad_norm=1.0), or run it in float32", where=det.first or "", step=step, value=value)
+
+
+def step_findings(result: Diagnosis, cfg: DiagnoseConfig) -> list[Finding]:
+    """What the steps themselves say: a learning rate too high or too low (how much each step moves the weights,
+    relative to their norm; about 1e-3 is healthy), and a data loader the steps wait on."""
+    findings = []
+    if result.update_ratios:
+        median = statistics.median(result.update_ratios.values())
+        if median > cfg.update_ratio_high:
+            findings.append(Finding(
+                "learning_rate_too_high", "warning",
+                f"each step changes the weights by {median:.2e} of their norm (median over {len(result.update_ratios)} "
+                f"matrices; about 1e-3 is healthy)",
+                f"lower the learning rate from {cfg.learning_rate:g} to about {cfg.learning_rate * 1e-3 / median:.2g}",
+                value=median))
+        elif median < cfg.update_ratio_low:
+            findings.append(Finding(
+                "learning_rate_too_low", "warning",
+                f"each step changes the weights by only {median:.2e} of their norm (about 1e-3 is healthy)",
+                f"raise the learning rate from {cfg.learning_rate:g} towards {cfg.learning_rate * 1e-3 / median:.2g}, "
+                "or check that the optimizer sees the parameters", value=median))
+    if result.data_wait_share > cfg.data_wait_share:
+        findings.append(Finding(
+            "data_bottleneck", "warning",
+            f"{result.data_wait_share:.0%} of each step is spent waiting for the next batch",
+            "use DataLoader(num_workers=N, pin_memory=True, prefetch_factor=2), tokenize ahead of time "
+            "(datasets.map), and keep the data on local disk", where="data loader", value=result.data_wait_share))
+    return findings
+
+
 def diagnose_training(model: Any, train_loader: Iterable[Any], val_loader: Iterable[Any] | None = None,
                       config: DiagnoseConfig | Mapping[str, Any] | None = None, *,
                       loss_fn: Callable[..., Any] | None = None) -> Diagnosis:
@@ -221,14 +263,8 @@ def diagnose_training(model: Any, train_loader: Iterable[Any], val_loader: Itera
             value = float(loss.detach())
             result.train_loss.append((step, value))
             if not math.isfinite(value):
-                with NanInfDetector(model) as det, torch.no_grad():
-                    compute_loss(model, batch, loss_fn)
-                result.nan_module = det.first
-                where = f" first produced by module {det.first}" if det.first else ""
-                result.findings.append(Finding(
-                    "nonfinite_loss", "critical", f"the loss is {value} at step {step}{where}",
-                    "inspect that module's weights and inputs; lower the learning rate, clip gradients "
-                    "(max_grad_norm=1.0), or run it in float32", where=det.first or "", step=step, value=value))
+                result.nan_module, finding = _locate_nonfinite(model, batch, loss_fn, step, value)
+                result.findings.append(finding)
                 break
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -256,27 +292,7 @@ def diagnose_training(model: Any, train_loader: Iterable[Any], val_loader: Itera
     findings = [f for f in curve_findings(result.train_loss, result.val_loss)
                 if not (f.kind == "nonfinite_loss" and result.nan_module is not None)]
     findings += result.findings + detect_gradient_anomalies(grads, threshold=cfg.grad_threshold)
-    if result.update_ratios:
-        median = statistics.median(result.update_ratios.values())
-        if median > cfg.update_ratio_high:
-            findings.append(Finding(
-                "learning_rate_too_high", "warning",
-                f"each step changes the weights by {median:.2e} of their norm (median over {len(result.update_ratios)} "
-                f"matrices; about 1e-3 is healthy)",
-                f"lower the learning rate from {cfg.learning_rate:g} to about {cfg.learning_rate * 1e-3 / median:.2g}",
-                value=median))
-        elif median < cfg.update_ratio_low:
-            findings.append(Finding(
-                "learning_rate_too_low", "warning",
-                f"each step changes the weights by only {median:.2e} of their norm (about 1e-3 is healthy)",
-                f"raise the learning rate from {cfg.learning_rate:g} towards {cfg.learning_rate * 1e-3 / median:.2g}, "
-                "or check that the optimizer sees the parameters", value=median))
-    if result.data_wait_share > cfg.data_wait_share:
-        findings.append(Finding(
-            "data_bottleneck", "warning",
-            f"{result.data_wait_share:.0%} of each step is spent waiting for the next batch",
-            "use DataLoader(num_workers=N, pin_memory=True, prefetch_factor=2), tokenize ahead of time "
-            "(datasets.map), and keep the data on local disk", where="data loader", value=result.data_wait_share))
+    findings += step_findings(result, cfg)
     result.findings = sort_findings(findings)
     return result
 

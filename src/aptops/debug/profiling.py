@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from aptops.core.config import check_interval
@@ -78,25 +78,8 @@ def profile_model(model: Any, input_shape: Sequence[int], batch_size: int = 1, *
     inputs = _example_inputs(torch, model, input_shape, batch_size)
     was_training = model.training
     model.eval()
-    modules = dict(model.named_modules())
-    leaf = {n: m for n, m in modules.items() if n and not list(m.children())}
-    elapsed: dict[str, float] = dict.fromkeys(leaf, 0.0)
-    starts: dict[str, float] = {}
+    leaf = {n: m for n, m in model.named_modules() if n and not list(m.children())}
     cuda = next((p.is_cuda for p in model.parameters()), False)
-
-    def pre(name: str) -> Any:
-        def hook(*_: Any) -> None:
-            if cuda:
-                torch.cuda.synchronize()
-            starts[name] = time.perf_counter()
-        return hook
-
-    def post(name: str) -> Any:
-        def hook(*_: Any) -> None:
-            if cuda:
-                torch.cuda.synchronize()
-            elapsed[name] += time.perf_counter() - starts.pop(name, time.perf_counter())
-        return hook
 
     def forward() -> None:
         if isinstance(inputs, dict):
@@ -113,14 +96,7 @@ def profile_model(model: Any, input_shape: Sequence[int], batch_size: int = 1, *
             for _ in range(warmup):
                 forward()
             whole = profile_section(forward, iterations=iterations, warmup=0)
-            handles = [m.register_forward_pre_hook(pre(n)) for n, m in leaf.items()]
-            handles += [m.register_forward_hook(post(n)) for n, m in leaf.items()]
-            try:
-                for _ in range(iterations):
-                    forward()
-            finally:
-                for h in handles:
-                    h.remove()
+            latency = layer_latencies(leaf, forward, iterations=iterations, cuda=cuda)
             counter = FlopCounterMode(display=False)
             with counter:
                 forward()
@@ -128,15 +104,12 @@ def profile_model(model: Any, input_shape: Sequence[int], batch_size: int = 1, *
         model.train(was_training)
     peak = (torch.cuda.max_memory_allocated() if cuda
             else max(psutil.Process().memory_info().rss - rss_before, 0))
-    flops_by_module = counter.get_flop_counts()
+    flops = counter.get_flop_counts()
     root = type(model).__name__
-    layers = []
-    for name, m in leaf.items():
-        counts = flops_by_module.get(f"{root}.{name}", {})
-        layers.append({"name": name, "type": type(m).__name__, "latency_s": elapsed[name] / iterations,
-                       "params": sum(p.numel() for p in m.parameters(recurse=False)),
-                       "flops": int(sum(counts.values()))})
-    layers.sort(key=lambda r: r["latency_s"], reverse=True)
+    layers = sorted(({"name": name, "type": type(m).__name__, "latency_s": latency[name],
+                      "params": sum(p.numel() for p in m.parameters(recurse=False)),
+                      "flops": int(sum(flops.get(f"{root}.{name}", {}).values()))} for name, m in leaf.items()),
+                    key=lambda r: r["latency_s"], reverse=True)
     result: dict[str, Any] = {
         "input_shape": list(input_shape), "batch_size": batch_size, "latency_s": whole["mean_s"],
         "latency_p95_s": whole["p95_s"], "flops": int(counter.get_total_flops()),
@@ -149,3 +122,36 @@ def profile_model(model: Any, input_shape: Sequence[int], batch_size: int = 1, *
     if result["latency_s"] > 0:
         result["flops_per_s"] = result["flops"] / result["latency_s"]
     return result
+
+
+def layer_latencies(leaf: Mapping[str, Any], forward: Callable[[], Any], *, iterations: int,
+                    cuda: bool = False) -> dict[str, float]:
+    """Mean seconds each module of ``leaf`` spends per call of ``forward`` over ``iterations`` calls, timed by
+    forward hooks (CUDA synchronised around each module on a GPU, so a module owns its kernels)."""
+    torch = require("torch", extra="debug", feature="model profiling")
+    elapsed: dict[str, float] = dict.fromkeys(leaf, 0.0)
+    starts: dict[str, float] = {}
+
+    def pre(name: str) -> Any:
+        def hook(*_: Any) -> None:
+            if cuda:
+                torch.cuda.synchronize()
+            starts[name] = time.perf_counter()
+        return hook
+
+    def post(name: str) -> Any:
+        def hook(*_: Any) -> None:
+            if cuda:
+                torch.cuda.synchronize()
+            elapsed[name] += time.perf_counter() - starts.pop(name, time.perf_counter())
+        return hook
+
+    handles = [m.register_forward_pre_hook(pre(n)) for n, m in leaf.items()]
+    handles += [m.register_forward_hook(post(n)) for n, m in leaf.items()]
+    try:
+        for _ in range(iterations):
+            forward()
+    finally:
+        for h in handles:
+            h.remove()
+    return {name: total / iterations for name, total in elapsed.items()}

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from aptops.core.deps import require
@@ -36,6 +37,95 @@ def _slice(t: Any, rows: int | None, cols: int | None) -> Any:
     return t
 
 
+def kept_blocks(n: int, layer_stride: int = 2, keep_layers: Sequence[int] | None = None) -> list[int]:
+    """The teacher blocks a student keeps: ``keep_layers`` (checked), else 0, k, 2k ... and always the last."""
+    if keep_layers is None:
+        if layer_stride < 1:
+            raise ConfigError(f"layer_stride={layer_stride} must be >= 1", field="layer_stride", value=layer_stride)
+        keep = list(range(0, n, layer_stride))
+        if keep[-1] != n - 1:
+            keep.append(n - 1)
+        return keep
+    keep = [int(i) for i in keep_layers]
+    bad = [i for i in keep if not 0 <= i < n]
+    if bad or not keep or len(set(keep)) != len(keep):
+        raise ConfigError(f"keep_layers={keep_layers!r}: give distinct block indices in 0-{n - 1}",
+                          field="keep_layers", value=list(keep_layers))
+    return keep
+
+
+@dataclass(frozen=True)
+class _Dims:
+    """The rows a student keeps of each projection (``None``: all of them)."""
+
+    hidden: int | None
+    intermediate: int | None
+    q_rows: int
+    kv_rows: int
+
+
+def student_config(cfg: Any, keep: Sequence[int], *, hidden_size: int | None = None,
+                   intermediate_size: int | None = None) -> tuple[Any, _Dims]:
+    """The student's config (the teacher's with fewer blocks, and a narrower residual stream or MLP when asked; the
+    head size and the GQA grouping stay) and the dimensions its weights are cut to."""
+    new = copy.deepcopy(cfg)
+    new.num_hidden_layers = len(keep)
+    if getattr(new, "layer_types", None):
+        new.layer_types = [cfg.layer_types[i] for i in keep]
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    group = cfg.num_attention_heads // (cfg.num_key_value_heads or cfg.num_attention_heads)
+    d = None
+    if hidden_size is not None and hidden_size != cfg.hidden_size:
+        if not 0 < hidden_size < cfg.hidden_size or hidden_size % (head_dim * group):
+            raise ConfigError(f"hidden_size={hidden_size} must be below the teacher's {cfg.hidden_size} and a multiple "
+                              f"of head_dim x heads per KV group = {head_dim * group}", field="hidden_size",
+                              value=hidden_size)
+        d = new.hidden_size = hidden_size
+        new.num_attention_heads = d // head_dim
+        new.num_key_value_heads = new.num_attention_heads // group
+        new.head_dim = head_dim
+    inter = None
+    if intermediate_size is not None and intermediate_size != cfg.intermediate_size:
+        if not 0 < intermediate_size < cfg.intermediate_size:
+            raise ConfigError(f"intermediate_size={intermediate_size} must be below the teacher's {cfg.intermediate_size}",
+                              field="intermediate_size", value=intermediate_size)
+        inter = new.intermediate_size = intermediate_size
+    new.aptops_student = {"teacher": getattr(cfg, "_name_or_path", ""), "kept_layers": list(keep),
+                          "hidden_size": new.hidden_size, "intermediate_size": new.intermediate_size}
+    return new, _Dims(d, inter, new.num_attention_heads * head_dim, new.num_key_value_heads * head_dim)
+
+
+def _copy_teacher_weights(teacher_state: Mapping[str, Any], student: Any, keep: Sequence[int], dims: _Dims) -> None:
+    """Every student weight from the teacher's: kept block ``j`` from teacher block ``keep[j]``, cut to ``dims``."""
+    layer_map = {f"model.layers.{i}.": f"model.layers.{j}." for i, j in enumerate(keep)}
+    d, inter = dims.hidden, dims.intermediate
+    for name, param in student.state_dict().items():
+        source = name
+        for new_prefix, old_prefix in layer_map.items():
+            if name.startswith(new_prefix):
+                source = old_prefix + name[len(new_prefix):]
+                break
+        w = teacher_state[source]
+        if "q_proj" in name:
+            w = _slice(w, dims.q_rows, d)
+        elif "k_proj" in name or "v_proj" in name:
+            w = _slice(w, dims.kv_rows, d)
+        elif "o_proj" in name:
+            w = _slice(w, d, dims.q_rows)
+        elif "gate_proj" in name or "up_proj" in name:
+            w = _slice(w, inter, d)
+        elif "down_proj" in name:
+            w = _slice(w, d, inter)
+        elif "embed_tokens" in name or "lm_head" in name:
+            w = _slice(w, None, d)
+        elif w.dim() == 1 and d is not None:  # norms
+            w = w[:d]
+        if tuple(w.shape) != tuple(param.shape):
+            raise ConfigError(f"cannot initialise {name} {tuple(param.shape)} from the teacher's {source} "
+                              f"{tuple(w.shape)}", field="teacher")
+        param.copy_(w)
+
+
 def create_student(teacher: Any, *, layer_stride: int = 2, keep_layers: Sequence[int] | None = None,
                    intermediate_size: int | None = None, hidden_size: int | None = None) -> Any:
     """A smaller causal LM initialised from ``teacher``'s weights.
@@ -58,74 +148,11 @@ def create_student(teacher: Any, *, layer_stride: int = 2, keep_layers: Sequence
         raise ConfigError(f"create_student supports {', '.join(SUPPORTED)} models, not {cfg.model_type!r}",
                           field="teacher", value=cfg.model_type)
     n = cfg.num_hidden_layers
-    if keep_layers is None:
-        if layer_stride < 1:
-            raise ConfigError(f"layer_stride={layer_stride} must be >= 1", field="layer_stride", value=layer_stride)
-        keep = list(range(0, n, layer_stride))
-        if keep[-1] != n - 1:
-            keep.append(n - 1)
-    else:
-        keep = [int(i) for i in keep_layers]
-        bad = [i for i in keep if not 0 <= i < n]
-        if bad or not keep or len(set(keep)) != len(keep):
-            raise ConfigError(f"keep_layers={keep_layers!r}: give distinct block indices in 0-{n - 1}",
-                              field="keep_layers", value=list(keep_layers))
-    new = copy.deepcopy(cfg)
-    new.num_hidden_layers = len(keep)
-    if getattr(new, "layer_types", None):
-        new.layer_types = [cfg.layer_types[i] for i in keep]
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    group = cfg.num_attention_heads // (cfg.num_key_value_heads or cfg.num_attention_heads)
-    d = None
-    if hidden_size is not None and hidden_size != cfg.hidden_size:
-        if not 0 < hidden_size < cfg.hidden_size or hidden_size % (head_dim * group):
-            raise ConfigError(f"hidden_size={hidden_size} must be below the teacher's {cfg.hidden_size} and a multiple "
-                              f"of head_dim x heads per KV group = {head_dim * group}", field="hidden_size",
-                              value=hidden_size)
-        d = hidden_size
-        new.hidden_size = d
-        new.num_attention_heads = d // head_dim
-        new.num_key_value_heads = new.num_attention_heads // group
-        new.head_dim = head_dim
-    inter = None
-    if intermediate_size is not None and intermediate_size != cfg.intermediate_size:
-        if not 0 < intermediate_size < cfg.intermediate_size:
-            raise ConfigError(f"intermediate_size={intermediate_size} must be below the teacher's {cfg.intermediate_size}",
-                              field="intermediate_size", value=intermediate_size)
-        inter = new.intermediate_size = intermediate_size
-    new.aptops_student = {"teacher": getattr(cfg, "_name_or_path", ""), "kept_layers": keep,
-                          "hidden_size": new.hidden_size, "intermediate_size": new.intermediate_size}
+    keep = kept_blocks(n, layer_stride, keep_layers)
+    new, dims = student_config(cfg, keep, hidden_size=hidden_size, intermediate_size=intermediate_size)
     student = transformers.AutoModelForCausalLM.from_config(new, dtype=teacher.dtype)
-    q_rows = new.num_attention_heads * head_dim
-    kv_rows = new.num_key_value_heads * head_dim
-    teacher_state = teacher.state_dict()
-    layer_map = {f"model.layers.{i}.": f"model.layers.{j}." for i, j in enumerate(keep)}
     with torch.no_grad():
-        for name, param in student.state_dict().items():
-            source = name
-            for new_prefix, old_prefix in layer_map.items():
-                if name.startswith(new_prefix):
-                    source = old_prefix + name[len(new_prefix):]
-                    break
-            w = teacher_state[source]
-            if "q_proj" in name:
-                w = _slice(w, q_rows, d)
-            elif "k_proj" in name or "v_proj" in name:
-                w = _slice(w, kv_rows, d)
-            elif "o_proj" in name:
-                w = _slice(w, d, q_rows)
-            elif "gate_proj" in name or "up_proj" in name:
-                w = _slice(w, inter, d)
-            elif "down_proj" in name:
-                w = _slice(w, d, inter)
-            elif "embed_tokens" in name or "lm_head" in name:
-                w = _slice(w, None, d)
-            elif w.dim() == 1 and d is not None:  # norms
-                w = w[:d]
-            if tuple(w.shape) != tuple(param.shape):
-                raise ConfigError(f"cannot initialise {name} {tuple(param.shape)} from the teacher's {source} "
-                                  f"{tuple(w.shape)}", field="teacher")
-            param.copy_(w)
+        _copy_teacher_weights(teacher.state_dict(), student, keep, dims)
     if getattr(new, "tie_word_embeddings", False):
         student.tie_weights()
     log.info("student: %d of %d blocks (%s), %s parameters (teacher %s)", len(keep), n, keep,

@@ -198,25 +198,9 @@ def _split(rows: list[Row], fraction: float, seed: int) -> tuple[list[Row], list
     return train, held
 
 
-def train_multimodal_model(train: str | Path, *, output_dir: str | Path, config: MultimodalConfig | None = None,
-                           eval_data: str | Path | None = None, bus: Any = None) -> StageResult:
-    """Train a multimodal model on a manifest and write the model artifact.
-
-    Args:
-        train: a JSONL / Parquet manifest (or a folder holding ``manifest.jsonl``).
-        output_dir: the model folder (encoders, fusion and head, ``metrics.json``, ``report.html``,
-            checkpoints, ``result.json`` last).
-        config: the settings.
-        eval_data: an evaluation manifest (else ``eval_fraction`` of ``train`` per label is held out).
-        bus: a plugin bus whose plugins see every Trainer event.
-
-    Returns:
-        The stage result; metrics hold eval accuracy fused and per modality alone, samples/s, losses.
-    """
-    from aptops.multimodal.training import train_multimodal
-
-    config = config or MultimodalConfig()
-    out = check_output(output_dir, kind="multimodal", resume=True)
+def load_rows(train: str | Path, eval_data: str | Path | None, config: MultimodalConfig) -> tuple[list[Row], list[Row], set[str]]:
+    """Step 1: the training and evaluation rows (``eval_fraction`` per label held out when no evaluation manifest is
+    given), every training row labelled, only the modalities in use kept: ``(rows, eval_rows, modalities)``."""
     rows = load_manifest(train, media_roots=config.media_roots)
     if eval_data is not None:
         eval_rows = load_manifest(eval_data, media_roots=config.media_roots)
@@ -238,20 +222,29 @@ def train_multimodal_model(train: str | Path, *, output_dir: str | Path, config:
                 r.start = r.end = None
         rows = [r for r in rows if r.text is not None or r.image is not None or r.audio is not None]
         eval_rows = [r for r in eval_rows if r.text is not None or r.image is not None or r.audio is not None]
-    specs = _encoder_specs(config, present)
+    return rows, eval_rows, present
+
+
+def class_labels(rows: list[Row], eval_rows: list[Row], config: MultimodalConfig) -> list[str]:
+    """Step 2: the class names of a classification task, sorted (none for regression or embeddings); every
+    evaluation label must be one of them."""
     labels = sorted({str(r.label) for r in rows}) if config.task == "classification" else []
     if config.task == "classification" and len(labels) < 2:
         raise InvalidArtifactError(f"the training manifest has {len(labels)} class(es); classification needs two or more")
-    label2id = {x: i for i, x in enumerate(labels)}
     unknown = sorted({str(r.label) for r in eval_rows} - set(labels)) if labels else []
     if unknown:
         raise InvalidArtifactError(f"the evaluation rows have labels the training rows lack: {', '.join(unknown[:5])}")
-    freeze = tuple(m for m in config.freeze if m in specs)
-    model = create_multimodal_model(specs.get("text"), specs.get("image"), specs.get("audio"), config.fusion,
-                                    task=config.task, num_labels=max(len(labels), 1), hidden_size=config.hidden_size,
-                                    num_heads=config.num_heads, dropout=config.dropout, freeze=freeze,
-                                    id2label={i: x for x, i in label2id.items()})
+    return labels
+
+
+def data_loaders(model: Any, rows: list[Row], eval_rows: list[Row], labels: list[str],
+                 config: MultimodalConfig) -> tuple[MultimodalDataset, Any, Any]:
+    """Step 3: the training dataset and its loader (class-balanced batches when asked) and the evaluation loader
+    (``None`` without evaluation rows)."""
+    import torch
+
     audio = model.processors.get("audio")
+    label2id = {x: i for i, x in enumerate(labels)}
 
     def dataset(part: list[Row]) -> MultimodalDataset:
         # rows keep their label names: the dataset maps them through label2id
@@ -261,14 +254,62 @@ def train_multimodal_model(train: str | Path, *, output_dir: str | Path, config:
 
     collator = MultimodalCollator(model.processors, max_text_length=config.max_text_length,
                                   modalities=model.modalities)
-    import torch
-
     train_ds = dataset(rows)
     sampler = balanced_sampler(train_ds, seed=config.seed) if config.balance_batches else None
     loader = torch.utils.data.DataLoader(train_ds, batch_size=config.batch_size, sampler=sampler,
                                          shuffle=sampler is None, collate_fn=collator)
     eval_loader = (torch.utils.data.DataLoader(dataset(eval_rows), batch_size=config.batch_size, shuffle=False,
                                                collate_fn=collator) if eval_rows else None)
+    return train_ds, loader, eval_loader
+
+
+def _run_metrics(run: Mapping[str, Any], model: Any, rows: list[Row], eval_rows: list[Row],
+                 train_ds: MultimodalDataset, labels: list[str], debugger: Any) -> dict[str, float]:
+    metrics = dict(run["metrics"])
+    metrics.update({
+        "total_params": float(sum(p.numel() for p in model.parameters())),
+        "trainable_params": float(sum(p.numel() for p in model.parameters() if p.requires_grad)),
+        "train_rows": float(len(rows)), "eval_rows": float(len(eval_rows)),
+        "masked_inputs": float(sum(train_ds.masked.values())),
+    })
+    if labels:
+        metrics["chance_accuracy"] = 1.0 / len(labels)
+    if debugger is not None:
+        metrics.update(debugger.summary())
+    for m in model.modalities:
+        metrics[f"train_rows_with_{m}"] = float(sum(getattr(r, m) is not None for r in rows))
+    return metrics
+
+
+def train_multimodal_model(train: str | Path, *, output_dir: str | Path, config: MultimodalConfig | None = None,
+                           eval_data: str | Path | None = None, bus: Any = None) -> StageResult:
+    """Train a multimodal model on a manifest and write the model artifact: rows (:func:`load_rows`), labels
+    (:func:`class_labels`), the model, loaders (:func:`data_loaders`), training, the artifact.
+
+    Args:
+        train: a JSONL / Parquet manifest (or a folder holding ``manifest.jsonl``).
+        output_dir: the model folder (encoders, fusion and head, ``metrics.json``, ``report.html``,
+            checkpoints, ``result.json`` last).
+        config: the settings.
+        eval_data: an evaluation manifest (else ``eval_fraction`` of ``train`` per label is held out).
+        bus: a plugin bus whose plugins see every Trainer event.
+
+    Returns:
+        The stage result; metrics hold eval accuracy fused and per modality alone, samples/s, losses.
+    """
+    from aptops.multimodal.training import train_multimodal
+
+    config = config or MultimodalConfig()
+    out = check_output(output_dir, kind="multimodal", resume=True)
+    rows, eval_rows, present = load_rows(train, eval_data, config)
+    specs = _encoder_specs(config, present)
+    labels = class_labels(rows, eval_rows, config)
+    freeze = tuple(m for m in config.freeze if m in specs)
+    model = create_multimodal_model(specs.get("text"), specs.get("image"), specs.get("audio"), config.fusion,
+                                    task=config.task, num_labels=max(len(labels), 1), hidden_size=config.hidden_size,
+                                    num_heads=config.num_heads, dropout=config.dropout, freeze=freeze,
+                                    id2label=dict(enumerate(labels)))
+    train_ds, loader, eval_loader = data_loaders(model, rows, eval_rows, labels, config)
 
     with writing_in_place(out, stage="multimodal"):  # locked and marked unfinished until result.json
         bus, debugger = attach_debugger(bus, out, debug=config.debug, interval=config.debug_interval)
@@ -280,19 +321,7 @@ def train_multimodal_model(train: str | Path, *, output_dir: str | Path, config:
                                modality_dropout=config.modality_dropout, cache_features=config.cache_features, bus=bus,
                                training_args={"logging_steps": 5} | dict(config.training_args), resume="auto",
                                seed=config.seed)
-        metrics = dict(run["metrics"])
-        metrics.update({
-            "total_params": float(sum(p.numel() for p in model.parameters())),
-            "trainable_params": float(sum(p.numel() for p in model.parameters() if p.requires_grad)),
-            "train_rows": float(len(rows)), "eval_rows": float(len(eval_rows)),
-            "masked_inputs": float(sum(train_ds.masked.values())),
-        })
-        if labels:
-            metrics["chance_accuracy"] = 1.0 / len(labels)
-        if debugger is not None:
-            metrics.update(debugger.summary())
-        for m in model.modalities:
-            metrics[f"train_rows_with_{m}"] = float(sum(getattr(r, m) is not None for r in rows))
+        metrics = _run_metrics(run, model, rows, eval_rows, train_ds, labels, debugger)
         model.save_pretrained(out)
         shutil.rmtree(checkpoints, ignore_errors=True)  # the final model is the folder itself
         write_json(out / "metrics.json", metrics)
@@ -304,8 +333,7 @@ def train_multimodal_model(train: str | Path, *, output_dir: str | Path, config:
         outputs = {"model": str(out), "report": str(report)}
         if debugger is not None and debugger.report:
             outputs["debug_report"] = debugger.report["html"]
-        return finish_artifact(out, StageResult("multimodal", outputs=outputs,
-                                                metrics=metrics,
+        return finish_artifact(out, StageResult("multimodal", outputs=outputs, metrics=metrics,
                                                 details={"modalities": model.modalities, "fusion": config.fusion,
                                                          "labels": labels, "frozen": list(freeze)}))
 
