@@ -10,6 +10,7 @@ Run it on a CPU with SmolLM2-135M (``make demo`` does)::
     aptops run lifecycle --local --param model=$HOME/.cache/aptops/models/smollm2-135m-instruct
 """
 
+from types import SimpleNamespace
 from typing import Any
 
 from kfp import dsl
@@ -31,17 +32,15 @@ DATA_STEPS = ("{steps: [clean, dedup, quality], clean: {separator: '%'}, "
 
 
 def build(settings: ClusterSettings) -> Any:
-    process = settings.component(data_components.process_data, "data")
-    import_model = settings.component(hub_components.import_model, "hub")
-    train_model = settings.component(train_components.train_model, "train")
-    distill = settings.component(distill_components.distill_model, "distill")
-    prune = settings.component(prune_components.prune_model, "prune")
-    evaluate = settings.component(distill_components.evaluate_compression, "distill")
-    export_gguf = settings.component(export_components.export_gguf, "export")
-    smoke = settings.component(export_components.ollama_smoke_test, "export")
-    publish = settings.component(hub_components.export_model, "hub")
-    backup = settings.component(backup_components.backup_artifact, "backup")
-    outcome = settings.component(run_components.record_run_outcome, "data")
+    c = SimpleNamespace(**{name: settings.component(component, stage) for name, (component, stage) in {
+        "process": (data_components.process_data, "data"), "import_model": (hub_components.import_model, "hub"),
+        "train": (train_components.train_model, "train"), "distill": (distill_components.distill_model, "distill"),
+        "prune": (prune_components.prune_model, "prune"),
+        "evaluate": (distill_components.evaluate_compression, "distill"),
+        "export_gguf": (export_components.export_gguf, "export"),
+        "smoke": (export_components.ollama_smoke_test, "export"), "publish": (hub_components.export_model, "hub"),
+        "backup": (backup_components.backup_artifact, "backup"),
+        "outcome": (run_components.record_run_outcome, "data")}.items()})
 
     @dsl.pipeline(name="aptops-lifecycle", description="Clean and check a corpus, fine-tune a causal LM with the "
                   "debugger, distil and prune it, measure the compression, export it to GGUF behind a quant gate, "
@@ -102,48 +101,60 @@ def build(settings: ClusterSettings) -> Any:
             training_args: JSON of further transformers.TrainingArguments fields for every training.
         """
         run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
-        finished = outcome(pipeline="lifecycle", run_id=run_id)
-        settings.apply(finished, "data", cache=False)
+        finished = settings.apply(c.outcome(pipeline="lifecycle", run_id=run_id), "data", cache=False)
         with dsl.ExitHandler(finished, name="lifecycle"):
-            data = process(source=source, overrides=data_steps, pipeline="lifecycle", run_id=run_id)
-            settings.apply(data, "data")
-            base = import_model(repo=model, pipeline="lifecycle", run_id=run_id)
-            settings.apply(base, "hub")
-            trained = train_model(model=base.outputs["model"], dataset=data.outputs["dataset"], block_size=block_size,
-                                  learning_rate=learning_rate, max_steps=train_steps, batch_size=batch_size, chat_prompt=chat_prompt,
-                                  eval_fraction=eval_fraction, training_args=training_args, debug=True, pipeline="lifecycle", run_id=run_id)
-            settings.apply(trained, "train", trains=True)
-            student = distill(teacher=trained.outputs["trained"], dataset=data.outputs["dataset"],
-                              student_layer_stride=student_layer_stride, student_layers=student_layers,
-                              block_size=block_size,
-                              learning_rate=learning_rate, max_steps=distill_steps, batch_size=batch_size, chat_prompt=chat_prompt,
-                              eval_fraction=eval_fraction, training_args=training_args, pipeline="lifecycle", run_id=run_id)
-            settings.apply(student, "distill", trains=True)
-            pruned = prune(model=student.outputs["student"], dataset=data.outputs["dataset"], method=prune_method,
-                           target_sparsity=target_sparsity, block_size=block_size, learning_rate=learning_rate,
-                           max_steps=prune_steps, batch_size=batch_size, chat_prompt=chat_prompt, training_args=training_args,
-                           pipeline="lifecycle", run_id=run_id)
-            settings.apply(pruned, "prune", trains=True)
-            evaluated = evaluate(original=trained.outputs["trained"], compressed=pruned.outputs["pruned"],
-                                 dataset=trained.outputs["heldout"], block_size=block_size, pipeline="lifecycle",
-                                 run_id=run_id)
-            settings.apply(evaluated, "distill")
-            gguf = export_gguf(model=pruned.outputs["pruned"], quantization=quantization, fallback_type=fallback_type,
-                               min_top1_agreement=min_top1_agreement, pipeline="lifecycle", run_id=run_id)
-            settings.apply(gguf, "export")
-            served = smoke(gguf=gguf.outputs["gguf"], source=pruned.outputs["pruned"], model_name=model_name,
-                           first_prompt=chat_prompt,
-                           ollama_host=ollama_host, pipeline="lifecycle", run_id=run_id)
-            settings.apply(served, "export", cache=False)
-            with dsl.If(hub_repo != "", name="publish"):
-                published = publish(model=pruned.outputs["pruned"], repo=hub_repo, pipeline="lifecycle",
-                                    run_id=run_id)
-                published.after(served, evaluated)
-                settings.apply(published, "hub", cache=False)
-            with dsl.If(backup_destinations != "", name="backup"):
-                saved = backup(model=gguf.outputs["gguf"], destinations=backup_destinations, pipeline="lifecycle",
-                               run_id=run_id)
-                saved.after(served)
-                settings.apply(saved, "backup", cache=False)
+            labels = {"pipeline": "lifecycle", "run_id": run_id}
+            data = settings.apply(c.process(source=source, overrides=data_steps, **labels), "data")
+            base = settings.apply(c.import_model(repo=model, **labels), "hub")
+            training = {"block_size": block_size, "learning_rate": learning_rate, "batch_size": batch_size,
+                        "chat_prompt": chat_prompt, "training_args": training_args, **labels}
+            pruned, evaluated = _train_and_compress(
+                c, settings, base.outputs["model"], data.outputs["dataset"], training, eval_fraction=eval_fraction,
+                train_steps=train_steps, distill_steps=distill_steps, student_layer_stride=student_layer_stride,
+                student_layers=student_layers, prune_method=prune_method, target_sparsity=target_sparsity,
+                prune_steps=prune_steps)
+            _ship(c, settings, pruned, evaluated, labels, quantization=quantization, fallback_type=fallback_type,
+                  min_top1_agreement=min_top1_agreement, model_name=model_name, first_prompt=chat_prompt,
+                  ollama_host=ollama_host, hub_repo=hub_repo, backup_destinations=backup_destinations)
 
     return lifecycle
+
+
+def _train_and_compress(c: Any, settings: ClusterSettings, base: Any, dataset: Any, training: dict[str, Any], *,
+                        eval_fraction: Any, train_steps: Any, distill_steps: Any, student_layer_stride: Any,
+                        student_layers: Any, prune_method: Any, target_sparsity: Any, prune_steps: Any) -> Any:
+    """Fine-tune with the debugger, distil a student, prune it with recovery, and measure the compression against
+    the trained model on its held-out split: the ``(pruned, evaluated)`` tasks."""
+    trained = settings.apply(c.train(model=base, dataset=dataset, max_steps=train_steps, eval_fraction=eval_fraction,
+                                     debug=True, **training), "train", trains=True)
+    student = settings.apply(c.distill(
+        teacher=trained.outputs["trained"], dataset=dataset, student_layer_stride=student_layer_stride,
+        student_layers=student_layers, max_steps=distill_steps, eval_fraction=eval_fraction, **training),
+        "distill", trains=True)
+    pruned = settings.apply(c.prune(model=student.outputs["student"], dataset=dataset, method=prune_method,
+                                    target_sparsity=target_sparsity, max_steps=prune_steps, **training),
+                            "prune", trains=True)
+    labels = {k: training[k] for k in ("pipeline", "run_id")}
+    evaluated = settings.apply(c.evaluate(original=trained.outputs["trained"], compressed=pruned.outputs["pruned"],
+                                          dataset=trained.outputs["heldout"], block_size=training["block_size"],
+                                          **labels), "distill")
+    return pruned, evaluated
+
+
+def _ship(c: Any, settings: ClusterSettings, pruned: Any, evaluated: Any, labels: dict[str, Any], *,
+          quantization: Any, fallback_type: Any, min_top1_agreement: Any, model_name: Any, first_prompt: Any,
+          ollama_host: Any, hub_repo: Any, backup_destinations: Any) -> None:
+    """GGUF export behind the quant gate, the smoke test, and the optional Hub publish and backup."""
+    gguf = settings.apply(c.export_gguf(model=pruned.outputs["pruned"], quantization=quantization,
+                                        fallback_type=fallback_type, min_top1_agreement=min_top1_agreement, **labels),
+                          "export")
+    served = settings.apply(c.smoke(gguf=gguf.outputs["gguf"], source=pruned.outputs["pruned"], model_name=model_name,
+                                    first_prompt=first_prompt, ollama_host=ollama_host, **labels), "export", cache=False)
+    with dsl.If(hub_repo != "", name="publish"):
+        published = c.publish(model=pruned.outputs["pruned"], repo=hub_repo, **labels)
+        published.after(served, evaluated)
+        settings.apply(published, "hub", cache=False)
+    with dsl.If(backup_destinations != "", name="backup"):
+        saved = c.backup(model=gguf.outputs["gguf"], destinations=backup_destinations, **labels)
+        saved.after(served)
+        settings.apply(saved, "backup", cache=False)
