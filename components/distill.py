@@ -43,7 +43,7 @@ def distill_model(
 
 
 @stage_component("distill", pipeline="compress", config="aptops.lm.compare:CompressionConfig",
-                 tuned=("block_size", "max_blocks"))
+                 tuned=("block_size", "max_blocks", "chat_prompt"))
 def evaluate_compression(
     original: Input[Model],
     compressed: Input[Model],

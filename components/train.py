@@ -45,7 +45,8 @@ def train_model(
     trained.metadata.update({k: result.metrics[k] for k in ("perplexity", "eval_loss") if k in result.metrics})
 
 
-@stage_component("train", config="aptops.train:EvalConfig", tuned=("block_size", "text_column", "max_blocks"))
+@stage_component("train", config="aptops.train:EvalConfig", tuned=(
+    "block_size", "text_column", "max_blocks", "chat_prompt"))
 def evaluate_model(
     base: Input[Model],
     trained: Input[Model],

@@ -137,7 +137,7 @@ def _train_and_compress(c: Any, settings: ClusterSettings, base: Any, dataset: A
     labels = {k: training[k] for k in ("pipeline", "run_id")}
     evaluated = settings.apply(c.evaluate(original=trained.outputs["trained"], compressed=pruned.outputs["pruned"],
                                           dataset=trained.outputs["heldout"], block_size=training["block_size"],
-                                          **labels), "distill")
+                                          chat_prompt=training["chat_prompt"], **labels), "distill")
     return pruned, evaluated
 
 

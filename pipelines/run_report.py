@@ -123,7 +123,7 @@ def summary_lines(view: RunView) -> list[str]:
         speed = [f"{label} {m[k]:.2f}x" for label, k in (
             ("forward", "ratio_forward_speedup"), ("generation", "ratio_generate_speedup"),
             ("llama.cpp generation", "ratio_llama_cpp_generate_speedup")) if k in m]
-        lines.append("compression   " + ", ".join(size) + " (compressed / trained, on the held-out text)")
+        lines.append("compression   " + ", ".join(size) + " (compressed / trained, on the held-out text as trained)")
         if speed:
             lines.append("speed         " + ", ".join(speed) + " (compressed / trained: above 1 is faster)")
     for row in _gguf_rows(view):

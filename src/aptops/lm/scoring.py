@@ -95,12 +95,16 @@ class EvalConfig:
         text_column: the dataset column holding the text.
         batch_size: sequences per forward pass.
         max_blocks: evaluate at most this many blocks (0: all).
+        chat_prompt: score each document as the assistant's answer to this user message, rendered with the
+            tokenizer's chat template: the format a model trained with ``chat_prompt`` saw, so its held-out
+            perplexity here is the one its training reported (empty: plain text).
     """
 
     block_size: int = 256
     text_column: str = "text"
     batch_size: int = 8
     max_blocks: int = 0
+    chat_prompt: str = ""
 
     def __post_init__(self) -> None:
         check_range("block_size", self.block_size, min_value=2)
@@ -116,7 +120,8 @@ def eval_blocks(dataset: Any, tokenizer: Any, config: EvalConfig, *, what: str =
     """
     from aptops.lm.packing import pack_for_clm
 
-    blocks = pack_for_clm(dataset, tokenizer, block_size=config.block_size, text_column=config.text_column)
+    blocks = pack_for_clm(dataset, tokenizer, block_size=config.block_size, text_column=config.text_column,
+                          chat_prompt=config.chat_prompt)
     if config.max_blocks:
         blocks = blocks.select(range(min(len(blocks), config.max_blocks)))
     if len(blocks) == 0:

@@ -134,10 +134,11 @@ def cubic_schedule(target: float, steps: int) -> list[float]:
     return [target * (1 - (1 - t / steps) ** 3) for t in range(1, steps + 1)]
 
 
-def _blocks(tokenizer: Any, data: Any, block_size: int, text_column: str, batch_size: int) -> list[dict[str, Any]]:
+def _blocks(tokenizer: Any, data: Any, block_size: int, text_column: str, batch_size: int,
+            chat_prompt: str = "") -> list[dict[str, Any]]:
     from aptops.lm import pack_for_clm
 
-    blocks = pack_for_clm(data, tokenizer, block_size=block_size, text_column=text_column)
+    blocks = pack_for_clm(data, tokenizer, block_size=block_size, text_column=text_column, chat_prompt=chat_prompt)
     ids = torch.tensor(blocks["input_ids"]) if len(blocks) else torch.empty(0, block_size, dtype=torch.long)
     if len(ids) == 0:
         raise ConfigError(f"the data yields no block of {block_size} tokens; lower block_size or add text",
@@ -284,8 +285,12 @@ def prune_model(model: Any, dataset: Any, *, output_dir: str | Path, config: Pru
         _decoder_layers(lm)  # an unsupported architecture fails before anything changes
     batch_size = int(train.training_args.get("per_device_train_batch_size", 4))
     batches = _blocks(tok, text, train.block_size, train.text_column, batch_size)
-    held = _blocks(tok, _text(val_data, train.text_column), train.block_size, train.text_column, batch_size) if val_data \
-        is not None else batches[: max(1, min(8, len(batches) // 5))]
+    # measured before and after in the format the model is trained in (the chat turns when training uses them),
+    # so the table's perplexities are the ones training reports
+    held = (_blocks(tok, _text(val_data, train.text_column), train.block_size, train.text_column, batch_size,
+                    train.chat_prompt) if val_data is not None else
+            (_blocks(tok, text, train.block_size, train.text_column, batch_size, train.chat_prompt)
+             if train.chat_prompt else batches)[: max(1, min(8, len(batches) // 5))])
     calibration = batches[: cfg.calibration_batches]
     before = _perplexity_and_latency(lm, held)
     lr = float(train.training_args.get("learning_rate", 5e-5))

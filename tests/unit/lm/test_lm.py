@@ -134,6 +134,27 @@ def test_chat_prompt_renders_documents_as_answers_and_keeps_turns(smollm2, tiny_
         pack_for_clm(docs, AutoTokenizer.from_pretrained(tiny_llama), block_size=8, chat_prompt="x")
 
 
+def test_held_out_text_is_scored_in_the_chat_format_the_model_was_trained_in(smollm2):
+    """``EvalConfig.chat_prompt`` scores the same blocks training evaluates on (documents as answers to the prompt),
+    so a comparison of models trained that way reports the perplexity their training did, not a plain-text one."""
+    import datasets
+    import torch
+    from transformers import AutoTokenizer
+
+    from aptops.lm import EvalConfig, evaluate_perplexity, heldout_loss, pack_for_clm
+
+    tok = AutoTokenizer.from_pretrained(smollm2)
+    model = _tiny_lm(vocab=len(tok))
+    docs = datasets.Dataset.from_dict({"text": ["You will travel far.", "Beware of dogs.", "A friend is near."] * 8})
+    chat = evaluate_perplexity(model, docs, EvalConfig(block_size=32, batch_size=4, chat_prompt="Tell me a fortune."),
+                               tokenizer=tok)
+    plain = evaluate_perplexity(model, docs, EvalConfig(block_size=32, batch_size=4), tokenizer=tok)
+    blocks = pack_for_clm(docs, tok, block_size=32, chat_prompt="Tell me a fortune.")
+    ids = torch.tensor(blocks["input_ids"])
+    expected = heldout_loss(model, [ids[i:i + 4] for i in range(0, len(ids), 4)])
+    assert chat["loss"] == pytest.approx(expected["loss"], rel=1e-5)
+    assert chat["tokens"] == expected["tokens"] != plain["tokens"]
+
 
 def test_a_checkpoint_cut_off_while_saving_is_skipped_and_removed(tmp_path):
     from aptops.lm import last_complete_checkpoint
