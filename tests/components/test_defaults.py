@@ -216,3 +216,16 @@ def test_nested_overrides_reach_a_nested_config():
                                 "  training_args: {warmup_steps: 10}\n")
     assert (cfg.objective.temperature, cfg.objective.alpha, cfg.training.lora_r) == (1.0, 0.8, 4)
     assert cfg.training.training_args == {"learning_rate": 1e-4, "max_steps": 5, "warmup_steps": 10}
+
+
+def test_every_stage_command_runs_a_stage_function_that_takes_the_output_and_the_config():
+    """A stage command names its function as text (loaded when it runs): each one resolves and takes the
+    ``output_dir`` and ``config`` the command passes (the e2e CLI tests run them with their options)."""
+    import aptops.cli  # noqa: F401  (makes the commands)
+    from aptops.cli.common import STAGE_COMMANDS
+
+    for command in STAGE_COMMANDS:
+        module, _, attr = command.run.partition(":")
+        fn = getattr(importlib.import_module(module), attr)
+        params = inspect.signature(fn).parameters
+        assert {"output_dir", "config"} <= set(params), (command, list(params))
