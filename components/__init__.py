@@ -59,8 +59,7 @@ def _kfp_parameter(tp: Any, value: Any) -> tuple[str, Any]:
     """A config field's annotation and default as a KFP parameter's."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
-        inner = next(a for a in args if a is not type(None))
-        name, default = _kfp_parameter(inner, value if value is not None else None)
+        name, default = _kfp_parameter(next(a for a in args if a is not type(None)), value)
         return name, default if value is not None else {"int": 0, "float": 0.0, "bool": False}.get(name, "")
     if origin is typing.Literal:
         return type(args[0]).__name__, value
@@ -91,13 +90,11 @@ def _field_docs(cls: type) -> dict[str, str]:
 
 def _with_tuned_parameters(fn: Callable[..., Any], config: str, tuned: Sequence[str], paths: dict[str, str],
                            defaults: dict[str, Any], pipeline: str) -> Callable[..., Any]:
-    import importlib
+    from aptops.core.deps import load_object
+    from aptops.core.runtime import TRAINING_ARG_PARAMS, TRAINING_ARGS, param_paths
 
-    from aptops.core.runtime import TRAINING_ARGS, param_paths
-
-    module, _, attr = config.partition(":")
-    cls = getattr(importlib.import_module(module), attr)
-    where = param_paths(cls, paths={**paths, **{k: v[0] for k, v in TRAINING_ARGS.items()}})
+    cls = load_object(config)
+    where = param_paths(cls, paths={**paths, **TRAINING_ARG_PARAMS})
     instance = cls()
     lines, described = [], []
     for name in tuned:

@@ -4,7 +4,6 @@ function with metrics, and rendering results."""
 from __future__ import annotations
 
 import contextlib
-import importlib
 import inspect
 import logging
 import os
@@ -20,6 +19,7 @@ from rich.table import Table
 
 from aptops import __version__
 from aptops.core.config import load_config
+from aptops.core.deps import load_object
 from aptops.core.errors import ConfigError
 from aptops.core.logging import configure_logging
 
@@ -166,12 +166,6 @@ def _print_metrics(title: str, metrics: dict[str, float]) -> None:
     console.print(table)
 
 
-def _load(ref: str) -> Any:
-    """``module:attribute``, imported when the command runs (so ``aptops --help`` loads no stage)."""
-    module, _, attr = ref.partition(":")
-    return getattr(importlib.import_module(module), attr)
-
-
 @dataclass(frozen=True)
 class In:
     """A positional input of a stage command: a path or an id the stage function takes first, in order."""
@@ -227,15 +221,15 @@ STAGE_COMMANDS: list[StageCommand] = []
 
 
 def stage_command(group: typer.Typer, name: str, *, stage: str, run: str, config: str, inputs: Sequence[In],
-                  out: str, doc: str, options: Sequence[Opt] = (), step: str | None = None, trainjob: bool = False,
-                  show: Callable[[Any, Path], None] | None = None) -> Callable[..., None]:
+                  out: str, doc: str, show: Callable[[Any, Path], None], options: Sequence[Opt] = (),
+                  step: str | None = None, trainjob: bool = False) -> Callable[..., None]:
     """Add ``aptops <group> <name>``: a command that runs one stage function as every stage command does.
 
     The command takes ``inputs`` as arguments, ``--out``, ``--overwrite``, ``options``, ``--config`` and ``--set``
     (every field of the ``config`` class by its own dotted name, validated by the class), and with ``trainjob``
     the TrainJob options (``--dry-run`` prints the job instead). It loads the config, checks --out, runs
-    ``run(*inputs, output_dir=out, config=cfg, **options)`` with metrics, and shows the result (``show``; default:
-    the metrics table).
+    ``run(*inputs, output_dir=out, config=cfg, **options)`` with metrics, and shows the result (``show``, such as
+    :func:`metrics_table`).
 
     Args:
         run / config: ``module:function`` and ``module:ConfigClass``, imported when the command runs.
@@ -251,7 +245,7 @@ def stage_command(group: typer.Typer, name: str, *, stage: str, run: str, config
                    _parameter("dry_run", DryRunOpt, False), _parameter("cluster", ClusterOpt, None)]
 
     def command(**kw: Any) -> None:
-        cfg = load_config(_load(config), kw["config"], overrides=kw["set_"] or [])
+        cfg = load_config(load_object(config), kw["config"], overrides=kw["set_"] or [])
         out_dir: Path = kw["out"]
         args = [kw[i.name] for i in inputs]
         given = [o for o in options if kw[o.name] is not None]
@@ -260,11 +254,11 @@ def stage_command(group: typer.Typer, name: str, *, stage: str, run: str, config
             if _dry_run(stage, argv, out_dir, cfg, dry_run=kw["dry_run"], cluster=kw["cluster"], nodes=kw["nodes"],
                         gpus_per_node=kw["gpus_per_node"]):
                 return
-        fn = _load(run)
+        fn = load_object(run)  # imported when the command runs: `aptops --help` loads no stage
         result = _run_stage(stage, step or name, lambda: fn(*args, output_dir=out_dir, config=cfg,
                                                                 **{o.keyword: kw[o.name] for o in given}),
                             out_dir, inputs=[*args, *(kw[o.name] for o in given if o.reads)], overwrite=kw["overwrite"])
-        (show or metrics_table(f"{stage} {name}: {{out}}"))(result, out_dir)
+        show(result, out_dir)
 
     command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     command.__name__ = f"{stage}_{name}"

@@ -223,8 +223,8 @@ def load_watcher(name: str, **settings: Any) -> Watcher:
         offered = sorted(ep.name for ep in importlib.metadata.entry_points(group=WATCHER_GROUP))
         raise ConfigError(f"no training watcher named {name!r} is installed (installed: {', '.join(offered) or 'none'}); "
                           f"install aptops[{name}] (or set {name}=false)", field=name)
-    factory = next(iter(found)).load()
-    watcher = factory(**settings)
+    entry = next(iter(found))
+    watcher = entry.load()(**settings)
     if not isinstance(watcher, Watcher):
-        raise PluginError(f"the {name!r} watcher ({next(iter(found)).value}) lacks name, priority, report or summary()")
+        raise PluginError(f"the {name!r} watcher ({entry.value}) lacks name, priority, report or summary()")
     return watcher

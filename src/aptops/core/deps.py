@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 from types import ModuleType
+from typing import Any
 
 from aptops.core.errors import MissingDependencyError
 
@@ -29,3 +30,10 @@ def require(module: str, *, extra: str, feature: str) -> ModuleType:
             f"{feature} needs the Python module {module!r}, which is not installed: "
             f"pip install 'aptops[{extra}]' to use it"
         ) from exc
+
+
+def load_object(ref: str) -> Any:
+    """The object a ``module:attribute`` reference names (a stage table's config, a command's function),
+    imported now: the places that name code as text load it only when it is used."""
+    module, _, attr = ref.partition(":")
+    return getattr(importlib.import_module(module), attr)

@@ -304,7 +304,7 @@ def train_and_measure(trainer: Any, *, resume: str | None, has_eval: bool, param
     return metrics
 
 
-@dataclass
+@dataclass(frozen=True)
 class Provenance:
     """What the lineage of a trained model names: the stage, its inputs and the config to record."""
 
@@ -391,13 +391,12 @@ def run_trainer(model: Any, tokenizer: Any, train: Any, eval_dataset: Any = None
     # Everything that can be checked without the model is checked first: the data, the split, the
     # TrainingArguments; a bad value fails before a model loads or a folder is made.
     check_model_source(model)
-    provenance = Provenance(stage, "", dataset_source or (str(train) if isinstance(train, str | Path)
-                                                          else "in-memory dataset"),
-                            dict(lineage_inputs or {}), lineage_config)
+    dataset_source = dataset_source or (str(train) if isinstance(train, str | Path) else "in-memory dataset")
     data = split_heldout(train, eval_dataset, config)
     checkpoints = checkpoint_folder(out, config.checkpoint_dir, stage=stage)
     args = trainer_arguments(checkpoints, config, data)
-    model, tokenizer, provenance.model_source = load_causal_lm(model, tokenizer)
+    model, tokenizer, model_source = load_causal_lm(model, tokenizer)
+    provenance = Provenance(stage, model_source, dataset_source, dict(lineage_inputs or {}), lineage_config)
     # under torchrun rank 0 alone writes the artifact: it holds the folder (locked, marked unfinished) to the end
     with writing_in_place(out, stage=stage) if args.should_save else contextlib.nullcontext():
         with args.main_process_first(desc="tokenising"):

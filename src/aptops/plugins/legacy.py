@@ -9,7 +9,6 @@ an adapter for an unused stage costs nothing.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import typing
 from collections.abc import Callable, Mapping
@@ -17,6 +16,7 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
+from aptops.core.deps import load_object
 from aptops.core.errors import ConfigError, PluginError
 from aptops.stages import STAGES, Stage
 
@@ -45,8 +45,7 @@ class AdapterSpec:
         keys: set[str] = set()
         for stage in self.stages:
             if stage.config:
-                module_name, _, attr = stage.config.partition(":")
-                cls = getattr(importlib.import_module(module_name), attr)
+                cls = load_object(stage.config)
                 hints = typing.get_type_hints(cls)
                 for f in fields(cls):
                     keys.add(f.name)
@@ -141,8 +140,7 @@ class LegacyPlugin:
         if spec is None or item not in spec.methods:
             raise AttributeError(item)
         if item not in self._resolved:
-            module_name, _, attr = spec.methods[item].partition(":")
-            self._resolved[item] = getattr(importlib.import_module(module_name), attr)
+            self._resolved[item] = load_object(spec.methods[item])
         return self._resolved[item]
 
     def __dir__(self) -> list[str]:
