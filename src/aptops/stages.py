@@ -31,7 +31,7 @@ class Stage:
 
     Attributes:
         name: the snake_case stage name (``data``), used for the module, image, component and CLI.
-        adapter: the old APT plugin's adapter name (``data_processors``).
+        adapter: the old APT plugin's adapter name (``data_processors``); empty for a stage no old plugin had.
         legacy_name: the old plugin's display name.
         category: the old plugin's category.
         priority: the old plugin's priority; lower runs first on the bus.
@@ -102,6 +102,9 @@ STAGES: tuple[Stage, ...] = (
            "detect_saturated_neurons", "track_memory", "detect_memory_leaks", "profile_section", "profile_model",
            "diagnose_training", "detect_nan_inf", "visualize_gradients", "visualize_activations",
            "generate_full_report"), "aptops.debug.callback:DebugConfig"),
+    # a new stage, no old plugin: no adapter
+    Stage("eval", "", "", "evaluation", 850, "gpu", "eval",
+          ("evaluate_tasks", "build_wordnet_task"), "aptops.eval.recipe:HarnessConfig"),
     Stage("export", "ollama_export", "Ollama Export", "export", 900, "cpu", "export",
           ("export_to_gguf", "create_modelfile", "register_to_ollama", "test_model"),
           "aptops.export.recipe:ExportConfig", dockerfile="images/export/Dockerfile"),

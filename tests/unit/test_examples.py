@@ -22,6 +22,7 @@ def _example_classes() -> dict[str, type]:
     from aptops.data import CleanConfig
     from aptops.debug import DebugStageConfig
     from aptops.distill import DistillConfig
+    from aptops.eval import HarnessConfig
     from aptops.export import ExportConfig
     from aptops.multimodal import MultimodalConfig
     from aptops.prune import PruneConfig
@@ -29,7 +30,8 @@ def _example_classes() -> dict[str, type]:
 
     # the config each stage's main CLI command takes (debug run takes the debug stage's own)
     return {"data": CleanConfig, "train": TrainConfig, "distill": DistillConfig, "prune": PruneConfig,
-            "multimodal": MultimodalConfig, "debug": DebugStageConfig, "export": ExportConfig, "backup": BackupConfig}
+            "multimodal": MultimodalConfig, "debug": DebugStageConfig, "eval": HarnessConfig, "export": ExportConfig,
+            "backup": BackupConfig}
 
 
 def _fields(cls: type, prefix: str = "") -> set[str]:

@@ -15,7 +15,19 @@ import sys
 
 from rich.markup import escape
 
-from aptops.cli import backup, data, debug, distill, export, hub, multimodal, prune, system, train  # noqa: F401
+from aptops.cli import (  # noqa: F401
+    backup,
+    data,
+    debug,
+    distill,
+    eval,
+    export,
+    hub,
+    multimodal,
+    prune,
+    system,
+    train,
+)
 from aptops.cli.common import app, err
 from aptops.core.errors import AptopsError, ConfigError, is_disk_full
 

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from aptops import __version__
-from aptops.core.config import load_config
+from aptops.core.config import load_config, parse_overrides
 from aptops.core.deps import load_object
 from aptops.core.errors import ConfigError
 from aptops.core.logging import configure_logging
@@ -177,7 +177,8 @@ class In:
 
 @dataclass(frozen=True)
 class Opt:
-    """An optional ``--flag VALUE`` a stage command passes to its function as ``keyword``.
+    """An optional ``--flag VALUE`` a stage command passes to its function as ``keyword``, or, with ``field``,
+    a short name for ``--set <field>=VALUE`` (``listed``: comma-separated values, a list field).
 
     ``reads``: the stage reads it (a path --out may not be or lie in); otherwise it is a second output.
     """
@@ -187,6 +188,8 @@ class Opt:
     help: str
     type: Any = str
     reads: bool = True
+    field: str = ""
+    listed: bool = False
 
     @property
     def name(self) -> str:
@@ -245,10 +248,15 @@ def stage_command(group: typer.Typer, name: str, *, stage: str, run: str, config
                    _parameter("dry_run", DryRunOpt, False), _parameter("cluster", ClusterOpt, None)]
 
     def command(**kw: Any) -> None:
-        cfg = load_config(load_object(config), kw["config"], overrides=kw["set_"] or [])
+        overrides = parse_overrides(kw["set_"] or [])
+        for o in options:
+            if o.field and kw[o.name] is not None:
+                value = kw[o.name]
+                overrides[o.field] = [v.strip() for v in str(value).split(",") if v.strip()] if o.listed else value
+        cfg = load_config(load_object(config), kw["config"], overrides=overrides)
         out_dir: Path = kw["out"]
         args = [kw[i.name] for i in inputs]
-        given = [o for o in options if kw[o.name] is not None]
+        given = [o for o in options if kw[o.name] is not None and not o.field]
         if trainjob:
             argv = [stage, name, *map(str, args), *(x for o in given for x in (o.flag, str(kw[o.name])))]
             if _dry_run(stage, argv, out_dir, cfg, dry_run=kw["dry_run"], cluster=kw["cluster"], nodes=kw["nodes"],
@@ -257,7 +265,8 @@ def stage_command(group: typer.Typer, name: str, *, stage: str, run: str, config
         fn = load_object(run)  # imported when the command runs: `aptops --help` loads no stage
         result = _run_stage(stage, step or name, lambda: fn(*args, output_dir=out_dir, config=cfg,
                                                                 **{o.keyword: kw[o.name] for o in given}),
-                            out_dir, inputs=[*args, *(kw[o.name] for o in given if o.reads)], overwrite=kw["overwrite"])
+                            out_dir, overwrite=kw["overwrite"],
+                            inputs=[*args, *(kw[o.name] for o in options if o.reads and kw[o.name] is not None)])
         show(result, out_dir)
 
     command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]

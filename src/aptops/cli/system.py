@@ -41,7 +41,7 @@ from aptops.stages import STAGES
 def stages() -> None:
     """List the stages: old adapter name, category, priority, image, node pool and how many old functions it keeps."""
     print_table("aptops stages", ("stage", "old adapter", "category", "priority", "image", "pool", "old functions"),
-                [(s.name, s.adapter, s.category, str(s.priority), s.image, s.pool, str(len(s.functions))) for s in STAGES])
+                [(s.name, s.adapter or "-", s.category, str(s.priority), s.image, s.pool, str(len(s.functions))) for s in STAGES])
 
 
 # the placement options of every command that compiles pipelines for a cluster, in their order on --help

@@ -117,7 +117,7 @@ def _split_pair(text: str, field_name: str) -> tuple[str, str]:
 
 
 # the stages whose tasks load model weights (and so share the cache volume)
-MODEL_STAGES = frozenset({"hub", "train", "distill", "prune", "multimodal", "debug", "export"})
+MODEL_STAGES = frozenset({"hub", "train", "distill", "prune", "multimodal", "debug", "eval", "export"})
 # the stages whose tasks may write resumable checkpoints
 CHECKPOINT_STAGES = frozenset({"train", "distill", "prune", "multimodal"})
 
@@ -223,6 +223,7 @@ DEFAULT_RESOURCES: dict[str, StageResources] = {
     "prune": _res("4", "32Gi", "8", "64Gi"),
     "multimodal": _res("4", "16Gi", "8", "32Gi"),
     "debug": _res("4", "32Gi", "8", "64Gi"),
+    "eval": _res("4", "16Gi", "8", "32Gi"),
     "export": _res("4", "16Gi", "8", "48Gi"),
     "backup": _res("1", "1Gi", "2", "4Gi"),
 }

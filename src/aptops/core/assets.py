@@ -7,11 +7,15 @@ reuses it afterwards. Conversion: ``python -c "from aptops.core.assets import sm
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
+import shutil
+import warnings
 from importlib import util as importlib_util
 from pathlib import Path
+from typing import Any
 
 from aptops.core.artifacts import StageResult, atomic_output, finish_artifact, is_complete
 from aptops.core.deps import require
@@ -142,3 +146,45 @@ def minilm_folder() -> Path:
     tmp.symlink_to(folder, target_is_directory=True)
     os.replace(tmp, link)  # atomic, and replaces a link left by another environment
     return link
+
+
+WORDNET_DIR = Path("/usr/share/wordnet")
+# NLTK's reader wants a lexnames file that Debian's wordnet-base does not ship; these are WordNet 3.0's
+# 45 lexicographer files, in their fixed order (wndb(5WN)).
+_LEXNAMES = ["adj.all", "adj.pert", "adv.all", "noun.Tops", "noun.act", "noun.animal", "noun.artifact", "noun.attribute", "noun.body", "noun.cognition", "noun.communication", "noun.event", "noun.feeling", "noun.food", "noun.group", "noun.location", "noun.motive", "noun.object", "noun.person", "noun.phenomenon", "noun.plant", "noun.possession", "noun.process", "noun.quantity", "noun.relation", "noun.shape", "noun.state", "noun.substance", "noun.time", "verb.body", "verb.change", "verb.cognition", "verb.communication", "verb.competition", "verb.consumption", "verb.contact", "verb.creation", "verb.emotion", "verb.motion", "verb.perception", "verb.possession", "verb.social", "verb.stative", "verb.weather", "adj.ppl"]
+
+
+@functools.lru_cache(maxsize=2)
+def wordnet(wordnet_dir: str = str(WORDNET_DIR)) -> Any:
+    """An NLTK WordNet reader over Debian's database files (a cache folder adds the missing lexnames)."""
+    reader = require("nltk.corpus.reader.wordnet", extra="data", feature="WordNet")
+    nltk_data = require("nltk.data", extra="data", feature="WordNet")
+    source = Path(wordnet_dir)
+    if not (source / "data.noun").is_file():
+        raise ArtifactNotFoundError(
+            f"WordNet is not installed at {source}: apt-get install wordnet-base (make setup does it)", path=str(source)
+        )
+    root = cache_dir() / "wordnet"
+    root.mkdir(parents=True, exist_ok=True)
+    # copied, not linked: NLTK refuses files that resolve outside the corpus root
+    for f in source.iterdir():
+        target = root / f.name
+        if f.is_file() and (not target.exists() or target.stat().st_size != f.stat().st_size):
+            shutil.copyfile(f, target)
+    if not (root / "lexnames").exists():
+        (root / "lexnames").write_text("".join(f"{i:02d}\t{name}\t{i // 100}\n" for i, name in enumerate(_LEXNAMES)))
+    if str(root) not in nltk_data.path:
+        nltk_data.path.append(str(root))  # NLTK only reads corpora under its data paths
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The multilingual functions are not available")
+        return _reader_class(reader)(str(root), None)
+
+
+def _reader_class(reader: Any) -> Any:
+    class DebianWordNet(reader.WordNetCorpusReader):  # type: ignore[misc, name-defined]
+        """WordNet 3.0 from Debian's files: no mapping to another WordNet (that only serves OMW data)."""
+
+        def map_wn(self, version: str = "wordnet") -> None:
+            return None
+
+    return DebianWordNet

@@ -18,14 +18,13 @@ import functools
 import logging
 import random
 import re
-import shutil
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import util as importlib_util
 from pathlib import Path
 from typing import Any
 
+from aptops.core.assets import WORDNET_DIR, wordnet
 from aptops.core.config import check_choice, check_range
 from aptops.core.deps import require
 from aptops.core.errors import ArtifactNotFoundError, ConfigError
@@ -33,10 +32,6 @@ from aptops.core.errors import ArtifactNotFoundError, ConfigError
 log = logging.getLogger(__name__)
 
 METHODS = ("synonym_replacement", "random_insertion", "random_swap", "random_deletion", "back_translation", "eda")
-WORDNET_DIR = Path("/usr/share/wordnet")
-# NLTK's reader wants a lexnames file that Debian's wordnet-base does not ship; these are WordNet 3.0's
-# 45 lexicographer files, in their fixed order (wndb(5WN)).
-_LEXNAMES = ["adj.all", "adj.pert", "adv.all", "noun.Tops", "noun.act", "noun.animal", "noun.artifact", "noun.attribute", "noun.body", "noun.cognition", "noun.communication", "noun.event", "noun.feeling", "noun.food", "noun.group", "noun.location", "noun.motive", "noun.object", "noun.person", "noun.phenomenon", "noun.plant", "noun.possession", "noun.process", "noun.quantity", "noun.relation", "noun.shape", "noun.state", "noun.substance", "noun.time", "verb.body", "verb.change", "verb.cognition", "verb.communication", "verb.competition", "verb.consumption", "verb.contact", "verb.creation", "verb.emotion", "verb.motion", "verb.perception", "verb.possession", "verb.social", "verb.stative", "verb.weather", "adj.ppl"]
 _WORD = re.compile(r"\w+", re.UNICODE)
 
 
@@ -65,44 +60,6 @@ class AugmentConfig:
     def __post_init__(self) -> None:
         for name in ("alpha_sr", "alpha_ri", "alpha_rs", "p_rd"):
             check_range(name, getattr(self, name), min_value=0.0, max_value=1.0)
-
-
-@functools.lru_cache(maxsize=2)
-def wordnet(wordnet_dir: str = str(WORDNET_DIR)) -> Any:
-    """An NLTK WordNet reader over Debian's database files (a cache folder adds the missing lexnames)."""
-    reader = require("nltk.corpus.reader.wordnet", extra="data", feature="WordNet synonyms")
-    nltk_data = require("nltk.data", extra="data", feature="WordNet synonyms")
-    source = Path(wordnet_dir)
-    if not (source / "data.noun").is_file():
-        raise ArtifactNotFoundError(
-            f"WordNet is not installed at {source}: apt-get install wordnet-base (make setup does it)", path=str(source)
-        )
-    from aptops.core.assets import cache_dir
-
-    root = cache_dir() / "wordnet"
-    root.mkdir(parents=True, exist_ok=True)
-    # copied, not linked: NLTK refuses files that resolve outside the corpus root
-    for f in source.iterdir():
-        target = root / f.name
-        if f.is_file() and (not target.exists() or target.stat().st_size != f.stat().st_size):
-            shutil.copyfile(f, target)
-    if not (root / "lexnames").exists():
-        (root / "lexnames").write_text("".join(f"{i:02d}\t{name}\t{i // 100}\n" for i, name in enumerate(_LEXNAMES)))
-    if str(root) not in nltk_data.path:
-        nltk_data.path.append(str(root))  # NLTK only reads corpora under its data paths
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The multilingual functions are not available")
-        return _reader_class(reader)(str(root), None)
-
-
-def _reader_class(reader: Any) -> Any:
-    class DebianWordNet(reader.WordNetCorpusReader):  # type: ignore[misc, name-defined]
-        """WordNet 3.0 from Debian's files: no mapping to another WordNet (that only serves OMW data)."""
-
-        def map_wn(self, version: str = "wordnet") -> None:
-            return None
-
-    return DebianWordNet
 
 
 @functools.lru_cache(maxsize=1)

@@ -65,6 +65,8 @@ def _specs_from_stage_table() -> dict[str, AdapterSpec]:
     """One adapter per old plugin name; a plugin served by two stages (hub + train) gets both stages' methods."""
     specs: dict[str, AdapterSpec] = {}
     for stage in STAGES:
+        if not stage.adapter:  # a stage of aptops' own (eval): no old plugin to stand in for
+            continue
         module = _legacy_module(stage)
         methods = {name: f"{module}:{name}" for name in stage.functions}
         known = specs.get(stage.adapter)

@@ -117,6 +117,9 @@ def test_every_function_of_the_stage_table_resolves_through_its_adapter():
 
     resolved = 0
     for stage in STAGES:
+        if not stage.adapter:  # a stage of aptops' own: its functions are its package's
+            assert all(callable(getattr(importlib.import_module(stage.module), n)) for n in stage.functions)
+            continue
         plugin = get_adapter(stage.adapter).get_legacy_plugin()
         for name in stage.functions:
             fn = getattr(plugin, name)
