@@ -32,9 +32,12 @@ demo: setup
 	@# answers to "Tell me a fortune."), distil into a 24-block student (0.84x the parameters; fewer blocks is what
 	@# makes generation faster on a CPU, a narrower MLP alone is not), prune 25% of its MLP neurons, measure, export
 	@# Q8_0 and Q4_K_M side by side (Q5_0 at least where rows are too narrow for k-quants), smoke-test the smaller
+	@# every model of the run is judged on 100 WordNet definitions (pick the word, 4 choices) with lm-evaluation-harness
+	$(APTOPS) eval wordnet-task runs/eval-tasks --overwrite
 	APTOPS_NO_PROGRESS=$${APTOPS_NO_PROGRESS:-0} $(APTOPS) run lifecycle --local \
 	  --param model="$$($(PY) -c 'from aptops.core.assets import smollm2_hf_folder; print(smollm2_hf_folder())')" \
-	  --param student_layers=24 --param distill_steps=20 --param quantization=Q8_0,Q4_K_M --param fallback_type=Q5_0
+	  --param student_layers=24 --param distill_steps=20 --param quantization=Q8_0,Q4_K_M --param fallback_type=Q5_0 \
+	  --param eval_tasks=wordnet_words --param eval_include_path="$$PWD/runs/eval-tasks"
 	@# text + image + audio: packaged photos and spoken recordings with captions; MiniLM (frozen) + small ViT and Wav2Vec2
 	$(APTOPS) multimodal sample runs/multimodal-sample --overwrite
 	APTOPS_NO_PROGRESS=$${APTOPS_NO_PROGRESS:-0} $(APTOPS) run multimodal --local \
@@ -63,6 +66,7 @@ bench: setup
 	$(PY) bench/distill_gain.py
 	$(PY) bench/prune_compare.py
 	$(PY) bench/multimodal_cache.py
+	$(PY) bench/eval_overhead.py
 	$(PY) bench/results_md.py
 
 compile: setup

@@ -18,14 +18,18 @@ def evaluate_tasks(
     results: Output[Artifact],
     report: Output[HTML],
     metrics: Output[Metrics],
+    baseline: Input[Model] = None,
     label: str = "",
+    baseline_label: str = "base",
     **tuned,
 ):
-    """Evaluate a model on lm-evaluation-harness tasks: results.json (the harness's results), an HTML report, and
-    <task>_<metric> metrics. A folder of GGUF files (the export artifact) has each file evaluated.
+    """Evaluate a model (and its baseline, when given: before and after, in one task) on lm-evaluation-harness
+    tasks: results.json (the harness's results per model), an HTML report, and <task>_<metric> metrics (prefixed by
+    the model's label when there are several). A folder of GGUF files (the export artifact) has each file evaluated.
+    Without tasks it evaluates nothing and says so (pipelines evaluate only when given tasks).
 
-    label names the model in the run report (base, trained, compressed ...). Tasks are harness names, or tasks of
-    one's own in include_path (a folder of task YAML files the task can read)."""
+    label and baseline_label name the models in the run report (base, trained, compressed ...). Tasks are harness
+    names, or tasks of one's own in include_path (a folder of task YAML files the task can read)."""
     params = dict(locals())
     import json
     import os
@@ -37,20 +41,32 @@ def evaluate_tasks(
     from aptops.eval import HarnessConfig, comparison_rows, evaluate_tasks, render_report
 
     config = config_from_params(HarnessConfig, params)
-    ggufs = sorted(f for f in os.listdir(model.path) if f.endswith(".gguf")) if os.path.isdir(model.path) else []
-    if ggufs and os.path.isfile(os.path.join(model.path, "config.json")):
-        ggufs = []  # a Hugging Face folder that also carries a GGUF: the folder is the model
-    targets = {f.removesuffix(".gguf").rsplit("-", 1)[-1]: os.path.join(model.path, f) for f in ggufs} or {
-        label or "model": model.path}
     os.makedirs(results.path, exist_ok=True)
+    if not config.tasks:  # a pipeline run without eval tasks: say so, evaluate nothing
+        with open(os.path.join(results.path, "results.json"), "w", encoding="utf-8") as fh:
+            json.dump({"label": label, "models": {}, "skipped": "no eval tasks were given"}, fh)
+        with open(report.path, "w", encoding="utf-8") as fh:
+            fh.write("<!doctype html><title>aptops eval</title><p>No eval tasks were given: nothing was evaluated.</p>")
+        return
+
+    def models_in(path, role):
+        """``{name: (path, role)}``: a folder of GGUF files (the export artifact) gives each file, named by its
+        type; a Hugging Face folder (safetensors) is one model, named by its role."""
+        files = os.listdir(path) if os.path.isdir(path) else []
+        ggufs = [] if any(f.endswith(".safetensors") for f in files) else sorted(f for f in files if f.endswith(".gguf"))
+        return {f.removesuffix(".gguf").rsplit("-", 1)[-1]: (os.path.join(path, f), role) for f in ggufs} or {
+            role or "model": (path, role)}
+
+    targets = {**(models_in(baseline.path, baseline_label) if baseline is not None else {}),
+               **models_in(model.path, label)}
     runs = {}
 
     def work():
         merged = {}
         with tempfile.TemporaryDirectory(prefix="aptops-eval-") as scratch:
-            for name, target in targets.items():
+            for name, (target, role) in targets.items():
                 done = evaluate_tasks(target, output_dir=os.path.join(scratch, name), config=config)
-                runs[name] = {**done.details, "label": name, "role": label, "metrics": done.metrics}
+                runs[name] = {**done.details, "label": name, "role": role, "metrics": done.metrics}
                 shutil.copyfile(done.outputs["results"], os.path.join(results.path, f"results-{name}.json"))
                 merged.update({k if len(targets) == 1 else f"{name}_{k}": v for k, v in done.metrics.items()})
         return StageResult("eval", outputs={"results": results.path}, metrics=merged)

@@ -1,4 +1,5 @@
-"""The ``compress`` pipeline: clean → import → distill → prune (with fine-tuning) → evaluate compression.
+"""The ``compress`` pipeline: clean → import → distill → prune (with fine-tuning) → evaluate compression (and
+the original and compressed models on eval tasks, when given).
 
 Run it on a CPU with the SmolLM2 folder (``make demo`` builds it) and a small corpus::
 
@@ -15,6 +16,7 @@ from aptops_components import data as data_components
 from aptops_components import distill as distill_components
 from aptops_components import hub as hub_components
 from aptops_components import prune as prune_components
+from aptops_pipelines.evaluation import judge
 
 
 def build(settings: ClusterSettings) -> Any:
@@ -43,6 +45,9 @@ def build(settings: ClusterSettings) -> Any:
         learning_rate: float = 1e-4,
         batch_size: int = 8,
         training_args: str = "{}",
+        eval_tasks: str = "",
+        eval_include_path: str = "",
+        eval_limit: float = 0.0,
     ):
         """Distil, prune, fine-tune and evaluate a compressed model.
 
@@ -63,6 +68,10 @@ def build(settings: ClusterSettings) -> Any:
             learning_rate: the peak learning rate of both trainings.
             batch_size: sequences per device per step.
             training_args: JSON of further transformers.TrainingArguments fields for both trainings.
+            eval_tasks: lm-evaluation-harness tasks that judge the original and the compressed model
+                (comma-separated harness names, or tasks in eval_include_path); empty: none.
+            eval_include_path: a folder of task YAML files of your own the tasks can read; empty: harness tasks only.
+            eval_limit: at most this many documents per eval task (0: all).
         """
         run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
         clean = clean_text(source=source, separator=separator, text_column=text_column, pipeline="compress",
@@ -84,5 +93,8 @@ def build(settings: ClusterSettings) -> Any:
                              dataset=clean.outputs["dataset"], block_size=block_size, pipeline="compress",
                              run_id=run_id)
         settings.apply(evaluated, "distill")
+        judged = judge(settings, tasks=eval_tasks, include_path=eval_include_path, limit=eval_limit,
+                       labels={"pipeline": "compress", "run_id": run_id})
+        judged(pruned.outputs["pruned"], "compressed", baseline=teacher.outputs["model"], baseline_label="original")
 
     return compress

@@ -2,7 +2,7 @@
 
 data (clean → near-duplicate removal → quality) → import the base model → train with the debugger →
 distil a smaller student → prune it with fine-tuning → evaluate the compression against the trained model →
-GGUF export with the quant gate → smoke test (Ollama, or llama.cpp in the task) → optional Hub publish →
+judge base, trained, compressed and GGUF models on lm-evaluation-harness tasks (when given) → GGUF export with the quant gate → smoke test (Ollama, or llama.cpp in the task) → optional Hub publish →
 optional backup; an exit handler records the run's outcome as a metric however it ends.
 
 Run it on a CPU with SmolLM2-135M (``make demo`` does)::
@@ -24,6 +24,7 @@ from aptops_components import hub as hub_components
 from aptops_components import prune as prune_components
 from aptops_components import runs as run_components
 from aptops_components import train as train_components
+from aptops_pipelines.evaluation import judge
 
 # fortunes are separated by "%" lines; flagged rows (exact duplicates, too short, junk) are dropped. One line
 # of flow YAML: kfp copies defaults into a comment header of the compiled file, where a newline breaks the YAML.
@@ -69,6 +70,9 @@ def build(settings: ClusterSettings) -> Any:
         hub_repo: str = "",
         backup_destinations: str = "",
         training_args: str = "{}",
+        eval_tasks: str = "",
+        eval_include_path: str = "",
+        eval_limit: float = 0.0,
     ):
         """The whole lifecycle of a causal LM.
 
@@ -99,6 +103,11 @@ def build(settings: ClusterSettings) -> Any:
             hub_repo: publish the compressed model to this Hub repo; empty: no publish.
             backup_destinations: comma-separated locations for the GGUF folder; empty: no backup.
             training_args: JSON of further transformers.TrainingArguments fields for every training.
+            eval_tasks: lm-evaluation-harness tasks that judge the base, trained, compressed and GGUF models
+                (comma-separated harness names, or tasks in eval_include_path); empty: none.
+            eval_include_path: a folder of task YAML files of your own the tasks can read (aptops eval
+                wordnet-task makes one); empty: harness tasks only.
+            eval_limit: at most this many documents per eval task (0: all).
         """
         run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
         finished = settings.apply(c.outcome(pipeline="lifecycle", run_id=run_id), "data", cache=False)
@@ -106,25 +115,27 @@ def build(settings: ClusterSettings) -> Any:
             labels = {"pipeline": "lifecycle", "run_id": run_id}
             data = settings.apply(c.process(source=source, overrides=data_steps, **labels), "data")
             base = settings.apply(c.import_model(repo=model, **labels), "hub")
+            judged = judge(settings, tasks=eval_tasks, include_path=eval_include_path, limit=eval_limit, labels=labels)
             training = {"block_size": block_size, "learning_rate": learning_rate, "batch_size": batch_size,
                         "chat_prompt": chat_prompt, "training_args": training_args, **labels}
             pruned, evaluated = _train_and_compress(
-                c, settings, base.outputs["model"], data.outputs["dataset"], training, eval_fraction=eval_fraction,
+                c, settings, base.outputs["model"], data.outputs["dataset"], training, judged, eval_fraction=eval_fraction,
                 train_steps=train_steps, distill_steps=distill_steps, student_layer_stride=student_layer_stride,
                 student_layers=student_layers, prune_method=prune_method, target_sparsity=target_sparsity,
                 prune_steps=prune_steps)
-            _ship(c, settings, pruned, evaluated, labels, quantization=quantization, fallback_type=fallback_type,
+            _ship(c, settings, pruned, evaluated, judged, labels, quantization=quantization, fallback_type=fallback_type,
                   min_top1_agreement=min_top1_agreement, model_name=model_name, first_prompt=chat_prompt,
                   ollama_host=ollama_host, hub_repo=hub_repo, backup_destinations=backup_destinations)
 
     return lifecycle
 
 
-def _train_and_compress(c: Any, settings: ClusterSettings, base: Any, dataset: Any, training: dict[str, Any], *,
-                        eval_fraction: Any, train_steps: Any, distill_steps: Any, student_layer_stride: Any,
+def _train_and_compress(c: Any, settings: ClusterSettings, base: Any, dataset: Any, training: dict[str, Any],
+                        judged: Any, *, eval_fraction: Any, train_steps: Any, distill_steps: Any, student_layer_stride: Any,
                         student_layers: Any, prune_method: Any, target_sparsity: Any, prune_steps: Any) -> Any:
     """Fine-tune with the debugger, distil a student, prune it with recovery, and measure the compression against
-    the trained model on its held-out split: the ``(pruned, evaluated)`` tasks."""
+    the trained model on its held-out split and the eval tasks: the ``(pruned, evaluated)`` tasks, where
+    ``evaluated`` is the compressed model's eval task (the model card reads it)."""
     trained = settings.apply(c.train(model=base, dataset=dataset, max_steps=train_steps, eval_fraction=eval_fraction,
                                      debug=True, **training), "train", trains=True)
     student = settings.apply(c.distill(
@@ -138,20 +149,25 @@ def _train_and_compress(c: Any, settings: ClusterSettings, base: Any, dataset: A
     evaluated = settings.apply(c.evaluate(original=trained.outputs["trained"], compressed=pruned.outputs["pruned"],
                                           dataset=trained.outputs["heldout"], block_size=training["block_size"],
                                           chat_prompt=training["chat_prompt"], **labels), "distill")
-    return pruned, evaluated
+    judged(trained.outputs["trained"], "trained", baseline=base)
+    compressed = judged(pruned.outputs["pruned"], "compressed")
+    compressed.after(evaluated)  # the compression report first: a publish that waits for this waits for both
+    return pruned, compressed
 
 
-def _ship(c: Any, settings: ClusterSettings, pruned: Any, evaluated: Any, labels: dict[str, Any], *,
+def _ship(c: Any, settings: ClusterSettings, pruned: Any, evaluated: Any, judged: Any, labels: dict[str, Any], *,
           quantization: Any, fallback_type: Any, min_top1_agreement: Any, model_name: Any, first_prompt: Any,
           ollama_host: Any, hub_repo: Any, backup_destinations: Any) -> None:
     """GGUF export behind the quant gate, the smoke test, and the optional Hub publish and backup."""
     gguf = settings.apply(c.export_gguf(model=pruned.outputs["pruned"], quantization=quantization,
                                         fallback_type=fallback_type, min_top1_agreement=min_top1_agreement, **labels),
                           "export")
+    judged(gguf.outputs["gguf"], "gguf", gguf=True)
     served = settings.apply(c.smoke(gguf=gguf.outputs["gguf"], source=pruned.outputs["pruned"], model_name=model_name,
                                     first_prompt=first_prompt, ollama_host=ollama_host, **labels), "export", cache=False)
     with dsl.If(hub_repo != "", name="publish"):
-        published = c.publish(model=pruned.outputs["pruned"], repo=hub_repo, **labels)
+        published = c.publish(model=pruned.outputs["pruned"], repo=hub_repo, evaluation=evaluated.outputs["results"],
+                              **labels)
         published.after(served, evaluated)
         settings.apply(published, "hub", cache=False)
     with dsl.If(backup_destinations != "", name="backup"):

@@ -78,6 +78,53 @@ def _gguf_rows(view: RunView) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: -(r["size_bytes"] or 0))
 
 
+#: the order of the eval tasks' models in tables: the life of the model, then its GGUF files
+_ROLES = ("base", "original", "trained", "compressed", "gguf")
+
+
+def _task_evaluations(view: RunView) -> dict[str, dict[str, Any]]:
+    """Every eval task's results (lm-evaluation-harness), ``{label: results.json content}`` in the order of the
+    model's life: base, trained, compressed, then each GGUF type."""
+    runs: list[tuple[int, str, dict[str, Any]]] = []
+    for task in view.tasks:
+        if not task["task"].startswith("evaluate-tasks"):
+            continue
+        judged = view.read(task["task"], "results", "results.json") or {}
+        for name, run in (judged.get("models") or {}).items():
+            role = run.get("role", "")
+            label = name if role != "gguf" else f"gguf {name}"
+            runs.append((_ROLES.index(role) if role in _ROLES else len(_ROLES), label, run))
+    return {label: run for _, label, run in sorted(runs, key=lambda r: r[0])}
+
+
+def _task_lines(view: RunView) -> list[str]:
+    """One summary line per task: its headline metric for every model, and what the compressed model kept."""
+    from aptops.eval.recipe import headline
+
+    runs = _task_evaluations(view)
+    heads = {label: headline(run.get("results") or {}) for label, run in runs.items()}
+    lines = []
+    for task in dict.fromkeys(t for h in heads.values() for t in h):
+        metric = next(h[task][0] for h in heads.values() if task in h)
+        values = {label: h[task][1] for label, h in heads.items() if task in h}
+        kept = ""
+        if values.get("trained") and "compressed" in values:
+            kept = f" (the compressed model keeps {values['compressed'] / values['trained']:.0%} of the trained one's)"
+        lines.append(f"eval          {task} {metric}: " + ", ".join(f"{k} {v:.3f}" for k, v in values.items()) + kept)
+    return lines
+
+
+def _kept(view: RunView) -> list[tuple[str, str, float, float]]:
+    """``(task, metric, trained, compressed)`` for every eval task both models were judged on."""
+    from aptops.eval.recipe import headline
+
+    runs = _task_evaluations(view)
+    if "trained" not in runs or "compressed" not in runs:
+        return []
+    trained, compressed = headline(runs["trained"].get("results") or {}), headline(runs["compressed"].get("results") or {})
+    return [(task, trained[task][0], trained[task][1], compressed[task][1]) for task in trained if task in compressed]
+
+
 def _data_steps(view: RunView) -> list[dict[str, Any]]:
     marker = view.read("process-data", "dataset", "result.json") or {}
     return list((marker.get("details") or {}).get("steps") or [])
@@ -126,6 +173,7 @@ def summary_lines(view: RunView) -> list[str]:
         lines.append("compression   " + ", ".join(size) + " (compressed / trained, on the held-out text as trained)")
         if speed:
             lines.append("speed         " + ", ".join(speed) + " (compressed / trained: above 1 is faster)")
+    lines += _task_lines(view)
     for row in _gguf_rows(view):
         state = "verified" if row["passed"] else "NOT verified" if row["passed"] is False else "unchecked"
         agree = f", top-1 agreement {row['top1_agreement']:.2f}" if row["top1_agreement"] is not None else ""
@@ -151,7 +199,7 @@ def summary_lines(view: RunView) -> list[str]:
             "(fan-out)"}
     for task in view.tasks:  # every other task that measured something: its headline numbers
         name = task["task"]
-        if name in told or name.startswith("export-gguf") or not task["metrics"]:
+        if name in told or name.startswith(("export-gguf", "evaluate-tasks")) or not task["metrics"]:
             continue
         shown = headline(task["metrics"], HEADLINES.get(name) or tuple(task["metrics"]))
         lines.append(f"{name:<13} " + ", ".join(f"{k} {fmt_metric(k, v)}" for k, v in shown.items()))
@@ -188,7 +236,8 @@ def _curves(view: RunView) -> str:
         if not history:
             continue
         train = [(h["step"], h["loss"]) for h in history if "loss" in h and "step" in h]
-        held = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h and "step" in h]
+        # one held-out point per step: the final measure repeats the last scheduled evaluation
+        held = sorted({h["step"]: h["eval_loss"] for h in history if "eval_loss" in h and "step" in h}.items())
         out.append(report.line_chart({"training loss": train, "held-out loss": held}, title=f"Loss during {what}",
                                      x_label="optimizer step", y_label="loss"))
     return "".join(out) or "<p>No training curve was recorded in this run.</p>"
@@ -262,8 +311,20 @@ def write_report(view: RunView) -> Path:
         rows = [(n, m.get(f"original_{n}", ""), m.get(f"compressed_{n}", ""),
                  m.get(f"ratio_{n}", m.get(f"ratio_{n.removesuffix('_tokens_per_s')}_speedup", ""))) for n in names]
         ratios = {k.removeprefix("ratio_"): v for k, v in m.items() if k.startswith("ratio_")}
+        for task, metric, trained, compressed in _kept(view):  # what the eval tasks say it kept
+            rows.append((f"{task} {metric}", trained, compressed, compressed / trained if trained else ""))
+            if trained:
+                ratios[f"{task} {metric}"] = compressed / trained
         sections.append(("Compression trade-off", report.table(rows, header=["measure", "trained", "compressed", "ratio"])
                          + bar_chart(ratios, title="compressed / trained (1.0 = unchanged)", unit="x")))
+    judged = _task_evaluations(view)
+    if judged:
+        from aptops.eval.recipe import comparison_rows
+
+        header, rows = comparison_rows(judged)
+        sections.append(("Task evaluation (lm-evaluation-harness)",
+                         "<p>Each model of the run on the same tasks, the harness's headline metric per task "
+                         "(± its standard error).</p>" + report.table(rows, header=header)))
     gguf = _gguf_rows(view)
     if gguf:
         rows = [(r["type"], fmt_metric("size_bytes", r["size_bytes"] or 0), {True: "passed", False: "FAILED"}.get(

@@ -1,4 +1,5 @@
-"""The ``train`` pipeline: dataset → train → evaluate → optional Hub publish.
+"""The ``train`` pipeline: dataset → train → evaluate (held-out perplexity; eval tasks when given, base and
+trained) → optional Hub publish.
 
 Run it on a CPU with the bundled SmolLM2 (``make demo`` builds the folder) and a small corpus::
 
@@ -14,6 +15,7 @@ from aptops.cluster.settings import ClusterSettings
 from aptops_components import data as data_components
 from aptops_components import hub as hub_components
 from aptops_components import train as train_components
+from aptops_pipelines.evaluation import judge
 
 
 def build(settings: ClusterSettings) -> Any:
@@ -40,6 +42,9 @@ def build(settings: ClusterSettings) -> Any:
         debug: bool = True,
         publish_repo: str = "",
         publish_private: bool = True,
+        eval_tasks: str = "",
+        eval_include_path: str = "",
+        eval_limit: float = 0.0,
     ):
         """Clean a corpus, fine-tune a causal LM on it, evaluate it, optionally publish it.
 
@@ -59,6 +64,10 @@ def build(settings: ClusterSettings) -> Any:
                 the train step's debug_report.
             publish_repo: a Hub repo (namespace/name) to publish to; empty: do not publish.
             publish_private: create the published repo private.
+            eval_tasks: lm-evaluation-harness tasks that judge the base and the trained model (comma-separated
+                harness names, or tasks in eval_include_path); empty: none.
+            eval_include_path: a folder of task YAML files of your own the tasks can read; empty: harness tasks only.
+            eval_limit: at most this many documents per eval task (0: all).
         """
         run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
         clean = clean_text(source=source, separator=separator, text_column=text_column, pipeline="train",
@@ -75,9 +84,12 @@ def build(settings: ClusterSettings) -> Any:
                                    dataset=trained.outputs["heldout"], block_size=block_size,
                                    text_column=text_column, pipeline="train", run_id=run_id)
         settings.apply(evaluated, "train")
+        judged = judge(settings, tasks=eval_tasks, include_path=eval_include_path, limit=eval_limit,
+                       labels={"pipeline": "train", "run_id": run_id})
+        after = judged(trained.outputs["trained"], "trained", baseline=base.outputs["model"])
         with dsl.If(publish_repo != "", name="publish"):
             published = export_model(model=trained.outputs["trained"], repo=publish_repo, private=publish_private,
-                                     pipeline="train", run_id=run_id)
+                                     evaluation=after.outputs["results"], pipeline="train", run_id=run_id)
             published.after(evaluated)
             settings.apply(published, "hub", cache=False)
 

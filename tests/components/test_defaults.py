@@ -28,7 +28,7 @@ _DELIBERATE = {("train_multimodal_model", "text_encoder"), ("train_multimodal_mo
 # Parameters that are inputs or labels, not settings: they name no config field by design.
 _NOT_SETTINGS = {"overrides", "pipeline", "run_id", "source", "shard", "repo", "manifest", "model_path",
                  "destinations", "status", "license", "language", "prompts", "first_prompt", "model_name",
-                 "system_prompt", "max_tokens", "ollama_host", "on_bad_input", "label"}
+                 "system_prompt", "max_tokens", "ollama_host", "on_bad_input", "label", "baseline_label"}
 
 
 def _components() -> list[tuple[str, typing.Any]]:

@@ -12,13 +12,15 @@ from tests.browser import screenshot, visible_text
 from tests.cli import aptops
 from tests.models import CORPUS
 from tests.services.ollama_standin import OllamaStandIn
+from tests.tasks import write_tiny_tasks
 
 CANARIES = {"OSS_ACCESS_KEY_SECRET": "canary-oss-5f1e2d", "MODELSCOPE_API_TOKEN": "canary-ms-9b7c3a",
             "KF_PIPELINES_TOKEN": "canary-kfp-44e0aa", "OSS_ACCESS_KEY_ID": "canary-ossid-17c2"}
 
 
 TASKS = ("process-data", "import-model", "train-model", "distill-model", "prune-model", "evaluate-compression",
-         "export-gguf", "ollama-smoke-test", "export-model", "backup-artifact", "record-run-outcome")
+         "export-gguf", "ollama-smoke-test", "export-model", "backup-artifact", "record-run-outcome", "evaluate-tasks",
+         "evaluate-tasks-2", "evaluate-tasks-3")
 
 
 def _check_console_and_report(stdout: str, run_dir, tmp_path) -> None:
@@ -35,8 +37,8 @@ def _check_console_and_report(stdout: str, run_dir, tmp_path) -> None:
     assert len(shown) == len(set(shown)), stdout  # nothing twice
     for figure in ("rows in", "held-out perplexity", "compression   params", "speed         forward",
                    "llama.cpp generation", "gguf          F16", "gguf          Q8_0",
-                   "smoke test",
-                   f"report        {run_dir / 'report.html'}"):
+                   "smoke test", "eval          tiny_mc acc_norm: base ", "gguf F16 ", "gguf Q8_0 ",
+                   "of the trained one's)", f"report        {run_dir / 'report.html'}"):
         assert figure in stdout, figure
     # every log holds its task's own output, the executor input included (nothing is lost, only moved)
     assert "executor_input" in (run_dir / "logs" / "train-model.log").read_text()
@@ -47,7 +49,7 @@ def _check_console_and_report(stdout: str, run_dir, tmp_path) -> None:
     seen = visible_text(page, tmp_path)
     for heading in ("At a glance", "Where the time went", "Data", "Training and distillation", "Pruning",
                     "Compression trade-off", "GGUF verification", "Smoke test", "Model card, as it would be published",
-                    "Stage reports"):
+                    "Stage reports", "Task evaluation (lm-evaluation-harness)", "tiny_mc acc_norm"):
         assert heading in seen, heading
     ratio = metrics["evaluate-compression"]["ratio_params"]
     assert f"params {ratio:.2f}x" in seen and f"{metrics['export-gguf']['top1_agreement']:.4g}" in seen
@@ -65,6 +67,7 @@ def test_lifecycle_runs_every_stage_locally(tiny_llama, s3_server, hub, tmp_path
     variable: none of them may appear in the output, any file the run wrote, the model card or compiled YAML."""
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in CORPUS))
+    tasks = write_tiny_tasks(tmp_path / "tasks")
     bucket = f"life-{uuid.uuid4().hex[:6]}"
     with OllamaStandIn(tmp_path / "ollama") as ollama:
         out = aptops("run", "lifecycle", "--local", "--param", f"model={tiny_llama}", "--param", f"source={corpus}",
@@ -73,7 +76,8 @@ def test_lifecycle_runs_every_stage_locally(tiny_llama, s3_server, hub, tmp_path
                      "--param", "target_sparsity=0.5", "--param", "quantization=F16,Q8_0",
                      "--param", "min_top1_agreement=0.5", "--param", f"ollama_host={ollama.host}",
                      "--param", "model_name=tiny:f16", "--param", f"backup_destinations=s3://{bucket}/gguf",
-                     "--param", f"hub_repo={hub.user}/lifecycle-model",
+                     "--param", f"hub_repo={hub.user}/lifecycle-model", "--param", "eval_tasks=tiny_mc",
+                     "--param", f"eval_include_path={tasks}",
                      "--param", 'training_args={"use_cpu": true}', "--runs-dir", str(tmp_path / "runs"),
                      cwd=tmp_path, env={"APTOPS_NO_PROGRESS": "1", "AWS_ACCESS_KEY_ID": s3_server.access_key,
                                         "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
@@ -92,6 +96,13 @@ def test_lifecycle_runs_every_stage_locally(tiny_llama, s3_server, hub, tmp_path
     _check_console_and_report(out.stdout, run_dir, tmp_path)
     card = hub.files(f"{hub.user}/lifecycle-model")["README.md"].decode()
     assert "perplexity" in card
+    # the published model's task results, in the card's model-index, equal what its eval task measured
+    judged = json.loads(next(run_dir.rglob("evaluate-tasks-2/results/results.json")).read_text())
+    assert judged["label"] == "compressed"
+    meta = yaml.safe_load(card.split("---\n")[1])
+    stated = {(r["task"].get("name"), m["type"]): m["value"] for r in meta["model-index"][0]["results"]
+              for m in r["metrics"]}
+    assert stated[("tiny_mc", "acc")] == round(judged["models"]["compressed"]["results"]["tiny_mc"]["acc,none"], 6)
     # no secret anywhere: output, every file of the run (logs, metrics, lineage, reports), the card, the YAML
     compiled = aptops("compile", "--pipeline", "lifecycle", "--out", str(tmp_path / "yaml"), "--secret", "aws=s3-creds",
                       env={"HF_TOKEN": hub.token, "AWS_SECRET_ACCESS_KEY": s3_server.secret_key, **CANARIES})

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
-from aptops.cli.common import In, Opt, app, print_table, stage_command
+from aptops.cli.common import In, Opt, OverwriteOpt, app, console, print_table, stage_command
 
 eval_app = typer.Typer(help="The eval stage: judge a model on standard or own tasks with lm-evaluation-harness.",
                        no_args_is_help=True)
@@ -38,3 +38,22 @@ stage_command(
     out="The results folder: results.json (the harness's results), report.html.", show=_show,
     doc="Evaluate a model (or a GGUF file) on lm-evaluation-harness tasks: aptops eval run MODEL --tasks arc_easy "
         "--limit 100 --out runs/eval. Tasks of your own: --include-path DIR --tasks my_task.")
+
+
+@eval_app.command("wordnet-task")
+def wordnet_task(
+    out: Annotated[Path, typer.Argument(help="The tasks folder to write (wordnet_words.yaml and its data).")],
+    questions: Annotated[int, typer.Option(help="Definitions to ask (four single-word choices each).")] = 100,
+    seed: Annotated[int, typer.Option(help="Random seed of the questions and choices.")] = 0,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Build a multiple-choice task from WordNet's definitions of common nouns (Debian wordnet-base): evaluate with
+    aptops eval run MODEL --include-path OUT --tasks wordnet_words."""
+    from aptops.core.artifacts import output_policy
+    from aptops.eval import build_wordnet_task
+
+    with output_policy(overwrite=overwrite):
+        result = build_wordnet_task(out, questions=questions, seed=seed)
+    console.print(f"task wordnet_words: {int(result.metrics['questions'])} questions in {out} "
+                  f"(chance {result.metrics['chance']:.2f}); aptops eval run MODEL --include-path {out} "
+                  "--tasks wordnet_words --out DIR")

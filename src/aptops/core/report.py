@@ -13,6 +13,9 @@ from collections.abc import Mapping, Sequence
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b")
 
 
+MARKED_POINTS = 60
+
+
 def line_chart(series: Mapping[str, Sequence[tuple[float, float]]], *, title: str, x_label: str, y_label: str,
                width: int = 640, height: int = 280, log_y: bool = False) -> str:
     """An SVG line chart of named ``(x, y)`` series; non-finite points are skipped."""
@@ -49,11 +52,11 @@ def line_chart(series: Mapping[str, Sequence[tuple[float, float]]], *, title: st
                  f'text-anchor="middle">{html.escape(y_label)}</text>')
     for i, (name, pts) in enumerate(clean.items()):
         color = PALETTE[i % len(PALETTE)]
-        if len(pts) == 1:
-            parts.append(f'<circle cx="{sx(pts[0][0]):.1f}" cy="{sy(pts[0][1]):.1f}" r="3" fill="{color}"/>')
-        elif pts:
+        if len(pts) > 1:
             path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in pts)
             parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.6" points="{path}"/>')
+        if len(pts) <= MARKED_POINTS:  # few points: each recorded one is marked, so none hides in a line
+            parts += [f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="2.5" fill="{color}"/>' for x, y in pts]
         parts.append(f'<text x="{width - pad_r - 4}" y="{pad_t + 14 * (i + 1)}" text-anchor="end" font-size="11" '
                      f'fill="{color}">{html.escape(name)}</text>')
     return f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}">{"".join(parts)}</svg>'

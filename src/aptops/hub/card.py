@@ -20,13 +20,30 @@ from aptops.core.deps import require
 from aptops.core.errors import ArtifactNotFoundError, ConfigError
 
 PLACEHOLDER = "[More Information Needed]"
+_HARNESS_URL = "https://github.com/EleutherAI/lm-evaluation-harness"
 # Lineage metrics that are evaluation results (they go into model-index), with their Hub metric type.
 EVAL_METRICS = {
     "perplexity": "perplexity", "eval_perplexity": "perplexity", "eval_loss": "loss",
     "teacher_agreement": "accuracy", "eval_accuracy": "accuracy", "accuracy": "accuracy",
 }
 _CARD_KEYS = {"license", "language", "tags", "datasets", "base_model", "description", "intended_use",
-              "limitations", "pipeline_tag", "model_name"}
+              "limitations", "pipeline_tag", "model_name", "evaluation"}
+
+
+def harness_results(evaluation: Mapping[str, Any]) -> list[tuple[str, str, str, float, Mapping[str, Any]]]:
+    """``(task, metric, filter, value, task config)`` of every numeric result of an lm-evaluation-harness run
+    (``results.json`` of ``aptops eval run``: ``{"results": {task: {"acc,none": 0.61, ...}}, "configs": ...}``),
+    standard errors left out."""
+    rows = []
+    configs = evaluation.get("configs") or {}
+    for task, values in (evaluation.get("results") or {}).items():
+        for key, value in values.items():
+            metric, comma, filt = key.partition(",")
+            if not comma or "_stderr" in metric or isinstance(value, bool) or not isinstance(value, int | float):
+                continue
+            if math.isfinite(float(value)):
+                rows.append((task, metric, filt, float(value), configs.get(task) or {}))
+    return rows
 
 
 def lineage_chain(folder: str | Path) -> list[dict[str, Any]]:
@@ -114,6 +131,16 @@ def create_model_card(save_dir: str | Path, repo_name: str, model_info: Mapping[
 
     eval_results = []
     evaluation_rows = []
+    task_rows = harness_results(info.get("evaluation") or {})
+    for task, metric, filt, value, task_config in task_rows:
+        dataset = str(task_config.get("dataset_path") or task)
+        eval_results.append(hub.EvalResult(
+            task_type="text-generation", task_name=task, dataset_type=dataset, dataset_name=task,
+            dataset_config=task_config.get("dataset_name") or None,
+            dataset_split=task_config.get("test_split") or task_config.get("validation_split") or None,
+            metric_type=metric, metric_name=metric if filt in ("", "none") else f"{metric} ({filt})",
+            metric_value=round(value, 6), source_name="lm-evaluation-harness", source_url=_HARNESS_URL,
+        ))
     for record in chain:
         for key, value in (record.get("metrics") or {}).items():
             if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
@@ -134,7 +161,8 @@ def create_model_card(save_dir: str | Path, repo_name: str, model_info: Mapping[
         pipeline_tag=info.get("pipeline_tag", "text-generation"), library_name="transformers",
         eval_results=eval_results or None,
     )
-    body = _body(repo_name, info, config, arch, n_params, dtypes, chain, evaluation_rows, base_model, datasets, folder)
+    body = _body(repo_name, info, config, arch, n_params, dtypes, chain, evaluation_rows, base_model, datasets, folder,
+                 task_rows)
     card = hub.ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
     text = str(card)
     if PLACEHOLDER in text:  # pragma: no cover - guarded by construction, checked by tests
@@ -153,7 +181,8 @@ def _base_model(chain: list[dict[str, Any]]) -> str | None:
 
 def _body(repo_name: str, info: Mapping[str, Any], config: dict[str, Any], arch: str, n_params: int,
           dtypes: set[str], chain: list[dict[str, Any]], evaluation_rows: list[tuple[str, str, float]],
-          base_model: str | None, datasets: list[str], folder: Path) -> str:
+          base_model: str | None, datasets: list[str], folder: Path,
+          task_rows: list[tuple[str, str, str, float, Mapping[str, Any]]] = ()) -> str:
     stages = [r.get("stage", "?") for r in chain]
     title = repo_name.split("/")[-1]
     made_by = f"the aptops stages {' → '.join(stages)}" if stages else "aptops"
@@ -173,11 +202,21 @@ def _body(repo_name: str, info: Mapping[str, Any], config: dict[str, Any], arch:
     if datasets:
         lines.append(f"| Datasets | {', '.join(datasets)} |")
     lines += ["", "## Evaluation", ""]
+    if task_rows:
+        evaluation = info.get("evaluation") or {}
+        shots = evaluation.get("n-shot") or {}
+        counts = evaluation.get("n-samples") or {}
+        lines += ["| Task | Metric | Value | Few-shot | Documents |", "|---|---|---|---|---|"]
+        lines += [f"| {task} | {metric}{'' if filt in ('', 'none') else f' ({filt})'} | {value:.4f} | "
+                  f"{shots.get(task, '')} | {(counts.get(task) or {}).get('effective', '')} |"
+                  for task, metric, filt, value, _ in task_rows]
+        version = f" {evaluation['lm_eval_version']}" if evaluation.get("lm_eval_version") else ""
+        lines += ["", f"Measured with [lm-evaluation-harness]({_HARNESS_URL}){version} (`aptops eval run`).", ""]
     if evaluation_rows:
         lines += ["| Stage | Metric | Value |", "|---|---|---|"]
         lines += [f"| {stage} | {key} | {value:.4f} |" for stage, key, value in evaluation_rows]
         lines += ["", "Measured by the stages themselves on their held-out split; see the lineage below."]
-    else:
+    elif not task_rows:
         lines.append("No evaluation was recorded in this model's lineage; measure it before relying on it.")
     lines += ["", "## Training details", ""]
     if chain:

@@ -170,7 +170,9 @@ def training_arguments(output_dir: str | Path, overrides: Mapping[str, Any] | No
     transformers = require("transformers", extra="train", feature="training")
     user = dict(overrides or {})
     defaults: dict[str, Any] = {
-        "report_to": "none", "logging_steps": 10, "save_total_limit": 2, "seed": seed, "data_seed": seed,
+        # a log every 1% of the run (every step of a short one): the report's curves have a point per logged step
+        # whatever the run's length
+        "report_to": "none", "logging_steps": 0.01, "save_total_limit": 2, "seed": seed, "data_seed": seed,
         "disable_tqdm": progress_disabled(), "eval_strategy": "epoch" if has_eval and not streaming else "no",
         **dict(recipe_defaults or {}), **strategy_arguments(strategy),
     }

@@ -10,81 +10,14 @@ from pathlib import Path
 import pytest
 
 from tests.cli import aptops
+from tests.tasks import write_tiny_tasks
 
 pytestmark = pytest.mark.slow
-
-MC_YAML = """\
-task: tiny_mc
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: tiny_mc.jsonl
-test_split: test
-output_type: multiple_choice
-doc_to_text: "Question: {{question}}\\nAnswer:"
-doc_to_choice: "{{choices}}"
-doc_to_target: answer
-metric_list:
-  - metric: acc
-  - metric: acc_norm
-metadata:
-  version: 1.0
-"""
-ROLLING_YAML = """\
-task: tiny_text
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: tiny_text.jsonl
-test_split: test
-output_type: loglikelihood_rolling
-doc_to_text: ""
-doc_to_target: "{{text}}"
-metric_list:
-  - metric: word_perplexity
-  - metric: bits_per_byte
-metadata:
-  version: 1.0
-"""
-GENERATE_YAML = """\
-task: tiny_gen
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: tiny_gen.jsonl
-test_split: test
-output_type: generate_until
-doc_to_text: "{{prompt}}"
-doc_to_target: "{{target}}"
-generation_kwargs:
-  until: ["\\n", "."]
-  max_gen_toks: 8
-  do_sample: false
-metric_list:
-  - metric: exact_match
-metadata:
-  version: 1.0
-"""
-
 
 @pytest.fixture(scope="module")
 def tasks(tmp_path_factory) -> Path:
     """A folder of task YAML files of one's own with their data beside them (named relative to the folder)."""
-    from tests.models import CORPUS
-
-    folder = tmp_path_factory.mktemp("tasks")
-    words = ["fox", "dog", "text", "models", "pipeline", "weights", "numbers", "tokenizer"]
-    rows = [{"question": f"Which word comes {i}?", "choices": [words[i % 8], words[(i + 3) % 8], words[(i + 5) % 8]],
-             "answer": i % 3} for i in range(24)]
-    (folder / "tiny_mc.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (folder / "tiny_mc.yaml").write_text(MC_YAML)
-    texts = [{"text": " ".join(CORPUS[i:i + 3])} for i in range(0, 15, 3)]
-    (folder / "tiny_text.jsonl").write_text("".join(json.dumps(r) + "\n" for r in texts))
-    (folder / "tiny_text.yaml").write_text(ROLLING_YAML)
-    gen = [{"prompt": s[:12], "target": s[12:].split(".")[0]} for s in CORPUS[:5]]
-    (folder / "tiny_gen.jsonl").write_text("".join(json.dumps(r) + "\n" for r in gen))
-    (folder / "tiny_gen.yaml").write_text(GENERATE_YAML)
-    return folder
+    return write_tiny_tasks(tmp_path_factory.mktemp("tasks"))
 
 
 @pytest.fixture(scope="module")

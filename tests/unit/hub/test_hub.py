@@ -190,6 +190,31 @@ def test_model_card_is_filled_from_the_lineage(model_dir):
     assert lineage_chain(model_dir)[-1]["stage"] == "train"
 
 
+def test_model_card_states_task_results_in_the_hubs_model_index(model_dir):
+    """An lm-evaluation-harness run (results.json of aptops eval run) becomes model-index entries: task, dataset,
+    metric type and value, as the Hub reads them, and a table in the card."""
+    evaluation = {"results": {"arc_easy": {"alias": "arc_easy", "acc,none": 0.61, "acc_stderr,none": 0.01,
+                                           "acc_norm,none": 0.58, "acc_norm_stderr,none": 0.01},
+                              "gsm8k": {"exact_match,strict-match": 0.12, "exact_match_stderr,strict-match": 0.009}},
+                  "configs": {"arc_easy": {"dataset_path": "allenai/ai2_arc", "dataset_name": "ARC-Easy",
+                                           "test_split": "test"}, "gsm8k": {"dataset_path": "gsm8k"}},
+                  "n-shot": {"arc_easy": 0, "gsm8k": 5}, "n-samples": {"arc_easy": {"effective": 2376}},
+                  "lm_eval_version": "0.4.13"}
+    card = create_model_card(model_dir, "aptops-user/tiny", {"evaluation": evaluation})
+    text = (model_dir / "README.md").read_text()
+    meta = yaml.safe_load(text.split("---\n")[1])
+    results = meta["model-index"][0]["results"]
+    arc = [r for r in results if r["task"].get("name") == "arc_easy"]
+    assert arc and arc[0]["dataset"] == {"name": "arc_easy", "type": "allenai/ai2_arc", "config": "ARC-Easy",
+                                         "split": "test"}
+    values = {m["type"]: m["value"] for r in arc for m in r["metrics"]}
+    assert values == {"acc": 0.61, "acc_norm": 0.58}  # standard errors are not results
+    gsm = next(m for r in results if r["task"].get("name") == "gsm8k" for m in r["metrics"])
+    assert gsm["type"] == "exact_match" and gsm["value"] == 0.12 and "strict-match" in gsm["name"]
+    assert "| arc_easy | acc | 0.6100 | 0 | 2376 |" in text and "lm-evaluation-harness" in text
+    assert any(r.metric_type == "perplexity" for r in card.data.eval_results)  # the lineage's numbers stay
+
+
 def test_model_card_without_lineage_says_so(tiny_llama, tmp_path):
     folder = tmp_path / "plain"
     shutil.copytree(tiny_llama, folder)

@@ -103,6 +103,8 @@ def test_training_arguments_defaults_recipe_and_user_layers(tmp_path):
                               recipe_defaults={"logging_steps": 7, "save_steps": 11})
     assert (args.logging_steps, args.save_steps, args.seed, args.data_seed) == (3, 11, 5, 5)
     assert args.eval_strategy == "epoch" and args.report_to == []
+    plain = training_arguments(tmp_path, {}, has_eval=False)
+    assert plain.logging_steps == 0.01 and plain.eval_strategy == "no"  # a log every 1% of the run
     streamed = training_arguments(tmp_path, {"max_steps": 4}, has_eval=True, streaming=True)
     assert streamed.eval_strategy == "steps" and streamed.eval_steps == 200
     stopping = training_arguments(tmp_path, {"eval_steps": 5}, has_eval=True, early_stopping_patience=2)
