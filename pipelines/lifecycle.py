@@ -142,8 +142,10 @@ def _train_and_compress(c: Any, settings: ClusterSettings, base: Any, dataset: A
         teacher=trained.outputs["trained"], dataset=dataset, student_layer_stride=student_layer_stride,
         student_layers=student_layers, max_steps=distill_steps, eval_fraction=eval_fraction, **training),
         "distill", trains=True)
+    # every training holds out the same documents (same fraction, same seed), which evaluate-compression scores
     pruned = settings.apply(c.prune(model=student.outputs["student"], dataset=dataset, method=prune_method,
-                                    target_sparsity=target_sparsity, max_steps=prune_steps, **training),
+                                    target_sparsity=target_sparsity, max_steps=prune_steps,
+                                    eval_fraction=eval_fraction, **training),
                             "prune", trains=True)
     labels = {k: training[k] for k in ("pipeline", "run_id")}
     evaluated = settings.apply(c.evaluate(original=trained.outputs["trained"], compressed=pruned.outputs["pruned"],

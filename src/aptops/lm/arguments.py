@@ -174,6 +174,8 @@ def training_arguments(output_dir: str | Path, overrides: Mapping[str, Any] | No
         # whatever the run's length
         "report_to": "none", "logging_steps": 0.01, "save_total_limit": 2, "seed": seed, "data_seed": seed,
         "disable_tqdm": progress_disabled(), "eval_strategy": "epoch" if has_eval and not streaming else "no",
+        # the held-out loss before the first step too: the curve starts where the model started
+        "eval_on_start": has_eval,
         **dict(recipe_defaults or {}), **strategy_arguments(strategy),
     }
     if has_eval and streaming:

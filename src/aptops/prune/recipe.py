@@ -267,17 +267,23 @@ def prune_model(model: Any, dataset: Any, *, output_dir: str | Path, config: Pru
         dataset: text for calibration and fine-tuning (anything the train stage reads).
         output_dir: the pruned model folder (``report.html``, ``prune.json``, lineage inside).
         config: the method, its schedule and the fine-tuning after it.
-        eval_dataset: held-out text for the before/after numbers (default: the first blocks of ``dataset``).
+        eval_dataset: held-out text for the before/after numbers and the recovery's evaluation (default:
+            ``training.eval_fraction`` of ``dataset``, split as training splits it; with no fraction, the first blocks
+            of ``dataset``).
         tokenizer: the tokenizer when ``model`` is an object.
 
     Returns:
         The stage result: sparsity, parameters, perplexity and latency before and after.
     """
     from aptops.lm import load_causal_lm
+    from aptops.lm.training import split_heldout
 
     cfg = config or PruneConfig()
-    train, val_data = cfg.training, eval_dataset
-    text = _text(dataset, train.text_column)  # a bad dataset fails before the model is loaded
+    train = cfg.training
+    # the Trainer's own split, made once: recovery trains on the rest, and the before/after table scores the
+    # held-out documents the recovery's evaluation (and a training with the same seed and fraction) reports on
+    splits = split_heldout(_text(dataset, train.text_column), eval_dataset, train)  # a bad dataset fails first
+    text, val_data = splits.train, splits.eval
     lm, tok, source = load_causal_lm(model, tokenizer)
     if cfg.method in ("neuron", "head"):
         from aptops.prune.structured import _decoder_layers
