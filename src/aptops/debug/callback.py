@@ -225,7 +225,9 @@ class TrainingDebugger:
             found += detect_saturated_neurons(self.activations)["findings"]
         if self.memory is not None:
             found += detect_memory_leaks(self.memory, warmup=0.25).findings
-        return sort_findings(found)
+        # the logged global norm and the per-layer monitor see the same explosion: keep the finding that names a layer
+        located = any(f.kind == "exploding_gradients" and f.where for f in found)
+        return sort_findings([f for f in found if not (located and f.kind == "exploding_gradients" and not f.where)])
 
     def summary(self) -> dict[str, float]:
         """Headline numbers (they go into the training metrics and Prometheus)."""

@@ -276,13 +276,15 @@ def prune_model(model: Any, dataset: Any, *, output_dir: str | Path, config: Pru
         The stage result: sparsity, parameters, perplexity and latency before and after.
     """
     from aptops.lm import load_causal_lm
+    from aptops.lm.loading import check_model_source
     from aptops.lm.training import split_heldout
 
     cfg = config or PruneConfig()
     train = cfg.training
     # the Trainer's own split, made once: recovery trains on the rest, and the before/after table scores the
     # held-out documents the recovery's evaluation (and a training with the same seed and fraction) reports on
-    splits = split_heldout(_text(dataset, train.text_column), eval_dataset, train)  # a bad dataset fails first
+    check_model_source(model)  # a wrong model path, then a bad dataset, fail before anything loads
+    splits = split_heldout(_text(dataset, train.text_column), eval_dataset, train)
     text, val_data = splits.train, splits.eval
     lm, tok, source = load_causal_lm(model, tokenizer)
     if cfg.method in ("neuron", "head"):
