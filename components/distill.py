@@ -10,7 +10,7 @@ from aptops_components import stage_component
 
 @stage_component("distill", pipeline="compress", config="aptops.distill:DistillConfig", tuned=(
     "strategies", "temperature", "alpha", "student_layer_stride", "student_layers", "block_size", "chat_prompt",
-    "learning_rate", "max_steps", "batch_size", "eval_fraction", "training_args", "debug"))
+    "learning_rate", "max_steps", "batch_size", "eval_fraction", "student_selection", "replay", "replay_ratio", "training_args", "debug"))
 def distill_model(
     teacher: Input[Model],
     dataset: Input[Dataset],

@@ -10,7 +10,7 @@ from aptops_components import stage_component
 
 @stage_component("train", config="aptops.train:TrainConfig", tuned=(
     "block_size", "text_column", "chat_prompt", "learning_rate", "max_steps", "num_train_epochs", "batch_size",
-    "gradient_accumulation_steps", "eval_fraction", "lora_r", "early_stopping_patience", "training_args", "debug",
+    "gradient_accumulation_steps", "eval_fraction", "lora_r", "early_stopping_patience", "replay", "replay_ratio", "training_args", "debug",
     "debug_interval"))
 def train_model(
     model: Input[Model],

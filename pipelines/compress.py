@@ -38,6 +38,10 @@ def build(settings: ClusterSettings) -> Any:
         temperature: float = 1.0,
         alpha: float = 0.8,
         student_layer_stride: int = 2,
+        student_layers: int = 0,
+        student_selection: str = "influence",
+        replay: str = "",
+        replay_ratio: float = 0.5,
         distill_steps: int = 200,
         prune_method: str = "neuron",
         target_sparsity: float = 0.25,
@@ -61,6 +65,11 @@ def build(settings: ClusterSettings) -> Any:
             temperature: response distillation's softening temperature.
             alpha: weight of the teacher's soft targets against the hard labels.
             student_layer_stride: the student keeps every k-th teacher block.
+            student_layers: ... or this many blocks (0: the stride decides), chosen by student_selection.
+            student_selection: influence (the blocks that change their input most on calibration text) or spread.
+            replay: general text (a file or folder the tasks can read) mixed into distillation and recovery, so the
+                student keeps what the teacher knew; empty: the corpus alone.
+            replay_ratio: the share of training blocks taken from replay.
             distill_steps: optimizer steps of distillation.
             prune_method: magnitude, taylor, wanda, neuron, head or lottery.
             target_sparsity: share of weights (unstructured) or units (neuron, head) removed.
@@ -81,12 +90,13 @@ def build(settings: ClusterSettings) -> Any:
         settings.apply(teacher, "hub")
         student = distill(teacher=teacher.outputs["model"], dataset=clean.outputs["dataset"], strategies=strategies,
                           temperature=temperature, alpha=alpha, student_layer_stride=student_layer_stride,
-                          block_size=block_size, learning_rate=learning_rate, max_steps=distill_steps,
+                          student_layers=student_layers, student_selection=student_selection, replay=replay,
+                          replay_ratio=replay_ratio, block_size=block_size, learning_rate=learning_rate, max_steps=distill_steps,
                           batch_size=batch_size, training_args=training_args, pipeline="compress", run_id=run_id)
         settings.apply(student, "distill", trains=True)
         pruned = prune(model=student.outputs["student"], dataset=clean.outputs["dataset"], method=prune_method,
                        target_sparsity=target_sparsity, block_size=block_size, learning_rate=learning_rate,
-                       max_steps=prune_steps, batch_size=batch_size, training_args=training_args,
+                       replay=replay, replay_ratio=replay_ratio, max_steps=prune_steps, batch_size=batch_size, training_args=training_args,
                        pipeline="compress", run_id=run_id)
         settings.apply(pruned, "prune", trains=True)
         evaluated = evaluate(original=teacher.outputs["model"], compressed=pruned.outputs["pruned"],

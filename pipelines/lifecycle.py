@@ -59,6 +59,9 @@ def build(settings: ClusterSettings) -> Any:
         distill_steps: int = 20,
         student_layer_stride: int = 2,
         student_layers: int = 0,
+        student_selection: str = "influence",
+        replay: str = "",
+        replay_ratio: float = 0.5,
         prune_method: str = "neuron",
         target_sparsity: float = 0.25,
         prune_steps: int = 10,
@@ -89,7 +92,12 @@ def build(settings: ClusterSettings) -> Any:
             train_steps: optimizer steps of fine-tuning.
             distill_steps: optimizer steps of distillation.
             student_layer_stride: the student keeps every k-th block of the trained model.
-            student_layers: ... or this many blocks, evenly spread (0: the stride decides).
+            student_layers: ... or this many blocks (0: the stride decides), chosen by student_selection.
+            student_selection: influence (the blocks that change their input most on calibration text are kept) or
+                spread (evenly spread).
+            replay: general text (a file or folder the tasks can read) mixed into the blocks of training,
+                distillation and recovery, so the models keep what they knew; empty: the corpus alone.
+            replay_ratio: the share of training blocks taken from replay.
             prune_method: magnitude, taylor, wanda, neuron, head or lottery.
             target_sparsity: share of weights (unstructured) or units (neuron, head) removed.
             prune_steps: optimizer steps of fine-tuning after pruning.
@@ -117,12 +125,13 @@ def build(settings: ClusterSettings) -> Any:
             base = settings.apply(c.import_model(repo=model, **labels), "hub")
             judged = judge(settings, tasks=eval_tasks, include_path=eval_include_path, limit=eval_limit, labels=labels)
             training = {"block_size": block_size, "learning_rate": learning_rate, "batch_size": batch_size,
-                        "chat_prompt": chat_prompt, "training_args": training_args, **labels}
+                        "chat_prompt": chat_prompt, "training_args": training_args, "replay": replay,
+                        "replay_ratio": replay_ratio, **labels}
             pruned, evaluated = _train_and_compress(
                 c, settings, base.outputs["model"], data.outputs["dataset"], training, judged, eval_fraction=eval_fraction,
                 train_steps=train_steps, distill_steps=distill_steps, student_layer_stride=student_layer_stride,
-                student_layers=student_layers, prune_method=prune_method, target_sparsity=target_sparsity,
-                prune_steps=prune_steps)
+                student_layers=student_layers, student_selection=student_selection, prune_method=prune_method,
+                target_sparsity=target_sparsity, prune_steps=prune_steps)
             _ship(c, settings, pruned, evaluated, judged, labels, quantization=quantization, fallback_type=fallback_type,
                   min_top1_agreement=min_top1_agreement, model_name=model_name, first_prompt=chat_prompt,
                   ollama_host=ollama_host, hub_repo=hub_repo, backup_destinations=backup_destinations)
@@ -132,7 +141,8 @@ def build(settings: ClusterSettings) -> Any:
 
 def _train_and_compress(c: Any, settings: ClusterSettings, base: Any, dataset: Any, training: dict[str, Any],
                         judged: Any, *, eval_fraction: Any, train_steps: Any, distill_steps: Any, student_layer_stride: Any,
-                        student_layers: Any, prune_method: Any, target_sparsity: Any, prune_steps: Any) -> Any:
+                        student_layers: Any, student_selection: Any, prune_method: Any, target_sparsity: Any,
+                        prune_steps: Any) -> Any:
     """Fine-tune with the debugger, distil a student, prune it with recovery, and measure the compression against
     the trained model on its held-out split and the eval tasks: the ``(pruned, evaluated)`` tasks, where
     ``evaluated`` is the compressed model's eval task (the model card reads it)."""
@@ -140,7 +150,8 @@ def _train_and_compress(c: Any, settings: ClusterSettings, base: Any, dataset: A
                                      debug=True, **training), "train", trains=True)
     student = settings.apply(c.distill(
         teacher=trained.outputs["trained"], dataset=dataset, student_layer_stride=student_layer_stride,
-        student_layers=student_layers, max_steps=distill_steps, eval_fraction=eval_fraction, **training),
+        student_layers=student_layers, student_selection=student_selection, max_steps=distill_steps,
+        eval_fraction=eval_fraction, **training),
         "distill", trains=True)
     # every training holds out the same documents (same fraction, same seed), which evaluate-compression scores
     pruned = settings.apply(c.prune(model=student.outputs["student"], dataset=dataset, method=prune_method,

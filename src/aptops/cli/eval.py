@@ -45,15 +45,18 @@ def wordnet_task(
     out: Annotated[Path, typer.Argument(help="The tasks folder to write (wordnet_words.yaml and its data).")],
     questions: Annotated[int, typer.Option(help="Definitions to ask (four single-word choices each).")] = 100,
     seed: Annotated[int, typer.Option(help="Random seed of the questions and choices.")] = 0,
+    analogies: Annotated[Path | None, typer.Option(
+        help="A questions-words.txt (gensim ships one): also write the word_analogies task.")] = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
-    """Build a multiple-choice task from WordNet's definitions of common nouns (Debian wordnet-base): evaluate with
-    aptops eval run MODEL --include-path OUT --tasks wordnet_words."""
+    """Build a multiple-choice task from WordNet's definitions of common nouns (Debian wordnet-base), and with
+    --analogies one of word analogies: evaluate with aptops eval run MODEL --include-path OUT --tasks wordnet_words."""
     from aptops.core.artifacts import output_policy
     from aptops.eval import build_wordnet_task
 
     with output_policy(overwrite=overwrite):
-        result = build_wordnet_task(out, questions=questions, seed=seed)
-    console.print(f"task wordnet_words: {int(result.metrics['questions'])} questions in {out} "
+        result = build_wordnet_task(out, questions=questions, seed=seed, analogies=analogies)
+    tasks = result.outputs["task"]
+    console.print(f"tasks {tasks}: {int(result.metrics['questions'])} questions each in {out} "
                   f"(chance {result.metrics['chance']:.2f}); aptops eval run MODEL --include-path {out} "
-                  "--tasks wordnet_words --out DIR")
+                  f"--tasks {tasks} --out DIR")

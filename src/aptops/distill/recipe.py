@@ -9,6 +9,7 @@ top-1 agreement with the teacher and the KL divergence to the teacher.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Iterable, Mapping
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from aptops.core.artifacts import StageResult
-from aptops.core.config import check_range, to_dict
+from aptops.core.config import check_choice, check_range, to_dict
 from aptops.core.deps import require
 from aptops.core.errors import ConfigError
 from aptops.distill.distiller import (
@@ -49,16 +50,24 @@ class DistillConfig:
             prompt, held-out share, LoRA, early stopping, resume, the debugger, ``training_args``
             (``--set training.block_size=128``).
         student_layer_stride: when the student is made from the teacher, keep every k-th block.
-        student_layers: ... or keep this many blocks, spread evenly from the first to the last (24 of
-            SmolLM2's 30: 0, 1, 3, 4, 5 ... 29); 0: use the stride.
+        student_layers: ... or keep this many blocks, chosen by ``student_selection``; 0: use the stride.
+        student_selection: how ``student_layers`` blocks are chosen: ``influence`` keeps the blocks that change
+            their input most on calibration text (ShortGPT's Block Influence, measured on the teacher:
+            :mod:`aptops.lm.importance`), ``spread`` keeps them evenly spread from the first to the last (24 of
+            SmolLM2's 30: 0, 1, 3, 4, 5 ... 29). On SmolLM2-135M-Instruct, 24 blocks chosen by influence answer
+            0.72 of the WordNet task before any training, evenly spread ones 0.41 (the teacher 0.77).
         student_intermediate_size: ... and narrow the MLP to this many channels (0: keep).
+        calibration_batches: batches of the training text (in its training format) that block influence is
+            measured on.
     """
 
     objective: StrategyConfig = field(default_factory=StrategyConfig)
     training: TrainConfig = field(default_factory=TrainConfig)
     student_layer_stride: int = 2
     student_layers: int = 0
+    student_selection: str = "influence"
     student_intermediate_size: int = 0
+    calibration_batches: int = 8
 
     def __post_init__(self) -> None:
         check_range("student_layer_stride", self.student_layer_stride, min_value=1)
@@ -66,6 +75,8 @@ class DistillConfig:
             raise ConfigError(f"student_layers={self.student_layers} must be 0 (use the stride) or at least 2 "
                               "(the first and the last block)", field="student_layers", value=self.student_layers)
         check_range("student_intermediate_size", self.student_intermediate_size, min_value=0)
+        check_choice("student_selection", self.student_selection, ("influence", "spread"))
+        check_range("calibration_batches", self.calibration_batches, min_value=1)
 
 
 def spread_layers(total: int, keep: int) -> list[int]:
@@ -78,6 +89,42 @@ def spread_layers(total: int, keep: int) -> list[int]:
         raise ConfigError(f"student_layers={keep} is more than the teacher's {total} blocks", field="student_layers",
                           value=keep)
     return [round(i * (total - 1) / (keep - 1)) for i in range(keep)]
+
+
+def calibration_batches(tokenizer: Any, dataset: Any, config: TrainConfig, batches: int) -> list[dict[str, Any]]:
+    """Up to ``batches`` batches of ``dataset``'s training split as training packs it (in its chat format when it
+    has one; held-out documents left out, split as :func:`aptops.lm.training.split_heldout` splits them; no replay
+    text: on SmolLM2 blocks chosen on the task's text alone kept more of both eval tasks than blocks chosen on the
+    task's text and general news together, 0.70 / 0.80 against 0.64 / 0.65 after the same pruning)."""
+    from aptops.lm.training import split_heldout, tokenise
+
+    splits = split_heldout(dataset, None, config)
+    train_tok, _ = tokenise(dataclasses.replace(splits, eval=None), tokenizer, dataclasses.replace(config, replay=""))
+    batch_size = int(config.training_args.get("per_device_train_batch_size", 4))
+    wanted = batches * batch_size
+    rows = list(train_tok.take(wanted)) if splits.streaming else [train_tok[i] for i in range(min(wanted, len(train_tok)))]
+    ids = torch.tensor([r["input_ids"] for r in rows])
+    return [{"input_ids": ids[i:i + batch_size]} for i in range(0, len(ids), batch_size)]
+
+
+def student_blocks(teacher: Any, tokenizer: Any, dataset: Any, config: DistillConfig) -> list[int] | None:
+    """The teacher blocks the student keeps: ``None`` (the stride decides), evenly spread, or the
+    ``student_layers`` of greatest block influence on calibration text."""
+    if not config.student_layers:
+        return None
+    total = teacher.config.num_hidden_layers
+    if config.student_selection == "spread":
+        return spread_layers(total, config.student_layers)
+    from aptops.lm.importance import block_influence, most_influential_blocks
+
+    spread_layers(total, config.student_layers)  # too many blocks asked is the same error either way
+    influence = block_influence(teacher, calibration_batches(tokenizer, dataset, config.training,
+                                                             config.calibration_batches),
+                                max_batches=config.calibration_batches)
+    keep = most_influential_blocks(influence, config.student_layers)
+    log.info("student blocks by influence: keeps %s, removes %s (influence %s)", keep,
+             [i for i in range(total) if i not in keep], ", ".join(f"{v:.3f}" for v in influence))
+    return keep
 
 
 class DistillationTrainer(transformers.Trainer):
@@ -169,23 +216,27 @@ def distill_model(teacher: Any, dataset: Any, *, output_dir: str | Path, config:
     """
     cfg = config or DistillConfig()
     load_text_dataset(dataset, cfg.training.text_column)  # a bad dataset fails before models are loaded
+    if cfg.training.replay:
+        load_text_dataset(cfg.training.replay, cfg.training.text_column)
     teacher_lm, teacher_tok, teacher_source = load_causal_lm(teacher, tokenizer)
+    objective = cfg.objective
     if student is None:
-        student_lm = create_student(teacher_lm, layer_stride=cfg.student_layer_stride,
-                                    keep_layers=spread_layers(teacher_lm.config.num_hidden_layers, cfg.student_layers)
-                                    if cfg.student_layers else None,
+        keep = student_blocks(teacher_lm, teacher_tok, dataset, cfg)
+        student_lm = create_student(teacher_lm, layer_stride=cfg.student_layer_stride, keep_layers=keep,
                                     intermediate_size=cfg.student_intermediate_size or None)
         student_tok, student_source = teacher_tok, f"create_student({teacher_source})"
+        if keep is not None and not objective.layer_mappings:  # align each kept block with the one it came from
+            objective = dataclasses.replace(objective, layer_mappings={j + 1: i + 1 for j, i in enumerate(keep)})
     else:
         student_lm, student_tok, student_source = load_causal_lm(
             student, None if isinstance(student, str | Path) else teacher_tok)
         check_tokenizers(teacher_tok, student_tok)
     vocab = aligned_vocab(teacher_lm, student_lm, teacher_tok)
-    Distiller(cfg.objective, teacher_lm, student_lm, vocab=vocab)  # layer mappings checked before any data work
+    Distiller(objective, teacher_lm, student_lm, vocab=vocab)  # layer mappings checked before any data work
     return run_trainer(
         student_lm, teacher_tok, dataset, eval_dataset, output_dir=output_dir, config=cfg.training, bus=bus,
         callbacks=list(callbacks), stage="distill", trainer_cls=DistillationTrainer,
-        trainer_kwargs={"teacher": teacher_lm, "objective": cfg.objective, "vocab": vocab},
+        trainer_kwargs={"teacher": teacher_lm, "objective": objective, "vocab": vocab},
         lineage_inputs={"teacher": teacher_source, "student": student_source}, lineage_config=to_dict(cfg))
 
 

@@ -99,6 +99,12 @@ class TrainConfig:
         debug_interval: the debugger records every this many optimizer steps.
         training_args: passed to ``transformers.TrainingArguments`` as is (``learning_rate``,
             ``max_steps``, ``per_device_train_batch_size`` ...); aptops only fills in defaults.
+        replay: general text mixed into the training blocks (a file, folder, data artifact or Hub dataset with
+            ``text_column``, read as plain text, never in the chat format): fine-tuning, distilling or recovering
+            on the task's text alone makes a model forget what it knew; replaying general text is the usual remedy
+            (``bench/compression_recipes.py`` measures what it keeps). Evaluation stays on the task's held-out
+            split. Empty: none.
+        replay_ratio: the share of training blocks taken from ``replay``, in [0, 0.9].
     """
 
     block_size: int = 256
@@ -121,9 +127,12 @@ class TrainConfig:
     debug: bool = False
     debug_interval: int = 10
     training_args: dict[str, Any] = field(default_factory=dict)
+    replay: str = ""
+    replay_ratio: float = 0.5
 
     def __post_init__(self) -> None:
         check_range("block_size", self.block_size, min_value=2)
+        check_range("replay_ratio", self.replay_ratio, min_value=0.0, max_value=0.9)
         check_range("eval_fraction", self.eval_fraction, min_value=0.0, max_value=0.5)
         check_range("lora_r", self.lora_r, min_value=0)
         check_range("debug_interval", self.debug_interval, min_value=1)
@@ -239,6 +248,8 @@ def tokenise(data: Splits, tokenizer: Any, config: TrainConfig) -> tuple[Any, An
     if not data.streaming and len(train_tok) == 0:
         raise InvalidArtifactError(
             f"the dataset yields no training block of {config.block_size} tokens; lower block_size or add text")
+    if config.replay and config.replay_ratio > 0:
+        train_tok = mix_replay(train_tok, replay_blocks(tokenizer, config), config.replay_ratio, seed=config.seed)
     if eval_tok is not None and not data.streaming and len(eval_tok) == 0:
         raise InvalidArtifactError(
             f"the held-out split yields no block of {config.block_size} tokens; raise eval_fraction or lower block_size")
@@ -354,6 +365,41 @@ def write_model_artifact(trainer: Any, out: Path, *, tokenizer: Any, config: Tra
     return result
 
 
+def replay_blocks(tokenizer: Any, config: TrainConfig) -> Any:
+    """``config.replay`` packed into ``block_size`` blocks as plain text (the general text a run replays)."""
+    replay = load_text_dataset(config.replay, config.text_column)
+    blocks = pack_for_clm(replay, tokenizer, block_size=config.block_size, text_column=config.text_column,
+                          packing=config.packing)
+    if not isinstance(blocks, require("datasets", extra="train", feature="replay").IterableDataset) and not len(blocks):
+        raise InvalidArtifactError(f"the replay text {config.replay!r} yields no block of {config.block_size} tokens; "
+                                   "give more text or lower block_size")
+    return blocks
+
+
+def mix_replay(train: Any, replay: Any, ratio: float, *, seed: int = 42) -> Any:
+    """``train``'s blocks with ``replay``'s mixed in, so that ``ratio`` of the blocks are replayed.
+
+    A dataset takes ``len(train) * ratio / (1 - ratio)`` replay blocks drawn at random (all of them, logged, when
+    there are fewer); the Trainer shuffles the mixture every epoch. Streamed data interleaves the two with
+    those probabilities.
+    """
+    datasets = require("datasets", extra="train", feature="replay")
+    if isinstance(train, datasets.IterableDataset) or isinstance(replay, datasets.IterableDataset):
+        if not isinstance(train, datasets.IterableDataset):
+            train = train.to_iterable_dataset()
+        if not isinstance(replay, datasets.IterableDataset):
+            replay = replay.to_iterable_dataset()
+        return datasets.interleave_datasets([train, replay], probabilities=[1 - ratio, ratio], seed=seed,
+                                            stopping_strategy="first_exhausted")
+    wanted = round(len(train) * ratio / (1 - ratio))
+    if wanted > len(replay):
+        log.warning("replay: %d blocks wanted for ratio %.2f, the replay text has %d: all of them are used",
+                    wanted, ratio, len(replay))
+    picked = replay.shuffle(seed=seed).select(range(min(wanted, len(replay))))
+    log.info("replay: %d task blocks + %d general-text blocks", len(train), len(picked))
+    return datasets.concatenate_datasets([train, picked.cast(train.features)])
+
+
 def run_trainer(model: Any, tokenizer: Any, train: Any, eval_dataset: Any = None, *, output_dir: str | Path,
                 config: TrainConfig | None = None, stage: str = "train", trainer_cls: Any = None,
                 trainer_kwargs: Mapping[str, Any] | None = None, callbacks: Sequence[Any] = (), bus: Any = None,
@@ -393,6 +439,8 @@ def run_trainer(model: Any, tokenizer: Any, train: Any, eval_dataset: Any = None
     check_model_source(model)
     dataset_source = dataset_source or (str(train) if isinstance(train, str | Path) else "in-memory dataset")
     data = split_heldout(train, eval_dataset, config)
+    if config.replay:
+        load_text_dataset(config.replay, config.text_column)  # a wrong replay source fails before the model loads
     checkpoints = checkpoint_folder(out, config.checkpoint_dir, stage=stage)
     args = trainer_arguments(checkpoints, config, data)
     model, tokenizer, model_source = load_causal_lm(model, tokenizer)

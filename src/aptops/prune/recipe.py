@@ -299,7 +299,9 @@ def prune_model(model: Any, dataset: Any, *, output_dir: str | Path, config: Pru
                     train.chat_prompt) if val_data is not None else
             (_blocks(tok, text, train.block_size, train.text_column, batch_size, train.chat_prompt)
              if train.chat_prompt else batches)[: max(1, min(8, len(batches) // 5))])
-    calibration = batches[: cfg.calibration_batches]
+    # scored on the text in the format the model is trained in (its chat turns when training uses them)
+    calibration = (_blocks(tok, text, train.block_size, train.text_column, batch_size, train.chat_prompt)
+                   if train.chat_prompt else batches)[: cfg.calibration_batches]
     before = _perplexity_and_latency(lm, held)
     lr = float(train.training_args.get("learning_rate", 5e-5))
     stages = []

@@ -244,3 +244,35 @@ def _jsonl(tmp_path):
     path = tmp_path / "c.jsonl"
     path.write_text("".join(json.dumps({"text": t}) + "\n" for t in CORPUS))
     return path
+
+
+def test_a_student_keeps_the_blocks_of_most_influence_and_replays_general_text(teacher_dir, tmp_path, caplog):
+    """A teacher block that passes its input through is the one a 3-block student leaves out (evenly spread blocks
+    would keep it); the replay text is read (a missing one fails before anything is written) and mixed in."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    teacher = _teacher(teacher_dir)
+    with torch.no_grad():
+        teacher.model.layers[2].self_attn.o_proj.weight.zero_()
+        teacher.model.layers[2].mlp.down_proj.weight.zero_()
+    passing = tmp_path / "teacher"
+    teacher.save_pretrained(passing)
+    AutoTokenizer.from_pretrained(teacher_dir).save_pretrained(passing)
+    general = tmp_path / "news.txt"
+    general.write_text("\n".join(f"Report {i}: the council met on Tuesday and voted on the river bridge budget."
+                                 for i in range(40)))
+    training = TrainConfig(block_size=16, eval_fraction=0.2, replay=str(general), replay_ratio=0.5, training_args={
+        "max_steps": 2, "per_device_train_batch_size": 2, "use_cpu": True})
+    with pytest.raises(Exception, match=r"missing\.txt"):
+        distill_model(str(passing), str(_jsonl(tmp_path)), output_dir=tmp_path / "never", config=DistillConfig(
+            student_layers=3, training=TrainConfig(block_size=16, replay=str(tmp_path / "missing.txt"))))
+    assert not (tmp_path / "never").exists()
+    with caplog.at_level("INFO"):
+        distill_model(str(passing), str(_jsonl(tmp_path)), output_dir=tmp_path / "student",
+                      config=DistillConfig(student_layers=3, training=training))
+    kept = AutoModelForCausalLM.from_pretrained(tmp_path / "student").config.aptops_student["kept_layers"]
+    assert kept == [0, 1, 3]
+    assert "removes [2]" in caplog.text and "general-text blocks" in caplog.text
+    distill_model(str(passing), str(_jsonl(tmp_path)), output_dir=tmp_path / "spread", config=DistillConfig(
+        student_layers=3, student_selection="spread", training=training))
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "spread").config.aptops_student["kept_layers"] == [0, 2, 3]

@@ -134,3 +134,33 @@ def test_the_wordnet_task_asks_real_definitions_with_one_right_word(tmp_path):
     assert sum(r["answer"] == 0 for r in rows) < 30  # the right answer's place is shuffled
     again = build_wordnet_task(tmp_path / "again", questions=60, seed=3)
     assert (Path(again.outputs["tasks"]) / f"{TASK_NAME}.jsonl").read_text() == (tmp_path / "tasks" / f"{TASK_NAME}.jsonl").read_text()
+
+
+def test_the_analogy_task_takes_each_relation_in_turn_and_the_harness_runs_it(tiny_llama, tmp_path):
+    """Written beside wordnet_words from a questions-words.txt (gensim's, a real one); the harness reads both."""
+    from gensim.test.utils import datapath
+
+    from aptops.eval.tasks import ANALOGY_TASK
+
+    tasks = tmp_path / "tasks"
+    proc = aptops("eval", "wordnet-task", str(tasks), "--questions", "28", "--analogies", datapath("questions-words.txt"))
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in (tasks / f"{ANALOGY_TASK}.jsonl").read_text().splitlines()]
+    assert len(rows) == 28 and len({r["relation"] for r in rows}) == 14  # two of each of the 14 relations
+    for row in rows:
+        right = row["choices"][row["answer"]]
+        assert len(set(row["choices"])) == 4 and right not in (row["a"], row["b"], row["c"])
+    capital = next(r for r in rows if r["relation"] == "capital-common-countries")
+    assert capital["choices"][capital["answer"]][0].isupper()
+    out = tmp_path / "judged"
+    proc = aptops("eval", "run", str(tiny_llama), "--tasks", f"wordnet_words,{ANALOGY_TASK}", "--include-path",
+                  str(tasks), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads((out / "results.json").read_text())["results"]
+    assert results[ANALOGY_TASK]["acc,none"] >= 0 and results["wordnet_words"]["acc,none"] >= 0
+    assert json.loads((out / "results.json").read_text())["n-samples"][ANALOGY_TASK]["effective"] == 28
+    bad = tmp_path / "q.txt"
+    bad.write_text(": only-three\nA B C D\nE F G H\nI J K L\n")
+    proc = aptops("eval", "wordnet-task", str(tmp_path / "never"), "--analogies", str(bad))
+    assert proc.returncode != 0 and "no relation with more than 4 answers" in proc.stderr
+    assert not (tmp_path / "never").exists()
