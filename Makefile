@@ -73,6 +73,7 @@ bench: setup
 	$(PY) bench/prune_compare.py
 	$(PY) bench/multimodal_cache.py
 	$(PY) bench/eval_overhead.py
+	$(PY) bench/compression_recipes.py
 	$(PY) bench/results_md.py
 
 compile: setup

