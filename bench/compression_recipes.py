@@ -60,7 +60,7 @@ def main() -> None:
     import transformers
     from gensim.test.utils import datapath
 
-    from aptops.distill import DistillConfig, distill_model
+    from aptops.distill import DistillConfig, create_student, distill_model
     from aptops.distill.recipe import calibration_batches
     from aptops.eval import HarnessConfig, build_wordnet_task, evaluate_tasks
     from aptops.lm import EvalConfig
@@ -98,15 +98,6 @@ def main() -> None:
         tok.save_pretrained(folder)
         return folder
 
-    def drop_blocks(model: Any, keep: list[int]) -> Any:
-        model.model.layers = torch.nn.ModuleList([model.model.layers[i] for i in keep])
-        for j, layer in enumerate(model.model.layers):
-            layer.self_attn.layer_idx = j
-        model.config.num_hidden_layers = len(keep)
-        if getattr(model.config, "layer_types", None):
-            model.config.layer_types = [model.config.layer_types[i] for i in keep]
-        return model
-
     teacher = load(teacher_dir)
     calibration = calibration_batches(tok, str(data), training(1, True), 8)
     influence = block_influence(teacher, calibration)
@@ -123,7 +114,7 @@ def main() -> None:
 
     # ShortGPT: the blocks of least influence removed, nothing trained
     start = time.perf_counter()
-    made["shortgpt"] = save(drop_blocks(load(teacher_dir), most_influential_blocks(influence, drop_only)),
+    made["shortgpt"] = save(create_student(teacher, keep_layers=most_influential_blocks(influence, drop_only)),
                             work / "shortgpt")
     seconds["shortgpt"] = time.perf_counter() - start
 
@@ -158,7 +149,7 @@ def main() -> None:
 
     # aptops' choice of what to remove, untrained
     start = time.perf_counter()
-    model = drop_blocks(load(teacher_dir), most_influential_blocks(influence, keep_blocks))
+    model = create_student(teacher, keep_layers=most_influential_blocks(influence, keep_blocks))
     prune_neurons(model, 0.2, data_loader=calibration)
     made["aptops-no-training"] = save(model, work / "aptops-no-training")
     seconds["aptops-no-training"] = time.perf_counter() - start

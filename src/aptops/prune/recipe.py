@@ -293,15 +293,14 @@ def prune_model(model: Any, dataset: Any, *, output_dir: str | Path, config: Pru
         _decoder_layers(lm)  # an unsupported architecture fails before anything changes
     batch_size = int(train.training_args.get("per_device_train_batch_size", 4))
     batches = _blocks(tok, text, train.block_size, train.text_column, batch_size)
-    # measured before and after in the format the model is trained in (the chat turns when training uses them),
-    # so the table's perplexities are the ones training reports
+    # the training text in the format the model is trained in (its chat turns when training uses them): the
+    # calibration scores, and without a held-out split the before/after table, are taken on it
+    formatted = (_blocks(tok, text, train.block_size, train.text_column, batch_size, train.chat_prompt)
+                 if train.chat_prompt else batches)
+    # measured before and after in that format, so the table's perplexities are the ones training reports
     held = (_blocks(tok, _text(val_data, train.text_column), train.block_size, train.text_column, batch_size,
-                    train.chat_prompt) if val_data is not None else
-            (_blocks(tok, text, train.block_size, train.text_column, batch_size, train.chat_prompt)
-             if train.chat_prompt else batches)[: max(1, min(8, len(batches) // 5))])
-    # scored on the text in the format the model is trained in (its chat turns when training uses them)
-    calibration = (_blocks(tok, text, train.block_size, train.text_column, batch_size, train.chat_prompt)
-                   if train.chat_prompt else batches)[: cfg.calibration_batches]
+                    train.chat_prompt) if val_data is not None else formatted[: max(1, min(8, len(batches) // 5))])
+    calibration = formatted[: cfg.calibration_batches]
     before = _perplexity_and_latency(lm, held)
     lr = float(train.training_args.get("learning_rate", 5e-5))
     stages = []
