@@ -70,10 +70,10 @@ def build(settings: ClusterSettings) -> Any:
             replay: general text (a file or folder the tasks can read) mixed into distillation and recovery, so the
                 student keeps what the teacher knew; empty: the corpus alone.
             replay_ratio: the share of training blocks taken from replay.
-            distill_steps: optimizer steps of distillation.
+            distill_steps: optimizer steps of distillation (0: the student as made from the selected blocks).
             prune_method: magnitude, taylor, wanda, neuron, head or lottery.
             target_sparsity: share of weights (unstructured) or units (neuron, head) removed.
-            prune_steps: optimizer steps of fine-tuning after pruning.
+            prune_steps: optimizer steps of fine-tuning after pruning (0: none).
             learning_rate: the peak learning rate of both trainings.
             batch_size: sequences per device per step.
             training_args: JSON of further transformers.TrainingArguments fields for both trainings.

@@ -133,7 +133,7 @@ def apply_overrides(config: C, text: str, field: str = "overrides") -> C:
 #: recipes, description). ``tests/components/test_defaults.py`` checks the defaults against ``TrainingArguments``.
 TRAINING_ARGS: dict[str, tuple[str, type, Any, str]] = {
     "learning_rate": ("training_args.learning_rate", float, 5e-5, "the peak learning rate."),
-    "max_steps": ("training_args.max_steps", int, -1, "optimizer steps (-1: num_train_epochs decides)."),
+    "max_steps": ("training_args.max_steps", int, -1, "optimizer steps (-1: num_train_epochs decides; 0: none, the model is written as it comes)."),
     "num_train_epochs": ("training_args.num_train_epochs", float, 3.0, "passes over the data when max_steps is -1."),
     "gradient_accumulation_steps": ("training_args.gradient_accumulation_steps", int, 1,
                                     "batches whose gradients are summed before each optimizer step."),

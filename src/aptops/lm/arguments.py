@@ -94,7 +94,8 @@ def _scalar(text: str) -> Any:
 
 def check_training_args(args: Mapping[str, Any], *, field: str = "training_args") -> None:
     """Refuse ``TrainingArguments`` values that cannot be meant: a number that is not finite anywhere, a size or
-    a rate out of its bounds, ``max_steps`` beyond :data:`MAX_STEPS`; and a steps field given as a fraction
+    a rate out of its bounds, ``max_steps`` beyond :data:`MAX_STEPS` (-1: the epochs decide; 0: no training, the model
+    is measured and written as it comes); and a steps field given as a fraction
     (``logging_steps``, ``eval_steps``, ``save_steps`` in (0, 1) are ratios of the run) must be positive.
 
     Raises:
@@ -107,7 +108,7 @@ def check_training_args(args: Mapping[str, Any], *, field: str = "training_args"
         if key == "max_steps" and value == -1:
             continue
         if key == "max_steps":
-            check_range(name, value, min_value=1, max_value=MAX_STEPS)
+            check_range(name, value, min_value=0, max_value=MAX_STEPS)
         elif key in ("logging_steps", "eval_steps", "save_steps"):
             check_range(name, value, min_value=0, min_inclusive=False, max_value=MAX_STEPS)
         else:  # every number must be finite (check_range refuses nan / inf), a bounded one within its bounds

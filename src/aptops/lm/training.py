@@ -232,7 +232,7 @@ def trainer_arguments(checkpoints: Path, config: TrainConfig, data: Splits) -> A
         raise ConfigError(f"strategy={config.strategy} shards the model across GPUs and this run has none "
                           f"({args.device.type}); use strategy=ddp here, or run it on GPU nodes", field="strategy",
                           value=config.strategy)
-    if data.streaming and args.max_steps <= 0:
+    if data.streaming and args.max_steps < 0:
         raise ConfigError("a streamed dataset has no length: set training_args.max_steps",
                           field="training_args.max_steps")
     return args
@@ -287,17 +287,21 @@ def train_and_measure(trainer: Any, *, resume: str | None, has_eval: bool, param
                       watcher: Watcher | None = None) -> dict[str, float]:
     """Step 5: train (from ``resume`` when given) and measure: train/eval loss, perplexity, tokens/s, step
     counts, parameters (``params``: total before any adapter, trainable) and the watcher's headline numbers."""
-    if resume:
-        log.info("resuming from %s", resume)
-    started = time.perf_counter()
-    train_out = trainer.train(resume_from_checkpoint=resume)
-    wall = time.perf_counter() - started
-    metrics: dict[str, float] = {
-        "train_loss": float(train_out.training_loss), "global_step": float(trainer.state.global_step),
-        "train_runtime_s": float(train_out.metrics.get("train_runtime", wall)),
-        "total_params": float(params[0]), "trainable_params": float(params[1]),
-        "world_size": float(trainer.args.world_size),
-    }
+    metrics: dict[str, float] = {"total_params": float(params[0]), "trainable_params": float(params[1]),
+                                 "world_size": float(trainer.args.world_size)}
+    if trainer.args.max_steps == 0:
+        # max_steps=0 asks for no optimizer step (the Trainer itself would read 0 as "use num_train_epochs"):
+        # the model is measured and written as it came, e.g. a student of selected blocks, untrained
+        log.info("max_steps=0: no training; the model is evaluated and written as it is")
+        metrics.update({"global_step": 0.0, "train_runtime_s": 0.0})
+    else:
+        if resume:
+            log.info("resuming from %s", resume)
+        started = time.perf_counter()
+        train_out = trainer.train(resume_from_checkpoint=resume)
+        wall = time.perf_counter() - started
+        metrics.update({"train_loss": float(train_out.training_loss), "global_step": float(trainer.state.global_step),
+                        "train_runtime_s": float(train_out.metrics.get("train_runtime", wall))})
     tokens = float(trainer.state.num_input_tokens_seen or 0)
     if tokens:
         metrics["tokens_seen"] = tokens

@@ -187,7 +187,7 @@ def test_training_args_are_read_and_bounded_before_any_work():
                          ({"learning_rate": "nan"}, r"learning_rate=nan must be a finite number"),
                          ({"max_grad_norm": float("inf")}, r"max_grad_norm=inf must be a finite number"),
                          ({"max_steps": 10**12}, r"max_steps=1000000000000 is out of range"),
-                         ({"max_steps": 0}, r"max_steps=0 is out of range"),
+                         ({"max_steps": -2}, r"max_steps=-2 is out of range"),
                          ({"eval_steps": 0}, r"eval_steps=0 is out of range"),
                          ({"num_train_epochs": -2}, r"num_train_epochs=-2 is out of range"),
                          ({"per_device_train_batch_sise": 4}, "did you mean 'per_device_train_batch_size'")):

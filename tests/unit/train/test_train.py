@@ -67,6 +67,22 @@ def test_two_steps_match_recorded_losses(tiny_llama, tmp_path):
     assert "<polyline" in report and "Loss by step" in report
 
 
+def test_max_steps_zero_writes_the_model_as_it_came_measured(tiny_llama, tmp_path):
+    """max_steps=0 is no training (the Trainer alone would read it as "use num_train_epochs" and run 3 epochs):
+    the artifact holds the input's weights unchanged, with its held-out perplexity."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "as-is"
+    result = train_with_hf_trainer(str(tiny_llama), None, _dataset(), out, _config(max_steps=0))
+    assert result.metrics["global_step"] == 0 and "train_loss" not in result.metrics
+    assert result.metrics["perplexity"] > 1 and is_complete(out)
+    before = AutoModelForCausalLM.from_pretrained(tiny_llama).state_dict()
+    after = AutoModelForCausalLM.from_pretrained(out).state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert "Loss by step" in (out / "report.html").read_text()
+
+
 def test_resumed_run_continues_from_the_checkpoint_step(tiny_llama, tmp_path):
     straight = train_with_hf_trainer(str(tiny_llama), None, _dataset(), tmp_path / "straight",
                                      _config(max_steps=4))
