@@ -55,3 +55,49 @@ def backup_artifact(
     config = config_from_params(BackupConfig, params)
     run_step("backup", "backup", lambda: backup(model.path, list_param(destinations), config).raise_for_failures(),
              params)
+
+
+@stage_component("backup", pipeline="lifecycle", config="aptops.backup.registry:RegistryConfig",
+                 tuned=("address", "author"))
+def register_model(
+    model: Input[Model],
+    destinations: str,
+    name: str,
+    version: str,
+    run_name: str,
+    registration: Output[Artifact],
+    metrics: Output[Metrics],
+    evaluation: Input[Artifact] = None,
+    **tuned,
+):
+    """Register a model backed up to destinations (the first is the artifact URI) in Kubeflow Model Registry, with
+    its format, metrics, the evaluation's results, its lineage and this run as provenance; the same content twice
+    adds nothing. The registry token comes from MODEL_REGISTRY_TOKEN (the cluster file's credentials.registry)."""
+    params = dict(locals())
+    import json
+    import os
+
+    from aptops.backup.registry import Provenance, RegistryConfig, register_model_version
+    from aptops.core.runtime import config_from_params, list_param, run_step
+
+    config = config_from_params(RegistryConfig, params)
+    uris = list_param(destinations)
+    provenance = Provenance.from_environment(params.get("run_id", ""), run_name)
+
+    def work():
+        if not uris:
+            from aptops.core.errors import ConfigError
+
+            raise ConfigError("register_model needs the destinations the model was backed up to", field="destinations")
+        out = register_model_version(model.path, uris[0], name=name, version=version, config=config,
+                                     evaluation=evaluation.path if evaluation is not None else None,
+                                     provenance=provenance)
+        os.makedirs(registration.path, exist_ok=True)
+        with open(os.path.join(registration.path, "registration.json"), "w", encoding="utf-8") as fh:
+            json.dump(out.details["registration"], fh, indent=2)
+        return out
+
+    result = run_step("backup", "registry", work, params)
+    reg = result.details["registration"]
+    registration.metadata.update({"name": reg["name"], "version": reg["version"], "uri": reg["uri"],
+                                  "created": reg["created"]})

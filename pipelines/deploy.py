@@ -20,6 +20,7 @@ def build(settings: ClusterSettings) -> Any:
     export_gguf = settings.component(export_components.export_gguf, "export")
     smoke = settings.component(export_components.ollama_smoke_test, "export")
     backup = settings.component(backup_components.backup_artifact, "backup")
+    register = settings.component(backup_components.register_model, "backup")
 
     @dsl.pipeline(name="aptops-deploy", description="Export a model to GGUF, verify it, serve it with Ollama, "
                   "smoke-test it and back the GGUF up.")
@@ -30,6 +31,7 @@ def build(settings: ClusterSettings) -> Any:
         model_name: str = "aptops-model",
         ollama_host: str = "",
         backup_destinations: str = "",
+        registry: str = settings.model_registry,
     ):
         """Export a model to GGUF, verify it, serve it with Ollama, smoke-test it and back it up.
 
@@ -40,6 +42,9 @@ def build(settings: ClusterSettings) -> Any:
             model_name: the Ollama model name.
             ollama_host: Ollama's URL; empty: the smoke test runs the GGUF with llama.cpp in the task.
             backup_destinations: comma-separated locations for the GGUF folder; empty: no backup.
+            registry: Kubeflow Model Registry's address (the cluster file's model_registry): the backed-up GGUF
+                folder is registered as a version of model_name, named by its content, with its verification
+                metrics and lineage; empty: no registration.
         """
         run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
         source = import_model(repo=model, pipeline="deploy", run_id=run_id)
@@ -55,5 +60,11 @@ def build(settings: ClusterSettings) -> Any:
                            pipeline="deploy", run_id=run_id)
             saved.after(served)
             settings.apply(saved, "backup", cache=False)
+            with dsl.If(registry != "", name="registry"):
+                entry = register(model=gguf.outputs["gguf"], destinations=backup_destinations, name=model_name,
+                                 version="", run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, address=registry,
+                                 author=settings.registry_author, pipeline="deploy", run_id=run_id)
+                entry.after(saved)
+                settings.apply(entry, "backup", cache=False)
 
     return deploy

@@ -60,6 +60,34 @@ def check_kfp(host: str, pipelines: Sequence[str] | None = None, token: str | No
     return checks
 
 
+def check_registry(address: str) -> list[Check]:
+    """Kubeflow Model Registry answers at ``address``: the first call its client makes (list one registered model),
+    with the token in ``MODEL_REGISTRY_TOKEN`` (or the file ``MODEL_REGISTRY_TOKEN_PATH``) when one is set. Plain
+    HTTP, so the CLI image needs no client."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    from aptops.backup.registry import registry_token
+
+    url = f"{address.rstrip('/')}/api/model_registry/v1/registered_models?pageSize=1"
+    token = registry_token()
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            json.loads(reply.read())["items"]
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            return [Check("model registry", False, f"{address} refused the request ({exc.code}): check the token in "
+                                                   "MODEL_REGISTRY_TOKEN (the cluster file's credentials.registry)")]
+        return [Check("model registry", False, f"{address} answered {exc.code}: is this the registry's REST "
+                                               "service (kubectl get svc -n kubeflow model-registry-service)?")]
+    except (OSError, ValueError, KeyError) as exc:
+        return [Check("model registry", False, f"cannot reach {address} ({type(exc).__name__}): check the address "
+                                               "and port, http vs https, and that the registry is running")]
+    return [Check("model registry", True, f"{address} answers")]
+
+
 def check_cluster(core: Any, namespace: str, *, secrets: Sequence[str] = (), pvc: str | None = None,
                   gpu_node_selector: Mapping[str, str] | None = None,
                   gpu_resource: str = "nvidia.com/gpu") -> list[Check]:

@@ -41,6 +41,7 @@ def build(settings: ClusterSettings) -> Any:
         "export_gguf": (export_components.export_gguf, "export"),
         "smoke": (export_components.ollama_smoke_test, "export"), "publish": (hub_components.export_model, "hub"),
         "backup": (backup_components.backup_artifact, "backup"),
+        "register": (backup_components.register_model, "backup"),
         "outcome": (run_components.record_run_outcome, "data")}.items()})
 
     @dsl.pipeline(name="aptops-lifecycle", description="Clean and check a corpus, fine-tune a causal LM with the "
@@ -72,6 +73,8 @@ def build(settings: ClusterSettings) -> Any:
         ollama_host: str = "",
         hub_repo: str = "",
         backup_destinations: str = "",
+        model_destinations: str = "",
+        registry: str = settings.model_registry,
         training_args: str = "{}",
         eval_tasks: str = "",
         eval_include_path: str = "",
@@ -90,7 +93,7 @@ def build(settings: ClusterSettings) -> Any:
             batch_size: sequences per device per step.
             learning_rate: the peak learning rate of training, distillation and recovery.
             train_steps: optimizer steps of fine-tuning.
-            distill_steps: optimizer steps of distillation.
+            distill_steps: optimizer steps of distillation (0: the student as made from the selected blocks).
             student_layer_stride: the student keeps every k-th block of the trained model.
             student_layers: ... or this many blocks (0: the stride decides), chosen by student_selection.
             student_selection: influence (the blocks that change their input most on calibration text are kept) or
@@ -100,7 +103,7 @@ def build(settings: ClusterSettings) -> Any:
             replay_ratio: the share of training blocks taken from replay.
             prune_method: magnitude, taylor, wanda, neuron, head or lottery.
             target_sparsity: share of weights (unstructured) or units (neuron, head) removed.
-            prune_steps: optimizer steps of fine-tuning after pruning.
+            prune_steps: optimizer steps of fine-tuning after pruning (0: none).
             quantization: F16, Q8_0, Q4_0, Q4_K_M, Q5_K_M or Q6_K; several side by side, comma-separated
                 (``Q8_0,Q4_K_M``): each verified, the smallest smoke-tested.
             fallback_type: the least precision for weights whose rows are too narrow for a k-quant (Q5_0,
@@ -110,6 +113,10 @@ def build(settings: ClusterSettings) -> Any:
             ollama_host: Ollama's URL; empty: the smoke test runs the GGUF with llama.cpp in the task.
             hub_repo: publish the compressed model to this Hub repo; empty: no publish.
             backup_destinations: comma-separated locations for the GGUF folder; empty: no backup.
+            model_destinations: comma-separated locations for the compressed model folder; empty: no backup.
+            registry: Kubeflow Model Registry's address (the cluster file's model_registry): each backed-up model
+                (the compressed one, the GGUF folder) is registered as a version of model_name there, named by its
+                content, with its metrics, task results and lineage; empty: no registration.
             training_args: JSON of further transformers.TrainingArguments fields for every training.
             eval_tasks: lm-evaluation-harness tasks that judge the base, trained, compressed and GGUF models
                 (comma-separated harness names, or tasks in eval_include_path); empty: none.
@@ -134,7 +141,8 @@ def build(settings: ClusterSettings) -> Any:
                 target_sparsity=target_sparsity, prune_steps=prune_steps)
             _ship(c, settings, pruned, evaluated, judged, labels, quantization=quantization, fallback_type=fallback_type,
                   min_top1_agreement=min_top1_agreement, model_name=model_name, first_prompt=chat_prompt,
-                  ollama_host=ollama_host, hub_repo=hub_repo, backup_destinations=backup_destinations)
+                  ollama_host=ollama_host, hub_repo=hub_repo, backup_destinations=backup_destinations,
+                  model_destinations=model_destinations, registry=registry)
 
     return lifecycle
 
@@ -170,12 +178,12 @@ def _train_and_compress(c: Any, settings: ClusterSettings, base: Any, dataset: A
 
 def _ship(c: Any, settings: ClusterSettings, pruned: Any, evaluated: Any, judged: Any, labels: dict[str, Any], *,
           quantization: Any, fallback_type: Any, min_top1_agreement: Any, model_name: Any, first_prompt: Any,
-          ollama_host: Any, hub_repo: Any, backup_destinations: Any) -> None:
-    """GGUF export behind the quant gate, the smoke test, and the optional Hub publish and backup."""
+          ollama_host: Any, hub_repo: Any, backup_destinations: Any, model_destinations: Any, registry: Any) -> None:
+    """GGUF export behind the quant gate, the smoke test, and the optional Hub publish, backups and registration."""
     gguf = settings.apply(c.export_gguf(model=pruned.outputs["pruned"], quantization=quantization,
                                         fallback_type=fallback_type, min_top1_agreement=min_top1_agreement, **labels),
                           "export")
-    judged(gguf.outputs["gguf"], "gguf", gguf=True)
+    gguf_judged = judged(gguf.outputs["gguf"], "gguf", gguf=True)
     served = settings.apply(c.smoke(gguf=gguf.outputs["gguf"], source=pruned.outputs["pruned"], model_name=model_name,
                                     first_prompt=first_prompt, ollama_host=ollama_host, **labels), "export", cache=False)
     with dsl.If(hub_repo != "", name="publish"):
@@ -183,7 +191,23 @@ def _ship(c: Any, settings: ClusterSettings, pruned: Any, evaluated: Any, judged
                               **labels)
         published.after(served, evaluated)
         settings.apply(published, "hub", cache=False)
-    with dsl.If(backup_destinations != "", name="backup"):
-        saved = c.backup(model=gguf.outputs["gguf"], destinations=backup_destinations, **labels)
-        saved.after(served)
-        settings.apply(saved, "backup", cache=False)
+    for model, results, destinations, what in ((gguf.outputs["gguf"], gguf_judged, backup_destinations, "gguf"),
+                                               (pruned.outputs["pruned"], evaluated, model_destinations, "model")):
+        with dsl.If(destinations != "", name=f"backup-{what}"):
+            saved = c.backup(model=model, destinations=destinations, **labels)
+            saved.after(served)
+            settings.apply(saved, "backup", cache=False)
+            register(c, settings, saved, model, results, destinations=destinations, name=model_name,
+                     registry=registry, labels=labels)
+
+
+def register(c: Any, settings: ClusterSettings, saved: Any, model: Any, results: Any, *, destinations: Any, name: Any,
+             registry: Any, labels: dict[str, Any]) -> None:
+    """After ``saved`` (the backup of ``model`` to ``destinations``): register it in Model Registry when ``registry``
+    is set, with ``results`` (its eval task) as its evaluation and this run as its provenance."""
+    with dsl.If(registry != "", name="registry"):
+        task = c.register(model=model, evaluation=results.outputs["results"], destinations=destinations, name=name,
+                          version="", run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, address=registry,
+                          author=settings.registry_author, **labels)
+        task.after(saved)
+        settings.apply(task, "backup", cache=False)

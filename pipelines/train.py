@@ -12,6 +12,7 @@ from typing import Any
 from kfp import dsl
 
 from aptops.cluster.settings import ClusterSettings
+from aptops_components import backup as backup_components
 from aptops_components import data as data_components
 from aptops_components import hub as hub_components
 from aptops_components import train as train_components
@@ -24,6 +25,8 @@ def build(settings: ClusterSettings) -> Any:
     train_model = settings.component(train_components.train_model, "train")
     evaluate_model = settings.component(train_components.evaluate_model, "train")
     export_model = settings.component(hub_components.export_model, "hub")
+    backup = settings.component(backup_components.backup_artifact, "backup")
+    register = settings.component(backup_components.register_model, "backup")
 
     @dsl.pipeline(name="aptops-train", description="Clean a corpus, fine-tune a causal LM on it, evaluate it, "
                   "and optionally publish it to the Hugging Face Hub.")
@@ -45,6 +48,9 @@ def build(settings: ClusterSettings) -> Any:
         eval_tasks: str = "",
         eval_include_path: str = "",
         eval_limit: float = 0.0,
+        backup_destinations: str = "",
+        registry: str = settings.model_registry,
+        registry_name: str = "aptops-model",
     ):
         """Clean a corpus, fine-tune a causal LM on it, evaluate it, optionally publish it.
 
@@ -68,6 +74,11 @@ def build(settings: ClusterSettings) -> Any:
                 harness names, or tasks in eval_include_path); empty: none.
             eval_include_path: a folder of task YAML files of your own the tasks can read; empty: harness tasks only.
             eval_limit: at most this many documents per eval task (0: all).
+            backup_destinations: comma-separated locations for the trained model folder; empty: no backup.
+            registry: Kubeflow Model Registry's address (the cluster file's model_registry): the backed-up model is
+                registered as a version of registry_name, named by its content, with its metrics, task results and
+                lineage; empty: no registration.
+            registry_name: the registered model.
         """
         run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
         clean = clean_text(source=source, separator=separator, text_column=text_column, pipeline="train",
@@ -92,5 +103,17 @@ def build(settings: ClusterSettings) -> Any:
                                      evaluation=after.outputs["results"], pipeline="train", run_id=run_id)
             published.after(evaluated)
             settings.apply(published, "hub", cache=False)
+        labels = {"pipeline": "train", "run_id": run_id}
+        with dsl.If(backup_destinations != "", name="backup"):
+            saved = backup(model=trained.outputs["trained"], destinations=backup_destinations, **labels)
+            saved.after(evaluated)
+            settings.apply(saved, "backup", cache=False)
+            with dsl.If(registry != "", name="registry"):
+                entry = register(model=trained.outputs["trained"], evaluation=after.outputs["results"],
+                                 destinations=backup_destinations, name=registry_name, version="",
+                                 run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, address=registry,
+                                 author=settings.registry_author, **labels)
+                entry.after(saved)
+                settings.apply(entry, "backup", cache=False)
 
     return train

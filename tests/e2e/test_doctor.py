@@ -73,3 +73,19 @@ def test_doctor_checks_kubeflow_trainer_for_trainjobs(tmp_path):
     assert missing.returncode == 1 and "trainjob.runtime" in " ".join(missing.stdout.split())
     assert denied.returncode == 1 and "missing in ml: delete trainjobs" in " ".join(denied.stdout.split())
     assert absent.returncode == 1 and "install Kubeflow Trainer" in " ".join(absent.stdout.split())
+
+
+def test_doctor_checks_the_model_registry_the_cluster_file_names(tmp_path):
+    from tests.services.model_registry_standin import ModelRegistryStandIn
+
+    with ModelRegistryStandIn(token="mr-3c1f") as mr:
+        host, port = mr.url.removeprefix("http://").split(":")
+        cluster = tmp_path / "cluster.yaml"
+        cluster.write_text(f"model_registry: {{address: {host}, port: {port}, secure: false}}\n")
+        ok = aptops("doctor", "--cluster", str(cluster), env={"MODEL_REGISTRY_TOKEN": "mr-3c1f"})
+        assert ok.returncode == 0, ok.stdout + ok.stderr
+        assert "model registry" in ok.stdout and f"{mr.url} answers" in " ".join(ok.stdout.split())
+        refused = aptops("doctor", "--model-registry", mr.url, env={"MODEL_REGISTRY_TOKEN": "wrong"})
+        assert refused.returncode == 1 and "MODEL_REGISTRY_TOKEN" in " ".join(refused.stdout.split())
+        assert "mr-3c1f" not in refused.stdout + refused.stderr and "wrong" not in refused.stdout
+        assert {r["method"] for r in mr.state.requests} == {"GET"}

@@ -98,7 +98,21 @@ def test_full_scenario_wires_values_into_the_register_job(tmp_path):
     assert settings.gpu_tolerations == (Toleration(key="nvidia.com/gpu", value="present", effect="NoSchedule"),)
     assert settings.cpu_tolerations == (Toleration(key="dedicated", value="ml", effect="NoSchedule"),)
     assert settings.credential_secrets == {"aws": "s3-creds", "oss": "oss-creds", "hf": "hf-token",
-                                           "modelscope": "modelscope-token"}
+                                           "modelscope": "modelscope-token", "registry": "model-registry-token"}
+    assert settings.model_registry == "http://model-registry-service.kubeflow.svc.cluster.local:8080"
+    # helm test checks the same registry answers, with the token from its Secret (a reference, never a value)
+    (preflight,) = [d for d in docs if d["kind"] == "Pod"]
+    (doctor,) = preflight["spec"]["containers"]
+    assert f"--model-registry={settings.model_registry}" in doctor["args"]
+    token = {e["name"]: e["value"] for e in doctor["env"]}["MODEL_REGISTRY_TOKEN_PATH"]  # a file, not a variable
+    volume = {v["name"]: v for v in preflight["spec"]["volumes"]}["registry-token"]["secret"]
+    assert volume["secretName"] == "model-registry-token" and volume["items"] == [
+        {"key": "MODEL_REGISTRY_TOKEN", "path": "token"}]
+    mount = {m["name"]: m["mountPath"] for m in doctor["volumeMounts"]}["registry-token"]
+    assert token == f"{mount}/token"
+    secure = [d for d in render(CHART / "ci" / "full-values.yaml", sets=(
+        "modelRegistry.address=mr.example.com", "modelRegistry.secure=true", "modelRegistry.port=0")) if d["kind"] == "Pod"]
+    assert "--model-registry=https://mr.example.com:443" in secure[0]["spec"]["containers"][0]["args"]
     assert settings.cache_pvc == "rel-aptops-cache" and settings.service_account == "rel-aptops"
     assert settings.resources_for("train").gpus == 2 and settings.resources_for("train").limits.memory == "96Gi"
     assert settings.trainjob.enabled and settings.trainjob.num_nodes == 2 and settings.trainjob.strategy == "fsdp"

@@ -11,16 +11,18 @@ import yaml
 from tests.browser import screenshot, visible_text
 from tests.cli import aptops
 from tests.models import CORPUS
+from tests.services.model_registry_standin import ModelRegistryStandIn
 from tests.services.ollama_standin import OllamaStandIn
 from tests.tasks import write_tiny_tasks
 
 CANARIES = {"OSS_ACCESS_KEY_SECRET": "canary-oss-5f1e2d", "MODELSCOPE_API_TOKEN": "canary-ms-9b7c3a",
-            "KF_PIPELINES_TOKEN": "canary-kfp-44e0aa", "OSS_ACCESS_KEY_ID": "canary-ossid-17c2"}
+            "KF_PIPELINES_TOKEN": "canary-kfp-44e0aa", "OSS_ACCESS_KEY_ID": "canary-ossid-17c2",
+            "MODEL_REGISTRY_TOKEN": "canary-mr-0d5e71"}
 
 
 TASKS = ("process-data", "import-model", "train-model", "distill-model", "prune-model", "evaluate-compression",
-         "export-gguf", "ollama-smoke-test", "export-model", "backup-artifact", "record-run-outcome", "evaluate-tasks",
-         "evaluate-tasks-2", "evaluate-tasks-3")
+         "export-gguf", "ollama-smoke-test", "export-model", "backup-artifact", "backup-artifact-2", "register-model",
+         "register-model-2", "record-run-outcome", "evaluate-tasks", "evaluate-tasks-2", "evaluate-tasks-3")
 
 
 def _check_console_and_report(stdout: str, run_dir, tmp_path) -> None:
@@ -61,21 +63,51 @@ def _check_console_and_report(stdout: str, run_dir, tmp_path) -> None:
         assert f"reports/{link.name}" in page.read_text()
 
 
+def _check_registered(mr, *, run_dir, bucket, env) -> None:
+    """Two versions of tiny:f16, the compressed model and its GGUF folder, each at its backup with its format, this
+    run as provenance, its task results and lineage; registering the same model again adds nothing."""
+    (rm,) = mr.state.models.values()
+    assert rm["name"] == "tiny:f16"
+    versions = {v["id"]: v for v in mr.state.versions.values()}
+    artifacts = {ma["uri"]: (versions[vid], ma) for vid, ids in mr.state.links.items()
+                 for ma in (mr.state.artifacts[i] for i in ids)}
+    assert set(artifacts) == {f"s3://{bucket}/gguf", f"s3://{bucket}/model"}
+    (model_version, model), (gguf_version, gguf) = artifacts[f"s3://{bucket}/model"], artifacts[f"s3://{bucket}/gguf"]
+    assert (model["modelFormatName"], gguf["modelFormatName"], gguf["modelFormatVersion"]) == ("safetensors", "gguf", "F16")
+    for version, artifact in ((model_version, model), (gguf_version, gguf)):
+        assert (artifact["modelSourceKind"], artifact["modelSourceClass"]) == ("kfp", "pipelinerun")
+        assert artifact["modelSourceId"] and artifact["modelSourceGroup"] == "local"
+        props = {k: next(x for n, x in v.items() if n != "metadataType") for k, v in version["customProperties"].items()}
+        assert "train > distill > prune" in props["stages"] and props["base_model"]
+        assert version["name"] == f"{artifact['modelFormatName']}-{props['aptops_content_sha256'][:12]}"
+    props = {k for k in model_version["customProperties"]}
+    assert {"eval.tiny_mc.acc", "metric.perplexity", "version.torch"} <= props
+    assert {"eval.F16.tiny_mc.acc", "eval.Q8_0.tiny_mc.acc", "metric.top1_agreement"} <= set(gguf_version["customProperties"])
+    (pruned,) = run_dir.rglob("prune-model/pruned")
+    writes = len(mr.state.writes())
+    again = aptops("registry", "add", f"s3://{bucket}/model", "--model", str(pruned), "--name", "tiny:f16",
+                   "--address", mr.url, env=env)
+    assert again.returncode == 0 and "already registered (nothing added)" in again.stdout, again.stdout + again.stderr
+    assert len(mr.state.writes()) == writes and len(mr.state.versions) == 2
+
+
 @pytest.mark.slow
 def test_lifecycle_runs_every_stage_locally(tiny_llama, s3_server, hub, tmp_path):
-    """Every stage, publish to the (stand-in) Hub and backup to S3 included, with a secret in every credential
-    variable: none of them may appear in the output, any file the run wrote, the model card or compiled YAML."""
+    """Every stage, publish to the (stand-in) Hub, backups to S3 and registration in the (stand-in) Model Registry
+    included, with a secret in every credential variable: none of them may appear in the output, any file the run
+    wrote, the model card or compiled YAML."""
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in CORPUS))
     tasks = write_tiny_tasks(tmp_path / "tasks")
     bucket = f"life-{uuid.uuid4().hex[:6]}"
-    with OllamaStandIn(tmp_path / "ollama") as ollama:
+    with OllamaStandIn(tmp_path / "ollama") as ollama, ModelRegistryStandIn(CANARIES["MODEL_REGISTRY_TOKEN"]) as mr:
         out = aptops("run", "lifecycle", "--local", "--param", f"model={tiny_llama}", "--param", f"source={corpus}",
                      "--param", "data_steps={steps: [clean, quality]}", "--param", "chat_prompt=", "--param", "block_size=32", "--param", "eval_fraction=0.3",
                      "--param", "train_steps=2", "--param", "distill_steps=2", "--param", "prune_steps=2",
                      "--param", "target_sparsity=0.5", "--param", "quantization=F16,Q8_0",
                      "--param", "min_top1_agreement=0.5", "--param", f"ollama_host={ollama.host}",
                      "--param", "model_name=tiny:f16", "--param", f"backup_destinations=s3://{bucket}/gguf",
+                     "--param", f"model_destinations=s3://{bucket}/model", "--param", f"registry={mr.url}",
                      "--param", f"hub_repo={hub.user}/lifecycle-model", "--param", "eval_tasks=tiny_mc",
                      "--param", f"eval_include_path={tasks}",
                      "--param", 'training_args={"use_cpu": true}', "--runs-dir", str(tmp_path / "runs"),
@@ -84,6 +116,9 @@ def test_lifecycle_runs_every_stage_locally(tiny_llama, s3_server, hub, tmp_path
                                         "AWS_ENDPOINT_URL": s3_server.endpoint, "HF_TOKEN": hub.token, **CANARIES})
         assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
         assert "tiny:f16" in ollama.state.models
+        _check_registered(mr, run_dir=next((tmp_path / "runs").glob("lifecycle-*")), bucket=bucket, env={
+            "AWS_ACCESS_KEY_ID": s3_server.access_key, "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
+            "AWS_ENDPOINT_URL": s3_server.endpoint, "MODEL_REGISTRY_TOKEN": CANARIES["MODEL_REGISTRY_TOKEN"]})
     (run_dir,) = (tmp_path / "runs").glob("lifecycle-*")
     (pruned,) = run_dir.rglob("prune-model/pruned")
     lineage = json.loads((pruned / "aptops.json").read_text())

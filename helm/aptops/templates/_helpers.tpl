@@ -107,6 +107,7 @@ capabilities:
   "credentials" $creds
   "cache" (dict "pvc" (include "aptops.cacheClaim" .) "mount_path" "/cache")
   "checkpoints" .Values.checkpoints
+  "model_registry" (dict "address" .Values.modelRegistry.address "port" (.Values.modelRegistry.port | int) "secure" .Values.modelRegistry.secure "author" .Values.modelRegistry.author)
   "trainjob" (dict "enabled" .Values.trainjob.enabled "runtime" .Values.trainjob.runtime "num_nodes" (.Values.trainjob.numNodes | int) "gpus_per_node" (.Values.trainjob.gpusPerNode | int) "strategy" .Values.trainjob.strategy "stages" .Values.trainjob.stages "keep" .Values.trainjob.keep "timeout_minutes" (.Values.trainjob.timeoutMinutes | int))
 -}}
 {{- toYaml $file -}}
@@ -115,4 +116,18 @@ capabilities:
 {{/* A third-party image (`image`, `tag`, optional `digest`) by digest when one is given. */}}
 {{- define "aptops.image" -}}
 {{- if .digest -}}{{ printf "%s@%s" .image .digest }}{{- else -}}{{ printf "%s:%s" .image .tag }}{{- end -}}
+{{- end -}}
+
+{{/* Model Registry's REST address from modelRegistry (the same rule as the cluster file's model_registry): empty
+without an address; an http(s):// address is kept (its port added when given); a host gets the scheme and port. */}}
+{{- define "aptops.modelRegistryUrl" -}}
+{{- $r := .Values.modelRegistry -}}
+{{- if $r.address -}}
+{{- if contains "://" $r.address -}}
+{{- $base := trimSuffix "/" $r.address -}}
+{{- if and $r.port (eq (len (splitList ":" $base)) 2) }}{{ printf "%s:%d" $base ($r.port | int) }}{{ else }}{{ $base }}{{ end -}}
+{{- else -}}
+{{- printf "%s://%s:%d" (ternary "https" "http" $r.secure) $r.address (($r.port | int) | default (ternary 443 8080 $r.secure)) -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}

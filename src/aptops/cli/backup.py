@@ -65,3 +65,46 @@ def restore(
                         lambda: restore_model("auto" if source == ["auto"] else source, output_dir=out, config=cfg,
                                               overwrite=overwrite), out)
     _print_metrics(f"restored {out} from {result.outputs['source']}", result.metrics)
+
+
+registry_app = typer.Typer(help="Kubeflow Model Registry: register a backed-up model version with its metrics, "
+                                "evaluation and provenance.", no_args_is_help=True)
+app.add_typer(registry_app, name="registry")
+
+
+@registry_app.command("add")
+def registry_add(
+    uri: Annotated[str, typer.Argument(help="Where the model's backup is (s3://bucket/prefix, oss://, hf://, modelscope://).")],
+    model: Annotated[Path, typer.Option("--model", "-m", help="The local artifact folder that was backed up there "
+                                        "(its files are checked against the backup; its metrics and lineage are registered).")],
+    name: Annotated[str, typer.Option("--name", "-n", help="The registered model (made when new).")],
+    address: Annotated[str, typer.Option("--address", envvar="MODEL_REGISTRY_ADDRESS",
+                                         help="The registry, http(s)://host[:port]; token from MODEL_REGISTRY_TOKEN.")],
+    version: Annotated[str, typer.Option("--version", "-v", help="The version name; default: the format and the "
+                                         "content digest, so the same model always lands on the same version.")] = "",
+    evaluation: Annotated[Path | None, typer.Option(help="An eval stage's results.json of this model.")] = None,
+    run_id: Annotated[str, typer.Option(help="The pipeline run that made the model (provenance).")] = "",
+    run_name: Annotated[str, typer.Option(help="Its name (default: the run id).")] = "",
+    description: Annotated[str, typer.Option(help="The version's description.")] = "",
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Register a backed-up model as a version in Kubeflow Model Registry (the same content twice adds nothing).
+
+    Not 'aptops register', which uploads pipelines to KFP."""
+    from aptops.backup.registry import Provenance, RegistryConfig, register_model_version
+
+    cfg = load_config(RegistryConfig, config, overrides=[f"address={address}", *(set_ or [])])
+    provenance = Provenance.from_environment(run_id, run_name) if run_id else None
+
+    def run() -> Any:
+        result = register_model_version(model, uri, name=name, version=version, config=cfg, evaluation=evaluation,
+                                        provenance=provenance, description=description)
+        reg = result.details["registration"]
+        said = "registered" if reg["created"] else "already registered (nothing added)"
+        console.print(f"{escape(reg['name'])} {escape(reg['version'])}: {said} -> {escape(reg['uri'])} "
+                      f"({reg['model_format_name']} {reg['model_format_version']}, {len(reg['metadata'])} metadata "
+                      f"fields; version id {reg['ids'].get('model_version')})", highlight=False, soft_wrap=True)
+        return result
+
+    _run_stage("backup", "registry", run, model.with_name(f"{model.name}.registry"))

@@ -220,12 +220,15 @@ def doctor(
     kubeconfig: Annotated[str | None, typer.Option(help="A kubeconfig file (default: $KUBECONFIG, ~/.kube/config).")] = None,
     trainjob_runtime: Annotated[str | None, typer.Option(
         help="Check Kubeflow Trainer: the TrainJob API, this ClusterTrainingRuntime, the permissions.")] = None,
+    model_registry: Annotated[str | None, typer.Option(
+        help="Check Kubeflow Model Registry answers at this http(s)://host:port (token from MODEL_REGISTRY_TOKEN).")] = None,
     cluster: ClusterOpt = None,
 ) -> None:
-    """Preflight: the KFP API answers, pipelines are registered, Secrets / PVC exist, the GPU pool has GPUs, and
-    Kubeflow Trainer is ready when the cluster file trains as TrainJobs (--cluster fills in what it names)."""
+    """Preflight: the KFP API answers, pipelines are registered, Secrets / PVC exist, the GPU pool has GPUs,
+    Kubeflow Trainer is ready when the cluster file trains as TrainJobs, and Model Registry answers when it names one
+    (--cluster fills in what it names)."""
     from aptops.cluster.settings import ClusterSettings, parse_selector
-    from aptops_pipelines.doctor import check_cluster, check_kfp, check_trainer, core_api
+    from aptops_pipelines.doctor import check_cluster, check_kfp, check_registry, check_trainer, core_api
 
     if cluster is not None:
         settings = ClusterSettings.from_file(cluster)
@@ -235,7 +238,10 @@ def doctor(
         gpu_resource = settings.gpu_resource
         if settings.trainjob.enabled:
             trainjob_runtime = trainjob_runtime or settings.trainjob.runtime
+        model_registry = model_registry or settings.model_registry or None
     checks = []
+    if model_registry:
+        checks += check_registry(model_registry)
     if kfp_host:
         _kfp_modules()
         logging.getLogger().addHandler(logging.NullHandler())
@@ -256,7 +262,8 @@ def doctor(
     elif trainjob_runtime:
         raise ConfigError("checking Kubeflow Trainer needs --namespace", field="namespace")
     if not checks:
-        raise ConfigError("nothing to check: give --kfp-host and/or --namespace / --gpu-node-selector", field="doctor")
+        raise ConfigError("nothing to check: give --kfp-host, --namespace / --gpu-node-selector and/or --model-registry",
+                          field="doctor")
     table = Table(title="aptops doctor")
     for col in ("check", "result", "detail"):
         table.add_column(col, overflow="fold")

@@ -31,10 +31,11 @@ CREDENTIAL_ENV: dict[str, tuple[str, ...]] = {
     "oss": ("OSS_ACCESS_KEY_ID", "OSS_ACCESS_KEY_SECRET", "OSS_ENDPOINT"),
     "hf": ("HF_TOKEN", "HF_ENDPOINT"),
     "modelscope": ("MODELSCOPE_API_TOKEN", "MODELSCOPE_ENDPOINT"),
+    "registry": ("MODEL_REGISTRY_TOKEN",),  # Kubeflow Model Registry's bearer token
 }
 # Which stages may see which credentials (least privilege: the data stage sees none).
 STAGE_CREDENTIALS: dict[str, tuple[str, ...]] = {
-    "backup": ("aws", "oss", "hf", "modelscope"),
+    "backup": ("aws", "oss", "hf", "modelscope", "registry"),  # the register step reads the backup it points at
     "hub": ("hf",),
     "train": ("hf",),
 }
@@ -270,6 +271,24 @@ class CacheSection:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ModelRegistrySection:
+    address: str = ""
+    port: int = 0
+    secure: bool = False
+    author: str = "aptops"
+
+    def url(self) -> str:
+        """The registry's REST address: ``http(s)://host:port`` (empty: no registry)."""
+        if not self.address:
+            return ""
+        if "://" in self.address:
+            base = self.address.rstrip("/")
+            return f"{base}:{self.port}" if self.port and base.count(":") == 1 else base
+        port = self.port or (443 if self.secure else 8080)
+        return f"{'https' if self.secure else 'http'}://{self.address}:{port}"
+
+
+@dataclass(frozen=True, kw_only=True)
 class ClusterFile:
     """The cluster file's layout (``examples/cluster.yaml`` shows every key)."""
 
@@ -281,6 +300,7 @@ class ClusterFile:
     cache: CacheSection = field(default_factory=CacheSection)
     checkpoints: str = ""
     trainjob: TrainJobSettings = field(default_factory=TrainJobSettings)
+    model_registry: ModelRegistrySection = field(default_factory=ModelRegistrySection)
 
 
 @dataclass(frozen=True)
@@ -310,6 +330,10 @@ class ClusterSettings:
             on the cache volume so a restarted pod resumes; default ``<cache_mount_path>/checkpoints`` when
             there is a cache volume, else inside the task (lost with the pod).
         trainjob: which training stages run as Kubeflow Trainer jobs, on how many nodes and GPUs.
+        model_registry: Kubeflow Model Registry's REST address (``http://model-registry-service.kubeflow.svc.
+            cluster.local:8080``): the lifecycle, train and deploy pipelines register what they back up there (their
+            ``registry`` parameter defaults to it); its token is the ``registry`` credential. Empty: none.
+        registry_author: the author recorded on registered models and versions.
     """
 
     image_registry: str = DEFAULT_REGISTRY
@@ -329,8 +353,14 @@ class ClusterSettings:
     cache_mount_path: str = "/cache"
     checkpoint_dir: str = ""
     trainjob: TrainJobSettings = field(default_factory=TrainJobSettings)
+    model_registry: str = ""
+    registry_author: str = "aptops"
 
     def __post_init__(self) -> None:
+        if self.model_registry and not re.fullmatch(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[!-~]*)?", self.model_registry):
+            raise ConfigError(f"model_registry {self.model_registry!r} must be http(s)://host[:port] (address, port and "
+                              "secure in the cluster file's model_registry section)", field="model_registry.address",
+                              value=self.model_registry)
         if self.cache_pvc and not _K8S_NAME.fullmatch(self.cache_pvc):
             raise ConfigError(f"cache_pvc {self.cache_pvc!r} is not a valid Kubernetes name", field="cache_pvc",
                               value=self.cache_pvc)
@@ -416,7 +446,8 @@ class ClusterSettings:
                 cpu_tolerations=tuple(Toleration.parse(t) for t in f.pools.cpu.tolerations),
                 gpu_resource=f.pools.gpu.resource, gpu_count=f.pools.gpu.count, resources=f.resources,
                 credential_secrets=f.credentials, cache_pvc=f.cache.pvc, cache_mount_path=f.cache.mount_path,
-                checkpoint_dir=f.checkpoints, trainjob=f.trainjob,
+                checkpoint_dir=f.checkpoints, trainjob=f.trainjob, model_registry=f.model_registry.url(),
+                registry_author=f.model_registry.author,
             )
         except ConfigError as exc:
             raise ConfigError(f"cluster file {str(path)!r}: {exc}", field=exc.field, value=exc.value) from None

@@ -14,12 +14,20 @@ while ``on_fallback=error``, leaves no complete artifact.
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aptops.core.artifacts import StageResult, atomic_output, finish_artifact, write_json
+from aptops.core.artifacts import (
+    LINEAGE_FILE,
+    StageResult,
+    atomic_output,
+    finish_artifact,
+    write_json,
+    write_lineage,
+)
 from aptops.core.config import check_choice
 from aptops.core.errors import InvalidArtifactError
 from aptops.export.lora import is_adapter, merge_adapter
@@ -126,6 +134,11 @@ def export_to_gguf(model: str | Path, *, output_dir: str | Path, config: ExportC
             metrics.update({f"{extra}_{k}": v for k, v in extra_metrics.items()})
         if others:
             write_json(tmp / f"verify-{q}.json", report)
+        # the GGUF carries the lineage of the model it came from, with this export on top (a registry or a card
+        # reads base model, datasets and versions from it)
+        if (Path(model) / LINEAGE_FILE).is_file():
+            shutil.copyfile(Path(model) / LINEAGE_FILE, tmp / LINEAGE_FILE)
+        write_lineage(tmp, stage="export", inputs={"model": str(model)}, config=config, metrics=metrics)
         result = StageResult("export", outputs={"gguf": str(Path(output_dir) / f"model-{q}.gguf")}, metrics=metrics,
                              details={"quantization": q, "tensor_types": written.tensor_types,
                                       "also": {t: f"model-{t}.gguf" for t, _ in others}})
