@@ -311,5 +311,17 @@ def _read(path: Path) -> dict[str, Any]:
     return doc if isinstance(doc, dict) else {}
 
 
-__all__ = ["CONTENT_KEY", "TOKEN_ENV", "registry_token", "Provenance", "Registration", "RegistryConfig", "check_stored", "connect",
-           "content_digest", "model_format", "register_model_version", "version_metadata"]
+__all__ = [
+    "CONTENT_KEY",
+    "TOKEN_ENV",
+    "Provenance",
+    "Registration",
+    "RegistryConfig",
+    "check_stored",
+    "connect",
+    "content_digest",
+    "model_format",
+    "register_model_version",
+    "registry_token",
+    "version_metadata",
+]
