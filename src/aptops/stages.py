@@ -16,10 +16,18 @@ from aptops import __version__
 
 Pool = Literal["cpu", "gpu"]
 
-#: The base image of each node pool's stage images: CUDA, cuDNN and a CUDA build of PyTorch on the GPU pool.
+#: The base image of each node pool's stage images: the Python every test ran on. A GPU image gets its CUDA from
+#: the CUDA build of the locked torch (its wheels carry the CUDA 12.8 runtime and cuDNN; the node needs only the
+#: driver), not from a base image's own torch.
 BASE_IMAGES: dict[str, str] = {
-    "gpu": "pytorch/pytorch:2.8.0-cuda12.8-cudnn9-runtime",
+    "gpu": "python:3.11-slim",
     "cpu": "python:3.11-slim",
+}
+#: Where each pool's images take torch from (the version is the lock's): the CUDA 12.8 builds for the GPU pool;
+#: none for the CPU stages of the shared Dockerfile (data, hub, backup need no torch; export installs the CPU build).
+TORCH_INDEXES: dict[str, str] = {
+    "gpu": "https://download.pytorch.org/whl/cu128",
+    "cpu": "",
 }
 #: The Dockerfile every stage image is built from unless its row names its own.
 SHARED_DOCKERFILE = "images/Dockerfile"
@@ -71,12 +79,14 @@ class Stage:
         if self.dockerfile != SHARED_DOCKERFILE:
             return {}
         return {"BASE": BASE_IMAGES[self.pool], "STAGE": self.name,
-                "EXTRAS": ",".join((self.extra, *self.image_extras))}
+                "EXTRAS": ",".join((self.extra, *self.image_extras)), "TORCH_INDEX": TORCH_INDEXES[self.pool]}
 
     def docker_build(self, *, registry: str, tag: str) -> list[str]:
-        """The ``docker build`` command line of its image, run from the repository root."""
-        args = [f"--build-arg={k}={v}" for k, v in self.build_args.items()]
-        return ["docker", "build", "-f", self.dockerfile, *args, "-t", f"{registry}/{self.image}:{tag}", "."]
+        """The ``docker build`` command line of its image, run from the repository root; ``IMAGE`` is the reference
+        the image records in every artifact's lineage (``APTOPS_IMAGE``)."""
+        ref = f"{registry}/{self.image}:{tag}"
+        args = [f"--build-arg={k}={v}" for k, v in {**self.build_args, "IMAGE": ref}.items()]
+        return ["docker", "build", "-f", self.dockerfile, *args, "-t", ref, "."]
 
 
 STAGES: tuple[Stage, ...] = (

@@ -35,8 +35,10 @@ def test_every_stage_has_one_image_from_a_kept_dockerfile():
     for stage in shared:
         assert stage.build_args["STAGE"] == stage.name
         assert stage.build_args["EXTRAS"].split(",")[0] == stage.extra
-    assert {s.build_args["BASE"] for s in shared if s.pool == "gpu"} == {"pytorch/pytorch:2.8.0-cuda12.8-cudnn9-runtime"}
-    assert {s.build_args["BASE"] for s in shared if s.pool == "cpu"} == {"python:3.11-slim"}
+    # one Python for every image, the tests' own; a GPU image's torch is the CUDA 12.8 build of the locked version
+    assert {s.build_args["BASE"] for s in shared} == {"python:3.11-slim"}
+    assert {s.build_args["TORCH_INDEX"] for s in shared if s.pool == "gpu"} == {"https://download.pytorch.org/whl/cu128"}
+    assert {s.build_args["TORCH_INDEX"] for s in shared if s.pool == "cpu"} == {""}
 
 
 def test_make_images_builds_each_stage_with_its_arguments():
@@ -49,9 +51,11 @@ def test_make_images_builds_each_stage_with_its_arguments():
                              capture_output=True, text=True, check=True, env={"PYTHONPATH": str(ROOT / "src")})
     lines = printed.stdout.splitlines()
     assert lines == [
-        "docker build -f images/Dockerfile --build-arg=BASE=pytorch/pytorch:2.8.0-cuda12.8-cudnn9-runtime "
-        "--build-arg=STAGE=train --build-arg=EXTRAS=train,debug -t reg.example/ml/aptops-train:9.9 .",
-        "docker build -f images/export/Dockerfile -t reg.example/ml/aptops-export:9.9 .",
+        "docker build -f images/Dockerfile --build-arg=BASE=python:3.11-slim --build-arg=STAGE=train "
+        "--build-arg=EXTRAS=train,debug --build-arg=TORCH_INDEX=https://download.pytorch.org/whl/cu128 "
+        "--build-arg=IMAGE=reg.example/ml/aptops-train:9.9 -t reg.example/ml/aptops-train:9.9 .",
+        "docker build -f images/export/Dockerfile --build-arg=IMAGE=reg.example/ml/aptops-export:9.9 "
+        "-t reg.example/ml/aptops-export:9.9 .",
     ]
 
 
@@ -70,7 +74,11 @@ def test_image_rules(dockerfile):
         if ROOT / stage.dockerfile == dockerfile and not stage.build_args:
             assert f"aptops-{stage.name}" in text.splitlines()[0]
     if "ARG EXTRAS" in text:
-        assert 'pip install --no-cache-dir ".[${EXTRAS},kfp-runtime]"' in text
+        assert 'pip install --no-cache-dir -c requirements/constraints.txt ".[${EXTRAS},kfp-runtime]"' in text
+    # every package an image installs is the lock's version (kfp alone is pinned by hand, without its dependencies)
+    installs = [c for c in _pip_commands(dockerfile, {}) if "--no-deps" not in c or "-c" in c]
+    assert installs and all("-c" in c for c in installs), installs
+    assert "ENV APTOPS_IMAGE=${IMAGE}" in text  # artifacts made in the image name it
 
 
 def _pip_commands(dockerfile: Path, build_args: dict[str, str]) -> list[list[str]]:
@@ -78,12 +86,17 @@ def _pip_commands(dockerfile: Path, build_args: dict[str, str]) -> list[list[str
     import shlex
 
     text = re.sub(r"\\\n", " ", dockerfile.read_text())
-    text = re.sub(r"\$\{(\w+)\}", lambda m: build_args[m.group(1)], text)
+    text = re.sub(r"\$\{(\w+)\}", lambda m: build_args.get(m.group(1), ""), text)
     commands = []
     for line in text.splitlines():
         if not line.startswith("RUN "):
             continue
         for part in line[4:].split("&&"):
+            guarded = re.fullmatch(r'\s*if \[ -n "([^"]*)" \]; then (.*); fi\s*', part)
+            if guarded:  # a step for some images only (torch for the GPU stages): taken when its argument is set
+                if not guarded.group(1):
+                    continue
+                part = guarded.group(2)
             words = shlex.split(part)
             if words[:2] == ["pip", "install"]:
                 commands.append(words[2:])

@@ -51,7 +51,8 @@ def _check_console_and_report(stdout: str, run_dir, tmp_path) -> None:
     seen = visible_text(page, tmp_path)
     for heading in ("At a glance", "Where the time went", "Data", "Training and distillation", "Pruning",
                     "Compression trade-off", "GGUF verification", "Smoke test", "Model card, as it would be published",
-                    "Stage reports", "Task evaluation (lm-evaluation-harness)", "tiny_mc acc_norm"):
+                    "Stage reports", "Task evaluation (lm-evaluation-harness)", "tiny_mc acc_norm",
+                    "Software that made the model", "transformers"):
         assert heading in seen, heading
     ratio = metrics["evaluate-compression"]["ratio_params"]
     assert f"params {ratio:.2f}x" in seen and f"{metrics['export-gguf']['top1_agreement']:.4g}" in seen

@@ -385,13 +385,17 @@ def write_lineage(
 
 
 def package_versions() -> dict[str, str]:
-    """Versions of the packages that decide a model's numbers."""
-    names = ["aptops", "torch", "transformers", "pyarrow", "gguf", "llama_cpp_python"]
+    """Versions of the software that decides a model's numbers (requirements/lock.txt pins them all), and the stage
+    image it ran in (``APTOPS_IMAGE``, set by the images) when it ran in one."""
+    names = ["aptops", "torch", "transformers", "datasets", "accelerate", "peft", "kfp", "lm_eval", "pyarrow", "gguf",
+             "llama_cpp_python"]
     out = {"python": platform.python_version()}
     for name in names:
         v = _version(name)
         if v:
             out[name] = v
+    if os.environ.get("APTOPS_IMAGE"):
+        out["image"] = os.environ["APTOPS_IMAGE"]
     return out
 
 

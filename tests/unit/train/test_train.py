@@ -63,6 +63,12 @@ def test_two_steps_match_recorded_losses(tiny_llama, tmp_path):
     assert not (out / "checkpoints").exists()  # the artifact is the model: optimizer state does not travel with it
     lineage = read_json(out / "aptops.json")
     assert lineage["stage"] == "train" and lineage["config"]["block_size"] == 32
+    import datasets
+    import torch
+
+    # the versions that made it (the lock's): what a card and a registry entry name
+    assert lineage["versions"]["torch"] == torch.__version__ and lineage["versions"]["datasets"] == datasets.__version__
+    assert {"aptops", "transformers", "kfp", "llama_cpp_python"} <= set(lineage["versions"])
     report = (out / "report.html").read_text()
     assert "<polyline" in report and "Loss by step" in report
 
