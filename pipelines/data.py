@@ -48,7 +48,8 @@ def build(settings: ClusterSettings) -> Any:
         """Clean a text corpus, remove near duplicates across its shards, and report its statistics.
 
         Args:
-            source: a file or folder of JSONL, Parquet, CSV or text files readable by the task.
+            source: a file or folder of JSONL, Parquet, CSV or text files readable by the task, or a URI read in place
+                (s3://bucket/corpus/, oss://, gs://, hf://datasets/org/name/data/*.parquet, https://).
             strategy: the cleaning strategy: basic, aggressive, chinese or code.
             code_language: for strategy=code, a pygments language name ('' guesses it).
             text_column: the column that holds the text.

@@ -84,7 +84,8 @@ def build(settings: ClusterSettings) -> Any:
 
         Args:
             model: the base model: a Hub model id or a model folder the tasks can read.
-            source: the corpus (JSONL, Parquet, CSV or text).
+            source: the corpus (JSONL, Parquet, CSV or text): a path the tasks can read, or a URI read in place
+                (s3://bucket/corpus/, oss://, gs://, hf://datasets/org/name/data/*.parquet, https://).
             data_steps: the data stage's ProcessConfig fields as YAML (steps, separator, quality settings).
             chat_prompt: train a chat model with each document as its answer to this user message (keeps
                 an instruct model answering); empty: plain text (base models, tokenizers without a template).

@@ -56,7 +56,8 @@ def build(settings: ClusterSettings) -> Any:
 
         Args:
             model: a Hub model id or a model folder the tasks can read.
-            source: a corpus file or folder (JSONL, Parquet, CSV or text) the tasks can read.
+            source: a corpus file or folder (JSONL, Parquet, CSV or text) the tasks can read, or a URI read in place
+                (s3://bucket/corpus/, oss://, gs://, hf://datasets/..., https://).
             separator: for text corpora, a regex matching the line between records (empty: one per line).
             text_column: the column holding the text.
             block_size: tokens per training sequence.

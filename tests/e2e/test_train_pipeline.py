@@ -39,7 +39,7 @@ def test_train_pipeline_runs_locally_and_publishes(tiny_llama, hub, tmp_path):
 
 def test_train_pipeline_compiles_with_gpu_placement_and_the_hf_secret(tmp_path):
     out = aptops("compile", "--pipeline", "train", "--out", str(tmp_path), "--gpu-node-selector",
-                 "pool=gpu", "--secret", "hf=hf-token")
+                 "pool=gpu", "--secret", "hf=hf-token", "--secret", "modelscope=ms-token")
     assert out.returncode == 0, out.stderr
     text = (tmp_path / "train.yaml").read_text()
     docs = list(yaml.safe_load_all(text))
@@ -48,7 +48,9 @@ def test_train_pipeline_compiles_with_gpu_placement_and_the_hf_secret(tmp_path):
     assert platform["exec-clean-text"]["nodeSelector"]["labels"] == {"aptops.io/pool": "cpu"}
     secrets = platform["exec-export-model"]["secretAsEnv"][0]
     assert secrets["secretName"] == "hf-token" and {"envVar": "HF_TOKEN", "secretKey": "HF_TOKEN"} in secrets["keyToEnv"]
-    assert "secretAsEnv" not in platform.get("exec-clean-text", {})  # the data stage sees no credentials
+    # the data stage reads corpora in place (hf://datasets/...), so it sees the Hub token, and nothing it never uses
+    assert {x["secretName"] for x in platform["exec-clean-text"]["secretAsEnv"]} == {"hf-token"}
+    assert {x["secretName"] for x in platform["exec-export-model"]["secretAsEnv"]} == {"hf-token"}
     executors = docs[0]["deploymentSpec"]["executors"]
     assert executors["exec-train-model"]["container"]["image"].endswith("aptops-train:0.1.0")
     assert executors["exec-train-model"]["container"]["resources"]["accelerator"]["resourceCount"] == "1"

@@ -38,7 +38,8 @@ app = typer.Typer(
 
 
 #: The help of a dataset argument, the same for every stage that reads text.
-DATASET_HELP = "An aptops dataset folder, JSONL/Parquet/CSV/text, or a Hub dataset."
+DATASET_HELP = ("An aptops dataset folder, JSONL/Parquet/CSV/text, a Hub dataset, or a URI read in place (s3://bucket/corpus/, "
+                "oss://, gs://, hf://datasets/org/name/*.parquet, https://).")
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML file of settings.")]
 OverwriteOpt = Annotated[bool, typer.Option(

@@ -12,7 +12,8 @@ from aptops.cli.common import In, app, metrics_table, print_table, stage_command
 data_app = typer.Typer(help="The data stage: clean a corpus, describe a dataset.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
-SOURCE = In("source", "A file or folder of JSONL, Parquet, CSV or text files.")
+SOURCE = In("source", "A file or folder of JSONL, Parquet, CSV or text files, or a URI of one, a prefix or a glob "
+                      "(s3://bucket/corpus/, oss://, gs://, hf://datasets/org/name/data/*.parquet, https://).")
 
 
 def _show_balance(result: Any, out: Path) -> None:

@@ -33,11 +33,16 @@ CREDENTIAL_ENV: dict[str, tuple[str, ...]] = {
     "modelscope": ("MODELSCOPE_API_TOKEN", "MODELSCOPE_ENDPOINT"),
     "registry": ("MODEL_REGISTRY_TOKEN",),  # Kubeflow Model Registry's bearer token
 }
-# Which stages may see which credentials (least privilege: the data stage sees none).
+# Which stages may see which credentials (least privilege: a stage sees a provider's keys only when it reads or
+# writes there). Data and training read corpora in place (s3://, oss://, hf://datasets/...), so they see the
+# storage providers; only the backup stage sees ModelScope and the registry token.
 STAGE_CREDENTIALS: dict[str, tuple[str, ...]] = {
     "backup": ("aws", "oss", "hf", "modelscope", "registry"),  # the register step reads the backup it points at
+    "data": ("aws", "oss", "hf"),
     "hub": ("hf",),
-    "train": ("hf",),
+    "train": ("hf", "aws", "oss"),
+    "distill": ("hf", "aws", "oss"),
+    "prune": ("hf", "aws", "oss"),
 }
 _LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 _LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")

@@ -106,7 +106,8 @@ def read_batches(
     """Yield tables of at most ``batch_rows`` rows with at least a string ``text_column``.
 
     Args:
-        source: a file or a folder of files.
+        source: a file or a folder of files, or a URI of one, a prefix or a glob (``s3://bucket/corpus/``,
+            ``hf://datasets/org/name/data/*.parquet``; :mod:`aptops.core.remote`), read in place file by file.
         text_column: the column holding the text (for text files, the name given to each line).
         input_format: one of ``auto``, ``jsonl``, ``parquet``, ``csv``, ``text``.
         separator: for text files, a regex that matches a whole separator line between records
@@ -120,27 +121,62 @@ def read_batches(
         InvalidArtifactError: a file cannot be parsed, lacks ``text_column``, or is over a limit (the message
             names the file, the row and the limit).
     """
-    pa = _pa()
     limits = (max_depth, max_field_mb * 1024 * 1024)
     if input_format not in FORMATS:
         raise ConfigError(f"input_format={input_format!r} is not supported: choose one of {', '.join(FORMATS)}",
                           field="input_format", value=input_format)
-    for path in list_input_files(Path(source)):
-        fmt = ("hf" if is_hf_dataset_dir(path) else detect_format(path)) if input_format == "auto" else input_format
-        table = _decodable(_read_file(path, fmt, text_column, separator, limits), path)
-        if text_column not in table.column_names:
-            raise InvalidArtifactError(
-                f"{str(path)!r} has no column {text_column!r} (columns: {', '.join(table.column_names) or 'none'}): "
-                "pass text_column=<name of the text column>",
-                path=str(path),
-            )
-        col = table.column(text_column)
-        if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type) or pa.types.is_null(col.type)):
-            raise InvalidArtifactError(
-                f"{str(path)!r}: column {text_column!r} holds {col.type}, not text", path=str(path)
-            )
-        for offset in range(0, table.num_rows, batch_rows):
-            yield table.slice(offset, batch_rows)
+    from aptops.core.remote import is_uri, list_remote_files
+
+    files: list[Any] = list_remote_files(str(source)) if is_uri(source) else list_input_files(Path(source))
+    for path in files:
+        local = isinstance(path, Path)
+        fmt = (("hf" if local and is_hf_dataset_dir(path) else detect_format(path)) if input_format == "auto"
+               else input_format)
+        if fmt == "parquet":  # a row group at a time: memory stays flat in the file's size
+            tables: Iterator[pa.Table] = _parquet_batches(path, batch_rows)
+        else:
+            tables = iter([_read_file(path, fmt, text_column, separator, limits)])
+        for whole in tables:
+            table = _checked(_decodable(whole, path), path, text_column)
+            for offset in range(0, table.num_rows, batch_rows):
+                yield table.slice(offset, batch_rows)
+
+
+def _checked(table: pa.Table, path: Any, text_column: str) -> pa.Table:
+    pa = _pa()
+    if text_column not in table.column_names:
+        raise InvalidArtifactError(
+            f"{str(path)!r} has no column {text_column!r} (columns: {', '.join(table.column_names) or 'none'}): "
+            "pass text_column=<name of the text column>",
+            path=str(path),
+        )
+    col = table.column(text_column)
+    if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type) or pa.types.is_null(col.type)):
+        raise InvalidArtifactError(
+            f"{str(path)!r}: column {text_column!r} holds {col.type}, not text", path=str(path)
+        )
+    return table
+
+
+def _parquet_batches(path: Any, batch_rows: int) -> Iterator[pa.Table]:
+    """A Parquet file (local, or a remote file read through its file system) as tables of at most ``batch_rows``."""
+    pa = _pa()
+    pq = require("pyarrow.parquet", extra="data", feature="reading Parquet")
+    try:
+        reader = pq.ParquetFile(path if isinstance(path, Path) else path.open())
+        if reader.metadata.num_rows == 0:
+            yield reader.schema_arrow.empty_table()
+            return
+        for batch in reader.iter_batches(batch_size=batch_rows):
+            yield pa.Table.from_batches([batch])
+    except AptopsError:
+        raise
+    except (pa.ArrowException, OSError, UnicodeError) as exc:
+        if isinstance(exc, UnicodeError):  # a name or value that is not UTF-8: the whole-table check says which
+            _decodable(pq.read_table(path if isinstance(path, Path) else path.open()), path)
+        raise InvalidArtifactError(
+            f"{str(path)!r} could not be read as parquet: {exc}; check the file or pass input_format=", path=str(path)
+        ) from exc
 
 
 def _read_file(path: Path, fmt: str, text_column: str, separator: str | None, limits: tuple[int, int]) -> pa.Table:

@@ -61,13 +61,26 @@ def load_text_dataset(dataset: Any, text_column: str) -> Any:
     """A dataset from anything :func:`aptops.lm.datasets.load_hf_dataset` takes, checked for its text column.
 
     Args:
-        dataset: a ``datasets.Dataset`` / ``IterableDataset``, or a path or Hub id for ``load_hf_dataset``.
+        dataset: a ``datasets.Dataset`` / ``IterableDataset``, a path or Hub id for ``load_hf_dataset``, or a source
+            URI (``s3://bucket/corpus/``, ``hf://datasets/org/name/data/*.parquet``; :mod:`aptops.core.remote`).
         text_column: the column that must hold the text.
 
     Raises:
         ConfigError: the dataset has no ``text_column``.
     """
-    if isinstance(dataset, str | Path):
+    from aptops.core.remote import is_uri
+
+    if is_uri(dataset):
+        # s3://, oss://, gs://, hf://datasets/..., https://: read in place file by file (the data stage's reader,
+        # its checks and errors), held as Arrow in memory; a corpus larger than memory goes through the data stage
+        # first, which streams it into a local dataset artifact
+        from aptops.data.io import read_batches
+
+        datasets = require("datasets", extra="train", feature="reading a dataset")
+        pa = require("pyarrow", extra="data", feature="reading a dataset")
+        tables = list(read_batches(str(dataset), text_column=text_column))
+        dataset = datasets.Dataset(pa.concat_tables(tables, promote_options="default"))
+    elif isinstance(dataset, str | Path):
         from aptops.lm.datasets import load_hf_dataset
 
         dataset = load_hf_dataset(dataset)
