@@ -257,3 +257,51 @@ def test_paired_latency_times_both_models_in_turns():
     times = paired_latency({"a": Slow("a", 0.02), "b": Slow("b", 0.01)}, torch.zeros(1, 4, dtype=torch.long), rounds=3)
     assert calls == ["a", "b"] * 4  # a warm-up each, then turns
     assert times["a"] > times["b"] >= 0.01
+
+
+@pytest.fixture(scope="module", params=["mixtral", "qwen3_moe"])
+def tiny_moe(request, tmp_path_factory):
+    from tests.models import build_tiny_causal_lm
+
+    extra = {"num_local_experts": 4} if request.param == "mixtral" else {"num_experts": 4, "moe_intermediate_size": 32}
+    return build_tiny_causal_lm(tmp_path_factory.mktemp(request.param), request.param, num_experts_per_tok=2, **extra)
+
+
+def _expert_zeros(model):
+    stacks = [p for n, p in model.named_parameters() if p.dim() == 3 and "experts" in n]
+    assert stacks, "the tiny MoE has no stacked expert weights"
+    return sum(int((p == 0).sum()) for p in stacks) / sum(p.numel() for p in stacks)
+
+
+def test_unstructured_pruning_reaches_the_experts_of_a_moe(tiny_moe, tmp_path):
+    """transformers 5 keeps experts as 3-D parameters, not Linear layers: magnitude and Taylor pruning zero them too,
+    the report counts them, the router stays dense, and Wanda (which cannot see routed inputs yet) says so."""
+    import datasets
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_moe)
+    assert any(n.endswith("experts.gate_up_proj") for n in prunable_layers(model))
+    router = {n: p.clone() for n, p in model.named_parameters() if ".gate." in n or n.endswith("mlp.gate.weight")}
+    report = magnitude_pruning(model, 0.5, "layer")
+    assert _expert_zeros(model) == pytest.approx(0.5, abs=0.01)
+    zeros = sum(int((m.weight == 0).sum()) for m in prunable_layers(model).values())
+    assert report["zeros"] == zeros and report["sparsity"] == pytest.approx(0.5, abs=0.01)
+    assert all(torch.equal(p, router[n]) for n, p in model.named_parameters() if n in router)
+    model = AutoModelForCausalLM.from_pretrained(tiny_moe)
+    magnitude_pruning(model, 0.25, "neuron")  # each expert's own rows
+    w = next(p for n, p in model.named_parameters() if n.endswith("experts.down_proj"))
+    assert all(int((w[e].abs().sum(-1) == 0).sum()) == round(w.shape[1] * 0.25) for e in range(w.shape[0]))
+    model = AutoModelForCausalLM.from_pretrained(tiny_moe)
+    taylor_pruning(model, _batches(tiny_moe), 0.4)
+    assert _expert_zeros(model) > 0.2
+    with pytest.raises(ConfigError, match=r"routed to each expert.*method=magnitude or taylor"):
+        wanda_pruning(AutoModelForCausalLM.from_pretrained(tiny_moe), _batches(tiny_moe), 0.5)
+    # the stage: the sparsity it reports is the zeros it wrote, experts included, and they stay through recovery
+    cfg = PruneConfig(method="magnitude", target_sparsity=0.5, training=TrainConfig(
+        block_size=32, eval_fraction=0.1, training_args={"max_steps": 2, "per_device_train_batch_size": 4,
+                                                         "use_cpu": True, "save_strategy": "no"}))
+    out = tmp_path / "pruned"
+    result = prune_model(str(tiny_moe), datasets.Dataset.from_dict({"text": CORPUS}), output_dir=out, config=cfg)
+    pruned = AutoModelForCausalLM.from_pretrained(out)
+    assert _expert_zeros(pruned) >= 0.45
+    assert result.metrics["prune_sparsity"] == pytest.approx(sparsity_report(pruned)["sparsity"], abs=0.01)
