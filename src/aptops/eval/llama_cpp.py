@@ -39,7 +39,7 @@ def load_llama(path: str | Path, *, n_ctx: int = 2048, n_threads: int = 0) -> An
         ArtifactNotFoundError: no such file.
         InvalidArtifactError: not a readable GGUF file, or llama.cpp cannot load it.
     """
-    llama_cpp = require("llama_cpp", extra="export", feature="evaluating a GGUF file (llama-cpp-python: make setup "
+    require("llama_cpp", extra="export", feature="evaluating a GGUF file (llama-cpp-python: make setup "
                         "builds it, the export image has it)")
     from aptops.lm.gguf import read_gguf
 
@@ -50,14 +50,12 @@ def load_llama(path: str | Path, *, n_ctx: int = 2048, n_threads: int = 0) -> An
     # the context the model was trained for caps ours: logits for every position cost n_ctx x vocab floats
     n_ctx = min(n_ctx, int(trained.contents())) if trained is not None else n_ctx
     del reader
-    try:
-        kwargs: dict[str, Any] = {"n_ctx": n_ctx, "logits_all": True, "verbose": False, "n_batch": min(512, n_ctx)}
-        if n_threads:
-            kwargs["n_threads"] = n_threads
-        return llama_cpp.Llama(model_path=str(file), **kwargs)
-    except (ValueError, RuntimeError) as exc:
-        raise InvalidArtifactError(f"llama.cpp cannot load {str(file)!r} ({exc}): is it a complete GGUF file "
-                                   "written by aptops export or llama.cpp?", path=str(file)) from exc
+    from aptops.lm.llamacpp import open_llama
+
+    kwargs: dict[str, Any] = {"n_ctx": n_ctx, "logits_all": True, "n_batch": min(512, n_ctx)}
+    if n_threads:
+        kwargs["n_threads"] = n_threads
+    return open_llama(file, **kwargs)
 
 
 def _harness_lm_class() -> type:

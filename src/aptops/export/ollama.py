@@ -269,9 +269,11 @@ def test_model(model_name: str, test_prompts: Sequence[str], max_tokens: int = 6
     results = []
     llm = None
     if gguf_path is not None:
-        llama_cpp = require("llama_cpp", extra="export", feature="testing a GGUF")
+        require("llama_cpp", extra="export", feature="testing a GGUF")
         read_gguf(gguf_path)
-        llm = llama_cpp.Llama(model_path=str(gguf_path), n_ctx=2048, verbose=False, seed=0)
+        from aptops.lm.llamacpp import open_llama
+
+        llm = open_llama(gguf_path, n_ctx=2048, seed=0)
         spec = parse_modelfile(modelfile_path) if modelfile_path else {"template": "{{ .Prompt }}", "parameters": {}}
     try:
         for prompt in test_prompts:

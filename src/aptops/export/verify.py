@@ -145,7 +145,7 @@ def verify_gguf(gguf_path: str | Path, model_path: str | Path, *, text: str | No
     np = require("numpy", extra="export", feature="verifying GGUF")
     torch = require("torch", extra="export", feature="verifying GGUF")
     transformers = require("transformers", extra="export", feature="verifying GGUF")
-    llama_cpp = require("llama_cpp", extra="export", feature="verifying GGUF")
+    require("llama_cpp", extra="export", feature="verifying GGUF")
     gate = gate or GateConfig()
     tokenizer = transformers.AutoTokenizer.from_pretrained(model_path)
     model = transformers.AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype),
@@ -164,8 +164,9 @@ def verify_gguf(gguf_path: str | Path, model_path: str | Path, *, text: str | No
         raise InvalidArtifactError("the verification text has fewer than 2 tokens")
     with torch.inference_mode():
         hf = model(input_ids=torch.tensor([ids])).logits[0].float().numpy()
-    llm = llama_cpp.Llama(model_path=str(gguf_path), n_ctx=n_ctx, logits_all=True, verbose=False, seed=0,
-                          n_threads=os.cpu_count() or 1)
+    from aptops.lm.llamacpp import open_llama
+
+    llm = open_llama(gguf_path, n_ctx=n_ctx, logits_all=True, seed=0, n_threads=os.cpu_count() or 1)
     try:
         llm.reset()
         llm.eval(ids)

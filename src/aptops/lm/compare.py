@@ -118,7 +118,7 @@ def _llama_cpp_speeds(sources: Mapping[str, Any], prompt: list[int], cfg: Compre
     if not all(isinstance(s, str | Path) and Path(s).is_dir() for s in sources.values()):
         return {"skipped": "llama.cpp speed needs model folders, not objects"}
     try:
-        llama_cpp = require("llama_cpp", extra="export", feature="llama.cpp generation speed")
+        require("llama_cpp", extra="export", feature="llama.cpp generation speed")
         from aptops.lm.gguf import convert_to_gguf, quantize_gguf
     except MissingDependencyError as exc:
         return {"skipped": str(exc)}
@@ -134,8 +134,9 @@ def _llama_cpp_speeds(sources: Mapping[str, Any], prompt: list[int], cfg: Compre
             f16 = convert_to_gguf(source, Path(tmp) / f"{name}-F16.gguf", outtype="F16")
             paths[name] = f16 if cfg.gguf_type == "F16" else quantize_gguf(
                 f16, Path(tmp) / f"{name}-{cfg.gguf_type}.gguf", cfg.gguf_type)
-        llms = {name: llama_cpp.Llama(model_path=str(path), n_ctx=len(prompt) + cfg.new_tokens + 8, verbose=False,
-                                      seed=0) for name, path in paths.items()}
+        from aptops.lm.llamacpp import open_llama
+
+        llms = {name: open_llama(path, n_ctx=len(prompt) + cfg.new_tokens + 8, seed=0) for name, path in paths.items()}
         try:
             timed = profile_in_turns({name: functools.partial(greedy, llm) for name, llm in llms.items()},
                                      iterations=cfg.generate_runs, warmup=0)

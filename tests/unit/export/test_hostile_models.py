@@ -98,3 +98,27 @@ def test_an_adapter_whose_base_is_on_a_hub_that_never_answers_fails_in_bounded_t
     assert "some-org/some-base" in proc.stderr and "cannot be found" in proc.stderr
     assert took < 90, took
     assert not (tmp_path / "out").exists()
+
+
+def test_a_gguf_llama_cpp_refuses_says_llama_cpp_s_reason(tmp_path):
+    """llama-cpp-python silences llama.cpp while it loads (verbose=False): the refusal carries llama.cpp's own words
+    instead of a bare "Failed to load model from file"."""
+    import gguf
+    import numpy as np
+    import pytest
+
+    from aptops.core.errors import InvalidArtifactError
+    from aptops.eval.llama_cpp import load_llama
+    from aptops.lm.llamacpp import open_llama
+
+    path = tmp_path / "unknown-arch.gguf"
+    writer = gguf.GGUFWriter(str(path), "nonesuch")
+    writer.add_tensor("token_embd.weight", np.zeros((8, 4), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(InvalidArtifactError, match=r"llama\.cpp says: .*unknown model architecture: 'nonesuch'"):
+        open_llama(path, n_ctx=64)
+    with pytest.raises(InvalidArtifactError, match=r"unknown model architecture"):
+        load_llama(path, n_ctx=64)
