@@ -54,6 +54,15 @@ def s3_server(tmp_path_factory):
     s3.server.stop()
 
 
+@pytest.fixture
+def s3_env(s3_server, monkeypatch):
+    """The SeaweedFS server with its endpoint and keys in this test's environment (``AWS_*``), as a user's are."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.secret_key)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.endpoint)
+    return s3_server
+
+
 @pytest.fixture(scope="session")
 def pushgateway(tmp_path_factory):
     """A real Prometheus Pushgateway; yields its base URL."""

@@ -22,7 +22,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from tests.services.http import LocalServer
+from tests.services.http import LocalServer, json_reply
 
 PREFIX = "/api/model_registry/v1"
 _VALUE_KEYS = {"MetadataStringValue": ("string_value", str), "MetadataDoubleValue": ("double_value", float),
@@ -68,14 +68,6 @@ def _handler(state: RegistryState) -> type[BaseHTTPRequestHandler]:
         def log_message(self, *args: Any) -> None:
             pass
 
-        def _send(self, code: int, body: Any) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
         def _serve(self) -> None:
             parts = urlsplit(self.path)
             query = {k: v[0] for k, v in parse_qs(parts.query).items()}
@@ -92,8 +84,8 @@ def _handler(state: RegistryState) -> type[BaseHTTPRequestHandler]:
                     code, out = self._route(parts.path[len(PREFIX) + 1:].split("/"), query, body)
                 except Refused as exc:
                     state.refused.append(f"{self.command} {parts.path}: {exc}")
-                    return self._send(exc.code, {"code": str(exc.code), "message": str(exc)})
-            self._send(code, out)
+                    return json_reply(self, exc.code, {"code": str(exc.code), "message": str(exc)})
+            json_reply(self, code, out)
 
         do_GET = do_POST = do_PATCH = _serve
 

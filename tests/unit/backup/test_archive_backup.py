@@ -21,13 +21,6 @@ def _tree(folder):
             for p in folder.rglob("*") if p.is_file() and p.name != "manifest.json"}
 
 
-@pytest.fixture
-def s3(s3_server, monkeypatch):
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server.access_key)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.secret_key)
-    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.endpoint)
-    return s3_server
-
 
 def _many_small(folder, n=400):
     for i in range(n):
@@ -38,14 +31,14 @@ def _many_small(folder, n=400):
     return folder
 
 
-def test_small_files_go_as_one_archive_and_come_back_verified(s3, tmp_path):
+def test_small_files_go_as_one_archive_and_come_back_verified(s3_env, tmp_path):
     model = _many_small(tmp_path / "m")
     dest = f"s3://pack-{uuid.uuid4().hex[:6]}/m"
     cfg = BackupConfig(pack_small_files_kb=64)
     result = backup_model(model, [dest], cfg)
     (d,) = result.destinations
     assert d.outcome == "success" and d.files_sent == 2  # the archive and the one large file
-    keys = [o["Key"] for o in s3.client().list_objects_v2(Bucket=dest[5:].split("/")[0])["Contents"]]
+    keys = [o["Key"] for o in s3_env.client().list_objects_v2(Bucket=dest[5:].split("/")[0])["Contents"]]
     assert sorted(k.split("/", 1)[1] for k in keys) == sorted([ARCHIVE, "manifest.json", "model.safetensors"])
     assert sum(1 for f in result.manifest["files"] if f.get("archive") == ARCHIVE) == 400
 
@@ -99,11 +92,11 @@ def test_manifest_archive_references_are_checked():
         parse_manifest(json.dumps(doc))
 
 
-def test_a_tampered_archive_is_not_restored(s3, tmp_path):
+def test_a_tampered_archive_is_not_restored(s3_env, tmp_path):
     model = _many_small(tmp_path / "m", n=20)
     bucket = f"tamper-{uuid.uuid4().hex[:6]}"
     assert backup_model(model, [f"s3://{bucket}/m"], BackupConfig(pack_small_files_kb=64)).ok
-    client = s3.client()
+    client = s3_env.client()
     manifest = json.loads(client.get_object(Bucket=bucket, Key="m/manifest.json")["Body"].read())
     evil = _tar([("../../escape.txt", b"pwned", "file")])
     for f in manifest["files"]:

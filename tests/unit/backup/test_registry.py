@@ -20,13 +20,6 @@ from tests.services.model_registry_standin import ModelRegistryStandIn
 TOKEN = "mr-token-3f9c1e"
 
 
-@pytest.fixture
-def s3(s3_server, monkeypatch):
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server.access_key)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.secret_key)
-    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.endpoint)
-    return s3_server
-
 
 @pytest.fixture(scope="module")
 def trained(tiny_llama, tmp_path_factory):
@@ -49,7 +42,7 @@ def _props(entity):
     return {k: next(x for n, x in v.items() if n != "metadataType") for k, v in entity.get("customProperties", {}).items()}
 
 
-def test_a_backed_up_model_is_registered_once_with_format_metrics_lineage_and_provenance(s3, trained, monkeypatch):
+def test_a_backed_up_model_is_registered_once_with_format_metrics_lineage_and_provenance(s3_env, trained, monkeypatch):
     model, results = trained
     uri = f"s3://reg-{uuid.uuid4().hex[:6]}/models/tiny"
     monkeypatch.setenv("MODEL_REGISTRY_TOKEN", TOKEN)
@@ -111,7 +104,7 @@ def test_a_backed_up_model_is_registered_once_with_format_metrics_lineage_and_pr
         assert all(r["method"] == "GET" or r["path"].startswith("/api/model_registry/v1/") for r in mr.state.requests)
 
 
-def test_an_unreachable_or_refusing_registry_is_a_clear_error(s3, trained, monkeypatch):
+def test_an_unreachable_or_refusing_registry_is_a_clear_error(s3_env, trained, monkeypatch):
     model, _ = trained
     uri = f"s3://reg-{uuid.uuid4().hex[:6]}/m"
     backup_model(model, [uri]).raise_for_failures()

@@ -20,15 +20,7 @@ from tests.unit.data.corpora import lee_news
 
 
 @pytest.fixture
-def s3(s3_server, monkeypatch):
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server.access_key)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.secret_key)
-    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.endpoint)
-    return s3_server
-
-
-@pytest.fixture
-def corpus(s3, tmp_path):
+def corpus(s3_env, tmp_path):
     """The same news as a local folder and under s3://<bucket>/corpus/ (JSONL + Parquet with small row groups)."""
     news = list(lee_news())
     local = tmp_path / "corpus"
@@ -37,7 +29,7 @@ def corpus(s3, tmp_path):
     (local / "a.jsonl").write_text("".join(json.dumps({"text": t, "id": i}) + "\n" for i, t in enumerate(news[:half])))
     pq.write_table(pa.table({"text": news[half:]}), local / "b.parquet", row_group_size=37)
     bucket = f"src-{uuid.uuid4().hex[:6]}"
-    client = s3.client()
+    client = s3_env.client()
     client.create_bucket(Bucket=bucket)
     for f in sorted(local.iterdir()):
         client.upload_file(str(f), bucket, f"corpus/{f.name}")
@@ -63,9 +55,9 @@ def test_a_corpus_on_s3_is_cleaned_in_place_exactly_as_a_local_copy(corpus, tmp_
     assert _rows(tmp_path / "glob") == _rows(tmp_path / "local")[n // 2:]
 
 
-def test_the_cli_reads_s3_and_names_what_is_wrong(corpus, s3, tmp_path):
+def test_the_cli_reads_s3_and_names_what_is_wrong(corpus, s3_env, tmp_path):
     _, bucket, _ = corpus
-    env = {"AWS_ACCESS_KEY_ID": s3.access_key, "AWS_SECRET_ACCESS_KEY": s3.secret_key, "AWS_ENDPOINT_URL": s3.endpoint}
+    env = {"AWS_ACCESS_KEY_ID": s3_env.access_key, "AWS_SECRET_ACCESS_KEY": s3_env.secret_key, "AWS_ENDPOINT_URL": s3_env.endpoint}
     out = aptops("data", "clean", f"s3://{bucket}/corpus/", "--out", str(tmp_path / "cli"), env=env)
     assert out.returncode == 0, out.stdout + out.stderr
     assert len(_rows(tmp_path / "cli")) > 100
