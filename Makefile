@@ -73,6 +73,7 @@ fuzz: setup
 bench: setup
 	$(PY) bench/data_dedup.py
 	$(PY) bench/data_dedup_scale.py
+	$(PY) bench/data_remote_read.py
 	$(PY) bench/backup_throughput.py
 	$(PY) bench/backup_small_files.py
 	$(PY) bench/train_overhead.py

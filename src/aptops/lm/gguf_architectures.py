@@ -55,6 +55,9 @@ class Arch:
             27B sizes it recognises by depth); ``query_pre_attn_scalar`` must be the same.
         output_required: llama.cpp needs an ``output`` matrix even when the embeddings are tied.
         rope_types: rope scalings llama.cpp applies the same way for this architecture.
+        full_width_heads: llama.cpp's graph for it takes the attention width from ``hidden_size`` (it reads no
+            key / value length), so ``num_attention_heads x head_dim`` must equal ``hidden_size``: a head-pruned
+            model of this family cannot be written.
     """
 
     gguf: str
@@ -67,6 +70,7 @@ class Arch:
     gemma_attention_scale: tuple[int, ...] = ()
     output_required: bool = False
     rope_types: tuple[str, ...] = ("default", "linear", "llama3", "yarn")
+    full_width_heads: bool = False
 
 
 _EXPERTS = (Key("add_expert_count", ("num_local_experts", "num_experts")),
@@ -78,7 +82,7 @@ ARCHITECTURES: dict[str, Arch] = {
     "LlamaForCausalLM": _LLAMA,
     "MistralForCausalLM": _LLAMA,
     "MixtralForCausalLM": Arch("llama", permute_qk=True, keys=_EXPERTS, experts=True),
-    "Qwen2ForCausalLM": Arch("qwen2", assumed=(Assumed("use_sliding_window", False, False),)),
+    "Qwen2ForCausalLM": Arch("qwen2", assumed=(Assumed("use_sliding_window", False, False),), full_width_heads=True),
     "Qwen3ForCausalLM": Arch("qwen3", assumed=(Assumed("use_sliding_window", False, False),)),
     "Qwen2MoeForCausalLM": Arch(
         "qwen2moe", experts=True, output_required=True,
@@ -112,6 +116,14 @@ def arch_for(cfg: dict[str, Any]) -> tuple[str, Arch]:
         raise ConfigError(f"architecture {name!r} is not supported for GGUF export; supported: "
                           f"{', '.join(sorted(ARCHITECTURES))}", field="architecture", value=name)
     arch = ARCHITECTURES[name]
+    heads, hidden = cfg.get("num_attention_heads"), cfg.get("hidden_size")
+    if arch.full_width_heads and heads and hidden:
+        head_dim = cfg.get("head_dim") or hidden // heads
+        if heads * head_dim != hidden:
+            raise ConfigError(f"{name} with {heads} heads of {head_dim} ({heads * head_dim} wide) and hidden_size "
+                              f"{hidden}: llama.cpp's {arch.gguf} graph takes the attention width from hidden_size, so "
+                              "it cannot load this model (a head-pruned one, say); prune MLP neurons instead "
+                              "(method=neuron), or keep every head", field="num_attention_heads", value=heads)
     for a in arch.assumed:
         if cfg.get(a.field, a.default) != a.value:
             raise ConfigError(f"{name} with {a.field}={cfg.get(a.field, a.default)!r}: llama.cpp's {arch.gguf} "

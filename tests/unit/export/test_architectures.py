@@ -170,13 +170,20 @@ def test_architectures_llama_cpp_would_run_differently_are_refused(tmp_path, spm
                                           r"1/sqrt\(16\)"):
         export_to_gguf(gemma, output_dir=tmp_path / "c", config=ExportConfig(quantization="F16"))
 
+    # a head-pruned Qwen2 (3 heads of 16 in a 64-wide model): llama.cpp's qwen2 graph cannot load it (its own
+    # words: "attn_q.weight has wrong shape"), so it is refused before anything is converted
+    qwen2 = _build("qwen2.5", tmp_path, spm_tokenizer, num_attention_heads=3, num_key_value_heads=1, head_dim=16)
+    with pytest.raises(ConfigError, match=r"3 heads of 16 \(48 wide\) and hidden_size 64: llama.cpp's qwen2 graph "
+                                          r"takes the attention width from hidden_size.*method=neuron"):
+        export_to_gguf(qwen2, output_dir=tmp_path / "e", config=ExportConfig(quantization="F16"))
+
     pickled = tmp_path / "pickled"  # weights only as pytorch_model.bin: refused before anything is read
     shutil.copytree(moe, pickled)
     (pickled / "model.safetensors").rename(pickled / "pytorch_model.bin")
     with pytest.raises(InvalidArtifactError, match=r"no \*\.safetensors weights\. It has pickled weights "
                                                    r"\(pytorch_model\.bin\).*save_pretrained"):
         export_to_gguf(pickled, output_dir=tmp_path / "d", config=ExportConfig(quantization="F16"))
-    assert not any((tmp_path / n).exists() for n in "abcd")
+    assert not any((tmp_path / n).exists() for n in "abcde")
 
 
 def test_fused_expert_layout_is_split_as_llama_cpp_reads_it(tmp_path, spm_tokenizer):
