@@ -211,6 +211,15 @@ def check_sizes(cfg: dict[str, Any], tensors: dict[str, SourceTensor], folder: P
         held = f"blocks 0-{max(blocks)}" if blocks and blocks == set(range(max(blocks) + 1)) else f"{len(blocks)} blocks"
         raise InvalidArtifactError(f"{where!r} says num_hidden_layers={cfg['num_hidden_layers']} but the weights hold "
                                    f"{held}: the config does not belong to these weights", path=where)
+    widths = {int(m.group(1)): int(t.shape[1]) for name, t in tensors.items()
+              if name.endswith(".mlp.down_proj.weight") and (m := _LAYER.search(name)) and len(t.shape) == 2}
+    other = sorted(b for b, w in widths.items() if w != cfg["intermediate_size"])
+    if other:
+        raise InvalidArtifactError(
+            f"{where!r} says intermediate_size={cfg['intermediate_size']} but the MLP of block(s) "
+            f"{other[:8]}{' ...' if len(other) > 8 else ''} is {widths[other[0]]} wide: a GGUF holds one "
+            "feed_forward_length for every block, so blocks of different MLP widths (per-layer pruning) cannot be "
+            "written; prune every block to the same width", path=where)
     embed = next((t for name, t in tensors.items() if name.endswith("embed_tokens.weight")), None)
     if embed is not None and tuple(embed.shape) != (cfg["vocab_size"], cfg["hidden_size"]):
         raise InvalidArtifactError(f"{where!r} says vocab_size={cfg['vocab_size']}, hidden_size={cfg['hidden_size']} "

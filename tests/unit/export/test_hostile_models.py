@@ -40,6 +40,20 @@ def test_sizes_in_config_json_are_checked_against_the_weights(model, tmp_path):
     assert "vocab_size='many' is not a positive integer" in _export(model, tmp_path)
 
 
+def test_blocks_of_different_mlp_widths_are_refused_before_converting(model, tmp_path):
+    """Per-layer pruning leaves blocks of different MLP widths; a GGUF holds one feed_forward_length, so the export
+    names the blocks and widths instead of failing later inside transformers."""
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(model / "model.safetensors")
+    for proj, dim in (("gate_proj", 0), ("up_proj", 0), ("down_proj", 1)):
+        name = f"model.layers.1.mlp.{proj}.weight"
+        weights[name] = weights[name].narrow(dim, 0, weights[name].shape[dim] // 2).contiguous()
+    save_file(weights, model / "model.safetensors", metadata={"format": "pt"})
+    said = _export(model, tmp_path)
+    assert "the MLP of block(s) [1] is" in said and "blocks of different MLP widths" in said
+
+
 def _rewrite_header(path, change):
     data = path.read_bytes()
     (n,) = struct.unpack("<Q", data[:8])
