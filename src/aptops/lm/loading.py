@@ -74,7 +74,7 @@ def load_text_dataset(dataset: Any, text_column: str) -> Any:
         # s3://, oss://, gs://, hf://datasets/..., https://: read in place file by file (the data stage's reader,
         # its checks and errors), held as Arrow in memory; a corpus larger than memory goes through the data stage
         # first, which streams it into a local dataset artifact
-        from aptops.data.io import read_batches
+        from aptops.core.sources import read_batches
 
         datasets = require("datasets", extra="train", feature="reading a dataset")
         pa = require("pyarrow", extra="data", feature="reading a dataset")
