@@ -50,7 +50,8 @@ def block_influence(model: Any, batches: Iterable[Mapping[str, Any]], *, max_bat
         def record(_module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
             x_in = args[0] if args else kwargs["hidden_states"]
             x_out = output[0] if isinstance(output, tuple) else output
-            distance = 1 - torch.nn.functional.cosine_similarity(x_in.float(), x_out.float(), dim=-1)
+            # clamped: rounding can put a cosine a hair above 1 (a block that passes its input through)
+            distance = (1 - torch.nn.functional.cosine_similarity(x_in.float(), x_out.float(), dim=-1)).clamp(0, 2)
             mask = mask_now[0]
             if mask is not None:
                 distance = distance[mask]
