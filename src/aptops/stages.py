@@ -19,9 +19,12 @@ Pool = Literal["cpu", "gpu"]
 #: The base image of each node pool's stage images: the Python every test ran on. A GPU image gets its CUDA from
 #: the CUDA build of the locked torch (its wheels carry the CUDA 12.8 runtime and cuDNN; the node needs only the
 #: driver), not from a base image's own torch.
+#: Pinned by digest, so a rebuilt image starts from the same bytes (the digest is the one public projects pin for
+#: python:3.11-slim; no registry is reachable from where this was written, so it was not pulled there).
+PYTHON_BASE = "python:3.11-slim@sha256:9c900dea9e8fb7e16277c179b555cc72d29a352dbc33cff48ad5a0412fd5bfc7"
 BASE_IMAGES: dict[str, str] = {
-    "gpu": "python:3.11-slim",
-    "cpu": "python:3.11-slim",
+    "gpu": PYTHON_BASE,
+    "cpu": PYTHON_BASE,
 }
 #: Where each pool's images take torch from (the version is the lock's): the CUDA 12.8 builds for the GPU pool;
 #: none for the CPU stages of the shared Dockerfile (data, hub, backup need no torch; export installs the CPU build).

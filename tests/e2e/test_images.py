@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from aptops.stages import PYTHON_BASE
+
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILES = sorted(ROOT.glob("images/**/Dockerfile"))
 
@@ -36,7 +38,8 @@ def test_every_stage_has_one_image_from_a_kept_dockerfile():
         assert stage.build_args["STAGE"] == stage.name
         assert stage.build_args["EXTRAS"].split(",")[0] == stage.extra
     # one Python for every image, the tests' own; a GPU image's torch is the CUDA 12.8 build of the locked version
-    assert {s.build_args["BASE"] for s in shared} == {"python:3.11-slim"}
+    assert {s.build_args["BASE"] for s in shared} == {PYTHON_BASE}
+    assert PYTHON_BASE.startswith("python:3.11-slim@sha256:") and len(PYTHON_BASE.split(":")[-1]) == 64  # by digest
     assert {s.build_args["TORCH_INDEX"] for s in shared if s.pool == "gpu"} == {"https://download.pytorch.org/whl/cu128"}
     assert {s.build_args["TORCH_INDEX"] for s in shared if s.pool == "cpu"} == {""}
 
@@ -51,7 +54,7 @@ def test_make_images_builds_each_stage_with_its_arguments():
                              capture_output=True, text=True, check=True, env={"PYTHONPATH": str(ROOT / "src")})
     lines = printed.stdout.splitlines()
     assert lines == [
-        "docker build -f images/Dockerfile --build-arg=BASE=python:3.11-slim --build-arg=STAGE=train "
+        f"docker build -f images/Dockerfile --build-arg=BASE={PYTHON_BASE} --build-arg=STAGE=train "
         "--build-arg=EXTRAS=train,debug --build-arg=TORCH_INDEX=https://download.pytorch.org/whl/cu128 "
         "--build-arg=IMAGE=reg.example/ml/aptops-train:9.9 -t reg.example/ml/aptops-train:9.9 .",
         "docker build -f images/export/Dockerfile --build-arg=IMAGE=reg.example/ml/aptops-export:9.9 "
