@@ -107,3 +107,27 @@ def test_training_reads_the_corpus_on_s3(corpus, tiny_llama, tmp_path):
                                                          "use_cpu": True, "report_to": "none"}))
     assert result.metrics["global_step"] == 1
     assert f"s3://{bucket}/corpus/*.jsonl" in (tmp_path / "run" / "aptops.json").read_text()
+
+
+def test_a_file_over_https_is_read_in_place(tmp_path):
+    """http(s):// names one file (a server lists nothing): read through fsspec's HTTP file system."""
+    import functools
+    from http.server import SimpleHTTPRequestHandler
+
+    from tests.services.http import LocalServer
+
+    news = list(lee_news())[:40]
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "news.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in news))
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    with LocalServer(functools.partial(Quiet, directory=str(tmp_path / "site"))) as site:
+        clean_dataset(f"{site.url}/news.jsonl", output_dir=tmp_path / "web", config=CleanConfig(strategy="basic"))
+        with pytest.raises((ArtifactNotFoundError, StorageError), match=r"absent\.jsonl"):
+            list_remote_files(f"{site.url}/absent.jsonl")
+    clean_dataset(str(tmp_path / "site" / "news.jsonl"), output_dir=tmp_path / "local",
+                  config=CleanConfig(strategy="basic"))
+    assert _rows(tmp_path / "web") == _rows(tmp_path / "local")
