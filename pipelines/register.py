@@ -21,6 +21,45 @@ from aptops_pipelines import PIPELINES, build_pipeline
 log = logging.getLogger(__name__)
 
 
+def kfp_client(host: str, token: str | None, namespace: str | None = None) -> Any:
+    """A ``kfp.Client`` for ``host``, after one request of our own to its health endpoint: the client's constructor
+    asks it five times five seconds apart, so a wrong token or a wrong URL took 25 s to say so. Without ``token``
+    the ServiceAccount token mounted at ``KF_PIPELINES_SA_TOKEN_PATH`` is used (the Helm chart's register Job).
+
+    Raises:
+        PipelineError: the API refuses the token or cannot be reached (what to check, the token never named).
+    """
+    import urllib.error
+    import urllib.request
+
+    import kfp
+
+    bearer = token
+    if not bearer:  # in a pod the client reads the ServiceAccount token kfp mounts; so does this request
+        import os
+
+        sa = Path(os.environ.get("KF_PIPELINES_SA_TOKEN_PATH", "/var/run/secrets/kubeflow/pipelines/token"))
+        bearer = sa.read_text(encoding="utf-8").strip() if sa.is_file() else None
+    request = urllib.request.Request(f"{host.rstrip('/')}/apis/v2beta1/healthz",
+                                     headers={"Authorization": f"Bearer {bearer}"} if bearer else {})
+    try:
+        with urllib.request.urlopen(request, timeout=15):
+            pass
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            raise PipelineError(f"cannot reach the KFP API at {host}: it refused the request ({exc.code}); check "
+                                "KF_PIPELINES_TOKEN (or the ServiceAccount token the Job mounts)") from None
+    except (OSError, ValueError) as exc:
+        raise PipelineError(f"cannot reach the KFP API at {host}: {type(exc).__name__}: {exc} (check the URL, and "
+                            "KF_PIPELINES_TOKEN where the API needs a token)") from None
+    try:
+        # kfp reads the mounted token only in a pod without a host; given a host it sent none (the chart's Job)
+        return kfp.Client(host=host, existing_token=bearer, namespace=namespace)
+    except Exception as exc:  # the KFP client raises many unrelated types
+        raise PipelineError(f"cannot reach the KFP API at {host}: {type(exc).__name__}: {exc} (check the URL, and "
+                            "KF_PIPELINES_TOKEN where the API needs a token)") from exc
+
+
 def version_name(compiled: bytes) -> str:
     """``<aptops version>-<first 12 hex of the YAML's SHA-256>``."""
     return f"{__version__}-{hashlib.sha256(compiled).hexdigest()[:12]}"
@@ -44,7 +83,6 @@ def register_pipelines(host: str, settings: ClusterSettings | None = None, *, na
     Raises:
         PipelineError: an unknown pipeline name, or the KFP API refused or could not be reached.
     """
-    import kfp
     from kfp import compiler
 
     settings = settings or ClusterSettings()
@@ -52,11 +90,7 @@ def register_pipelines(host: str, settings: ClusterSettings | None = None, *, na
     unknown = sorted(set(names) - set(PIPELINES))
     if unknown:
         raise PipelineError(f"unknown pipeline(s) {', '.join(unknown)}: available are {', '.join(sorted(PIPELINES))}")
-    try:
-        client = kfp.Client(host=host, existing_token=token, namespace=namespace)
-    except Exception as exc:  # the KFP client raises many unrelated types
-        raise PipelineError(f"cannot reach the KFP API at {host}: {type(exc).__name__}: {exc} (check the URL, and "
-                            "KF_PIPELINES_TOKEN where the API needs a token)") from exc
+    client = kfp_client(host, token, namespace)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:

@@ -80,3 +80,15 @@ def test_register_reports_a_refusing_api_clearly():
         assert api.state.rejected >= 1
     assert out.returncode != 0 and "cannot reach the KFP API" in out.stderr and "KF_PIPELINES_TOKEN" in out.stderr
     assert "wrong" not in out.stderr  # the token itself is never printed
+
+
+def test_register_in_a_pod_uses_the_mounted_service_account_token(tmp_path):
+    """The Helm chart's register Job mounts a token file (KF_PIPELINES_SA_TOKEN_PATH), no KF_PIPELINES_TOKEN: the
+    quick health check before the client sends the same token the client does."""
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    with KfpApiStandIn(token=TOKEN) as api:
+        out = aptops("register", "--host", api.url, "--pipeline", "data",
+                     env={"KF_PIPELINES_SA_TOKEN_PATH": str(token_file), "KF_PIPELINES_TOKEN": ""})
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert api.state.rejected == 0

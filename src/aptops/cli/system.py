@@ -287,15 +287,17 @@ def submit(
     settings: Any = None,
 ) -> None:
     """Submit a pipeline run to a KFP API (token from KF_PIPELINES_TOKEN if set), as the cluster file's service account."""
-    kfp, pipelines = _kfp_modules()
+    _, pipelines = _kfp_modules()
     func = pipelines.build_pipeline(pipeline, settings)
     params = _coerce_params(func, _load_params(config, param))
     token = os.environ.get("KF_PIPELINES_TOKEN") or None
     # kfp's client logs retries with full tracebacks on the root logger; the failure is reported below.
     logging.getLogger().addHandler(logging.NullHandler())
     warnings.filterwarnings("ignore", category=FutureWarning, module="kfp")
+    from aptops_pipelines.register import kfp_client
+
     try:
-        client = kfp.Client(host=host, existing_token=token)
+        client = kfp_client(host, token)
         run_result = client.create_run_from_pipeline_func(
             func, arguments=params, experiment_name=experiment, run_name=f"{pipeline}-{time.strftime('%Y%m%d-%H%M%S')}",
             service_account=settings.service_account or None,
