@@ -205,12 +205,16 @@ def check_stored(folder: Path, uri: str, *, credentials: dict[str, str | None] |
     return content_digest(sorted(local))
 
 
-def connect(config: RegistryConfig) -> Any:
-    """A ``model_registry.ModelRegistry`` client; an unreachable or refusing registry is an error that says what
-    to check."""
+def _require_address(config: RegistryConfig) -> None:
     if not config.address:
         raise ConfigError("no Model Registry address: give --address (or MODEL_REGISTRY_ADDRESS), the cluster file's "
                           "model_registry section, or a pipeline's registry parameter", field="address")
+
+
+def connect(config: RegistryConfig) -> Any:
+    """A ``model_registry.ModelRegistry`` client; an unreachable or refusing registry is an error that says what
+    to check."""
+    _require_address(config)
     mr = require("model_registry", extra="backup", feature="Model Registry")
     token = registry_token()
     try:
@@ -259,8 +263,7 @@ def register_model_version(model: str | Path, uri: str, *, name: str, version: s
         StorageError: the model is not at ``uri``; the registry is unreachable; the version exists with other content.
     """
     folder = require_complete(Path(model), what="model")
-    if not config.address:
-        connect(config)  # the error that says where an address comes from, before any storage is read
+    _require_address(config)  # before any storage is read
     if not name.strip():
         raise ConfigError("name the registered model (--name)", field="name")
     fmt, fmt_version = model_format(folder)

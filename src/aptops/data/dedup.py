@@ -224,12 +224,6 @@ def shingle_hashes(text: str, config: DedupConfig) -> Any:
     return hash_batch([text], config).shingles(0)
 
 
-def shingle_batch(texts: Sequence[str], config: DedupConfig) -> list[Any]:
-    """:func:`shingle_hashes` of every text, hashed as one batch."""
-    batch = hash_batch(texts, config)
-    return [batch.shingles(i) for i in range(len(batch))]
-
-
 class MinHasher:
     """MinHash signatures of shingle hashes, seeded: rensa's MinHash (Rust) computes a whole batch from one flat
     buffer of hashes, ``num_perm`` permutations per document (the same seed gives the same signatures on every
