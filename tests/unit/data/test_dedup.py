@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import unicodedata
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -164,8 +165,8 @@ def test_a_batch_hashes_every_text_as_the_definition_does(texts, tokenizer, ngra
     for i, text in enumerate(texts):
         assert np.array_equal(batch.shingles(i), _reference_shingles(text, config)), (text, tokenizer, ngram)
         assert int(batch.exact[i]) == exact_hash(text)
-        assert normalise_for_hash(text) == "".join(ch for ch in __import__("unicodedata").normalize(
-            "NFKC", text).casefold() if __import__("unicodedata").category(ch)[0] in "LN")
+        assert normalise_for_hash(text) == "".join(ch for ch in unicodedata.normalize("NFKC", text).casefold()
+                                                   if unicodedata.category(ch)[0] in "LN")
 
 
 def test_the_rensa_prefilter_keeps_every_candidate_of_the_full_banding():
