@@ -22,6 +22,8 @@ from aptops.core.config import load_config, parse_overrides
 from aptops.core.deps import load_object
 from aptops.core.errors import ConfigError
 from aptops.core.logging import configure_logging
+from aptops.core.remote import is_uri
+from aptops.core.remote_artifacts import Location, staged_input, staged_output
 
 log = logging.getLogger("aptops.cli")
 console = Console(stderr=False)
@@ -88,7 +90,7 @@ def _root(
 
 
 def _run_stage(stage: str, step: str, fn: Any, out: Path, *, inputs: Sequence[str | Path | None] | None = None,
-               overwrite: bool = False) -> Any:
+               overwrite: bool = False, metrics_dir: Path | None = None) -> Any:
     """Run a stage function with metrics, as a component would: Pushgateway if configured, else a textfile.
 
     With ``inputs`` (the command writes ``out``), ``out`` is checked before any work: a folder of the user's
@@ -106,7 +108,26 @@ def _run_stage(stage: str, step: str, fn: Any, out: Path, *, inputs: Sequence[st
         scope = output_policy(overwrite=overwrite, inputs=paths)
     with scope:
         return run_component(stage, fn, pipeline="cli", run_id=run_id, step=step,
-                             metrics_dir=out.parent / f"{out.name}.metrics")
+                             metrics_dir=metrics_dir or out.parent / f"{out.name}.metrics")
+
+
+OUT_URI_HELP = " A local folder, or s3://bucket/prefix (oss://, gs://): published there, result.json last."
+
+
+def _out_dir(staged: contextlib.ExitStack, out: str, *, stage: str, overwrite: bool,
+             inputs: Sequence[Any]) -> tuple[Path, Path | None]:
+    """The local folder a stage writes ``--out`` to, and where its metrics go when that folder is staged: a URI
+    ``--out`` is checked now, written to a staging folder and published when the command's block ends; the metrics
+    textfile then goes to ``./<name>.metrics``."""
+    if "://" not in out:
+        return Path(out), None
+    local = staged.enter_context(staged_output(out, overwrite=overwrite, kind=stage, inputs=map(str, inputs)))
+    return local, Path(f"{Location(out).name}.metrics")
+
+
+def _published(value: Any, local: Path, uri: str) -> Any:
+    text = str(value)
+    return uri.rstrip("/") + text[len(str(local)):] if text == str(local) or text.startswith(f"{local}/") else value
 
 
 def _dry_run(stage: str, argv: list[str], out: Path, cfg: Any, *, dry_run: bool, cluster: Path | None,
@@ -169,11 +190,16 @@ def _print_metrics(title: str, metrics: dict[str, float]) -> None:
 
 @dataclass(frozen=True)
 class In:
-    """A positional input of a stage command: a path or an id the stage function takes first, in order."""
+    """A positional input of a stage command: a path or an id the stage function takes first, in order.
+
+    ``artifact``: the input is an aptops artifact folder; given as a URI (``s3://bucket/runs/clean``) it must be
+    complete there and is fetched for the run (:func:`aptops.core.remote_artifacts.staged_input`).
+    """
 
     name: str
     help: str
     type: Any = str
+    artifact: bool = False
 
 
 @dataclass(frozen=True)
@@ -239,8 +265,8 @@ def stage_command(group: typer.Typer, name: str, *, stage: str, run: str, config
         run / config: ``module:function`` and ``module:ConfigClass``, imported when the command runs.
         out: the help of ``--out``; ``doc`` the command's help; ``step`` its metrics' step name (default ``name``).
     """
-    params = [_parameter(i.name, Annotated[i.type, typer.Argument(help=i.help)]) for i in inputs]
-    params += [_parameter("out", Annotated[Path, typer.Option("--out", "-o", help=out)]),
+    params = [_parameter(i.name, Annotated[str, typer.Argument(help=i.help)]) for i in inputs]  # URIs intact
+    params += [_parameter("out", Annotated[str, typer.Option("--out", "-o", help=out + OUT_URI_HELP)]),
                _parameter("overwrite", OverwriteOpt, False)]
     params += [_parameter(o.name, Annotated[o.type | None, typer.Option(o.flag, help=o.help)], None) for o in options]
     params += [_parameter("config", ConfigOpt, None), _parameter("set_", SetOpt, None)]
@@ -255,19 +281,26 @@ def stage_command(group: typer.Typer, name: str, *, stage: str, run: str, config
                 value = kw[o.name]
                 overrides[o.field] = [v.strip() for v in str(value).split(",") if v.strip()] if o.listed else value
         cfg = load_config(load_object(config), kw["config"], overrides=overrides)
-        out_dir: Path = kw["out"]
-        args = [kw[i.name] for i in inputs]
+        args = [kw[i.name] if i.type is str or is_uri(kw[i.name]) else i.type(kw[i.name]) for i in inputs]
         given = [o for o in options if kw[o.name] is not None and not o.field]
         if trainjob:
             argv = [stage, name, *map(str, args), *(x for o in given for x in (o.flag, str(kw[o.name])))]
-            if _dry_run(stage, argv, out_dir, cfg, dry_run=kw["dry_run"], cluster=kw["cluster"], nodes=kw["nodes"],
-                        gpus_per_node=kw["gpus_per_node"]):
+            if _dry_run(stage, argv, Path(kw["out"]), cfg, dry_run=kw["dry_run"], cluster=kw["cluster"],
+                        nodes=kw["nodes"], gpus_per_node=kw["gpus_per_node"]):
                 return
         fn = load_object(run)  # imported when the command runs: `aptops --help` loads no stage
-        result = _run_stage(stage, step or name, lambda: fn(*args, output_dir=out_dir, config=cfg,
-                                                                **{o.keyword: kw[o.name] for o in given}),
-                            out_dir, overwrite=kw["overwrite"],
-                            inputs=[*args, *(kw[o.name] for o in options if o.reads and kw[o.name] is not None)])
+        reads = [*args, *(kw[o.name] for o in options if o.reads and kw[o.name] is not None)]
+        with contextlib.ExitStack() as staged:
+            out_dir, metrics_dir = _out_dir(staged, kw["out"], stage=stage, overwrite=kw["overwrite"], inputs=reads)
+            local = [staged.enter_context(staged_input(a, what=i.name)) if i.artifact and is_uri(a) else a
+                     for i, a in zip(inputs, args, strict=True)]
+            result = _run_stage(stage, step or name, lambda: fn(*local, output_dir=out_dir, config=cfg,
+                                                                    **{o.keyword: kw[o.name] for o in given}),
+                                out_dir, overwrite=kw["overwrite"], inputs=[*local, *reads[len(args):]],
+                                metrics_dir=metrics_dir)
+        if metrics_dir is not None:  # published: what the user sees names where it is
+            result.outputs = {k: _published(v, out_dir, kw["out"]) for k, v in result.outputs.items()}
+            out_dir = Location(kw["out"])
         show(result, out_dir)
 
     command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]

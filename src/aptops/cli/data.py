@@ -15,6 +15,8 @@ app.add_typer(data_app, name="data")
 SOURCE = In("source", "A file or folder of JSONL, Parquet, CSV or text files, or a URI of one, a prefix or a glob "
                       "(s3://bucket/corpus/, oss://, gs://, hf://datasets/org/name/data/*.parquet, https://).")
 
+AT_URI = ", or its URI (s3://bucket/runs/clean; oss://, gs://)."
+
 
 def _show_balance(result: Any, out: Path) -> None:
     before, after = result.details["before"], result.details["after"]
@@ -34,17 +36,21 @@ COMMANDS = (
      metrics_table("cleaned dataset: {out}"),
      "Clean a corpus into a Parquet dataset (strategy basic: encodings, control characters, URLs, e-mails, "
      "whitespace)."),
-    ("stats", "dataset_stats", "StatsConfig", In("dataset", "A dataset folder written by 'aptops data clean'.", Path),
+    ("stats", "dataset_stats", "StatsConfig",
+     In("dataset", "A dataset folder written by 'aptops data clean'" + AT_URI, Path, artifact=True),
      "Where the report folder is written.", metrics_table("report: {report}"),
      "Describe a dataset: length statistics, stats.json and report.html."),
     ("dedup", "dedup_dataset", "DedupConfig",
-     In("dataset", "A dataset folder (Parquet shards) written by 'aptops data clean'.", Path),
+     In("dataset", "A dataset folder (Parquet shards) written by 'aptops data clean'" + AT_URI, Path,
+        artifact=True),
      "Where the deduplicated dataset folder is written.", metrics_table("deduplicated dataset: {out}"),
      "Remove exact and near duplicates across all shards (MinHash LSH, verified by exact Jaccard)."),
-    ("quality", "score_quality", "QualityConfig", In("dataset", "A dataset folder (Parquet shards).", Path),
+    ("quality", "score_quality", "QualityConfig",
+     In("dataset", "A dataset folder (Parquet shards)" + AT_URI, Path, artifact=True),
      "Where the scored (or filtered) dataset is written.", metrics_table("quality report: {report}"),
      "Score and flag every row: duplicates, length, language, fluency heuristics, perplexity."),
-    ("balance", "balance_classes", "BalanceConfig", In("dataset", "A labelled dataset folder (Parquet shards).", Path),
+    ("balance", "balance_classes", "BalanceConfig",
+     In("dataset", "A labelled dataset folder (Parquet shards)" + AT_URI, Path, artifact=True),
      "Where the balanced dataset is written.", _show_balance,
      "Balance the classes of a labelled dataset (oversample, undersample or hybrid)."),
     ("process", "process_pipeline", "ProcessConfig", SOURCE, "Where the processed dataset is written.", _show_steps,

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import platform
+import re
 import shutil
 import tempfile
 import time
@@ -30,7 +31,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from aptops.core.errors import ArtifactNotFoundError, InvalidArtifactError, OutputExistsError
+from aptops.core.errors import ArtifactNotFoundError, ConfigError, InvalidArtifactError, OutputExistsError
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +162,10 @@ def check_output(final_dir: str | Path, *, overwrite: bool | None = None, kind: 
     Raises:
         OutputExistsError: the location may not be written, with what is there and what to do.
     """
+    if re.match(r"^(s3|oss|gs|hf|https?|file):/", str(final_dir)):
+        raise ConfigError(f"{str(final_dir)!r}: a stage function writes a local folder; to write to object storage "
+                          "run it inside aptops.core.remote_artifacts.staged_output(uri), or give the CLI --out URI",
+                          field="output_dir", value=str(final_dir))
     policy = _POLICY.get() or OutputPolicy()
     overwrite = policy.overwrite if overwrite is None else overwrite
     final = Path(final_dir)

@@ -54,17 +54,18 @@ class RemoteFile:
 
     def open(self) -> Any:
         """A seekable pyarrow input file (Parquet reads a row group at a time through it)."""
-        return _storage(self.uri, lambda: self.fs.open_input_file(self.path))
+        return storage_call(self.uri, lambda: self.fs.open_input_file(self.path))
 
     def read_bytes(self) -> bytes:
         def read() -> bytes:
             with self.fs.open_input_stream(self.path) as stream:
                 return stream.read()
 
-        return _storage(self.uri, read)
+        return storage_call(self.uri, read)
 
 
-def _storage(uri: str, fn: Any) -> Any:
+def storage_call(uri: str, fn: Any) -> Any:
+    """``fn()``, with the store's errors turned into aptops' own that name ``uri`` and what to check."""
     try:
         return fn()
     except FileNotFoundError as exc:
@@ -135,13 +136,17 @@ def list_remote_files(uri: str) -> list[RemoteFile]:
 
     glob = any(ch in path for ch in "*?[")
     base = path if not glob else path[:min(path.index(ch) for ch in "*?[" if ch in path)].rpartition("/")[0]
-    info = _storage(uri, lambda: fs.get_file_info(base.rstrip("/") or base))
+    info = storage_call(uri, lambda: fs.get_file_info(base.rstrip("/") or base))
     if not glob and info.type == pafs.FileType.File:
         return [RemoteFile(fs, path, uri)]
     if info.type == pafs.FileType.NotFound and scheme not in ("s3", "oss", "gs"):  # object stores have no folders
         raise ArtifactNotFoundError(f"{uri} does not exist: check the repository, revision and path", path=uri)
     selector = pafs.FileSelector(base.rstrip("/"), recursive=True, allow_not_found=True)
-    found = _storage(uri, lambda: fs.get_file_info(selector))
+    found = storage_call(uri, lambda: fs.get_file_info(selector))
+    top = {e.path[len(base.rstrip("/")):].lstrip("/") for e in found if e.type == pafs.FileType.File}
+    if ".aptops-in-progress.json" in top and "result.json" not in top:  # aptops.core.remote_artifacts' marker
+        raise ArtifactNotFoundError(f"{uri} is an unfinished aptops artifact (its publish was stopped or is under "
+                                    "way; it has no result.json): rerun the stage that writes it", path=uri)
     files = []
     for entry in sorted(found, key=lambda e: e.path):
         if entry.type != pafs.FileType.File:

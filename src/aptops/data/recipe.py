@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from aptops.core.artifacts import StageResult, atomic_output, finish_artifact, write_json
+from aptops.core.artifacts import StageResult, atomic_output, check_output, finish_artifact, write_json
 from aptops.core.config import check_choice, check_range
 from aptops.core.deps import require
 from aptops.core.errors import ConfigError, InvalidArtifactError
@@ -292,8 +292,8 @@ def dedup_dataset(dataset_dir: str | Path, *, output_dir: str | Path, config: De
     from aptops.data.shards import cluster_duplicates, dataset_shards, filter_shard, shard_signatures
 
     config = config or DedupConfig()
+    output_dir = check_output(output_dir)
     shards = dataset_shards(dataset_dir)
-    output_dir = Path(output_dir)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.work-", dir=output_dir.parent))
     try:
