@@ -3,9 +3,10 @@ corpus on local disk.
 
 A ~1 GB corpus of English news sentences is written twice: as Parquet shards (row groups of 8,192 rows) and as
 JSONL shards, uploaded to SeaweedFS, then ``aptops data clean`` runs on ``s3://.../parquet/``, ``s3://.../jsonl/``
-and the local Parquet folder, each in its own process. Reported: peak RSS of that process (``ru_maxrss`` of the
-child), seconds, MB/s of corpus. The reader goes a file at a time (Parquet a row group at a time), so memory follows
-the largest file, not the corpus.
+and the local Parquet folder, and on the whole corpus as one JSONL file on S3, each in its own process. Reported: peak
+RSS of that process (``ru_maxrss`` of the child), seconds, MB/s of corpus. The reader goes a file at a time, Parquet a
+row group at a time and JSONL / text a 64 MiB block of whole lines at a time, so memory stays flat in the corpus'
+size and in any one file's.
 
 Run on a CPU: ``python bench/data_remote_read.py [--mb 1024] [--shards 16]``
 """
@@ -88,11 +89,17 @@ def main() -> None:
             for folder in (parquet, jsonl):
                 for f in sorted(folder.iterdir()):
                     client.upload_file(str(f), "corpus", f"{folder.name}/{f.name}")
+            single = work / "all.jsonl"
+            with single.open("wb") as fh:
+                for f in sorted(jsonl.iterdir()):
+                    fh.write(f.read_bytes())
+            client.upload_file(str(single), "corpus", "single/all.jsonl")
+            single.unlink()
             env = {"AWS_ACCESS_KEY_ID": s3.access_key, "AWS_SECRET_ACCESS_KEY": s3.secret_key,
                    "AWS_ENDPOINT_URL": s3.endpoint}
             results = {}
             for name, source in (("local parquet", str(parquet)), ("s3 parquet", "s3://corpus/parquet/"),
-                                 ("s3 jsonl", "s3://corpus/jsonl/")):
+                                 ("s3 jsonl", "s3://corpus/jsonl/"), ("s3 one jsonl", "s3://corpus/single/all.jsonl")):
                 r = clean_in_child(source, work / "out" / name.replace(" ", "-"), env)
                 text_mb = args.mb
                 results[name] = {**r, "mb_per_s": text_mb / r["seconds"]}

@@ -134,6 +134,8 @@ def read_batches(
                else input_format)
         if fmt == "parquet":  # a row group at a time: memory stays flat in the file's size
             tables: Iterator[pa.Table] = _parquet_batches(path, batch_rows)
+        elif fmt in ("jsonl", "text"):  # a block of whole lines at a time, likewise
+            tables = _line_file_batches(path, fmt, text_column, separator, limits)
         else:
             tables = iter([_read_file(path, fmt, text_column, separator, limits)])
         for whole in tables:
@@ -177,6 +179,91 @@ def _parquet_batches(path: Any, batch_rows: int) -> Iterator[pa.Table]:
         raise InvalidArtifactError(
             f"{str(path)!r} could not be read as parquet: {exc}; check the file or pass input_format=", path=str(path)
         ) from exc
+
+
+#: Bytes of a JSONL or text file parsed at once: a file bigger than this is read block by block.
+BLOCK_BYTES = 64 << 20
+
+
+def _line_blocks(path: Any, max_line: int, block: int) -> Iterator[bytes]:
+    """The bytes of ``path`` in blocks of about ``block`` bytes that end at a line break (the last at the end), so
+    no line is split; a line longer than ``max_line`` is refused as soon as that much of it has been read."""
+    with (path.open("rb") if isinstance(path, Path) else path.open()) as fh:
+        carry = b""
+        while chunk := fh.read(block):
+            data = carry + chunk
+            cut = data.rfind(b"\n") + 1
+            if cut == 0:
+                if len(data) > max_line:
+                    raise InvalidArtifactError(f"{str(path)!r}: a line is over {_mib(len(data))} long, over the "
+                                               f"{_mib(max_line)} line limit; raise max_field_mb if it is meant",
+                                               path=str(path))
+                carry = data
+                continue
+            yield data[:cut]
+            carry = data[cut:]
+        if carry:
+            yield carry
+
+
+def _line_file_batches(path: Any, fmt: str, text_column: str, separator: str | None, limits: tuple[int, int],
+                       *, block: int | None = None) -> Iterator[pa.Table]:
+    """A JSONL or text file as tables, one block of whole lines at a time: memory stays flat in the file's size.
+    The encoding is settled on the first block (UTF-8, else detected) and kept; a text record that spans blocks
+    (``separator`` records) is carried over whole."""
+    pa = _pa()
+    max_field = limits[1]
+    encoding: str | None = None
+    row = 0
+    row_seen = False
+    pending: list[str] = []  # the lines of a separator record not yet closed
+    try:
+        for data in _line_blocks(path, max_field + 1, block or BLOCK_BYTES):
+            if encoding is None:
+                raw, encoding = _decode(data, path)
+            else:
+                try:
+                    raw = data.decode(encoding)
+                except UnicodeDecodeError as exc:
+                    raise InvalidArtifactError(f"{str(path)!r} changes encoding part-way (it read as {encoding} "
+                                               f"until byte {exc.start} of a block): convert it to UTF-8",
+                                               path=str(path)) from None
+            if fmt == "jsonl":
+                if not raw.strip():
+                    continue
+                longest = _check_json_lines(raw, path, limits[0], max_field, first_row=row)
+                row += raw.count("\n")
+                json_mod = require("pyarrow.json", extra="data", feature="reading JSONL")
+                options = json_mod.ReadOptions(block_size=max(1 << 20, 2 * longest + 1024))
+                yield json_mod.read_json(pa.BufferReader(raw.encode("utf-8")), read_options=options)
+                row_seen = True
+                continue
+            records, pending = _text_records_from(pending + raw.splitlines(), separator, final=False)
+            _check_records(records, path, max_field)
+            if records:
+                row_seen = True
+                yield pa.table({text_column: records})
+        records, _ = _text_records_from(pending, separator, final=True)
+        _check_records(records, path, max_field)
+        if records or (fmt == "text" and not row_seen):  # an empty text file: an empty table, as a whole read gave
+            yield pa.table({text_column: pa.array(records, pa.string())})
+        elif fmt == "jsonl" and not row_seen:
+            raise InvalidArtifactError(f"{str(path)!r} could not be read as jsonl: it holds no rows; check the file "
+                                       "or pass input_format=", path=str(path))
+    except AptopsError:
+        raise
+    except (pa.ArrowException, OSError, UnicodeError) as exc:
+        raise InvalidArtifactError(
+            f"{str(path)!r} could not be read as {fmt}: {exc}; check the file or pass input_format=", path=str(path)
+        ) from exc
+
+
+def _check_records(records: list[str], path: Any, max_field: int) -> None:
+    for i, record in enumerate(records):
+        if len(record) > max_field:
+            raise InvalidArtifactError(f"{str(path)!r}: record {i} is {_mib(len(record))} long, over the "
+                                       f"{_mib(max_field)} field limit; raise max_field_mb if it is meant",
+                                       path=str(path))
 
 
 def _read_file(path: Path, fmt: str, text_column: str, separator: str | None, limits: tuple[int, int]) -> pa.Table:
@@ -227,12 +314,12 @@ _JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
 _NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 
 
-def _check_json_lines(raw: str, path: Path, max_depth: int, max_field: int) -> int:
+def _check_json_lines(raw: str, path: Path, max_depth: int, max_field: int, *, first_row: int = 0) -> int:
     """Refuse a JSONL row longer than ``max_field`` or nested deeper than ``max_depth`` before pyarrow parses
     it; returns the longest line's length. A line's depth is only worked out when it has more brackets than
     ``max_depth`` (strings removed first), so ordinary rows cost one count."""
     longest = 0
-    for i, line in enumerate(raw.split("\n")):
+    for i, line in enumerate(raw.split("\n"), start=first_row):
         size = len(line)
         longest = max(longest, size)
         if size > max_field:
@@ -321,13 +408,18 @@ def decode_bytes(data: bytes, path: Path) -> str:
 
     Binary data (NUL bytes) is refused rather than decoded into garbage.
     """
+    return _decode(data, path)[0]
+
+
+def _decode(data: bytes, path: Any) -> tuple[str, str]:
+    """:func:`decode_bytes`, and the encoding it read (``utf-8`` after the first block of a UTF-8 file)."""
     if b"\x00" in data[:8192]:
         raise InvalidArtifactError(
             f"{str(path)!r} looks binary (it holds NUL bytes), not text: pass a text, JSONL, CSV or Parquet file",
             path=str(path),
         )
     try:
-        return data.decode("utf-8-sig")
+        return data.decode("utf-8-sig"), "utf-8"
     except UnicodeDecodeError:
         pass
     charset_normalizer = require("charset_normalizer", extra="data", feature="encoding detection")
@@ -343,13 +435,18 @@ def decode_bytes(data: bytes, path: Path) -> str:
             path=str(path),
         )
     log.warning("%s is not UTF-8; decoded it as %s", path, best.encoding)
-    return str(best)
+    return str(best), best.encoding
 
 
 def _text_records(raw: str, separator: str | None) -> list[str]:
-    lines = raw.splitlines()
+    return _text_records_from(raw.splitlines(), separator, final=True)[0]
+
+
+def _text_records_from(lines: list[str], separator: str | None, *, final: bool) -> tuple[list[str], list[str]]:
+    """The records ``lines`` close (a non-empty line each, or what lies between ``separator`` lines), and the lines
+    of the record still open (kept for the next block unless ``final``)."""
     if separator is None:
-        return [line for line in lines if line.strip()]
+        return [line for line in lines if line.strip()], []
     try:
         sep = re.compile(separator)
     except re.error as exc:
@@ -363,6 +460,7 @@ def _text_records(raw: str, separator: str | None) -> list[str]:
             current = []
         else:
             current.append(line)
-    if current:
+    if current and final:
         records.append("\n".join(current))
-    return [r for r in records if r.strip()]
+        current = []
+    return [r for r in records if r.strip()], current
