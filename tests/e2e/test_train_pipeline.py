@@ -1,8 +1,10 @@
-"""The ``train`` pipeline run on one machine through kfp.local: clean → import → train → evaluate → publish."""
+"""The ``train`` pipeline run on one machine through kfp.local: clean → import → train → evaluate → publish, the corpus
+read in place from S3 (the local SeaweedFS)."""
 
 from __future__ import annotations
 
 import json
+import uuid
 
 import pytest
 import yaml
@@ -12,11 +14,14 @@ from tests.models import CORPUS
 
 
 @pytest.mark.slow
-def test_train_pipeline_runs_locally_and_publishes(tiny_llama, hub, tmp_path):
+def test_train_pipeline_runs_locally_and_publishes(tiny_llama, hub, s3_env, tmp_path):
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in CORPUS))
+    bucket = f"corpus-{uuid.uuid4().hex[:6]}"
+    s3_env.client().create_bucket(Bucket=bucket)
+    s3_env.client().upload_file(str(corpus), bucket, "text/corpus.jsonl")
     repo = f"{hub.user}/pipeline-model"
-    out = aptops("run", "train", "--local", "--param", f"model={tiny_llama}", "--param", f"source={corpus}",
+    out = aptops("run", "train", "--local", "--param", f"model={tiny_llama}", "--param", f"source=s3://{bucket}/text/",
                  "--param", "block_size=32", "--param", "max_steps=3", "--param", "learning_rate=0.001",
                  "--param", f"publish_repo={repo}", "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path,
                  env={"HF_TOKEN": hub.token})
@@ -25,6 +30,8 @@ def test_train_pipeline_runs_locally_and_publishes(tiny_llama, hub, tmp_path):
     for metric in ("perplexity_trained", "perplexity_base", "tokens_per_second", "rows_out"):
         assert metric in out.stdout
     (run_dir,) = (tmp_path / "runs").glob("train-*")
+    (cleaned,) = run_dir.rglob("clean-text/dataset")
+    assert json.loads((cleaned / "stats.json").read_text())["rows_in"] == len(CORPUS)
     (trained,) = run_dir.rglob("train-model/trained")
     assert (trained / "result.json").is_file() and (trained / "model.safetensors").is_file()
     files = hub.files(repo)
