@@ -1,8 +1,11 @@
 """Make a student from a teacher, and check that the two can be compared token for token.
 
-``create_student`` keeps every k-th block (or the blocks named) and can narrow the MLP and the hidden width;
-every kept weight starts as the teacher's (sliced where narrower), so the student begins close to the
-teacher instead of from noise (DistilBERT's initialisation; Sanh et al. 2019).
+``create_student`` keeps every k-th block (or the blocks named) of a model of any family in
+:data:`aptops.lm.architectures.FAMILIES`, and can narrow the MLP (dense families, fused ``gate_up_proj`` included)
+and the residual stream (families whose weights are told apart by name); every kept weight starts as the teacher's
+(sliced where narrower), so the student begins close to the teacher instead of from noise (DistilBERT's
+initialisation; Sanh et al. 2019). The config's per-layer lists follow the kept blocks: Gemma's sliding / full
+``layer_types``, and for Qwen-MoE which blocks are dense (``mlp_only_layers``, ``decoder_sparse_step``).
 """
 
 from __future__ import annotations
@@ -15,18 +18,9 @@ from typing import Any
 
 from aptops.core.deps import require
 from aptops.core.errors import ConfigError
+from aptops.lm.architectures import Family, family_of, head_dim
 
 log = logging.getLogger(__name__)
-SUPPORTED = ("llama", "mistral", "qwen2")
-
-
-def _layers(model: Any) -> Any:
-    inner = getattr(model, "model", None)
-    layers = getattr(inner, "layers", None)
-    if layers is None:
-        raise ConfigError(f"create_student supports decoder-only models with model.layers ({', '.join(SUPPORTED)}); "
-                          f"{type(model).__name__} has none", field="teacher")
-    return layers
 
 
 def _slice(t: Any, rows: int | None, cols: int | None) -> Any:
@@ -62,64 +56,119 @@ class _Dims:
     intermediate: int | None
     q_rows: int
     kv_rows: int
+    teacher_intermediate: int = 0
+
+
+def _dense_layers(cfg: Any, fam: Family) -> set[int] | None:
+    """The blocks of a mixed MoE family whose MLP is dense, ``None`` when the family does not mix them."""
+    ex = fam.experts
+    if ex is None or not ex.sparse_step:
+        return None
+    step = int(getattr(cfg, ex.sparse_step, 1) or 1)
+    only = set(getattr(cfg, ex.dense_layers, None) or [])
+    return {i for i in range(cfg.num_hidden_layers) if i in only or (i + 1) % step}
 
 
 def student_config(cfg: Any, keep: Sequence[int], *, hidden_size: int | None = None,
                    intermediate_size: int | None = None) -> tuple[Any, _Dims]:
     """The student's config (the teacher's with fewer blocks, and a narrower residual stream or MLP when asked; the
     head size and the GQA grouping stay) and the dimensions its weights are cut to."""
+    fam = family_of(cfg, what="create_student")
     new = copy.deepcopy(cfg)
     new.num_hidden_layers = len(keep)
-    if getattr(new, "layer_types", None):
-        new.layer_types = [cfg.layer_types[i] for i in keep]
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    for name in fam.per_layer:
+        values = getattr(cfg, name, None)
+        if isinstance(values, list | tuple) and len(values) == cfg.num_hidden_layers:
+            setattr(new, name, [values[i] for i in keep])
+    dense = _dense_layers(cfg, fam)
+    if dense is not None and fam.experts is not None:  # which student blocks are dense, said by index
+        setattr(new, fam.experts.sparse_step, 1)
+        setattr(new, fam.experts.dense_layers, [j for j, i in enumerate(keep) if i in dense])
+    hd = head_dim(cfg)
     group = cfg.num_attention_heads // (cfg.num_key_value_heads or cfg.num_attention_heads)
     d = None
     if hidden_size is not None and hidden_size != cfg.hidden_size:
-        if not 0 < hidden_size < cfg.hidden_size or hidden_size % (head_dim * group):
+        if not fam.plain:
+            raise ConfigError(f"a narrower residual stream is made for families whose weights are told apart by name; "
+                              f"{fam.model_type} has fused projections, experts or q/k norms over all heads: keep "
+                              "hidden_size and narrow the MLP, or prune neurons / heads afterwards (aptops prune run)",
+                              field="hidden_size", value=hidden_size)
+        if not 0 < hidden_size < cfg.hidden_size or hidden_size % (hd * group):
             raise ConfigError(f"hidden_size={hidden_size} must be below the teacher's {cfg.hidden_size} and a multiple "
-                              f"of head_dim x heads per KV group = {head_dim * group}", field="hidden_size",
+                              f"of head_dim x heads per KV group = {hd * group}", field="hidden_size",
                               value=hidden_size)
         d = new.hidden_size = hidden_size
-        new.num_attention_heads = d // head_dim
+        new.num_attention_heads = d // hd
         new.num_key_value_heads = new.num_attention_heads // group
-        new.head_dim = head_dim
+        new.head_dim = hd
     inter = None
-    if intermediate_size is not None and intermediate_size != cfg.intermediate_size:
-        if not 0 < intermediate_size < cfg.intermediate_size:
-            raise ConfigError(f"intermediate_size={intermediate_size} must be below the teacher's {cfg.intermediate_size}",
+    size_field = fam.mlp.size_field if fam.mlp is not None else ""
+    teacher_inter = int(getattr(cfg, size_field, 0) or 0) if size_field else 0
+    if intermediate_size is not None and intermediate_size != teacher_inter:
+        if fam.experts is not None or fam.mlp is None:
+            raise ConfigError(f"a narrower MLP is made for dense families; {fam.model_type} routes to experts: keep their "
+                              "width and prune each expert's neurons afterwards (aptops prune run --set method=neuron)",
                               field="intermediate_size", value=intermediate_size)
-        inter = new.intermediate_size = intermediate_size
+        if not 0 < intermediate_size < teacher_inter:
+            raise ConfigError(f"intermediate_size={intermediate_size} must be below the teacher's {teacher_inter}",
+                              field="intermediate_size", value=intermediate_size)
+        inter = intermediate_size
+        setattr(new, size_field, intermediate_size)
     new.aptops_student = {"teacher": getattr(cfg, "_name_or_path", ""), "kept_layers": list(keep),
-                          "hidden_size": new.hidden_size, "intermediate_size": new.intermediate_size}
-    return new, _Dims(d, inter, new.num_attention_heads * head_dim, new.num_key_value_heads * head_dim)
+                          "hidden_size": new.hidden_size, "intermediate_size": getattr(new, size_field, None)}
+    return new, _Dims(d, inter, new.num_attention_heads * hd, new.num_key_value_heads * hd, teacher_inter)
 
 
-def _copy_teacher_weights(teacher_state: Mapping[str, Any], student: Any, keep: Sequence[int], dims: _Dims) -> None:
+def _cut(name: str, w: Any, fam: Family, dims: _Dims) -> Any:
+    """The teacher weight ``w`` cut to the student's widths, by the role ``name`` has in the family's row."""
+    d, inter = dims.hidden, dims.intermediate
+    part = name.split(".")
+    if inter is not None and fam.mlp is not None and len(part) >= 2 and part[-3:-2] == [fam.mlp.module]:
+        m, proj = fam.mlp, part[-2]
+        if proj == m.gate_up:  # the gate rows, then the up rows
+            w = w.index_select(0, _cat_range(inter, dims.teacher_intermediate, w.device))
+        elif proj in (m.gate, m.up):
+            w = w[:inter]
+        elif proj == m.down and w.dim() > 1:
+            w = w[:, :inter]
+    if d is None:
+        return w
+    if "q_proj" in name:
+        return _slice(w, dims.q_rows, d)
+    if "k_proj" in name or "v_proj" in name:
+        return _slice(w, dims.kv_rows, d)
+    if "o_proj" in name:
+        return _slice(w, d, dims.q_rows)
+    if "gate_proj" in name or "up_proj" in name:
+        return _slice(w, None, d)
+    if "down_proj" in name:
+        return _slice(w, d, None)
+    if "embed_tokens" in name or "lm_head" in name:
+        return _slice(w, None, d)
+    if w.dim() == 1 and not name.endswith(("q_norm.weight", "k_norm.weight")):  # the residual stream's norms
+        return w[:d]
+    return w
+
+
+def _cat_range(n: int, total: int, device: Any) -> Any:
+    torch = require("torch", extra="distill", feature="create_student")
+    return torch.cat([torch.arange(n, device=device), total + torch.arange(n, device=device)])
+
+
+def _copy_teacher_weights(teacher_state: Mapping[str, Any], student: Any, keep: Sequence[int], dims: _Dims,
+                          fam: Family) -> None:
     """Every student weight from the teacher's: kept block ``j`` from teacher block ``keep[j]``, cut to ``dims``."""
     layer_map = {f"model.layers.{i}.": f"model.layers.{j}." for i, j in enumerate(keep)}
-    d, inter = dims.hidden, dims.intermediate
     for name, param in student.state_dict().items():
         source = name
         for new_prefix, old_prefix in layer_map.items():
             if name.startswith(new_prefix):
                 source = old_prefix + name[len(new_prefix):]
                 break
-        w = teacher_state[source]
-        if "q_proj" in name:
-            w = _slice(w, dims.q_rows, d)
-        elif "k_proj" in name or "v_proj" in name:
-            w = _slice(w, dims.kv_rows, d)
-        elif "o_proj" in name:
-            w = _slice(w, d, dims.q_rows)
-        elif "gate_proj" in name or "up_proj" in name:
-            w = _slice(w, inter, d)
-        elif "down_proj" in name:
-            w = _slice(w, d, inter)
-        elif "embed_tokens" in name or "lm_head" in name:
-            w = _slice(w, None, d)
-        elif w.dim() == 1 and d is not None:  # norms
-            w = w[:d]
+        if source not in teacher_state:
+            raise ConfigError(f"the student's {name} has no counterpart {source} in the teacher: the {fam.model_type} "
+                              "row of aptops/lm/architectures.py does not match this model", field="teacher")
+        w = _cut(name, teacher_state[source], fam, dims)
         if tuple(w.shape) != tuple(param.shape):
             raise ConfigError(f"cannot initialise {name} {tuple(param.shape)} from the teacher's {source} "
                               f"{tuple(w.shape)}", field="teacher")
@@ -131,7 +180,7 @@ def create_student(teacher: Any, *, layer_stride: int = 2, keep_layers: Sequence
     """A smaller causal LM initialised from ``teacher``'s weights.
 
     Args:
-        teacher: a Llama / Mistral / Qwen2 family ``PreTrainedModel``.
+        teacher: a ``PreTrainedModel`` of a family in :data:`aptops.lm.architectures.FAMILIES`.
         layer_stride: keep blocks 0, k, 2k ... and always the last one (ignored when ``keep_layers`` is given).
         keep_layers: the block indices to keep, in order.
         intermediate_size: a narrower MLP: the first ``n`` intermediate channels of every kept block.
@@ -144,15 +193,13 @@ def create_student(teacher: Any, *, layer_stride: int = 2, keep_layers: Sequence
     torch = require("torch", extra="distill", feature="create_student")
     transformers = require("transformers", extra="distill", feature="create_student")
     cfg = teacher.config
-    if getattr(cfg, "model_type", "") not in SUPPORTED:
-        raise ConfigError(f"create_student supports {', '.join(SUPPORTED)} models, not {cfg.model_type!r}",
-                          field="teacher", value=cfg.model_type)
+    fam = family_of(cfg, what="create_student")
     n = cfg.num_hidden_layers
     keep = kept_blocks(n, layer_stride, keep_layers)
     new, dims = student_config(cfg, keep, hidden_size=hidden_size, intermediate_size=intermediate_size)
     student = transformers.AutoModelForCausalLM.from_config(new, dtype=teacher.dtype)
     with torch.no_grad():
-        _copy_teacher_weights(teacher.state_dict(), student, keep, dims)
+        _copy_teacher_weights(teacher.state_dict(), student, keep, dims, fam)
     if getattr(new, "tie_word_embeddings", False):
         student.tie_weights()
     log.info("student: %d of %d blocks (%s), %s parameters (teacher %s)", len(keep), n, keep,

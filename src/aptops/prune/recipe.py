@@ -40,7 +40,8 @@ log = logging.getLogger(__name__)
 torch = require("torch", extra="prune", feature="pruning")
 transformers = require("transformers", extra="prune", feature="pruning")
 
-METHODS = ("magnitude", "taylor", "wanda", "neuron", "head", "lottery")
+METHODS = ("magnitude", "taylor", "wanda", "neuron", "head", "expert", "lottery")
+STRUCTURED = ("neuron", "head", "expert")
 
 
 class MaskCallback(transformers.TrainerCallback):
@@ -75,7 +76,8 @@ class PruneConfig:
     """How :func:`prune_model` prunes and recovers.
 
     Attributes:
-        method: ``magnitude``, ``taylor``, ``wanda`` (unstructured), ``neuron`` / ``head`` (structured),
+        method: ``magnitude``, ``taylor``, ``wanda`` (unstructured), ``neuron`` / ``head`` / ``expert`` (structured;
+            ``expert`` removes the experts a MoE model's routers send the fewest calibration tokens to),
             ``lottery`` (iterative magnitude with rewinding).
         target_sparsity: for unstructured methods the share of zeroed weights; for structured ones the share
             of units removed; in (0, 1).
@@ -287,10 +289,15 @@ def prune_model(model: Any, dataset: Any, *, output_dir: str | Path, config: Pru
     splits = split_heldout(_text(dataset, train.text_column), eval_dataset, train)
     text, val_data = splits.train, splits.eval
     lm, tok, source = load_causal_lm(model, tokenizer)
-    if cfg.method in ("neuron", "head"):
-        from aptops.prune.structured import _decoder_layers
+    if cfg.method in STRUCTURED:
+        from aptops.prune.structured import _check_head_pruning, _decoder_layers
 
-        _decoder_layers(lm)  # an unsupported architecture fails before anything changes
+        family, _ = _decoder_layers(lm)  # an unsupported architecture fails before anything changes
+        if cfg.method == "head":
+            _check_head_pruning(family)  # as does a head-pruned model llama.cpp could not load
+        if cfg.method == "expert" and family.experts is None:
+            raise ConfigError(f"method=expert: {family.model_type} is a dense model with no experts; use method=neuron "
+                              "or head", field="method", value="expert")
     batch_size = int(train.training_args.get("per_device_train_batch_size", 4))
     batches = _blocks(tok, text, train.block_size, train.text_column, batch_size)
     # the training text in the format the model is trained in (its chat turns when training uses them): the
@@ -305,9 +312,9 @@ def prune_model(model: Any, dataset: Any, *, output_dir: str | Path, config: Pru
     lr = float(train.training_args.get("learning_rate", 5e-5))
     stages = []
     info: dict[str, Any] = {}
-    if cfg.method in ("neuron", "head"):
+    if cfg.method in STRUCTURED:
         info = structured_pruning(lm, cfg.target_sparsity, cfg.method,
-                                  **({"data_loader": calibration} if cfg.method == "neuron" else {}))
+                                  **({"data_loader": calibration} if cfg.method != "head" else {}))
     elif cfg.method == "lottery":
         rate = 1 - (1 - cfg.target_sparsity) ** (1 / cfg.lottery_rounds)
         info = lottery_ticket_pruning(lm, batches, cfg.lottery_rounds, rate, steps=cfg.lottery_steps,
@@ -327,7 +334,7 @@ def prune_model(model: Any, dataset: Any, *, output_dir: str | Path, config: Pru
                            "recovery_loss": losses[-1] if losses else None})
             log.info("prune step %d/%d: sparsity %.3f", step, cfg.schedule_steps, report["sparsity"])
     pruned = _perplexity_and_latency(lm, held)
-    masks = weight_masks(lm) if cfg.method not in ("neuron", "head") else {}
+    masks = weight_masks(lm) if cfg.method not in STRUCTURED else {}
     out = Path(output_dir)
     result = fine_tune_after_pruning(lm, text, val_data, output_dir=out, tokenizer=tok, config=cfg, masks=masks)
     after = _perplexity_and_latency(lm, held)

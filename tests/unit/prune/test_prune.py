@@ -159,7 +159,7 @@ def test_bad_input_fails_before_any_change(tiny_llama):
     for call, message in [
         (lambda: magnitude_pruning(model, 1.0), "sparsity"), (lambda: magnitude_pruning(model, 0.0), "sparsity"),
         (lambda: structured_pruning(model, 0.5, "row"), "prune_type"),
-        (lambda: structured_pruning(torch.nn.Sequential(torch.nn.Linear(2, 2)), 0.5, "neuron"), "supports llama"),
+        (lambda: structured_pruning(torch.nn.Sequential(torch.nn.Linear(2, 2)), 0.5, "neuron"), "family"),
         (lambda: structured_pruning(model, 0.5, "filter"), "Sequential"),
         (lambda: PruneConfig(method="random"), "method"), (lambda: PruneConfig(n_m="two of four"), "2:4"),
     ]:
