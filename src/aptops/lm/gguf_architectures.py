@@ -85,7 +85,7 @@ ARCHITECTURES: dict[str, Arch] = {
     "Qwen2ForCausalLM": Arch("qwen2", assumed=(Assumed("use_sliding_window", False, False),), full_width_heads=True),
     "Qwen3ForCausalLM": Arch("qwen3", assumed=(Assumed("use_sliding_window", False, False),)),
     "Qwen2MoeForCausalLM": Arch(
-        "qwen2moe", experts=True, output_required=True,
+        "qwen2moe", experts=True, output_required=True, full_width_heads=True,
         keys=(*_EXPERTS, _EXPERT_FF, Key("add_expert_shared_feed_forward_length", ("shared_expert_intermediate_size",))),
         assumed=(Assumed("norm_topk_prob", False, False), Assumed("decoder_sparse_step", 1, 1),
                  Assumed("mlp_only_layers", [], []), Assumed("use_sliding_window", False, False))),
@@ -105,7 +105,7 @@ ARCHITECTURES: dict[str, Arch] = {
         assumed=(Assumed("attn_logit_softcapping", None, None),),
         rope_types=("default", "linear")),
     "Phi3ForCausalLM": Arch("phi3", keys=(Key("add_sliding_window", ("sliding_window",), required=False),),
-                            output_required=True, rope_types=("default", "longrope")),
+                            output_required=True, rope_types=("default", "longrope"), full_width_heads=True),
 }
 
 

@@ -109,6 +109,48 @@ def test_architecture_is_exported_exactly(name, tmp_path, spm_tokenizer):
         assert f16["blk.0.ffn_gate_inp.weight"] == "F32" and f16["blk.0.ffn_up_exps.weight"] == "F16"  # routers F32
 
 
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_a_compressed_model_of_each_family_is_exported_exactly(name, tmp_path, spm_tokenizer):
+    """What the compression stages make of each family - a student with a block dropped, half its MLP neurons (each
+    expert's), a KV group of heads where llama.cpp can hold it, half the experts by routing - reaches llama.cpp with
+    every width it now has, and the export's own check against transformers passes."""
+    import gguf
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from aptops.distill.student import create_student
+    from aptops.lm.architectures import family_of
+    from aptops.prune.structured import _check_head_pruning, structured_pruning
+
+    source = _build(name, tmp_path, spm_tokenizer, num_hidden_layers=3,
+                    **({"layer_types": ["sliding_attention", "full_attention", "sliding_attention"]}
+                       if CASES[name][0] == "gemma3_text" else {}))
+    tok = AutoTokenizer.from_pretrained(source)
+    model = create_student(AutoModelForCausalLM.from_pretrained(source), keep_layers=[0, 2])
+    fam = family_of(model)
+    structured_pruning(model, 0.5, "neuron")
+    try:
+        _check_head_pruning(fam)
+        structured_pruning(model, 0.5, "head")
+        heads = 2
+    except ConfigError:
+        heads = 4  # llama.cpp's graph for the family cannot hold fewer heads: refused, as the stage refuses it
+    if fam.experts is not None:
+        ids = tok(" ".join(["the quick brown fox jumps over the lazy dog"] * 8), return_tensors="pt")["input_ids"]
+        structured_pruning(model, 0.5, "expert", data_loader=[{"input_ids": ids[:, :64]}])
+    folder = tmp_path / f"{name}-compressed"
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    (folder / "chat_template.jinja").write_text((source / "chat_template.jinja").read_text(), encoding="utf-8")
+    result = export_to_gguf(folder, output_dir=tmp_path / "gguf", config=ExportConfig(quantization="F32"))
+    assert result.metrics["min_logit_cosine"] >= 0.999 and result.metrics["top1_agreement"] >= 0.95, result.metrics
+    reader = gguf.GGUFReader(result.outputs["gguf"])
+    fields = {k: f.contents() for k, f in reader.fields.items() if not k.startswith(("GGUF.", "tokenizer."))}
+    arch = fields["general.architecture"]
+    assert fields[f"{arch}.block_count"] == 2 and fields[f"{arch}.attention.head_count"] == heads
+    if fam.experts is not None:
+        assert fields[f"{arch}.expert_count"] == 2
+
 def test_phi3_long_context_rope_factors(tmp_path, spm_tokenizer):
     """Phi-3.5's longrope: both factor tensors and the attention factor, short factors in use below 4096."""
     import gguf
