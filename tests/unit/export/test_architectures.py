@@ -22,6 +22,8 @@ from tests.models import build_tiny_causal_lm
 LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
                "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
 MOE = {"num_experts_per_tok": 2, "moe_intermediate_size": 32}
+GRANITE = {"embedding_multiplier": 12.0, "residual_multiplier": 0.22, "attention_multiplier": 0.0078125,
+           "logits_scaling": 8.0}
 # name -> (transformers model_type, config fields, tokenizer family)
 CASES = {
     "llama-3.1": ("llama", {"rope_parameters": LLAMA3_ROPE, "max_position_embeddings": 512}, "bpe"),
@@ -40,6 +42,15 @@ CASES = {
     "mixtral": ("mixtral", {"num_local_experts": 4, "num_experts_per_tok": 2, "tie_word_embeddings": False}, "bpe"),
     "qwen2-moe": ("qwen2_moe", {"num_experts": 4, "shared_expert_intermediate_size": 48, **MOE}, "bpe"),
     "qwen3-moe": ("qwen3_moe", {"num_experts": 4, "norm_topk_prob": True, **MOE}, "spm"),
+    "gemma": ("gemma", {"hidden_activation": "gelu_pytorch_tanh"}, "spm"),
+    "olmo-2": ("olmo2", {}, "bpe"),
+    "granite-3": ("granite", GRANITE, "bpe"),
+    "granite-moe": ("granitemoe", {"num_local_experts": 4, "num_experts_per_tok": 2, **GRANITE}, "bpe"),
+    "olmoe": ("olmoe", {"num_experts": 4, "num_experts_per_tok": 2, "num_key_value_heads": 4}, "bpe"),
+    "stablelm-2": ("stablelm", {"partial_rotary_factor": 0.25}, "bpe"),
+    "starcoder2": ("starcoder2", {}, "bpe"),
+    "phi-2": ("phi", {"partial_rotary_factor": 0.5}, "bpe"),
+    "command-r": ("cohere", {"logit_scale": 0.0625}, "bpe"),
 }
 
 
@@ -103,7 +114,7 @@ def test_architecture_is_exported_exactly(name, tmp_path, spm_tokenizer):
     arch = fields["general.architecture"]
     if cfg.get("num_experts") or cfg.get("num_local_experts"):  # experts stacked as llama.cpp reads them
         exps = {t.name: list(t.shape) for t in reader.tensors if "_exps" in t.name}
-        assert exps["blk.1.ffn_gate_exps.weight"] == [64, MOE["moe_intermediate_size"] if "moe" in arch else 128, 4]
+        assert exps["blk.1.ffn_gate_exps.weight"] == [64, cfg.get("moe_intermediate_size") or 128, 4]
         assert fields[f"{arch}.expert_count"] == 4 and fields[f"{arch}.expert_used_count"] == 2
         f16 = {t.name: t.tensor_type.name for t in gguf.GGUFReader(tmp_path / "gguf" / "model-F16.gguf").tensors}
         assert f16["blk.0.ffn_gate_inp.weight"] == "F32" and f16["blk.0.ffn_up_exps.weight"] == "F16"  # routers F32
@@ -241,3 +252,18 @@ def test_fused_expert_layout_is_split_as_llama_cpp_reads_it(tmp_path, spm_tokeni
     save_file(state, model / "model.safetensors", metadata={"format": "pt"})
     result = export_to_gguf(model, output_dir=tmp_path / "gguf", config=ExportConfig(quantization="F32"))
     assert result.metrics["min_logit_cosine"] >= 0.999 and result.metrics["top1_agreement"] >= 0.95
+
+
+def test_an_architecture_beyond_the_table_goes_through_llama_cpps_converter_then_is_verified(tmp_path, smollm2):
+    """SmolLM3 is in no row of aptops' table: llama.cpp's own converter (installed by setup from the locked
+    llama-cpp-python source) writes it, aptops' verification and quant gate check it, and verify.json says so."""
+    from importlib.metadata import version
+
+    model = build_tiny_causal_lm(tmp_path / "smollm3-tiny", "smollm3", tokenizer_from=smollm2, initializer_range=0.3)
+    result = export_to_gguf(model, output_dir=tmp_path / "gguf", config=ExportConfig(quantization="F16", also=("Q8_0",)))
+    verify = json.loads((tmp_path / "gguf" / "verify.json").read_text())
+    assert verify["converter"] == result.details["converter"]
+    assert verify["converter"]["converter"] == "llama.cpp" and verify["converter"]["version"] == version("llama_cpp_python")
+    assert verify["converter"]["architecture"] == "SmolLM3ForCausalLM" and verify["verify"]["passed"]
+    assert result.metrics["top1_agreement"] >= 0.95 and result.metrics["tokenizer_agreement"] == 1.0
+    assert json.loads((tmp_path / "gguf" / "verify-Q8_0.json").read_text())["converter"]["converter"] == "llama.cpp"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -104,8 +105,16 @@ def test_bad_inputs(tiny_llama, tmp_path):
     shutil.copytree(tiny_llama, other)
     cfg = json.loads((other / "config.json").read_text())
     (other / "config.json").write_text(json.dumps(cfg | {"architectures": ["GPTNeoXForCausalLM"]}))
-    with pytest.raises(ConfigError, match=r"not supported for GGUF export; supported: .*LlamaForCausalLM"):
+    # beyond the table: llama.cpp's own converter takes it, and what it says reaches the user
+    with pytest.raises(InvalidArtifactError, match=r"llama\.cpp's converter could not convert .*Can not map tensor"):
         export_to_gguf(other, output_dir=tmp_path / "c", config=ExportConfig(quantization="F16"))
+    (tmp_path / "no-llama.cpp").mkdir()
+    os.environ["APTOPS_LLAMA_CPP_CONVERTER"] = str(tmp_path / "no-llama.cpp")
+    try:
+        with pytest.raises(ConfigError, match=r"APTOPS_LLAMA_CPP_CONVERTER=.*holds no convert_hf_to_gguf\.py"):
+            export_to_gguf(other, output_dir=tmp_path / "c", config=ExportConfig(quantization="F16"))
+    finally:
+        del os.environ["APTOPS_LLAMA_CPP_CONVERTER"]
     with pytest.raises(ConfigError, match=r"no known llama\.cpp name"):
         pre_tokenizer_name({"pre_tokenizer": {"type": "Split", "pattern": {"Regex": "[a-z]+"}}})
     assert not any((tmp_path / n).exists() for n in "abc")
