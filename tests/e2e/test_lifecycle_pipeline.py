@@ -93,8 +93,8 @@ def _check_registered(mr, *, run_dir, bucket, env) -> None:
 
 
 @pytest.mark.slow
-def test_lifecycle_runs_every_stage_locally(tiny_llama, s3_server, hub, tmp_path):
-    """Every stage, publish to the (stand-in) Hub, backups to S3 and registration in the (stand-in) Model Registry
+def test_lifecycle_runs_every_stage_locally(tiny_qwen3, s3_server, hub, tmp_path):
+    """Every stage on a Qwen3 model (Llama runs the same in the demo), publish to the (stand-in) Hub, backups to S3 and registration in the (stand-in) Model Registry
     included, with a secret in every credential variable: none of them may appear in the output, any file the run
     wrote, the model card or compiled YAML."""
     corpus = tmp_path / "corpus.jsonl"
@@ -102,7 +102,7 @@ def test_lifecycle_runs_every_stage_locally(tiny_llama, s3_server, hub, tmp_path
     tasks = write_tiny_tasks(tmp_path / "tasks")
     bucket = f"life-{uuid.uuid4().hex[:6]}"
     with OllamaStandIn(tmp_path / "ollama") as ollama, ModelRegistryStandIn(CANARIES["MODEL_REGISTRY_TOKEN"]) as mr:
-        out = aptops("run", "lifecycle", "--local", "--param", f"model={tiny_llama}", "--param", f"source={corpus}",
+        out = aptops("run", "lifecycle", "--local", "--param", f"model={tiny_qwen3}", "--param", f"source={corpus}",
                      "--param", "data_steps={steps: [clean, quality]}", "--param", "chat_prompt=", "--param", "block_size=32", "--param", "eval_fraction=0.3",
                      "--param", "train_steps=2", "--param", "distill_steps=2", "--param", "prune_steps=2",
                      "--param", "target_sparsity=0.5", "--param", "quantization=F16,Q8_0",
