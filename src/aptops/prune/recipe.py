@@ -30,6 +30,7 @@ from aptops.prune.unstructured import (
     check_sparsity,
     magnitude_pruning,
     prunable_layers,
+    saved_sparsity,
     sparsity_report,
     taylor_pruning,
     wanda_pruning,
@@ -352,6 +353,7 @@ def prune_model(model: Any, dataset: Any, *, output_dir: str | Path, config: Pru
         "size_bytes": {"before": _size(source), "after": _size(out)},
         "speedup": speed["before_s"] / speed["after_s"], "speed": speed,
     }
+    summary["saved"] = saved_sparsity(out)  # what the files hold, per kind, not the target echoed back
     _write_report(out, summary, result)
     return result
 
@@ -370,7 +372,9 @@ def _write_report(out: Path, summary: dict[str, Any], result: Any) -> None:
     sections = [
         ("Before and after", report.table(rows, header=["", "before", "after pruning", "after fine-tuning"])),
         ("Summary", report.table({"method": summary["method"], "target": summary["target"],
-                                  "sparsity reached": summary["sparsity"], "speedup": summary["speedup"],
+                                  "sparsity reached": summary["sparsity"],
+                                  **{f"zeros in the saved {k} weights": v for k, v in summary["saved"]["kinds"].items()},
+                                  "not counted": summary["saved"]["not_counted"], "speedup": summary["speedup"],
                                   "speedup measured": "the unpruned and the final model timed in turns"
                                   if summary["speed"]["method"] == "paired" else "before and after, minutes apart",
                                   "size before (bytes)": summary["size_bytes"]["before"] or "",
@@ -393,7 +397,8 @@ def _write_report(out: Path, summary: dict[str, Any], result: Any) -> None:
     metrics = {"sparsity": summary["sparsity"], "speedup": summary["speedup"],
                "perplexity_before": b["perplexity"], "perplexity_pruned": p["perplexity"],
                "perplexity_after": a["perplexity"], "params_before": b["params"], "params_after": a["params"],
-               "nonzero_params_after": a["nonzero_params"]}
+               "nonzero_params_after": a["nonzero_params"],
+               **{f"sparsity_{k}": v for k, v in summary["saved"]["kinds"].items()}}
     lineage = read_json(out / LINEAGE_FILE)
     lineage["metrics"] = {**lineage.get("metrics", {}), **{f"prune_{k}": v for k, v in metrics.items()}}
     write_json(out / LINEAGE_FILE, lineage)

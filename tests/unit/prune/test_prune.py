@@ -305,3 +305,11 @@ def test_unstructured_pruning_reaches_the_experts_of_a_moe(tiny_moe, tmp_path):
     pruned = AutoModelForCausalLM.from_pretrained(out)
     assert _expert_zeros(pruned) >= 0.45
     assert result.metrics["prune_sparsity"] == pytest.approx(sparsity_report(pruned)["sparsity"], abs=0.01)
+    # per kind, read back from the saved files (per-expert tensors in them): the experts hold their share of zeros
+    from aptops.prune.unstructured import saved_sparsity
+
+    saved = saved_sparsity(out)
+    assert set(saved["kinds"]) == {"attention", "experts"} and "routers" in saved["not_counted"]
+    assert result.metrics["prune_sparsity_experts"] == saved["kinds"]["experts"] == pytest.approx(
+        _expert_zeros(pruned), abs=1e-6)
+    assert saved["kinds"]["experts"] >= 0.45 and "zeros in the saved experts weights" in (out / "report.html").read_text()
