@@ -217,28 +217,81 @@ def activation_norms(model: Any, data_loader: Iterable[Any], *, max_batches: int
     return {n: s.sqrt() for n, s in sums.items()}
 
 
+def expert_activation_norms(model: Any, data_loader: Iterable[Any], experts: Mapping[str, ExpertWeights], *,
+                            max_batches: int | None = None) -> dict[str, Any]:
+    """``‖X_j‖₂`` per input feature of each expert's own weights, over the calibration tokens routed to it: the hidden
+    states for ``gate_up_proj``, the gated activations for ``down_proj`` (a hook on each experts module sees the tokens
+    and the router's choices it is called with). Returns ``{name: (experts, inputs)}``."""
+    modules = {id(layer.module): layer.module for layer in experts.values()}
+    for module in modules.values():
+        if getattr(module, "is_transposed", False) or not getattr(module, "has_gate", True):
+            raise ConfigError(f"{type(module).__name__} stores its experts transposed or without a gate, which Wanda's "
+                              "routed input norms do not read: use method=magnitude or taylor", field="method")
+    sums: dict[int, tuple[Any, Any]] = {}
+
+    def hook(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], _out: Any) -> None:
+        hidden = args[0] if args else kwargs["hidden_states"]
+        index = args[1] if len(args) > 1 else kwargs["top_k_index"]
+        x_all = hidden.detach().float().reshape(-1, hidden.shape[-1])
+        gate_up = module.gate_up_proj.detach().float()
+        inp, mid = sums.setdefault(id(module), (torch.zeros(gate_up.shape[0], gate_up.shape[2]),
+                                                torch.zeros(gate_up.shape[0], gate_up.shape[1] // 2)))
+        for e in range(gate_up.shape[0]):
+            x = x_all[(index.reshape(x_all.shape[0], -1) == e).any(-1)]
+            if not len(x):
+                continue
+            gate, up = (x @ gate_up[e].T).chunk(2, dim=-1)
+            inp[e] += (x * x).sum(0).cpu()
+            mid[e] += (module.act_fn(gate) * up).pow(2).sum(0).cpu()
+
+    handles = [m.register_forward_hook(hook, with_kwargs=True) for m in modules.values()]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for batch in itertools.islice(data_loader, max_batches):
+                b = _device_batch(model, batch)
+                model(**{k: v for k, v in b.items() if k != "labels"})
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    out = {}
+    for name, layer in experts.items():
+        inp, mid = sums.get(id(layer.module), (None, None))
+        if inp is None:
+            raise ConfigError(f"{name}: the calibration data reached no expert of this block", field="data_loader")
+        out[name] = (inp if layer.attr == "gate_up_proj" else mid).sqrt().to(layer.weight.device)
+    return out
+
+
 def wanda_pruning(model: Any, data_loader: Iterable[Any], sparsity: float = 0.5, *, n_m: tuple[int, int] | None = None,
                   max_batches: int | None = 16) -> dict[str, Any]:
     """Wanda (Sun et al. 2023): score ``|W_ij| · ‖X_j‖``, prune the lowest ``sparsity`` of each output row,
-    or, with ``n_m=(2, 4)``, keep the best N of every M consecutive weights of a row (2:4 sparsity)."""
+    or, with ``n_m=(2, 4)``, keep the best N of every M consecutive weights of a row (2:4 sparsity). A mixture of
+    experts' own weights are scored by the norms of the tokens routed to each expert (:func:`expert_activation_norms`),
+    each expert's rows pruned like a Linear layer's."""
     chosen = _select(model, None)
-    experts = [name for name, layer in chosen.items() if isinstance(layer, ExpertWeights)]
-    if experts:
-        raise ConfigError(f"Wanda scores a weight by the norm of its input, and the expert weights of this mixture-of-"
-                          f"experts model ({experts[0]} ...) see only the tokens routed to each expert, which it does "
-                          "not track yet: use method=magnitude or taylor (both prune the experts too)", field="method",
-                          value="wanda")
+    experts = {name: layer for name, layer in chosen.items() if isinstance(layer, ExpertWeights)}
     if n_m is not None:
         n, m = n_m
         if not (0 < n < m):
             raise ConfigError(f"n_m={n_m}: keep N of every M weights with 0 < N < M, e.g. (2, 4)", field="n_m")
     else:
         check_sparsity(sparsity)
-    norms = activation_norms(model, data_loader, max_batches=max_batches, layers=chosen)
+    data = list(itertools.islice(data_loader, max_batches))  # read twice when the model has experts
+    linear = {n: m for n, m in chosen.items() if n not in experts}
+    norms = activation_norms(model, data, layers=linear) if linear else {}
+    if experts:
+        norms |= expert_activation_norms(model, data, experts)
     with torch.no_grad():
         for name, layer in chosen.items():
             w = layer.weight
-            score = w.detach().abs().float() * norms[name].unsqueeze(0)
+            if name in experts:  # (experts, out, in): every expert's rows, scored by its own routed inputs
+                score = (w.detach().abs().float() * norms[name].unsqueeze(1)).reshape(-1, w.shape[2])
+                w = w.view(-1, w.shape[2])
+            else:
+                score = w.detach().abs().float() * norms[name].unsqueeze(0)
             mask = torch.ones_like(w, dtype=torch.bool)
             if n_m is not None:
                 n, m = n_m

@@ -274,8 +274,8 @@ def _expert_zeros(model):
 
 
 def test_unstructured_pruning_reaches_the_experts_of_a_moe(tiny_moe, tmp_path):
-    """transformers 5 keeps experts as 3-D parameters, not Linear layers: magnitude and Taylor pruning zero them too,
-    the report counts them, the router stays dense, and Wanda (which cannot see routed inputs yet) says so."""
+    """transformers 5 keeps experts as 3-D parameters, not Linear layers: magnitude, Taylor and Wanda (by the tokens
+    routed to each expert) prune them too, the report counts them, and the router stays dense."""
     import datasets
     from transformers import AutoModelForCausalLM
 
@@ -294,8 +294,18 @@ def test_unstructured_pruning_reaches_the_experts_of_a_moe(tiny_moe, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(tiny_moe)
     taylor_pruning(model, _batches(tiny_moe), 0.4)
     assert _expert_zeros(model) > 0.2
-    with pytest.raises(ConfigError, match=r"routed to each expert.*method=magnitude or taylor"):
-        wanda_pruning(AutoModelForCausalLM.from_pretrained(tiny_moe), _batches(tiny_moe), 0.5)
+    # Wanda: each expert's weights scored by the norms of the tokens routed to it, half of every row of each expert
+    model = AutoModelForCausalLM.from_pretrained(tiny_moe)
+    from aptops.prune.unstructured import expert_activation_norms
+
+    stacks = {n: m for n, m in prunable_layers(model).items() if n.endswith(("experts.gate_up_proj", "experts.down_proj"))}
+    norms = expert_activation_norms(model, _batches(tiny_moe), stacks)
+    gate_up = next(n for n in norms if n.endswith("gate_up_proj"))
+    assert norms[gate_up].shape == stacks[gate_up].weight.shape[::2] and (norms[gate_up].sum(1) > 0).sum() >= 2
+    report = wanda_pruning(model, _batches(tiny_moe), 0.5)
+    assert report["sparsity"] == pytest.approx(0.5, abs=0.01)
+    w = next(p for n, p in model.named_parameters() if n.endswith("experts.gate_up_proj"))
+    assert all(int((row == 0).sum()) == w.shape[2] // 2 for row in w.reshape(-1, w.shape[2]))
     # the stage: the sparsity it reports is the zeros it wrote, experts included, and they stay through recovery
     cfg = PruneConfig(method="magnitude", target_sparsity=0.5, training=TrainConfig(
         block_size=32, eval_fraction=0.1, training_args={"max_steps": 2, "per_device_train_batch_size": 4,
