@@ -309,10 +309,10 @@ def prune_experts(model: Any, prune_ratio: float, *, data_loader: Iterable[Any] 
             _keep_rows(router, keep)
             for name in ("gate_up_proj", "down_proj"):
                 setattr(stacks, name, torch.nn.Parameter(getattr(stacks, name).data[keep].clone()))
-            for module in (router, stacks, moe):
-                if hasattr(module, "num_experts"):
-                    module.num_experts = keep_n
             kept[i] = keep.tolist()
+    for module in model.modules():  # routers, expert stacks, and the model's own load-balancing loss count them
+        if getattr(module, "num_experts", None) == total:
+            module.num_experts = keep_n
     setattr(cfg, ex.count_field, keep_n)
     info: dict[str, Any] = {"type": "expert", "by": by, "experts": [total, keep_n], "kept": kept}
     if routed_share:  # what share of the calibration tokens' expert choices went to the experts kept
