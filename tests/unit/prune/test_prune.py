@@ -259,11 +259,13 @@ def test_paired_latency_times_both_models_in_turns():
     assert times["a"] > times["b"] >= 0.01
 
 
-@pytest.fixture(scope="module", params=["mixtral", "qwen3_moe"])
+@pytest.fixture(scope="module", params=["mixtral", "qwen3_moe", "qwen2_moe"])
 def tiny_moe(request, tmp_path_factory):
     from tests.models import build_tiny_causal_lm
 
-    extra = {"num_local_experts": 4} if request.param == "mixtral" else {"num_experts": 4, "moe_intermediate_size": 32}
+    extra = {"mixtral": {"num_local_experts": 4}, "qwen3_moe": {"num_experts": 4, "moe_intermediate_size": 32},
+             "qwen2_moe": {"num_experts": 4, "moe_intermediate_size": 32,
+                           "shared_expert_intermediate_size": 48}}[request.param]
     return build_tiny_causal_lm(tmp_path_factory.mktemp(request.param), request.param, num_experts_per_tok=2, **extra)
 
 
@@ -319,7 +321,9 @@ def test_unstructured_pruning_reaches_the_experts_of_a_moe(tiny_moe, tmp_path):
     from aptops.prune.unstructured import saved_sparsity
 
     saved = saved_sparsity(out)
-    assert set(saved["kinds"]) == {"attention", "experts"} and "routers" in saved["not_counted"]
+    shared = "qwen2_moe" in str(tiny_moe)  # its shared expert is a dense MLP beside the routed ones
+    assert set(saved["kinds"]) == {"attention", "experts", *(["mlp"] if shared else [])}
+    assert "routers" in saved["not_counted"]
     assert result.metrics["prune_sparsity_experts"] == saved["kinds"]["experts"] == pytest.approx(
         _expert_zeros(pruned), abs=1e-6)
     assert saved["kinds"]["experts"] >= 0.45 and "zeros in the saved experts weights" in (out / "report.html").read_text()
