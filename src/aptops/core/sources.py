@@ -136,6 +136,8 @@ def read_batches(
             tables: Iterator[pa.Table] = _parquet_batches(path, batch_rows)
         elif fmt in ("jsonl", "text"):  # a block of whole lines at a time, likewise
             tables = _line_file_batches(path, fmt, text_column, separator, limits)
+        elif fmt == "csv":  # pyarrow's streaming reader, a block at a time, when the file is UTF-8
+            tables = _csv_batches(path, text_column, separator, limits)
         else:
             tables = iter([_read_file(path, fmt, text_column, separator, limits)])
         for whole in tables:
@@ -256,6 +258,45 @@ def _line_file_batches(path: Any, fmt: str, text_column: str, separator: str | N
         raise InvalidArtifactError(
             f"{str(path)!r} could not be read as {fmt}: {exc}; check the file or pass input_format=", path=str(path)
         ) from exc
+
+
+def _csv_batches(path: Any, text_column: str, separator: str | None, limits: tuple[int, int]) -> Iterator[pa.Table]:
+    """A CSV file block by block through pyarrow's streaming reader (a block holds every field whole: twice the field
+    limit), when it is UTF-8; a file in another encoding, found so at any block, is decoded whole as before (the
+    detection needs all of it)."""
+    pa = _pa()
+    csv = require("pyarrow.csv", extra="data", feature="reading CSV")
+    max_field = limits[1]
+    parse = csv.ParseOptions(delimiter="\t" if path.suffix.lower() == ".tsv" else ",", newlines_in_values=True)
+    options = csv.ReadOptions(block_size=max(1 << 20, 2 * max_field + 1024))
+    convert = csv.ConvertOptions(check_utf8=True)
+    emitted = 0
+    try:
+        with (path.open("rb") if isinstance(path, Path) else path.open()) as raw:
+            head = raw.read(3)
+            if head != b"\xef\xbb\xbf":  # a UTF-8 byte order mark is skipped, anything else read
+                raw.seek(0)
+            reader = csv.open_csv(raw, read_options=options, parse_options=parse, convert_options=convert)
+            if any(pa.types.is_binary(t) or pa.types.is_large_binary(t) for t in reader.schema.types):
+                raise UnicodeError("invalid UTF8 in the first block")  # pyarrow types such text binary
+            for batch in reader:
+                table = pa.Table.from_batches([batch])
+                _check_field_sizes(table, path, max_field)
+                emitted += 1
+                yield table
+        if not emitted:  # a header alone: an empty table with its columns, as a whole read gives
+            yield _read_file(path, "csv", text_column, separator, limits)
+    except AptopsError:
+        raise
+    except (pa.ArrowException, OSError, UnicodeError) as exc:
+        utf8 = "UTF8" in str(exc).upper().replace("-", "")
+        if emitted and utf8:
+            raise InvalidArtifactError(f"{str(path)!r} is UTF-8 in its first blocks and not after ({exc}): convert it "
+                                       "to one encoding, UTF-8", path=str(path)) from exc
+        if not utf8:
+            raise InvalidArtifactError(f"{str(path)!r} could not be read as csv: {exc}; check the file or pass "
+                                       "input_format=", path=str(path)) from exc
+        yield _read_file(path, "csv", text_column, separator, limits)  # not UTF-8: detected and decoded whole
 
 
 def _check_records(records: list[str], path: Any, max_field: int) -> None:

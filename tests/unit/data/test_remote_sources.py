@@ -157,6 +157,21 @@ def test_big_jsonl_and_text_files_are_read_block_by_block_row_for_row(tmp_path, 
     s3_env.client().create_bucket(Bucket=bucket)
     s3_env.client().upload_file(str(tmp_path / "f.txt"), bucket, "c/f.txt")
     assert rows(f"s3://{bucket}/c/f.txt", separator="%") == whole["f.txt"]
+    # CSV through pyarrow's streaming reader, a block (twice the field limit) at a time, quoted newlines included;
+    # a GBK CSV is detected and decoded whole, as before
+    import csv as csv_module
+
+    with (tmp_path / "n.csv").open("w", newline="") as fh:
+        writer = csv_module.writer(fh)
+        writer.writerow(["text", "i"])
+        for i in range(14):
+            writer.writerows([f"{t}\nline two of {i}", i] for t in news)
+    streamed = rows(tmp_path / "n.csv", max_field_mb=1)
+    assert (tmp_path / "n.csv").stat().st_size > 4 << 20 and len(streamed) == 14 * len(news)
+    assert streamed == sources._read_file(tmp_path / "n.csv", "csv", "text", None, (64, 64 << 20)).column(
+        "text").to_pylist()
+    (tmp_path / "zh.csv").write_bytes(("text\n" + "".join(f"第{i}条新闻\n" for i in range(50))).encode("gbk"))
+    assert rows(tmp_path / "zh.csv")[49] == "第49条新闻"
     # a deep row far into the file is named by its row number in the file
     (tmp_path / "deep.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in news[:200])
                                          + '{"text": ' + "[" * 100 + "]" * 100 + "}\n")
