@@ -3,7 +3,7 @@
 Each family is a tiny random model (4 blocks, 64 wide, 4 query heads in 2 KV groups; a BPE or SentencePiece tokenizer
 trained here) taken through each stage with the library calls the CLI runs, every output checked independently:
 reloaded by transformers and run (finite logits), pruned sparsity read back from the saved files, a GGUF loaded by
-llama.cpp and compared with transformers by the export's own verification. A cell is ✓, or the refusal the stage gave
+llama.cpp and compared with transformers by the export's own verification (F32: the conversion itself). A cell is ✓, or the refusal the stage gave
 before any work (first words), or ✗ with the error.
 
 Run on a CPU: ``python bench/family_matrix.py [--families qwen3,gemma3_text]`` (about 20 s a family).
@@ -26,6 +26,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 MOE = {"num_experts_per_tok": 2}
+# Granite's own multipliers: with the defaults (1.0) attention logits are so large that llama.cpp's F16 KV cache alone
+# flips the next token on a random model, which the verification (rightly) fails
+GRANITE = {"embedding_multiplier": 12.0, "residual_multiplier": 0.22, "attention_multiplier": 0.0078125,
+           "logits_scaling": 8.0}
 FIELDS = {  # fields that make each tiny model one llama.cpp can also hold (as tests/unit/export/test_architectures)
     "llama": {}, "mistral": {}, "qwen2": {}, "qwen3": {"tie_word_embeddings": False},
     "gemma": {"hidden_activation": "gelu_pytorch_tanh"},
@@ -33,15 +37,14 @@ FIELDS = {  # fields that make each tiny model one llama.cpp can also hold (as t
     "gemma3_text": {"query_pre_attn_scalar": 16, "sliding_window": 16,
                     "layer_types": ["sliding_attention", "full_attention"] * 2},
     "phi3": {"partial_rotary_factor": 0.5, "tie_word_embeddings": False},
-    "olmo2": {}, "granite": {"embedding_multiplier": 12.0, "residual_multiplier": 0.22,
-                             "attention_multiplier": 0.0078125, "logits_scaling": 8.0},
+    "olmo2": {}, "granite": GRANITE,
     "cohere": {"logit_scale": 0.0625}, "stablelm": {"partial_rotary_factor": 0.25}, "starcoder2": {},
     "phi": {"partial_rotary_factor": 0.5},
     "mixtral": {"num_local_experts": 4, "tie_word_embeddings": False, **MOE},
     "qwen3_moe": {"num_experts": 4, "moe_intermediate_size": 32, "norm_topk_prob": True, **MOE},
     "qwen2_moe": {"num_experts": 4, "moe_intermediate_size": 32, "shared_expert_intermediate_size": 48, **MOE},
     "olmoe": {"num_experts": 4, "num_key_value_heads": 4, **MOE},
-    "granitemoe": {"num_local_experts": 4, **MOE},
+    "granitemoe": {"num_local_experts": 4, **MOE, **GRANITE},
 }
 SPM = {"mistral", "gemma", "gemma2", "qwen3_moe"}
 STAGES = ("train", "prune magnitude", "prune wanda", "prune neuron", "prune head", "prune expert", "student", "distill",
@@ -126,7 +129,7 @@ def family_row(model_type: str, work: Path, spm: Path) -> dict[str, str]:
     def exported(folder: Path, tag: str) -> None:
         if not (folder / "config.json").is_file():
             raise ValueError(f"no {tag} model to export (its stage failed)")
-        export_to_gguf(folder, output_dir=work / f"{name}-{tag}-gguf", config=ExportConfig(quantization="F16"))
+        export_to_gguf(folder, output_dir=work / f"{name}-{tag}-gguf", config=ExportConfig(quantization="F32"))
 
     row["train"] = _cell(trained)
     row["prune magnitude"] = _cell(lambda: pruned("magnitude"))
