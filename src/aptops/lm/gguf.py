@@ -305,9 +305,13 @@ def _plan(gguf: Any, tensors: dict[str, SourceTensor], arch: Any, cfg: dict[str,
         new = gguf_name(hf)
         kind = kind_for(new, len(src.shape))
         shift = arch.norm_shift if hf.endswith("norm.weight") else 0.0
+        per_head = arch.qkv_per_head and ".query_key_value." in hf
 
         def make() -> Any:
             data = _encode_source(gguf, src, kind, shift)
+            if per_head:  # (head, q|k|v, dim) rows -> (q|k|v, head, dim)
+                return np.ascontiguousarray(data.reshape(n_head, 3, -1, *data.shape[1:]).swapaxes(0, 1)
+                                            .reshape(data.shape))
             return _permute(data, heads) if heads else data
         return _Planned(new, src.shape, kind, make)
 
@@ -331,7 +335,8 @@ def _plan(gguf: Any, tensors: dict[str, SourceTensor], arch: Any, cfg: dict[str,
     plan = [_Planned(name, data.shape, "F32", lambda data=data: data) for name, data in extra]
     groups: dict[tuple[str, str], dict[int, SourceTensor]] = {}
     for hf, src in tensors.items():
-        if hf.endswith("rotary_emb.inv_freq") or (tied and hf == "lm_head.weight"):
+        if hf.endswith(("rotary_emb.inv_freq", "attention.masked_bias")) or (tied and hf == "lm_head.weight") or (
+                hf.endswith("attention.bias") and len(src.shape) == 4):  # older GPT-NeoX files keep their causal mask
             continue
         expert = _EXPERT.match(hf) if arch.experts else None
         fused = _FUSED_EXPERTS.match(hf) if arch.experts and len(src.shape) == 3 else None
@@ -351,7 +356,7 @@ def _plan(gguf: Any, tensors: dict[str, SourceTensor], arch: Any, cfg: dict[str,
             plan.append(single(hf, src, heads if arch.permute_qk else 0))
     if arch.experts:
         plan += _stack_experts(groups, cfg, stacked)
-    embed = next((hf for hf in tensors if hf.endswith("embed_tokens.weight")), None)
+    embed = next((hf for hf in tensors if hf.endswith(("embed_tokens.weight", "embed_in.weight"))), None)
     if tied and arch.output_required and embed is not None:  # llama.cpp wants its own output matrix
         out = single(embed, tensors[embed])
         plan.append(_Planned(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.OUTPUT] + ".weight", out.shape, out.outtype, out.make))
@@ -500,7 +505,8 @@ def convert_to_gguf(model_path: str | Path, output_path: str | Path, *, outtype:
         writer.add_block_count(n_layer)
         writer.add_feed_forward_length(cfg["intermediate_size"])
         writer.add_head_count(n_head)
-        writer.add_head_count_kv(cfg.get("num_key_value_heads") or n_head)
+        # a per-head fused qkv (GPT-NeoX) has a key/value head per query head, whatever else the config carries
+        writer.add_head_count_kv(n_head if arch.qkv_per_head else cfg.get("num_key_value_heads") or n_head)
         writer.add_rope_dimension_count(rope_dims)
         writer.add_rope_freq_base(theta)
         if swa_theta is not None:

@@ -60,6 +60,8 @@ class Arch:
             model of this family cannot be written.
         no_gqa: llama.cpp's graph sizes the key norm by ``hidden_size``, so every query head must have its own
             key/value head (OLMoE).
+        qkv_per_head: the fused ``query_key_value`` holds each head's q, k and v rows together (GPT-NeoX); llama.cpp
+            wants all q rows, then all k, then all v.
     """
 
     gguf: str
@@ -74,6 +76,7 @@ class Arch:
     rope_types: tuple[str, ...] = ("default", "linear", "llama3", "yarn")
     full_width_heads: bool = False
     no_gqa: bool = False
+    qkv_per_head: bool = False
 
 
 _EXPERTS = (Key("add_expert_count", ("num_local_experts", "num_experts")),
@@ -111,6 +114,8 @@ ARCHITECTURES: dict[str, Arch] = {
         assumed=(Assumed("attn_logit_softcapping", None, None),),
         rope_types=("default", "linear")),
     "GemmaForCausalLM": Arch("gemma", norm_shift=1.0),
+    "GPTNeoXForCausalLM": Arch("gptneox", qkv_per_head=True, full_width_heads=True, output_required=True, keys=(
+        _LAYER_NORM_EPS, Key("add_parallel_residual", ("use_parallel_residual",), required=False))),
     "Olmo2ForCausalLM": Arch("olmo2", output_required=True, full_width_heads=True),
     "GraniteForCausalLM": Arch("granite", permute_qk=True, keys=_GRANITE),
     "GraniteMoeForCausalLM": Arch("granitemoe", permute_qk=True, experts=True, keys=(*_GRANITE, *_EXPERTS)),
