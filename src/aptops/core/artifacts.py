@@ -190,18 +190,29 @@ def check_output(final_dir: str | Path, *, overwrite: bool | None = None, kind: 
         existing = _stage_named_in(final / IN_PROGRESS_FILE)
         if resume and existing is not None and existing == kind:
             return final  # this stage's own unfinished folder: resumed
+    refuse_unless_replaceable(where, entries, existing, kind=kind, overwrite=overwrite)
+    return final
+
+
+def refuse_unless_replaceable(where: str, entries: list[str], existing: str | None, *, kind: str | None,
+                              overwrite: bool, place: str = "folder", things: str = "files") -> None:
+    """The rule for an output that holds ``entries``: refused unless it is a complete aptops artifact (``existing``
+    names its stage) of ``kind`` and ``overwrite`` allows replacing it. Shared by folders and object-store prefixes.
+
+    Raises:
+        OutputExistsError: what is there and what to do.
+    """
     if existing is None:
         shown = ", ".join(repr(e) for e in entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
-        raise OutputExistsError(f"output {where!r} holds files aptops did not make ({shown}); nothing was written "
-                                "and nothing removed: choose a new or empty folder for --out", path=where)
+        raise OutputExistsError(f"output {where!r} holds {things} aptops did not make ({shown}); nothing was written "
+                                f"and nothing removed: choose a new or empty {place} for --out", path=where)
     if kind is not None and existing != kind:
         raise OutputExistsError(f"output {where!r} holds an aptops {existing!r} artifact, not a {kind!r} one; "
-                                "--overwrite replaces only the same kind: choose another folder", path=where)
+                                f"--overwrite replaces only the same kind: choose another {place}", path=where)
     if not overwrite:
         raise OutputExistsError(f"output {where!r} already holds an aptops {existing!r} artifact; pass --overwrite "
-                                "(overwrite=True) to replace it once the new one is complete, or choose another folder",
+                                f"(overwrite=True) to replace it once the new one is complete, or choose another {place}",
                                 path=where)
-    return final
 
 
 def _stage_named_in(marker: Path) -> str | None:

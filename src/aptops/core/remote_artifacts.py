@@ -31,7 +31,13 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from aptops.core.artifacts import IN_PROGRESS_FILE, RESULT_FILE, is_complete, write_json
+from aptops.core.artifacts import (
+    IN_PROGRESS_FILE,
+    RESULT_FILE,
+    is_complete,
+    refuse_unless_replaceable,
+    write_json,
+)
 from aptops.core.deps import require
 from aptops.core.errors import (
     ArtifactNotFoundError,
@@ -130,16 +136,8 @@ def check_remote_output(uri: str, *, overwrite: bool = False, kind: str | None =
         unfinished = _read_marker(fs, f"{base}/{IN_PROGRESS_FILE}", uri)
         if unfinished is not None and (kind is None or unfinished == kind):
             return uri  # aptops' own unfinished publish: replaced
-    if existing is None:
-        shown = ", ".join(repr(f) for f in sorted(files)[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
-        raise OutputExistsError(f"output {uri!r} holds objects aptops did not make ({shown}); nothing was written and "
-                                "nothing removed: choose a new or empty prefix for --out", path=uri)
-    if kind is not None and existing != kind:
-        raise OutputExistsError(f"output {uri!r} holds an aptops {existing!r} artifact, not a {kind!r} one; "
-                                "--overwrite replaces only the same kind: choose another prefix", path=uri)
-    if not overwrite:
-        raise OutputExistsError(f"output {uri!r} already holds an aptops {existing!r} artifact; pass --overwrite "
-                                "to replace it once the new one is complete, or choose another prefix", path=uri)
+    refuse_unless_replaceable(uri, sorted(files), existing, kind=kind, overwrite=overwrite, place="prefix",
+                              things="objects")
     return uri
 
 

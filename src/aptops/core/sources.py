@@ -255,9 +255,12 @@ def _line_file_batches(path: Any, fmt: str, text_column: str, separator: str | N
     except AptopsError:
         raise
     except (pa.ArrowException, OSError, UnicodeError) as exc:
-        raise InvalidArtifactError(
-            f"{str(path)!r} could not be read as {fmt}: {exc}; check the file or pass input_format=", path=str(path)
-        ) from exc
+        raise _unreadable(path, fmt, exc) from exc
+
+
+def _unreadable(path: Any, fmt: str, exc: BaseException) -> InvalidArtifactError:
+    return InvalidArtifactError(f"{str(path)!r} could not be read as {fmt}: {exc}; check the file or pass input_format=",
+                                path=str(path))
 
 
 def _csv_batches(path: Any, text_column: str, separator: str | None, limits: tuple[int, int]) -> Iterator[pa.Table]:
@@ -294,8 +297,7 @@ def _csv_batches(path: Any, text_column: str, separator: str | None, limits: tup
             raise InvalidArtifactError(f"{str(path)!r} is UTF-8 in its first blocks and not after ({exc}): convert it "
                                        "to one encoding, UTF-8", path=str(path)) from exc
         if not utf8:
-            raise InvalidArtifactError(f"{str(path)!r} could not be read as csv: {exc}; check the file or pass "
-                                       "input_format=", path=str(path)) from exc
+            raise _unreadable(path, "csv", exc) from exc
         yield _read_file(path, "csv", text_column, separator, limits)  # not UTF-8: detected and decoded whole
 
 
@@ -342,9 +344,7 @@ def _read_file(path: Path, fmt: str, text_column: str, separator: str | None, li
         raise
     # ArrowInvalid; ArrowIOError (an OSError) for cut-off files; UnicodeError where a reader decodes a name
     except (pa.ArrowException, OSError, UnicodeError) as exc:
-        raise InvalidArtifactError(
-            f"{str(path)!r} could not be read as {fmt}: {exc}; check the file or pass input_format=", path=str(path)
-        ) from exc
+        raise _unreadable(path, fmt, exc) from exc
 
 
 def _mib(n: int) -> str:
