@@ -101,10 +101,10 @@ def test_bad_inputs(tiny_llama, tmp_path):
     (empty / "config.json").write_text("{}")
     with pytest.raises(InvalidArtifactError, match=r"no \*\.safetensors"):
         export_to_gguf(empty, output_dir=tmp_path / "b", config=ExportConfig(quantization="F16"))
-    other = tmp_path / "gpt2"
+    other = tmp_path / "bloom"
     shutil.copytree(tiny_llama, other)
     cfg = json.loads((other / "config.json").read_text())
-    (other / "config.json").write_text(json.dumps(cfg | {"architectures": ["GPTNeoXForCausalLM"]}))
+    (other / "config.json").write_text(json.dumps(cfg | {"architectures": ["BloomForCausalLM"]}))
     # beyond the table: llama.cpp's own converter takes it, and what it says reaches the user
     with pytest.raises(InvalidArtifactError, match=r"llama\.cpp's converter could not convert .*Can not map tensor"):
         export_to_gguf(other, output_dir=tmp_path / "c", config=ExportConfig(quantization="F16"))
