@@ -94,7 +94,7 @@ def test_killed_stage_never_leaves_a_complete_looking_partial_and_reruns(case, t
         text.write_text("".join(json.dumps({"text": f"{i}: {t}"}) + "\n" for i, t in enumerate(CORPUS * 2)))
         out = tmp_path / "pruned"
         args = ["prune", "run", str(request.getfixturevalue("tiny_llama")), str(text), "--out", str(out), "--set",
-                "training.block_size=16", "--set", "training.training_args.max_steps=30",
+                "training.block_size=16", "--set", "training.training_args.max_steps=15",
                 "--set", "training.training_args.use_cpu=true", "--overwrite"]
         verify = None
     else:
