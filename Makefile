@@ -84,6 +84,8 @@ bench: setup
 	$(PY) bench/multimodal_cache.py
 	$(PY) bench/eval_overhead.py
 	$(PY) bench/compression_recipes.py
+	$(PY) bench/prune_experts.py
+	$(PY) bench/family_matrix.py
 	$(PY) bench/results_md.py
 
 compile: setup
