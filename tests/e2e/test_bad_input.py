@@ -119,12 +119,27 @@ def inputs(tmp_path_factory, tiny_llama):
             "mm_missing_file": d / "mm_missing_file.jsonl"}
 
 
-@pytest.mark.parametrize(("stage", "command", "message"), CASES, ids=[f"{s}:{c.split(' {')[0]}:{i}"
-                                                                     for i, (s, c, _m) in enumerate(CASES)])
-def test_bad_input_is_refused_clearly(stage, command, message, inputs, tmp_path):
+@pytest.fixture(scope="module")
+def battery(inputs, tmp_path_factory):
+    """Every case run once, as a user runs it (the installed command, a process each), three at a time: most of a
+    case is the interpreter starting and importing, which two cores can do side by side. ``{index: (run, its
+    folder)}``; each case's own test then judges its run."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def run(index: int) -> tuple[object, Path]:
+        where = tmp_path_factory.mktemp(f"case{index}")
+        args = [a.format(out=where / "out", **inputs) for a in CASES[index][1].split()]
+        return aptops(*args, cwd=where, env={"APTOPS_NO_PROGRESS": "1"}), where
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        return dict(zip(range(len(CASES)), pool.map(run, range(len(CASES))), strict=True))
+
+
+@pytest.mark.parametrize(("index", "stage", "command", "message"), [(i, *c) for i, c in enumerate(CASES)],
+                         ids=[f"{s}:{c.split(' {')[0]}:{i}" for i, (s, c, _m) in enumerate(CASES)])
+def test_bad_input_is_refused_clearly(index, stage, command, message, battery):
+    run, tmp_path = battery[index]
     out = tmp_path / "out"
-    args = [a.format(out=out, **inputs) for a in command.split()]
-    run = aptops(*args, cwd=tmp_path, env={"APTOPS_NO_PROGRESS": "1"})
     text = " ".join((run.stderr + run.stdout).split())
     assert run.returncode != 0, text[-2000:]
     import re
