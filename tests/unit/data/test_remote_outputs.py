@@ -49,15 +49,16 @@ def _rows(folder):
 
 def test_data_steps_chain_through_s3_as_they_do_through_folders(news, bucket, s3_env, tmp_path):
     env, base = _env(s3_env), f"s3://{bucket}/runs"
-    clean = aptops("data", "clean", str(news), "--out", f"{base}/clean", env=env)
+    clean = aptops("data", "clean", str(news), "--out", f"{base}/clean", env=env, cwd=tmp_path)
     assert clean.returncode == 0, clean.stdout + clean.stderr
     objects = remote_files(f"{base}/clean")
     assert {"result.json", "stats.json", "config.json", "part-00000.parquet"} <= set(objects)
-    assert ".aptops-in-progress.json" not in objects and not list(tmp_path.glob("clean*"))
+    assert ".aptops-in-progress.json" not in objects and not (tmp_path / "clean").exists()
+    assert (tmp_path / "clean.metrics").is_dir()  # the metrics textfile, beside where the command ran
     assert f"{base}/clean" in clean.stdout
-    dedup = aptops("data", "dedup", f"{base}/clean", "--out", f"{base}/dedup", env=env)
+    dedup = aptops("data", "dedup", f"{base}/clean", "--out", f"{base}/dedup", env=env, cwd=tmp_path)
     assert dedup.returncode == 0, dedup.stdout + dedup.stderr
-    stats = aptops("data", "stats", f"{base}/dedup", "--out", str(tmp_path / "stats"), env=env)
+    stats = aptops("data", "stats", f"{base}/dedup", "--out", str(tmp_path / "stats"), env=env, cwd=tmp_path)
     assert stats.returncode == 0, stats.stdout + stats.stderr
 
     clean_dataset(news, output_dir=tmp_path / "l-clean", config=CleanConfig())
@@ -72,10 +73,10 @@ def test_data_steps_chain_through_s3_as_they_do_through_folders(news, bucket, s3
 
     assert load_text_dataset(f"{base}/dedup/", "text")["text"] == _rows(fetched)
 
-    again = aptops("data", "clean", str(news), "--out", f"{base}/clean", env=env)
+    again = aptops("data", "clean", str(news), "--out", f"{base}/clean", env=env, cwd=tmp_path)
     assert again.returncode != 0 and "--overwrite" in again.stderr
     replaced = aptops("data", "clean", str(news), "--out", f"{base}/clean", "--overwrite", "--set", "shard_rows=100",
-                      env=env)
+                      env=env, cwd=tmp_path)
     assert replaced.returncode == 0, replaced.stderr
     now = remote_files(f"{base}/clean")
     parts = sorted(n for n in now if n.startswith("part-"))
@@ -86,14 +87,14 @@ def test_data_steps_chain_through_s3_as_they_do_through_folders(news, bucket, s3
 def test_outputs_that_would_destroy_what_aptops_did_not_make_are_refused_before_work(news, bucket, s3_env, tmp_path):
     env = _env(s3_env)
     s3_env.client().put_object(Bucket=bucket, Key="mine/notes.txt", Body=b"keep me")
-    mine = aptops("data", "clean", str(news), "--out", f"s3://{bucket}/mine", "--overwrite", env=env)
+    mine = aptops("data", "clean", str(news), "--out", f"s3://{bucket}/mine", "--overwrite", env=env, cwd=tmp_path)
     assert mine.returncode != 0 and "did not make" in mine.stderr and "notes.txt" in mine.stderr
     assert remote_files(f"s3://{bucket}/mine") == {"notes.txt": 7}
-    missing = aptops("data", "clean", str(news), "--out", f"s3://no-such-{bucket}/x", env=env)
+    missing = aptops("data", "clean", str(news), "--out", f"s3://no-such-{bucket}/x", env=env, cwd=tmp_path)
     assert missing.returncode != 0 and "does not exist" in missing.stderr and f"no-such-{bucket}" in missing.stderr
-    hub = aptops("data", "clean", str(news), "--out", "hf://datasets/me/x", env=env)
+    hub = aptops("data", "clean", str(news), "--out", "hf://datasets/me/x", env=env, cwd=tmp_path)
     assert hub.returncode != 0 and "hub publish" in hub.stderr
-    wrong = aptops("data", "clean", str(news), "--out", f"s3://{bucket}/w", env={**env, "AWS_SECRET_ACCESS_KEY": "nope-x"})
+    wrong = aptops("data", "clean", str(news), "--out", f"s3://{bucket}/w", env={**env, "AWS_SECRET_ACCESS_KEY": "nope-x"}, cwd=tmp_path)
     assert wrong.returncode != 0 and "credentials" in wrong.stderr and "nope-x" not in wrong.stdout + wrong.stderr
     with pytest.raises(ConfigError, match="whole bucket"):
         check_remote_output(f"s3://{bucket}")
