@@ -17,3 +17,13 @@ def aptops(*args: str, cwd: Path | None = None, env: dict | None = None) -> subp
         [APTOPS, *args], capture_output=True, text=True, cwd=cwd, env={**os.environ, "COLUMNS": "200", **(env or {})},
         timeout=600,
     )
+
+
+def aptops_all(*commands: tuple[str, ...], cwd: Path | None = None, env: dict | None = None,
+               workers: int = 3) -> list[subprocess.CompletedProcess]:
+    """``aptops`` once per command (each its own process, as :func:`aptops`), ``workers`` at a time, results in order:
+    most of a refused run is the interpreter starting, which two cores do side by side. Give each its own --out."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(lambda args: aptops(*args, cwd=cwd, env=env), commands))

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.cli import aptops
+from tests.cli import aptops, aptops_all
 
 
 def test_help_and_version():
@@ -180,14 +180,14 @@ def test_debug_cli_reports_and_refuses_bad_input(tiny_llama, tmp_path):
     assert "forward_flops" in done.stdout and (out / "report.pdf").is_file()
     prof = aptops("debug", "profile", str(tiny_llama), "--seq-len", "16", "--top", "3")
     assert prof.returncode == 0 and "analytic_flops" in prof.stdout
-    for args, message in [
+    cases = [
         (("debug", "run", str(tmp_path / "nope"), str(corpus), "--out", str(tmp_path / "r1")), "does not exist"),
         (("debug", "run", str(tiny_llama), str(corpus), "--out", str(tmp_path / "r2"), "--set", "steps=-1"), "steps"),
         (("debug", "run", str(tiny_llama), str(corpus), "--out", str(tmp_path / "r3"), "--set", "text_column=body"),
          "no column 'body'"),
         (("debug", "profile", str(tiny_llama), "--seq-len", "0"), "input_shape"),
-    ]:
-        bad = aptops(*args)
+    ]
+    for (args, message), bad in zip(cases, aptops_all(*(args for args, _ in cases)), strict=True):
         assert bad.returncode != 0 and message in bad.stderr, (args, bad.stderr[-1500:])
         assert "Traceback" not in bad.stderr
     # no report folder (complete or partial) for a refused run; only its failure metrics (<out>.metrics)
@@ -213,18 +213,19 @@ def test_distill_cli_trains_a_student_and_reports_compression(tiny_llama, tmp_pa
                     "--set", "evaluation.block_size=32", "--set", "new_tokens=2", env=env)
     assert report.returncode == 0, report.stderr[-3000:]
     assert "top1_agreement" in report.stdout and (tmp_path / "cmp" / "report.html").is_file()
-    for args, message in [
+    cases = [
         (("--set", "objective.temperature=0"), "temperature"),
         (("--set", "objective.alpha=1.5"), "alpha"),
         (("--set", "objective.strategies={response: 1.0, feature: 1.0}", "--set", "objective.layer_mappings={1: 9}"),
          "hidden states"),
         (("--set", "temperature=1"), "unknown config key 'temperature' for DistillConfig"),
         (("--set", "training.blok_size=1"), "unknown config key 'training.blok_size' for TrainConfig"),
-    ]:
-        bad = aptops("distill", "run", str(tiny_llama), str(corpus), "--out", str(tmp_path / "bad"),
-                     "--set", "training.block_size=32", *args, env=env)
+    ]
+    runs = aptops_all(*(("distill", "run", str(tiny_llama), str(corpus), "--out", str(tmp_path / f"bad{i}"),
+                         "--set", "training.block_size=32", *args) for i, (args, _) in enumerate(cases)), env=env)
+    for i, ((args, message), bad) in enumerate(zip(cases, runs, strict=True)):
         assert bad.returncode != 0 and message in bad.stderr, (args, bad.stderr[-2000:])
-        assert "Traceback" not in bad.stderr and not (tmp_path / "bad" / "result.json").exists()
+        assert "Traceback" not in bad.stderr and not (tmp_path / f"bad{i}" / "result.json").exists()
 
 
 def test_prune_cli_and_bad_input(tiny_llama, tmp_path):
@@ -241,12 +242,13 @@ def test_prune_cli_and_bad_input(tiny_llama, tmp_path):
                   "--set", "training.training_args.max_steps=2", "--set", "training.training_args.use_cpu=true", env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "prune_speedup" in done.stdout and (out / "prune.json").is_file()
-    for args, message in [
+    cases = [
         (("--set", "target_sparsity=1.5"), "target_sparsity"),
         (("--set", "method=head", "--set", "target_sparsity=0.9"), "whole groups"),
         (("--set", "method=shuffle"), "method"),
-    ]:
-        bad = aptops("prune", "run", str(tiny_llama), str(corpus), "--out", str(tmp_path / "bad"),
-                     "--set", "training.block_size=32", *args, env=env)
+    ]
+    runs = aptops_all(*(("prune", "run", str(tiny_llama), str(corpus), "--out", str(tmp_path / f"bad{i}"),
+                         "--set", "training.block_size=32", *args) for i, (args, _) in enumerate(cases)), env=env)
+    for i, ((args, message), bad) in enumerate(zip(cases, runs, strict=True)):
         assert bad.returncode != 0 and message in bad.stderr, (args, bad.stderr[-2000:])
-        assert "Traceback" not in bad.stderr and not (tmp_path / "bad" / "result.json").exists()
+        assert "Traceback" not in bad.stderr and not (tmp_path / f"bad{i}" / "result.json").exists()
