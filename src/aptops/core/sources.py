@@ -138,7 +138,7 @@ def read_batches(
             tables = _line_file_batches(path, fmt, text_column, separator, limits)
         elif fmt == "csv":  # pyarrow's streaming reader, a block at a time, when the file is UTF-8
             tables = _csv_batches(path, text_column, separator, limits)
-        else:
+        else:  # a save_to_disk folder
             tables = iter([_read_file(path, fmt, text_column, separator, limits)])
         for whole in tables:
             table = _checked(_decodable(whole, path), path, text_column)
@@ -310,36 +310,21 @@ def _check_records(records: list[str], path: Any, max_field: int) -> None:
 
 
 def _read_file(path: Path, fmt: str, text_column: str, separator: str | None, limits: tuple[int, int]) -> pa.Table:
+    """A file read whole: a ``save_to_disk`` folder (``hf``), or a CSV that is not UTF-8 (decoded whole, the detection
+    needs all of it). Parquet, JSONL, text and UTF-8 CSV are read in blocks by :func:`read_batches`."""
     pa = _pa()
-    max_depth, max_field = limits
+    max_field = limits[1]
     try:
         if fmt == "hf":
             return _read_hf_dataset(path)
-        if fmt == "parquet":
-            return require("pyarrow.parquet", extra="data", feature="reading Parquet").read_table(path)
-        raw = decode_bytes(path.read_bytes(), path)
-        if fmt == "jsonl":
-            json_mod = require("pyarrow.json", extra="data", feature="reading JSONL")
-            longest = _check_json_lines(raw, path, max_depth, max_field)
-            # a row must fit one block of pyarrow's reader: the blocks grow with the longest line
-            options = json_mod.ReadOptions(block_size=max(1 << 20, 2 * longest + 1024))
-            return json_mod.read_json(pa.BufferReader(raw.encode("utf-8")), read_options=options)
-        if fmt == "csv":
-            csv = require("pyarrow.csv", extra="data", feature="reading CSV")
-            parse = csv.ParseOptions(delimiter="\t" if path.suffix.lower() == ".tsv" else ",", newlines_in_values=True)
-            data = raw.encode("utf-8")
-            # one block per file up to the field limit: a field (quoted newlines included) never straddles two
-            options = csv.ReadOptions(block_size=max(1 << 20, min(len(data) + 1, 2 * max_field + 1024)))
-            table = csv.read_csv(pa.BufferReader(data), parse_options=parse, read_options=options)
-            _check_field_sizes(table, path, max_field)
-            return table
-        records = _text_records(raw, separator)
-        for i, record in enumerate(records):
-            if len(record) > max_field:
-                raise InvalidArtifactError(f"{str(path)!r}: record {i} is {_mib(len(record))} long, over the "
-                                           f"{_mib(max_field)} field limit; raise max_field_mb if it is meant",
-                                           path=str(path))
-        return pa.table({text_column: records})
+        data = decode_bytes(path.read_bytes(), path).encode("utf-8")
+        csv = require("pyarrow.csv", extra="data", feature="reading CSV")
+        parse = csv.ParseOptions(delimiter="\t" if path.suffix.lower() == ".tsv" else ",", newlines_in_values=True)
+        # one block per file up to the field limit: a field (quoted newlines included) never straddles two
+        options = csv.ReadOptions(block_size=max(1 << 20, min(len(data) + 1, 2 * max_field + 1024)))
+        table = csv.read_csv(pa.BufferReader(data), parse_options=parse, read_options=options)
+        _check_field_sizes(table, path, max_field)
+        return table
     except AptopsError:
         raise
     # ArrowInvalid; ArrowIOError (an OSError) for cut-off files; UnicodeError where a reader decodes a name
@@ -477,10 +462,6 @@ def _decode(data: bytes, path: Any) -> tuple[str, str]:
         )
     log.warning("%s is not UTF-8; decoded it as %s", path, best.encoding)
     return str(best), best.encoding
-
-
-def _text_records(raw: str, separator: str | None) -> list[str]:
-    return _text_records_from(raw.splitlines(), separator, final=True)[0]
 
 
 def _text_records_from(lines: list[str], separator: str | None, *, final: bool) -> tuple[list[str], list[str]]:
