@@ -23,7 +23,7 @@ from aptops.core.deps import load_object
 from aptops.core.errors import ConfigError
 from aptops.core.logging import configure_logging
 from aptops.core.remote import is_uri
-from aptops.core.remote_artifacts import Location, staged_input, staged_output
+from aptops.core.remote_artifacts import Location, published_path, staged_input, staged_output
 
 log = logging.getLogger("aptops.cli")
 console = Console(stderr=False)
@@ -123,11 +123,6 @@ def _out_dir(staged: contextlib.ExitStack, out: str, *, stage: str, overwrite: b
         return Path(out), None
     local = staged.enter_context(staged_output(out, overwrite=overwrite, kind=stage, inputs=map(str, inputs)))
     return local, Path(f"{Location(out).name}.metrics")
-
-
-def _published(value: Any, local: Path, uri: str) -> Any:
-    text = str(value)
-    return uri.rstrip("/") + text[len(str(local)):] if text == str(local) or text.startswith(f"{local}/") else value
 
 
 def _dry_run(stage: str, argv: list[str], out: Path, cfg: Any, *, dry_run: bool, cluster: Path | None,
@@ -299,7 +294,7 @@ def stage_command(group: typer.Typer, name: str, *, stage: str, run: str, config
                                 out_dir, overwrite=kw["overwrite"], inputs=[*local, *reads[len(args):]],
                                 metrics_dir=metrics_dir)
         if metrics_dir is not None:  # published: what the user sees names where it is
-            result.outputs = {k: _published(v, out_dir, kw["out"]) for k, v in result.outputs.items()}
+            result.outputs = {k: published_path(v, out_dir, kw["out"]) for k, v in result.outputs.items()}
             out_dir = Location(kw["out"])
         show(result, out_dir)
 

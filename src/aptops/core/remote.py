@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
+from aptops.core.artifacts import IN_PROGRESS_FILE, RESULT_FILE
 from aptops.core.deps import require
 from aptops.core.errors import ArtifactNotFoundError, ConfigError, StorageError
 
@@ -144,7 +145,7 @@ def list_remote_files(uri: str) -> list[RemoteFile]:
     selector = pafs.FileSelector(base.rstrip("/"), recursive=True, allow_not_found=True)
     found = storage_call(uri, lambda: fs.get_file_info(selector))
     top = {e.path[len(base.rstrip("/")):].lstrip("/") for e in found if e.type == pafs.FileType.File}
-    if ".aptops-in-progress.json" in top and "result.json" not in top:  # aptops.core.remote_artifacts' marker
+    if IN_PROGRESS_FILE in top and RESULT_FILE not in top:  # aptops.core.remote_artifacts' unfinished publish
         raise ArtifactNotFoundError(f"{uri} is an unfinished aptops artifact (its publish was stopped or is under "
                                     "way; it has no result.json): rerun the stage that writes it", path=uri)
     files = []

@@ -141,11 +141,16 @@ def check_remote_output(uri: str, *, overwrite: bool = False, kind: str | None =
     return uri
 
 
-def _put(fs: Any, local: Path, path: str, uri: str) -> None:
+def _put(fs: Any, source: Path | bytes, path: str, uri: str) -> None:
+    """Write a local file (streamed) or ``bytes`` to ``path`` in ``fs``."""
     def write() -> None:
-        with local.open("rb") as src, fs.open_output_stream(path) as dst:
-            while chunk := src.read(_CHUNK):
-                dst.write(chunk)
+        with fs.open_output_stream(path) as dst:
+            if isinstance(source, bytes):
+                dst.write(source)
+                return
+            with source.open("rb") as src:
+                while chunk := src.read(_CHUNK):
+                    dst.write(chunk)
 
     storage_call(uri, write)
 
@@ -177,13 +182,8 @@ def publish_artifact(local: str | Path, uri: str, *, overwrite: bool = False,
     before = remote_files(uri)
     files = {p.relative_to(local).as_posix(): p for p in sorted(local.rglob("*"))
              if p.is_file() and p.name != IN_PROGRESS_FILE}
-    marker = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False)  # noqa: SIM115 - closed below
-    try:
-        json.dump({"stage": kind, "pid": os.getpid(), "from": str(local)}, marker)
-        marker.close()
-        _put(fs, Path(marker.name), f"{base}/{IN_PROGRESS_FILE}", uri)
-    finally:
-        os.unlink(marker.name)
+    marker = json.dumps({"stage": kind, "pid": os.getpid(), "from": str(local)}).encode("utf-8")
+    _put(fs, marker, f"{base}/{IN_PROGRESS_FILE}", uri)
     if RESULT_FILE in before:  # from here on the prefix reads as unfinished until the new result.json lands
         storage_call(uri, lambda: fs.delete_file(f"{base}/{RESULT_FILE}"))
     total = sum(p.stat().st_size for p in files.values())
@@ -273,19 +273,23 @@ def staged_output(uri: str, *, overwrite: bool = False, kind: str | None = None,
         if not is_complete(local):
             raise InvalidArtifactError(f"the stage wrote no complete artifact for {uri}: nothing was published",
                                        path=uri)
-        _point_outputs_at(local, str(local), uri.rstrip("/"))
+        _point_outputs_at(local, uri)
         publish_artifact(local, uri, overwrite=overwrite)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _point_outputs_at(folder: Path, local: str, uri: str) -> None:
+def published_path(value: Any, local: str | Path, uri: str) -> Any:
+    """``value`` with the staging folder ``local`` at its start replaced by the URI the artifact is published to
+    (any other value as it is)."""
+    text, local = str(value), str(local)
+    return uri.rstrip("/") + text[len(local):] if text == local or text.startswith(local + "/") else value
+
+
+def _point_outputs_at(folder: Path, uri: str) -> None:
     """Rewrite the paths a ``result.json`` names under the staging folder to where the artifact is published."""
     path = folder / RESULT_FILE
     data = json.loads(path.read_text(encoding="utf-8"))
-    outputs = data.get("outputs") or {}
-    for key, value in outputs.items():
-        if isinstance(value, str) and (value == local or value.startswith(local + "/")):
-            outputs[key] = uri + value[len(local):]
+    data["outputs"] = {k: published_path(v, folder, uri) for k, v in (data.get("outputs") or {}).items()}
     write_json(path, data)
 
