@@ -409,10 +409,14 @@ def converter_for(model_path: str | Path) -> dict[str, str]:
     Raises:
         ConfigError: the architecture is in no table and llama.cpp's converter is not installed.
     """
-    from aptops.lm.gguf_architectures import ARCHITECTURES
     from aptops.lm.loading import check_model_folder
 
-    cfg = read_json(check_model_folder(model_path) / "config.json")
+    return _converter_for_config(read_json(check_model_folder(model_path) / "config.json"))
+
+
+def _converter_for_config(cfg: dict[str, Any]) -> dict[str, str]:
+    from aptops.lm.gguf_architectures import ARCHITECTURES
+
     name = (cfg.get("architectures") or ["?"])[0]
     if name in ARCHITECTURES:
         return {"converter": "aptops"}
@@ -478,7 +482,7 @@ def convert_to_gguf(model_path: str | Path, output_path: str | Path, *, outtype:
                           field="outtype", value=outtype)
     folder = check_model_folder(model_path)
     cfg = read_json(folder / "config.json")  # a JSON object: check_model_folder parsed it
-    if converter_for(folder)["converter"] == "llama.cpp":
+    if _converter_for_config(cfg)["converter"] == "llama.cpp":
         return convert_with_llama_cpp(folder, output_path, outtype=outtype)
     _, arch = arch_for(cfg)
     tensors = safetensors_index(folder)
