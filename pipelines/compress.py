@@ -66,7 +66,8 @@ def build(settings: ClusterSettings) -> Any:
             alpha: weight of the teacher's soft targets against the hard labels.
             student_layer_stride: the student keeps every k-th teacher block.
             student_layers: ... or this many blocks (0: the stride decides), chosen by student_selection.
-            student_selection: influence (the blocks that change their input most on calibration text) or spread.
+            student_selection: influence (the blocks that change their input most, measured on the replay text
+                when there is one, else on the training text) or spread.
             replay: general text (a file or folder the tasks can read) mixed into distillation and recovery, so the
                 student keeps what the teacher knew; empty: the corpus alone.
             replay_ratio: the share of training blocks taken from replay.

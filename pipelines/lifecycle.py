@@ -97,8 +97,8 @@ def build(settings: ClusterSettings) -> Any:
             distill_steps: optimizer steps of distillation (0: the student as made from the selected blocks).
             student_layer_stride: the student keeps every k-th block of the trained model.
             student_layers: ... or this many blocks (0: the stride decides), chosen by student_selection.
-            student_selection: influence (the blocks that change their input most on calibration text are kept) or
-                spread (evenly spread).
+            student_selection: influence (the blocks that change their input most are kept, measured on the replay
+                text when there is one, else on the training text) or spread (evenly spread).
             replay: general text (a file or folder the tasks can read) mixed into the blocks of training,
                 distillation and recovery, so the models keep what they knew; empty: the corpus alone.
             replay_ratio: the share of training blocks taken from replay.

@@ -22,6 +22,7 @@ from aptops.distill import (
     response_distillation,
     run_distillation,
 )
+from aptops.distill.recipe import replay_calibration_batches
 from aptops.train import TrainConfig
 from tests.models import CORPUS
 
@@ -272,7 +273,20 @@ def test_a_student_keeps_the_blocks_of_most_influence_and_replays_general_text(t
                       config=DistillConfig(student_layers=3, training=training))
     kept = AutoModelForCausalLM.from_pretrained(tmp_path / "student").config.aptops_student["kept_layers"]
     assert kept == [0, 1, 3]
-    assert "removes [2]" in caplog.text and "general-text blocks" in caplog.text
+    assert "influence on the replay text: keeps [0, 1, 3], removes [2]" in caplog.text
+    assert "general-text blocks" in caplog.text
+    # the influence was measured on the replay text as training packs it: its first blocks, as plain text
+    tok = AutoTokenizer.from_pretrained(passing)
+    first = replay_calibration_batches(tok, training, 2)[0]["input_ids"]
+    assert first.shape == (2, 16)
+    assert tok.decode(first[0]).lstrip().startswith("Report 0: the council")
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        distill_model(str(passing), str(_jsonl(tmp_path)), output_dir=tmp_path / "on-task", config=DistillConfig(
+            student_layers=3, influence_text="task", training=training))
+    assert "influence on the training text: keeps [0, 1, 3]" in caplog.text
+    with pytest.raises(ConfigError, match="influence_text"):
+        DistillConfig(influence_text="news")
     distill_model(str(passing), str(_jsonl(tmp_path)), output_dir=tmp_path / "spread", config=DistillConfig(
         student_layers=3, student_selection="spread", training=training))
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "spread").config.aptops_student["kept_layers"] == [0, 2, 3]
