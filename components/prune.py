@@ -10,7 +10,8 @@ from aptops_components import stage_component
 
 @stage_component("prune", pipeline="compress", config="aptops.prune:PruneConfig", tuned=(
     "method", "target_sparsity", "n_m", "schedule_steps", "recovery_steps", "block_size", "chat_prompt",
-    "learning_rate", "max_steps", "batch_size", "eval_fraction", "replay", "replay_ratio", "training_args", "debug"),
+    "learning_rate", "max_steps", "batch_size", "eval_fraction", "lora_r", "replay", "replay_ratio", "training_args",
+    "debug"),
     defaults={"max_steps": 100})  # a pipeline's recovery is short unless asked
 def prune_model(
     model: Input[Model],

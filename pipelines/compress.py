@@ -46,6 +46,8 @@ def build(settings: ClusterSettings) -> Any:
         prune_method: str = "neuron",
         target_sparsity: float = 0.25,
         prune_steps: int = 100,
+        prune_lora_r: int = 0,
+        prune_learning_rate: float = 1e-4,
         learning_rate: float = 1e-4,
         batch_size: int = 8,
         training_args: str = "{}",
@@ -75,7 +77,10 @@ def build(settings: ClusterSettings) -> Any:
             prune_method: magnitude, taylor, wanda, neuron, head or lottery.
             target_sparsity: share of weights (unstructured) or units (neuron, head) removed.
             prune_steps: optimizer steps of fine-tuning after pruning (0: none).
-            learning_rate: the peak learning rate of both trainings.
+            prune_lora_r: recover through LoRA adapters of this rank, merged after (0: every weight); the kept weights
+                stay as they were, which keeps what they know.
+            prune_learning_rate: the peak learning rate of the recovery after pruning.
+            learning_rate: the peak learning rate of distillation.
             batch_size: sequences per device per step.
             training_args: JSON of further transformers.TrainingArguments fields for both trainings.
             eval_tasks: lm-evaluation-harness tasks that judge the original and the compressed model
@@ -96,7 +101,8 @@ def build(settings: ClusterSettings) -> Any:
                           batch_size=batch_size, training_args=training_args, pipeline="compress", run_id=run_id)
         settings.apply(student, "distill", trains=True)
         pruned = prune(model=student.outputs["student"], dataset=clean.outputs["dataset"], method=prune_method,
-                       target_sparsity=target_sparsity, block_size=block_size, learning_rate=learning_rate,
+                       target_sparsity=target_sparsity, block_size=block_size, learning_rate=prune_learning_rate,
+                       lora_r=prune_lora_r,
                        replay=replay, replay_ratio=replay_ratio, max_steps=prune_steps, batch_size=batch_size, training_args=training_args,
                        pipeline="compress", run_id=run_id)
         settings.apply(pruned, "prune", trains=True)

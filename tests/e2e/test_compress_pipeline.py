@@ -23,7 +23,9 @@ def test_compress_pipeline_runs_locally(family, tmp_path):
         {"layer_types": ["sliding_attention", "full_attention"] * 2} if family == "gemma3" else {}))
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in CORPUS))
-    out = aptops("run", "compress", "--local", "--param", f"model={model}", "--param", f"source={corpus}",
+    # Gemma 3 recovers through LoRA adapters at the recovery's own learning rate
+    recovery = ["--param", "prune_lora_r=4", "--param", "prune_learning_rate=0.001"] if family == "gemma3" else []
+    out = aptops("run", "compress", "--local", "--param", f"model={model}", "--param", f"source={corpus}", *recovery,
                  "--param", "block_size=32", "--param", "distill_steps=2", "--param", "prune_steps=2",
                  "--param", "batch_size=4", "--param", "prune_method=neuron", "--param", "target_sparsity=0.5",
                  "--param", 'training_args={"use_cpu": true}', "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path,
@@ -35,6 +37,12 @@ def test_compress_pipeline_runs_locally(family, tmp_path):
     assert summary["after_fine_tuning"]["params"] < summary["before"]["params"]
     lineage = json.loads((pruned / "aptops.json").read_text())
     assert lineage["stage"] == "prune" and lineage["parents"][-1]["stage"] == "distill"
+    recovered = lineage["config"]["training"]
+    if family == "gemma3":  # merged: a plain model comes out
+        assert recovered["lora_r"] == 4 and recovered["training_args"]["learning_rate"] == 0.001
+        assert not (pruned / "adapter_config.json").exists()
+    else:
+        assert recovered["lora_r"] == 0 and recovered["training_args"]["learning_rate"] == 1e-4
     assert "ratio_params" in out.stdout
     config = json.loads((pruned / "config.json").read_text())
     assert config["model_type"] == model_type and config["num_hidden_layers"] < 4  # a student of fewer blocks
