@@ -82,6 +82,34 @@ def chat_format(tokenizer_path: str | Path) -> str | None:
                       field="template")
 
 
+def default_system_prompt(tokenizer_path: str | Path) -> str | None:
+    """The system message a tokenizer's chat template puts in when a conversation has none (SmolLM2's "You are a
+    helpful AI assistant named SmolLM, trained by Hugging Face"), or ``None``.
+
+    A model fine-tuned through that template saw it before every answer, so the Modelfile must send it too: without
+    it, the demo's compressed SmolLM2 ends its turn at once on 2 of 3 prompts (the end-of-turn token is its likeliest
+    first token) and answers all 3 with it. Found by rendering a conversation with a marker as its system message
+    and one without any: what stands in the marker's place is the default.
+    """
+    transformers = require("transformers", extra="export", feature="reading a chat template")
+    marker = "\x1faptops-system\x1f"
+    user = [{"role": "user", "content": "Hi."}]
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(tokenizer_path))
+        alone = tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
+        marked = tokenizer.apply_chat_template([{"role": "system", "content": marker}, *user], tokenize=False,
+                                               add_generation_prompt=True)
+    except Exception as exc:  # a template that refuses system turns, or no template: no default to carry over
+        log.info("no default system message read from %s's chat template: %s", tokenizer_path, exc)
+        return None
+    if not isinstance(alone, str) or not isinstance(marked, str) or marked.count(marker) != 1:
+        return None
+    head, tail = marked.split(marker)
+    if alone.startswith(head) and alone.endswith(tail) and len(alone) > len(head) + len(tail):
+        return alone[len(head):len(alone) - len(tail)]
+    return None
+
+
 def create_modelfile(model_name: str, gguf_path: str | Path, template: str | None = None,
                      system_prompt: str | None = None, parameters: Mapping[str, Any] | None = None, *,
                      tokenizer_path: str | Path | None = None, output_path: str | Path | None = None,
@@ -91,6 +119,9 @@ def create_modelfile(model_name: str, gguf_path: str | Path, template: str | Non
     The file is written whole or not at all (a temp file renamed into place). An existing file of other content
     is replaced only with ``overwrite``, and a link or folder at that path never: its target is not ours to
     change.
+
+    With a chat template read from ``tokenizer_path`` and no ``system_prompt``, the template's own default system
+    message, if it has one, becomes the Modelfile's ``SYSTEM`` (:func:`default_system_prompt`).
 
     Raises:
         ConfigError: a name, template or parameter Ollama would refuse.
@@ -112,6 +143,8 @@ def create_modelfile(model_name: str, gguf_path: str | Path, template: str | Non
             template = "{{ .Prompt }}"  # a completion model: the prompt as is
         else:
             _, template, stops = CHAT_FORMATS[fmt]
+            if system_prompt is None and tokenizer_path:  # what the model was trained to see before each answer
+                system_prompt = default_system_prompt(tokenizer_path)
     lines = [f"FROM ./{gguf.name}", f'TEMPLATE """{_triple_safe(template, "template")}"""']
     if system_prompt:
         lines.append(f'SYSTEM """{_triple_safe(system_prompt, "system_prompt")}"""')

@@ -9,7 +9,7 @@ import pytest
 
 from aptops.core.errors import ConfigError, OutputExistsError, StorageError
 from aptops.export import ExportConfig, create_modelfile, export_to_gguf, ollama, register_to_ollama
-from aptops.export.ollama import parse_modelfile, render_template
+from aptops.export.ollama import default_system_prompt, parse_modelfile, render_template
 from tests.models import write_tiny_gguf
 from tests.services.ollama_standin import OllamaStandIn
 
@@ -31,6 +31,19 @@ def test_modelfile_from_the_chatml_template(smollm2, tmp_path):
     assert spec["system"] == "You are brief."
     assert render_template(spec["template"], "Hi", "Be nice") == (
         "<|im_start|>system\nBe nice<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_modelfile_sends_the_system_message_the_chat_template_puts_in(smollm2, tmp_path):
+    """SmolLM2's chat template puts in a system message when a conversation has none, so a model fine-tuned through
+    it saw one before every answer: the Modelfile sends the same, and Ollama's prompt is the template's, exactly."""
+    from transformers import AutoTokenizer
+
+    spec = parse_modelfile(create_modelfile("m", write_tiny_gguf(tmp_path / "model.gguf"), tokenizer_path=smollm2))
+    assert spec["system"] == "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+    expected = AutoTokenizer.from_pretrained(smollm2).apply_chat_template(
+        [{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True)
+    assert render_template(spec["template"], "Hi", spec["system"]) == expected
+    assert default_system_prompt(smollm2) == spec["system"]
 
 
 def test_modelfile_bad_inputs(smollm2, tiny_llama, tmp_path):
@@ -91,7 +104,7 @@ def test_register_and_smoke_test_through_ollama(smollm2, smollm2_q8, tmp_path):
         assert info["blob"] in server.state.blobs and not server.state.refused
         created = server.state.created[-1]
         assert created["parameters"]["stop"] == ["<|im_end|>", "<|im_start|>"]
-        report = ollama.test_model("smollm2:q8", ["What is the capital of France?", "Name three colours."], max_tokens=48,
+        report = ollama.test_model("smollm2:q8", ["What is the capital of France?", "Name three colours."], max_tokens=96,
                                    host=server.host)
         again = register_to_ollama(path, "smollm2:q8", host=server.host)  # the blob is not sent twice
         assert again["blob"] == info["blob"]
@@ -141,6 +154,7 @@ def test_modelfile_renders_what_the_families_template_renders(family, tiny_llama
     (folder / "chat_template.jinja").unlink(missing_ok=True)
     tok = AutoTokenizer.from_pretrained(folder)
     spec = parse_modelfile(create_modelfile("m", write_tiny_gguf(tmp_path / "model.gguf"), tokenizer_path=folder))
+    assert default_system_prompt(folder) is None and "system" not in spec  # these templates put none in
     for system in (None, "Answer briefly."):
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": "Hi"}]
         expected = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
