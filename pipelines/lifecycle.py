@@ -110,7 +110,8 @@ def build(settings: ClusterSettings) -> Any:
             prune_lora_r: recover through LoRA adapters of this rank, merged after (0: every weight). The kept
                 weights stay as they were, which keeps what they know: on the demo's student, 10 steps at rank 8
                 (learning rate 2e-4) kept 0.73 / 0.70 of 400 WordNet / analogy questions while the held-out
-                perplexity fell from 7.7 to 6.2; 5 steps on every weight at 1e-4 cost 7 points of WordNet.
+                perplexity fell from 7.7 to 6.2; 5 distillation + 5 recovery steps on every weight at 1e-4 cost
+                7 points of WordNet.
             prune_learning_rate: the peak learning rate of the recovery after pruning.
             quantization: F16, Q8_0, Q4_0, Q4_K_M, Q5_K_M or Q6_K; several side by side, comma-separated
                 (``Q8_0,Q4_K_M``): each verified, the smallest smoke-tested.
