@@ -7,19 +7,23 @@ batch 4 x 128 tokens, learning rate 1e-4) for every recipe that trains. Recipes:
 
 - ``spread`` (aptops before this benchmark): 24 of 30 blocks evenly spread, distilled on the fortunes alone, then
   20% of every block's MLP neurons pruned (activation-aware) and recovered on the fortunes alone;
-- ``shortgpt``: ShortGPT (Men et al. 2024): the 10 blocks of least Block Influence removed, no training;
+- ``shortgpt``: ShortGPT (Men et al. 2024): the 10 blocks of least Block Influence on general text (the news) removed,
+  no training;
 - ``torch-pruning``: LLM-Pruner-style structured pruning with Torch-Pruning (``torch-pruning`` from PyPI): its
   dependency graph and first-order Taylor importance (``GroupTaylorImportance``, the gradient of the loss on the
   calibration text) remove 40% of every block's MLP channels, then plain fine-tuning for all the recipe's steps;
-- ``aptops-no-training``: aptops' choice of what to remove, no training: the 24 blocks of most influence, then 20% of
-  each block's MLP neurons by activation-aware importance;
-- ``aptops``: the same, distilled and recovered with general text replayed (gensim's Lee news, half the blocks);
-- ``aptops-no-replay``: the same on the fortunes alone.
+- ``aptops``: the 24 blocks of most influence on general text (gensim's Lee news, the text
+  the run replays), then 20% of each block's MLP neurons by activation on the fortunes, no training;
+- ``aptops-lora`` (what ``make demo`` does): ``aptops`` recovered through rank-8 LoRA adapters (merged) for all the
+  recipe's steps at learning rate 2e-4, the news replayed in half the blocks;
+- ``aptops-task-blocks``: ``aptops`` with the blocks chosen by influence on the fortunes (aptops before);
+- ``aptops-trained``: ``aptops`` distilled and recovered for the recipe's steps with the news replayed in half the
+  blocks.
 
 Measured for each: parameters, greedy generation speed (tokens/s of ``generate`` on this CPU, the models timed in
 turns, relative to the teacher), held-out perplexity in the trained (chat) format, and accuracy on two multiple-choice
-tasks with the eval stage (lm-evaluation-harness): ``wordnet_words`` (100 WordNet definitions; the recipe was chosen
-on it) and ``word_analogies`` (100 analogies of 14 relations; never looked at while choosing).
+tasks with the eval stage (lm-evaluation-harness): ``wordnet_words`` (``--questions`` WordNet definitions, 400 by
+default: standard error about 0.023) and ``word_analogies`` (as many analogies of 14 relations).
 
 Run: ``python bench/compression_recipes.py`` (about 20 minutes on 2 cores; ``--tiny`` for a smoke run).
 """
@@ -52,6 +56,7 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true")
     parser.add_argument("--distill-steps", type=int, default=5)
     parser.add_argument("--recovery-steps", type=int, default=5)
+    parser.add_argument("--questions", type=int, default=400)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "compression_recipes.json")
     args = parser.parse_args()
 
@@ -61,7 +66,7 @@ def main() -> None:
     from gensim.test.utils import datapath
 
     from aptops.distill import DistillConfig, create_student, distill_model
-    from aptops.distill.recipe import calibration_batches
+    from aptops.distill.recipe import calibration_batches, replay_calibration_batches
     from aptops.eval import HarnessConfig, build_wordnet_task, evaluate_tasks
     from aptops.lm import EvalConfig
     from aptops.lm.compare import CompressionConfig, evaluate_compression
@@ -78,16 +83,16 @@ def main() -> None:
     replay = work / "news.txt"
     replay.write_text("\n".join(english_news()))
     tasks = work / "tasks"
-    build_wordnet_task(tasks, questions=20 if args.tiny else 100, analogies=datapath("questions-words.txt"))
+    build_wordnet_task(tasks, questions=20 if args.tiny else args.questions, analogies=datapath("questions-words.txt"))
     tok = transformers.AutoTokenizer.from_pretrained(teacher_dir)
     n = transformers.AutoConfig.from_pretrained(teacher_dir).num_hidden_layers
     keep_blocks = max(2, round(n * 0.8))  # 24 of 30
     drop_only = max(2, n - round(n / 3))  # 20 of 30: the same parameters by blocks alone
 
-    def training(steps: int, with_replay: bool) -> TrainConfig:
-        return TrainConfig(block_size=64 if args.tiny else 128, chat_prompt=prompt, eval_fraction=0.1,
+    def training(steps: int, with_replay: bool, lr: float = 1e-4, lora: int = 0) -> TrainConfig:
+        return TrainConfig(block_size=64 if args.tiny else 128, chat_prompt=prompt, eval_fraction=0.1, lora_r=lora,
                            replay=str(replay) if with_replay else "", training_args={
-                               "max_steps": steps, "per_device_train_batch_size": 4, "learning_rate": 1e-4,
+                               "max_steps": steps, "per_device_train_batch_size": 4, "learning_rate": lr,
                                "use_cpu": True, "eval_strategy": "no", "report_to": []})
 
     def load(folder: Path) -> Any:
@@ -101,6 +106,7 @@ def main() -> None:
     teacher = load(teacher_dir)
     calibration = calibration_batches(tok, str(data), training(1, True), 8)
     influence = block_influence(teacher, calibration)
+    news_influence = block_influence(teacher, replay_calibration_batches(tok, training(1, True), 8))
     made: dict[str, Path] = {}
     seconds: dict[str, float] = {}
 
@@ -114,7 +120,7 @@ def main() -> None:
 
     # ShortGPT: the blocks of least influence removed, nothing trained
     start = time.perf_counter()
-    made["shortgpt"] = save(create_student(teacher, keep_layers=most_influential_blocks(influence, drop_only)),
+    made["shortgpt"] = save(create_student(teacher, keep_layers=most_influential_blocks(news_influence, drop_only)),
                             work / "shortgpt")
     seconds["shortgpt"] = time.perf_counter() - start
 
@@ -147,28 +153,29 @@ def main() -> None:
                 config=training(args.distill_steps + args.recovery_steps, False), stage="prune")
     made["torch-pruning"], seconds["torch-pruning"] = work / "torch-pruning", time.perf_counter() - start
 
-    # aptops' choice of what to remove, untrained
-    start = time.perf_counter()
-    model = create_student(teacher, keep_layers=most_influential_blocks(influence, keep_blocks))
-    prune_neurons(model, 0.2, data_loader=calibration)
-    made["aptops-no-training"] = save(model, work / "aptops-no-training")
-    seconds["aptops-no-training"] = time.perf_counter() - start
+    # aptops' choice of what to remove, untrained: blocks on general text, neurons on the task's; and the blocks
+    # chosen on the task's text
+    for recipe, by in (("aptops", news_influence), ("aptops-task-blocks", influence)):
+        start = time.perf_counter()
+        model = create_student(teacher, keep_layers=most_influential_blocks(by, keep_blocks))
+        prune_neurons(model, 0.2, data_loader=calibration)
+        made[recipe] = save(model, work / recipe)
+        seconds[recipe] = time.perf_counter() - start
 
-    # aptops: the same choices, distilled and recovered with general text replayed
+    # the demo's recipe: aptops' choice, recovered through rank-8 LoRA adapters for all the recipe's steps
+    start = time.perf_counter()
+    run_trainer(load(made["aptops"]), tok, str(data), output_dir=work / "aptops-lora", stage="prune",
+                config=training(args.distill_steps + args.recovery_steps, True, lr=2e-4, lora=8))
+    made["aptops-lora"] = work / "aptops-lora"
+    seconds["aptops-lora"] = time.perf_counter() - start + seconds["aptops"]
+
+    # aptops' choice, distilled and recovered with general text replayed (the student's blocks are chosen on it)
     start = time.perf_counter()
     distill_model(str(teacher_dir), str(data), output_dir=work / "aptops-student", config=DistillConfig(
         student_layers=keep_blocks, training=training(args.distill_steps, True)))
-    prune_model(str(work / "aptops-student"), str(data), output_dir=work / "aptops", config=PruneConfig(
+    prune_model(str(work / "aptops-student"), str(data), output_dir=work / "aptops-trained", config=PruneConfig(
         method="neuron", target_sparsity=0.2, training=training(args.recovery_steps, True)))
-    made["aptops"], seconds["aptops"] = work / "aptops", time.perf_counter() - start
-
-    # the same without replay: what the general text adds
-    start = time.perf_counter()
-    distill_model(str(teacher_dir), str(data), output_dir=work / "aptops-no-replay-student", config=DistillConfig(
-        student_layers=keep_blocks, training=training(args.distill_steps, False)))
-    prune_model(str(work / "aptops-no-replay-student"), str(data), output_dir=work / "aptops-no-replay",
-                config=PruneConfig(method="neuron", target_sparsity=0.2, training=training(args.recovery_steps, False)))
-    made["aptops-no-replay"], seconds["aptops-no-replay"] = work / "aptops-no-replay", time.perf_counter() - start
+    made["aptops-trained"], seconds["aptops-trained"] = work / "aptops-trained", time.perf_counter() - start
 
     heldout = work / "heldout.jsonl"  # the documents every training above held out (same fraction, same seed)
     split_heldout(str(data), None, training(1, False)).eval.to_json(str(heldout))
@@ -194,8 +201,8 @@ def main() -> None:
         for task in ("wordnet_words", "word_analogies"):
             row[f"{task}_kept"] = row[task] / rows["teacher"][task] if rows["teacher"][task] else None
     write_report(args.out, {"machine": torch_machine(model=name), "steps": {
-        "distill": args.distill_steps, "recovery": args.recovery_steps}, "block_influence": influence,
-        "recipes": rows})
+        "distill": args.distill_steps, "recovery": args.recovery_steps},
+        "block_influence": {"fortunes": influence, "news": news_influence}, "recipes": rows})
     shutil.rmtree(work, ignore_errors=True)
 
 
