@@ -121,12 +121,10 @@ def main() -> None:
                                   "least-squares"))
 
     def recovered(name: str, steps: int, lr: float, lora: int) -> Path:
-        prune_model(str(work / "news-student"), str(args.data), output_dir=work / name, config=PruneConfig(
+        prune_model(str(made["news-blocks24"]), str(args.data), output_dir=work / name, config=PruneConfig(
             method="neuron", target_sparsity=0.2, training=training(steps, lr=lr, lora=lora)))
         return work / name
 
-    timed("news-student", lambda: save(structure(on_news, 0), "news-student"))
-    del made["news-student"]
     for steps, lr, lora in ((5, 1e-4, 0), (10, 2e-4, 8), (10, 5e-4, 8)):
         name = f"news-blocks24+neurons20+recover{steps}" + (f"-lora{lora}-lr{lr:g}" if lora else f"-lr{lr:g}")
         timed(name, lambda name=name, steps=steps, lr=lr, lora=lora: recovered(name, steps, lr, lora))
@@ -204,6 +202,8 @@ def least_squares_neurons(model: Any, batches: list[dict[str, Any]], ratio: floa
     down projection so that, on the calibration activations, it gives what the whole down projection gave."""
     import torch
 
+    from aptops.prune.structured import neuron_importance
+
     grams: dict[int, Any] = {}
     hooks = []
     for i, layer in enumerate(model.model.layers):
@@ -218,11 +218,13 @@ def least_squares_neurons(model: Any, batches: list[dict[str, Any]], ratio: floa
         h.remove()
     width = model.config.intermediate_size
     keep_n = (width - round(width * ratio)) // 8 * 8
+    # aptops' own neuron scores, given the activation norms the gram's diagonal holds
+    scores = neuron_importance(model, {i: g.diagonal().sqrt() for i, g in grams.items()})
     with torch.no_grad():
         for i, layer in enumerate(model.model.layers):
             mlp, g = layer.mlp, grams[i]
             w = mlp.down_proj.weight.double()
-            keep = (w.norm(dim=0) * g.diagonal().sqrt()).topk(keep_n).indices.sort().values
+            keep = scores[i].topk(keep_n).indices.sort().values
             g_kk = g[keep][:, keep]
             ridge = 1e-2 * g_kk.diagonal().mean() * torch.eye(keep_n, dtype=g.dtype)
             fitted = torch.linalg.solve(g_kk + ridge, g[keep] @ w.T).T
